@@ -5,4 +5,11 @@ d = { 'settings': { 'branch': 'main',
                 'doc_host': 'https://s3d-dev.github.io',
                 'git_url': 'https://github.com/s3d-dev/s3d',
                 'lib_path': 's3d'},
-  'syms': {}}
+  'syms': { 's3d.runs': { 's3d.runs.DataError': ('runs.html#dataerror', 's3d/runs.py'),
+                          's3d.runs.atomic_save_figure': ('runs.html#atomic_save_figure', 's3d/runs.py'),
+                          's3d.runs.atomic_write_bytes': ('runs.html#atomic_write_bytes', 's3d/runs.py'),
+                          's3d.runs.atomic_write_csv': ('runs.html#atomic_write_csv', 's3d/runs.py'),
+                          's3d.runs.atomic_write_json': ('runs.html#atomic_write_json', 's3d/runs.py'),
+                          's3d.runs.atomic_write_text': ('runs.html#atomic_write_text', 's3d/runs.py'),
+                          's3d.runs.is_done': ('runs.html#is_done', 's3d/runs.py'),
+                          's3d.runs.resolve_device': ('runs.html#resolve_device', 's3d/runs.py')}}}
