@@ -5,4 +5,7 @@ d = { 'settings': { 'branch': 'main',
                 'doc_host': 'https://s3d-dev.github.io',
                 'git_url': 'https://github.com/s3d-dev/s3d',
                 'lib_path': 's3d'},
-  'syms': {}}
+  'syms': { 's3d.graph': { 's3d.graph.Consumer': ('graph.html#consumer', 's3d/graph.py'),
+                           's3d.graph.SplitGroup': ('graph.html#splitgroup', 's3d/graph.py'),
+                           's3d.graph.SplitGroup.dim': ('graph.html#splitgroup.dim', 's3d/graph.py'),
+                           's3d.graph.SplitGroup.n_neurons': ('graph.html#splitgroup.n_neurons', 's3d/graph.py')}}}
