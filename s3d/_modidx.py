@@ -27,4 +27,8 @@ d = { 'settings': { 'branch': 'main',
                              's3d.schemes.split_gain': ('schemes.html#split_gain', 's3d/schemes.py'),
                              's3d.schemes.split_scheme': ('schemes.html#split_scheme', 's3d/schemes.py'),
                              's3d.schemes.split_schemes': ('schemes.html#split_schemes', 's3d/schemes.py'),
-                             's3d.schemes.split_value': ('schemes.html#split_value', 's3d/schemes.py')}}}
+                             's3d.schemes.split_value': ('schemes.html#split_value', 's3d/schemes.py')},
+            's3d.select': { 's3d.select._candidates': ('select.html#_candidates', 's3d/select.py'),
+                            's3d.select._knapsack': ('select.html#_knapsack', 's3d/select.py'),
+                            's3d.select.score_neurons': ('select.html#score_neurons', 's3d/select.py'),
+                            's3d.select.select_neurons': ('select.html#select_neurons', 's3d/select.py')}}}
