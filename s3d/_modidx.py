@@ -5,4 +5,12 @@ d = { 'settings': { 'branch': 'main',
                 'doc_host': 'https://s3d-dev.github.io',
                 'git_url': 'https://github.com/s3d-dev/s3d',
                 'lib_path': 's3d'},
-  'syms': {}}
+  'syms': { 's3d.models': { 's3d.models.MobileNetV1': ('models.html#mobilenetv1', 's3d/models.py'),
+                            's3d.models.MobileNetV1.__init__': ('models.html#mobilenetv1.__init__', 's3d/models.py'),
+                            's3d.models.MobileNetV1.widths': ('models.html#mobilenetv1.widths', 's3d/models.py'),
+                            's3d.models._cba': ('models.html#_cba', 's3d/models.py'),
+                            's3d.models._module_flops': ('models.html#_module_flops', 's3d/models.py'),
+                            's3d.models.count_flops_by_layer': ('models.html#count_flops_by_layer', 's3d/models.py'),
+                            's3d.models.count_params_flops': ('models.html#count_params_flops', 's3d/models.py'),
+                            's3d.models.mlp': ('models.html#mlp', 's3d/models.py'),
+                            's3d.models.mobilenet_digits': ('models.html#mobilenet_digits', 's3d/models.py')}}}
