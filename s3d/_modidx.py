@@ -31,4 +31,8 @@ d = { 'settings': { 'branch': 'main',
                             's3d.models.count_flops_by_layer': ('models.html#count_flops_by_layer', 's3d/models.py'),
                             's3d.models.count_params_flops': ('models.html#count_params_flops', 's3d/models.py'),
                             's3d.models.mlp': ('models.html#mlp', 's3d/models.py'),
-                            's3d.models.mobilenet_digits': ('models.html#mobilenet_digits', 's3d/models.py')}}}
+                            's3d.models.mobilenet_digits': ('models.html#mobilenet_digits', 's3d/models.py')},
+            's3d.train': { 's3d.train._prep': ('train.html#_prep', 's3d/train.py'),
+                           's3d.train._setup': ('train.html#_setup', 's3d/train.py'),
+                           's3d.train.evaluate': ('train.html#evaluate', 's3d/train.py'),
+                           's3d.train.train': ('train.html#train', 's3d/train.py')}}}
