@@ -20,7 +20,7 @@ def test_reproduce_fig2_smoke_writes_skips_and_forces(tmp_path):
         assert (out / name).stat().st_size > 0, name
     df = pd.read_csv(out / 'fig2.csv')
     assert {'method', 'c', 'm', 'round', 'neurons', 'iteration', 'loss'} <= set(df.columns)
-    assert set(df.method) == {'S2D', 'S3D'} and len(df) > 10
+    assert set(df.method) == {'S2D', 'S3D', 'S2D+S3D'} and len(df) > 10
     assert 'wall time' in r.stdout
     assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]  # no temp files left
     mtime = (out / 'fig2.csv').stat().st_mtime_ns
