@@ -377,3 +377,21 @@ def test_optimizer_state_copied_to_children(kind):
         assert torch.equal(opt.state[g0.producer.weight]['step'], step)
     _train(model, opt, x, y, 2)                                   # and training goes on
     assert torch.isfinite(loss_fn(model(x), y))
+
+
+@pytest.mark.parametrize('act2, same', [(nn.ReLU, True), (nn.Tanh, False)])
+def test_curvature_at_act_equals_whole_path_only_for_piecewise_linear_followers(act2, same):
+    "Documents a fact for the curvature code: hooks at `act` see the whole curvature iff the followers are piecewise linear."
+    import conftest
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                          nn.BatchNorm2d(4), act2(), nn.Conv2d(4, 3, 1), nn.Flatten(), nn.Linear(48, 1))
+    model = conftest._randomize_bn(model.double()).eval()
+    x, y = torch.randn(6, 2, 4, 4, dtype=torch.float64), torch.randn(6, 1, dtype=torch.float64)
+    g = split_groups(model, x)[0]
+    sch = random_schemes(4, g.dim, seed=1)
+    sch.k[:] = 2
+    full = autograd_gains(model, g, x, y, torch.arange(4), sch)
+    at_act = SplitGroup(g.name, g.producer, g.bn, g.act, [], [Consumer('3', model[3])])   # g_j read at the act output
+    part = autograd_gains(model, at_act, x, y, torch.arange(4), sch)
+    assert torch.allclose(full, part, atol=1e-12) == same
