@@ -395,3 +395,33 @@ def test_curvature_at_act_equals_whole_path_only_for_piecewise_linear_followers(
     at_act = SplitGroup(g.name, g.producer, g.bn, g.act, [], [Consumer('3', model[3])])   # g_j read at the act output
     part = autograd_gains(model, at_act, x, y, torch.arange(4), sch)
     assert torch.allclose(full, part, atol=1e-12) == same
+
+
+@pytest.mark.parametrize('name', ['mlp', 'mobilenet'])
+def test_with_optimal_schemes_from_s3d_schemes(name):
+    "End to end with s3d.schemes: exact S_j by autograd, its extreme eigenpairs, optimal signed schemes, split."
+    from s3d.schemes import split_schemes
+    model, x = make(name, nn.Tanh)
+    y = torch.randn_like(model(x))
+    group = split_groups(model, x)[0]
+    store = {}
+    cons = group.consumers[0]
+    h1 = group.producer.register_forward_pre_hook(lambda m, a: store.__setitem__('x', a[0].detach()))
+    h2 = cons.module.register_forward_pre_hook(lambda m, a: store.__setitem__('h', a[0]) or a[0].retain_grad())
+    loss_fn(model(x), y).backward()
+    h1.remove(); h2.remove(); model.zero_grad()
+    G, p = store['h'].grad.detach(), group.producer
+    S = []
+    for j in range(group.n_neurons):
+        gj = G[:, j * cons.repeat:(j + 1) * cons.repeat] if isinstance(cons.module, nn.Linear) else G[:, j:j + 1]
+        theta = torch.cat([p.weight.detach()[j].flatten(), p.bias.detach()[j:j + 1]])
+        S.append(torch.autograd.functional.hessian(lambda th: (gj * channel_forward(group, j, th, store['x'])).sum(), theta))
+    lam, vec = torch.linalg.eigh(torch.stack(S))
+    sch = split_schemes(lam[:, 0], vec[:, :, 0], lam[:, -1], vec[:, :, -1], m=4, c=3.0)
+    neurons = torch.arange(group.n_neurons)
+    torch.testing.assert_close(autograd_gains(model, group, x, y, neurons, sch), sch.gain.to(torch.float64), atol=1e-8, rtol=1e-6)
+    assert (sch.gain < 0).all()
+    l0, eps = float(loss_fn(model(x), y).detach()), 1e-3
+    split_neurons(model, group, neurons, sch, eps=eps)
+    ratio = (float(loss_fn(model(x), y).detach()) - l0) / (eps ** 2 / 2 * float(sch.gain.sum()))
+    assert abs(ratio - 1) < 1e-2

@@ -1,0 +1,145 @@
+from types import SimpleNamespace as NS
+import pytest, torch
+from torch import nn
+from s3d.models import mobilenet_digits, mlp, count_params_flops, count_flops_by_layer
+from s3d.baselines import (l1_filter_scores, bn_scale_scores, keep_by_ratio, keep_global, keep_for_budget,
+                           mobilenet_cost, bn_l1_penalty, morphnet_penalty, expand_widths, kept_widths)
+from s3d.data import load_digits_data, loaders
+from s3d.train import train, evaluate
+
+X8 = torch.zeros(1, 1, 8, 8)
+
+
+def hand_groups(m):
+    "Split groups of a MobileNetV1 built by hand (stand-in for s3d.graph.split_groups)."
+    blocks = [(n, b) for n, b in m.named_children() if n.startswith('block')]
+    prods = [('stem.conv', m.stem.conv, m.stem.bn, m.stem.act)] + [(f'{n}.pw', b.pw, b.pw_bn, b.pw_act) for n, b in blocks]
+    out = []
+    for i, (n, p, bn, act) in enumerate(prods):
+        if i < len(blocks):
+            nb, b = blocks[i]
+            fol, cons = [(f'{nb}.dw', b.dw), (f'{nb}.dw_bn', b.dw_bn), (f'{nb}.dw_act', b.dw_act)], [NS(name=f'{nb}.pw', module=b.pw, repeat=1)]
+        else:
+            fol, cons = [('pool', m.pool), ('flatten', m.flatten)], [NS(name='classifier', module=m.classifier, repeat=1)]
+        out.append(NS(name=n, producer=p, bn=bn, act=act, followers=fol, consumers=cons))
+    return out
+
+
+def test_l1_scores_rank_filters():
+    m = mobilenet_digits(widths=[3, 4, 4, 4])
+    with torch.no_grad():
+        m.block2.pw.weight.zero_()
+        m.block2.pw.weight[2] = 1.0   # 4 inputs x 1x1: L1 = 4
+        m.block2.pw.weight[0] = -0.5  # L1 = 2
+    s = l1_filter_scores(hand_groups(m))['block2.pw']
+    assert s.tolist() == [2.0, 0.0, 4.0, 0.0]
+    assert keep_by_ratio({'g': s}, 0.5)['g'].tolist() == [0, 2]
+
+
+def test_bn_scores_and_global_threshold():
+    m = mobilenet_digits(widths=[3, 4, 4, 4])
+    g = hand_groups(m)
+    with torch.no_grad():
+        m.block1.pw_bn.weight.copy_(torch.tensor([0.5, -0.001, 0.2, 0.0]))
+    s = bn_scale_scores(g)
+    assert s['block1.pw'].tolist() == pytest.approx([0.5, 0.001, 0.2, 0.0])
+    keep = keep_global(s, threshold=0.01)
+    assert keep['block1.pw'].tolist() == [0, 2]
+    assert keep['stem.conv'].tolist() == [0, 1, 2]
+    assert kept_widths(m, keep) == [3, 2, 4, 4]
+
+
+def test_keep_global_min_keep_and_errors():
+    s = {'a': torch.tensor([0.1, 0.2, 0.3]), 'b': torch.tensor([5., 6.])}
+    k = keep_global(s, prune_fraction=0.6, min_keep=2)
+    assert k['a'].tolist() == [1, 2] and k['b'].tolist() == [0, 1]
+    assert all(v.dtype == torch.int64 for v in k.values())
+    with pytest.raises(ValueError, match='prune_fraction'):
+        keep_global(s, prune_fraction=1.0)
+    with pytest.raises(ValueError, match='ratio'):
+        keep_by_ratio(s, 1.5)
+
+
+def test_budget_reached_with_least_pruning():
+    torch.manual_seed(0)
+    m = mobilenet_digits(widths=[8, 8, 8, 8])
+    g = hand_groups(m)
+    cost = mobilenet_cost(m, X8, 'params')
+    full = cost({})
+    target = 0.5 * full
+    for scope in ('global', 'layer'):
+        keep = keep_for_budget(l1_filter_scores(g), cost, target, scope=scope)
+        c = cost({n: len(v) for n, v in keep.items()})
+        assert c <= target
+        # keeping one more channel in the widest layer would exceed or stay near the budget: not grossly over-pruned
+        assert c > 0.3 * full
+    assert keep_for_budget(l1_filter_scores(g), cost, full)['block1.pw'].tolist() == list(range(8))
+    with pytest.raises(ValueError, match='target'):
+        keep_for_budget(l1_filter_scores(g), cost, 1.0)
+
+
+def test_slimming_penalty_gradient_is_sign():
+    m = mobilenet_digits(widths=[3, 4, 4, 4])
+    with torch.no_grad():
+        m.block3.pw_bn.weight.copy_(torch.tensor([1., -2., 3., -4.]))
+    pen = bn_l1_penalty(hand_groups(m), 0.5)
+    v = pen(m)
+    assert v.item() == pytest.approx(0.5 * (3 + 4 + 4 + 10))
+    v.backward()
+    assert m.block3.pw_bn.weight.grad.tolist() == [0.5, -0.5, 0.5, -0.5]
+    with pytest.raises(ValueError, match='fc0'):
+        bn_l1_penalty([NS(name='fc0', producer=nn.Linear(2, 2), bn=None)], 1.0)
+
+
+def test_morphnet_weights_by_flops():
+    # a channel of a layer at 8x8 resolution costs more than one at 2x2: its gradient is larger
+    m = mobilenet_digits(widths=[4, 4, 4, 4])
+    g = hand_groups(m)
+    pen = morphnet_penalty(m, g, X8, strength=1.0)
+    pen(m).backward()
+    g_hi = m.block1.pw_bn.weight.grad[0].item()   # block1 runs at 8x8
+    g_lo = m.block3.pw_bn.weight.grad[0].item()   # block3 runs at 2x2
+    assert g_hi > 4 * g_lo > 0
+    # hand-computed coefficient of a block3.pw channel: conv 2*4*4 MACs/pos at 2x2, BN, ReLU, pool, classifier share
+    fl = count_flops_by_layer(m, X8)
+    total = sum(fl.values())
+    c = (fl['block3.pw'] + fl['block3.pw_bn'] + fl['block3.pw_act'] + fl['pool']) / 4 + fl['classifier'] / 4
+    assert g_lo == pytest.approx(c / total, rel=1e-5)
+
+
+def test_morphnet_dead_inputs_lower_cost():
+    m = mobilenet_digits(widths=[4, 4, 4, 4])
+    g = hand_groups(m)
+    pen = morphnet_penalty(m, g, X8, strength=1.0)
+    before = pen(m).item()
+    with torch.no_grad():
+        m.block1.pw_bn.weight[:2] = 0.0   # half of block2.pw's inputs die: block2's channels get cheaper too
+    after = pen(m).item()
+    fl = count_flops_by_layer(m, X8)
+    direct = fl['block1.pw'] + fl['block1.pw_bn'] + fl['block1.pw_act'] + fl['block2.dw'] + fl['block2.dw_bn'] + fl['block2.dw_act']
+    dead = 2 * (direct / 4 + fl['block2.pw'] / 4)        # the two zeroed channels' own terms
+    fewer_in = 4 * fl['block2.pw'] / 4 * 0.5                # block2.pw channels: half their inputs are dead
+    fewer_out = 4 * fl['block1.pw'] / 4 * 0.5               # stem channels: half of block1.pw's outputs are dead
+    assert after == pytest.approx(before - (dead + fewer_in + fewer_out) / sum(fl.values()), rel=1e-6)
+
+
+def test_expand_widths_fits_budget():
+    f = lambda ws: count_params_flops(mobilenet_digits(widths=ws), X8)[1]
+    target = f([8, 16, 16, 32])
+    ws, mult = expand_widths([1, 2, 2, 4], f, target)
+    assert f(ws) <= target and 6 < mult < 10
+    with pytest.raises(ValueError, match='target'):
+        expand_widths([1, 1, 1, 1], f, 10)
+
+
+def test_train_and_evaluate_digits():
+    torch.manual_seed(0)
+    dg = load_digits_data().subset(600, 200)
+    tr, te = loaders(dg, 50, seed=0)
+    net = mlp([64, 32, 10])
+    before = evaluate(net, te)['acc']
+    hist = train(net, tr, 2, lr=0.05, test_loader=te, progress=False)
+    assert hist[-1]['test_acc'] > max(before, 70)
+    assert [h['epoch'] for h in hist] == [1, 2]
+    with pytest.raises(ValueError, match='epochs'):
+        train(net, tr, -1, progress=False)
