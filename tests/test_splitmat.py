@@ -79,3 +79,22 @@ def test_bn_scale_and_patches():
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     X = producer_patches(net[0], x)
     torch.testing.assert_close(X @ net[0].weight.flatten(1).T, net[0](x).flatten(2).transpose(1, 2))
+
+
+def test_smooth_follower_activation_warns():
+    """A smooth activation after a depthwise conv is left out of S: the user is told so."""
+    import warnings
+    from torch import nn
+    from s3d.graph import split_groups
+    from s3d.splitmat import splitting_matrices
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1, groups=3),
+                          nn.BatchNorm2d(3), nn.SiLU(), nn.Conv2d(3, 2, 1)).eval()
+    x, y = torch.randn(4, 2, 5, 5), torch.randn(4, 2, 5, 5)
+    [g] = split_groups(model, x)
+    with pytest.warns(UserWarning, match='SiLU|smooth'):
+        splitting_matrices(model, g, nn.functional.mse_loss, [(x, y)])
+    model[5] = nn.ReLU()
+    [g] = split_groups(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        splitting_matrices(model, g, nn.functional.mse_loss, [(x, y)])
