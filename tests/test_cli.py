@@ -73,3 +73,18 @@ def test_all_runs_implemented_and_reports_the_rest(tmp_path, capsys):
     assert 'not implemented yet: table1, table2, table3' in cap.err
     assert (tmp_path / 'fig2.csv').exists() and (tmp_path / 'fig2.md').exists()
     assert (tmp_path / 'fig1.png').exists() or 'fig1: not implemented yet' in cap.err
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    from s3d.runs import atomic_save_figure
+    p = atomic_write_text(tmp_path / 'fig.png', 'old')
+    class Broken:
+        def savefig(self, buf, **kw): buf.write(b'half'); raise RuntimeError('interrupted')
+    with pytest.raises(RuntimeError): atomic_save_figure(p, Broken())
+    assert p.read_text() == 'old' and [q.name for q in tmp_path.iterdir()] == ['fig.png']
+
+def test_interrupted_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    p = atomic_write_text(tmp_path / 'r.csv', 'old\n')
+    def boom(fd): raise KeyboardInterrupt
+    monkeypatch.setattr(os, 'fsync', boom)
+    with pytest.raises(KeyboardInterrupt): atomic_write_text(p, 'new\n')
+    assert p.read_text() == 'old\n' and [q.name for q in tmp_path.iterdir()] == ['r.csv']
