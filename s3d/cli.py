@@ -15,7 +15,8 @@ __all__ = ['EXPERIMENTS', 'register_experiment', 'experiment_runner', 'run_fig1'
 
 # %% ../nbs/12_cli.ipynb #c6b82d67
 EXPERIMENTS = {'fig1': 's3d.cli:run_fig1', 'fig2': 's3d.experiments.fig2:run',
-               'table1': None, 'table2': None, 'table3': None}
+               'table1': 's3d.experiments.table1:run',
+               'table2': None, 'table3': None}
 
 def register_experiment(name:str, target:str|None):
     "Register (or replace) experiment `name` as a `'module:function'` string, or None for not implemented."

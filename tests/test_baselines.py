@@ -6,23 +6,14 @@ from s3d.baselines import (l1_filter_scores, bn_scale_scores, keep_by_ratio, kee
                            mobilenet_cost, bn_l1_penalty, morphnet_penalty, expand_widths, kept_widths)
 from s3d.data import load_digits_data, loaders
 from s3d.train import train, evaluate
+from s3d.graph import split_groups
 
 X8 = torch.zeros(1, 1, 8, 8)
 
 
 def hand_groups(m):
-    "Split groups of a MobileNetV1 built by hand (stand-in for s3d.graph.split_groups)."
-    blocks = [(n, b) for n, b in m.named_children() if n.startswith('block')]
-    prods = [('stem.conv', m.stem.conv, m.stem.bn, m.stem.act)] + [(f'{n}.pw', b.pw, b.pw_bn, b.pw_act) for n, b in blocks]
-    out = []
-    for i, (n, p, bn, act) in enumerate(prods):
-        if i < len(blocks):
-            nb, b = blocks[i]
-            fol, cons = [(f'{nb}.dw', b.dw), (f'{nb}.dw_bn', b.dw_bn), (f'{nb}.dw_act', b.dw_act)], [NS(name=f'{nb}.pw', module=b.pw, repeat=1)]
-        else:
-            fol, cons = [('pool', m.pool), ('flatten', m.flatten)], [NS(name='classifier', module=m.classifier, repeat=1)]
-        out.append(NS(name=n, producer=p, bn=bn, act=act, followers=fol, consumers=cons))
-    return out
+    "Split groups of a digits MobileNetV1 (s3d.graph.split_groups)."
+    return split_groups(m, X8)
 
 
 def test_l1_scores_rank_filters():

@@ -38,7 +38,7 @@ def test_reproduce_fig2_smoke_writes_skips_and_forces(tmp_path):
     assert (out / 'fig2.csv').stat().st_mtime_ns != mtime
 
 def test_not_implemented_experiment_exits_nonzero(capsys):
-    assert main(['reproduce', 'table1']) != 0
+    assert main(['reproduce', 'table2']) != 0
     assert 'not implemented yet' in capsys.readouterr().err
 
 def test_unknown_experiment_and_bad_args(capsys):

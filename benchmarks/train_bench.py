@@ -1,0 +1,93 @@
+"""Training throughput of `s3d.train.train` (with its `BatchLoader`) against a minimal plain PyTorch loop.
+
+MobileNetV1 for 32x32 inputs and 100 classes on CIFAR-shaped synthetic uint8 tensors. Both loops use the same model,
+device, SGD settings, bf16 autocast and channels_last (on CUDA; neither on CPU); ours also does the random crop + flip
+and normalisation on the device, the plain loop feeds pre-normalised float batches already on the device.
+Then projects the wall time of the whole paper-scale Table 1 schedule (`s3d.experiments.table1.SCALES['paper']`)
+from the measured images/s (eigenpair computation and evaluation not counted).
+
+    OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/train_bench.py --device auto --steps 30 --batch 128
+"""
+from __future__ import annotations
+import argparse, time
+import torch
+import torch.nn.functional as F
+from s3d.models import MobileNetV1, count_params_flops
+from s3d.data import BatchLoader
+from s3d.train import train
+from s3d.runs import resolve_device
+from s3d.experiments.table1 import SCALES, table1_runs
+
+def _sync(dev):
+    if dev.type == 'cuda': torch.cuda.synchronize()
+
+def bench_ours(model, x, y, dev, batch, steps):
+    "Images/s of `train` over `steps` batches (one epoch of a loader holding steps * batch images)."
+    dl = BatchLoader(x, y, batch, device=dev, shuffle=True, pad=4, flip=True, mean=(0.5,) * 3, std=(0.25,) * 3,
+                     drop_last=True, channels_last=dev.type == 'cuda')
+    train(model, dl, 1, device=dev, progress=False)  # warm-up epoch (also cudnn autotuning)
+    _sync(dev); t = time.perf_counter()
+    train(model, dl, 1, device=dev, progress=False)
+    _sync(dev); return steps * batch / (time.perf_counter() - t)
+
+def bench_plain(model, x, y, dev, batch, steps):
+    "Images/s of a minimal loop: pre-made normalised batches on the device, SGD, cross-entropy."
+    cuda = dev.type == 'cuda'
+    model.to(dev)
+    if cuda: model.to(memory_format=torch.channels_last)
+    xs = ((x.to(dev).float() / 255 - 0.5) / 0.25)
+    if cuda: xs = xs.contiguous(memory_format=torch.channels_last)
+    ys = y.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    model.train()
+    def epoch():
+        for i in range(steps):
+            xb, yb = xs[i * batch:(i + 1) * batch], ys[i * batch:(i + 1) * batch]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda): out = model(xb)
+            loss = F.cross_entropy(out.float(), yb)
+            opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+    epoch(); _sync(dev); t = time.perf_counter()
+    epoch(); _sync(dev); return steps * batch / (time.perf_counter() - t)
+
+def project(ips_of_widths, cfg):
+    "Hours of training for every run of the paper-scale Table 1 schedule, from a throughput model."
+    n = 50_000 * cfg.epochs
+    grown = lambda seed, r: [max(1, round(w * (1 + cfg.ratio) ** r)) for w in seed]
+    total, parts = 0.0, {}
+    for run in table1_runs(cfg):
+        if run['method'] in ('S2D', 'S3D'):
+            s = sum(n / ips_of_widths(grown(run['widths'], r)) for r in range(cfg.rounds + 1))
+        elif 'widths' in run: s = n / ips_of_widths(run['widths'])
+        else:
+            full = n / ips_of_widths(list(cfg.full_widths))
+            s = {'L1 pruning': 1, 'BN pruning': 2, 'MorphNet': 2}[run['method']] * full * 0.9  # pruned stage ~ 0.8x FLOPs
+        parts[run['method']] = parts.get(run['method'], 0) + s; total += s
+    return total / 3600, {k: v / 3600 for k, v in parts.items()}
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--device', default='auto'); p.add_argument('--steps', type=int, default=30)
+    p.add_argument('--batch', type=int, default=128); p.add_argument('--repeats', type=int, default=2)
+    a = p.parse_args()
+    dev = resolve_device(a.device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (a.steps * a.batch, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 100, (a.steps * a.batch,), generator=g)
+    cfg = SCALES['paper']
+    meas = {}
+    for name, widths in (('full', list(cfg.full_widths)), ('seed', list(cfg.seed_widths))):
+        mk = lambda: (torch.manual_seed(0), MobileNetV1(100, widths=widths))[1]
+        ours = max(bench_ours(mk(), x, y, dev, a.batch, a.steps) for _ in range(a.repeats))
+        plain = max(bench_plain(mk(), x, y, dev, a.batch, a.steps) for _ in range(a.repeats))
+        fl = count_params_flops(mk(), torch.zeros(1, 3, 32, 32))[1]
+        meas[name] = (fl, ours)
+        print(f'{name:5s} MobileNetV1 ({fl / 1e6:.1f} MFLOPs): ours {ours:8.1f} img/s, plain {plain:8.1f} img/s, ratio {ours / plain:.3f} '
+              f'(device {dev}, batch {a.batch}, {a.steps} steps, best of {a.repeats})')
+    (f1, i1), (f0, i0) = meas['full'], meas['seed']
+    b = (1 / i1 - 1 / i0) / max(f1 - f0, 1); a0 = 1 / i0 - b * f0   # seconds per image = a0 + b * FLOPs
+    ips = lambda w: 1 / max(a0 + b * count_params_flops(MobileNetV1(100, widths=w), torch.zeros(1, 3, 32, 32))[1], 1e-9)
+    hours, parts = project(ips, cfg)
+    print(f'projected paper-scale Table 1 training time on this device: {hours:.1f} h ({hours / 24:.1f} days); by method: '
+          + ', '.join(f'{k} {v:.1f} h' for k, v in parts.items()))
+
+if __name__ == '__main__': main()
