@@ -75,3 +75,19 @@ def test_bad_inputs():
     j, sc = choose_split(splitting_matrices(th, u, x, y), 2, 2.)
     with pytest.raises(ValueError, match='out of range'): apply_split(th, u, 7, sc, 0.1)
     with pytest.raises(ValueError, match='k >= 2'): make_target(0, k=1)
+
+
+def test_toy_splitting_matrices_agree_with_the_engine():
+    """The toy's torch.func Hessians and the library's hook-based S (s3d.splitting_matrices) are two independent
+    computations of the same matrices: the RBF net is Linear(1, n) -> RBF -> Linear(n, 1) with theta = (a, b)."""
+    from torch import nn
+    from s3d import split_groups, splitting_matrices as engine_S
+    from s3d.curvature import RBF
+    x, y, th, u = _setup()
+    net = nn.Sequential(nn.Linear(1, 3), RBF(), nn.Linear(3, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(th[:, :1]); net[0].bias.copy_(th[:, 1]); net[2].weight.copy_(u[None])
+    torch.testing.assert_close(net(x[:, None])[:, 0], rbf_predict(th, u, x))
+    [g] = split_groups(net, x[:, None])
+    S = engine_S(net, g, lambda out, t: (out[:, 0] - t).pow(2).mean(), [(x[:, None], y)])
+    torch.testing.assert_close(S, splitting_matrices(th, u, x, y), rtol=1e-9, atol=1e-12)
