@@ -3,7 +3,7 @@ import pytest, torch
 from torch import nn
 from s3d.models import mobilenet_digits, mlp, count_params_flops, count_flops_by_layer
 from s3d.baselines import (l1_filter_scores, bn_scale_scores, keep_by_ratio, keep_global, keep_for_budget,
-                           mobilenet_cost, bn_l1_penalty, morphnet_penalty, expand_widths, kept_widths)
+                           pruned_cost, bn_l1_penalty, morphnet_penalty, expand_widths, kept_widths)
 from s3d.data import load_digits_data, loaders
 from s3d.train import train, evaluate
 from s3d.graph import split_groups
@@ -55,7 +55,7 @@ def test_budget_reached_with_least_pruning():
     torch.manual_seed(0)
     m = mobilenet_digits(widths=[8, 8, 8, 8])
     g = hand_groups(m)
-    cost = mobilenet_cost(m, X8, 'params')
+    cost = pruned_cost(m, X8, "params")
     full = cost({})
     target = 0.5 * full
     for scope in ('global', 'layer'):

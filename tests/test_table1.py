@@ -4,7 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from s3d.data import make_fake_cifar100, DataError
-from s3d.experiments.table1 import SCALES, table1_data, table1_runs, prune_to, s3d_vs_s2d
+from s3d.experiments.table1 import SCALES, table1_data, table1_runs, s3d_vs_s2d
+from s3d.baselines import prune_channels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def test_paper_runs_cover_every_method():
     cfg = SCALES['paper']
     assert cfg.rounds == 5 and cfg.m == 2 and cfg.epochs == 160 and cfg.seed_widths == (32,) * 14
 
-def test_prune_to_keeps_function_of_kept_channels():
+def test_prune_channels_keeps_function_of_kept_channels():
     import torch
     cfg = SCALES['smoke']
     net = cfg.model(cfg.full_widths).eval()
@@ -68,7 +69,7 @@ def test_prune_to_keeps_function_of_kept_channels():
         net.stem.bn.weight[4:] = 0; net.stem.bn.bias[4:] = 0
     x = torch.randn(3, 3, 32, 32)
     y0 = net(x)
-    prune_to(net, cfg.example(), {'stem.conv': torch.arange(4)})
+    prune_channels(net, cfg.example(), {'stem.conv': torch.arange(4)})
     assert net.widths[0] == 4
     torch.testing.assert_close(net(x), y0, atol=1e-5, rtol=1e-5)
 
