@@ -11,25 +11,20 @@ from s3d.graph import split_groups
 X8 = torch.zeros(1, 1, 8, 8)
 
 
-def hand_groups(m):
-    "Split groups of a digits MobileNetV1 (s3d.graph.split_groups)."
-    return split_groups(m, X8)
-
-
 def test_l1_scores_rank_filters():
     m = mobilenet_digits(widths=[3, 4, 4, 4])
     with torch.no_grad():
         m.block2.pw.weight.zero_()
         m.block2.pw.weight[2] = 1.0   # 4 inputs x 1x1: L1 = 4
         m.block2.pw.weight[0] = -0.5  # L1 = 2
-    s = l1_filter_scores(hand_groups(m))['block2.pw']
+    s = l1_filter_scores(split_groups(m, X8))['block2.pw']
     assert s.tolist() == [2.0, 0.0, 4.0, 0.0]
     assert keep_by_ratio({'g': s}, 0.5)['g'].tolist() == [0, 2]
 
 
 def test_bn_scores_and_global_threshold():
     m = mobilenet_digits(widths=[3, 4, 4, 4])
-    g = hand_groups(m)
+    g = split_groups(m, X8)
     with torch.no_grad():
         m.block1.pw_bn.weight.copy_(torch.tensor([0.5, -0.001, 0.2, 0.0]))
     s = bn_scale_scores(g)
@@ -54,7 +49,7 @@ def test_keep_global_min_keep_and_errors():
 def test_budget_reached_with_least_pruning():
     torch.manual_seed(0)
     m = mobilenet_digits(widths=[8, 8, 8, 8])
-    g = hand_groups(m)
+    g = split_groups(m, X8)
     cost = pruned_cost(m, X8, "params")
     full = cost({})
     target = 0.5 * full
@@ -73,7 +68,7 @@ def test_slimming_penalty_gradient_is_sign():
     m = mobilenet_digits(widths=[3, 4, 4, 4])
     with torch.no_grad():
         m.block3.pw_bn.weight.copy_(torch.tensor([1., -2., 3., -4.]))
-    pen = bn_l1_penalty(hand_groups(m), 0.5)
+    pen = bn_l1_penalty(split_groups(m, X8), 0.5)
     v = pen(m)
     assert v.item() == pytest.approx(0.5 * (3 + 4 + 4 + 10))
     v.backward()
@@ -85,7 +80,7 @@ def test_slimming_penalty_gradient_is_sign():
 def test_morphnet_weights_by_flops():
     # a channel of a layer at 8x8 resolution costs more than one at 2x2: its gradient is larger
     m = mobilenet_digits(widths=[4, 4, 4, 4])
-    g = hand_groups(m)
+    g = split_groups(m, X8)
     pen = morphnet_penalty(m, g, X8, strength=1.0)
     pen(m).backward()
     g_hi = m.block1.pw_bn.weight.grad[0].item()   # block1 runs at 8x8
@@ -100,7 +95,7 @@ def test_morphnet_weights_by_flops():
 
 def test_morphnet_dead_inputs_lower_cost():
     m = mobilenet_digits(widths=[4, 4, 4, 4])
-    g = hand_groups(m)
+    g = split_groups(m, X8)
     pen = morphnet_penalty(m, g, X8, strength=1.0)
     before = pen(m).item()
     with torch.no_grad():
