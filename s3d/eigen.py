@@ -73,6 +73,7 @@ class BlockKrylov:
                  block: int = 1,        # vectors per neuron in each block after the first
                  max_dim: int = 32,     # basis vectors kept per neuron (a thick restart beyond); the workspace is O(n d max_dim)
                  tol: float = 1e-2,     # residual tolerance relative to each spectral radius
+                 min_iter: int = 6,     # no neuron retires before this many products (guards against early misconvergence)
                  max_iter: int | None = None, # at most this many products per neuron (default d)
                  start: Tensor | None = None, # (n, d, k0) first block, k0 <= max_dim (default: `block` random vectors)
                  dtype=torch.float64, device=None,
@@ -80,7 +81,7 @@ class BlockKrylov:
                 ):
         if n < 1 or d < 1: raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
         if max_iter is not None and max_iter < 1: raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        self.n, self.d, self.tol, self.gen, self.k = n, d, tol, generator, max(1, min(block, d))
+        self.n, self.d, self.tol, self.gen, self.k, self.min_iter = n, d, tol, generator, max(1, min(block, d)), min(min_iter, d)
         self.max_dim, self.max_iter = min(d, max(max_dim, self.k + 2)), max_iter or d
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)
         self.idx, self.V, self.W = torch.arange(n, device=device), z(n, d, 0), z(n, d, 0)  # active neurons, basis, S basis
@@ -116,7 +117,7 @@ def _bk_update(self, SP: Tensor): # (len(self.idx), d, k): S_j P_j for the curre
     se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
     Y = self.V @ se
     res = (self.W @ se - Y * te[:, None]).norm(dim=1) / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
-    ok = (res <= self.tol).all(-1) | (m >= self.d)   # m = d: the Rayleigh-Ritz is exact
+    ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (m >= self.d)   # m = d: Rayleigh-Ritz is exact
     fin = ok | (self.products >= self.max_iter)
     j = self.idx[fin]; self.converged[self.idx[ok]] = True
     self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
