@@ -229,11 +229,11 @@ class _FastEigen:
             raise ValueError(f"the batches gave {N} samples on this pass and {self.N} on the first: streaming needs the same samples on every pass")
         self.N = N; self.stats['passes'] += 1
 
-# %% ../nbs/05_eigen.ipynb #e5b67c79
-def _choose(self, ops: dict) -> str:
+# %% ../nbs/05_eigen.ipynb #3d40ef3f
+def _choose(self, stats: dict, B: int) -> str:
     "At the first batch: 'cached' if the projected cache fits the budget (or only one pass is possible), else 'stream'."
     if self.method != 'fast': return self.method
-    per = sum(op.nbytes for op in ops.values())  # this batch's cache
+    per = sum(_one_batch(g, *stats[g.name], B, 0).nbytes for g in self.kry)  # this batch's cache, one group at a time
     nb = len(self.batches) if hasattr(self.batches, '__len__') else None
     if nb is None: return 'cached'  # unknown length: cache until it overflows, then stream (if re-iterable)
     if per * nb <= self.allow: return 'cached'
@@ -243,17 +243,17 @@ def _choose(self, ops: dict) -> str:
 
 def _first_batch(self, i: int, B: int, stats: dict):
     "First pass: dense sums; the cache, or the sampled start block (at batch 0) and its products."
-    for g in self.groups:
-        if g.name in self.dense: self.sums[g.name] = self.sums.get(g.name, 0) + _one_batch(g, *stats[g.name], B, i).dense_sum()
-    ops = {g.name: _one_batch(g, *stats[g.name], B, i) for g in self.kry} if self.mode != 'cached' else {}
-    if self.mode is None and self.kry: self.mode = self._choose(ops)
-    for g in self.kry:
+    if self.mode is None and self.kry: self.mode = self._choose(stats, B)
+    for g in self.groups:  # one group's one-batch operator at a time: the working set stays about one batch
+        if g.name in self.dense: self.sums[g.name] = self.sums.get(g.name, 0) + _one_batch(g, *stats[g.name], B, i).dense_sum(); continue
         if self.mode == 'cached': self.cache[g.name].add(*stats[g.name], B, i); continue
+        op = _one_batch(g, *stats[g.name], B, i)
         if i == 0:
-            start = _sample_basis(ops[g.name], min(self.steps, self.caps[g.name]), self.gen, device=self.dev) if self.steps > 0 else None
+            start = _sample_basis(op, min(self.steps, self.caps[g.name]), self.gen, device=self.dev) if self.steps > 0 else None
             self.solver[g.name] = BlockKrylov(g.n_neurons, g.dim, block=self.block, max_dim=self.caps[g.name], tol=self.tol,
                                               max_iter=self.max_iter, start=start, device=self.dev, generator=self.gen)
-        self.acc[g.name] = self.acc.get(g.name, 0) + ops[g.name].products(self.solver[g.name].P).double()
+        self.acc[g.name] = self.acc.get(g.name, 0) + op.products(self.solver[g.name].P).double()
+        del op
     used = sum(o.nbytes for o in self.cache.values()); self.stats['cache_bytes'] = max(self.stats['cache_bytes'], used)
     if used > self.allow:
         if self.method == 'fast' and not self.one_shot: raise _Overflow()
