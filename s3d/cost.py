@@ -8,6 +8,7 @@ Docs: https://s3d-dev.github.io/s3d/cost.html.md"""
 from __future__ import annotations
 import torch
 from torch import nn
+from .graph import to_model_device
 
 # %% auto #0
 __all__ = ['count_flops_by_layer', 'count_params_flops']
@@ -40,6 +41,7 @@ def count_flops_by_layer(model: nn.Module,   # any model built from standard lea
                         ) -> dict:
     "FLOPs per sample of every leaf module that ran, keyed by qualified name (a module called twice is summed)."
     res, hooks = {}, []
+    example_input = to_model_device(model, example_input)
     x = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     bs = x.shape[0]
     def hook(name):

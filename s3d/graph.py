@@ -16,7 +16,8 @@ from .curvature import CURVATURES
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'PASS_THROUGH', 'POOLS', 'Consumer', 'SplitGroup', 'register_activation', 'is_activation',
-           'is_producer', 'is_depthwise', 'UnsupportedStructure', 'split_groups', 'validate_group']
+           'is_producer', 'is_depthwise', 'model_device', 'to_model_device', 'UnsupportedStructure', 'split_groups',
+           'validate_group']
 
 # %% ../nbs/02_graph.ipynb #912961a8
 @dataclass(eq=False)
@@ -80,6 +81,21 @@ def is_depthwise(m: nn.Module) -> bool:
 def _is_bn(m): return isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
 def _kind(m, types): return isinstance(m, tuple(types))
 
+# %% ../nbs/02_graph.ipynb #105f807b
+def model_device(model: nn.Module) -> torch.device:
+    "The device of the first parameter (or buffer) of `model`; the CPU for a model without tensors."
+    t = next(model.parameters(), None)
+    if t is None: t = next(model.buffers(), None)
+    return t.device if t is not None else torch.device('cpu')
+
+def to_model_device(model: nn.Module, x):
+    "`x` (a tensor, or a tuple/list/dict of them) moved to the device of `model`; other values unchanged."
+    dev = model_device(model)
+    if torch.is_tensor(x): return x.to(dev)
+    if isinstance(x, (tuple, list)): return type(x)(to_model_device(model, v) for v in x)
+    if isinstance(x, dict): return {k: to_model_device(model, v) for k, v in x.items()}
+    return x
+
 # %% ../nbs/02_graph.ipynb #07d51418
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m, qualname):
@@ -99,7 +115,8 @@ def _trace(model, example_input):
     except Exception as e:
         raise ValueError(f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
                          "declare its groups by hand with SplitGroup(...) and check them with validate_group") from e
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    args = to_model_device(model, example_input)
+    args = args if isinstance(args, tuple) else (args,)
     modes = {m: m.training for m in model.modules()}
     rec = _ShapeRecorder(gm); rec.shapes = {}
     try:
