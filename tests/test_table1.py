@@ -63,3 +63,20 @@ def test_verdict_needs_the_interval_to_exclude_zero():
     assert v['lo'] > 0 and verdict(v).startswith('S3D higher')
     v1 = s3d_vs_s2d(df[df.seed == 0], 3.)
     assert v1['n'] == 1 and verdict(v1) == 'not resolved (one seed: no interval)'
+
+
+def test_download_uses_torchvision_then_checks_the_files(tmp_path, monkeypatch):
+    "--download hands a missing CIFAR-100 to torchvision's downloader (offline here: a stand-in writes the files)."
+    import torchvision.datasets
+    calls = []
+    class FakeCIFAR100:
+        def __init__(self, root, train=True, download=False):
+            calls.append((root, download)); make_fake_cifar100(root, 4, 2)
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR100', FakeCIFAR100)
+    assert data_root(SCALES['paper'], data=tmp_path, download=True) == tmp_path
+    assert calls == [(str(tmp_path), True)]
+    assert data_root(SCALES['paper'], data=tmp_path, download=True) == tmp_path and len(calls) == 1   # there: no second download
+    def offline(*a, **kw): raise OSError('<urlopen error [Errno -3] Temporary failure in name resolution>')
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR100', offline)
+    with pytest.raises(DataError, match='could not download CIFAR-100 into .*name resolution'):
+        data_root(SCALES['paper'], data=tmp_path / 'elsewhere', download=True)

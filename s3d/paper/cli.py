@@ -25,7 +25,7 @@ ABOUT = {'fig1': ('Figure 1: the binary, triplet and quartet split schemes, draw
          'fig2': ('Figure 2: toy RBF network grown from one neuron; S2D gets stuck, S3D escapes',
                   'smoke ~10 s; cpu ~1.5 min on 1 core (less with --jobs); paper ~1.5 h on 1 core (estimated); CPU only'),
          'table1': ('Table 1 + Figure 3: MobileNetV1 grown by S2D/S3D vs full, width multipliers, L1/BN pruning, MorphNet',
-                    'smoke ~1 min (CPU, --fake-data); cpu (digits) ~7 min on 2 cores; paper (CIFAR-100) ~10 h on 1 GPU (projected)'),
+                    'smoke ~1 min (CPU, --fake-data); cpu (digits) ~7 min of CPU time over --jobs; paper (CIFAR-100) ~10 h on 1 GPU (projected)'),
          'table2': ('Table 2: ImageNet, energy-aware MobileNetV1 (not implemented yet)', ''),
          'table3': ('Table 3: ModelNet40 point clouds, DGCNN (not implemented yet)', '')}
 

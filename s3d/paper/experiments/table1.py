@@ -393,5 +393,5 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
         cmd = (f's3d reproduce table1 --scale {scale} --device {device.type} --out data/results --force'
                + (' --fake-data' if tag == 'fake' else ' --data DIR' if cfg.dataset == 'cifar100' else ''))
         atomic_write_text(md, table1_report(df, cfg, cmd, run_info(device), fake=tag == 'fake'))
-    print(f'table1: all {len(runs)} runs finished ({reused} reused) in {folder}')
+    print(f'table1: all {len(runs)} runs finished ({reused} reused)')
     return [csv, md, png, pdf]
