@@ -245,8 +245,8 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
     cfg = replace(cfg, num_classes=len(tr.classes))
     T = Trainer(cfg, tr, va, device)
     root, runs, dfs = out / f'table2_{scale}_runs', table2_runs(cfg), []
-    for r in (bar := tqdm(runs, desc=f'table2 {scale}', disable=not progress)):
-        bar.set_postfix_str(r['key']); dfs.append(run_one(r, cfg, T, root, force))
+    with tqdm(runs, desc=f'table2 {scale}', disable=not progress, leave=False) as bar:   # cleared on exit, errors included
+        for r in bar: bar.set_postfix_str(r['key']); dfs.append(run_one(r, cfg, T, root, force))
     df = pd.concat(dfs, ignore_index=True)
     csv, md, figs = out / f'table2_{scale}.csv', out / f'table2_{scale}.md', [out / f'table2_{scale}.png', out / f'table2_{scale}.pdf']
     atomic_write_csv(csv, df)
