@@ -1,9 +1,9 @@
-"""Training throughput of `s3d.train.train` (with its `BatchLoader`) against a minimal plain PyTorch loop.
+"""Training throughput of `s3d.paper.train.train` (with its `BatchLoader`) against a minimal plain PyTorch loop.
 
 MobileNetV1 for 32x32 inputs and 100 classes on CIFAR-shaped synthetic uint8 tensors. Both loops use the same model,
 device, SGD settings, bf16 autocast and channels_last (on CUDA; neither on CPU); ours also does the random crop + flip
 and normalisation on the device, the plain loop feeds pre-normalised float batches already on the device.
-Then projects the wall time of the whole paper-scale Table 1 schedule (`s3d.experiments.table1.SCALES['paper']`)
+Then projects the wall time of the whole paper-scale Table 1 schedule (`s3d.paper.experiments.table1.SCALES['paper']`)
 from the measured images/s (eigenpair computation and evaluation not counted).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/train_bench.py --device auto --steps 30 --batch 128
@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse, time
 import torch
 import torch.nn.functional as F
-from s3d.models import MobileNetV1, count_params_flops
-from s3d.data import BatchLoader
-from s3d.train import train
-from s3d.runs import resolve_device
-from s3d.experiments.table1 import SCALES, table1_runs
+from s3d.paper.models import MobileNetV1
+from s3d.cost import count_params_flops
+from s3d.paper.data import BatchLoader
+from s3d.paper.train import train
+from s3d.paper.runs import resolve_device
+from s3d.paper.experiments.table1 import SCALES, table1_runs
 
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize()

@@ -17,8 +17,8 @@ from .kinds import (Refusal, layer_kind, activation_kind, is_activation, is_dept
                        flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS)
 
 # %% auto #0
-__all__ = ['Consumer', 'SplitGroup', 'is_producer', 'UnsupportedStructure', 'Skipped', 'SkipReport', 'SplitGroups',
-           'split_groups', 'validate_group']
+__all__ = ['Consumer', 'SplitGroup', 'is_producer', 'model_device', 'to_model_device', 'UnsupportedStructure', 'Skipped',
+           'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
 
 # %% ../nbs/02_graph.ipynb #912961a8
 @dataclass(eq=False)
@@ -59,6 +59,21 @@ def is_producer(m: nn.Module) -> bool:
     try: return k is not None and k.produce(m) is not None
     except Refusal: return False
 
+# %% ../nbs/02_graph.ipynb #105f807b
+def model_device(model: nn.Module) -> torch.device:
+    "The device of the first parameter (or buffer) of `model`; the CPU for a model without tensors."
+    t = next(model.parameters(), None)
+    if t is None: t = next(model.buffers(), None)
+    return t.device if t is not None else torch.device('cpu')
+
+def to_model_device(model: nn.Module, x):
+    "`x` (a tensor, or a tuple/list/dict of them) moved to the device of `model`; other values unchanged."
+    dev = model_device(model)
+    if torch.is_tensor(x): return x.to(dev)
+    if isinstance(x, (tuple, list)): return type(x)(to_model_device(model, v) for v in x)
+    if isinstance(x, dict): return {k: to_model_device(model, v) for k, v in x.items()}
+    return x
+
 # %% ../nbs/02_graph.ipynb #07d51418
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m, qualname):
@@ -72,7 +87,8 @@ class _ShapeRecorder(fx.Interpreter):
 
 def _trace(model, example_input):
     "fx graph of `model` (traced in eval mode) and the shapes of its tensors on `example_input`."
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    args = to_model_device(model, example_input)
+    args = args if isinstance(args, tuple) else (args,)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()

@@ -18,8 +18,8 @@ from .graph import split_groups
 from .eigen import extreme_eigenpairs
 from .select import score_neurons, select_neurons
 from .surgery import split_neurons, remap_channels
-from .models import count_params_flops
-from .runs import atomic_write_bytes, atomic_write_csv
+from .cost import count_params_flops
+from .atomic import atomic_write_bytes, atomic_write_csv
 
 # %% auto #0
 __all__ = ['GrowConfig', 'neuron_costs', 'load_grown_state', 'split_round', 'GrowResult', 'grow']

@@ -3,8 +3,8 @@ import os, subprocess, sys
 from pathlib import Path
 import pandas as pd
 import pytest
-from s3d.cli import main
-from s3d.runs import DataError, atomic_write_text, is_done
+from s3d.paper.cli import main
+from s3d.paper.runs import DataError, atomic_write_text, is_done
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,10 +51,10 @@ def test_unknown_experiment_and_bad_args(capsys):
     assert main([]) != 0
 
 def test_data_error_is_one_line(monkeypatch, capsys):
-    import s3d.cli as cli
+    import s3d.paper.cli as cli
     def broken(**kw): raise DataError('dataset missing under data/x')
     monkeypatch.setattr(cli, '_broken_for_test', broken, raising=False)
-    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', 's3d.cli:_broken_for_test')
+    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', 's3d.paper.cli:_broken_for_test')
     assert main(['reproduce', 'table2']) == 2
     err = capsys.readouterr().err
     assert err.strip() == 'table2: data error: dataset missing under data/x'
@@ -76,7 +76,7 @@ def test_all_runs_implemented_and_reports_the_rest(tmp_path, capsys):
     assert (tmp_path / 'fig1.png').exists() or 'fig1: not implemented yet' in cap.err
 
 def test_failed_write_keeps_the_old_file(tmp_path):
-    from s3d.runs import atomic_save_figure
+    from s3d.paper.runs import atomic_save_figure
     p = atomic_write_text(tmp_path / 'fig.png', 'old')
     class Broken:
         def savefig(self, buf, **kw): buf.write(b'half'); raise RuntimeError('interrupted')

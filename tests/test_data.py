@@ -1,7 +1,7 @@
 import pickle
 import numpy as np
 import pytest, torch
-from s3d.data import (DataError, BatchLoader, augment_batch, load_cifar100, make_fake_cifar100,
+from s3d.paper.data import (DataError, BatchLoader, augment_batch, load_cifar100, make_fake_cifar100,
                       load_digits_data, loaders, load_dataset, CIFAR100_FOLDER)
 
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from s3d.grow import GrowConfig, grow, load_grown_state, neuron_costs, split_round
 from s3d.graph import split_groups
-from s3d.models import count_params_flops, mobilenet_digits
+from s3d.cost import count_params_flops
+from s3d.paper.models import mobilenet_digits
 
 
 def _data(n=96, seed=0):

@@ -3,9 +3,9 @@ import os, subprocess, sys
 from pathlib import Path
 import pandas as pd
 import pytest
-from s3d.data import make_fake_cifar100, DataError
-from s3d.experiments.table1 import SCALES, table1_data, table1_runs, s3d_vs_s2d
-from s3d.baselines import prune_channels
+from s3d.paper.data import make_fake_cifar100, DataError
+from s3d.paper.experiments.table1 import SCALES, table1_data, table1_runs, s3d_vs_s2d
+from s3d.paper.baselines import prune_channels
 
 ROOT = Path(__file__).resolve().parents[1]
 
