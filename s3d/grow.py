@@ -23,8 +23,8 @@ from .atomic import atomic_write_bytes, atomic_write_csv
 
 # %% auto #0
 __all__ = ['GROWTHS', 'GrowConfig', 'neuron_costs', 'load_grown_state', 'round_targets', 'new_counts', 'select_round',
-           'control_plan', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'apply_splits', 'pick_step',
-           'choose_step', 'split_round', 'GrowResult', 'grow']
+           'control_plan', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'pick_step', 'choose_step',
+           'split_round', 'GrowResult', 'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
 GROWTHS = {'split': 'S2D/S3D', 'random': 'random growth', 'net2net': 'Net2Net', 'scratch': 'scratch'}
@@ -94,21 +94,18 @@ def neuron_costs(model:nn.Module,   # the network
     return out
 
 # %% ../nbs/08_grow.ipynb #823a4b56
+from .kinds import layer_kind
+
 def _resize_module(m:nn.Module, sd:dict, prefix:str):
+    changed = False
     for name, p in list(m.named_parameters(recurse=False)):
         t = sd.get(prefix + name)
-        if t is not None and t.shape != p.shape: setattr(m, name, nn.Parameter(torch.empty_like(t, device=p.device, dtype=p.dtype)))
+        if t is not None and t.shape != p.shape: setattr(m, name, nn.Parameter(torch.empty_like(t, device=p.device, dtype=p.dtype))); changed = True
     for name, b in list(m.named_buffers(recurse=False)):
         t = sd.get(prefix + name)
-        if b is not None and t is not None and t.shape != b.shape: setattr(m, name, torch.empty_like(t, device=b.device, dtype=b.dtype))
-    if isinstance(m, nn.Linear): m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, nn.Conv2d):
-        dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        m.out_channels = m.weight.shape[0]
-        if dw: m.groups = m.in_channels = m.out_channels
-        else: m.in_channels = m.weight.shape[1] * m.groups
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None: m.num_features = m.weight.shape[0]
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None: m.num_features = m.running_mean.shape[0]
+        if b is not None and t is not None and t.shape != b.shape: setattr(m, name, torch.empty_like(t, device=b.device, dtype=b.dtype)); changed = True
+    k = layer_kind(m)
+    if changed and k is not None: k.resize(m)
 
 def load_grown_state(model:nn.Module, state_dict:dict) -> nn.Module:
     "Resize `model`'s layers to the shapes in `state_dict`, then load it; returns `model`."
@@ -237,11 +234,6 @@ def held_loss(model:nn.Module, loss_fn, held:list) -> float:
 
 
 # %% ../nbs/08_grow.ipynb #6adee120
-def apply_splits(model:nn.Module, groups, sel:dict, schemes:dict, eps:float) -> dict:
-    "Split the selected neurons of every group in place (later groups first); returns the parents per group."
-    return {g.name: split_neurons(model, g, sel[g.name], schemes[g.name][sel[g.name]], eps)
-            for g in reversed(groups) if len(sel[g.name])}
-
 def pick_step(trial,              # trial(eps) -> held loss after a split with step eps
               grid,               # candidate steps
               f0:float,           # held loss before the split
@@ -261,7 +253,7 @@ def pick_step(trial,              # trial(eps) -> held loss after a split with s
 # %% ../nbs/08_grow.ipynb #8c98c893
 def _trial(model, groups, sel, schemes, eps, loss_fn, held):
     m2, g2 = copy.deepcopy((model, groups))     # one memo: the copied groups point at the copied modules
-    apply_splits(m2, g2, sel, schemes, eps)
+    apply_splits(m2, [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])], eps)
     return held_loss(m2, loss_fn, held)
 
 def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig) -> tuple:
@@ -299,23 +291,22 @@ def _metrics(prefix, d):
     return {f'{prefix}{k}': float(v) for k, v in dict(d).items() if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
 
 # %% ../nbs/08_grow.ipynb #339df010
+from .surgery import apply_splits
+
 def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None) -> dict:
-    "One architecture step (round `rnd`): score all neurons, select, split in place; returns a summary."
+    "One architecture step (round `rnd`): score all neurons, select, split in place (all groups or none); returns a summary."
     if cfg.growth != 'split': return control_round(model, example_input, cfg, rnd)  # controls: same counts, no scoring
     groups = split_groups(model, example_input)
-    if not groups: raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
+    if not groups: raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
     eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed)
     schemes = score_neurons(eigs, cfg.m, cfg.c)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
     sel = select_round(schemes, cfg, costs, groups, rnd)
     eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg)  # fixed or line-searched, measured
-    kinds, gain, added, parents = Counter(), 0.0, 0, {}
-    for g in reversed(groups):
-        idx = sel[g.name]
-        if len(idx) == 0: continue
-        s = schemes[g.name][idx]
-        parents[g.name] = split_neurons(model, g, idx, s, eps)
-        kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
+    plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
+    parents = apply_splits(model, plan, eps)
+    kinds, gain, added = Counter(), 0.0, 0
+    for g, idx, s in plan: kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
     return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * eps ** 2 * gain, **step,
                 kinds=';'.join(f'{k}:{v}' for k, v in sorted(kinds.items())), parents=parents,
                 stable=float(sum(int((s.gain >= 0).sum()) for s in schemes.values())) / sum(len(s) for s in schemes.values()))
