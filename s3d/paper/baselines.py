@@ -112,10 +112,13 @@ def pruned_cost(model: nn.Module,   # the unpruned network
     "A `cost_fn` for `keep_for_budget`: params or FLOPs of `model` with each group cut to its kept count (on a copy)."
     if what not in ('params', 'flops'): raise ValueError(f"pruned_cost: what must be 'params' or 'flops', got {what!r}")
     k = {'params': 0, 'flops': 1}[what]
-    shape = copy.deepcopy(model).to('meta')  # shapes are all the count needs
+    shape, memo = copy.deepcopy(model).to('meta'), {}  # shapes are all the count needs
     def f(counts):  # keep-lists on the CPU: remap_channels checks them there and moves them to the model's device
-        twin = prune_channels(copy.deepcopy(shape), example_input, {n: torch.arange(c) for n, c in counts.items()})
-        return count_params_flops(twin, example_input)[k]
+        key = tuple(sorted((n, int(c)) for n, c in counts.items()))
+        if key not in memo:  # bisections ask for the same architecture again and again
+            twin = prune_channels(copy.deepcopy(shape), example_input, {n: torch.arange(c) for n, c in key})
+            memo[key] = count_params_flops(twin, example_input)[k]
+        return memo[key]
     return f
 
 # %% ../../nbs/paper/03_baselines.ipynb #70a6680f
