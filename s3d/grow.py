@@ -73,21 +73,18 @@ def neuron_costs(model:nn.Module,   # the network
     return out
 
 # %% ../nbs/08_grow.ipynb #823a4b56
+from .kinds import layer_kind
+
 def _resize_module(m:nn.Module, sd:dict, prefix:str):
+    changed = False
     for name, p in list(m.named_parameters(recurse=False)):
         t = sd.get(prefix + name)
-        if t is not None and t.shape != p.shape: setattr(m, name, nn.Parameter(torch.empty_like(t, device=p.device, dtype=p.dtype)))
+        if t is not None and t.shape != p.shape: setattr(m, name, nn.Parameter(torch.empty_like(t, device=p.device, dtype=p.dtype))); changed = True
     for name, b in list(m.named_buffers(recurse=False)):
         t = sd.get(prefix + name)
-        if b is not None and t is not None and t.shape != b.shape: setattr(m, name, torch.empty_like(t, device=b.device, dtype=b.dtype))
-    if isinstance(m, nn.Linear): m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, nn.Conv2d):
-        dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        m.out_channels = m.weight.shape[0]
-        if dw: m.groups = m.in_channels = m.out_channels
-        else: m.in_channels = m.weight.shape[1] * m.groups
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None: m.num_features = m.weight.shape[0]
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None: m.num_features = m.running_mean.shape[0]
+        if b is not None and t is not None and t.shape != b.shape: setattr(m, name, torch.empty_like(t, device=b.device, dtype=b.dtype)); changed = True
+    k = layer_kind(m)
+    if changed and k is not None: k.resize(m)
 
 def load_grown_state(model:nn.Module, state_dict:dict) -> nn.Module:
     "Resize `model`'s layers to the shapes in `state_dict`, then load it; returns `model`."
@@ -115,22 +112,21 @@ def _metrics(prefix, d):
     return {f'{prefix}{k}': float(v) for k, v in dict(d).items() if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
 
 # %% ../nbs/08_grow.ipynb #339df010
+from .surgery import apply_splits
+
 def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig) -> dict:
-    "One architecture step: score all neurons, select, split in place; returns a summary."
+    "One architecture step: score all neurons, select, split in place (all groups or none); returns a summary."
     groups = split_groups(model, example_input)
-    if not groups: raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
+    if not groups: raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
     eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed)
     schemes = score_neurons(eigs, cfg.m, cfg.c)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
     sel = select_neurons(schemes, ratio=cfg.ratio, max_count=cfg.max_count, threshold=cfg.threshold,
                          per_layer_cap=cfg.per_layer_cap, budget=cfg.budget, costs=costs)
-    kinds, gain, added, parents = Counter(), 0.0, 0, {}
-    for g in reversed(groups):
-        idx = sel[g.name]
-        if len(idx) == 0: continue
-        s = schemes[g.name][idx]
-        parents[g.name] = split_neurons(model, g, idx, s, cfg.eps)
-        kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
+    plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
+    parents = apply_splits(model, plan, cfg.eps)
+    kinds, gain, added = Counter(), 0.0, 0
+    for g, idx, s in plan: kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
     return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * cfg.eps ** 2 * gain,
                 kinds=';'.join(f'{k}:{v}' for k, v in sorted(kinds.items())), parents=parents,
                 stable=float(sum(int((s.gain >= 0).sum()) for s in schemes.values())) / sum(len(s) for s in schemes.values()))

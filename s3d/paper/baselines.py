@@ -13,6 +13,7 @@ from ..cost import count_flops_by_layer, count_params_flops
 from .models import MobileNetV1
 from ..graph import split_groups
 from ..surgery import remap_channels
+from ..kinds import layer_kind
 import copy
 
 # %% auto #0
@@ -20,7 +21,8 @@ __all__ = ['l1_filter_scores', 'bn_scale_scores', 'keep_by_ratio', 'keep_global'
            'pruned_cost', 'bn_l1_penalty', 'morphnet_penalty', 'expand_widths', 'kept_widths']
 
 # %% ../../nbs/paper/03_baselines.ipynb #f9445127
-def _n_out(m): return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+def _n_out(m): return layer_kind(m).n_out(m)
+def _n_in(m): return layer_kind(m).n_in(m)
 
 def l1_filter_scores(groups) -> dict:
     "L1 norm of each producer filter (Li et al. 2017), per group, on the producer's device."
@@ -150,13 +152,13 @@ def morphnet_penalty(model: nn.Module,       # the model being shrunk
     def alive_frac(g): return (_bn_of(g).weight.detach().abs() > alive_threshold).float().mean()
     def coef(g):
         n, p = _n_out(g.producer), g.producer
-        n_in = p.in_features if isinstance(p, nn.Linear) else p.in_channels
+        n_in = _n_in(p)
         a_in = alive_frac(feeds[id(p)]) if id(p) in feeds else 1.0
         per = sum(fl.get(id(m), 0) for m in [g.bn, g.act] + [m for _, m in g.followers] if m is not None)
         c = fl.get(id(p), 0) / n * a_in + per / n
         for cons in g.consumers:
             m = cons.module
-            c_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            c_in = _n_in(m)
             a_out = alive_frac(by_prod[id(m)]) if id(m) in by_prod else 1.0
             c = c + fl.get(id(m), 0) * cons.repeat / c_in * a_out
         return c
