@@ -6,8 +6,8 @@ issue 8). No CPU test could see it, so these tests put the model on PyTorch's `m
 and run every public entry point that only needs shapes. Where values are needed, the model is
 float64 and the inputs float32 (conversion expected) or the reverse.
 
-Tests marked `xfail(strict=True)` need a small engine fix (see each reason); they start passing,
-and then fail as XPASS, the day the fix lands, so the mark must be removed then.
+Surgery on `meta` skips the range check of an index (its values are unknown there); floating example
+inputs and score batches take the model's dtype.
 """
 import copy, math
 import pytest
@@ -116,20 +116,7 @@ def test_fake_cuda_model_cpu_input():
 
 # --- the table 1 pipeline on the meta device ----------------------------------------------------------------------
 
-@pytest.fixture
-def meta_surgery(monkeypatch):
-    "Stand-in for the proposed engine fix: `remap_channels` skips the range check of an index on `meta` (no values)."
-    import s3d.surgery as S
-    orig = S._as_index
-    def as_index(index, n, what, group):
-        if isinstance(index, torch.Tensor) and index.device.type == 'meta':
-            if index.dim() != 1 or len(index) == 0: raise ValueError(f"{what} must be a non-empty 1-d index")
-            return index.long()
-        return orig(index, n, what, group)
-    monkeypatch.setattr(S, '_as_index', as_index)
-
-
-def test_table1_baselines_meta_device(tmp_path, meta_surgery):
+def test_table1_baselines_meta_device(tmp_path):
     "Full model, width multiplier and L1 pruning runs of Table 1 with every tensor on `meta` (example inputs made on the CPU)."
     from dataclasses import replace
     from s3d.paper.data import make_fake_cifar100, load_cifar100
@@ -145,13 +132,7 @@ def test_table1_baselines_meta_device(tmp_path, meta_surgery):
     assert rows['l1-s0'].acc.isna().all()          # no data on meta: metrics are NaN
 
 
-@pytest.mark.xfail(strict=True, reason="engine: surgery._as_index range-checks an index on `meta` (Tensor.item() on meta); "
-                                       "split_plan moves the index to the model's device before remap_channels checks it")
 def test_split_neurons_meta_model_unpatched():
-    _split_on_meta()
-
-
-def test_split_neurons_meta_model(meta_surgery):
     _split_on_meta()
 
 
@@ -198,14 +179,12 @@ def test_train_keeps_model_where_it_is():
 _DTYPE = ("engine: example inputs and score batches keep their dtype (graph.to_model_device and splitmat.collect_batches "
           "move them to the model's device only); float inputs should take the model's floating dtype")
 
-@pytest.mark.xfail(strict=True, reason=_DTYPE)
 def test_shapes_float64_model_float32_example():
     m = _net(dtype=torch.float64)
     assert count_params_flops(m, X) == count_params_flops(_net(), X)
     assert len(split_groups(m, X)) == 3
 
 
-@pytest.mark.xfail(strict=True, reason=_DTYPE)
 def test_grow_one_round_float64_model_float32_inputs():
     m = _net(dtype=torch.float64)
     xs = torch.randn(8, 3, 8, 8)
