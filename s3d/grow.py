@@ -330,7 +330,8 @@ def grow(model:nn.Module,         # seed network (grown in place, unless resumed
          label:dict|None=None,    # extra constant columns for the history (e.g. run name)
         ) -> GrowResult:
     "Algorithm 1 (S2D / S3D): alternate training and optimal splitting for `cfg.rounds` rounds."
-    from tqdm.auto import tqdm
+    if progress: from tqdm.auto import tqdm
+    else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns in a notebook without ipywidgets even when disabled
     cfg.validate()
     rows, start = [], 0
     ckpt = Path(out_dir) / 'checkpoint.pt' if out_dir is not None else None

@@ -248,3 +248,15 @@ def test_scratch_model_and_errors():
                     (dict(growth='random', ratio=None), 'adds neurons')]:
         with pytest.raises(ValueError, match=msg):
             GrowConfig(**kw).validate()
+
+
+def test_progress_false_never_imports_tqdm_auto(monkeypatch):
+    """progress=False must stay silent: tqdm.auto warns in a Jupyter kernel without ipywidgets even for a disabled bar."""
+    import sys
+    monkeypatch.setitem(sys.modules, 'tqdm.auto', None)   # any `import tqdm.auto` now raises ImportError
+    X, y = _data()
+    cfg = GrowConfig(rounds=1, m=2, c=2.0, ratio=1.0, eigen='exact')
+    res = grow(_mlp(), _train_fn(X, y, 5), nn.functional.cross_entropy, [(X, y)], X[:1], cfg, progress=False)
+    assert len(res.history) == 2
+    with pytest.raises(ImportError):
+        grow(_mlp(), _train_fn(X, y, 5), nn.functional.cross_entropy, [(X, y)], X[:1], cfg, progress=True)
