@@ -17,8 +17,8 @@ from .kinds import (Refusal, layer_kind, activation_kind, is_activation, is_dept
                        flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS)
 
 # %% auto #0
-__all__ = ['Consumer', 'SplitGroup', 'is_producer', 'model_device', 'to_model_device', 'UnsupportedStructure', 'Skipped',
-           'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
+__all__ = ['Consumer', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device', 'UnsupportedStructure',
+           'Skipped', 'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
 
 # %% ../nbs/02_graph.ipynb #912961a8
 @dataclass(eq=False)
@@ -66,10 +66,15 @@ def model_device(model: nn.Module) -> torch.device:
     if t is None: t = next(model.buffers(), None)
     return t.device if t is not None else torch.device('cpu')
 
+def model_dtype(model: nn.Module) -> torch.dtype:
+    "The floating dtype of the first floating parameter (or buffer) of `model`; the default dtype without one."
+    t = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    return t.dtype if t is not None else torch.get_default_dtype()
+
 def to_model_device(model: nn.Module, x):
-    "`x` (a tensor, or a tuple/list/dict of them) moved to the device of `model`; other values unchanged."
+    "`x` (a tensor, or a tuple/list/dict of them) moved to the device of `model`, floating tensors cast to its dtype; other values unchanged."
     dev = model_device(model)
-    if torch.is_tensor(x): return x.to(dev)
+    if torch.is_tensor(x): return x.to(dev, model_dtype(model)) if x.is_floating_point() else x.to(dev)
     if isinstance(x, (tuple, list)): return type(x)(to_model_device(model, v) for v in x)
     if isinstance(x, dict): return {k: to_model_device(model, v) for k, v in x.items()}
     return x

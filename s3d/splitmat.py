@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from .graph import SplitGroup
+from .graph import SplitGroup, to_model_device
 from .kinds import layer_kind, activation_kind, conv_padded, ConvKind, Refusal
 from .curvature import act_curvature, SURROGATE_BETA
 import warnings
@@ -156,7 +156,7 @@ def collect_batches(model: nn.Module,   # network
         with torch.enable_grad():
             for i, (inp, tgt) in enumerate(batches):
                 for h in hooks: h.reset()
-                inp = inp.to(dev); tgt = tgt.to(dev) if torch.is_tensor(tgt) else tgt
+                inp = to_model_device(model, inp); tgt = tgt.to(dev) if torch.is_tensor(tgt) else tgt
                 if functional is None: out = model(inp)
                 else:
                     with functional: out = model(inp)
