@@ -9,29 +9,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 from .graph import to_model_device
+from .kinds import layer_kind
 
 # %% auto #0
 __all__ = ['count_flops_by_layer', 'count_params_flops']
 
 # %% ../nbs/02a_cost.ipynb #a6f8e1ad
-_ACTS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-         nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus)
-_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d,
-          nn.AdaptiveMaxPool2d, nn.MaxPool1d, nn.MaxPool2d)
-
 def _module_flops(m, inp, out, macs):
-    "FLOPs (or MACs) of one leaf module call for the whole batch."
-    n_out = out.numel()
-    if isinstance(m, nn.Conv2d):
-        k = (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        return n_out * k if macs else 2 * n_out * k + (n_out if m.bias is not None else 0)
-    if isinstance(m, nn.Linear):
-        return n_out * m.in_features if macs else 2 * n_out * m.in_features + (n_out if m.bias is not None else 0)
-    if macs: return 0
-    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)): return 2 * n_out
-    if isinstance(m, _ACTS): return n_out
-    if isinstance(m, _POOLS): return inp[0].numel()
-    return 0
+    "FLOPs (or MACs) of one leaf module call for the whole batch, from its kind in `s3d.kinds` (0 if unregistered)."
+    k = layer_kind(m)
+    return 0 if k is None else k.flops(m, inp, out, macs)
 
 # %% ../nbs/02a_cost.ipynb #b78efb3a
 @torch.no_grad()

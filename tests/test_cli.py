@@ -199,3 +199,12 @@ def test_interrupted_write_leaves_no_temp_file(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'fsync', boom)
     with pytest.raises(KeyboardInterrupt): atomic_write_text(p, 'new\n')
     assert p.read_text() == 'old\n' and [q.name for q in tmp_path.iterdir()] == ['r.csv']
+
+def test_experiment_with_fewer_options_runs_with_a_warning(monkeypatch, capsys, tmp_path):
+    "An experiment whose run() predates --jobs/--fake-data/--download still runs; a set option it cannot take is a warning."
+    import s3d.paper.cli as cli
+    def old_style(scale='cpu', device='auto', data=None, out='x', force=False): return []
+    monkeypatch.setattr(cli, '_old_for_test', old_style, raising=False)
+    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', 's3d.paper.cli:_old_for_test')
+    assert main(['reproduce', 'table2', '--out', str(tmp_path), '--jobs', '2']) == 0
+    assert capsys.readouterr().err.strip() == 'table2: warning: --jobs is not supported by this experiment yet: ignored'

@@ -13,6 +13,7 @@ from ..cost import count_flops_by_layer, count_params_flops
 from .models import MobileNetV1
 from ..graph import split_groups
 from ..surgery import remap_channels
+from ..kinds import layer_kind
 import copy
 
 # %% auto #0
@@ -20,11 +21,12 @@ __all__ = ['l1_filter_scores', 'bn_scale_scores', 'keep_by_ratio', 'keep_global'
            'pruned_cost', 'bn_l1_penalty', 'morphnet_penalty', 'expand_widths', 'kept_widths']
 
 # %% ../../nbs/paper/03_baselines.ipynb #f9445127
-def _n_out(m): return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+def _n_out(m): return layer_kind(m).n_out(m)
+def _n_in(m): return layer_kind(m).n_in(m)
 
 def l1_filter_scores(groups) -> dict:
-    "L1 norm of each producer filter (Li et al. 2017), per group."
-    return {g.name: g.producer.weight.detach().abs().flatten(1).sum(1).float().cpu() for g in groups}
+    "L1 norm of each producer filter (Li et al. 2017), per group, on the producer's device."
+    return {g.name: g.producer.weight.detach().abs().flatten(1).sum(1).float() for g in groups}
 
 def _bn_of(g):
     if g.bn is None or getattr(g.bn, 'weight', None) is None:
@@ -32,8 +34,8 @@ def _bn_of(g):
     return g.bn
 
 def bn_scale_scores(groups) -> dict:
-    "|gamma| of the BatchNorm after each producer (network slimming), per group."
-    return {g.name: _bn_of(g).weight.detach().abs().float().cpu() for g in groups}
+    "|gamma| of the BatchNorm after each producer (network slimming), per group, on the BN's device."
+    return {g.name: _bn_of(g).weight.detach().abs().float() for g in groups}
 
 # %% ../../nbs/paper/03_baselines.ipynb #771b7168
 def _top(s, k):
@@ -62,9 +64,8 @@ def keep_global(scores: dict,               # {group: scores (n,)}
     if prune_fraction is not None:
         if not 0 <= prune_fraction < 1: raise ValueError(f"keep_global: prune_fraction must be in [0, 1), got {prune_fraction}")
         k = int(round(prune_fraction * len(allv)))
-        layer = torch.cat([torch.full((len(scores[n]),), i) for i, n in enumerate(names)])
         order = torch.argsort(allv, stable=True)
-        alive = torch.ones(len(allv), dtype=torch.bool); alive[order[:k]] = False
+        alive = torch.ones(len(allv), dtype=torch.bool, device=allv.device); alive[order[:k]] = False
         parts = dict(zip(names, alive.split([len(scores[n]) for n in names])))
     else: parts = {n: scores[n].float() > threshold for n in names}
     out = {}
@@ -111,10 +112,15 @@ def pruned_cost(model: nn.Module,   # the unpruned network
                 what: str = 'flops' # 'flops' or 'params'
                ):
     "A `cost_fn` for `keep_for_budget`: params or FLOPs of `model` with each group cut to its kept count (on a copy)."
+    if what not in ('params', 'flops'): raise ValueError(f"pruned_cost: what must be 'params' or 'flops', got {what!r}")
     k = {'params': 0, 'flops': 1}[what]
-    def f(counts):
-        twin = prune_channels(copy.deepcopy(model), example_input, {n: torch.arange(c) for n, c in counts.items()})
-        return count_params_flops(twin, example_input)[k]
+    shape, memo = copy.deepcopy(model).to('meta'), {}  # shapes are all the count needs
+    def f(counts):  # keep-lists on the CPU: remap_channels checks them there and moves them to the model's device
+        key = tuple(sorted((n, int(c)) for n, c in counts.items()))
+        if key not in memo:  # bisections ask for the same architecture again and again
+            twin = prune_channels(copy.deepcopy(shape), example_input, {n: torch.arange(c) for n, c in key})
+            memo[key] = count_params_flops(twin, example_input)[k]
+        return memo[key]
     return f
 
 # %% ../../nbs/paper/03_baselines.ipynb #70a6680f
@@ -146,13 +152,13 @@ def morphnet_penalty(model: nn.Module,       # the model being shrunk
     def alive_frac(g): return (_bn_of(g).weight.detach().abs() > alive_threshold).float().mean()
     def coef(g):
         n, p = _n_out(g.producer), g.producer
-        n_in = p.in_features if isinstance(p, nn.Linear) else p.in_channels
+        n_in = _n_in(p)
         a_in = alive_frac(feeds[id(p)]) if id(p) in feeds else 1.0
         per = sum(fl.get(id(m), 0) for m in [g.bn, g.act] + [m for _, m in g.followers] if m is not None)
         c = fl.get(id(p), 0) / n * a_in + per / n
         for cons in g.consumers:
             m = cons.module
-            c_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            c_in = _n_in(m)
             a_out = alive_frac(by_prod[id(m)]) if id(m) in by_prod else 1.0
             c = c + fl.get(id(m), 0) * cons.repeat / c_in * a_out
         return c

@@ -49,7 +49,7 @@ def experiment_runner(name:str):
 def experiment_checker(name:str):
     "The argument check of experiment `name` (`check`, or `check_x` for `run_x`), or None."
     mod, fn = _target(name)
-    return None if mod is None else getattr(mod, fn.replace('run', 'check', 1), None)
+    return None if mod is None or 'run' not in fn else getattr(mod, fn.replace('run', 'check', 1), None)
 
 # %% ../../nbs/paper/06_cli.ipynb #33edb113
 def check_fig1(scale:str='cpu', device='auto', data=None, out=None, fake_data:bool=False, download:bool=False) -> list:
@@ -147,6 +147,15 @@ def _list(out) -> int:
             print(f'  {name:<7} {scale:<6} {state}{fake}')
     return 0
 
+def _accepted(name, fn, kw):
+    "`fn` and the options it accepts; an option it cannot take but that was set is a one-line warning."
+    import inspect
+    ps = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return fn, kw
+    for k in [k for k in kw if k not in ps]:
+        if kw[k] not in (None, False, 1): print(f'{name}: warning: --{k.replace("_", "-")} is not supported by this experiment yet: ignored', file=sys.stderr)
+    return fn, {k: v for k, v in kw.items() if k in ps}
+
 def _reproduce(args) -> int:
     names = [n for n in EXPERIMENTS if EXPERIMENTS[n]] if args.experiment == 'all' else [args.experiment]
     for n in EXPERIMENTS:
@@ -168,7 +177,8 @@ def _reproduce(args) -> int:
         for w in warnings: print(f'{n}: warning: {w}', file=sys.stderr)
     for n in names:   # phase 2: run
         t0 = time.time()
-        paths, code = _guard(n, 'run', args.debug, experiment_runner(n), **opts, force=args.force, jobs=jobs)
+        fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs))
+        paths, code = _guard(n, 'run', args.debug, fn, **kw)
         if code: return code
         print(f'{n}: done in {time.time() - t0:.1f} s wall time; files:')
         for p in paths: print(f'  {p}')

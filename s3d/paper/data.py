@@ -145,6 +145,23 @@ def load_digits_data(test_size: int = 360, # number of test images
                      [str(i) for i in range(10)], (m,), (s,), pad=pad, flip=False)
 
 # %% ../../nbs/paper/02_data.ipynb #6d42cae8
+def _draw(B: int, pad: int, flip: bool, gen: torch.Generator):
+    "Crop offsets (B,), (B,) and flip flags (B,) of one batch, drawn on the CPU from `gen`."
+    oy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    ox = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
+    fl = torch.rand(B, generator=gen) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
+    return oy, ox, fl
+
+def _crop_flip_index(oy, ox, fl, H: int, W: int):
+    "Source rows (B, H) and columns (B, W) in the padded image, on the device of `oy`."
+    j = torch.arange(W, device=oy.device)
+    return oy[:, None] + torch.arange(H, device=oy.device), ox[:, None] + torch.where(fl[:, None], W - 1 - j, j)
+
+def _gather(xp, b, rows, cols):
+    "Images `b` (B,) of the padded stack `xp` at source `rows` (B, H) and `cols` (B, W): one gather."
+    c = torch.arange(xp.shape[1], device=xp.device)[None, :, None, None]
+    return xp[b[:, None, None, None], c, rows[:, None, :, None], cols[:, None, None, :]]
+
 def augment_batch(x: torch.Tensor,   # uint8 (B, C, H, W) on any device
                   pad: int,          # crop padding (0: no crop)
                   flip: bool,        # random horizontal flips
@@ -153,17 +170,12 @@ def augment_batch(x: torch.Tensor,   # uint8 (B, C, H, W) on any device
     "Random crop (zero padding `pad`) and horizontal flip of a batch, in one gather on `x`'s device."
     B, C, H, W = x.shape
     if B == 0 or (pad == 0 and not flip): return x
-    oy = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
-    ox = torch.randint(0, 2 * pad + 1, (B,), generator=gen)
-    fl = torch.rand(B, generator=gen) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
-    j = torch.arange(W)
-    rows = oy[:, None] + torch.arange(H)                                      # (B, H)
-    cols = ox[:, None] + torch.where(fl[:, None], W - 1 - j, j)               # (B, W)
+    oy, ox, fl = _draw(B, pad, flip, gen)
+    rows, cols = _crop_flip_index(oy, ox, fl, H, W)
     rows, cols = rows.to(x.device, non_blocking=True), cols.to(x.device, non_blocking=True)
     xp = F.pad(x, (pad,) * 4) if pad else x
-    b = torch.arange(B, device=x.device)[:, None, None, None]
-    c = torch.arange(C, device=x.device)[None, :, None, None]
-    return xp[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+    return _gather(xp, torch.arange(B, device=x.device), rows, cols)
+
 
 # %% ../../nbs/paper/02_data.ipynb #e61279c1
 class BatchLoader:
@@ -179,7 +191,8 @@ class BatchLoader:
                  drop_last: bool = False,    # drop a last incomplete batch
                  preload: bool = True,       # keep the whole dataset on `device`
                  pin_memory: bool = False,   # pin host batches before copying (when not preloaded)
-                 channels_last: bool = False): # return images in channels_last memory format
+                 channels_last: bool = False,# return images in channels_last memory format
+                 padded: bool = None):       # keep a padded copy and gather crops from it (default: off the CPU)
         if x.dtype != torch.uint8 or x.ndim != 4: raise TypeError(f"BatchLoader: images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
         if len(x) != len(y): raise ValueError(f"BatchLoader: {len(x)} images but {len(y)} labels")
         if batch_size < 1: raise ValueError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
@@ -189,6 +202,8 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.pad, self.flip = batch_size, shuffle, pad, flip
         self.seed, self.drop_last, self.channels_last, self.epoch = seed, drop_last, channels_last, 0
         self.pin_memory = pin_memory and self.device.type == 'cuda' and not preload
+        if padded is None: padded = self.device.type != 'cpu'
+        self.xpad = F.pad(self.x, (pad,) * 4) if padded and preload and pad > 0 else None
         C = x.shape[1]
         m = torch.tensor(mean if mean is not None else (0.,) * C, dtype=torch.float32)
         s = torch.tensor(std if std is not None else (1.,) * C, dtype=torch.float32)
@@ -205,19 +220,37 @@ class BatchLoader:
         if self.pin_memory: t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
+    def _draws(self, gen, n):
+        "The epoch's crop offsets and flips for every batch (as `augment_batch` draws them), on the batch device."
+        aug = self.pad > 0 or self.flip
+        sizes = [len(range(n)[i * self.batch_size:(i + 1) * self.batch_size]) for i in range(len(self))]
+        d = [_draw(B, self.pad, self.flip, gen) if aug and B else None for B in sizes]
+        if not aug or not any(v is not None for v in d): return None
+        oy, ox, fl = (torch.cat([v[k] for v in d if v is not None]) for k in range(3))
+        H, W = self.x.shape[2:]
+        rows, cols = _crop_flip_index(oy, ox, fl, H, W)
+        return rows.to(self.device, non_blocking=True), cols.to(self.device, non_blocking=True)
+
     def __iter__(self):
         gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)
         self.epoch += 1
         n = len(self.y)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         if self.preload: order = order.to(self.device)
+        rc, p = self._draws(gen, n), self.pad
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb, yb = self._to_device(self.x[idx]), self._to_device(self.y[idx])
-            xb = augment_batch(xb, self.pad, self.flip, gen)
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[sl]
+            yb = self._to_device(self.y[idx])
+            if rc is None: xb = self._to_device(self.x[idx])
+            elif self.xpad is not None: xb = _gather(self.xpad, idx, rc[0][sl], rc[1][sl])
+            else:
+                xb = self._to_device(self.x[idx])
+                xb = _gather(F.pad(xb, (p,) * 4) if p else xb, torch.arange(len(idx), device=xb.device), rc[0][sl], rc[1][sl])
             xb = xb.float() * self.scale + self.shift
             if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, yb
+
 
 # %% ../../nbs/paper/02_data.ipynb #6271a693
 def loaders(data: ImageData,            # dataset in memory

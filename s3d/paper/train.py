@@ -6,19 +6,20 @@ Docs: https://s3d-dev.github.io/s3d/paper/train.html.md"""
 
 # %% ../../nbs/paper/04_train.ipynb #3a3b6743
 from __future__ import annotations
-import math
+import contextlib, math
 import torch
 from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from ..graph import model_device
 
 # %% auto #0
 __all__ = ['evaluate', 'train']
 
 # %% ../../nbs/paper/04_train.ipynb #9254784d
 def _setup(model, device, amp, channels_last):
-    "Resolve auto options and move the model."
-    device = torch.device(device)
+    "Resolve auto options (device None: where the model is) and move the model."
+    device = model_device(model) if device is None else torch.device(device)
     cuda = device.type == 'cuda'
     amp = cuda if amp is None else amp
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -27,43 +28,63 @@ def _setup(model, device, amp, channels_last):
     if channels_last: model.to(memory_format=torch.channels_last)
     return device, amp, channels_last
 
-def _prep(x, y, device, channels_last):
-    "Move a batch to the device in the right memory format."
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+def _float_dtype(model):
+    "The dtype of the model's first floating parameter (float32 if none)."
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+def _prep(x, y, device, dtype, channels_last):
+    "Move a batch to the device (floating inputs in `dtype`) in the right memory format."
+    x = x.to(device, dtype, non_blocking=True) if x.is_floating_point() else x.to(device, non_blocking=True)
+    y = y.to(device, non_blocking=True)
     if channels_last and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
     return x, y
+
+def _autocast(device, amp):
+    "bf16 autocast on `device` when `amp`, else nothing (autocast refuses some device types even when disabled)."
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+def _host(t):
+    "A device scalar as a Python number: the one host synchronisation; NaN on the shape-only `meta` device."
+    return float('nan') if t.device.type == 'meta' else t.item()
 
 # %% ../../nbs/paper/04_train.ipynb #9389f196
 @torch.no_grad()
 def evaluate(model: nn.Module,           # model to evaluate (left in its previous train/eval mode)
              loader,                     # iterable of (images, labels)
-             device='cpu',               # where to run
+             device=None,                # where to run (None: where the model is)
              amp: bool = None,           # bf16 autocast (default: on for CUDA)
              channels_last: bool = None, # channels_last for conv models (default: on for CUDA)
             ) -> dict:
     "Mean loss and accuracy (%) of `model` over `loader`."
     device, amp, cl = _setup(model, device, amp, channels_last)
-    was = model.training; model.eval()
-    loss = correct = n = 0
+    dt, was = _float_dtype(model), model.training; model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64); correct = torch.zeros((), device=device, dtype=torch.long); n = 0
     try:
         for x, y in loader:
-            x, y = _prep(x, y, device, cl)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            x, y = _prep(x, y, device, dt, cl)
+            with _autocast(device, amp):
                 out = model(x)
-            loss += F.cross_entropy(out.float(), y, reduction='sum').item()
-            correct += (out.argmax(1) == y).sum().item(); n += len(y)
+            loss += F.cross_entropy(out.float(), y, reduction='sum'); correct += (out.argmax(1) == y).sum(); n += len(y)
     finally: model.train(was)
     if n == 0: raise ValueError("evaluate: the loader yielded no batches")
-    return dict(loss=loss / n, acc=100 * correct / n, n=n)
+    return dict(loss=_host(loss) / n, acc=100 * _host(correct) / n, n=n)
 
 # %% ../../nbs/paper/04_train.ipynb #b1041bcb
+def _compiled(model, compile):
+    "The module to call in the step: `model`, or `torch.compile(model)` freshly (each split changes the shapes)."
+    if not compile: return model
+    if compile is not True and compile not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
+        raise ValueError(f"train: compile must be False, True or a torch.compile mode, got {compile!r}")
+    torch._dynamo.reset()  # a fresh cache per model, so growing runs never hit dynamo's recompile limit
+    return torch.compile(model, mode=None if compile is True else compile, dynamic=False)
+
 def train(model: nn.Module,           # model to train in place
           loader,                     # iterable of (images, labels) batches with len()
           epochs: int,                # passes over `loader`
           lr: float = 0.1,            # peak learning rate (cosine-decayed to 0)
           momentum: float = 0.9,      # SGD momentum
           weight_decay: float = 5e-4, # L2 weight decay
-          device='cpu',               # where to train
+          device=None,                # where to train (None: where the model is)
           regularizer=None,           # callable(model) -> scalar tensor added to the loss
           nesterov: bool = False,     # Nesterov momentum
           test_loader=None,           # evaluated after every epoch when given
@@ -71,12 +92,17 @@ def train(model: nn.Module,           # model to train in place
           channels_last: bool = None, # channels_last for conv models (default: on for CUDA)
           progress: bool = True,      # tqdm progress bar
           desc: str = 'train',        # progress bar label
-          log_every: int = 50,        # steps between device syncs (progress bar, non-finite check)
+          log_every: int = 50,        # steps between progress-bar updates (each one waits for the device)
+          fused: bool = None,         # fused SGD kernel (default: on for CUDA)
+          compile=False,              # torch.compile the model: False, True or a mode ('reduce-overhead': CUDA graphs)
          ) -> list:
     "Train with SGD + cosine schedule; returns one dict per epoch (loss, acc, lr, test metrics)."
     if epochs < 0: raise ValueError(f"train: epochs must be >= 0, got {epochs}")
     device, amp, cl = _setup(model, device, amp, channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    fused = device.type == 'cuda' if fused is None else fused
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
+                          **({'fused': True} if fused else {}))
+    net, dt, graphs = _compiled(model, compile), _float_dtype(model), compile == 'reduce-overhead'
     total, step, history = max(1, epochs * len(loader)), 0, []
     bar = tqdm(total=epochs * len(loader), desc=desc, disable=not progress, leave=False)
     model.train()
@@ -84,18 +110,20 @@ def train(model: nn.Module,           # model to train in place
         tl = torch.zeros((), device=device); tc = torch.zeros((), device=device, dtype=torch.long); tn = 0
         for i, (x, y) in enumerate(loader):
             for g in opt.param_groups: g['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            x, y = _prep(x, y, device, cl)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = model(x)
+            x, y = _prep(x, y, device, dt, cl)
+            if graphs: torch.compiler.cudagraph_mark_step_begin()
+            with _autocast(device, amp):
+                out = net(x)
             loss = F.cross_entropy(out.float(), y)
             full = loss + regularizer(model) if regularizer is not None else loss
             opt.zero_grad(set_to_none=True); full.backward(); opt.step()
-            tl += loss.detach() * len(y); tc += (out.argmax(1) == y).sum(); tn += len(y)
-            step += 1; bar.update(1)
-            if (i + 1) % log_every == 0 or i + 1 == len(loader):  # sync with the device only now and then
-                if not torch.isfinite(tl): raise FloatingPointError(f"train: non-finite loss by epoch {ep + 1}, step {step}")
-                bar.set_postfix(loss=f'{tl.item() / max(tn, 1):.3f}')
-        tl, tc = tl.item(), tc.item()
+            tl += loss.detach() * len(y); tc += (out.detach().argmax(1) == y).sum(); tn += len(y)
+            step += 1
+            if progress:
+                bar.update(1)
+                if (i + 1) % log_every == 0: bar.set_postfix(loss=f'{_host(tl) / max(tn, 1):.3f}')
+        tl, tc = _host(tl), _host(tc)  # the one wait for the device per epoch
+        if device.type != 'meta' and not math.isfinite(tl): raise FloatingPointError(f"train: non-finite loss in epoch {ep + 1} (by step {step})")
         row = dict(epoch=ep + 1, loss=tl / max(tn, 1), acc=100 * tc / max(tn, 1), lr=opt.param_groups[0]['lr'])
         if test_loader is not None:
             r = evaluate(model, test_loader, device, amp, cl); model.train()
