@@ -33,7 +33,8 @@ def register_experiment(name:str, target:str|None, about:str='', time:str=''):
     "Register (or replace) experiment `name` as a `'module:function'` string, or None for not implemented."
     if target is not None and (not isinstance(target, str) or ':' not in target):
         raise ValueError(f"experiment {name!r}: target must look like 'package.module:function', got {target!r}")
-    EXPERIMENTS[name] = target; ABOUT[name] = (about, time)
+    EXPERIMENTS[name] = target
+    if about or time or name not in ABOUT: ABOUT[name] = (about, time)   # keep the description when only the target changes
 
 def _target(name):
     if name not in EXPERIMENTS: raise ValueError(f'unknown experiment {name!r}; choose one of {", ".join(EXPERIMENTS)}')
@@ -147,13 +148,13 @@ def _list(out) -> int:
             print(f'  {name:<7} {scale:<6} {state}{fake}')
     return 0
 
-def _accepted(name, fn, kw):
+def _accepted(name, fn, kw, given=()):
     "`fn` and the options it accepts; an option it cannot take but that was set is a one-line warning."
     import inspect
     ps = inspect.signature(fn).parameters
     if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return fn, kw
     for k in [k for k in kw if k not in ps]:
-        if kw[k] not in (None, False, 1): print(f'{name}: warning: --{k.replace("_", "-")} is not supported by this experiment yet: ignored', file=sys.stderr)
+        if k in given: print(f'{name}: warning: --{k.replace("_", "-")} is not supported by this experiment yet: ignored', file=sys.stderr)
     return fn, {k: v for k, v in kw.items() if k in ps}
 
 def _reproduce(args) -> int:
@@ -177,7 +178,8 @@ def _reproduce(args) -> int:
         for w in warnings: print(f'{n}: warning: {w}', file=sys.stderr)
     for n in names:   # phase 2: run
         t0 = time.time()
-        fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs))
+        given = [k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)]
+        fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs), given)
         paths, code = _guard(n, 'run', args.debug, fn, **kw)
         if code: return code
         print(f'{n}: done in {time.time() - t0:.1f} s wall time; files:')
