@@ -1,9 +1,10 @@
-"""Training throughput of `s3d.train.train` (with its `BatchLoader`) against a minimal plain PyTorch loop.
+"""Training throughput of `s3d.paper.train.train` (with its `BatchLoader`) against a minimal plain PyTorch loop.
 
 MobileNetV1 for 32x32 inputs and 100 classes on CIFAR-shaped synthetic uint8 tensors. Both loops use the same model,
 device, SGD settings, bf16 autocast and channels_last (on CUDA; neither on CPU); ours also does the random crop + flip
 and normalisation on the device, the plain loop feeds pre-normalised float batches already on the device.
-Then projects the wall time of the whole paper-scale Table 1 schedule (`s3d.experiments.table1.SCALES['paper']`)
+`--compile MODE` also times `train(compile=MODE)` (steady state and the first epoch, which includes compilation).
+Then projects the wall time of the whole paper-scale Table 1 schedule (`s3d.paper.experiments.table1.SCALES['paper']`)
 from the measured images/s (eigenpair computation and evaluation not counted).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/train_bench.py --device auto --steps 30 --batch 128
@@ -12,23 +13,32 @@ from __future__ import annotations
 import argparse, time
 import torch
 import torch.nn.functional as F
-from s3d.models import MobileNetV1, count_params_flops
-from s3d.data import BatchLoader
-from s3d.train import train
-from s3d.runs import resolve_device
-from s3d.experiments.table1 import SCALES, table1_runs
+from s3d.paper.models import MobileNetV1
+from s3d.cost import count_params_flops
+from s3d.paper.data import BatchLoader
+from s3d.paper.train import train
+from s3d.paper.runs import resolve_device
+from s3d.paper.experiments.table1 import SCALES, table1_runs
 
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize()
 
-def bench_ours(model, x, y, dev, batch, steps):
-    "Images/s of `train` over `steps` batches (one epoch of a loader holding steps * batch images)."
-    dl = BatchLoader(x, y, batch, device=dev, shuffle=True, pad=4, flip=True, mean=(0.5,) * 3, std=(0.25,) * 3,
-                     drop_last=True, channels_last=dev.type == 'cuda')
-    train(model, dl, 1, device=dev, progress=False)  # warm-up epoch (also cudnn autotuning)
-    _sync(dev); t = time.perf_counter()
-    train(model, dl, 1, device=dev, progress=False)
-    _sync(dev); return steps * batch / (time.perf_counter() - t)
+class _Timed:
+    "A loader that records the (synchronised) time at the start of every pass."
+    def __init__(self, dl, dev): self.dl, self.dev, self.starts = dl, dev, []
+    def __len__(self): return len(self.dl)
+    def __iter__(self):
+        _sync(self.dev); self.starts.append(time.perf_counter()); return iter(self.dl)
+
+def bench_ours(model, x, y, dev, batch, steps, compile=False, warmup=None):
+    """Images/s of `train` over `steps` batches: the second of two epochs in one `train` call (so a compiled model is
+    compiled once, as after each split). `warmup`, a list, receives the seconds of the first epoch (compilation, autotuning)."""
+    dl = _Timed(BatchLoader(x, y, batch, device=dev, shuffle=True, pad=4, flip=True, mean=(0.5,) * 3, std=(0.25,) * 3,
+                            drop_last=True, channels_last=dev.type == 'cuda'), dev)
+    train(model, dl, 2, device=dev, progress=False, compile=compile)
+    _sync(dev); end = time.perf_counter()
+    if warmup is not None: warmup.append(dl.starts[1] - dl.starts[0])
+    return steps * batch / (end - dl.starts[1])
 
 def bench_plain(model, x, y, dev, batch, steps):
     "Images/s of a minimal loop: pre-made normalised batches on the device, SGD, cross-entropy."
@@ -68,6 +78,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='auto'); p.add_argument('--steps', type=int, default=30)
     p.add_argument('--batch', type=int, default=128); p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--compile', default='', help="also time train(compile=MODE): 'default' or 'reduce-overhead' (CUDA graphs)")
     a = p.parse_args()
     dev = resolve_device(a.device)
     g = torch.Generator().manual_seed(0)
@@ -78,6 +89,11 @@ def main():
     for name, widths in (('full', list(cfg.full_widths)), ('seed', list(cfg.seed_widths))):
         mk = lambda: (torch.manual_seed(0), MobileNetV1(100, widths=widths))[1]
         ours = max(bench_ours(mk(), x, y, dev, a.batch, a.steps) for _ in range(a.repeats))
+        if a.compile:
+            wu = []
+            comp = max(bench_ours(mk(), x, y, dev, a.batch, a.steps, compile=True if a.compile == 'default' else a.compile, warmup=wu)
+                       for _ in range(a.repeats))
+            print(f'{name:5s} compiled ({a.compile}): {comp:8.1f} img/s, first epoch (compile + warm-up) {min(wu):.1f} s')
         plain = max(bench_plain(mk(), x, y, dev, a.batch, a.steps) for _ in range(a.repeats))
         fl = count_params_flops(mk(), torch.zeros(1, 3, 32, 32))[1]
         meas[name] = (fl, ours)

@@ -11,18 +11,32 @@ from typing import Callable
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+from collections.abc import MutableMapping
+from .kinds import register_activation, unregister_activation, ACTIVATIONS, activation_kind, layer_kind, PassThroughKind
 
 # %% auto #0
 __all__ = ['CURVATURES', 'SURROGATE_BETA', 'register_curvature', 'RBF', 'softplus_dd', 'act_curvature', 'autograd_dd']
 
 # %% ../nbs/03_curvature.ipynb #6a9e7dd6
-CURVATURES: dict = {}  # module type -> fn(act, z, beta) returning act''(z)
+class _Curvatures(MutableMapping):
+    "Live view {activation class: fn(act, z, beta)} of the activations in `s3d.kinds.ACTIVATIONS` that have a curvature."
+    def __getitem__(self, cls):
+        k = ACTIVATIONS.get(cls)
+        if k is None or k.curvature is None: raise KeyError(cls)
+        return k.curvature
+    def __setitem__(self, cls, fn): register_activation(cls, curvature=fn)
+    def __delitem__(self, cls): self[cls]; unregister_activation(cls)
+    def __iter__(self): return iter([c for c, k in ACTIVATIONS.items() if k.curvature is not None])
+    def __len__(self): return len(list(iter(self)))
+
+CURVATURES = _Curvatures()  # activation type -> fn(act, z, beta) returning act''(z)
 
 def register_curvature(cls: type, # activation module type (subclasses are matched too)
+                       smooth: bool | None = None, # twice differentiable (None keeps the registered value)
                       ) -> Callable:
-    "Decorator registering `fn(act, z, beta)` as the second derivative of activations of type `cls`."
+    "Decorator registering `fn(act, z, beta)` as the second derivative of activations of type `cls` (via `register_activation`)."
     def deco(fn):
-        CURVATURES[cls] = fn
+        register_activation(cls, curvature=fn, smooth=smooth)
         return fn
     return deco
 
@@ -61,10 +75,7 @@ def _gelu_dd(act, z, beta):
 @register_curvature(nn.ELU)
 def _elu_dd(act, z, beta): return torch.where(z > 0, torch.zeros_like(z), act.alpha * torch.exp(z.clamp(max=0)))
 
-@register_curvature(nn.Identity)
-def _identity_dd(act, z, beta): return torch.zeros_like(z)
-
-@register_curvature(RBF)
+@register_curvature(RBF, smooth=True)
 def _rbf_dd(act, z, beta): return (z * z - 1) * torch.exp(-0.5 * z * z)
 
 # %% ../nbs/03_curvature.ipynb #383246eb
@@ -91,17 +102,30 @@ def _hardswish_dd(act, z, beta):
     box = torch.sigmoid(beta * (z + 3)) - torch.sigmoid(beta * (z - 3))
     return box / 3 - 0.5 * (softplus_dd(z + 3, beta) + softplus_dd(z - 3, beta))
 
+@register_curvature(nn.Hardtanh)
+def _hardtanh_dd(act, z, beta): return softplus_dd(z - act.min_val, beta) - softplus_dd(z - act.max_val, beta)
+
+@register_curvature(nn.Hardsigmoid)
+def _hardsigmoid_dd(act, z, beta): return (softplus_dd(z + 3, beta) - softplus_dd(z - 3, beta)) / 6
+
+@register_curvature(nn.PReLU)
+def _prelu_dd(act, z, beta):
+    if act.weight.numel() != 1: raise TypeError("PReLU with one slope per channel: its curvature needs the channel layout; use num_parameters=1")
+    return (1 - act.weight.detach().to(z)) * softplus_dd(z, beta)
+
 # %% ../nbs/03_curvature.ipynb #dacaeecf
 def act_curvature(act: nn.Module | None, # activation module, or None for no activation
                   z: Tensor,             # pre-activation values
                   beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
                  ) -> Tensor:
-    "act''(z) for the activation module `act`, from the `CURVATURES` registry."
-    if act is None: return torch.zeros_like(z)
-    for cls in type(act).__mro__:
-        if cls in CURVATURES: return CURVATURES[cls](act, z, beta)
-    raise TypeError(f"no curvature registered for activation {type(act).__name__}; "
-                    f"add one with `@register_curvature({type(act).__name__})` on `fn(act, z, beta)`")
+    "act''(z) for the activation module `act`: its registered curvature, else autograd's for a smooth one."
+    if act is None or isinstance(layer_kind(act), PassThroughKind): return torch.zeros_like(z)
+    k = activation_kind(act)
+    if k is not None and k.curvature is not None: return k.curvature(act, z, beta)
+    if k is not None and k.smooth:
+        with torch.enable_grad(): return autograd_dd(act, z)
+    raise TypeError(f"no curvature registered for activation {type(act).__name__}; add one with "
+                    f"`@register_curvature({type(act).__name__})` on `fn(act, z, beta)` (or s3d.register_activation(..., curvature=fn))")
 
 # %% ../nbs/03_curvature.ipynb #a15689d0
 def autograd_dd(act: nn.Module, # activation module

@@ -1,4 +1,4 @@
-"""Which neurons of a model can be split, and what their outputs flow through.
+"""Which neurons of a model can be split, and what their outputs flow through; what cannot be split, and why.
 
 Docs: https://s3d-dev.github.io/s3d/graph.html.md"""
 
@@ -8,22 +8,24 @@ Docs: https://s3d-dev.github.io/s3d/graph.html.md"""
 from __future__ import annotations
 from dataclasses import dataclass, field
 from collections import Counter
+from typing import Callable
 import math
 import torch
 from torch import nn
 import torch.fx as fx
-from .curvature import CURVATURES
+from .kinds import (Refusal, layer_kind, activation_kind, is_activation, is_depthwise, register_activation, stateless,
+                       flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS)
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'PASS_THROUGH', 'POOLS', 'Consumer', 'SplitGroup', 'register_activation', 'is_activation',
-           'is_producer', 'is_depthwise', 'UnsupportedStructure', 'split_groups', 'validate_group']
+__all__ = ['Consumer', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device', 'UnsupportedStructure',
+           'Skipped', 'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
 
 # %% ../nbs/02_graph.ipynb #912961a8
 @dataclass(eq=False)
 class Consumer:
     "A layer that reads a split group's outputs."
     name: str            # qualified name in `model.named_modules()`
-    module: nn.Module    # `nn.Linear`, or `nn.Conv2d` with `groups == 1`
+    module: nn.Module    # a layer whose kind consumes channels (`nn.Linear`, a conv with `groups == 1`, ...)
     repeat: int = 1      # consumer inputs per neuron: channel j owns input columns j*repeat ... (j+1)*repeat-1
 
 # %% ../nbs/02_graph.ipynb #22c8cbad
@@ -31,61 +33,56 @@ class Consumer:
 class SplitGroup:
     "One producer's neurons, with what follows them per channel and what consumes them."
     name: str                                      # producer's qualified name
-    producer: nn.Module                            # `nn.Linear`, or `nn.Conv2d` with `groups == 1`
+    producer: nn.Module                            # a layer whose kind can produce (`nn.Linear`, a conv with `groups == 1`, ...)
     bn: nn.Module | None = None                    # BatchNorm directly after the producer
     act: nn.Module | None = None                   # activation applied to the (BN-ed) pre-activation
     followers: list = field(default_factory=list)  # [(name, module)] further per-channel modules
     consumers: list = field(default_factory=list)  # [Consumer]
-    act_name: str | None = None                    # qualified name of `act`
+    act_name: str | None = None                    # qualified name of `act` (the fx node name for a functional one)
     bn_name: str | None = None                     # qualified name of `bn`
+    act_fn: Callable | None = None                 # the functional form called in forward (F.gelu, ...); `act` is then an equivalent module
 
     @property
     def n_neurons(self) -> int:
         "Number of neurons (output channels of the producer)."
-        p = self.producer
-        return p.out_features if isinstance(p, nn.Linear) else p.out_channels
+        return layer_kind(self.producer).n_out(self.producer)
 
     @property
     def dim(self) -> int:
         "Length of each neuron's parameter vector theta (weight row, then bias)."
-        p = self.producer
-        return p.weight[0].numel() + (p.bias is not None)
+        return layer_kind(self.producer).theta_dim(self.producer)
 
 # %% ../nbs/02_graph.ipynb #8f2e1125
-ACTIVATIONS = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
-               nn.Sigmoid, nn.Softplus, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.LogSigmoid, nn.Softsign,
-               nn.Tanhshrink]
-PASS_THROUGH = [nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.Identity]
-POOLS = [nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d]
-
-def register_activation(cls: type):
-    "Declare a module class an elementwise activation (kept as a leaf when tracing); returns `cls`."
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise TypeError(f"register_activation: {cls!r} is not an nn.Module class")
-    if cls not in ACTIVATIONS: ACTIVATIONS.append(cls)
-    return cls
-
-def is_activation(m: nn.Module) -> bool:
-    "An elementwise activation: listed in `ACTIVATIONS` or with a curvature registered in `s3d.curvature.CURVATURES`."
-    return isinstance(m, tuple(ACTIVATIONS)) or any(c in CURVATURES for c in type(m).__mro__)
-
-# %% ../nbs/02_graph.ipynb #1e6ad05e
 def is_producer(m: nn.Module) -> bool:
-    "True for `nn.Linear` and `nn.Conv2d` with `groups == 1`."
-    return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
+    "True when the kind of `m` can produce split channels (`nn.Linear`, a conv with `groups == 1`, ...)."
+    k = layer_kind(m)
+    try: return k is not None and k.produce(m) is not None
+    except Refusal: return False
 
-def is_depthwise(m: nn.Module) -> bool:
-    "True for an `nn.Conv2d` with `groups == in_channels == out_channels > 1`."
-    return isinstance(m, nn.Conv2d) and 1 < m.groups == m.in_channels == m.out_channels
+# %% ../nbs/02_graph.ipynb #105f807b
+def model_device(model: nn.Module) -> torch.device:
+    "The device of the first parameter (or buffer) of `model`; the CPU for a model without tensors."
+    t = next(model.parameters(), None)
+    if t is None: t = next(model.buffers(), None)
+    return t.device if t is not None else torch.device('cpu')
 
-def _is_bn(m): return isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
-def _kind(m, types): return isinstance(m, tuple(types))
+def model_dtype(model: nn.Module) -> torch.dtype:
+    "The floating dtype of the first floating parameter (or buffer) of `model`; the default dtype without one."
+    t = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
+    return t.dtype if t is not None else torch.get_default_dtype()
+
+def to_model_device(model: nn.Module, x):
+    "`x` (a tensor, or a tuple/list/dict of them) moved to the device of `model`, floating tensors cast to its dtype; other values unchanged."
+    dev = model_device(model)
+    if torch.is_tensor(x): return x.to(dev, model_dtype(model)) if x.is_floating_point() else x.to(dev)
+    if isinstance(x, (tuple, list)): return type(x)(to_model_device(model, v) for v in x)
+    if isinstance(x, dict): return {k: to_model_device(model, v) for k, v in x.items()}
+    return x
 
 # %% ../nbs/02_graph.ipynb #07d51418
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m, qualname):
-        return is_activation(m) or isinstance(m, tuple(_LEAVES)) or super().is_leaf_module(m, qualname)
-
-_LEAVES = [nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm]   # subclasses of these are kept whole too
+        return layer_kind(m) is not None or super().is_leaf_module(m, qualname)
 
 class _ShapeRecorder(fx.Interpreter):
     def run_node(self, n):
@@ -94,16 +91,18 @@ class _ShapeRecorder(fx.Interpreter):
         return r
 
 def _trace(model, example_input):
-    "fx graph of `model` and the shapes of its tensors on `example_input`."
-    try: gm = fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as e:
-        raise ValueError(f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
-                         "declare its groups by hand with SplitGroup(...) and check them with validate_group") from e
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    "fx graph of `model` (traced in eval mode) and the shapes of its tensors on `example_input`."
+    args = to_model_device(model, example_input)
+    args = args if isinstance(args, tuple) else (args,)
     modes = {m: m.training for m in model.modules()}
-    rec = _ShapeRecorder(gm); rec.shapes = {}
     try:
         model.eval()
+        try: gm = fx.GraphModule(model, _Tracer().trace(model))
+        except Exception as e:
+            raise ValueError(f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
+                             "declare its groups by hand with SplitGroup(name, producer, bn, act, followers, consumers) "
+                             "and check them with validate_group") from e
+        rec = _ShapeRecorder(gm); rec.shapes = {}
         with torch.no_grad(): rec.run(*args)
     finally:
         for m, t in modes.items(): m.training = t
@@ -113,11 +112,18 @@ def _trace(model, example_input):
 class UnsupportedStructure(ValueError):
     "A model structure that `split_groups` cannot turn into a correct split group."
 
-_FUNC_ACTS = {'relu', 'relu_', 'relu6', 'tanh', 'tanh_', 'sigmoid', 'sigmoid_', 'gelu', 'silu', 'elu', 'selu', 'celu',
-              'leaky_relu', 'softplus', 'mish', 'hardswish', 'hardsigmoid', 'hardtanh', 'logsigmoid', 'softsign', 'tanhshrink'}
-_FUNC_POOLS = {'max_pool2d', '_max_pool2d', 'avg_pool2d', 'adaptive_avg_pool2d', 'adaptive_max_pool2d', '_adaptive_max_pool2d'}
-_FUNC_DROPOUT = {'dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'contiguous', 'clone'}
-_FUNC_FLATTEN = {'flatten', 'view', 'reshape', 'squeeze'}
+_FUNC_POOLS = {'max_pool1d', 'max_pool2d', '_max_pool2d', 'avg_pool1d', 'avg_pool2d', 'adaptive_avg_pool1d',
+               'adaptive_avg_pool2d', 'adaptive_max_pool1d', 'adaptive_max_pool2d', '_adaptive_max_pool2d'}
+_FUNC_SAME = {'dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'feature_alpha_dropout', 'contiguous', 'clone', 'to', 'float', 'double'}
+_FUNC_RESHAPE = {'flatten', 'view', 'reshape', 'squeeze'}
+_FUNC_PERMUTE = {'permute', 'transpose'}
+_FUNC_REDUCE = {'mean', 'sum', 'amax', 'amin'}
+_COMBINE = [({'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'}, "it is summed with another tensor (a residual add): the summed channels are "
+             "coupled to the other operand's producers (a residual stream), which s3d does not split"),
+            ({'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}, "it is concatenated with other tensors: the joint channels are "
+             "read together with other producers' channels, which s3d does not split"),
+            ({'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'}, "it is multiplied with another tensor "
+             "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split")]
 _META = {'size', 'dim', 'numel'}
 
 def _op_name(n): return n.target if isinstance(n.target, str) else getattr(n.target, '__name__', str(n.target))
@@ -127,118 +133,150 @@ def _data_users(n):
     return [u for u in n.users if not (u.op in ('call_method', 'call_function') and
             (_op_name(u) in _META or (_op_name(u) == 'getattr' and u.args[1] in ('shape', 'dtype', 'device'))))]
 
+def _combine_reason(name):
+    return next((why for names, why in _COMBINE if name in names),
+                "it combines this output with other tensors, which splitting cannot follow")
+
 # %% ../nbs/02_graph.ipynb #04c00763
 class _Walk:
     "Collects followers and consumers reachable per channel from one producer node."
-    def __init__(self, gm, shapes, calls, pnode):
-        self.mods, self.shapes, self.calls, self.pname = dict(gm.named_modules()), shapes, calls, pnode.target
-        self.n = _n_out(self.mods[pnode.target])
+    def __init__(self, gm, shapes, calls, pnode, n):
+        self.mods, self.shapes, self.calls, self.pname, self.n = dict(gm.named_modules()), shapes, calls, pnode.target, n
         self.followers, self.consumers, self.to_output = [], [], False
 
     def fail(self, node, why):
         what = f"'{node.target}' ({type(self.mods[node.target]).__name__})" if node.op == 'call_module' else f"'{_op_name(node)}' (node {node.name})"
         raise UnsupportedStructure(f"split_groups: the output of producer '{self.pname}' reaches {what}: {why}")
 
-    def run(self, node, layout, repeat):
-        for u in _data_users(node): self.step(u, node, layout, repeat)
+    def run(self, node, cdim, repeat):
+        for u in _data_users(node): self.step(u, node, cdim, repeat)
 
 # %% ../nbs/02_graph.ipynb #1004d3a8
-def _n_out(m): return m.out_features if isinstance(m, nn.Linear) else m.out_channels
+def _merge_range(shp, out):
+    "(start, end) such that `out` is `shp` with dims start..end merged (the batch dim kept), or None."
+    if tuple(out) == tuple(shp): return 1, 1
+    for s in range(1, len(shp)):
+        for e in range(s, len(shp)):
+            if tuple(out) == tuple(shp[:s]) + (math.prod(shp[s:e + 1]),) + tuple(shp[e + 1:]): return s, e
+    return None
 
-def _step(self, u, src, layout, repeat):
+def _perm(u, nd):
+    "The dim permutation of a permute/transpose node."
+    a = [x for x in u.args[1:]]
+    if _op_name(u) == 'transpose':
+        i, j = (d % nd for d in a[:2]); p = list(range(nd)); p[i], p[j] = p[j], p[i]; return p
+    a = list(a[0]) if len(a) == 1 and isinstance(a[0], (tuple, list)) else a
+    return [d % nd for d in a]
+
+def _reduced(u, nd):
+    "The dims a reduction reduces over (normalised) and keepdim; None if not given."
+    d = u.args[1] if len(u.args) > 1 else u.kwargs.get('dim')
+    keep = u.args[2] if len(u.args) > 2 else u.kwargs.get('keepdim', False)
+    if d is None: return None
+    d = [d] if isinstance(d, int) else list(d)
+    return ({i % nd for i in d}, keep) if all(isinstance(i, int) for i in d) else None
+
+# %% ../nbs/02_graph.ipynb #80eebb8c
+def _step(self, u, src, cdim, repeat):
     if u.op == 'output': self.to_output = True; return
-    if u.op == 'call_module': return self.module_step(u, self.mods[u.target], layout, repeat)
+    if u.op == 'call_module': return self.module_step(u, self.mods[u.target], src, cdim, repeat)
     name = _op_name(u)
-    if name in _FUNC_ACTS:
-        self.fail(u, f"a functional activation ({name}) in forward cannot be hooked; use an activation module such as nn.ReLU() instead")
-    if [a for a in u.all_input_nodes if a in self.shapes] != [src] or u.args[0] is not src:
-        self.fail(u, "it combines this output with other tensors (e.g. a residual add or a concat), which splitting cannot follow")
-    shp_in, out = self.shapes[src], self.shapes.get(u)
+    if [a for a in u.all_input_nodes if a in self.shapes] != [src] or u.args[0] is not src: self.fail(u, _combine_reason(name))
+    shp, out = self.shapes[src], self.shapes.get(u)
     if out is None: self.fail(u, "it does not return a single tensor")
-    if name in _FUNC_DROPOUT and out == shp_in: return self.run(u, layout, repeat)
-    if name in _FUNC_POOLS and layout == 'chw' and len(out) == 4 and out[1] == self.n: return self.run(u, layout, repeat)
-    if name in _FUNC_FLATTEN and len(out) == 2 and out[0] == shp_in[0] and out[1] == math.prod(shp_in[1:]):
-        return self.run(u, 'flat', repeat * (math.prod(shp_in[2:]) if layout == 'chw' else 1))
-    if name == 'mean' and layout == 'chw' and _reduced_dims(u, len(shp_in)) == {2, 3} and len(out) in (2, 4):
-        return self.run(u, 'flat' if len(out) == 2 else 'chw', repeat)
+    fn = u.target if u.op == 'call_function' else getattr(torch.Tensor, u.target, None)
+    act = activation_kind(fn) if fn is not None else None
+    if act is not None:
+        try: mod = act.module_for(u.args[1:], u.kwargs)
+        except Exception as e: self.fail(u, f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})")
+        self.followers.append((u.name, mod, u, fn)); return self.run(u, cdim, repeat)
+    if name in _FUNC_SAME and out == shp: return self.run(u, cdim, repeat)
+    if name in _FUNC_POOLS and cdim == 1 and repeat == 1 and len(out) == len(shp) and out[1] == self.n: return self.run(u, cdim, repeat)
+    if name in _FUNC_RESHAPE and (r := _merge_range(shp, out)) is not None:
+        try: return self.run(u, *flatten_flow(cdim, repeat, shp, *r))
+        except Refusal as e: self.fail(u, str(e))
+    if name in _FUNC_PERMUTE: return self.run(u, _perm(u, len(shp)).index(cdim), repeat)
+    if name in _FUNC_REDUCE and (r := _reduced(u, len(shp))) is not None and cdim not in r[0]:
+        return self.run(u, cdim if r[1] else cdim - sum(d < cdim for d in r[0]), repeat)
     self.fail(u, "this operation is not known to act on each channel separately")
 _Walk.step = _step
 
-# %% ../nbs/02_graph.ipynb #80eebb8c
-def _reduced_dims(u, nd):
-    "The dims a `mean` call reduces over, normalised (None if not given)."
-    d = u.args[1] if len(u.args) > 1 else u.kwargs.get('dim')
-    if d is None: return None
-    d = [d] if isinstance(d, int) else list(d)
-    return {i % nd for i in d} if all(isinstance(i, int) for i in d) else None
-
-def _module_step(self, u, m, layout, repeat):
-    if self.calls[u.target] > 1:
-        self.fail(u, f"this module instance is called {self.calls[u.target]} times in forward; use a separate instance per call")
+def _module_step(self, u, m, src, cdim, repeat):
+    if self.calls[u.target] > 1 and not stateless(m):
+        self.fail(u, f"this module instance holds state and is called {self.calls[u.target]} times in forward; use a separate instance per call")
     if len([a for a in u.all_input_nodes if a in self.shapes]) > 1: self.fail(u, "it takes several tensor inputs (e.g. a concat or a residual add)")
-    shp = self.shapes.get(u)
-    if isinstance(m, nn.Linear):
-        if layout != 'flat': self.fail(u, "a Linear applied to a conv feature map mixes spatial positions; flatten first")
-        if m.in_features != self.n * repeat: self.fail(u, f"expects {m.in_features} inputs, not {self.n}*{repeat}")
-        self.consumers.append(Consumer(u.target, m, repeat)); return
-    if isinstance(m, nn.Conv2d) and m.groups == 1:
-        if layout != 'chw' or m.in_channels != self.n: self.fail(u, "a Conv2d consumer needs the producer's channels as its input channels")
-        self.consumers.append(Consumer(u.target, m, 1)); return
-    if isinstance(m, nn.Conv2d):
-        if not (is_depthwise(m) and m.in_channels == self.n and layout == 'chw'):
-            self.fail(u, f"a grouped Conv2d (groups={m.groups}) that is not depthwise with {self.n} channels mixes channels")
-    elif _is_bn(m):
-        ok = (isinstance(m, nn.BatchNorm2d) and layout == 'chw') or (isinstance(m, nn.BatchNorm1d) and layout == 'flat' and repeat == 1 and len(shp) == 2)
-        if not ok or m.num_features != self.n: self.fail(u, "this BatchNorm does not normalise the producer's channels one by one")
-    elif _kind(m, POOLS):
-        if layout != 'chw': self.fail(u, "pooling on a flat layout")
-    elif isinstance(m, nn.Flatten):
-        if shp is None or len(shp) != 2: self.fail(u, "only a flatten to (batch, features) is supported")
-        if layout == 'chw': repeat = repeat * math.prod(self.shapes[u.args[0]][2:])
-        layout = 'flat'
-    elif not (is_activation(m) or _kind(m, PASS_THROUGH)):
-        self.fail(u, "this module is not known to act on each channel separately (register_activation declares an elementwise one)")
-    self.followers.append((u.target, m, u))
-    self.run(u, layout, repeat)
+    k = layer_kind(m)
+    if k is None: self.fail(u, "this module is not known to act on each channel separately (declare it with s3d.register_layer, "
+                            "or s3d.register_activation for an elementwise one)")
+    try: r = k.route(m, self.n, cdim, repeat, self.shapes[src], self.shapes.get(u, ()))
+    except Refusal as e: self.fail(u, str(e))
+    if r[0] == 'consumer': self.consumers.append(Consumer(u.target, m, r[1])); return
+    self.followers.append((u.target, m, u, None))
+    self.run(u, r[1], r[2])
 _Walk.module_step = _module_step
 
 # %% ../nbs/02_graph.ipynb #48799e73
-def _group_from(walk, pnode):
+@dataclass
+class Skipped:
+    "A producer `split_groups` left out, and why."
+    name: str    # the producer's qualified name
+    reason: str  # what its channels reach and why splitting cannot follow
+
+class SkipReport(list):
+    "The producers `split_groups` skipped: a list of `Skipped` that prints as a table."
+    def __str__(self):
+        if not self: return "no producer skipped"
+        w = max(len(s.name) for s in self)
+        return '\n'.join([f"{len(self)} producer(s) skipped:"] + [f"  {s.name:<{w}}  {s.reason}" for s in self])
+    __repr__ = __str__
+    def _repr_markdown_(self):
+        return "| skipped producer | reason |\n|---|---|\n" + '\n'.join(f"| `{s.name}` | {s.reason} |" for s in self) if self else str(self)
+
+class SplitGroups(list):
+    "The split groups of a model (a list of `SplitGroup`), with the `skipped` report."
+    def __init__(self, groups=(), skipped=()): super().__init__(groups); self.skipped = SkipReport(skipped)
+
+# %% ../nbs/02_graph.ipynb #a1b2c3d4
+def _group_from(walk, pnode, cdim):
     name, prod = pnode.target, walk.mods[pnode.target]
     if walk.calls[name] > 1: walk.fail(pnode, f"the producer is called {walk.calls[name]} times in forward; use a separate instance per call")
-    shp = walk.shapes.get(pnode)
-    if isinstance(prod, nn.Linear) and (shp is None or len(shp) != 2):
-        walk.fail(pnode, f"only 2-d (batch, features) Linear outputs are supported, got shape {shp}")
-    walk.run(pnode, 'flat' if isinstance(prod, nn.Linear) else 'chw', 1)
+    walk.run(pnode, cdim % len(walk.shapes[pnode]), 1)
     if walk.to_output and walk.consumers: walk.fail(pnode, "its channels are both returned by the model and consumed by a layer")
     if not walk.consumers: return None
     g = SplitGroup(name, prod, consumers=walk.consumers)
     fol, prev = list(walk.followers), pnode
-    if fol and _is_bn(fol[0][1]) and _data_users(pnode) == [fol[0][2]]:
-        (g.bn_name, g.bn, prev), fol = fol[0], fol[1:]
+    if fol and fol[0][3] is None and _data_users(pnode) == [fol[0][2]]:
+        try: a = layer_kind(fol[0][1]).affine_scale(fol[0][1])
+        except Refusal as e: walk.fail(fol[0][2], str(e))
+        if a is not None: (g.bn_name, g.bn, prev, _), fol = fol[0], fol[1:]
     if fol and is_activation(fol[0][1]) and _data_users(prev) == [fol[0][2]]:
-        (g.act_name, g.act, _), fol = fol[0], fol[1:]
-    g.followers = [(n, m) for n, m, _ in fol]
+        (g.act_name, g.act, _, g.act_fn), fol = fol[0], fol[1:]
+    g.followers = [(n, m) for n, m, _, fn in fol if fn is None]
     return g
 
 # %% ../nbs/02_graph.ipynb #47df5393
 def split_groups(model: nn.Module,        # the network (nn.Sequential or any fx-traceable module)
                  example_input,           # a batch (tensor or tuple of tensors) used to record shapes
-                 strict: bool = True,     # raise on unsupported structures (else skip those producers)
-                ) -> list[SplitGroup]:
-    "The split groups of `model`, in forward order."
+                 strict: bool = False,    # raise if any candidate producer cannot be split (else skip it, see `.skipped`)
+                ) -> SplitGroups:
+    "The split groups of `model` in forward order; `.skipped` lists the producers left out and why."
     gm, shapes = _trace(model, example_input)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == 'call_module')
-    groups = []
+    groups, skipped = [], []
     for n in gm.graph.nodes:
-        if n.op != 'call_module' or not is_producer(gm.get_submodule(n.target)): continue
-        walk = _Walk(gm, shapes, calls, n)
-        try: g = _group_from(walk, n)
-        except UnsupportedStructure:
-            if strict: raise
-            continue
+        if n.op != 'call_module' or (k := layer_kind(m := gm.get_submodule(n.target))) is None: continue
+        walk = _Walk(gm, shapes, calls, n, 0)
+        try:
+            cdim = k.produce(m)
+            if cdim is None: continue
+            walk.n = k.n_out(m)
+            g = _group_from(walk, n, cdim)
+        except Refusal as e: skipped.append(Skipped(n.target, f"'{n.target}' ({type(m).__name__}) itself: {e}")); continue
+        except UnsupportedStructure as e: skipped.append(Skipped(n.target, str(e).split(f"producer '{n.target}' ", 1)[-1])); continue
         if g is not None: groups.append(g)
-    return groups
+    if strict and skipped:
+        raise UnsupportedStructure("split_groups(strict=True): " + '; '.join(f"producer '{s.name}' {s.reason}" for s in skipped))
+    return SplitGroups(groups, skipped)
 
 # %% ../nbs/02_graph.ipynb #ae25589b
 def _check(cond, group, msg):
@@ -251,19 +289,19 @@ def validate_group(model: nn.Module,  # the network the group belongs to
     mods = dict(model.named_modules())
     _check(isinstance(group, SplitGroup), group, f"expected a SplitGroup, got {type(group).__name__}")
     _check(mods.get(group.name) is group.producer, group, f"model has no module '{group.name}' that is this producer")
-    _check(is_producer(group.producer), group, f"producer must be nn.Linear or nn.Conv2d with groups == 1, got {group.producer}")
+    _check(is_producer(group.producer), group, f"producer must be a layer that can produce split channels (nn.Linear, or a conv with groups == 1), got {group.producer}")
     n = group.n_neurons
-    for nm, m in [(group.bn_name, group.bn), (group.act_name, group.act)] + list(group.followers):
+    named = [(group.bn_name, group.bn)] + ([] if group.act_fn is not None else [(group.act_name, group.act)]) + list(group.followers)
+    for nm, m in named:
         if m is None: continue
         _check(nm is None or mods.get(nm) is m, group, f"model has no module '{nm}' that is this {type(m).__name__}")
-        _check(not isinstance(m, nn.Conv2d) or is_depthwise(m) and m.in_channels == n, group,
-               f"follower '{nm}' must be a depthwise Conv2d with {n} channels")
-        _check(not _is_bn(m) or m.num_features == n, group, f"BatchNorm '{nm}' has {getattr(m, 'num_features', '?')} features, not {n}")
+        k = layer_kind(m)
+        why = k.follower_check(m, n) if k is not None else (None if stateless(m) else "it is not a registered per-channel module")
+        _check(why is None, group, f"follower '{nm}': {why}")
     _check(len(group.consumers) > 0, group, "has no consumers")
     for c in group.consumers:
         _check(isinstance(c, Consumer) and mods.get(c.name) is c.module, group, f"model has no consumer module '{getattr(c, 'name', c)}'")
-        m = c.module
-        if isinstance(m, nn.Linear): _check(m.in_features == n * c.repeat, group, f"consumer '{c.name}' has {m.in_features} inputs, not {n}*{c.repeat}")
-        elif isinstance(m, nn.Conv2d) and m.groups == 1: _check(m.in_channels == n and c.repeat == 1, group, f"consumer '{c.name}' has {m.in_channels} input channels, not {n}")
-        else: _check(False, group, f"consumer '{c.name}' must be nn.Linear or nn.Conv2d with groups == 1")
+        k = layer_kind(c.module)
+        why = k.consumer_check(c.module, n, c.repeat) if k is not None else "must be nn.Linear or nn.Conv2d with groups == 1 (or a type registered with s3d.register_layer)"
+        _check(why is None, group, f"consumer '{c.name}' {why}")
     return group

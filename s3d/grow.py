@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/grow.html.md"""
 
 # %% ../nbs/08_grow.ipynb #58258f1c
 from __future__ import annotations
-import copy, io, random, time, json
+import copy, io, math, random, time, json
 from dataclasses import dataclass, asdict, field
 from collections import Counter
 from pathlib import Path
@@ -14,17 +14,21 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from .graph import split_groups
+from .graph import split_groups, to_model_device
 from .eigen import extreme_eigenpairs
 from .select import score_neurons, select_neurons
 from .surgery import split_neurons, remap_channels
-from .models import count_params_flops
-from .runs import atomic_write_bytes, atomic_write_csv
+from .cost import count_params_flops
+from .atomic import atomic_write_bytes, atomic_write_csv
 
 # %% auto #0
-__all__ = ['GrowConfig', 'neuron_costs', 'load_grown_state', 'split_round', 'GrowResult', 'grow']
+__all__ = ['GROWTHS', 'GrowConfig', 'neuron_costs', 'load_grown_state', 'round_targets', 'new_counts', 'select_round',
+           'control_plan', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'pick_step', 'choose_step',
+           'split_round', 'GrowResult', 'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
+GROWTHS = {'split': 'S2D/S3D', 'random': 'random growth', 'net2net': 'Net2Net', 'scratch': 'scratch'}
+
 @dataclass
 class GrowConfig:
     "Settings of one S2D/S3D growth run."
@@ -39,10 +43,18 @@ class GrowConfig:
     budget: float | None = None       # energy-aware: max added cost per round (see `cost`)
     cost: str = 'flops'               # 'flops' or 'params': the unit of `budget`
     eigen: str = 'fast'               # 'exact' (dense S + eigh) or 'fast' (matrix-free Lanczos)
-    seed: int = 0                     # seed of the eigen-solver start vectors
+    seed: int = 0                     # seed of the eigen-solver start vectors and of the controls' random draws
+    growth: str = 'split'             # 'split' (S2D/S3D) or a control: 'random', 'net2net', 'scratch' (see `GROWTHS`)
+    step: str = 'fixed'               # 'fixed' (eps) or 'line_search' (best held loss on a geometric grid eps..eps_max)
+    eps_max: float = 1.0              # line search: largest step tried
+    eps_grid: int = 9                 # line search: number of grid steps from eps to eps_max
+    held: int | None = 512            # samples of the scoring data on which a step's loss change is measured (None: all)
+    widths: tuple | None = None       # per-round target widths (an int for every group, or one per group); overrides ratio
 
     @property
-    def method(self) -> str: return 'S2D' if self.c == 1 else 'S3D'
+    def method(self) -> str:
+        if self.growth != 'split': return GROWTHS[self.growth]
+        return ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
 
     def validate(self):
         "Raise `ValueError` on inconsistent settings."
@@ -52,7 +64,16 @@ class GrowConfig:
         if not self.eps > 0: raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.cost not in ('flops', 'params'): raise ValueError(f"cost must be 'flops' or 'params', got {self.cost!r}")
         if self.eigen not in ('exact', 'fast'): raise ValueError(f"eigen must be 'exact' or 'fast', got {self.eigen!r}")
-        if self.budget is None and self.ratio is None and self.max_count is None and self.threshold == 0:
+        if self.growth not in GROWTHS: raise ValueError(f"growth must be one of {list(GROWTHS)}, got {self.growth!r}")
+        if self.step not in ('fixed', 'line_search'): raise ValueError(f"step must be 'fixed' or 'line_search', got {self.step!r}")
+        if self.step == 'line_search' and not (self.eps_max > self.eps and self.eps_grid >= 2):
+            raise ValueError(f"line search needs eps_max > eps and eps_grid >= 2, got eps_max={self.eps_max}, eps_grid={self.eps_grid}")
+        if self.held is not None and self.held < 1: raise ValueError(f"held must be >= 1 or None, got {self.held}")
+        if self.widths is not None and len(self.widths) < self.rounds:
+            raise ValueError(f"widths gives targets for {len(self.widths)} rounds, fewer than rounds={self.rounds}")
+        if self.growth in ('random', 'net2net') and self.ratio is None and self.widths is None:
+            raise ValueError(f"growth={self.growth!r} adds neurons by `ratio` or `widths`; give one of them")
+        if self.widths is None and self.budget is None and self.ratio is None and self.max_count is None and self.threshold == 0:
             raise ValueError("give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with a gain is split")
         return self
 
@@ -73,27 +94,182 @@ def neuron_costs(model:nn.Module,   # the network
     return out
 
 # %% ../nbs/08_grow.ipynb #823a4b56
+from .kinds import layer_kind
+
 def _resize_module(m:nn.Module, sd:dict, prefix:str):
+    changed = False
     for name, p in list(m.named_parameters(recurse=False)):
         t = sd.get(prefix + name)
-        if t is not None and t.shape != p.shape: setattr(m, name, nn.Parameter(torch.empty_like(t, device=p.device, dtype=p.dtype)))
+        if t is not None and t.shape != p.shape: setattr(m, name, nn.Parameter(torch.empty_like(t, device=p.device, dtype=p.dtype))); changed = True
     for name, b in list(m.named_buffers(recurse=False)):
         t = sd.get(prefix + name)
-        if b is not None and t is not None and t.shape != b.shape: setattr(m, name, torch.empty_like(t, device=b.device, dtype=b.dtype))
-    if isinstance(m, nn.Linear): m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, nn.Conv2d):
-        dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        m.out_channels = m.weight.shape[0]
-        if dw: m.groups = m.in_channels = m.out_channels
-        else: m.in_channels = m.weight.shape[1] * m.groups
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None: m.num_features = m.weight.shape[0]
-    elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None: m.num_features = m.running_mean.shape[0]
+        if b is not None and t is not None and t.shape != b.shape: setattr(m, name, torch.empty_like(t, device=b.device, dtype=b.dtype)); changed = True
+    k = layer_kind(m)
+    if changed and k is not None: k.resize(m)
 
 def load_grown_state(model:nn.Module, state_dict:dict) -> nn.Module:
     "Resize `model`'s layers to the shapes in `state_dict`, then load it; returns `model`."
     for name, m in model.named_modules(): _resize_module(m, state_dict, name + '.' if name else '')
     model.load_state_dict(state_dict)
     return model
+
+# %% ../nbs/08_grow.ipynb #0d3880d5
+def round_targets(cfg:GrowConfig, groups, rnd:int|None) -> dict|None:
+    "Target width per group name in round `rnd` from `cfg.widths`, or None when growth goes by ratio/threshold/budget."
+    if cfg.widths is None: return None
+    if rnd is None or not 1 <= rnd <= len(cfg.widths): raise ValueError(f"cfg.widths needs the round number in [1, {len(cfg.widths)}], got {rnd}")
+    t = cfg.widths[rnd - 1]
+    t = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
+    if len(t) != len(groups): raise ValueError(f"widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups")
+    return {g.name: max(int(w), g.n_neurons) for g, w in zip(groups, t)}
+
+def new_counts(cfg:GrowConfig, groups, rnd:int|None) -> dict:
+    "New neurons per group name in round `rnd` for a control: up to the target width, else `round(ratio * n)`."
+    if cfg.growth == 'scratch': return {g.name: 0 for g in groups}
+    tg = round_targets(cfg, groups, rnd)
+    if tg is not None: return {g.name: tg[g.name] - g.n_neurons for g in groups}
+    return {g.name: int(round(cfg.ratio * g.n_neurons)) for g in groups}
+
+
+# %% ../nbs/08_grow.ipynb #3ab010f1
+def select_round(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None=None) -> dict:
+    "Neurons to split: `select_neurons` with `cfg`'s rule, or per group the best ones up to this round's target width."
+    tg = round_targets(cfg, groups, rnd)
+    if tg is None:
+        return select_neurons(schemes, ratio=cfg.ratio, max_count=cfg.max_count, threshold=cfg.threshold,
+                              per_layer_cap=cfg.per_layer_cap, budget=cfg.budget, costs=costs)
+    out = {}
+    for g in groups:
+        new = tg[g.name] - g.n_neurons
+        out[g.name] = (select_neurons({g.name: schemes[g.name]}, ratio=new / g.n_neurons, threshold=cfg.threshold)[g.name]
+                       if new > 0 else torch.zeros(0, dtype=torch.long))
+    return out
+
+
+# %% ../nbs/08_grow.ipynb #179f03e3
+def _theta(group) -> torch.Tensor:
+    p = group.producer
+    t = p.weight.detach().flatten(1)
+    return (t if p.bias is None else torch.cat([t, p.bias.detach()[:, None]], 1)).cpu().double()
+
+def control_plan(group,                 # the split group to grow
+                 new:int,               # number of new neurons
+                 growth:str,            # 'random' or 'net2net'
+                 eps:float,             # net2net: size of the symmetry-breaking displacement
+                 gen:torch.Generator,   # random draws (parents, directions, fresh weights)
+                ):
+    "The `(index, producer_delta, consumer_scale)` of a control adding `new` neurons to `group`."
+    n, d = group.n_neurons, group.dim
+    parents = torch.randperm(n, generator=gen).repeat(math.ceil(new / n))[:new]
+    index = torch.cat([torch.arange(n), parents])
+    delta, scale = torch.zeros(n + new, d, dtype=torch.float64), torch.ones(n + new, dtype=torch.float64)
+    if growth == 'random':
+        bound = 1 / math.sqrt(group.producer.weight[0].numel())
+        delta[n:] = (2 * torch.rand(new, d, generator=gen, dtype=torch.float64) - 1) * bound - _theta(group)[parents]
+        scale[n:] = 0.
+    elif growth == 'net2net':
+        for p in parents.unique().tolist():
+            rows = torch.cat([torch.tensor([p]), n + (parents == p).nonzero()[:, 0]])
+            U = torch.randn(len(rows), d, generator=gen, dtype=torch.float64)
+            U = U - U.mean(0)
+            delta[rows], scale[rows] = eps * U / U.norm(dim=1).max(), 1 / len(rows)
+    else: raise ValueError(f"growth must be 'random' or 'net2net' for a control plan, got {growth!r}")
+    return index.to(group.producer.weight.device), delta, scale
+
+
+# %% ../nbs/08_grow.ipynb #39800022
+def control_round(model:nn.Module, example_input, cfg:GrowConfig, rnd:int|None=None) -> dict:
+    "One round of a control (`cfg.growth`): add neurons to every group in place; returns a summary like `split_round`'s."
+    groups = split_groups(model, example_input)
+    if not groups: raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
+    counts = new_counts(cfg, groups, rnd)
+    gen = torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
+    parents = {}
+    for g in reversed(groups):   # later groups first, as in `split_round`
+        if counts[g.name] <= 0: continue
+        index, delta, scale = control_plan(g, counts[g.name], cfg.growth, cfg.eps, gen)
+        parents[g.name] = remap_channels(model, g, index, producer_delta=delta, consumer_scale=scale)
+    added = sum(max(v, 0) for v in counts.values())
+    return dict(split=added, added=added, predicted_dloss=float('nan'), kinds=f'{cfg.growth}:{added}' if added else '',
+                parents=parents, stable=float('nan'))
+
+
+# %% ../nbs/08_grow.ipynb #20e1f5d3
+def scratch_model(model:nn.Module,  # a network of the right kind (e.g. the seed or the grown one); not modified
+                  example_input,    # one batch, for tracing
+                  widths,           # one width per split group in forward order, or the JSON of a history's `widths`
+                  seed:int=0,       # initialisation seed
+                 ) -> nn.Module:
+    "A re-initialised copy of `model` with every split group resized to `widths`."
+    m = copy.deepcopy(model)
+    widths = json.loads(widths) if isinstance(widths, str) else list(widths)
+    groups = split_groups(m, example_input)
+    if len(widths) != len(groups): raise ValueError(f"widths has {len(widths)} entries for {len(groups)} split groups")
+    for g, w in reversed(list(zip(groups, widths))): remap_channels(m, g, torch.arange(int(w)) % g.n_neurons)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for mod in m.modules():
+            if hasattr(mod, 'reset_parameters'): mod.reset_parameters()
+    return m
+
+
+# %% ../nbs/08_grow.ipynb #a8e7a6ab
+def held_batches(batches, n:int|None) -> list:
+    "The first `n` samples (all when None) of an iterable of `(input, target)` batches, as a list of batches."
+    out, seen = [], 0
+    for x, y in batches:
+        if n is not None and seen >= n: break
+        k = len(y) if n is None else min(len(y), n - seen)
+        out.append((x[:k], y[:k])); seen += k
+    return out
+
+def held_loss(model:nn.Module, loss_fn, held:list) -> float:
+    "Mean `loss_fn` over the samples of `held` (eval mode, no gradients)."
+    was = model.training; model.eval()
+    try:
+        with torch.no_grad():
+            tot = sum(float(loss_fn(model(to_model_device(model, x)), to_model_device(model, y))) * len(y) for x, y in held)
+    finally: model.train(was)
+    return tot / sum(len(y) for _, y in held)
+
+
+# %% ../nbs/08_grow.ipynb #6adee120
+def pick_step(trial,              # trial(eps) -> held loss after a split with step eps
+              grid,               # candidate steps
+              f0:float,           # held loss before the split
+              shrink:int=8,       # halvings of the smallest grid step tried when the whole grid raises the loss
+             ) -> tuple:
+    "The step `(eps, loss)` with the lowest trial loss on `grid`; never one whose loss exceeds `f0` (then smaller, then 0)."
+    losses = [trial(e) for e in grid]
+    i = int(np.argmin(losses))
+    if losses[i] <= f0: return float(grid[i]), losses[i]
+    e = float(min(grid))
+    for _ in range(shrink):
+        e /= 2; f = trial(e)
+        if f <= f0: return e, f
+    return 0.0, f0
+
+
+# %% ../nbs/08_grow.ipynb #8c98c893
+def _trial(model, groups, sel, schemes, eps, loss_fn, held):
+    m2, g2 = copy.deepcopy((model, groups))     # one memo: the copied groups point at the copied modules
+    apply_splits(m2, [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])], eps)
+    return held_loss(m2, loss_fn, held)
+
+def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig) -> tuple:
+    "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured and predicted effect."
+    gain = sum(float(schemes[g.name][sel[g.name]].gain.sum()) for g in groups if len(sel[g.name]))
+    if not any(len(v) for v in sel.values()): return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.)
+    held = held_batches(batches, cfg.held)
+    if not held:
+        if cfg.step == 'line_search': raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a callable returning one)")
+        return cfg.eps, dict(eps=cfg.eps, measured_dloss=float('nan'))
+    f0 = held_loss(model, loss_fn, held)
+    trial = lambda e: _trial(model, groups, sel, schemes, e, loss_fn, held)
+    if cfg.step == 'fixed': eps, f = cfg.eps, trial(cfg.eps)
+    else: eps, f = pick_step(trial, np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)
+    return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
+
 
 # %% ../nbs/08_grow.ipynb #4047cdb4
 def _rng_state():
@@ -115,23 +291,23 @@ def _metrics(prefix, d):
     return {f'{prefix}{k}': float(v) for k, v in dict(d).items() if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
 
 # %% ../nbs/08_grow.ipynb #339df010
-def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig) -> dict:
-    "One architecture step: score all neurons, select, split in place; returns a summary."
+from .surgery import apply_splits
+
+def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None) -> dict:
+    "One architecture step (round `rnd`): score all neurons, select, split in place (all groups or none); returns a summary."
+    if cfg.growth != 'split': return control_round(model, example_input, cfg, rnd)  # controls: same counts, no scoring
     groups = split_groups(model, example_input)
-    if not groups: raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
+    if not groups: raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
     eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed)
     schemes = score_neurons(eigs, cfg.m, cfg.c)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
-    sel = select_neurons(schemes, ratio=cfg.ratio, max_count=cfg.max_count, threshold=cfg.threshold,
-                         per_layer_cap=cfg.per_layer_cap, budget=cfg.budget, costs=costs)
-    kinds, gain, added, parents = Counter(), 0.0, 0, {}
-    for g in reversed(groups):
-        idx = sel[g.name]
-        if len(idx) == 0: continue
-        s = schemes[g.name][idx]
-        parents[g.name] = split_neurons(model, g, idx, s, cfg.eps)
-        kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
-    return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * cfg.eps ** 2 * gain,
+    sel = select_round(schemes, cfg, costs, groups, rnd)
+    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg)  # fixed or line-searched, measured
+    plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
+    parents = apply_splits(model, plan, eps)
+    kinds, gain, added = Counter(), 0.0, 0
+    for g, idx, s in plan: kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
+    return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * eps ** 2 * gain, **step,
                 kinds=';'.join(f'{k}:{v}' for k, v in sorted(kinds.items())), parents=parents,
                 stable=float(sum(int((s.gain >= 0).sum()) for s in schemes.values())) / sum(len(s) for s in schemes.values()))
 
@@ -154,7 +330,8 @@ def grow(model:nn.Module,         # seed network (grown in place, unless resumed
          label:dict|None=None,    # extra constant columns for the history (e.g. run name)
         ) -> GrowResult:
     "Algorithm 1 (S2D / S3D): alternate training and optimal splitting for `cfg.rounds` rounds."
-    from tqdm.auto import tqdm
+    if progress: from tqdm.auto import tqdm
+    else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns in a notebook without ipywidgets even when disabled
     cfg.validate()
     rows, start = [], 0
     ckpt = Path(out_dir) / 'checkpoint.pt' if out_dir is not None else None
@@ -176,7 +353,7 @@ def grow(model:nn.Module,         # seed network (grown in place, unless resumed
         info = dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan'))
         if r > 0:
             batches = score_batches() if callable(score_batches) else score_batches
-            info = {k: v for k, v in split_round(model, loss_fn, batches, example_input, cfg).items() if k != 'parents'}
+            info = {k: v for k, v in split_round(model, loss_fn, batches, example_input, cfg, r).items() if k != 'parents'}
         tr = train_fn(model, r)
         params, flops = count_params_flops(model, example_input)
         groups = split_groups(model, example_input)

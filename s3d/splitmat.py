@@ -11,15 +11,15 @@ from typing import Callable, Iterable
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
-from .graph import SplitGroup
-from .curvature import act_curvature, SURROGATE_BETA, RBF
+from torch.overrides import TorchFunctionMode
+from .graph import SplitGroup, to_model_device
+from .kinds import layer_kind, activation_kind, conv_padded, ConvKind, Refusal
+from .curvature import act_curvature, SURROGATE_BETA
 import warnings
 
-_SMOOTH_ACTS = (nn.Tanh, nn.Sigmoid, nn.Softplus, nn.SiLU, nn.GELU, nn.ELU, nn.Mish, nn.Softsign)
-
 # %% auto #0
-__all__ = ['RunningSum', 'check_group', 'bn_scale', 'conv_padded', 'producer_patches', 'collect_batches', 'dense_matrices',
-           'splitting_matrices', 'quadratic_form_autograd', 'SplitOperator', 'split_operators']
+__all__ = ['RunningSum', 'check_group', 'bn_scale', 'producer_patches', 'collect_batches', 'dense_matrices', 'splitting_matrices',
+           'quadratic_form_autograd', 'SplitOperator', 'split_operators']
 
 # %% ../nbs/04_splitmat.ipynb #1922d615
 class RunningSum:
@@ -42,22 +42,28 @@ class RunningSum:
         return self.total / self.count
 
 # %% ../nbs/04_splitmat.ipynb #7e39008e
+def _producer_kind(group):
+    k = layer_kind(group.producer)
+    try: ok = k is not None and k.produce(group.producer) is not None
+    except Refusal as e: raise ValueError(f"group {group.name!r}: {e}") from None
+    if not ok: raise TypeError(f"group {group.name!r}: producer must be a layer that produces split channels (nn.Linear, a conv with groups=1, ...), got {group.producer}")
+    return k
+
 def check_group(model: nn.Module, group: SplitGroup):
     "Raise a clear error if `group` cannot be used with `model`."
-    p, mods = group.producer, {id(m) for m in model.modules()}
-    if not (isinstance(p, nn.Linear) or (isinstance(p, nn.Conv2d) and p.groups == 1)):
-        raise TypeError(f"group {group.name!r}: producer must be nn.Linear or nn.Conv2d with groups=1, got {p}")
-    if isinstance(p, nn.Conv2d) and p.padding_mode != 'zeros':
-        raise ValueError(f"group {group.name!r}: only padding_mode='zeros' is supported, got {p.padding_mode!r}")
-    for what, m in [('producer', p), ('bn', group.bn), ('act', group.act)]:
+    _producer_kind(group)
+    mods = {id(m) for m in model.modules()}
+    for what, m in [('producer', group.producer), ('bn', group.bn)] + ([] if group.act_fn is not None else [('act', group.act)]):
         if m is not None and id(m) not in mods:
             raise ValueError(f"group {group.name!r}: its {what} {type(m).__name__} is not a module of the model")
     if group.bn is not None:
-        if getattr(group.bn, 'running_var', None) is None:
-            raise ValueError(f"group {group.name!r}: BatchNorm without running statistics is not supported")
-        if group.bn.num_features != group.n_neurons:
-            raise ValueError(f"group {group.name!r}: BatchNorm has {group.bn.num_features} features, producer {group.n_neurons}")
-    smooth = [n for n, m in group.followers if type(m) in _SMOOTH_ACTS or isinstance(m, RBF)]
+        k = layer_kind(group.bn)
+        try: a = k.affine_scale(group.bn) if k is not None else None
+        except Refusal as e: raise ValueError(f"group {group.name!r}: {e}") from None
+        if a is None: raise ValueError(f"group {group.name!r}: its bn {type(group.bn).__name__} is not a per-channel affine map in eval mode")
+        if len(a) != group.n_neurons:
+            raise ValueError(f"group {group.name!r}: BatchNorm has {len(a)} features, producer {group.n_neurons}")
+    smooth = [n for n, m in group.followers if (k := activation_kind(m)) is not None and k.smooth]
     if smooth:
         warnings.warn(f"group {group.name!r}: the smooth activation(s) {smooth} after the neuron's own activation are "
                       "treated as fixed; their curvature is not in S, so predicted gains are approximate", stacklevel=3)
@@ -67,25 +73,17 @@ def bn_scale(group: SplitGroup) -> Tensor:
     "Per-neuron factor a_j = gamma_j / sqrt(running_var_j + eps) of the group's eval-mode BatchNorm (ones without one)."
     bn, p = group.bn, group.producer
     if bn is None: return torch.ones(group.n_neurons, device=p.weight.device, dtype=p.weight.dtype)
-    a = torch.rsqrt(bn.running_var + bn.eps)
-    return (a * bn.weight if bn.weight is not None else a).detach()
+    return layer_kind(bn).affine_scale(bn)
 
 # %% ../nbs/04_splitmat.ipynb #40fe81ad
-def conv_padded(p: nn.Conv2d, x: Tensor) -> Tensor:
-    "Zero-pad `x` as the conv `p` would (numeric or string padding)."
-    if isinstance(p.padding, str): return F.pad(x, p._reversed_padding_repeated_twice)
-    ph, pw = p.padding
-    return F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-
-def producer_patches(p: nn.Module, # producer: nn.Linear or nn.Conv2d
+def producer_patches(p: nn.Module, # producer: a layer whose kind produces (nn.Linear, nn.Conv1d/2d, ...)
                      x: Tensor,    # its input
                      padded: bool = False, # conv input already zero-padded (by `conv_padded`)
                     ) -> Tensor:
     "The producer's inputs x~ per sample and position, (B, P, d), with a trailing 1 when it has a bias."
-    if isinstance(p, nn.Linear): X = x.reshape(x.shape[0], -1, p.in_features)
-    else:
-        X = F.unfold(x if padded else conv_padded(p, x), p.kernel_size, dilation=p.dilation, stride=p.stride).transpose(1, 2)
-    if p.bias is not None: X = torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1)
+    k = layer_kind(p)
+    X = k.inputs(p, x, padded=True) if padded else k.inputs(p, x)
+    if getattr(p, 'bias', None) is not None: X = torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1)
     return X
 
 # %% ../nbs/04_splitmat.ipynb #ee509f3f
@@ -96,7 +94,7 @@ class _GroupHooks:
         pre = group.bn if group.bn is not None else group.producer
         self.handles.append(group.producer.register_forward_hook(self._on_producer))
         self.handles.append(pre.register_forward_hook(self._on_pre))
-        if group.act is not None:
+        if group.act is not None and group.act_fn is None:
             self.handles.append(group.act.register_forward_pre_hook(self._on_act_in))
             self.handles.append(group.act.register_forward_hook(self._on_act_out))
         self.reset()
@@ -116,12 +114,27 @@ class _GroupHooks:
     def remove(self):
         for h in self.handles: h.remove()
 
+class _FunctionalActs(TorchFunctionMode):
+    "Records z and h around functional activations applied to a group's pre-activation."
+    def __init__(self, hooks):
+        super().__init__(); self.hooks = [h for h in hooks if h.group.act_fn is not None]
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        k = activation_kind(func) if args else None
+        if k is not None:
+            for h in self.hooks:
+                if h.pre is not None and args[0] is h.pre and activation_kind(h.group.act) is k:
+                    h.z = args[0].detach().clone()
+                    h.h = func(*args, **kwargs)
+                    return h.h
+        return func(*args, **kwargs)
+
 # %% ../nbs/04_splitmat.ipynb #dc438942
 def _coefficients(group: SplitGroup, z: Tensor, g: Tensor | None, beta: float) -> Tensor:
     "c = dl/dh * act''(z) * a^2 in the layout of the producer output."
     if g is None: return torch.zeros_like(z)
     a2 = bn_scale(group).to(z) ** 2
-    a2 = a2 if isinstance(group.producer, nn.Linear) else a2.view(-1, *([1] * (z.dim() - 2)))
+    if layer_kind(group.producer).produce(group.producer) % z.dim() == 1: a2 = a2.view(-1, *([1] * (z.dim() - 2)))
     return (g * a2).mul_(act_curvature(group.act, z, beta))
 
 def collect_batches(model: nn.Module,   # network
@@ -136,20 +149,25 @@ def collect_batches(model: nn.Module,   # network
     dev = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]
     hooks = [_GroupHooks(g) for g in groups]
+    functional = _FunctionalActs(hooks) if any(g.act_fn is not None for g in groups) else None
     n_seen = 0
     try:
         model.eval()
         with torch.enable_grad():
             for i, (inp, tgt) in enumerate(batches):
                 for h in hooks: h.reset()
-                inp = inp.to(dev); tgt = tgt.to(dev) if torch.is_tensor(tgt) else tgt
-                loss = loss_fn(model(inp), tgt)
+                inp = to_model_device(model, inp); tgt = tgt.to(dev) if torch.is_tensor(tgt) else tgt
+                if functional is None: out = model(inp)
+                else:
+                    with functional: out = model(inp)
+                loss = loss_fn(out, tgt)
                 if not torch.is_tensor(loss) or loss.dim() != 0:
                     raise ValueError("loss_fn must return a scalar (mean-reduced) loss tensor")
                 for h in hooks:
                     if h.x is None or h.h is None:
                         raise ValueError(f"group {h.group.name!r}: the activation {type(h.group.act).__name__} was not applied to the "
-                                         "output of its producer/BatchNorm as a module (a functional activation such as F.relu cannot be hooked; use an nn.Module)")
+                                         "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
+                                         "build the group with split_groups, which records the functional call in act_fn)")
                 if not loss.requires_grad: raise ValueError("the loss does not require grad: are all parameters frozen?")
                 hs = [h.h for h in hooks]
                 grads = torch.autograd.grad(loss, hs, allow_unused=True)
@@ -165,7 +183,7 @@ def collect_batches(model: nn.Module,   # network
 # %% ../nbs/04_splitmat.ipynb #dc4b6b25
 def _rows(p: nn.Module, c: Tensor) -> Tensor:
     "Coefficients in the producer-output layout as (M, n) rows matching the patches."
-    return c.reshape(-1, c.shape[-1]) if isinstance(p, nn.Linear) else c.flatten(2).transpose(1, 2).reshape(-1, c.shape[1])
+    return layer_kind(p).rows(p, c)
 
 def _dense_rows(X: Tensor, C: Tensor, chunk_bytes: int = 2**26) -> Tensor:
     "sum_m C_mj X_m X_m^T as (n, d, d), for rows X (M, d) and coefficients C (M, n)."
@@ -216,36 +234,36 @@ def quadratic_form_autograd(model: nn.Module, group: SplitGroup, loss_fn: Callab
                             delta: Tensor, # (n, d) one direction per neuron
                            ) -> Tensor:
     "delta_j^T S_j delta_j for every neuron j by double autograd differentiation (a reference for checks)."
-    p, rec = group.producer, {}
-    def keep_x(m, i, o): rec['x'] = i[0].detach()
-    def keep_h(m, i, o): o.retain_grad(); rec['h'] = o
-    last = group.act or group.bn or p
-    hs = [p.register_forward_hook(keep_x), last.register_forward_hook(keep_h)]
+    p, hk = group.producer, _GroupHooks(group)
+    functional = _FunctionalActs([hk]) if group.act_fn is not None else None
     modes = [(m, m.training) for m in model.modules()]; model.eval()
     delta = delta.to(p.weight)
     dW, db = delta[:, :p.weight[0].numel()].reshape(p.weight.shape), delta[:, p.weight[0].numel():]
+    chan = layer_kind(p).produce(p)
     total, N = 0., 0
     try:
         for inp, tgt in batches:
-            model.zero_grad(); loss_fn(model(inp), tgt).backward()
-            g = rec['h'].grad.detach()
+            hk.reset()
+            if functional is None: out = model(inp)
+            else:
+                with functional: out = model(inp)
+            g, = torch.autograd.grad(loss_fn(out, tgt), hk.h)
+            x = hk.x; hk.reset()                          # the calls below run the hooked modules again
             t = torch.zeros(group.n_neurons, dtype=delta.dtype, requires_grad=True)
             ts = t.view(-1, *([1] * (p.weight.dim() - 1)))
             params = {'weight': p.weight.detach() + ts * dW}
             if p.bias is not None: params['bias'] = p.bias.detach() + t * db[:, 0]
-            z = torch.func.functional_call(p, params, (rec['x'],))
+            z = torch.func.functional_call(p, params, (x,))
             if group.bn is not None: z = group.bn(z)
             h = group.act(z) if group.act is not None else z
-            chan = -1 if isinstance(p, nn.Linear) else 1
             f = (g * h).movedim(chan, 0).reshape(group.n_neurons, -1).sum(1)
             d1, = torch.autograd.grad(f.sum(), t, create_graph=True)
             d2 = torch.autograd.grad(d1.sum(), t, allow_unused=True)[0] if d1.requires_grad else None
             B = inp.shape[0]
             total = total + B * (d2 if d2 is not None else torch.zeros_like(t)); N += B
     finally:
-        for h in hs: h.remove()
+        hk.remove()
         for m, tr in modes: m.training = tr
-        model.zero_grad()
     return total / N
 
 # %% ../nbs/04_splitmat.ipynb #c7413c48
@@ -254,8 +272,9 @@ class SplitOperator:
     def __init__(self, group: SplitGroup, mode: str = 'auto'):
         p = group.producer
         if mode not in ('auto', 'flat', 'conv'): raise ValueError(f"mode must be 'auto', 'flat' or 'conv', got {mode!r}")
-        if mode == 'conv' and isinstance(p, nn.Linear): mode = 'flat'
-        flat_ok = isinstance(p, nn.Linear) or (p.kernel_size == (1, 1) and p.stride == (1, 1) and p.padding in ((0, 0), 'valid'))
+        conv2d = isinstance(layer_kind(p), ConvKind) and p.weight.dim() == 4   # the 'conv' mode runs conv2d and its weight gradient
+        if mode == 'conv' and not conv2d: mode = 'flat'
+        flat_ok = not conv2d or (p.kernel_size == (1, 1) and p.stride == (1, 1) and p.padding in ((0, 0), 'valid'))
         self.group, self.mode = group, ('flat' if flat_ok else 'conv') if mode == 'auto' else mode
         self.n, self.d, self.bias = group.n_neurons, group.dim, p.bias is not None
         self.xs, self.cs, self.count, self._seen = [], [], 0, set()
@@ -266,10 +285,9 @@ class SplitOperator:
         self._seen.add(batch); self.count += B
         p = self.group.producer
         if self.mode == 'flat':
-            X = producer_patches(p, x)[..., :self.d - self.bias] if isinstance(p, nn.Conv2d) and p.kernel_size != (1, 1) \
-                else (x.reshape(-1, p.in_features) if isinstance(p, nn.Linear) else x.permute(0, 2, 3, 1))
+            k = layer_kind(p); X = k.inputs(p, x)
             self.xs.append(X.reshape(-1, X.shape[-1]).contiguous())
-            self.cs.append((c if isinstance(p, nn.Linear) else c.permute(0, 2, 3, 1)).reshape(-1, self.n).contiguous())
+            self.cs.append(k.rows(p, c).contiguous())
         else:
             self.xs.append(conv_padded(p, x).contiguous()); self.cs.append(c.contiguous())
 

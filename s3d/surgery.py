@@ -6,16 +6,16 @@ Docs: https://s3d-dev.github.io/s3d/surgery.html.md"""
 
 # %% ../nbs/07_surgery.ipynb #dbee2d1e
 from __future__ import annotations
-import weakref
 import torch
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
-from .graph import SplitGroup, Consumer, validate_group, is_depthwise
+from .graph import SplitGroup, Consumer, validate_group
+from .kinds import (layer_kind, is_depthwise, stateless, set_param, _ORIGIN, edit_producer_rows, edit_consumer_columns,
+                       edit_channels, Refusal)
 
 # %% auto #0
 __all__ = ['PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'register_producer_edit', 'register_follower_edit',
-           'register_consumer_edit', 'find_edit', 'set_param', 'edit_producer_rows', 'edit_batchnorm', 'edit_depthwise',
-           'edit_consumer_columns', 'remap_channels', 'split_plan', 'split_neurons', 'remap_optimizer']
+           'register_consumer_edit', 'find_edit', 'edit_batchnorm', 'edit_depthwise', 'remap_channels', 'split_plan',
+           'split_neurons', 'apply_splits', 'remap_optimizer']
 
 # %% ../nbs/07_surgery.ipynb #79ee645f
 PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS = {}, {}, {}
@@ -43,75 +43,34 @@ def find_edit(table, m):
     return next((table[c] for c in type(m).__mro__ if c in table), None)
 
 # %% ../nbs/07_surgery.ipynb #f00d84e8
-_ORIGIN = WeakIdKeyDictionary()   # new param -> list of (weakref to ancestor, {dim: index into the ancestor})
+def _producer_edit(m):
+    fn = find_edit(PRODUCER_EDITS, m)
+    k = layer_kind(m)
+    return fn or (k.select_out if k is not None else None)
 
-def _compose(imap, dim, index):
-    out = dict(imap); out[dim] = imap[dim][index] if dim in imap else index
-    return out
-
-def set_param(module: nn.Module, name: str, value: torch.Tensor, dim: int, index: torch.Tensor):
-    "Replace parameter `module.<name>` by `value`, taken along `dim` at `index` from the old one."
-    old = getattr(module, name)
-    new = nn.Parameter(value.detach(), requires_grad=old.requires_grad)
-    anc = [(r, _compose(im, dim, index)) for r, im in _ORIGIN.get(old, []) if r() is not None]
-    _ORIGIN[new] = anc + [(weakref.ref(old), {dim: index})]
-    setattr(module, name, new)
+def _consumer_edit(m):
+    fn = find_edit(CONSUMER_EDITS, m)
+    k = layer_kind(m)
+    return fn or (k.select_in if k is not None else None)
 
 # %% ../nbs/07_surgery.ipynb #d37454eb
-def edit_producer_rows(m: nn.Module, index: torch.Tensor, delta: torch.Tensor | None):
-    "Keep output rows `index` of a Linear/Conv weight and bias, plus `delta` (n_new, d) when given."
-    w = m.weight.detach()[index]
-    b = None if m.bias is None else m.bias.detach()[index]
-    if delta is not None:
-        k = w[0].numel()
-        w = w + delta[:, :k].reshape(w.shape)
-        if b is not None: b = b + delta[:, k]
-    set_param(m, 'weight', w, 0, index)
-    if b is not None: set_param(m, 'bias', b, 0, index)
-    setattr(m, 'out_features' if isinstance(m, nn.Linear) else 'out_channels', len(index))
-
-register_producer_edit(nn.Linear, edit_producer_rows)
-register_producer_edit(nn.Conv2d, edit_producer_rows)
-
-# %% ../nbs/07_surgery.ipynb #8101db1c
 def edit_batchnorm(m: nn.Module, index: torch.Tensor):
     "Keep channels `index` of a BatchNorm: affine parameters and running statistics."
-    if m.weight is not None: set_param(m, 'weight', m.weight.detach()[index], 0, index)
-    if m.bias is not None: set_param(m, 'bias', m.bias.detach()[index], 0, index)
-    if m.running_mean is not None: m.running_mean = m.running_mean[index].clone()
-    if m.running_var is not None: m.running_var = m.running_var[index].clone()
-    m.num_features = len(index)
+    edit_channels(m, index)
 
-def edit_depthwise(m: nn.Conv2d, index: torch.Tensor):
-    "Keep channels `index` of a depthwise Conv2d (its filters and bias)."
-    if not is_depthwise(m): raise ValueError(f"follower {m} is a Conv2d that is not depthwise")
-    set_param(m, 'weight', m.weight.detach()[index], 0, index)
-    if m.bias is not None: set_param(m, 'bias', m.bias.detach()[index], 0, index)
-    m.in_channels = m.out_channels = m.groups = len(index)
-
-register_follower_edit(nn.modules.batchnorm._BatchNorm, edit_batchnorm)
-register_follower_edit(nn.Conv2d, edit_depthwise)
-
-# %% ../nbs/07_surgery.ipynb #f4835a07
-def edit_consumer_columns(m: nn.Module, index: torch.Tensor, scale: torch.Tensor | None, repeat: int = 1):
-    "Keep input channels `index` of a Linear/Conv2d consumer (each `repeat` columns wide), times `scale` (n_new,)."
-    w = m.weight.detach()
-    v = w.reshape(w.shape[0], -1, repeat, *w.shape[2:])[:, index]
-    if scale is not None: v = v * scale.reshape(1, -1, *([1] * (v.dim() - 2)))
-    cols = (index[:, None] * repeat + torch.arange(repeat, device=index.device)).reshape(-1)
-    set_param(m, 'weight', v.reshape(w.shape[0], len(index) * repeat, *w.shape[2:]), 1, cols)
-    if isinstance(m, nn.Linear): m.in_features = len(index) * repeat
-    else: m.in_channels = len(index)
-
-register_consumer_edit(nn.Linear, edit_consumer_columns)
-register_consumer_edit(nn.Conv2d, edit_consumer_columns)
+def edit_depthwise(m: nn.Module, index: torch.Tensor):
+    "Keep channels `index` of a depthwise convolution (its filters and bias)."
+    if not is_depthwise(m): raise ValueError(f"follower {m} is a convolution that is not depthwise")
+    edit_channels(m, index)
 
 # %% ../nbs/07_surgery.ipynb #7510b9c6
 def _noop(m, index): pass
 
 def _follower_edit(m):
     fn = find_edit(FOLLOWER_EDITS, m)
-    if fn is None and not any(True for _ in m.parameters()) and not any(True for _ in m.buffers()): fn = _noop
+    k = layer_kind(m)
+    if fn is None and k is not None: fn = k.channel_edit(m)
+    if fn is None and stateless(m): fn = _noop
     return fn
 
 # %% ../nbs/07_surgery.ipynb #cf5227fa
@@ -121,7 +80,7 @@ def _as_index(index, n, what, group):
     if index.dtype in (torch.bool,) or index.dtype.is_floating_point or index.dtype.is_complex:
         raise TypeError(f"split group '{group.name}': {what} must hold integers, got {index.dtype}")
     if index.dim() != 1 or len(index) == 0: raise ValueError(f"split group '{group.name}': {what} must be a non-empty 1-d index, got shape {tuple(index.shape)}")
-    if index.min() < 0 or index.max() >= n:
+    if index.device.type != 'meta' and (index.min() < 0 or index.max() >= n):   # values are unknown on meta
         raise ValueError(f"split group '{group.name}': {what} out of range [0, {n}) for producer '{group.name}': min {int(index.min())}, max {int(index.max())}")
     return index.long()
 
@@ -135,9 +94,10 @@ def _as_float(t, shape, what, group, like):
 # %% ../nbs/07_surgery.ipynb #393a8594
 def _plan(group):
     "The (module, edit) pairs of a group, checked to exist."
-    p = find_edit(PRODUCER_EDITS, group.producer)
-    if p is None: raise ValueError(f"split group '{group.name}': no producer edit registered for {type(group.producer).__name__} (register_producer_edit)")
-    fol = [(nm, m) for nm, m in [(group.bn_name, group.bn), (group.act_name, group.act)] if m is not None] + list(group.followers)
+    p = _producer_edit(group.producer)
+    if p is None: raise ValueError(f"split group '{group.name}': no producer edit for {type(group.producer).__name__} (s3d.register_layer)")
+    fol = [(nm, m) for nm, m in [(group.bn_name, group.bn)] if m is not None] + list(group.followers)
+    if group.act is not None and group.act_fn is None: fol.insert(len(fol) - len(group.followers), (group.act_name, group.act))
     fs = []
     for nm, m in fol:
         f = _follower_edit(m)
@@ -145,8 +105,8 @@ def _plan(group):
         fs.append((m, f))
     cs = []
     for c in group.consumers:
-        f = find_edit(CONSUMER_EDITS, c.module)
-        if f is None: raise ValueError(f"split group '{group.name}': no consumer edit registered for '{c.name}' ({type(c.module).__name__})")
+        f = _consumer_edit(c.module)
+        if f is None: raise ValueError(f"split group '{group.name}': no consumer edit for '{c.name}' ({type(c.module).__name__})")
         cs.append((c, f))
     return p, fs, cs
 
@@ -159,6 +119,28 @@ def _restore(snap):
         for k, v in attrs.items(): object.__setattr__(m, k, v)
 
 # %% ../nbs/07_surgery.ipynb #cf033807
+def _apply(jobs):
+    "Apply [(group, index, delta, scale, edits)] all or nothing: producer and follower edits first, then consumer edits."
+    mods = list({id(m): m for g, *_, (pe, fe, ce) in jobs for m in [g.producer] + [m for m, _ in fe] + [c.module for c, _ in ce]}.values())
+    snap = _snapshot(mods)
+    try:
+        for g, index, delta, scale, (pe, fe, ce) in jobs:
+            pe(g.producer, index, delta)
+            for m, f in fe: f(m, index)
+        for g, index, delta, scale, (pe, fe, ce) in jobs:
+            for c, f in ce: f(c.module, index, scale, c.repeat)
+    except Exception:
+        _restore(snap); raise
+
+def _job(model, group, index, delta, scale):
+    "Validate one group's remap before anything changes."
+    validate_group(model, group)
+    w = group.producer.weight
+    index = _as_index(index, group.n_neurons, 'index', group).to(w.device)
+    delta = _as_float(delta, (len(index), group.dim), 'producer_delta', group, w)
+    scale = _as_float(scale, (len(index),), 'consumer_scale', group, w)
+    return group, index, delta, scale, _plan(group)
+
 def remap_channels(model: nn.Module,         # the network holding the group
                    group: SplitGroup,        # which producer / followers / consumers to edit
                    index,                    # (n_new,) new neuron r copies old neuron index[r]
@@ -167,20 +149,9 @@ def remap_channels(model: nn.Module,         # the network holding the group
                    consumer_scale=None,      # (n_new,) multiplies new neuron r's consumer columns
                   ) -> torch.Tensor:
     "Rebuild `group` in place with neurons `index` (copies, displaced and re-weighted); returns the index."
-    validate_group(model, group)
-    w = group.producer.weight
-    index = _as_index(index, group.n_neurons, 'index', group).to(w.device)
-    delta = _as_float(producer_delta, (len(index), group.dim), 'producer_delta', group, w)
-    scale = _as_float(consumer_scale, (len(index),), 'consumer_scale', group, w)
-    pedit, fedits, cedits = _plan(group)
-    snap = _snapshot([group.producer] + [m for m, _ in fedits] + [c.module for c, _ in cedits])
-    try:
-        pedit(group.producer, index, delta)
-        for m, f in fedits: f(m, index)
-        for c, f in cedits: f(c.module, index, scale, c.repeat)
-    except Exception:
-        _restore(snap); raise
-    return index
+    job = _job(model, group, index, producer_delta, consumer_scale)
+    _apply([job])
+    return job[1]
 
 # %% ../nbs/07_surgery.ipynb #7dca6c6d
 def _scheme_rows(schemes, neurons, group):
@@ -225,6 +196,23 @@ def split_neurons(model: nn.Module,    # the network holding the group
     if len(neurons) == 0: return torch.arange(group.n_neurons, device=group.producer.weight.device)  # nothing to split
     index, delta, scale = split_plan(group, neurons, schemes, eps)
     return remap_channels(model, group, index, producer_delta=delta, consumer_scale=scale)
+
+def apply_splits(model: nn.Module,  # the network holding the groups
+                 plan,              # [(group, neurons, schemes)]: one entry per group, in any order
+                 eps: float,        # step size: copy r gets theta + eps * deltas[r]
+                ) -> dict:
+    "Split several groups in place, all or nothing; returns {group name: parent of every new neuron}."
+    plan = [(g, nr, sc) for g, nr, sc in plan]
+    names = [g.name for g, _, _ in plan]
+    if len(set(names)) != len(names): raise ValueError(f"apply_splits: a group appears twice in the plan: {names}")
+    jobs, parents = [], {}
+    for g, neurons, schemes in plan:                       # every index/delta/scale from the model before any change
+        validate_group(model, g)
+        if len(neurons) == 0: parents[g.name] = torch.arange(g.n_neurons, device=g.producer.weight.device); continue
+        jobs.append(_job(model, g, *split_plan(g, neurons, schemes, eps)))
+        parents[g.name] = jobs[-1][1]
+    _apply(jobs)
+    return parents
 
 # %% ../nbs/07_surgery.ipynb #8fd448e3
 def remap_optimizer(optimizer: torch.optim.Optimizer,  # optimizer built on the model's parameters before surgery

@@ -1,11 +1,12 @@
 from types import SimpleNamespace as NS
 import pytest, torch
 from torch import nn
-from s3d.models import mobilenet_digits, mlp, count_params_flops, count_flops_by_layer
-from s3d.baselines import (l1_filter_scores, bn_scale_scores, keep_by_ratio, keep_global, keep_for_budget,
+from s3d.paper.models import mobilenet_digits, mlp
+from s3d.cost import count_params_flops, count_flops_by_layer
+from s3d.paper.baselines import (l1_filter_scores, bn_scale_scores, keep_by_ratio, keep_global, keep_for_budget,
                            pruned_cost, bn_l1_penalty, morphnet_penalty, expand_widths, kept_widths)
-from s3d.data import load_digits_data, loaders
-from s3d.train import train, evaluate
+from s3d.paper.data import load_digits_data, loaders
+from s3d.paper.train import train, evaluate
 from s3d.graph import split_groups
 
 X8 = torch.zeros(1, 1, 8, 8)

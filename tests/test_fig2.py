@@ -2,7 +2,7 @@
 import math
 import pytest
 import torch
-from s3d.experiments.fig2 import (SCALES, apply_split, choose_split, extreme_eigs, grow_rbf, make_target, rbf_hidden,
+from s3d.paper.experiments.fig2 import (SCALES, apply_split, choose_split, extreme_eigs, grow_rbf, make_target, rbf_hidden,
                                   rbf_predict, splitting_matrices)
 
 DT = torch.float64
@@ -60,7 +60,7 @@ def test_s2d_picks_no_split_when_all_psd_but_s3d_does():
 
 def test_grow_stops_when_no_split_helps():
     # target = the initial neuron itself: the residual is 0, every S_j = 0, so neither S2D nor S3D splits
-    from s3d.experiments.fig2 import _init_neuron
+    from s3d.paper.experiments.fig2 import _init_neuron
     x = torch.linspace(-4, 4, 60, dtype=DT)
     th0, u0 = _init_neuron(0, DT, 'cpu')
     y = rbf_predict(th0, u0, x)

@@ -6,6 +6,7 @@ from torch import nn
 from conftest import make, NETS
 from s3d.graph import (split_groups, validate_group, SplitGroup, Consumer, register_activation, ACTIVATIONS,
                        UnsupportedStructure)
+from s3d.kinds import unregister_activation
 
 
 def desc(g):
@@ -56,13 +57,15 @@ def test_custom_activation_leaf():
         def forward(self, x): return x * torch.sigmoid(x)
     model = nn.Sequential(nn.Linear(3, 4), Swish2(), nn.Linear(4, 1))
     with pytest.raises(ValueError, match="producer '0'"):
-        split_groups(model, torch.randn(2, 3))
+        split_groups(model, torch.randn(2, 3), strict=True)
+    assert split_groups(model, torch.randn(2, 3)) == [] and [s.name for s in split_groups(model, torch.randn(2, 3)).skipped] == ['0']
     register_activation(Swish2)
     try:
         g, = split_groups(model, torch.randn(2, 3))
         assert g.act is model[1]
     finally:
-        ACTIVATIONS.remove(Swish2)
+        unregister_activation(Swish2)
+    assert Swish2 not in ACTIVATIONS
 
 
 class _Add(nn.Module):
@@ -111,8 +114,6 @@ class _Control(nn.Module):
 @pytest.mark.parametrize('model, x, culprit', [
     (_Add(), torch.randn(2, 4), "'add'"),
     (_Cat(), torch.randn(2, 4), "'cat'"),
-    (_FRelu(), torch.randn(2, 4), 'use an activation module'),
-    (_Twice(), torch.randn(2, 4), "'act' (Tanh): this module instance is called 2 times"),
     (_ProducerTwice(), torch.randn(2, 4), "called 2 times"),
     (_OutAndConsumed(), torch.randn(2, 4), 'both returned'),
     (_Scale(), torch.randn(2, 4), "'mul'"),
@@ -126,9 +127,25 @@ class _Control(nn.Module):
 ])
 def test_unsupported_raise(model, x, culprit):
     with pytest.raises(ValueError) as e:
-        split_groups(model.double(), x.double())
+        split_groups(model.double(), x.double(), strict=True)
     assert culprit in str(e.value)
     assert isinstance(e.value, UnsupportedStructure)
+    gs = split_groups(model.double(), x.double())                # the default skips, with the same reason in the report
+    assert gs == [] and any(culprit in f"'{s.name}' {s.reason}" for s in gs.skipped)
+
+
+def test_functional_activation_and_shared_stateless_module():
+    g, = split_groups(_FRelu().double(), torch.randn(2, 4).double())
+    assert (g.name, g.act_name, type(g.act), g.act_fn) == ('a', 'relu', nn.ReLU, F.relu)
+    m = _Twice().double()
+    g, = split_groups(m, torch.randn(2, 4).double())
+    assert (g.name, g.act, g.act_fn) == ('a', m.act, None)
+    class Methods(nn.Module):
+        def __init__(self):
+            super().__init__(); self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 3), nn.Linear(3, 2)
+        def forward(self, x): return self.c(torch.tanh(self.b(F.leaky_relu(self.a(x), 0.2).sigmoid())))
+    ga, gb = split_groups(Methods(), torch.randn(2, 4))
+    assert (type(ga.act), ga.act.negative_slope, [n for n, _ in ga.followers], type(gb.act)) == (nn.LeakyReLU, 0.2, [], nn.Tanh)
 
 
 def test_not_strict_skips_only_bad_producers():
@@ -141,8 +158,10 @@ def test_not_strict_skips_only_bad_producers():
             h = self.act(self.a(self.act0(self.a0(x)))); return self.c(h + self.act2(self.b(h)))
     x = torch.randn(2, 3)
     with pytest.raises(ValueError, match="producer 'a'"):
-        split_groups(M(), x)
-    assert [g.name for g in split_groups(M(), x, strict=False)] == ['a0']   # 'a' and 'b' feed the residual add
+        split_groups(M(), x, strict=True)
+    gs = split_groups(M(), x)
+    assert [g.name for g in gs] == ['a0']   # 'a' and 'b' feed the residual add
+    assert [s.name for s in gs.skipped] == ['a', 'b'] and all('residual add' in s.reason for s in gs.skipped)
 
 
 def test_untraceable_raises():

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 from s3d.grow import GrowConfig, grow, load_grown_state, neuron_costs, split_round
 from s3d.graph import split_groups
-from s3d.models import count_params_flops, mobilenet_digits
+from s3d.cost import count_params_flops
+from s3d.paper.models import mobilenet_digits
 
 
 def _data(n=96, seed=0):
@@ -122,3 +123,140 @@ def test_resume_matches_uninterrupted(tmp_path):
 def test_bad_config(kw, msg):
     with pytest.raises(ValueError, match=msg):
         GrowConfig(**kw).validate()
+
+
+# --- controls and the finite step (issue 12) ---
+from s3d.grow import control_round, held_loss, pick_step, scratch_model
+
+
+def _mlp2_f64(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 3), nn.Tanh(), nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+
+
+def _cnn_f64(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh(), nn.Conv2d(3, 4, 3, stride=2),
+                         nn.Tanh(), nn.Flatten(), nn.Linear(4 * 9, 3)).double().eval()
+
+
+@pytest.mark.parametrize('growth', ['random', 'net2net'])
+@pytest.mark.parametrize('make,x', [(_mlp2_f64, lambda: torch.randn(20, 6, dtype=torch.float64)),
+                                    (_cnn_f64, lambda: torch.randn(5, 1, 8, 8, dtype=torch.float64))])
+def test_controls_preserve_function_at_zero_step(growth, make, x):
+    """Random growth (zero outgoing weights) and Net2Net at eps = 0 keep the function; counts follow `widths` or `ratio`."""
+    x = x()
+    net = make()
+    with torch.no_grad(): ref = net(x)
+    m = copy.deepcopy(net)
+    info = control_round(m, x[:1], GrowConfig(growth=growth, eps=0.0 if growth == 'net2net' else 1e-2, widths=((7, 9),)), rnd=1)
+    widths = [g.n_neurons for g in split_groups(m, x[:1])]
+    assert widths == [7, 9] and info['added'] == (7 - 3) + (9 - 4)
+    with torch.no_grad(): torch.testing.assert_close(m(x), ref, rtol=0, atol=1e-12)
+    # the new neurons really are new: random growth's incoming rows differ from every old row
+    if growth == 'random':
+        w = m[0].weight.detach().flatten(1)
+        assert torch.cdist(w[3:], w[:3]).min() > 1e-6
+    # by ratio: round(ratio * n) per group
+    m2 = copy.deepcopy(net)
+    control_round(m2, x[:1], GrowConfig(growth=growth, eps=0.0 if growth == 'net2net' else 1e-2, ratio=0.5), rnd=1)
+    assert [g.n_neurons for g in split_groups(m2, x[:1])] == [3 + round(1.5), 4 + 2]
+
+
+def test_net2net_step_changes_function_slightly():
+    x = torch.randn(20, 6, dtype=torch.float64)
+    net = _mlp2_f64()
+    m = copy.deepcopy(net)
+    info = control_round(m, x[:1], GrowConfig(growth='net2net', eps=1e-3, widths=((6, 4),)), rnd=1)
+    d = (m(x) - net(x)).abs().max().item()
+    assert 0 < d < 1e-4                       # second order in eps: O(1e-6)
+    # equal halves: each parent's outgoing columns are split into two equal halves that sum to the original
+    parent = info['parents']['0'].cpu()
+    assert sorted(parent.tolist()) == [0, 0, 1, 1, 2, 2]
+    for j in range(3):
+        cols = m[2].weight[:, parent == j]
+        torch.testing.assert_close(cols, net[2].weight[:, [j, j]] / 2)
+    # the copies are displaced symmetrically by eps along one direction
+    w0 = net[0].weight
+    for j in range(3):
+        rows = m[0].weight[parent == j]
+        torch.testing.assert_close(rows.mean(0), w0[j])
+        assert 0 < (rows[0] - rows[1]).norm() <= 2e-3 + 1e-12
+
+
+def test_line_search_never_accepts_a_loss_increase():
+    """Over models, seeds and budgets c, the held loss after a line-searched split is never above the loss before."""
+    X, y = _data(128, seed=3)
+    X = X.double()
+    held = [(X, y)]
+    for seed, c, m in [(0, 3.0, 2), (1, 1.0, 2), (2, 6.0, 3), (3, 3.0, 4)]:
+        net = _mlp2_f64(seed)
+        _train_fn(X, y, 60)(net, 0)
+        before = held_loss(net, nn.functional.cross_entropy, held)
+        cfg = GrowConfig(m=m, c=c, ratio=1.0, eigen='exact', step='line_search', eps=1e-2, eps_max=30.0, eps_grid=8, held=None)
+        info = split_round(net, nn.functional.cross_entropy, held, X[:1], cfg)
+        after = held_loss(net, nn.functional.cross_entropy, held)
+        assert after <= before + 1e-12, (seed, c, m, before, after, info['eps'])
+        assert abs((after - before) - info['measured_dloss']) < 1e-10
+    # the picking rule itself: a grid that only raises the loss gives a smaller step or none
+    grid = [0.1, 1.0]
+    assert pick_step(lambda e: 1.0 + e, grid, 1.0) == (0.0, 1.0)
+    e, f = pick_step(lambda e: 1.0 + e * (e - 0.03), grid, 1.0)
+    assert 0 < e < 0.1 and f <= 1.0
+
+
+def test_fixed_step_is_default_and_measured():
+    X, y = _data()
+    X = X.double()
+    net = _mlp2_f64()
+    _train_fn(X, y, 60)(net, 0)
+    info = split_round(net, nn.functional.cross_entropy, [(X, y)], X[:1], GrowConfig(m=2, c=2.0, ratio=0.5, eigen='exact'))
+    assert info['eps'] == GrowConfig().eps == 1e-2
+    assert 'measured_dloss' in info and abs(info['measured_dloss'] - info['predicted_dloss']) < 0.5 * abs(info['predicted_dloss']) + 1e-7
+
+
+@pytest.mark.parametrize('growth', ['random', 'net2net', 'scratch', 'split'])
+def test_controls_run_through_grow(growth, tmp_path):
+    X, y = _data()
+    widths = (5, 7)
+    cfg = GrowConfig(rounds=2, growth=growth, widths=widths, ratio=None, eigen='exact',
+                     c=2.0, step='line_search' if growth == 'split' else 'fixed')
+    seed = _mlp()
+    model = scratch_model(seed, X[:1], [7, 7], seed=1) if growth == 'scratch' else seed
+    res = grow(model, _train_fn(X, y, 5), nn.functional.cross_entropy, [(X, y)], X[:1], cfg, progress=False, out_dir=tmp_path)
+    h = res.history
+    assert h['method'].iloc[0] == cfg.method and len(h) == 3
+    final = [7, 7]
+    assert [g.n_neurons for g in split_groups(res.model, X[:1])] == final
+    if growth in ('random', 'net2net'):
+        assert h['added'].tolist() == [0, 4, 4]
+    assert (pd.read_csv(tmp_path / 'history.csv')['method'] == cfg.method).all()
+
+
+def test_scratch_model_and_errors():
+    X, _ = _data()
+    s = scratch_model(_mlp(), X[:1], '[5, 2]', seed=0)
+    assert (s[0].out_features, s[2].in_features, s[2].out_features, s[4].in_features) == (5, 5, 2, 2)
+    s2 = scratch_model(_mlp(), X[:1], [5, 2], seed=0)
+    torch.testing.assert_close(s(X), s2(X))            # same seed, same weights
+    with pytest.raises(ValueError, match='widths has'):
+        scratch_model(_mlp(), X[:1], [5], seed=0)
+    with pytest.raises(ValueError, match='round number'):
+        control_round(_mlp(), X[:1], GrowConfig(growth='random', widths=(4,)), rnd=None)
+    for kw, msg in [(dict(growth='magic'), 'growth must'), (dict(step='huge'), 'step must'),
+                    (dict(step='line_search', eps_max=1e-3), 'eps_max'), (dict(widths=(4,), rounds=3), 'widths gives'),
+                    (dict(growth='random', ratio=None), 'adds neurons')]:
+        with pytest.raises(ValueError, match=msg):
+            GrowConfig(**kw).validate()
+
+
+def test_progress_false_never_imports_tqdm_auto(monkeypatch):
+    """progress=False must stay silent: tqdm.auto warns in a Jupyter kernel without ipywidgets even for a disabled bar."""
+    import sys
+    monkeypatch.setitem(sys.modules, 'tqdm.auto', None)   # any `import tqdm.auto` now raises ImportError
+    X, y = _data()
+    cfg = GrowConfig(rounds=1, m=2, c=2.0, ratio=1.0, eigen='exact')
+    res = grow(_mlp(), _train_fn(X, y, 5), nn.functional.cross_entropy, [(X, y)], X[:1], cfg, progress=False)
+    assert len(res.history) == 2
+    with pytest.raises(ImportError):
+        grow(_mlp(), _train_fn(X, y, 5), nn.functional.cross_entropy, [(X, y)], X[:1], cfg, progress=True)

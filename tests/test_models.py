@@ -1,6 +1,7 @@
 import pytest, torch
 from torch import nn
-from s3d.models import MobileNetV1, mobilenet_digits, mlp, count_params_flops, count_flops_by_layer
+from s3d.paper.models import MobileNetV1, mobilenet_digits, mlp
+from s3d.cost import count_params_flops, count_flops_by_layer
 
 
 def test_conv3x3_known_counts():

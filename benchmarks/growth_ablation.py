@@ -1,0 +1,102 @@
+"""What keeps split siblings apart, and does it pay? Variants of S3D's finite step on the growth_quality MLP tasks.
+
+Same tasks, recipe, seeds and widths as `growth_quality.py`; methods:
+  S3D line search          the library's rule: the grid step with the lowest held loss (never above the loss before)
+  S3D largest safe step    the largest grid step (eps .. 10) whose held loss is not above the loss before the split
+  S3D line search + polish after the split, 20 Adam steps (lr 1e-2) on the split copies' incoming weights only
+                           (Firefly-style optimisation of the displacements), kept only if the held loss fell
+  random growth            the control
+(Optimizer state of the new copies is not a variant here: the recipe builds a fresh Adam every round.)
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_ablation.py --seeds 5
+"""
+from __future__ import annotations
+import argparse, sys, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).parent))
+import growth_quality as gq
+import s3d.grow
+G = sys.modules["s3d.grow"]       # the module (s3d re-exports a function of the same name)
+
+_orig_pick, _orig_split = G.pick_step, G.split_round
+
+
+def largest_safe(trial, grid, f0, shrink=8):
+    "The largest step of an extended grid whose held loss is not above f0 (then the usual fallbacks)."
+    grid = np.geomspace(min(grid), 10.0, len(grid) + 4)
+    for e in grid[::-1]:
+        f = trial(e)
+        if f <= f0: return float(e), f
+    return _orig_pick(trial, grid[:1], f0, shrink)
+
+
+def polish(model, info, X, y, steps=20, lr=1e-2):
+    "Adam on the split copies' incoming rows only; reverted unless the loss fell."
+    rows = []
+    for name, parent in info['parents'].items():
+        p = dict(model.named_modules())[name]
+        split = torch.bincount(parent, minlength=len(parent)) > 1
+        rows.append((p, split[parent]))
+    params = [t for p, _ in rows for t in (p.weight, p.bias) if t is not None]
+    saved = [t.detach().clone() for t in params]
+    f0 = G.held_loss(model, F.cross_entropy, [(X, y)])
+    opt = torch.optim.Adam(params, lr=lr)
+    for _ in range(steps):
+        opt.zero_grad(); F.cross_entropy(model(X), y).backward()
+        for p, mask in rows:
+            for t in (p.weight, p.bias):
+                if t is not None: t.grad[~mask] = 0
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    if G.held_loss(model, F.cross_entropy, [(X, y)]) > f0:
+        with torch.no_grad():
+            for t, s in zip(params, saved): t.copy_(s)
+
+
+def run(task, variant, seed):
+    G.pick_step = largest_safe if variant == 'S3D largest safe step' else _orig_pick
+    Xtr, ytr, _, _ = gq.make_data()
+    if variant == 'S3D line search + polish':
+        def split_round(model, loss_fn, batches, example_input, cfg, rnd=None):
+            info = _orig_split(model, loss_fn, batches, example_input, cfg, rnd)
+            polish(model, info, Xtr[:512], ytr[:512])
+            return info
+        G.split_round = split_round
+    else: G.split_round = _orig_split
+    method = 'random growth' if variant == 'random growth' else 'S3D line search'
+    h = gq.run_one(task, method, seed)
+    h['method'] = variant
+    return h
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--seeds', type=int, default=5)
+    ap.add_argument('--tasks', default='mlp1,mlp2')
+    ap.add_argument('--out', default='benchmarks/results')
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    variants = ['S3D line search', 'S3D largest safe step', 'S3D line search + polish', 'random growth']
+    df = pd.concat([run(t, v, s) for t in a.tasks.split(',') for s in range(a.seeds) for v in variants], ignore_index=True)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    df.to_csv(Path(a.out) / 'growth_ablation.csv', index=False)
+    gq.METHODS = tuple(variants)
+    pr = gq.paired(df)
+    mean = df.groupby(['task', 'method', 'round'], sort=False).agg(acc=('test_acc', lambda v: 100 * v.mean()),
+                                                                  dup=('dup_pairs', 'mean'), eps=('eps', 'median')).reset_index()
+    tab = mean.pivot_table(index=['task', 'method'], columns='round', values='acc', sort=False).round(1).reset_index()
+    tab.columns = [str(c) for c in tab.columns]
+    fin = df[df['round'] == df['round'].max()].groupby(['task', 'method'], sort=False).agg(
+        dup_final=('dup_pairs', 'mean'), eps_median=('eps', 'median'), growth_epochs=('growth_epochs', 'median')).reset_index()
+    print(f"# growth ablation: {a.seeds} seeds; wall {time.time() - t0:.0f} s\n\n## mean test accuracy (%) per round\n")
+    print(gq.md_table(tab.merge(fin, on=['task', 'method']), '{:.3g}'))
+    print('\n## paired difference vs random growth (pp, 95% t-interval), rounds 1-5\n')
+    print(gq.md_table(pr[pr['round'] > 0][['task', 'method', 'round', 'diff', 'lo', 'hi', 'wins', 'ties', 'losses']], '{:+.2f}'))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,108 @@
+"Table 2 (ImageNet): the JPEG ImageFolder loader on real JPEG files, its errors, and `run('smoke')` end to end."
+import os, subprocess, sys, time
+from pathlib import Path
+import pandas as pd
+import pytest
+import torch
+from s3d.paper.runs import DataError
+from s3d.paper.imagenet import JpegLoader, make_fake_imagefolder, scan_imagefolder, mobilenet_imagenet, write_imagefolder
+from s3d.paper.experiments.table2 import SCALES, run, table2_data, table2_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities of TorchVision are deprecated")
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    "3 classes x 4 training (2 validation) real JPEGs of about 40x40."
+    return make_fake_imagefolder(tmp_path_factory.mktemp('imgs') / 'tiny', n_classes=3, per_class=4, val_per_class=2, size=40)
+
+def _epoch(dl, epoch):
+    dl.epoch = epoch
+    xs, ys = zip(*dl)
+    return torch.cat(xs), torch.cat(ys)
+
+def test_loader_shapes_labels_and_seeded_augmentation(tiny):
+    tr = scan_imagefolder(tiny)
+    assert tr.classes == ['class00', 'class01', 'class02'] and len(tr) == 12
+    dl = JpegLoader(tr, 5, size=24, seed=3, workers=0)
+    x, y = _epoch(dl, 0)
+    assert x.shape == (12, 3, 24, 24) and x.dtype == torch.float32 and sorted(y.tolist()) == tr.labels.tolist()
+    x2, y2 = _epoch(JpegLoader(tr, 5, size=24, seed=3, workers=0), 0)
+    assert torch.equal(x, x2) and torch.equal(y, y2)            # same seed and epoch: same batches
+    x3, _ = _epoch(JpegLoader(tr, 5, size=24, seed=4, workers=0), 0)
+    assert not torch.equal(x, x3)                                # another seed: other crops/order
+    # labels follow the files: a class's images are the ones under its folder
+    files = [tr.files[i] for i in range(len(tr))]
+    assert all(Path(f).parent.name == tr.classes[l] for f, l in zip(files, tr.labels.tolist()))
+
+def test_eval_loader_is_centre_crop_in_file_order(tiny):
+    tr = scan_imagefolder(tiny); va = scan_imagefolder(tiny, 'val', tr.classes)
+    x, y = _epoch(JpegLoader(va, 4, size=16, train=False, workers=0), 0)
+    assert torch.equal(y, va.labels) and x.shape == (6, 3, 16, 16)
+    xd, _ = _epoch(JpegLoader(va, 4, size=16, train=False, workers=0, decode='device'), 0)
+    assert torch.allclose(x, xd)
+
+def test_grey_jpegs_come_out_rgb(tmp_path):
+    ims = [torch.full((1, 20, 30), 100 + 40 * i, dtype=torch.uint8) for i in range(2)]
+    write_imagefolder(tmp_path, 'train', ims, [0, 1], ['a', 'b'])
+    x, y = _epoch(JpegLoader(scan_imagefolder(tmp_path), 2, size=8, train=False, workers=0, mean=(0, 0, 0), std=(1, 1, 1)), 0)
+    assert x.shape == (2, 3, 8, 8) and (x[1] > x[0]).all() and torch.allclose(x[:, 0], x[:, 2], atol=2 / 255)
+
+@pytest.mark.parametrize('workers', [0, 1])
+def test_corrupt_jpeg_is_one_line_data_error(tiny, tmp_path, workers):
+    import shutil
+    root = tmp_path / 'bad'; shutil.copytree(tiny, root)
+    victim = scan_imagefolder(root).files[7]
+    Path(victim).write_bytes(b'\xff\xd8\xff\xe0 truncated')
+    with pytest.raises(DataError) as e: list(JpegLoader(scan_imagefolder(root), 4, size=16, workers=workers))
+    assert victim in str(e.value) and '\n' not in str(e.value)
+
+def test_missing_and_empty_folders_name_the_path(tmp_path):
+    with pytest.raises(DataError, match='nowhere/train'): scan_imagefolder(tmp_path / 'nowhere')
+    (tmp_path / 'd' / 'train' / 'cat').mkdir(parents=True)
+    with pytest.raises(DataError, match='train/cat'): scan_imagefolder(tmp_path / 'd')
+    (tmp_path / 'e' / 'train').mkdir(parents=True)
+    with pytest.raises(DataError, match='no class folders'): scan_imagefolder(tmp_path / 'e')
+    with pytest.raises(DataError, match='train'): table2_data(SCALES['paper'], tmp_path / 'nowhere')
+
+def test_paper_config_matches_the_paper():
+    from s3d.cost import count_params_flops
+    p = SCALES['paper']
+    macs = lambda w: count_params_flops(p.model(w), p.example(), macs=True)[1] / 1e9
+    assert abs(macs(p.seed_widths) - 0.059) < 5e-4 and abs(macs(p.full_widths) - 0.569) < 5e-4
+    assert p.rounds == 4 and p.m == 2 and p.image == 224
+    assert {r['method'] for r in table2_runs(p)} == {'S2D', 'S3D', '0.5x', '0.75x', '1.0x'}
+    assert mobilenet_imagenet(1000).strides[0] == 2
+
+def test_smoke_run_end_to_end_on_real_jpegs(tiny, tmp_path):
+    t0 = time.time()
+    paths = run('smoke', 'cpu', data=tiny, out=tmp_path / 'res', progress=False)
+    assert time.time() - t0 < 60
+    df = pd.read_csv(paths[0])
+    assert {'S2D', 'S3D', '0.5x', '0.75x', '1.0x'} == set(df.method)
+    assert {'method', 'round', 'params', 'macs', 'flops', 'top1', 'top5'} <= set(df.columns)
+    grown = df[df.method.isin(['S2D', 'S3D'])]
+    assert sorted(set(grown['round'])) == list(range(SCALES['smoke'].rounds + 1))
+    assert grown.groupby('key').macs.agg(lambda s: s.is_monotonic_increasing and s.iloc[-1] > s.iloc[0]).all()
+    assert (df.top5 >= df.top1).all() and (df.flops > 2 * df.macs - 1).all()
+    b = df[df.setting == 'baseline'].set_index('method').macs
+    assert b['0.5x'] < b['0.75x'] < b['1.0x']
+    md = Path(paths[1]).read_text()
+    assert 'AMC' in md and 'He et al. (2018)' in md and 'S3D-2' in md
+    assert all(Path(p).stat().st_size > 0 for p in paths)
+    # a rerun reuses every finished run
+    rows = tmp_path / 'res' / 'table2_smoke_runs' / 'E-S3D-c3-s0' / 'rows.csv'
+    mt = rows.stat().st_mtime_ns
+    run('smoke', 'cpu', data=tiny, out=tmp_path / 'res', progress=False)
+    assert rows.stat().st_mtime_ns == mt
+
+def test_cli_corrupt_data_is_one_line_exit_4(tiny, tmp_path):
+    "Through the command line: one line naming the file, the data-error exit code 4, no traceback."
+    import shutil
+    root = tmp_path / 'bad'; shutil.copytree(tiny, root)
+    victim = scan_imagefolder(root, 'val').files[0]; Path(victim).write_bytes(b'')
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
+    r = subprocess.run([sys.executable, '-m', 's3d', 'reproduce', 'table2', '--scale', 'smoke', '--device', 'cpu', '--data', str(root),
+                        '--out', str(tmp_path / 'res')], env=env, capture_output=True, text=True, timeout=300)
+    err = r.stderr.strip().splitlines()   # the progress bar (cleared on exit) may precede the message
+    assert r.returncode == 4 and 'Traceback' not in r.stderr and victim in err[-1] and 'data error' in err[-1], r.stderr
