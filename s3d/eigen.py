@@ -155,11 +155,15 @@ def lanczos_extremes(matvec: Callable, # V (n, d) -> (S_j V_j)_j, (n, d)
                      tol: float = 1e-2, # residual tolerance relative to each spectral radius
                      max_iter: int | None = None, # at most this many products (default d)
                      max_dim: int = 32, # Krylov vectors kept per neuron (thick restarts beyond)
+                     max_bytes: int | None = None, # bound on the float64 workspace (basis, products, block): lowers max_dim
                      dtype=torch.float64, device=None,
                      generator: torch.Generator | None = None, # for the random start vectors
-                     stats: dict | None = None, # filled with 'peak_bytes' (workspace) and 'restarts'
+                     stats: dict | None = None, # filled with 'peak_bytes' (workspace), 'restarts' and 'max_dim'
                     ) -> tuple[EigenPairs, int]:
     "Extreme eigenpairs of n symmetric d x d matrices given only products; returns them and the number of products used."
+    if max_bytes is not None:
+        max_dim = min(max_dim, (max_bytes // (8 * n * d) - 1) // 2)  # V and W of max_dim vectors, plus the block
+        if max_dim < min(d, 3): raise ValueError(f"max_bytes={max_bytes} is too small: the workspace needs at least {8 * n * d * (2 * min(d, 3) + 1)} bytes")
     bk = BlockKrylov(n, d, block=1, max_dim=max_dim, tol=tol, max_iter=max_iter, dtype=dtype, device=device, generator=generator)
     while not bk.done:
         V = torch.zeros(n, d, dtype=dtype, device=device); V[bk.idx] = bk.P[..., 0]

@@ -58,6 +58,10 @@ def test_lanczos_large_d_bounded_workspace():
     rad = lam.abs().amax(-1)
     assert ((f.lam_min - lam.min(-1).values).abs() <= 2e-2 * rad).all() and ((f.lam_max - lam.max(-1).values).abs() <= 2e-2 * rad).all()
     assert st['max_dim'] == 32 and st['peak_bytes'] <= 8 * n * d * (2 * 32 + 1) < n * d * d * 8 / 50
+    f, used = lanczos_extremes(lambda V: lam * V, n, d, stats=st, generator=g, max_bytes=2**20, max_iter=400)  # 1 MiB
+    assert st['max_dim'] == 7 and st['peak_bytes'] <= 2**20 and st['restarts'] > 0
+    assert ((f.lam_max - lam.max(-1).values).abs() <= 2e-2 * rad).all()
+    with pytest.raises(ValueError, match="too small"): lanczos_extremes(lambda V: lam * V, n, d, max_bytes=2**16)
 
 def _net(dtype=torch.float32):
     torch.manual_seed(1)
