@@ -95,15 +95,16 @@ def extreme_eigenpairs(model: nn.Module,  # network
                        max_bytes: int | None = None, # memory limit (default 1 GiB exact, 4 GiB fast)
                        beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
                        seed: int = 0,      # fast: seed of the random start vectors
+                       reduce: Callable | None = None, # sums statistics and S·v products over processes (see `s3d.distributed`)
                       ) -> dict:
     "Extreme eigenpairs {group name: EigenPairs} of every neuron's splitting matrix, for all groups from one pass."
     groups = [groups] if isinstance(groups, SplitGroup) else list(groups)
     if not groups: raise ValueError("groups is empty")
     if method == 'exact':
-        S = dense_matrices(model, groups, loss_fn, batches, max_bytes=max_bytes or 2**30, beta=beta)
+        S = dense_matrices(model, groups, loss_fn, batches, max_bytes=max_bytes or 2**30, beta=beta, reduce=reduce)
         return {k: eigh_extremes(v) for k, v in S.items()}
     if method != 'fast': raise ValueError(f"method must be 'exact' or 'fast', got {method!r}")
-    ops = split_operators(model, groups, loss_fn, batches, max_bytes=max_bytes or 2**32, beta=beta)
+    ops = split_operators(model, groups, loss_fn, batches, max_bytes=max_bytes or 2**32, beta=beta, reduce=reduce)
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for gr in groups:

@@ -223,14 +223,18 @@ def held_batches(batches, n:int|None) -> list:
         out.append((x[:k], y[:k])); seen += k
     return out
 
-def held_loss(model:nn.Module, loss_fn, held:list) -> float:
-    "Mean `loss_fn` over the samples of `held` (eval mode, no gradients)."
+def held_loss(model:nn.Module, loss_fn, held:list, reduce=None) -> float:
+    "Mean `loss_fn` over the samples of `held` (eval mode, no gradients); with `reduce`, over every process's samples."
     was = model.training; model.eval()
     try:
         with torch.no_grad():
             tot = sum(float(loss_fn(model(to_model_device(model, x)), to_model_device(model, y))) * len(y) for x, y in held)
     finally: model.train(was)
-    return tot / sum(len(y) for _, y in held)
+    n = sum(len(y) for _, y in held)
+    if reduce is not None:
+        t = reduce(torch.tensor([tot, float(n)], dtype=torch.float64, device=next(model.parameters()).device))
+        tot, n = float(t[0]), float(t[1])
+    return tot / n
 
 
 # %% ../nbs/08_grow.ipynb #6adee120
@@ -251,21 +255,21 @@ def pick_step(trial,              # trial(eps) -> held loss after a split with s
 
 
 # %% ../nbs/08_grow.ipynb #8c98c893
-def _trial(model, groups, sel, schemes, eps, loss_fn, held):
+def _trial(model, groups, sel, schemes, eps, loss_fn, held, reduce=None):
     m2, g2 = copy.deepcopy((model, groups))     # one memo: the copied groups point at the copied modules
     apply_splits(m2, [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])], eps)
-    return held_loss(m2, loss_fn, held)
+    return held_loss(m2, loss_fn, held, reduce)
 
-def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig) -> tuple:
+def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig, reduce=None) -> tuple:
     "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured and predicted effect."
     gain = sum(float(schemes[g.name][sel[g.name]].gain.sum()) for g in groups if len(sel[g.name]))
     if not any(len(v) for v in sel.values()): return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.)
-    held = held_batches(batches, cfg.held)
-    if not held:
+    held = held_batches(batches, cfg.held if reduce is None else None)  # data-parallel: every process's whole share
+    if not held and reduce is None:
         if cfg.step == 'line_search': raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a callable returning one)")
         return cfg.eps, dict(eps=cfg.eps, measured_dloss=float('nan'))
-    f0 = held_loss(model, loss_fn, held)
-    trial = lambda e: _trial(model, groups, sel, schemes, e, loss_fn, held)
+    f0 = held_loss(model, loss_fn, held, reduce)
+    trial = lambda e: _trial(model, groups, sel, schemes, e, loss_fn, held, reduce)
     if cfg.step == 'fixed': eps, f = cfg.eps, trial(cfg.eps)
     else: eps, f = pick_step(trial, np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
@@ -355,16 +359,18 @@ def _takes_state(fn) -> bool:
 # %% ../nbs/08_grow.ipynb #339df010
 from .surgery import apply_splits
 
-def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None) -> dict:
+def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None,
+                reduce=None,  # sums statistics over data-parallel processes (see `s3d.distributed`); None: this process only
+               ) -> dict:
     "One architecture step (round `rnd`): score all neurons, select, split in place (all groups or none); returns a summary."
     if cfg.growth != 'split': return control_round(model, example_input, cfg, rnd)  # controls: same counts, no scoring
     groups = split_groups(model, example_input)
     if not groups: raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
-    eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed)
+    eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed, reduce=reduce)
     schemes = score_neurons(eigs, cfg.m, cfg.c)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
     sel = select_round(schemes, cfg, costs, groups, rnd)
-    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg)  # fixed or line-searched, measured
+    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg, reduce)  # fixed or line-searched, measured
     plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
     parents = apply_splits(model, plan, eps)
     kinds, gain, added = Counter(), 0.0, 0
@@ -407,11 +413,14 @@ def grow(model:nn.Module,         # seed network (grown in place, unless resumed
          progress:bool=True,      # tqdm progress bar over rounds
          label:dict|None=None,    # extra constant columns for the history (e.g. run name)
          is_writer:bool=True,     # whether this process writes history.csv and checkpoint.pt (False on DDP ranks > 0)
+         dist=None,               # data-parallel hooks (`s3d.distributed.DistContext`): `.reduce`, `.check(model, round)`, `.wrap(train_fn)`
         ) -> GrowResult:
     "Algorithm 1 (S2D / S3D): alternate training and optimal splitting for `cfg.rounds` rounds."
     if progress: from tqdm.auto import tqdm
     else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns in a notebook without ipywidgets even when disabled
     cfg.validate()
+    reduce = dist.reduce if dist is not None else None
+    if dist is not None: is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
     rows, start, st, run = [], 0, None, {}
     ckpt = Path(out_dir) / 'checkpoint.pt' if out_dir is not None else None
     cfg_key = json.dumps(dict(asdict(cfg), label=label or {}), sort_keys=True, default=str)
@@ -435,7 +444,8 @@ def grow(model:nn.Module,         # seed network (grown in place, unless resumed
             info, data = dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan')), {}
             if r > 0:
                 batches = score_batches() if callable(score_batches) else score_batches
-                info = {k: v for k, v in split_round(model, loss_fn, batches, example_input, cfg, r).items() if k != 'parents'}
+                info = {k: v for k, v in split_round(model, loss_fn, batches, example_input, cfg, r, reduce).items() if k != 'parents'}
+            if dist is not None: dist.check(model, r)  # every process ends the split with the same architecture
         if _takes_state(train_fn): tr = train_fn(model, r, TrainState(data, lambda s, r=r, info=info: write('train', r, info, s.data), r, run))
         else: tr = train_fn(model, r)
         params, flops = count_params_flops(model, example_input)
