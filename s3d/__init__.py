@@ -8,7 +8,9 @@ The public entry points live at the top level:
 - `extreme_eigenpairs(model, groups, loss_fn, batches, method)`: lambda_min/max and eigenvectors (`s3d.eigen`);
 - `split_gain`, `split_scheme`, `split_schemes`: optimal signed splits (`s3d.schemes`);
 - `split_neurons(model, group, neurons, schemes, eps)`, `apply_splits(model, plan, eps)`: function-preserving surgery, one group or a whole round atomically (`s3d.surgery`);
-- `grow(...)`, `GrowConfig`: the S2D/S3D loop (`s3d.grow`).
+- `grow(...)`, `GrowConfig`: the S2D/S3D loop and its controls (random growth, Net2Net, scratch), fixed or line-searched step;
+  `load_grown_state` reloads a grown checkpoint, `scratch_model` rebuilds a grown architecture freshly initialised (`s3d.grow`);
+- `count_params_flops(model, example_input)`: the one shared parameter/FLOP counter (`s3d.cost`).
 """
 __version__ = "0.1.0"
 
@@ -19,4 +21,5 @@ from s3d.splitmat import splitting_matrices
 from s3d.eigen import extreme_eigenpairs, EigenPairs
 from s3d.select import score_neurons, select_neurons
 from s3d.surgery import split_neurons, apply_splits, remap_channels, remap_optimizer
-from s3d.grow import grow, GrowConfig, GrowResult
+from s3d.grow import grow, GrowConfig, GrowResult, load_grown_state, scratch_model
+from s3d.cost import count_params_flops

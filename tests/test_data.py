@@ -107,3 +107,14 @@ def test_load_dataset_cifar_through_name(fake):
     assert load_dataset('cifar100', fake).name == 'cifar100'
     with pytest.raises(ValueError, match='unknown dataset'):
         load_dataset('imagenet')
+
+
+def test_check_cifar100_is_fast_and_names_the_file(fake):
+    from s3d.paper.data import check_cifar100
+    assert check_cifar100(fake) == fake / CIFAR100_FOLDER
+    (fake / CIFAR100_FOLDER / 'test').write_bytes(b'')
+    with pytest.raises(DataError, match='corrupt CIFAR-100 file .*test: not a pickle'):
+        check_cifar100(fake)
+    (fake / CIFAR100_FOLDER / 'meta').unlink()
+    with pytest.raises(DataError, match='missing CIFAR-100 file .*meta.*--download'):
+        check_cifar100(fake)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from s3d.paper.data import make_fake_cifar100, DataError
-from s3d.paper.experiments.table1 import SCALES, table1_data, table1_runs, s3d_vs_s2d
+from s3d.paper.experiments.table1 import SCALES, data_root, table1_runs, s3d_vs_s2d, verdict
 from s3d.paper.baselines import prune_channels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,44 +13,20 @@ def _s3d(*args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), OMP_NUM_THREADS='1')
     return subprocess.run([sys.executable, '-m', 's3d', *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
-def test_table1_smoke_writes_and_reuses(tmp_path):
-    data = tmp_path / 'data'  # empty: smoke writes a fake CIFAR-100 into the run folder
-    r = _s3d('reproduce', 'table1', '--scale', 'smoke', '--device', 'cpu', '--data', str(data), '--out', 'res', cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = tmp_path / 'res'
-    for name in ['table1_smoke.csv', 'table1_smoke.md', 'fig3_smoke.png', 'fig3_smoke.pdf']:
-        assert (out / name).stat().st_size > 0, name
-    df = pd.read_csv(out / 'table1_smoke.csv')
-    assert {'method', 'c', 'm', 'round', 'params', 'flops', 'acc', 'setting', 'seed'} <= set(df.columns)
-    assert {'S2D', 'S3D', 'full', 'L1 pruning', 'BN pruning', 'MorphNet'} <= set(df.method)
-    assert set(df.setting) == {'params', 'energy', 'baseline'}
-    grown = df[df.method.isin(['S2D', 'S3D'])]
-    assert set(grown['round']) == {0, 1} and (grown.groupby('key').params.agg(lambda p: p.iloc[-1] > p.iloc[0])).all()
-    full = df[df.method == 'full'].flops.iloc[0]
-    for meth in ['L1 pruning', 'BN pruning', 'MorphNet']:  # pruned to at most prune_flops x full
-        assert df[df.method == meth].flops.iloc[0] <= SCALES['smoke'].prune_flops * full + 1, meth
-    md = (out / 'table1_smoke.md').read_text()
-    assert 'S3D-1 c=3' in md and 'Command:' in md and 'wall time' in r.stdout
-    assert not list(out.rglob('*.tmp'))
-    # rerun: every run is reused (rows.csv untouched)
-    rows = out / 'table1_smoke_runs' / 'S3D-c3-s0' / 'rows.csv'
-    mt = rows.stat().st_mtime_ns
-    r2 = _s3d('reproduce', 'table1', '--scale', 'smoke', '--device', 'cpu', '--data', str(data), '--out', 'res', cwd=tmp_path)
-    assert r2.returncode == 0, r2.stderr[-3000:]
-    assert rows.stat().st_mtime_ns == mt
-    assert pd.read_csv(out / 'table1_smoke.csv').equals(df)
-
-def test_table1_corrupt_cifar_is_one_line_error(tmp_path):
+@pytest.mark.parametrize('content', [b'not a pickle', b'\x80\x02 truncated'])
+def test_table1_corrupt_cifar_is_one_line_error(tmp_path, capsys, content):
+    from s3d.paper.cli import main
     folder = make_fake_cifar100(tmp_path / 'data', 8, 4)
-    (folder / 'train').write_bytes(b'not a pickle')
-    r = _s3d('reproduce', 'table1', '--scale', 'smoke', '--device', 'cpu', '--data', str(tmp_path / 'data'), '--out', 'res', cwd=tmp_path)
-    assert r.returncode == 2
-    err = r.stderr.strip().splitlines()
-    assert len(err) == 1 and 'data error' in err[0] and 'train' in err[0], r.stderr
+    (folder / 'train').write_bytes(content)
+    code = main(['reproduce', 'table1', '--scale', 'smoke', '--device', 'cpu', '--data', str(tmp_path / 'data'), '--out', str(tmp_path / 'res')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 4 and len(err) == 1 and err[0].startswith('table1: data error: corrupt CIFAR-100 file') and 'train' in err[0], err
 
 def test_paper_scale_missing_data_names_the_file(tmp_path):
     with pytest.raises(DataError, match='cifar-100-python'):
-        table1_data(SCALES['paper'], data=tmp_path)
+        data_root(SCALES['paper'], data=tmp_path)
+    with pytest.raises(DataError, match='cifar-100-python'):   # smoke too: fake data only when asked for
+        data_root(SCALES['smoke'], data=tmp_path)
 
 def test_paper_runs_cover_every_method():
     runs = table1_runs(SCALES['paper'])
@@ -77,3 +53,30 @@ def test_s3d_vs_s2d_pairs_by_seed():
     df = pd.DataFrame(dict(setting='params', round=[2] * 4, c=[1., 1., 3., 3.], seed=[0, 1, 0, 1], acc=[50., 60., 52., 61.]))
     v = s3d_vs_s2d(df, 3.)
     assert v['n'] == 2 and v['wins'] == 2 and abs(v['mean'] - 1.5) < 1e-9
+    # diffs 2 and 1: mean 1.5, sd 0.707, t(0.975, 1) = 12.706 -> half width 6.35: the interval includes 0
+    assert abs(v['hi'] - v['mean'] - 12.7062 * 0.70711 / 2 ** 0.5) < 1e-3 and verdict(v).startswith('not resolved')
+
+def test_verdict_needs_the_interval_to_exclude_zero():
+    df = pd.DataFrame(dict(setting='params', round=1, c=[1.] * 4 + [3.] * 4, seed=[0, 1, 2, 3] * 2,
+                           acc=[50., 60., 55., 52., 51., 61.2, 56., 52.9]))
+    v = s3d_vs_s2d(df, 3.)   # diffs 1.0, 1.2, 1.0, 0.9: all positive, small spread
+    assert v['lo'] > 0 and verdict(v).startswith('S3D higher')
+    v1 = s3d_vs_s2d(df[df.seed == 0], 3.)
+    assert v1['n'] == 1 and verdict(v1) == 'not resolved (one seed: no interval)'
+
+
+def test_download_uses_torchvision_then_checks_the_files(tmp_path, monkeypatch):
+    "--download hands a missing CIFAR-100 to torchvision's downloader (offline here: a stand-in writes the files)."
+    import torchvision.datasets
+    calls = []
+    class FakeCIFAR100:
+        def __init__(self, root, train=True, download=False):
+            calls.append((root, download)); make_fake_cifar100(root, 4, 2)
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR100', FakeCIFAR100)
+    assert data_root(SCALES['paper'], data=tmp_path, download=True) == tmp_path
+    assert calls == [(str(tmp_path), True)]
+    assert data_root(SCALES['paper'], data=tmp_path, download=True) == tmp_path and len(calls) == 1   # there: no second download
+    def offline(*a, **kw): raise OSError('<urlopen error [Errno -3] Temporary failure in name resolution>')
+    monkeypatch.setattr(torchvision.datasets, 'CIFAR100', offline)
+    with pytest.raises(DataError, match='could not download CIFAR-100 into .*name resolution'):
+        data_root(SCALES['paper'], data=tmp_path / 'elsewhere', download=True)

@@ -1,4 +1,4 @@
-"""`s3d reproduce fig1|fig2|table1|table2|table3|all`: rerun the paper's experiments and write their results.
+"""`s3d reproduce fig1|fig2|table1|table2|table3|all|list`: rerun the paper's experiments and write their results.
 
 Docs: https://s3d-dev.github.io/s3d/paper/cli.html.md"""
 
@@ -6,38 +6,62 @@ Docs: https://s3d-dev.github.io/s3d/paper/cli.html.md"""
 
 # %% ../../nbs/paper/06_cli.ipynb #90c36e93
 from __future__ import annotations
-import argparse, importlib, sys, time
+import argparse, importlib, sys, time, traceback
 from pathlib import Path
-from .runs import DataError, atomic_save_figure, is_done, resolve_device
+from .runs import (DataError, OutputError, DeviceError, Interrupted, EXIT_CODES, atomic_save_figure, is_done,
+                            resolve_device, check_out_dir, default_jobs, stop_on_signals, read_fingerprint)
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'register_experiment', 'experiment_runner', 'run_fig1', 'make_parser', 'main']
+__all__ = ['EXPERIMENTS', 'ABOUT', 'DEFAULT_OUT', 'register_experiment', 'experiment_runner', 'experiment_checker', 'check_fig1',
+           'run_fig1', 'make_parser', 'main']
 
 # %% ../../nbs/paper/06_cli.ipynb #c6b82d67
 EXPERIMENTS = {'fig1': 's3d.paper.cli:run_fig1', 'fig2': 's3d.paper.experiments.fig2:run',
                'table1': 's3d.paper.experiments.table1:run',
                'table2': None, 'table3': None}
 
-def register_experiment(name:str, target:str|None):
+ABOUT = {'fig1': ('Figure 1: the binary, triplet and quartet split schemes, drawn from their closed forms',
+                  'seconds at any scale'),
+         'fig2': ('Figure 2: toy RBF network grown from one neuron; S2D gets stuck, S3D escapes',
+                  'smoke ~10 s; cpu ~1.5 min on 1 core (less with --jobs); paper ~1.5 h on 1 core (estimated); CPU only'),
+         'table1': ('Table 1 + Figure 3: MobileNetV1 grown by S2D/S3D vs full, width multipliers, L1/BN pruning, MorphNet',
+                    'smoke ~1 min (CPU, --fake-data); cpu (digits) ~7 min of CPU time over --jobs; paper (CIFAR-100) ~10 h on 1 GPU (projected)'),
+         'table2': ('Table 2: ImageNet, energy-aware MobileNetV1 (not implemented yet)', ''),
+         'table3': ('Table 3: ModelNet40 point clouds, DGCNN (not implemented yet)', '')}
+
+def register_experiment(name:str, target:str|None, about:str='', time:str=''):
     "Register (or replace) experiment `name` as a `'module:function'` string, or None for not implemented."
     if target is not None and (not isinstance(target, str) or ':' not in target):
         raise ValueError(f"experiment {name!r}: target must look like 'package.module:function', got {target!r}")
     EXPERIMENTS[name] = target
+    if about or time or name not in ABOUT: ABOUT[name] = (about, time)   # keep the description when only the target changes
+
+def _target(name):
+    if name not in EXPERIMENTS: raise ValueError(f'unknown experiment {name!r}; choose one of {", ".join(EXPERIMENTS)}')
+    if EXPERIMENTS[name] is None: return None, None
+    mod, fn = EXPERIMENTS[name].split(':')
+    return importlib.import_module(mod), fn
 
 def experiment_runner(name:str):
     "The run function of experiment `name`, or None when it is not implemented yet."
-    if name not in EXPERIMENTS: raise ValueError(f'unknown experiment {name!r}; choose one of {", ".join(EXPERIMENTS)}')
-    target = EXPERIMENTS[name]
-    if target is None: return None
-    mod, fn = target.split(':')
-    return getattr(importlib.import_module(mod), fn)
+    mod, fn = _target(name)
+    return None if mod is None else getattr(mod, fn)
+
+def experiment_checker(name:str):
+    "The argument check of experiment `name` (`check`, or `check_x` for `run_x`), or None."
+    mod, fn = _target(name)
+    return None if mod is None or 'run' not in fn else getattr(mod, fn.replace('run', 'check', 1), None)
 
 # %% ../../nbs/paper/06_cli.ipynb #33edb113
-def run_fig1(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False) -> list:
+def check_fig1(scale:str='cpu', device='auto', data=None, out=None, fake_data:bool=False, download:bool=False) -> list:
+    "Figure 1 needs nothing: warn about the options it ignores."
+    ignored = [o for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download)) if v]
+    return [f'fig1 is drawn from closed forms: {", ".join(ignored)} ignored'] if ignored else []
+
+def run_fig1(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:bool=False, **ignored) -> list:
     "Draw Figure 1 (the split schemes) to fig1.png and fig1.pdf under `out`."
-    try: from s3d.schemes import plot_split_schemes
-    except ImportError as e: raise NotImplementedError('fig1 needs s3d.schemes.plot_split_schemes, not available yet') from e
-    out = Path(out); paths = [out / 'fig1.png', out / 'fig1.pdf']
+    from s3d.schemes import plot_split_schemes
+    out = check_out_dir(out); paths = [out / 'fig1.png', out / 'fig1.pdf']
     if is_done(paths, force=force):
         print(f'fig1: {paths[0]} exists, skipping (use --force to redraw)'); return paths
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -48,36 +72,118 @@ def run_fig1(scale:str='cpu', device='auto', data=None, out='data/results', forc
     return paths
 
 # %% ../../nbs/paper/06_cli.ipynb #fff1b8f2
+DEFAULT_OUT = 'data/reproduced'
+
+def _epilog() -> str:
+    w = max(map(len, ABOUT))
+    exps = [f'  {n:<{w}}  {a}' + (f'\n  {"":<{w}}  time: {t}' if t else '') for n, (a, t) in ABOUT.items()]
+    codes = [f'  {c:>3}  {d}' for c, d in EXIT_CODES.items()]
+    return '\n'.join(['experiments:', *exps, f'  {"all":<{w}}  every implemented experiment (the others are skipped with a note)',
+                      f'  {"list":<{w}}  which results exist under --out and whether they are current', '', 'exit codes:', *codes])
+
 def make_parser() -> argparse.ArgumentParser:
     "The argument parser of the `s3d` command."
     p = argparse.ArgumentParser(prog='s3d', description='Signed splitting steepest descent (S3D): reproduce the paper.')
     sub = p.add_subparsers(dest='command')
-    r = sub.add_parser('reproduce', help='rerun an experiment of the paper and write its results')
-    r.add_argument('experiment', choices=[*EXPERIMENTS, 'all'], help='which figure or table (all: every implemented one)')
+    r = sub.add_parser('reproduce', help='rerun an experiment of the paper and write its results', epilog=_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description='Rerun an experiment of the paper and write its results (CSV, figure, summary).')
+    r.add_argument('experiment', choices=[*EXPERIMENTS, 'all', 'list'], metavar='EXPERIMENT', help='see the list below')
     r.add_argument('--scale', choices=['smoke', 'cpu', 'paper'], default='cpu',
-                   help='smoke: seconds (tests); cpu: minutes on a laptop CPU; paper: the full setting')
-    r.add_argument('--device', default='auto', help='auto, cpu or cuda (default auto)')
-    r.add_argument('--data', default='data', help='folder holding the datasets (default data/)')
-    r.add_argument('--out', default='data/results', help='folder for results (default data/results/)')
+                   help='smoke: seconds (tests); cpu: minutes on a CPU; paper: the full setting (default cpu)')
+    r.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default auto)')
+    r.add_argument('--jobs', type=int, default=None, help='worker processes for independent runs (default: every core on CPU, 1 on GPU)')
+    r.add_argument('--out', default=DEFAULT_OUT, help=f'folder for results (default {DEFAULT_OUT}/, ignored by git)')
+    r.add_argument('--data', default=None, help='folder holding the datasets, e.g. cifar-100-python/ (default data/)')
+    r.add_argument('--download', action='store_true', help='download missing datasets first (torchvision, with a progress bar)')
+    r.add_argument('--fake-data', action='store_true', help='use small generated images instead of a dataset (tests; results are labelled FAKE)')
     r.add_argument('--force', action='store_true', help='recompute even if finished results exist')
+    r.add_argument('--debug', action='store_true', help='print full tracebacks')
     return p
 
 # %% ../../nbs/paper/06_cli.ipynb #4b140b4a
-def _is_data_error(e): return any(k.__name__ == 'DataError' for k in type(e).__mro__)
+def _code(e:BaseException, phase:str) -> int:
+    if isinstance(e, Interrupted): return e.code
+    if isinstance(e, KeyboardInterrupt): return 130
+    if isinstance(e, OutputError): return 3
+    if isinstance(e, DataError): return 4
+    if isinstance(e, DeviceError): return 5
+    if isinstance(e, NotImplementedError): return 6
+    if isinstance(e, (ValueError, TypeError)) and phase == 'check': return 2
+    return 1
 
-def _run_one(name, args) -> int:
-    fn = experiment_runner(name)
-    if fn is None:
-        print(f'{name}: not implemented yet', file=sys.stderr); return 1
-    t0 = time.time()
-    try: paths = fn(scale=args.scale, device=args.device, data=args.data, out=args.out, force=args.force)
-    except NotImplementedError as e:
-        print(f'{name}: not implemented yet ({e})', file=sys.stderr); return 1
-    except Exception as e:
-        if not _is_data_error(e): raise
-        print(f'{name}: data error: {e}', file=sys.stderr); return 2
-    print(f'{name}: done in {time.time() - t0:.1f} s wall time; files:')
-    for p in paths: print(f'  {p}')
+def _line(name:str, e:BaseException, code:int) -> str:
+    if isinstance(e, KeyboardInterrupt):
+        how = 'interrupted (Ctrl-C)' if code == 130 else 'terminated (SIGTERM)'
+        kept = getattr(e, 'kept', '') or 'no finished work to keep yet'
+        return f'{name}: {how}; kept: {kept}; rerun the same command to resume'
+    what = {3: 'output error', 4: 'data error', 5: 'device error', 6: 'not implemented yet', 2: 'error'}.get(code)
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f'{name}: {what}: {msg}' if what else f'{name}: failed: {type(e).__name__}: {msg} (rerun with --debug for the traceback)'
+
+def _guard(name:str, phase:str, debug:bool, fn, *a, **kw):
+    "(result, 0) of fn(*a, **kw), or (None, exit code) after printing the error as one line."
+    try: return fn(*a, **kw), 0
+    except (Exception, KeyboardInterrupt) as e:
+        code = _code(e, phase)
+        if debug: traceback.print_exc()
+        print(_line(name, e, code), file=sys.stderr, flush=True)
+        return None, code
+
+# %% ../../nbs/paper/06_cli.ipynb #dc80e1f5
+def _list(out) -> int:
+    "Print which results exist under `out` and whether they are current."
+    print(f'results under {out}:')
+    for name, target in EXPERIMENTS.items():
+        if target is None: print(f'  {name:<7} not implemented yet'); continue
+        mod = importlib.import_module(target.split(':')[0])
+        if not hasattr(mod, 'files'): print(f'  {name:<7} (no per-scale results)'); continue
+        for scale in ('smoke', 'cpu', 'paper'):
+            fs = [Path(p) for p in mod.files(scale, out) if Path(p).suffix != '.pdf']   # PDFs are not committed
+            have = sum(p.exists() for p in fs)
+            if not have: state = 'missing'
+            elif have < len(fs): state = f'incomplete ({have} of {len(fs)} files)'
+            else: state = 'current' if read_fingerprint(fs[-1]) == mod.config_fingerprint(scale) else 'stale (config changed: rerun with --force)'
+            fake = ' (FAKE DATA)' if have and fs[-1].exists() and 'FAKE DATA' in fs[-1].read_text() else ''
+            print(f'  {name:<7} {scale:<6} {state}{fake}')
+    return 0
+
+def _accepted(name, fn, kw, given=()):
+    "`fn` and the options it accepts; an option it cannot take but that was set is a one-line warning."
+    import inspect
+    ps = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return fn, kw
+    for k in [k for k in kw if k not in ps]:
+        if k in given: print(f'{name}: warning: --{k.replace("_", "-")} is not supported by this experiment yet: ignored', file=sys.stderr)
+    return fn, {k: v for k, v in kw.items() if k in ps}
+
+def _reproduce(args) -> int:
+    names = [n for n in EXPERIMENTS if EXPERIMENTS[n]] if args.experiment == 'all' else [args.experiment]
+    for n in EXPERIMENTS:
+        if args.experiment == 'all' and not EXPERIMENTS[n]: print(f'{n}: not implemented yet, skipped', file=sys.stderr)
+    if EXPERIMENTS.get(args.experiment, 1) is None:
+        print(f'{args.experiment}: not implemented yet', file=sys.stderr); return 6
+    name = args.experiment
+    device, code = _guard(name, 'check', args.debug, resolve_device, args.device)
+    if code: return code
+    if args.jobs is not None and args.jobs < 1: print(f'{name}: error: --jobs must be >= 1, got {args.jobs}', file=sys.stderr); return 2
+    jobs = args.jobs or default_jobs(device)
+    out, code = _guard(name, 'check', args.debug, check_out_dir, args.out)
+    if code: return code
+    opts = dict(scale=args.scale, device=str(device), data=args.data, out=out, fake_data=args.fake_data, download=args.download)
+    for n in names:   # phase 1: every check before any computing
+        check = experiment_checker(n)
+        warnings, code = _guard(n, 'check', args.debug, check, **opts) if check else ([], 0)
+        if code: return code
+        for w in warnings: print(f'{n}: warning: {w}', file=sys.stderr)
+    for n in names:   # phase 2: run
+        t0 = time.time()
+        given = [k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)]
+        fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs), given)
+        paths, code = _guard(n, 'run', args.debug, fn, **kw)
+        if code: return code
+        print(f'{n}: done in {time.time() - t0:.1f} s wall time; files:')
+        for p in paths: print(f'  {p}')
     return 0
 
 def main(argv=None) -> int:
@@ -87,11 +193,8 @@ def main(argv=None) -> int:
     except SystemExit as e: return int(e.code or 0)
     if args.command is None:
         parser.print_help(); return 2
-    try: resolve_device(args.device)
-    except (ValueError, TypeError) as e:
-        print(f's3d: error: {e}', file=sys.stderr); return 2
-    names = [n for n in EXPERIMENTS] if args.experiment == 'all' else [args.experiment]
-    codes = [_run_one(n, args) for n in names]
-    missing = [n for n, c in zip(names, codes) if c == 1]
-    if args.experiment == 'all' and missing: print(f'not implemented yet: {", ".join(missing)}', file=sys.stderr)
-    return max(codes)
+    if args.experiment == 'list': return _list(args.out)
+    with stop_on_signals():
+        try: return _reproduce(args)
+        except KeyboardInterrupt as e:   # between the guarded steps
+            code = _code(e, 'run'); print(_line(args.experiment, e, code), file=sys.stderr); return code

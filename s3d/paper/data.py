@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR100_FOLDER', 'DATASETS', 'DataError', 'ImageData', 'load_cifar100',
-           'make_fake_cifar100', 'load_digits_data', 'augment_batch', 'BatchLoader', 'loaders', 'load_dataset']
+__all__ = ['CIFAR100_MEAN', 'CIFAR100_STD', 'CIFAR100_FOLDER', 'DATASETS', 'DataError', 'ImageData', 'download_cifar100',
+           'check_cifar100', 'load_cifar100', 'make_fake_cifar100', 'load_digits_data', 'augment_batch', 'BatchLoader',
+           'loaders', 'load_dataset']
 
 # %% ../../nbs/paper/02_data.ipynb #810bfbbb
 class DataError(Exception):
@@ -53,7 +54,7 @@ CIFAR100_FOLDER = 'cifar-100-python'
 
 def _unpickle(path: Path) -> dict:
     "Load one CIFAR pickle with string keys, or raise `DataError` naming the file."
-    if not path.is_file(): raise DataError(f"missing CIFAR-100 file {path} (use download=True, or put torchvision's '{CIFAR100_FOLDER}' folder there)")
+    if not path.is_file(): raise DataError(f"missing CIFAR-100 file {path} (run with --download or download=True to fetch it, or put torchvision's '{CIFAR100_FOLDER}' folder under {path.parent.parent})")
     try:
         with open(path, 'rb') as f: d = pickle.load(f, encoding='latin1')
     except Exception as e: raise DataError(f"corrupt CIFAR-100 file {path}: cannot unpickle ({type(e).__name__})") from None
@@ -73,16 +74,35 @@ def _read_split(path: Path, n_classes: int):
     return torch.from_numpy(x.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(y.astype(np.int64))
 
 # %% ../../nbs/paper/02_data.ipynb #5a2d881d
+_CIFAR100_FILES = ('meta', 'train', 'test')
+
+def download_cifar100(root) -> Path:
+    "Fetch CIFAR-100 into `root` with torchvision's downloader (checksum-verified, with a progress bar) unless it is there."
+    root = Path(root); folder = root / CIFAR100_FOLDER
+    if all((folder / f).is_file() for f in _CIFAR100_FILES): return folder
+    try:
+        from torchvision.datasets import CIFAR100
+        CIFAR100(str(root), train=True, download=True)
+    except Exception as e: raise DataError(f"could not download CIFAR-100 into {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return folder
+
+def check_cifar100(root) -> Path:
+    "Check, in milliseconds, that every CIFAR-100 file under `root` is there, readable and a pickle; raises `DataError`."
+    folder = Path(root) / CIFAR100_FOLDER
+    for f in _CIFAR100_FILES:
+        path = folder / f
+        if not path.is_file(): _unpickle(path)   # raises the 'missing' error
+        try:
+            with open(path, 'rb') as fh: head = fh.read(2)
+        except OSError as e: raise DataError(f"unreadable CIFAR-100 file {path}: {e.strerror or type(e).__name__}") from None
+        if len(head) < 2 or head[0] != 0x80: raise DataError(f"corrupt CIFAR-100 file {path}: not a pickle")
+    return folder
+
 def load_cifar100(root,                 # folder that holds (or will hold) `cifar-100-python/`
                   download: bool = False, # fetch with torchvision's downloader if files are missing
                  ) -> ImageData:
     "CIFAR-100 (fine labels) from torchvision's on-disk layout, as uint8 tensors in memory."
-    root = Path(root); folder = root / CIFAR100_FOLDER
-    if download and not all((folder / f).is_file() for f in ('train', 'test', 'meta')):
-        try:
-            from torchvision.datasets import CIFAR100
-            CIFAR100(str(root), train=True, download=True)
-        except Exception as e: raise DataError(f"could not download CIFAR-100 into {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    root = Path(root); folder = download_cifar100(root) if download else root / CIFAR100_FOLDER
     meta = _unpickle(folder / 'meta')
     names = meta.get('fine_label_names')
     if not isinstance(names, (list, tuple)) or not names: raise DataError(f"corrupt CIFAR-100 file {folder / 'meta'}: no 'fine_label_names' list")

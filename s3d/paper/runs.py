@@ -1,4 +1,4 @@
-"""Small helpers every experiment shares: atomic writes, device choice, skip-if-done, and the `DataError` the command line prints as one line.
+"""Small helpers every experiment shares: atomic and byte-identical writes, device choice, fixed numerics, worker processes that stop cleanly, skip-if-done, and the errors the command line prints as one line.
 
 Docs: https://s3d-dev.github.io/s3d/paper/runs.html.md"""
 
@@ -6,26 +6,55 @@ Docs: https://s3d-dev.github.io/s3d/paper/runs.html.md"""
 
 # %% ../../nbs/paper/05_runs.ipynb #3cd3bb6d
 from __future__ import annotations
-import json, os, tempfile
+import contextlib, gc, hashlib, json, multiprocessing, os, platform, re, signal, tempfile, threading
+from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['DataError', 'atomic_save_figure', 'markdown_table', 'resolve_device', 'is_done']
+__all__ = ['EXIT_CODES', 'OutputError', 'DeviceError', 'Interrupted', 'atomic_save_figure', 'markdown_table', 'resolve_device',
+           'is_done', 'check_out_dir', 'pinned_numerics', 'run_info', 'run_info_line', 'fingerprint',
+           'fingerprint_line', 'read_fingerprint', 'default_jobs', 'run_tasks', 'stop_on_signals', 'interrupted']
 
 # %% ../../nbs/paper/05_runs.ipynb #af5ae92d
-class DataError(RuntimeError):
-    "Missing or malformed experiment input; the CLI prints it as one line and exits with code 2."
+from .data import DataError
+
+class OutputError(RuntimeError):
+    "The output folder cannot be created or written (exit code 3)."
+
+class DeviceError(ValueError):
+    "The requested device is not available on this machine (exit code 5)."
+
+class Interrupted(KeyboardInterrupt):
+    "SIGINT or SIGTERM arrived; `kept` says which finished work is on disk."
+    def __init__(self, signum:int=signal.SIGINT, kept:str=''):
+        super().__init__(int(signum), kept); self.signum, self.kept = int(signum), kept
+    @property
+    def code(self) -> int: return 128 + self.signum
+
+EXIT_CODES = {0: 'every requested experiment finished',
+              1: 'an experiment failed with an unexpected error (rerun with --debug for the traceback)',
+              2: 'bad command-line arguments',
+              3: 'the output folder cannot be created or written',
+              4: 'a data file is missing, unreadable or malformed',
+              5: 'the requested device is not available',
+              6: 'the experiment is not implemented yet',
+              130: 'interrupted by Ctrl-C (SIGINT): finished work is kept, rerun the same command to resume',
+              143: 'terminated by SIGTERM: finished work is kept, rerun the same command to resume'}
 
 # %% ../../nbs/paper/05_runs.ipynb #3247ca46
 from ..atomic import atomic_write_bytes, atomic_write_text, atomic_write_json, atomic_write_csv, _umask
 
 # %% ../../nbs/paper/05_runs.ipynb #e5480012
+_NO_STAMPS = {'png': {'Software': None}, 'pdf': {'Creator': None, 'Producer': None, 'CreationDate': None},
+              'svg': {'Creator': None, 'Date': None}}
+
 def atomic_save_figure(path, fig, dpi:int=150) -> Path:
-    "Save the matplotlib figure `fig` to `path` atomically (format from the suffix)."
-    import io
-    path = Path(path); buf = io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip('.') or 'png', dpi=dpi, bbox_inches='tight')
+    "Save the matplotlib figure `fig` to `path` atomically and reproducibly (format from the suffix)."
+    import io, matplotlib
+    path = Path(path); buf = io.BytesIO(); fmt = path.suffix.lstrip('.') or 'png'
+    with matplotlib.rc_context({'svg.hashsalt': 's3d'}):
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches='tight', metadata=_NO_STAMPS.get(fmt))
     return atomic_write_bytes(path, buf.getvalue())
 
 # %% ../../nbs/paper/05_runs.ipynb #93c69fc6
@@ -44,10 +73,14 @@ def resolve_device(device:str|torch.device='auto') -> torch.device:
     if isinstance(device, torch.device): device = str(device)
     if not isinstance(device, str): raise TypeError(f'device must be a string or torch.device, got {type(device).__name__}')
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use --device cpu or auto")
-    try: return torch.device(device)
-    except RuntimeError as e: raise ValueError(f'device must be auto, cpu or cuda, got {device!r}') from e
+    try: d = torch.device(device)
+    except RuntimeError: raise ValueError(f'device must be auto, cpu or cuda[:N], got {device!r}') from None
+    if d.type == 'cuda' and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+    if d.type == 'cuda' and d.index is not None and d.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if d.type not in ('cpu', 'cuda'): raise ValueError(f'device must be auto, cpu or cuda[:N], got {device!r}')
+    return d
 
 # %% ../../nbs/paper/05_runs.ipynb #14b03676
 def is_done(paths, config_path=None, config:dict|None=None, force:bool=False) -> bool:
@@ -57,3 +90,142 @@ def is_done(paths, config_path=None, config:dict|None=None, force:bool=False) ->
     try: stored = json.loads(Path(config_path).read_text())
     except (OSError, ValueError): return False
     return stored == json.loads(json.dumps(config, sort_keys=True, default=str))
+
+# %% ../../nbs/paper/05_runs.ipynb #7b74a806
+def check_out_dir(out) -> Path:
+    "Create the folder `out` if needed and check a file can be written there; raises `OutputError` otherwise."
+    out = Path(out)
+    try:
+        if out.exists() and not out.is_dir(): raise OutputError(f'output folder {out} exists and is not a folder')
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.s3d-write-check.', dir=out); os.close(fd); os.unlink(probe)
+    except OutputError: raise
+    except OSError as e:
+        why = 'a parent is not a folder' if isinstance(e, (NotADirectoryError, FileExistsError)) else (e.strerror or type(e).__name__)
+        raise OutputError(f'output folder {out} cannot be created or written: {why}') from None
+    return out
+
+# %% ../../nbs/paper/05_runs.ipynb #f5f7f213
+def _pin(threads:int):
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.set_num_threads(threads); torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+
+@contextlib.contextmanager
+def pinned_numerics(threads:int=1):
+    "Inside the block: `threads` torch threads and deterministic algorithms; the previous settings come back after."
+    old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+           torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    _pin(threads)
+    try: yield
+    finally:
+        torch.set_num_threads(old[0]); torch.use_deterministic_algorithms(old[1], warn_only=old[2])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old[3], old[4]
+
+# %% ../../nbs/paper/05_runs.ipynb #592c8009
+def run_info(device='cpu') -> dict:
+    "torch version, device (with the GPU's name) and threads per run: what a summary records about the computation."
+    d = torch.device(device)
+    name = torch.cuda.get_device_name(d) if d.type == 'cuda' else (platform.machine() or 'cpu')
+    return dict(torch=torch.__version__, device=f'{d.type} ({name})', threads=torch.get_num_threads(),
+                deterministic=torch.are_deterministic_algorithms_enabled())
+
+def run_info_line(info:dict) -> str:
+    "`run_info` as one sentence for a markdown summary."
+    return (f"Computed with torch {info['torch']} on {info['device']}, {info['threads']} thread(s) per run"
+            f"{', deterministic algorithms' if info['deterministic'] else ''}.")
+
+def fingerprint(config) -> str:
+    "A short stable hash of a JSON-able configuration."
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+_FP = re.compile(r'Config fingerprint: `([0-9a-f]+)`')
+
+def fingerprint_line(config) -> str: return f'Config fingerprint: `{fingerprint(config)}`.'
+
+def read_fingerprint(path) -> str|None:
+    "The config fingerprint recorded in the summary at `path`, or None."
+    try: m = _FP.search(Path(path).read_text())
+    except OSError: return None
+    return m.group(1) if m else None
+
+# %% ../../nbs/paper/05_runs.ipynb #dcd614c1
+def default_jobs(device='cpu') -> int:
+    "Worker processes by default: every usable core for CPU runs, one process for a GPU."
+    if torch.device(device).type != 'cpu': return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
+
+class _Stop(BaseException): pass
+_IN_TASK = False
+
+def _on_sigterm(signum, frame):
+    if _IN_TASK: raise _Stop()
+    os._exit(128 + signum)
+
+def _worker_init(threads:int):
+    signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, _on_sigterm)
+    _pin(threads)
+
+def _call(fn, args):
+    global _IN_TASK
+    _IN_TASK = True
+    try: return fn(*args)
+    except _Stop:
+        from multiprocessing import util
+        util._run_finalizers(0)   # e.g. release the semaphores of locks this worker made (tqdm's), then leave at once
+        os._exit(128 + signal.SIGTERM)
+    finally: _IN_TASK = False
+
+# %% ../../nbs/paper/05_runs.ipynb #a587ebd7
+def _stop_pool(ex):
+    "Terminate the pool's workers at once and wait (briefly) until they are gone."
+    procs = list((getattr(ex, '_processes', None) or {}).values())
+    for p in procs:
+        if p.is_alive(): p.terminate()
+    for p in procs: p.join(10)
+    ex.shutdown(wait=True, cancel_futures=True)   # the workers are gone: this only releases the pool's queues
+
+def run_tasks(fn, tasks:list, jobs:int=1, needs:dict|None=None, on_done=None, threads:int=1) -> list:
+    "`[fn(*t) for t in tasks]`, in `jobs` worker processes when jobs > 1; task i waits for the indices `needs[i]`."
+    needs = {i: set((needs or {}).get(i, ())) for i in range(len(tasks))}
+    results, done = [None] * len(tasks), set()
+    def finish(i, r):
+        results[i] = r; done.add(i)
+        if on_done: on_done(i, r)
+    if jobs <= 1 or len(tasks) <= 1:
+        for i, t in enumerate(tasks):
+            if not needs[i] <= done: raise ValueError(f'run_tasks: task {i} needs {sorted(needs[i] - done)}, which come later')
+            finish(i, fn(*t))
+        return results
+    ex = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context('spawn'),
+                             initializer=_worker_init, initargs=(threads,))
+    pending, running = list(range(len(tasks))), {}
+    try:
+        while pending or running:
+            for i in [i for i in pending if needs[i] <= done]: pending.remove(i); running[ex.submit(_call, fn, tasks[i])] = i
+            if not running: raise ValueError(f'run_tasks: tasks {pending} need tasks that never run')
+            for f in wait(running, return_when=FIRST_COMPLETED)[0]: finish(running.pop(f), f.result())
+    except BaseException:
+        _stop_pool(ex); ex = running = None; gc.collect()   # release the pool's semaphores now, not at exit
+        raise
+    ex.shutdown()
+    return results
+
+# %% ../../nbs/paper/05_runs.ipynb #039d2e05
+@contextlib.contextmanager
+def stop_on_signals():
+    "Inside the block, SIGINT and SIGTERM raise `Interrupted` in the main thread (a second one is ignored)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    def handler(signum, frame):
+        for s in sigs: signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+    old = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs: signal.signal(s, handler)
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
+def interrupted(e:BaseException, kept:str) -> Interrupted:
+    "An `Interrupted` with `e`'s signal (SIGINT for a plain KeyboardInterrupt) and the sentence `kept`."
+    return Interrupted(getattr(e, 'signum', signal.SIGINT), kept)

@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/experiments/fig2_rbf.html.md"""
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #3269c34d
 from __future__ import annotations
-import math
+import math, pickle, sys
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np
@@ -14,12 +14,15 @@ import pandas as pd
 import torch
 from torch.func import vmap, hessian
 from ...schemes import split_scheme
-from ..runs import atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
+from ..runs import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure,
+                            is_done, resolve_device, markdown_table, pinned_numerics, run_info, run_info_line, run_tasks,
+                            fingerprint, fingerprint_line, read_fingerprint, interrupted, check_out_dir)
 
 # %% auto #0
 __all__ = ['SCALES', 'FIG2_TABLES', 'rbf', 'rbf_hidden', 'rbf_predict', 'make_target', 'splitting_matrices', 'extreme_eigs',
            'choose_split', 'apply_split', 'loss_and_grad', 'train_round', 'Fig2Config', 'grow_rbf', 'fig2_jobs',
-           'run_fig2_grid', 'first_divergence', 'plot_fig2', 'summarize_fig2', 'fig2_report', 'run']
+           'job_key', 'fig2_job', 'run_fig2_grid', 'first_divergence', 'plot_fig2', 'summarize_fig2', 'fig2_report',
+           'fig2_files', 'files', 'config_fingerprint', 'check', 'run']
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #50218a06
 def rbf(z:torch.Tensor) -> torch.Tensor:
@@ -196,21 +199,52 @@ def fig2_jobs(cfg:Fig2Config):
                 jobs += [(f, t, s, *k) for k in dict.fromkeys(mc)]
     return jobs
 
-def run_fig2_grid(cfg:Fig2Config, device='cpu', progress:bool=True):
-    "Run every job of the grid; returns dict of tidy DataFrames curve, rounds, neurons, targets."
+def job_key(job) -> str:
+    "File-name-safe name of one job of the grid."
+    f, t, s, m, c, e = job
+    return f'{f}-t{t}-s{s}-m{m}-c{c:g}' + (f'-esc{e:g}' if e else '')
+
+# %% ../../../nbs/experiments/fig2_rbf.ipynb #682a3584
+def fig2_job(job, cfg:Fig2Config, device='cpu', path=None):
+    "Grow one job of the grid; with `path`, load it from there when it is finished, else save it there."
+    if path is not None and Path(path).exists(): return pickle.loads(Path(path).read_bytes())
     import warnings
-    from tqdm.auto import tqdm
     warnings.filterwarnings('ignore', message='.*torch.jit.script.*deprecated')  # raised inside torch.func on new torch
-    device = resolve_device(device)
+    f, t, s, m, c, e = job; device = resolve_device(device)
     x = torch.linspace(-cfg.x_range, cfg.x_range, cfg.n_points, dtype=torch.float64, device=device)
-    out = {'curve': [], 'rounds': [], 'neurons': []}
+    tth, tu = (v.to(device) for v in make_target(t, cfg.target_neurons))
+    dfs = grow_rbf(x, rbf_predict(tth, tu, x), m, c, cfg, train_out=f == 'free', seed=s,
+                   labels=dict(formulation=f, target=t, seed=s), escape_c=e)
+    if path is not None: atomic_write_bytes(path, pickle.dumps(dfs))
+    return dfs
+
+def _job_folder(cfg, folder, force):
+    "The job folder of `cfg`: emptied when it holds jobs of another configuration (or with `force`)."
+    folder = Path(folder); config = asdict(cfg)
+    if force or not is_done([], folder / 'config.json', config):
+        for p in folder.glob('*.pkl'): p.unlink()
+        atomic_write_json(folder / 'config.json', config)
+    return folder
+
+def run_fig2_grid(cfg:Fig2Config, device='cpu', progress:bool=True, jobs:int=1, folder=None, force:bool=False):
+    "Run every job of the grid (resuming the jobs finished in `folder`); returns dict of tidy DataFrames."
+    from tqdm.auto import tqdm
+    grid = fig2_jobs(cfg)
+    paths = [None] * len(grid)
+    if folder is not None: folder = _job_folder(cfg, folder, force); paths = [folder / f'{job_key(j)}.pkl' for j in grid]
+    todo = [i for i, p in enumerate(paths) if p is None or not p.exists()]
+    reused = len(grid) - len(todo)
+    if reused: print(f'fig2: resuming: reused {reused} of {len(grid)} finished jobs from {folder}', flush=True)
+    bar = tqdm(total=len(grid), initial=reused, desc='fig2', disable=not progress)
+    try: new = run_tasks(fig2_job, [(grid[i], cfg, str(device), paths[i]) for i in todo], jobs, on_done=lambda i, r: bar.update())
+    except KeyboardInterrupt as e:
+        kept = sum(p.exists() for p in paths) if folder else 0   # counted on disk: a worker may have saved a job just now
+        raise interrupted(e, f'{kept} of {len(grid)} jobs finished and kept in {folder}' if folder else 'nothing (no job folder)') from None
+    finally: bar.close()
+    new = dict(zip(todo, new))
+    done = [new[i] if i in new else fig2_job(grid[i], cfg, device, paths[i]) for i in range(len(grid))]
+    out = {k: pd.concat([d[n] for d in done], ignore_index=True) for n, k in enumerate(('curve', 'rounds', 'neurons'))}
     targets = {t: make_target(t, cfg.target_neurons) for t in range(cfg.targets)}
-    for f, t, s, m, c, e in tqdm(fig2_jobs(cfg), desc='fig2', disable=not progress):
-        tth, tu = (v.to(device) for v in targets[t])
-        dfs = grow_rbf(x, rbf_predict(tth, tu, x), m, c, cfg, train_out=f == 'free', seed=s,
-                       labels=dict(formulation=f, target=t, seed=s), escape_c=e)
-        for k, df in zip(out, dfs): out[k].append(df)
-    out = {k: pd.concat(v, ignore_index=True) for k, v in out.items()}
     out['targets'] = pd.DataFrame([dict(target=t, neuron=k, a=th[k, 0].item(), b=th[k, 1].item(), u=u[k].item())
                                    for t, (th, u) in targets.items() for k in range(len(u))])
     return out
@@ -321,11 +355,12 @@ def summarize_fig2(rounds:pd.DataFrame) -> pd.DataFrame:
                          'escaped': g.escaped_any.sum(), 'beats_S2D': g.beats.sum()}).reset_index()
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #3e9124b8
-def fig2_report(tab:pd.DataFrame, cfg:Fig2Config) -> str:
+def fig2_report(tab:pd.DataFrame, cfg:Fig2Config, info:dict|None=None) -> str:
     "Markdown summary of the measured claim (S2D gets stuck, S3D escapes) from `summarize_fig2`'s table."
     lines = [f'# Figure 2 (toy RBF network): measured claim, scale `{cfg.scale}`', '',
-             f'Reproduce with `s3d reproduce fig2 --scale {cfg.scale}` (files: `fig2*.csv`, `fig2.png`, `fig2.pdf`); '
-             f'the figure shows (formulation, target, seed) = {tuple(cfg.example)}.', '',
+             f'Regenerate with `s3d reproduce fig2 --scale {cfg.scale} --out data/results --force` (files: '
+             f'`fig2_{cfg.scale}*.csv`, `fig2_{cfg.scale}.png`, `fig2_{cfg.scale}.pdf`); the figure shows (formulation, target, seed) '
+             f'= {tuple(cfg.example)}. ' + (run_info_line(info) + ' ' if info else '') + fingerprint_line(asdict(cfg)), '',
              f'Setting: {cfg.targets} random {cfg.target_neurons}-neuron targets x {cfg.seeds} initial neurons, '
              f'{cfg.n_points} points on [-{cfg.x_range:g}, {cfg.x_range:g}], Adam lr {cfg.lr:g} with cosine decay, '
              f'{cfg.steps} steps per round, at most {cfg.rounds} splits of one neuron each (max {cfg.max_neurons} neurons), '
@@ -347,36 +382,49 @@ def fig2_report(tab:pd.DataFrame, cfg:Fig2Config) -> str:
     return '\n'.join(lines)
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #180a7d8f
-FIG2_TABLES = {'curve': 'fig2.csv', 'rounds': 'fig2_rounds.csv', 'neurons': 'fig2_neurons.csv', 'targets': 'fig2_targets.csv'}
+FIG2_TABLES = {'curve': '', 'rounds': '_rounds', 'neurons': '_neurons', 'targets': '_targets'}
 
-def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False) -> list:
-    "Reproduce Figure 2 at `scale` (smoke|cpu|paper); returns the paths written or reused. `data` is unused (synthetic)."
-    import time
+def fig2_files(scale:str, out='data/results') -> dict:
+    "Result files of `scale` under `out`: the tidy CSVs by table name, then `png`, `pdf` and the summary `md`."
+    out = Path(out)
+    return {**{k: out / f'fig2_{scale}{s}.csv' for k, s in FIG2_TABLES.items()}, **{e: out / f'fig2_{scale}.{e}' for e in ('png', 'pdf', 'md')}}
+
+def files(scale:str, out='data/results') -> list:
+    "The result files of `scale` under `out`, the summary last."
+    return list(fig2_files(scale, out).values())
+
+def config_fingerprint(scale:str) -> str: return fingerprint(asdict(SCALES[scale]))
+
+def check(scale:str='cpu', device='auto', data=None, out=None, fake_data:bool=False, download:bool=False) -> list:
+    "Check the arguments before any computing; returns one-line warnings about options fig2 ignores."
     if scale not in SCALES: raise ValueError(f'fig2: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
-    cfg, out = SCALES[scale], Path(out)
-    config, cfg_path = asdict(cfg), out / 'fig2_config.json'
-    csvs = {k: out / v for k, v in FIG2_TABLES.items()}
-    figs = [out / 'fig2.png', out / 'fig2.pdf', out / 'fig2.md']
+    ignored = [o for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download)) if v]
+    return [f'fig2 fits synthetic RBF targets and needs no dataset: {", ".join(ignored)} ignored'] if ignored else []
+
+# %% ../../../nbs/experiments/fig2_rbf.ipynb #c055798c
+def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:bool=False, jobs:int=1,
+        fake_data:bool=False, download:bool=False, progress:bool=True) -> list:
+    "Reproduce Figure 2 at `scale` (smoke|cpu|paper), resuming finished jobs; returns the paths written or reused."
+    check(scale, device, data, out, fake_data, download)
+    cfg, out = SCALES[scale], check_out_dir(out)
+    files = fig2_files(scale, out); csvs = {k: files[k] for k in FIG2_TABLES}
     # the network is tiny: per-step kernel launches make a GPU slower than the CPU, so `auto` means the CPU here
-    device = 'cpu' if str(device) == 'auto' else device
-    if is_done(csvs.values(), cfg_path, config, force):
-        print(f'fig2: results for scale {scale!r} found in {out}, reusing them (use --force to recompute)')
-        res = {k: pd.read_csv(p) for k, p in csvs.items()}
-        fresh = False
-    else:
-        if cfg_path.exists(): cfg_path.unlink()
-        t0 = time.time()
-        res = run_fig2_grid(cfg, device=device)
-        for k, p in csvs.items(): atomic_write_csv(p, res[k], float_format='%.6g')
-        atomic_write_json(cfg_path, config)
-        print(f'fig2: trained {len(fig2_jobs(cfg))} runs in {time.time() - t0:.1f} s')
-        fresh = True
-    if fresh or not all(p.exists() for p in figs):
-        import matplotlib; matplotlib.use('Agg', force=False)
-        import matplotlib.pyplot as plt
-        fig = plot_fig2(res, cfg)
-        for p in figs[:2]: atomic_save_figure(p, fig)
-        plt.close(fig)
-        atomic_write_text(figs[2], fig2_report(summarize_fig2(res['rounds']), cfg))
-    else: print('fig2: figure and summary up to date')
-    return [*csvs.values(), cfg_path, *figs]
+    device = resolve_device('cpu' if str(device) == 'auto' else device)
+    with pinned_numerics(1):
+        if not force and all(p.exists() for p in csvs.values()) and read_fingerprint(files['md']) == config_fingerprint(scale):
+            print(f'fig2: finished results for scale {scale!r} found in {out}, reusing them (use --force to recompute)')
+            res, fresh = {k: pd.read_csv(p) for k, p in csvs.items()}, False
+        else:
+            res = run_fig2_grid(cfg, device=device, progress=progress, jobs=jobs, folder=out / f'fig2_{scale}_runs', force=force)
+            for k, p in csvs.items(): atomic_write_csv(p, res[k], float_format='%.6g')
+            print(f'fig2: all {len(fig2_jobs(cfg))} jobs finished')
+            fresh, info = True, run_info(device)
+        if fresh or not (files['png'].exists() and files['pdf'].exists()):
+            import matplotlib; matplotlib.use('Agg', force=False)
+            import matplotlib.pyplot as plt
+            res = {k: pd.read_csv(p) for k, p in csvs.items()}   # the figure is drawn from the files, as on a rerun
+            fig = plot_fig2(res, cfg)
+            for e in ('png', 'pdf'): atomic_save_figure(files[e], fig)
+            plt.close(fig)
+        if fresh: atomic_write_text(files['md'], fig2_report(summarize_fig2(res['rounds']), cfg, info))
+    return list(files.values())

@@ -6,14 +6,15 @@ Docs: https://s3d-dev.github.io/s3d/experiments/table1_cifar.html.md"""
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #d0e8ef9d
 from __future__ import annotations
-import copy, json, math, time
+import copy, json, math, sys, time
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from ..data import DataError, load_cifar100, load_digits_data, make_fake_cifar100, loaders
+from ..data import (DataError, CIFAR100_FOLDER, load_cifar100, load_digits_data, make_fake_cifar100, loaders,
+                             check_cifar100, download_cifar100)
 from ..models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
 from ...cost import count_params_flops
 from ..train import train, evaluate
@@ -21,11 +22,14 @@ from ...graph import split_groups
 from ...grow import GrowConfig, grow
 from ..baselines import (l1_filter_scores, bn_scale_scores, keep_for_budget, pruned_cost, prune_channels, bn_l1_penalty,
                          morphnet_penalty, expand_widths)
-from ..runs import atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
+from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device,
+                            markdown_table, pinned_numerics, run_info, run_info_line, run_tasks, fingerprint, fingerprint_line,
+                            read_fingerprint, interrupted, check_out_dir)
 
 # %% auto #0
-__all__ = ['SCALES', 'Table1Config', 'table1_runs', 'table1_data', 'Trainer', 'run_one', 'table1_table', 'plot_fig3',
-           's3d_vs_s2d', 'table1_report', 'run']
+__all__ = ['SCALES', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer', 'run_is_done', 'run_one',
+           'table1_table', 'plot_fig3', 's3d_vs_s2d', 'verdict', 'table1_report', 'config_fingerprint', 'files',
+           'check', 'table1_task', 'run']
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #a79a0a06
 @dataclass
@@ -82,7 +86,7 @@ SCALES = {
                           strides=(1, 2, 2, 2), full_widths=(8, 8, 16, 16), seed_widths=(4, 4, 8, 8),
                           energy_widths=(2, 4, 4, 8), rounds=1, ratio=0.5, cs=(2.0,), score_images=32,
                           score_batch=32, epochs=1, batch_size=32, width_mults=(0.5,), seeds=(0,), sweep_seeds=(0,)),
-    'cpu': Table1Config(),
+    'cpu': Table1Config(seeds=tuple(range(10)), sweep_seeds=(0, 1, 2)),
 }
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #22627751
@@ -109,14 +113,25 @@ def table1_runs(cfg:Table1Config) -> list:
     return runs
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #40e5f1fc
-def table1_data(cfg:Table1Config, data=None, out='data/results'):
-    "The `ImageData` of `cfg` (CIFAR-100 under `data`, a fake one at smoke scale if absent, or digits)."
-    if cfg.dataset == 'digits': return load_digits_data()
-    root = Path(data if data is not None else 'data')
-    if cfg.scale == 'smoke' and not (root / 'cifar-100-python').exists():
+def data_root(cfg:Table1Config, data=None, out='data/reproduced', fake_data:bool=False, download:bool=False) -> Path|None:
+    "Folder the dataset of `cfg` is read from (None for digits), after downloading, faking or checking it."
+    if cfg.dataset == 'digits': return None
+    if fake_data:
         root = Path(out) / f'table1_{cfg.scale}_runs' / 'fake_data'
-        if not (root / 'cifar-100-python' / 'meta').exists(): make_fake_cifar100(root, cfg.fake_train, cfg.fake_test)
-    return load_cifar100(root)
+        if not (root / CIFAR100_FOLDER / 'meta').exists(): make_fake_cifar100(root, cfg.fake_train, cfg.fake_test)
+        return root
+    root = Path(data if data is not None else 'data')
+    if download: download_cifar100(root)
+    check_cifar100(root)
+    return root
+
+def table1_data(cfg:Table1Config, root=None):
+    "The `ImageData` of `cfg`: digits, or CIFAR-100 under `root` (from `data_root`)."
+    return load_digits_data() if cfg.dataset == 'digits' else load_cifar100(root)
+
+def data_tag(cfg:Table1Config, fake_data:bool=False) -> str:
+    "What the numbers were computed on: 'digits', 'cifar100' or 'fake' (part of every run's configuration)."
+    return 'fake' if fake_data and cfg.dataset != 'digits' else cfg.dataset
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #8dbbdd25
 class Trainer:
@@ -198,10 +213,17 @@ def _baseline(run, cfg, T, folder):
     raise ValueError(f"table1: unknown method {run['method']!r} in run {run['key']!r}")
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #4ecf2b4d
-def run_one(run:dict, cfg:Table1Config, T:Trainer, root, force:bool=False) -> pd.DataFrame:
+def _run_config(run, cfg, tag): return dict(run=run, cfg=asdict(cfg), data=tag)
+
+def run_is_done(run:dict, cfg:Table1Config, root, tag:str='') -> bool:
+    "True when `root/<key>/rows.csv` holds this run's finished rows for this configuration."
+    folder = Path(root) / run['key']
+    return is_done([folder / 'rows.csv'], folder / 'config.json', _run_config(run, cfg, tag or cfg.dataset))
+
+def run_one(run:dict, cfg:Table1Config, T:Trainer, root, force:bool=False, tag:str='') -> pd.DataFrame:
     "Execute (or reuse) one run in `root/<key>/`; returns its rows."
     folder = Path(root) / run['key']; rows_csv, cfg_json = folder / 'rows.csv', folder / 'config.json'
-    config = dict(run=run, cfg=asdict(cfg))
+    config = _run_config(run, cfg, tag or cfg.dataset)
     if is_done([rows_csv], cfg_json, config, force): return pd.read_csv(rows_csv)
     if force or not is_done([folder / 'run.json'], folder / 'run.json', config):  # stale or forced: start afresh
         for p in (rows_csv, cfg_json, folder / 'checkpoint.pt', folder / 'history.csv', folder / 'model.pt'):
@@ -264,18 +286,30 @@ def plot_fig3(df:pd.DataFrame, c:float):
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #0c238b3c
 def s3d_vs_s2d(df:pd.DataFrame, c:float, setting:str='params') -> dict:
-    "Accuracy difference S3D(c) - S2D at the last round, paired by seed: mean, std, n, wins."
+    "Accuracy difference S3D(c) - S2D at the last round, paired by seed: mean, std, n, wins, 95% interval (lo, hi)."
+    from scipy import stats
     d = df[(df.setting == setting) & (df['round'] == df['round'].max())]
     a = d[np.isclose(d.c, c)].set_index('seed').acc; b = d[d.c == 1].set_index('seed').acc
-    diff = (a - b).dropna()
-    return dict(mean=float(diff.mean()) if len(diff) else float('nan'), std=float(diff.std(ddof=1)) if len(diff) > 1 else float('nan'),
-                n=len(diff), wins=int((diff > 0).sum()), s3d=float(a.mean()), s2d=float(b.mean()))
+    diff = (a - b).dropna(); n = len(diff)
+    mean, std = (float(diff.mean()) if n else float('nan')), (float(diff.std(ddof=1)) if n > 1 else float('nan'))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else float('nan')
+    return dict(mean=mean, std=std, n=n, wins=int((diff > 0).sum()), s3d=float(a.mean()), s2d=float(b.mean()),
+                lo=mean - half, hi=mean + half)
 
-def table1_report(df:pd.DataFrame, cfg:Table1Config, command:str, seconds:float) -> str:
-    "Markdown with Table 1, the setting, the command and wall time, and the S3D-vs-S2D verdict."
+def verdict(v:dict) -> str:
+    "'S3D higher', 'S3D lower' or 'not resolved', from the 95% interval of `s3d_vs_s2d`."
+    if v['n'] < 2: return 'not resolved (one seed: no interval)'
+    if v['lo'] > 0: return 'S3D higher (the 95% interval excludes 0)'
+    if v['hi'] < 0: return 'S3D lower (the 95% interval excludes 0)'
+    return 'not resolved (the 95% interval includes 0)'
+
+def table1_report(df:pd.DataFrame, cfg:Table1Config, command:str, info:dict|None=None, fake:bool=False) -> str:
+    "Markdown with Table 1, the setting, the command, how it was computed, and the S3D-vs-S2D verdict."
     tab = table1_table(df)
-    lines = [f'# Table 1 / Figure 3, scale `{cfg.scale}` ({cfg.dataset}, MobileNetV1 widths {list(cfg.full_widths)} full)', '',
-             f'Command: `{command}`  ', f'Wall time of the last invocation: {seconds:.0f} s', '',
+    title = f'# Table 1 / Figure 3, scale `{cfg.scale}` ({cfg.dataset}, MobileNetV1 widths {list(cfg.full_widths)} full)'
+    if fake: title = f'# FAKE DATA (generated random images, accuracies meaningless): Table 1 / Figure 3, scale `{cfg.scale}`'
+    lines = [title, '', f'Regenerate with `{command}`. ' + (run_info_line(info) + ' ' if info else '')
+             + fingerprint_line(_report_config(cfg, fake)), '',
              f'Recipe: SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}, cosine decay, '
              f'batch {cfg.batch_size}, {cfg.epochs} epochs per stage. S2D/S3D: seed widths {list(cfg.seed_widths)}, '
              f'{cfg.rounds} rounds, growth ratio {cfg.ratio:g}, m = {cfg.m}, eps = {cfg.eps:g}, {cfg.eigen} eigenpairs on '
@@ -285,11 +319,9 @@ def table1_report(df:pd.DataFrame, cfg:Table1Config, command:str, seconds:float)
     for setting in ('params', 'energy'):
         v = s3d_vs_s2d(df, cfg.c, setting)
         if v['n'] == 0: continue
-        verdict = 'higher' if v['mean'] > 0 else 'not higher'
-        lines.append(f"- {setting} setting, last split: S3D (c={cfg.c:g}) {v['s3d']:.2f}% vs S2D {v['s2d']:.2f}% "
-                     f"(paired difference {v['mean']:+.2f} points, std {v['std']:.2f}, S3D ahead in {v['wins']}/{v['n']} seeds): "
-                     f"S3D's accuracy is {verdict} here" + ('; one seed only, so no spread was measured.' if not np.isfinite(v['std'])
-                     else ', but the difference is within the seed-to-seed spread.' if abs(v['mean']) <= v['std'] else '.'))
+        ci = f", 95% interval [{v['lo']:+.2f}, {v['hi']:+.2f}]" if v['n'] > 1 else ''
+        lines.append(f"- {setting} setting, last split, {v['n']} seeds: S3D (c={cfg.c:g}) {v['s3d']:.2f}% vs S2D {v['s2d']:.2f}%; "
+                     f"paired difference S3D - S2D {v['mean']:+.2f} points{ci}, S3D ahead in {v['wins']}/{v['n']} seeds: **{verdict(v)}**.")
     lines += ['', markdown_table(tab.drop(columns=['setting', 'method', 'c']), digits=4), '',
               'Columns: acc = test accuracy (%) mean over runs, acc_std = its standard deviation, params/FLOPs per sample '
               'from `s3d.cost.count_params_flops`. Paper (CIFAR-100): full 69.04 / 3.31M / 94.13M; S2D-5 69.69 / 0.31M / 79.94M; '
@@ -297,30 +329,69 @@ def table1_report(df:pd.DataFrame, cfg:Table1Config, command:str, seconds:float)
     return '\n'.join(lines)
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #641209b4
-def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False, progress:bool=True) -> list:
-    "Reproduce Table 1 and Figure 3 at `scale` (smoke|cpu|paper); returns the paths written."
-    import sys
-    from tqdm.auto import tqdm
+def _report_config(cfg, fake=False): return dict(cfg=asdict(cfg), data=data_tag(cfg, fake))
+
+def config_fingerprint(scale:str) -> str: return fingerprint(_report_config(SCALES[scale]))
+
+def files(scale:str, out='data/results') -> list:
+    "Result files of `scale` under `out`; the summary (`.md`) last."
+    out = Path(out)
+    return [out / f'table1_{scale}.csv', out / f'fig3_{scale}.png', out / f'fig3_{scale}.pdf', out / f'table1_{scale}.md']
+
+def check(scale:str='cpu', device='auto', data=None, out='data/reproduced', fake_data:bool=False, download:bool=False) -> list:
+    "Check the arguments and the data (downloading or faking it when asked) before any computing; returns warnings."
     if scale not in SCALES: raise ValueError(f'table1: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
-    cfg, out, t0 = SCALES[scale], Path(out), time.time()
-    device = resolve_device(device)
-    root = out / f'table1_{scale}_runs'
-    dset = table1_data(cfg, data, out)
-    T = Trainer(cfg, dset, device)
-    runs, dfs = table1_runs(cfg), []
-    for r in (bar := tqdm(runs, desc=f'table1 {scale}', disable=not progress)):
-        bar.set_postfix_str(r['key'])
-        dfs.append(run_one(r, cfg, T, root, force))
-    df = pd.concat(dfs, ignore_index=True)
-    csv, md = out / f'table1_{scale}.csv', out / f'table1_{scale}.md'
-    figs = [out / f'fig3_{scale}.png', out / f'fig3_{scale}.pdf']
-    atomic_write_csv(csv, df)
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    fig = plot_fig3(pd.read_csv(csv), cfg.c)
-    for p in figs: atomic_save_figure(p, fig)
-    plt.close(fig)
-    cmd = ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce table1 --scale {scale} --device {device.type}' + (f' --data {data}' if cfg.dataset == 'cifar100' else '')
-    atomic_write_text(md, table1_report(df, cfg, cmd, time.time() - t0))
-    print(f'table1: {len(runs)} runs ({sum(1 for d in dfs if d.seconds.iloc[0] >= 0)} total) in {root}')
-    return [csv, md, *figs]
+    cfg = SCALES[scale]
+    if cfg.dataset == 'digits':
+        ignored = [o for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download)) if v]
+        warn = [f"scale {scale} uses scikit-learn's digits (installed with it): {', '.join(ignored)} ignored"] if ignored else []
+    else: warn = ['--fake-data uses generated images: --data and --download ignored'] if fake_data and (data is not None or download) else []
+    data_root(cfg, data, out, fake_data, download)
+    return warn
+
+_TRAINERS = {}
+def table1_task(run:dict, cfg:Table1Config, root, device:str, folder, force:bool, tag:str) -> pd.DataFrame:
+    "`run_one` in any process; the process keeps its `Trainer` (data loaded once) for its next run."
+    key = (fingerprint(asdict(cfg)), str(root), device)
+    if key not in _TRAINERS: _TRAINERS.clear(); _TRAINERS[key] = Trainer(cfg, table1_data(cfg, root), torch.device(device))
+    return run_one(run, cfg, _TRAINERS[key], folder, force, tag)
+
+# %% ../../../nbs/experiments/table1_cifar.ipynb #1ec28c40
+def _needs(runs, todo):
+    "Indices into `todo` that each task must wait for (a pruned run needs its trained full model)."
+    pos = {runs[i]['key']: k for k, i in enumerate(todo)}
+    return {k: [pos[runs[i]['after']]] for k, i in enumerate(todo) if runs[i].get('after') in pos}
+
+def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:bool=False, jobs:int=1,
+        fake_data:bool=False, download:bool=False, progress:bool=True) -> list:
+    "Reproduce Table 1 and Figure 3 at `scale` (smoke|cpu|paper), resuming finished runs; returns the paths written."
+    from tqdm.auto import tqdm
+    check(scale, device, data, out, fake_data, download)
+    cfg, out, device = SCALES[scale], check_out_dir(out), resolve_device(device)
+    root, tag = data_root(cfg, data, out, fake_data), data_tag(cfg, fake_data)
+    folder, runs = out / f'table1_{scale}_runs', table1_runs(cfg)
+    with pinned_numerics(1):
+        table1_data(cfg, root)   # load (and validate) the data once here, in the first seconds
+        todo = [i for i, r in enumerate(runs) if force or not run_is_done(r, cfg, folder, tag)]
+        reused = len(runs) - len(todo)
+        if reused: print(f'table1: resuming: reused {reused} of {len(runs)} finished runs from {folder}', flush=True)
+        bar = tqdm(total=len(runs), initial=reused, desc=f'table1 {scale}', disable=not progress)
+        tasks = [(runs[i], cfg, root, str(device), folder, force, tag) for i in todo]
+        try: run_tasks(table1_task, tasks, jobs, _needs(runs, todo), on_done=lambda k, r: bar.update())
+        except KeyboardInterrupt as e:   # counted on disk: a worker may have saved a run just now
+            kept = sum(run_is_done(r, cfg, folder, tag) for r in runs)
+            raise interrupted(e, f'{kept} of {len(runs)} runs finished and kept in {folder}') from None
+        finally: bar.close()
+        df = pd.concat([pd.read_csv(folder / r['key'] / 'rows.csv') for r in runs], ignore_index=True).drop(columns='seconds')
+        csv, png, pdf, md = files(scale, out)
+        atomic_write_csv(csv, df); df = pd.read_csv(csv)
+        import matplotlib; matplotlib.use('Agg', force=False)
+        import matplotlib.pyplot as plt
+        fig = plot_fig3(df, cfg.c)
+        for p in (png, pdf): atomic_save_figure(p, fig)
+        plt.close(fig)
+        cmd = (f's3d reproduce table1 --scale {scale} --device {device.type} --out data/results --force'
+               + (' --fake-data' if tag == 'fake' else ' --data DIR' if cfg.dataset == 'cifar100' else ''))
+        atomic_write_text(md, table1_report(df, cfg, cmd, run_info(device), fake=tag == 'fake'))
+    print(f'table1: all {len(runs)} runs finished ({reused} reused)')
+    return [csv, md, png, pdf]
