@@ -105,10 +105,10 @@ def train(model: nn.Module,           # model to train in place
                           **({'fused': True} if fused else {}))
     net, dt, graphs = _compiled(model, compile), _float_dtype(model), compile == 'reduce-overhead'
     total, step, history, first = max(1, epochs * len(loader)), 0, [], 0
-    if state is not None and state.run.get('loader_epoch') is not None: loader.epoch = state.run['loader_epoch']  # data order
-    if state is not None and state.data:  # resume after the last finished epoch: optimizer and schedule position
+    if state is not None and state.data:  # resume after the last finished epoch: optimizer, schedule position, data order
         d = state.data
         opt.load_state_dict(d['optimizer']); first, step, history = d['epoch'], d['step'], list(d['history'])
+        if d.get('loader_epoch') is not None: loader.epoch = d['loader_epoch']
     bar = tqdm(total=epochs * len(loader), desc=desc, disable=not progress, leave=False)
     model.train()
     for ep in range(first, epochs):
@@ -135,8 +135,7 @@ def train(model: nn.Module,           # model to train in place
             row.update(test_loss=r['loss'], test_acc=r['acc'])
         history.append(row)
         if state is not None:
-            state.data.update(epoch=ep + 1, step=step, optimizer=opt.state_dict(), history=history)
-            state.run['loader_epoch'] = getattr(loader, 'epoch', None)
+            state.data.update(epoch=ep + 1, step=step, optimizer=opt.state_dict(), history=history, loader_epoch=getattr(loader, 'epoch', None))
             state.save()
     bar.close()
     return history
