@@ -394,3 +394,46 @@ def split_operators(model: nn.Module,  # network
     collect_batches(model, groups, loss_fn, batches, on_batch, beta)
     for o in ops.values(): o.reduce = reduce
     return ops
+
+# %% ../nbs/04_splitmat.ipynb #d6a1eba2
+@torch.no_grad()
+def _op_products(self, V: Tensor, # (len(neurons), d, k): k vectors per neuron
+                 neurons: Tensor | None = None, # indices of the neurons to apply (default: all n)
+                 chunk_bytes: int | None = None, # bound on per-batch temporaries, splitting the k columns (default 8 MiB CPU, 256 MiB GPU)
+                ) -> Tensor:
+    "Unnormalised sum over the held samples of c_j x x^T V_j for the given neurons, (len(neurons), d, k)."
+    if not self.count: raise ValueError(f"group {self.group.name!r}: no batches collected")
+    n = self.n if neurons is None else len(neurons)
+    if V.dim() != 3 or V.shape[:2] != (n, self.d): raise ValueError(f"group {self.group.name!r}: V must be ({n}, {self.d}, k), got {tuple(V.shape)}")
+    X0, p = self.xs[0], self.group.producer
+    chunk_bytes = chunk_bytes or (2**23 if X0.device.type == 'cpu' else 2**28)  # CPU caches favour small temporaries
+    kc = max(1, chunk_bytes // max(1, max(c.numel() // self.n for c in self.cs) * n * X0.element_size()))
+    out = []
+    for s in range(0, V.shape[2], kc):
+        Vc = V[:, :, s:s + kc].to(X0.dtype); k = Vc.shape[2]
+        Vw, vb, R = Vc[:, :self.d - self.bias], (Vc[:, -1] if self.bias else None), 0
+        for x, c in zip(self.xs, self.cs):
+            c = c if neurons is None else c[:, neurons]
+            rw, rb = _apply_flat(x, c, Vw, vb, n, k) if self.mode == 'flat' else _apply_conv(p, x, c, Vw, vb, n, k)
+            R = R + (torch.cat([rw, rb.unsqueeze(1)], 1) if self.bias else rw)
+        out.append(R)
+    return torch.cat(out, 2)
+SplitOperator.products = _op_products
+
+@torch.no_grad()
+def _op_dense_sum(self, rows: int = 4096, cols: int = 8) -> Tensor:
+    "Unnormalised sum over the held samples of c_j x x^T for every neuron, (n, d, d) float64, upper blocks by matrix products."
+    p, d, n = self.group.producer, self.d, self.n
+    S = torch.zeros(n, d, d, dtype=torch.float64, device=self.xs[0].device)
+    for x, c in zip(self.xs, self.cs):
+        if self.mode == 'flat': X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
+        else: X, C = producer_patches(p, x, padded=True).reshape(-1, d), _rows(p, c)
+        for a in range(0, d, cols):  # rows a:b of the upper triangle, summed over chunks of samples
+            b = min(d, a + cols); acc = X.new_zeros(n, (b - a) * (d - a))
+            for s in range(0, X.shape[0], rows):
+                acc.addmm_(C[s:s + rows].T, (X[s:s + rows, a:b, None] * X[s:s + rows, None, a:]).flatten(1))
+            S[:, a:b, a:] += acc.view(n, b - a, d - a)
+    i, j = torch.triu_indices(d, d, 1, device=S.device)
+    S[:, j, i] = S[:, i, j]
+    return S
+SplitOperator.dense_sum = _op_dense_sum

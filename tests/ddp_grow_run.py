@@ -1,6 +1,6 @@
 """A tiny digits growth (tanh MLP, 2 rounds x 2 epochs) run on one process or as one rank of a gloo group; used by
 tests/test_distributed.py."""
-import os
+import os, warnings
 from pathlib import Path
 import torch
 from torch import nn
@@ -41,6 +41,17 @@ def dense(data, dist=None):
                           reduce=dist.reduce if dist is not None else None)
 
 
+def eig_stream(data, dist=None):
+    "Streamed fast eigenpairs of the seed model (several passes; products summed over ranks with `dist`)."
+    from s3d.eigen import extreme_eigenpairs
+    m = seed_model()
+    _, sc = loaders(data, dist)
+    with warnings.catch_warnings():  # 4 passes leave some neurons short of tol: the same Ritz estimates are compared
+        warnings.simplefilter('ignore', UserWarning)
+        return extreme_eigenpairs(m, split_groups(m, data['x'][:1].float()), nn.functional.cross_entropy, list(sc), 'stream',
+                                  sample_steps=0, max_passes=4, reduce=dist.reduce if dist is not None else None)
+
+
 def worker(rank, world, port, data_path, out):
     "One rank: join the group the torchrun way (environment variables), grow, save what the test compares."
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
@@ -51,9 +62,10 @@ def worker(rank, world, port, data_path, out):
     data = torch.load(data_path, weights_only=True)
     res = run(data, Path(out) / 'run', dist)
     S = dense(data, dist)
+    E = {k: (e.lam_min, e.lam_max) for k, e in eig_stream(data, dist).items()}
     bad = nn.Sequential(nn.Linear(3, 4 + rank))  # ranks disagree: the check must stop every rank
     try: dist.check(bad, 7); err = ''
     except RuntimeError as e: err = str(e)
-    torch.save(dict(model=res.model.state_dict(), widths=res.history.widths.tolist(), S=S, err=err,
+    torch.save(dict(model=res.model.state_dict(), widths=res.history.widths.tolist(), S=S, E=E, err=err,
                     world_size=dist.world_size), Path(out) / f'rank{rank}.pt')
     tdist.destroy_process_group()

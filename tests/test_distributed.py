@@ -25,6 +25,7 @@ def test_two_process_growth_matches_one(tmp_path):
     try:
         one = ddp_grow_run.run(data, tmp_path / 'one')
         S1 = ddp_grow_run.dense(data)
+        E1 = ddp_grow_run.eig_stream(data)
     finally: torch.set_num_threads(nthreads)
     # every rank ends with the same architecture and bit-identical weights; both match the single process
     assert r0['widths'] == r1['widths'] == one.history.widths.tolist()
@@ -36,6 +37,11 @@ def test_two_process_growth_matches_one(tmp_path):
     for k in S1:
         torch.testing.assert_close(r0['S'][k], S1[k], rtol=1e-5, atol=1e-6 * float(S1[k].abs().max()))
         torch.testing.assert_close(r0['S'][k], r1['S'][k], rtol=0, atol=0)
+    # streamed eigenpairs (one S·v block per pass, summed over ranks) agree with one process, identically on both ranks
+    for k, e in E1.items():
+        for a, b, c in zip(r0['E'][k], r1['E'][k], (e.lam_min, e.lam_max)):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6 * float(c.abs().max()))
     # a rank with another architecture stops every rank with an error naming it
     assert 'ranks [1]' in r0['err'] and 'ranks [1]' in r1['err']
     # only rank 0 wrote, and its checkpoint is the finished run

@@ -96,10 +96,8 @@ def test_smoke_run_end_to_end_on_real_jpegs(tiny, tmp_path):
     run('smoke', 'cpu', data=tiny, out=tmp_path / 'res', progress=False)
     assert rows.stat().st_mtime_ns == mt
 
-def test_cli_corrupt_data_is_one_line_exit_2(tiny, tmp_path):
-    "Through the command line, once `table2` is registered there."
-    from s3d.paper.cli import EXPERIMENTS
-    if EXPERIMENTS.get('table2') is None: pytest.skip('table2 is not registered in s3d.paper.cli.EXPERIMENTS yet')
+def test_cli_corrupt_data_is_one_line_exit_4(tiny, tmp_path):
+    "Through the command line: one line naming the file, the data-error exit code 4, no traceback."
     import shutil
     root = tmp_path / 'bad'; shutil.copytree(tiny, root)
     victim = scan_imagefolder(root, 'val').files[0]; Path(victim).write_bytes(b'')
@@ -107,4 +105,4 @@ def test_cli_corrupt_data_is_one_line_exit_2(tiny, tmp_path):
     r = subprocess.run([sys.executable, '-m', 's3d', 'reproduce', 'table2', '--scale', 'smoke', '--device', 'cpu', '--data', str(root),
                         '--out', str(tmp_path / 'res')], env=env, capture_output=True, text=True, timeout=300)
     err = r.stderr.strip().splitlines()   # the progress bar (cleared on exit) may precede the message
-    assert r.returncode == 2 and 'Traceback' not in r.stderr and victim in err[-1] and 'data error' in err[-1], r.stderr
+    assert r.returncode == 4 and 'Traceback' not in r.stderr and victim in err[-1] and 'data error' in err[-1], r.stderr

@@ -159,7 +159,7 @@ def test_cli_reproduce_table3_smoke(tiny, tmp_path, capsys):
     try:
         (tmp_path / 'bad' / MODELNET_DIR).mkdir(parents=True)
         (tmp_path / 'bad' / MODELNET_DIR / 'train_files.txt').write_text('data/modelnet40_ply_hdf5_2048/ply_data_train0.h5\n')
-        assert cli.main(['reproduce', 'table3', '--scale', 'smoke', '--data', str(tmp_path / 'bad'), '--out', str(tmp_path / 'o')]) == 2
+        assert cli.main(['reproduce', 'table3', '--scale', 'smoke', '--data', str(tmp_path / 'bad'), '--out', str(tmp_path / 'o')]) == 4
         err = capsys.readouterr().err.strip()
         assert err.count('\n') == 0 and 'missing HDF5 file' in err and 'ply_data_train0.h5' in err
         # finished runs are reused: a second invocation over the same folder only rewrites the summary

@@ -17,7 +17,7 @@ from ..imagenet import (IMAGENET_STRIDES, JpegLoader, LabelSmoothing, evaluate_t
                                 make_fake_imagefolder, write_imagefolder)
 from ..models import MobileNetV1, MOBILENET_WIDTHS
 from ..train import train
-from ..runs import DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
+from ..runs import pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow
 
@@ -102,12 +102,15 @@ def write_digits_imagefolder(root, upscale:int=4) -> Path:
         write_imagefolder(root, split, up(x), y, [f'digit{c}' for c in d.classes], quality=95)
     return Path(root)
 
-def table2_data(cfg:Table2Config, data=None, out='data/results') -> tuple:
+def table2_data(cfg:Table2Config, data=None, out='data/results', fake_data:bool=True) -> tuple:
     "(train files, val files) of `cfg`: the ImageFolder under `data`, else a generated one (smoke, cpu)."
     root = Path(data) if data is not None else None
     if root is None or not (root / 'train').exists():
         if cfg.dataset == 'imagenet':
             raise DataError(f"missing ImageNet folder {Path(data or 'data') / 'train'} (give --data DIR with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG)")
+        if root is not None: raise DataError(f"missing ImageFolder split {root / 'train'} (--data DIR needs DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG)")
+        if cfg.dataset == 'fake' and not fake_data:
+            raise DataError(f"table2 --scale {cfg.scale} without --data trains on generated images: give --data DIR or pass --fake-data")
         root = Path(out) / f'table2_{cfg.scale}_runs' / f'{cfg.dataset}_jpeg'
         if not (root / 'val').exists():
             make_fake_imagefolder(root) if cfg.dataset == 'fake' else write_digits_imagefolder(root)
@@ -219,7 +222,7 @@ def table2_report(df:pd.DataFrame, cfg:Table2Config, command:str, seconds:float)
     "Markdown: our table, the paper's table with sources, the setting, the command, and S3D vs S2D per round."
     v = s3d_vs_s2d(df); last = v.iloc[-1]
     lines = [f"# Table 2, scale `{cfg.scale}` ({cfg.dataset}, {cfg.num_classes} classes, {cfg.image}x{cfg.image} crops)", '',
-             f'Command: `{command}`  ', f'Wall time of the last invocation: {seconds:.0f} s', '',
+             f'Command: `{command}`  ', '',
              f'Setting: MobileNetV1 (strides {list(cfg.strides)}), seed widths {list(cfg.seed_widths)}, energy-aware S2D and S3D '
              f'(m = {cfg.m}, c = {cfg.c:g}) for {cfg.rounds} rounds, budget {cfg.growth:g} x the seed\'s FLOPs per round, eps = {cfg.eps:g}, '
              f'{cfg.eigen} eigenpairs on {cfg.score_images} training images; width multipliers {list(cfg.width_mults)} of {list(cfg.full_widths)}. '
@@ -235,19 +238,23 @@ def table2_report(df:pd.DataFrame, cfg:Table2Config, command:str, seconds:float)
     return '\n'.join(lines)
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #1fc27fbf
-def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False, progress:bool=True) -> list:
-    "Reproduce Table 2 at `scale` (smoke|cpu|paper); returns the paths written."
+def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False, progress:bool=True,
+        fake_data:bool=False) -> list:
+    "Reproduce Table 2 at `scale` (smoke|cpu|paper) with one torch thread and deterministic algorithms; returns the paths written."
+    with pinned_numerics(1): return _run(scale, device, data, out, force, progress, fake_data)
+
+def _run(scale, device, data, out, force, progress, fake_data):
     from tqdm.auto import tqdm
     if scale not in SCALES: raise ValueError(f'table2: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
     cfg, out, t0 = SCALES[scale], Path(out), time.time()
     device = resolve_device(device)
-    tr, va = table2_data(cfg, data, out)
+    tr, va = table2_data(cfg, data, out, fake_data)
     cfg = replace(cfg, num_classes=len(tr.classes))
     T = Trainer(cfg, tr, va, device)
     root, runs, dfs = out / f'table2_{scale}_runs', table2_runs(cfg), []
     with tqdm(runs, desc=f'table2 {scale}', disable=not progress, leave=False) as bar:   # cleared on exit, errors included
         for r in bar: bar.set_postfix_str(r['key']); dfs.append(run_one(r, cfg, T, root, force))
-    df = pd.concat(dfs, ignore_index=True)
+    df = pd.concat(dfs, ignore_index=True).drop(columns='seconds', errors='ignore')   # no timings: the file regenerates byte for byte
     csv, md, figs = out / f'table2_{scale}.csv', out / f'table2_{scale}.md', [out / f'table2_{scale}.png', out / f'table2_{scale}.pdf']
     atomic_write_csv(csv, df)
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -255,6 +262,8 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
     fig = plot_table2(pd.read_csv(csv), scale)
     for p in figs: atomic_save_figure(p, fig)
     plt.close(fig)
-    cmd = ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce table2 --scale {scale} --device {device.type}' + (f' --data {data}' if data is not None else '')
-    atomic_write_text(md, table2_report(df, cfg, cmd, time.time() - t0))
+    cmd = ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce table2 --scale {scale} --device {device.type}' + (f' --data {data}' if data is not None else '') + (' --fake-data' if fake_data and data is None else '') + f' --out {out}'
+    report = table2_report(df, cfg, cmd, time.time() - t0) + '\n' + run_info_line(run_info(device)) + '\n'
+    if cfg.dataset == 'fake' and data is None: report = f'# FAKE DATA: generated images, not a benchmark\n\n' + report
+    atomic_write_text(md, report)
     return [csv, md, *figs]
