@@ -83,10 +83,12 @@ class ShardedLoader:
     def __len__(self): return len(self.loader)
     def __iter__(self):
         for x, y in self.loader: yield x[self.rank::self.world_size], y[self.rank::self.world_size]
-    @property
-    def epoch(self): return getattr(self.loader, 'epoch', None)
-    @epoch.setter
-    def epoch(self, v): self.loader.epoch = v
+    def __getattr__(self, k):  # everything else (epoch, seed, ...) is the wrapped loader's
+        if k == 'loader': raise AttributeError(k)
+        return getattr(self.loader, k)
+    def __setattr__(self, k, v):
+        if k in ('loader', 'rank', 'world_size'): object.__setattr__(self, k, v)
+        else: setattr(self.loader, k, v)
 
 def _shard(self, loader) -> ShardedLoader:
     "`loader` cut for this rank (see `ShardedLoader`)."
