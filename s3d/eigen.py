@@ -208,9 +208,11 @@ def _one_batch(g: SplitGroup, x: Tensor, c: Tensor, B: int, i: int) -> SplitOper
 class _FastEigen:
     "Extreme eigenpairs of all groups from passes over the batches: dense sums, a cache, or streamed block Krylov."
     def __init__(self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed,
-                 block, max_dim, sample_steps, dense_dim, max_passes):
+                 block, max_dim, sample_steps, dense_dim, max_passes, reduce=None):
         self.model, self.groups, self.loss_fn, self.batches, self.method, self.beta = model, groups, loss_fn, batches, method, beta
         self.tol, self.max_iter, self.block, self.steps, self.max_passes = tol, max_iter, block, sample_steps, max_passes
+        self.reduce = reduce  # data-parallel: sums over processes (every rank then takes the same steps)
+        if reduce is not None: self.steps = 0  # a first-batch start block would differ between ranks: seeded random blocks
         self.dev = next(model.parameters()).device
         self.dense, self.caps, used = _plan(groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim)
         self.reserved, self.allow, self.kry = used, max_bytes - used, [g for g in groups if g.name not in self.dense]
@@ -223,20 +225,30 @@ class _FastEigen:
         self._reset()
 
     def _reset(self):
-        self.mode, self.N, self.sums, self.acc, self.solver = None, None, {}, {}, {}
+        self.mode, self.N, self.n_here, self.sums, self.acc, self.solver = None, None, None, {}, {}, {}
         self.cache = {g.name: SplitOperator(g) for g in self.kry}
 
     def _pass(self, on_batch, groups):
         "One eval-mode forward+backward over the batches for `groups`."
         N = collect_batches(self.model, groups, self.loss_fn, self.batches, on_batch, self.beta)
-        if self.N is not None and N != self.N:
-            raise ValueError(f"the batches gave {N} samples on this pass and {self.N} on the first: streaming needs the same samples on every pass")
-        self.N = N; self.stats['passes'] += 1
+        if self.n_here is not None and N != self.n_here:
+            raise ValueError(f"the batches gave {N} samples on this pass and {self.n_here} on the first: streaming needs the same samples on every pass")
+        self.n_here, self.N = N, self._sum(torch.tensor([float(N)], dtype=torch.float64)).round().long().item(); self.stats['passes'] += 1
+
+    def _sum(self, t):
+        "`t` summed over processes (itself without `reduce`)."
+        return t if self.reduce is None else self.reduce(t)
 
 # %% ../nbs/05_eigen.ipynb #3d40ef3f
 def _choose(self, stats: dict, B: int) -> str:
     "At the first batch: 'cached' if the projected cache fits the budget (or only one pass is possible), else 'stream'."
     if self.method != 'fast': return self.method
+    if self.reduce is not None:  # one choice for every rank: stream if any rank's cache would not fit
+        return 'stream' if self._sum(torch.tensor([float(self._choose_here(stats, B) == 'stream')])).item() > 0 else 'cached'
+    return self._choose_here(stats, B)
+
+def _choose_here(self, stats: dict, B: int) -> str:
+    "This process's choice from its own projected cache."
     per = sum(_one_batch(g, *stats[g.name], B, 0).nbytes for g in self.kry)  # this batch's cache, one group at a time
     nb = len(self.batches) if hasattr(self.batches, '__len__') else None
     if nb is None: return 'cached'  # unknown length: cache until it overflows, then stream (if re-iterable)
@@ -259,12 +271,15 @@ def _first_batch(self, i: int, B: int, stats: dict):
         self.acc[g.name] = self.acc.get(g.name, 0) + op.products(self.solver[g.name].P).double()
         del op
     used = sum(o.nbytes for o in self.cache.values()); self.stats['cache_bytes'] = max(self.stats['cache_bytes'], used)
-    if used > self.allow:
+    over = used > self.allow
+    if self.reduce is not None and self.mode == 'cached':  # every rank overflows together, or none does
+        over = self._sum(torch.tensor([float(over)])).item() > 0
+    if over:
         if self.method == 'fast' and not self.one_shot: raise _Overflow()
         msg = f"cached statistics reached {used / 2**20:.1f} MiB after batch {i}, over the {self.allow / 2**20:.1f} MiB left of max_bytes"
         if self.one_shot: raise ValueError(msg + ", and a one-shot iterator cannot be streamed: pass a list or a re-iterable, or raise max_bytes")
         raise ValueError(msg + ": raise max_bytes or use method='stream' (or 'fast', which streams when the cache does not fit)")
-_FastEigen._choose, _FastEigen._first_batch = _choose, _first_batch
+_FastEigen._choose, _FastEigen._choose_here, _FastEigen._first_batch = _choose, _choose_here, _first_batch
 
 # %% ../nbs/05_eigen.ipynb #c324fec2
 def _stream_more(self):
@@ -279,14 +294,14 @@ def _stream_more(self):
                 SP = _one_batch(g, *stats[g.name], B, i).products(bk.P, None if len(bk.idx) == bk.n else bk.idx)
                 acc[g.name] = acc.get(g.name, 0) + SP.double()
         self._pass(on_batch, act)
-        for g in act: self.solver[g.name].update(acc[g.name] / self.N)
+        for g in act: self.solver[g.name].update(self._sum(acc[g.name]) / self.N)
 
 def _lanczos_cached(self):
     "Cached statistics: restarted Lanczos per group on the cache, which is freed group by group."
     for g in self.kry:
         op, bk = self.cache[g.name], BlockKrylov(g.n_neurons, g.dim, block=1, max_dim=self.caps[g.name], tol=self.tol,
                                                  max_iter=self.max_iter, device=self.dev, generator=self.gen)
-        while not bk.done: bk.update(op.products(bk.P, None if len(bk.idx) == bk.n else bk.idx).double() / self.N)
+        while not bk.done: bk.update(self._sum(op.products(bk.P, None if len(bk.idx) == bk.n else bk.idx).double()) / self.N)
         self.solver[g.name], self.cache[g.name] = bk, None
 
 def _run(self) -> dict:
@@ -297,7 +312,7 @@ def _run(self) -> dict:
         self._pass(self._first_batch, self.groups)
     if self.mode == 'cached': self._lanczos_cached()
     elif self.kry:
-        for g in self.kry: self.solver[g.name].update(self.acc.pop(g.name) / self.N)
+        for g in self.kry: self.solver[g.name].update(self._sum(self.acc.pop(g.name)) / self.N)
         self._stream_more()
     return self._results()
 _FastEigen._stream_more, _FastEigen._lanczos_cached, _FastEigen.run = _stream_more, _lanczos_cached, _run
@@ -309,7 +324,7 @@ def _results(self) -> dict:
     st['method'] = self.mode or 'dense'
     for g in self.groups:
         if g.name in self.dense:
-            out[g.name] = eigh_extremes(self.sums[g.name] / self.N)
+            out[g.name] = eigh_extremes(self._sum(self.sums[g.name]) / self.N)
             st['groups'][g.name] = dict(solver='dense', products=0, unconverged=0, bytes=16 * g.n_neurons * g.dim ** 2)
         else:
             bk = self.solver[g.name]; out[g.name] = bk.result(); u = int((~bk.converged).sum()); left += u
@@ -339,18 +354,19 @@ def extreme_eigenpairs(model: nn.Module,  # network
                        dense_dim: int = 32, # fast: groups with d <= dense_dim get their dense S in the first pass
                        max_passes: int = 10, # stream: at most this many passes over the batches
                        stats: dict | None = None, # filled with the method used, passes, cache and workspace bytes, per-group counts
+                       reduce: Callable | None = None, # data-parallel: sums statistics and S·v products over processes (`s3d.distributed`)
                       ) -> dict:
     "Extreme eigenpairs {group name: EigenPairs} of every neuron's splitting matrix, for all groups together."
     groups = [groups] if isinstance(groups, SplitGroup) else list(groups)
     if not groups: raise ValueError("groups is empty")
     if len({g.name for g in groups}) != len(groups): raise ValueError("group names must be unique")
     if method == 'exact':
-        S = dense_matrices(model, groups, loss_fn, batches, max_bytes=max_bytes or 2**30, beta=beta)
+        S = dense_matrices(model, groups, loss_fn, batches, max_bytes=max_bytes or 2**30, beta=beta, reduce=reduce)
         if stats is not None: stats.update(method='exact', passes=1, cache_bytes=0, workspace_bytes=sum(8 * v.numel() for v in S.values()))
         return {k: eigh_extremes(v) for k, v in S.items()}
     if method not in ('fast', 'cached', 'stream'): raise ValueError(f"method must be 'exact', 'fast', 'cached' or 'stream', got {method!r}")
     fe = _FastEigen(model, groups, loss_fn, batches, method, tol=tol, max_iter=max_iter, max_bytes=max_bytes or 2**32, beta=beta,
-                    seed=seed, block=block, max_dim=max_dim, sample_steps=sample_steps, dense_dim=dense_dim, max_passes=max_passes)
+                    seed=seed, block=block, max_dim=max_dim, sample_steps=sample_steps, dense_dim=dense_dim, max_passes=max_passes, reduce=reduce)
     out = fe.run()
     if stats is not None: stats.update(fe.stats)
     return out
