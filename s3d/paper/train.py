@@ -12,6 +12,7 @@ from torch import nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from ..graph import model_device
+from ..kinds import layer_kind, ConvKind
 
 # %% auto #0
 __all__ = ['evaluate', 'train']
@@ -22,7 +23,7 @@ def _setup(model, device, amp, channels_last):
     device = model_device(model) if device is None else torch.device(device)
     cuda = device.type == 'cuda'
     amp = cuda if amp is None else amp
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    has_conv = any(isinstance(layer_kind(m), ConvKind) and m.weight.dim() == 4 for m in model.modules())   # 2-d convs: channels_last helps
     channels_last = (cuda and has_conv) if channels_last is None else channels_last
     model.to(device)
     if channels_last: model.to(memory_format=torch.channels_last)
