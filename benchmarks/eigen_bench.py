@@ -1,21 +1,35 @@
-"""Exact vs fast extreme eigenpairs of all splitting matrices of a small MobileNetV1-style net (32x32 inputs).
+"""Extreme eigenpairs of all splitting matrices of a network: exact vs fast (cached / streamed), time, accuracy, memory.
 
-Prints wall time, peak memory, accuracy against exact `eigh`, the ratio to one forward+backward pass over the same
-data, and the same for the RMSprop Rayleigh-quotient baseline of Wang et al. (2019). Each measurement runs in a fresh
-subprocess so peak memory (max RSS on CPU, `torch.cuda.max_memory_allocated` on GPU) is per method.
+Every measurement runs in a fresh subprocess so that peak memory is per method: on CPU the growth of the process's
+max RSS (`ru_maxrss`) over a baseline taken after setup and one plain forward+backward of one batch (so one batch's
+activations are in the baseline), with glibc's mmap threshold fixed at 128 KiB (`MALLOC_MMAP_THRESHOLD_`; otherwise
+the threshold adapts upwards, freed blocks stay in the heap and max RSS creeps up with the number of batches although
+live memory does not); on CUDA `torch.cuda.max_memory_allocated` over the memory allocated at that point. The solver's
+own bytes (cache, Krylov workspaces, dense accumulators) are printed next to it, from `extreme_eigenpairs(stats=...)`.
+Times are given as ratios to T_fb, one forward+backward (parameter gradients, eval mode) over the same images, measured
+in its own subprocess; on CPU they use process CPU time (single thread), which is less disturbed by other jobs than
+wall time (both are printed).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --device auto
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py                       # CPU benchmark net, 512 images
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --memory 256,512,1024,2048
+    PYTHONPATH=. python benchmarks/eigen_bench.py --device cuda --net seed,x1.3^5,full --images 4096 --batch 256 --memory 4096
+
+`--net bench` is a small MobileNetV1-style net (below); `seed`, `x1.3^5` and `full` are `s3d`'s MobileNetV1 at the
+paper's shapes (CIFAR-100: 100 classes, 3x32x32 synthetic images): widths 32 everywhere, 32 * 1.3^5 (119) everywhere,
+and the full widths.
 """
 from __future__ import annotations
-import argparse, copy, json, os, platform, resource, subprocess, sys, tempfile, time
+import argparse, copy, json, os, platform, resource, subprocess, sys, tempfile, time, warnings
 import torch
 from torch import nn
 
-from s3d.graph import SplitGroup
-from s3d.eigen import EigenPairs, extreme_eigenpairs, lanczos_extremes
+from s3d.graph import SplitGroup, split_groups
+from s3d.eigen import EigenPairs, extreme_eigenpairs
 from s3d.splitmat import split_operators, dense_matrices
+try: from s3d.paper.models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
+except ImportError: from s3d.models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
 
-WIDTHS = [16, 32, 64, 64, 128, 128, 128]   # stem, then six pointwise layers
+WIDTHS = [16, 32, 64, 64, 128, 128, 128]   # bench net: stem, then six pointwise layers
 STRIDES = [1, 2, 1, 2, 1, 1]               # of the depthwise conv before each pointwise layer
 
 
@@ -41,16 +55,25 @@ class MobileNetish(nn.Module):
         return out
 
 
-def setup(device, n_images, batch):
+def make_net(name):
+    "(model, n_classes) for a net name."
+    if name == 'bench': return MobileNetish(), 10
+    widths = {'seed': [32] * 14, 'x1.3^5': [round(32 * 1.3 ** 5)] * 14, 'full': list(MOBILENET_WIDTHS)}[name]
+    return MobileNetV1(100, widths=widths, strides=MOBILENET_STRIDES), 100
+
+
+def setup(device, n_images, batch, net_name='bench'):
     torch.manual_seed(0)
-    net = MobileNetish().to(device)
+    net, n_classes = make_net(net_name)
+    net = net.to(device)
     with torch.no_grad():  # non-trivial BN statistics
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d): m.running_var.uniform_(0.5, 2.); m.running_mean.normal_(0, 0.1); m.weight.uniform_(0.5, 1.5)
     g = torch.Generator().manual_seed(1)
-    X = torch.randn(n_images, 3, 32, 32, generator=g); Y = torch.randint(0, 10, (n_images,), generator=g)
+    X = torch.randn(n_images, 3, 32, 32, generator=g); Y = torch.randint(0, n_classes, (n_images,), generator=g)
     batches = [(X[i:i + batch].to(device), Y[i:i + batch].to(device)) for i in range(0, n_images, batch)]
-    return net, net.groups(), batches
+    groups = net.groups() if net_name == 'bench' else split_groups(net, batches[0][0][:2])
+    return net, groups, batches
 
 
 def sync(device):
@@ -61,6 +84,16 @@ def fwd_bwd(net, batches, loss_fn):
     net.eval()
     for x, y in batches:
         net.zero_grad(set_to_none=True); loss_fn(net(x), y).backward()
+
+
+VARIANTS = {  # name: (method, keyword arguments of extreme_eigenpairs)
+    'exact': ('exact', dict(max_bytes=2**34)),
+    'cached': ('cached', {}),
+    'stream': ('stream', {}),
+    'stream-1pass': ('stream', dict(max_passes=1)),
+    'stream-random': ('stream', dict(sample_steps=0)),
+    'fast': ('fast', {}),
+}
 
 
 def rmsprop_rayleigh(ops, exact, batch_ops, lr, max_epochs, device):
@@ -87,7 +120,7 @@ def rmsprop_rayleigh(ops, exact, batch_ops, lr, max_epochs, device):
             Sv = ops[name](v); R = (v * Sv).sum(1) / (v * v).sum(1)
             vn = v / v.norm(dim=1, keepdim=True)
             acc[name] = EigenPairs(R[:, 0], vn[..., 0], R[:, 1], vn[..., 1])
-        frac = within(acc, exact)
+        frac = within({k: dict(lam_min=e.lam_min.cpu(), lam_max=e.lam_max.cpu()) for k, e in acc.items()}, exact)
         history.append((epoch, t_train, frac))
         if frac >= 0.95: break
     return acc, t_train, history
@@ -97,133 +130,168 @@ def within(pairs, exact, rel=0.02):
     "Fraction of neurons whose lam_min and lam_max are both within rel * spectral radius of the exact ones."
     ok = tot = 0
     for k, e in exact.items():
-        p = pairs[k]; rad = torch.maximum(e.lam_min.abs(), e.lam_max.abs()).clamp_min(1e-30)
-        good = ((p.lam_min.cpu() - e.lam_min).abs() <= rel * rad) & ((p.lam_max.cpu() - e.lam_max).abs() <= rel * rad)
+        p = pairs[k]; rad = torch.maximum(e['lam_min'].abs(), e['lam_max'].abs()).clamp_min(1e-30)
+        good = ((p['lam_min'] - e['lam_min']).abs() <= rel * rad) & ((p['lam_max'] - e['lam_max']).abs() <= rel * rad)
         ok += int(good.sum()); tot += good.numel()
     return ok / tot
 
 
 def accuracy(pairs, exact):
     "Eigenvalue error / spectral radius; eigenvector |cos| where the eigenvalue is separated by >= 5% of the radius."
-    errs, coss, = [], []
+    errs, coss = [], []
     for k, e in exact.items():
-        p, S = pairs[k], exact_S[k]
-        lam = torch.linalg.eigvalsh(S); rad = lam.abs().amax(-1).clamp_min(1e-30)
-        errs.append(torch.maximum((p.lam_min.cpu() - e.lam_min).abs(), (p.lam_max.cpu() - e.lam_max).abs()) / rad)
-        for v, ve, gap in [(p.v_min, e.v_min, lam[:, 1] - lam[:, 0]), (p.v_max, e.v_max, lam[:, -1] - lam[:, -2])]:
-            sep = gap >= 0.05 * rad
-            coss.append((v.cpu().double() * ve).sum(-1).abs()[sep])
+        p = pairs[k]; rad = torch.maximum(e['lam_min'].abs(), e['lam_max'].abs()).clamp_min(1e-30)
+        errs.append(torch.maximum((p['lam_min'] - e['lam_min']).abs(), (p['lam_max'] - e['lam_max']).abs()) / rad)
+        for end, gap in [('min', e['lam2_min'] - e['lam_min']), ('max', e['lam_max'] - e['lam2_max'])]:
+            coss.append((p[f'v_{end}'] * e[f'v_{end}']).sum(-1).abs()[gap >= 0.05 * rad])
     err, cos = torch.cat(errs), torch.cat(coss)
     return dict(err_max=err.max().item(), err_median=err.median().item(), within_2pct=within(pairs, exact),
-                cos_median=cos.median().item(), cos_p05=cos.quantile(0.05).item(), n_sep=cos.numel())
+                cos_median=cos.median().item() if cos.numel() else float('nan'),
+                cos_p05=cos.quantile(0.05).item() if cos.numel() else float('nan'), n_sep=cos.numel())
+
+
+def _save(out, path, extra=None):
+    d = {k: {f: getattr(v, f).detach().cpu().double() for f in ('lam_min', 'v_min', 'lam_max', 'v_max')} for k, v in out.items()}
+    for k, v in (extra or {}).items(): d[k].update(v)
+    torch.save(d, path)
 
 
 def part(args):
     "One measurement in this (fresh) process; prints a JSON line."
     device = torch.device(args.device)
-    net, groups, batches = setup(device, args.images, args.batch)
+    net, groups, batches = setup(device, args.images, args.batch, args.net)
     loss_fn = nn.CrossEntropyLoss()
-    fwd_bwd(net, batches[:1], loss_fn)  # warm-up, also of the method measured (first calls of kernels are slow)
-    if args.part == 'exact': extreme_eigenpairs(net, groups, loss_fn, batches[:1], 'exact')
-    elif args.part.startswith('fast'): extreme_eigenpairs(net, groups, loss_fn, batches[:1], 'fast')
-    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats()
+    fwd_bwd(net, batches[:1], loss_fn)  # warm-up; also puts one batch's activations into the memory baseline
+    method, kw = VARIANTS.get(args.part, (None, {}))
+    if args.timing and method is not None:  # warm up the method's kernels too (first calls are slow)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore'); extreme_eigenpairs(net, groups, loss_fn, batches[:1], method, **kw)
+    sync(device)
+    if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(); mem0 = torch.cuda.memory_allocated()
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    res, out = {}, None
+    res, out, extra = {}, None, None
+    c0, t0 = time.process_time(), time.perf_counter()
     if args.part == 'fb':
-        ts = []
-        for _ in range(3):
-            sync(device); t0 = time.perf_counter(); fwd_bwd(net, batches, loss_fn); sync(device); ts.append(time.perf_counter() - t0)
-        res['time'] = min(ts)
-    elif args.part == 'exact':
-        sync(device); t0 = time.perf_counter()
-        out = extreme_eigenpairs(net, groups, loss_fn, batches, 'exact')
-        sync(device); res['time'] = time.perf_counter() - t0
-    elif args.part.startswith('fast'):
-        mode = args.part.split('-')[1]
-        sync(device); t0 = time.perf_counter()
-        ops = split_operators(net, groups, loss_fn, batches, mode=mode)
-        sync(device); res['collect'] = time.perf_counter() - t0
-        gen, out, res['products'] = torch.Generator().manual_seed(0), {}, {}
-        for g in groups:
-            op = ops[g.name]
-            out[g.name], res['products'][g.name] = lanczos_extremes(op, op.n, op.d, tol=args.tol, generator=gen, device=device)
-        sync(device); res['time'] = time.perf_counter() - t0
+        ts, cs = [], []
+        for _ in range(max(3, args.repeat)):
+            sync(device); c0, t0 = time.process_time(), time.perf_counter()
+            fwd_bwd(net, batches, loss_fn); sync(device)
+            ts.append(time.perf_counter() - t0); cs.append(time.process_time() - c0)
+        res.update(wall=min(ts), cpu=min(cs))
     elif args.part == 'rmsprop':
-        exact = {k: EigenPairs(**v) for k, v in torch.load(args.exact_file).items()}
+        exact = torch.load(args.exact_file)
         small = [(x[i:i + 32], y[i:i + 32]) for x, y in batches for i in range(0, x.shape[0], 32)]
-        sync(device); t0 = time.perf_counter()
         ops = split_operators(net, groups, loss_fn, small)
-        sync(device); res['collect'] = time.perf_counter() - t0
         batch_ops = {}
         for k, op in ops.items():
             batch_ops[k] = []
             for x, c in zip(op.xs, op.cs):
                 o = copy.copy(op); o.xs, o.cs, o.count = [x], [c], c.shape[0]; batch_ops[k].append(o)
-        out, t_train, hist = rmsprop_rayleigh(ops, exact, batch_ops, args.lr, args.max_epochs, device)
-        res.update(time=res['collect'] + t_train, epochs=len(hist), history=hist)
-    res['peak_mb'] = (torch.cuda.max_memory_allocated() if device.type == 'cuda' else
+        ex = {k: EigenPairs(v['lam_min'].to(device), v['v_min'].to(device), v['lam_max'].to(device), v['v_max'].to(device)) for k, v in exact.items()}
+        out, t_train, hist = rmsprop_rayleigh(ops, {k: {f: getattr(e, f).cpu() for f in ('lam_min', 'lam_max')} for k, e in ex.items()},
+                                              batch_ops, args.lr, args.max_epochs, device)
+        res.update(epochs=len(hist), history=hist)
+    else:
+        walls, cpus = [], []
+        for rep in range(args.repeat if args.timing and args.part != 'exact' else 1):  # the fastest of a few runs
+            st = {}
+            sync(device); c0, t0 = time.process_time(), time.perf_counter()
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter('always')
+                out = extreme_eigenpairs(net, groups, loss_fn, batches, method, stats=st, **kw)
+            sync(device); walls.append(time.perf_counter() - t0); cpus.append(time.process_time() - c0)
+        res.update(wall=min(walls), cpu=min(cpus))
+        res.update(stats={k: v for k, v in st.items() if k != 'groups'}, warnings=[str(x.message) for x in w],
+                   products={k: v.get('products', 0) for k, v in st.get('groups', {}).items()})
+        if args.part == 'exact':  # the second eigenvalues at both ends, for the eigenvector check
+            S = dense_matrices(net, groups, loss_fn, batches, max_bytes=2**34)
+            extra = {}
+            for k, s in S.items():
+                lam = torch.linalg.eigvalsh(s).cpu()
+                extra[k] = dict(lam2_min=lam[:, min(1, lam.shape[1] - 1)], lam2_max=lam[:, max(-2, -lam.shape[1])])
+    res.setdefault('wall', time.perf_counter() - t0); res.setdefault('cpu', time.process_time() - c0)  # rmsprop: all of it
+    res['peak_mb'] = ((torch.cuda.max_memory_allocated() - mem0) if device.type == 'cuda' else
                       (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024) / 2**20
-    if out is not None:
-        torch.save({k: {f: getattr(v, f).detach().cpu().double() for f in ('lam_min', 'v_min', 'lam_max', 'v_max')} for k, v in out.items()},
-                   args.save)
+    if out is not None and args.save: _save(out, args.save, extra)
     print('RESULT ' + json.dumps(res))
 
 
-def run_part(args, name, save, extra=()):
-    cmd = [sys.executable, __file__, '--part', name, '--device', args.device, '--images', str(args.images),
-           '--batch', str(args.batch), '--tol', str(args.tol), '--save', save, '--lr', str(args.lr),
-           '--max-epochs', str(args.max_epochs), *extra]
-    outp = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
-    if outp.returncode: raise RuntimeError(outp.stderr)
+def run_part(args, name, images=None, save=None, extra=(), timing=True):
+    cmd = [sys.executable, __file__, '--part', name, '--device', args.device, '--net', args.net, '--images', str(images or args.images),
+           '--batch', str(args.batch), '--lr', str(args.lr), '--max-epochs', str(args.max_epochs), '--repeat', str(args.repeat), *extra]
+    if save: cmd += ['--save', save]
+    if timing: cmd += ['--timing']
+    env = dict(os.environ)
+    if not timing:  # a fixed mmap threshold: glibc then returns freed large blocks, so max RSS follows live memory
+        env.setdefault('MALLOC_MMAP_THRESHOLD_', str(128 * 1024))
+    outp = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if outp.returncode: raise RuntimeError(outp.stderr[-4000:])
     return json.loads(outp.stdout.split('RESULT ', 1)[1])
-
-
-exact_S = {}
-def load(path): return {k: EigenPairs(**v) for k, v in torch.load(path).items()}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda')
+    ap.add_argument('--net', default='bench', help='comma-separated: bench | seed | x1.3^5 | full')
     ap.add_argument('--images', type=int, default=512); ap.add_argument('--batch', type=int, default=128)
-    ap.add_argument('--tol', type=float, default=1e-2, help='Lanczos residual tolerance (relative)')
+    ap.add_argument('--variants', default='exact,cached,stream,stream-1pass,stream-random,fast', help='comma-separated, from: ' + ', '.join(VARIANTS))
+    ap.add_argument('--memory', default='', help='comma-separated image counts for the memory sweep (cached vs stream), e.g. 256,512,1024,2048')
+    ap.add_argument('--rmsprop', action='store_true', help='also run the RMSprop Rayleigh-quotient baseline (Wang et al. 2019)')
     ap.add_argument('--lr', type=float, default=0.01, help='RMSprop learning rate of the baseline')
-    ap.add_argument('--max-epochs', type=int, default=30); ap.add_argument('--skip-rmsprop', action='store_true')
+    ap.add_argument('--max-epochs', type=int, default=30)
+    ap.add_argument('--repeat', type=int, default=3, help='timed runs per variant (the fastest counts; exact runs once)')
     ap.add_argument('--part', default=None); ap.add_argument('--save', default=None); ap.add_argument('--exact-file', default=None)
+    ap.add_argument('--timing', action='store_true', help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device == 'auto': args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.part: return part(args)
     cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor()) \
         if os.path.exists('/proc/cpuinfo') else platform.processor()
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else cpu}), torch {torch.__version__}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, threads={torch.get_num_threads()}, {args.images} images, batch {args.batch}")
-    net, groups, _ = setup('cpu', 1, 1)
-    print('groups (n, d):', ', '.join(f'{g.name} ({g.n_neurons}, {g.dim})' for g in groups))
-    tmp = tempfile.mkdtemp()
-    fb = run_part(args, 'fb', os.path.join(tmp, 'fb'))
-    print(f"T_fb (one forward+backward over the images): {fb['time']:.3f} s")
-    ex = run_part(args, 'exact', os.path.join(tmp, 'exact.pt'))
-    exact = load(os.path.join(tmp, 'exact.pt'))
-    net, groups, batches = setup(torch.device('cpu'), args.images, args.batch)
-    exact_S.update(dense_matrices(net, groups, nn.CrossEntropyLoss(), batches))
-    print(f"exact  (dense S + eigh):   {ex['time']:.3f} s = {ex['time'] / fb['time']:.2f} T_fb, peak {ex['peak_mb']:.0f} MiB")
-    for mode, tol in [('auto', args.tol), ('flat', args.tol), ('conv', args.tol), ('auto', 5 * args.tol)]:
-        args.tol, tol0 = tol, args.tol
-        fa = run_part(args, f'fast-{mode}', os.path.join(tmp, f'fast-{mode}.pt'))
-        args.tol = tol0
-        acc = accuracy(load(os.path.join(tmp, f'fast-{mode}.pt')), exact)
-        print(f"fast-{mode:<4} (Lanczos tol={tol:g}): {fa['time']:.3f} s = {fa['time'] / fb['time']:.2f} T_fb "
-              f"(collect {fa['collect']:.3f} s = {fa['collect'] / fb['time']:.2f} T_fb), peak {fa['peak_mb']:.0f} MiB, "
-              f"products {fa['products']}")
-        print(f"           accuracy: rel. eigenvalue error max {acc['err_max']:.1e} median {acc['err_median']:.1e}, "
-              f"within 2%: {100 * acc['within_2pct']:.1f}% of neurons, eigenvector |cos| median {acc['cos_median']:.4f} p05 {acc['cos_p05']:.4f} (over {acc['n_sep']} separated ends)")
-    if not args.skip_rmsprop:
-        rm = run_part(args, 'rmsprop', os.path.join(tmp, 'rms.pt'), ['--exact-file', os.path.join(tmp, 'exact.pt')])
-        acc = accuracy(load(os.path.join(tmp, 'rms.pt')), exact)
-        print(f"RMSprop Rayleigh (Wang et al. 2019, lr={args.lr:g}, batch 32, cached products): {rm['epochs']} epochs, "
-              f"{rm['time']:.3f} s = {rm['time'] / fb['time']:.2f} T_fb, peak {rm['peak_mb']:.0f} MiB, "
-              f"within 2%: {100 * acc['within_2pct']:.1f}% (goal 95%), eigenvector |cos| median {acc['cos_median']:.4f}")
-        print('           epochs / time / within-2%:', ', '.join(f'{e}/{t:.2f}s/{100 * f:.0f}%' for e, t, f in rm['history']))
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, threads={torch.get_num_threads()}, batch {args.batch}")
+    tkey = 'wall' if args.device == 'cuda' else 'cpu'
+    for net_name in args.net.split(','):
+        args.net = net_name
+        _, groups, _ = setup('cpu', 2, 2, net_name)
+        print(f"\n## net {net_name}: {len(groups)} groups (n, d):", ', '.join(f'({g.n_neurons}, {g.dim})' for g in groups))
+        tmp = tempfile.mkdtemp()
+        if args.variants:
+            fb = run_part(args, 'fb')
+            print(f"{args.images} images. T_fb (one forward+backward over them): {fb['cpu']:.3f} s CPU, {fb['wall']:.3f} s wall")
+            peak = args.device == 'cuda'  # on CPU max RSS cannot be reset after the method's warm-up: see the memory sweep
+            print(f"| variant | passes | time / T_fb ({tkey}) | wall / T_fb | " + ("peak extra memory | " if peak else "") +
+                  "cache + workspace (stats) | within 2% | max err | median err | eigvec cos p05 | products per neuron (Krylov groups) |")
+            print('|---' * (11 if peak else 10) + '|')
+            exact = None
+            variants = args.variants.split(',')
+            if 'exact' in variants: variants = ['exact'] + [v for v in variants if v != 'exact']
+            for v in variants:
+                path = os.path.join(tmp, f'{v}.pt')
+                r = run_part(args, v, save=path)
+                if v == 'exact': exact = torch.load(path)
+                acc = accuracy(torch.load(path), exact) if exact is not None else None
+                st = r['stats']
+                print(f"| {v} | {st['passes']} | {r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
+                      f"{(st['cache_bytes'] + st['workspace_bytes']) / 2**20:.1f} MiB | "
+                      + (f"{100 * acc['within_2pct']:.1f}% | {acc['err_max']:.1e} | {acc['err_median']:.1e} | {acc['cos_p05']:.4f} | " if acc else '- | - | - | - | ')
+                      + ' '.join(str(p) for p in r['products'].values() if p) + ' |')
+                if v == "fast": print(f"|   (fast chose {st['method']}) |")
+                if r['warnings']: print(f"|   ({v}: {'; '.join(r['warnings'])}) |")
+            if args.rmsprop and exact is not None:
+                r = run_part(args, 'rmsprop', save=os.path.join(tmp, 'rms.pt'), extra=['--exact-file', os.path.join(tmp, 'exact.pt')])
+                acc = accuracy(torch.load(os.path.join(tmp, 'rms.pt')), exact)
+                print(f"| RMSprop Rayleigh (Wang et al. 2019, lr={args.lr:g}, batch 32, cached products) | {r['epochs']} epochs | "
+                      f"{r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
+                      f"- | {100 * acc['within_2pct']:.1f}% | "
+                      f"{acc['err_max']:.1e} | {acc['err_median']:.1e} | {acc['cos_p05']:.4f} | - |")
+        if args.memory:
+            print(f"\nPeak extra memory vs scoring images ({'torch.cuda.max_memory_allocated' if args.device == 'cuda' else 'max RSS growth, MALLOC_MMAP_THRESHOLD_=128 KiB'}"
+                  " over the baseline after one forward+backward of one batch; in brackets: the solver's own cache + workspace bytes)")
+            print('| images | cached | stream | stream passes |'); print('|---|---|---|---|')
+            for n in [int(s) for s in args.memory.split(',')]:
+                rc, rs = (run_part(args, m, images=n, timing=False) for m in ('cached', 'stream'))
+                fmt = lambda r: f"{r['peak_mb']:.0f} MiB ({(r['stats']['cache_bytes'] + r['stats']['workspace_bytes']) / 2**20:.1f} MiB)"
+                print(f"| {n} | {fmt(rc)} | {fmt(rs)} | {rs['stats']['passes']} |")
 
 
 if __name__ == '__main__':

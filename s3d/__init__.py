@@ -10,6 +10,9 @@ The public entry points live at the top level:
 - `split_neurons(model, group, neurons, schemes, eps)`, `apply_splits(model, plan, eps)`: function-preserving surgery, one group or a whole round atomically (`s3d.surgery`);
 - `grow(...)`, `GrowConfig`: the S2D/S3D loop and its controls (random growth, Net2Net, scratch), fixed or line-searched step;
   `load_grown_state` reloads a grown checkpoint, `scratch_model` rebuilds a grown architecture freshly initialised (`s3d.grow`);
+  `TrainState` lets a `train_fn` resume at its last finished epoch; `load_checkpoint` reads one safely (`weights_only`),
+  raising `CheckpointError` for a truncated, corrupt or foreign one;
+- `s3d.distributed`: growth under `torchrun` (`init_distributed`, `grow(..., dist=...)`, `ShardedLoader`);
 - `count_params_flops(model, example_input)`: the one shared parameter/FLOP counter (`s3d.cost`).
 """
 __version__ = "0.1.0"
@@ -21,5 +24,5 @@ from s3d.splitmat import splitting_matrices
 from s3d.eigen import extreme_eigenpairs, EigenPairs
 from s3d.select import score_neurons, select_neurons
 from s3d.surgery import split_neurons, apply_splits, remap_channels, remap_optimizer
-from s3d.grow import grow, GrowConfig, GrowResult, load_grown_state, scratch_model
+from s3d.grow import grow, GrowConfig, GrowResult, load_grown_state, scratch_model, TrainState, load_checkpoint, CheckpointError
 from s3d.cost import count_params_flops

@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/grow.html.md"""
 
 # %% ../nbs/08_grow.ipynb #58258f1c
 from __future__ import annotations
-import copy, io, math, random, time, json
+import copy, io, math, random, time, json, inspect
 from dataclasses import dataclass, asdict, field
 from collections import Counter
 from pathlib import Path
@@ -22,9 +22,9 @@ from .cost import count_params_flops
 from .atomic import atomic_write_bytes, atomic_write_csv
 
 # %% auto #0
-__all__ = ['GROWTHS', 'GrowConfig', 'neuron_costs', 'load_grown_state', 'round_targets', 'new_counts', 'select_round',
-           'control_plan', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'pick_step', 'choose_step',
-           'split_round', 'GrowResult', 'grow']
+__all__ = ['GROWTHS', 'CKPT_FORMAT', 'GrowConfig', 'neuron_costs', 'load_grown_state', 'round_targets', 'new_counts',
+           'select_round', 'control_plan', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'pick_step',
+           'choose_step', 'CheckpointError', 'load_checkpoint', 'TrainState', 'split_round', 'GrowResult', 'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
 GROWTHS = {'split': 'S2D/S3D', 'random': 'random growth', 'net2net': 'Net2Net', 'scratch': 'scratch'}
@@ -223,14 +223,18 @@ def held_batches(batches, n:int|None) -> list:
         out.append((x[:k], y[:k])); seen += k
     return out
 
-def held_loss(model:nn.Module, loss_fn, held:list) -> float:
-    "Mean `loss_fn` over the samples of `held` (eval mode, no gradients)."
+def held_loss(model:nn.Module, loss_fn, held:list, reduce=None) -> float:
+    "Mean `loss_fn` over the samples of `held` (eval mode, no gradients); with `reduce`, over every process's samples."
     was = model.training; model.eval()
     try:
         with torch.no_grad():
             tot = sum(float(loss_fn(model(to_model_device(model, x)), to_model_device(model, y))) * len(y) for x, y in held)
     finally: model.train(was)
-    return tot / sum(len(y) for _, y in held)
+    n = sum(len(y) for _, y in held)
+    if reduce is not None:
+        t = reduce(torch.tensor([tot, float(n)], dtype=torch.float64, device=next(model.parameters()).device))
+        tot, n = float(t[0]), float(t[1])
+    return tot / n
 
 
 # %% ../nbs/08_grow.ipynb #6adee120
@@ -251,34 +255,42 @@ def pick_step(trial,              # trial(eps) -> held loss after a split with s
 
 
 # %% ../nbs/08_grow.ipynb #8c98c893
-def _trial(model, groups, sel, schemes, eps, loss_fn, held):
+def _trial(model, groups, sel, schemes, eps, loss_fn, held, reduce=None):
     m2, g2 = copy.deepcopy((model, groups))     # one memo: the copied groups point at the copied modules
     apply_splits(m2, [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])], eps)
-    return held_loss(m2, loss_fn, held)
+    return held_loss(m2, loss_fn, held, reduce)
 
-def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig) -> tuple:
+def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig, reduce=None) -> tuple:
     "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured and predicted effect."
     gain = sum(float(schemes[g.name][sel[g.name]].gain.sum()) for g in groups if len(sel[g.name]))
     if not any(len(v) for v in sel.values()): return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.)
-    held = held_batches(batches, cfg.held)
-    if not held:
+    held = held_batches(batches, cfg.held if reduce is None else None)  # data-parallel: every process's whole share
+    if not held and reduce is None:
         if cfg.step == 'line_search': raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a callable returning one)")
         return cfg.eps, dict(eps=cfg.eps, measured_dloss=float('nan'))
-    f0 = held_loss(model, loss_fn, held)
-    trial = lambda e: _trial(model, groups, sel, schemes, e, loss_fn, held)
+    f0 = held_loss(model, loss_fn, held, reduce)
+    trial = lambda e: _trial(model, groups, sel, schemes, e, loss_fn, held, reduce)
     if cfg.step == 'fixed': eps, f = cfg.eps, trial(cfg.eps)
     else: eps, f = pick_step(trial, np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
 
 
 # %% ../nbs/08_grow.ipynb #4047cdb4
-def _rng_state():
-    st = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+def _rng_state() -> dict:
+    "The global RNG states (torch, CUDA, numpy, python) as tensors and plain numbers only, so `weights_only=True` loads them."
+    _, keys, pos, has_g, g = np.random.get_state()
+    ver, mt, gauss = random.getstate()
+    st = dict(torch=torch.get_rng_state(), numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_g), gauss=float(g)),
+              python=dict(version=int(ver), state=torch.tensor(mt, dtype=torch.int64), gauss=gauss))
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
-def _set_rng_state(st):
-    torch.set_rng_state(st['torch']); np.random.set_state(st['numpy']); random.setstate(st['python'])
+def _set_rng_state(st:dict):
+    "Restore the states saved by `_rng_state`."
+    torch.set_rng_state(st['torch'])
+    n, p = st['numpy'], st['python']
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
+    random.setstate((p['version'], tuple(int(v) for v in p['state'].tolist()), p['gauss']))
     if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
 def _atomic_torch_save(obj, path:Path):
@@ -290,19 +302,75 @@ def _metrics(prefix, d):
     if isinstance(d, list): d = d[-1] if d else {}
     return {f'{prefix}{k}': float(v) for k, v in dict(d).items() if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
 
+
+# %% ../nbs/08_grow.ipynb #b2c0ffe2
+CKPT_FORMAT = 2  # version of the checkpoint layout written by `grow`
+
+class CheckpointError(ValueError):
+    "A checkpoint that cannot be resumed from: unreadable, of another layout, or written by another run."
+
+def _plain(x) -> bool:
+    "Whether `x` holds only what `torch.load(weights_only=True)` reads back: tensors, numbers, strings, None, lists, tuples, dicts."
+    if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)): return True
+    if isinstance(x, (list, tuple)): return all(_plain(v) for v in x)
+    if isinstance(x, dict): return all(isinstance(k, (str, int)) and _plain(v) for k, v in x.items())
+    return False
+
+
+# %% ../nbs/08_grow.ipynb #b3c0ffe3
+_KEYS = {'format', 'phase', 'round', 'model', 'history', 'rng', 'config', 'info', 'train', 'run'}
+
+def load_checkpoint(path) -> dict:
+    "Read a `grow` checkpoint without running code from it (`weights_only=True`); `CheckpointError` naming the file otherwise."
+    path = Path(path)
+    try: st = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}): it is truncated, corrupt, "
+                              "or was written by an older s3d. Nothing was overwritten. Move it away (or delete it) to start this "
+                              "run from scratch, or restore it from a backup.") from e
+    if not isinstance(st, dict) or st.get('format') != CKPT_FORMAT or not _KEYS <= set(st):
+        raise CheckpointError(f"{path} is not a s3d grow checkpoint of format {CKPT_FORMAT}. Nothing was overwritten; "
+                              "use another out_dir, or move the file away to start afresh.")
+    return st
+
+
+# %% ../nbs/08_grow.ipynb #b7c0ffe7
+class TrainState:
+    "What `grow` hands a `train_fn(model, round, state)`: `data` (this round) and `run` (whole run) to fill, `save()` after each epoch."
+    def __init__(self, data:dict|None=None, save_fn=None, rnd:int=0, run:dict|None=None):
+        self.data, self._save, self.round = dict(data or {}), save_fn, rnd
+        self.run = {} if run is None else run  # kept over rounds and in every checkpoint (e.g. a loader's epoch counter)
+    @property
+    def resumed(self) -> bool: return bool(self.data)  # True when `data` came from a checkpoint
+    def save(self):
+        "Checkpoint now (a no-op without `out_dir`)."
+        if not (_plain(self.data) and _plain(self.run)): raise TypeError("TrainState.data must hold only tensors, numbers, strings, None, lists and dicts (e.g. state_dicts)")
+        if self._save is not None: self._save(self)
+
+def _takes_state(fn) -> bool:
+    "Whether `fn` has a `state` parameter or a third positional one without default (then `grow` passes a `TrainState`)."
+    try: ps = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError): return False
+    if any(p.name == 'state' for p in ps): return True
+    pos = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(pos) >= 3 and pos[2].default is inspect.Parameter.empty
+
+
 # %% ../nbs/08_grow.ipynb #339df010
 from .surgery import apply_splits
 
-def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None) -> dict:
+def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None,
+                reduce=None,  # sums statistics over data-parallel processes (see `s3d.distributed`); None: this process only
+               ) -> dict:
     "One architecture step (round `rnd`): score all neurons, select, split in place (all groups or none); returns a summary."
     if cfg.growth != 'split': return control_round(model, example_input, cfg, rnd)  # controls: same counts, no scoring
     groups = split_groups(model, example_input)
     if not groups: raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
-    eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed)
+    eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed, reduce=reduce)
     schemes = score_neurons(eigs, cfg.m, cfg.c)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
     sel = select_round(schemes, cfg, costs, groups, rnd)
-    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg)  # fixed or line-searched, measured
+    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg, reduce)  # fixed or line-searched, measured
     plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
     parents = apply_splits(model, plan, eps)
     kinds, gain, added = Counter(), 0.0, 0
@@ -318,8 +386,24 @@ class GrowResult:
     model: nn.Module
     history: pd.DataFrame
 
+def _resume(ckpt:Path, model:nn.Module, cfg_key:str) -> dict:
+    "Load `ckpt` into `model` (resized) and the RNGs after checking it belongs to this run; returns the checkpoint."
+    st = load_checkpoint(ckpt)
+    if st['config'] != cfg_key:
+        raise CheckpointError(f"{ckpt} was written with a different configuration {st['config']} (this run: {cfg_key}); "
+                              "it was not touched. Use another out_dir, or move it away to start this run afresh.")
+    dev = next(model.parameters()).device
+    try: load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
+    except Exception as e:
+        raise CheckpointError(f"{ckpt}'s weights do not fit this model ({type(e).__name__}: {str(e)[:200]}); it was not touched. "
+                              "Pass the same seed model as the run that wrote it, or use another out_dir.") from e
+    _set_rng_state(st['rng'])
+    return st
+
+
+# %% ../nbs/08_grow.ipynb #b9c0ffe9
 def grow(model:nn.Module,         # seed network (grown in place, unless resumed from a checkpoint)
-         train_fn,                # train_fn(model, round) -> dict or list of dicts of metrics; trains in place
+         train_fn,                # train_fn(model, round[, state]) -> dict or list of dicts of metrics; trains in place (see `TrainState`)
          loss_fn,                 # loss_fn(output, target), mean-reduced: the loss whose splitting matrices are used
          score_batches,           # iterable of (input, target) (or a callable returning one) for the splitting matrices
          example_input,           # one input batch (shapes, FLOPs)
@@ -328,41 +412,49 @@ def grow(model:nn.Module,         # seed network (grown in place, unless resumed
          out_dir=None,            # folder for history.csv and checkpoint.pt (resume from it)
          progress:bool=True,      # tqdm progress bar over rounds
          label:dict|None=None,    # extra constant columns for the history (e.g. run name)
+         is_writer:bool=True,     # whether this process writes history.csv and checkpoint.pt (False on DDP ranks > 0)
+         dist=None,               # data-parallel hooks (`s3d.distributed.DistContext`): `.reduce`, `.check(model, round)`, `.wrap(train_fn)`
         ) -> GrowResult:
     "Algorithm 1 (S2D / S3D): alternate training and optimal splitting for `cfg.rounds` rounds."
     if progress: from tqdm.auto import tqdm
     else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns in a notebook without ipywidgets even when disabled
     cfg.validate()
-    rows, start = [], 0
+    reduce = dist.reduce if dist is not None else None
+    if dist is not None: is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
+    rows, start, st, run = [], 0, None, {}
     ckpt = Path(out_dir) / 'checkpoint.pt' if out_dir is not None else None
+    cfg_key = json.dumps(dict(asdict(cfg), label=label or {}), sort_keys=True, default=str)
     if ckpt is not None:
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        if is_writer: ckpt.parent.mkdir(parents=True, exist_ok=True)
         if ckpt.exists():
-            st = torch.load(ckpt, map_location='cpu', weights_only=False)
-            if st['config'] != asdict(cfg):
-                raise ValueError(f"{ckpt} was written with a different configuration {st['config']}; use another out_dir or delete it")
-            dev = next(model.parameters()).device
-            load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
-            rows, start = st['history'], st['round'] + 1
-            _set_rng_state(st['rng'])
+            st = _resume(ckpt, model, cfg_key)
+            rows, start, run = list(st['history']), st['round'] + (st['phase'] == 'done'), st['run']
+    def write(phase, r, info, data):
+        if ckpt is None or not is_writer: return
+        if phase == 'done': atomic_write_csv(ckpt.parent / 'history.csv', pd.DataFrame(rows))
+        _atomic_torch_save(dict(format=CKPT_FORMAT, phase=phase, round=r, info=info, train=data, model=model.state_dict(),
+                                history=rows, run=run, rng=_rng_state(), config=cfg_key), ckpt)
     base = dict(method=cfg.method, m=cfg.m, c=cfg.c, **(label or {}))
     bar = tqdm(range(start, cfg.rounds + 1), desc=f'{cfg.method} m={cfg.m} c={cfg.c:g}', disable=not progress,
                initial=start, total=cfg.rounds + 1)
     for r in bar:
         t0 = time.time()
-        info = dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan'))
-        if r > 0:
-            batches = score_batches() if callable(score_batches) else score_batches
-            info = {k: v for k, v in split_round(model, loss_fn, batches, example_input, cfg, r).items() if k != 'parents'}
-        tr = train_fn(model, r)
+        if st is not None and st['phase'] == 'train' and r == st['round']: info, data = st['info'], st['train']  # mid-round resume
+        else:
+            info, data = dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan')), {}
+            if r > 0:
+                batches = score_batches() if callable(score_batches) else score_batches
+                info = {k: v for k, v in split_round(model, loss_fn, batches, example_input, cfg, r, reduce).items() if k != 'parents'}
+            if dist is not None: dist.check(model, r)  # every process ends the split with the same architecture
+        if _takes_state(train_fn): tr = train_fn(model, r, TrainState(data, lambda s, r=r, info=info: write('train', r, info, s.data), r, run))
+        else: tr = train_fn(model, r)
         params, flops = count_params_flops(model, example_input)
         groups = split_groups(model, example_input)
         row = dict(base, round=r, neurons=sum(g.n_neurons for g in groups), widths=json.dumps([g.n_neurons for g in groups]),
                    params=params, flops=flops, **info, **_metrics('train_', tr),
                    **_metrics('test_', evaluate(model) if evaluate else None), seconds=time.time() - t0)
-        rows.append(row)
+        rows.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()})  # plain numbers: weights_only
         bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in row.items() if k in ('neurons', 'train_loss', 'test_acc')})
-        if ckpt is not None:
-            atomic_write_csv(ckpt.parent / 'history.csv', pd.DataFrame(rows))
-            _atomic_torch_save(dict(round=r, model=model.state_dict(), history=rows, rng=_rng_state(), config=asdict(cfg)), ckpt)
+        write('done', r, {}, {})
     return GrowResult(model, pd.DataFrame(rows))
+

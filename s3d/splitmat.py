@@ -18,8 +18,8 @@ from .curvature import act_curvature, SURROGATE_BETA
 import warnings
 
 # %% auto #0
-__all__ = ['RunningSum', 'check_group', 'bn_scale', 'producer_patches', 'collect_batches', 'dense_matrices', 'splitting_matrices',
-           'quadratic_form_autograd', 'SplitOperator', 'split_operators']
+__all__ = ['RunningSum', 'reduce_sum', 'check_group', 'bn_scale', 'producer_patches', 'collect_batches', 'dense_matrices',
+           'splitting_matrices', 'quadratic_form_autograd', 'SplitOperator', 'split_operators']
 
 # %% ../nbs/04_splitmat.ipynb #1922d615
 class RunningSum:
@@ -40,6 +40,20 @@ class RunningSum:
         "The average per sample."
         if not self.count: raise ValueError("no samples were accumulated (are the batches empty?)")
         return self.total / self.count
+
+# %% ../nbs/04_splitmat.ipynb #e2c0ffe2
+def reduce_sum(reduce: Callable | None, # reduce(tensor) -> tensor summed over processes, or None
+               total: Tensor | None,     # this process's sum (None: nothing seen here)
+               count: int,               # this process's number of samples
+               like: Callable = None,    # like() -> a zero tensor of the total's shape, used when `total` is None
+              ) -> tuple:
+    "`(total, count)` summed over processes by `reduce` (identity when None)."
+    if total is None: total = like() if like is not None else None
+    if reduce is None: return total, count
+    if total is None: raise ValueError("reduce_sum: no total here and no `like` to make zeros of its shape")
+    n = reduce(torch.tensor([float(count)], dtype=torch.float64, device=total.device))
+    return reduce(total), int(round(float(n[0])))
+
 
 # %% ../nbs/04_splitmat.ipynb #7e39008e
 def _producer_kind(group):
@@ -200,7 +214,7 @@ def _dense_rows(X: Tensor, C: Tensor, chunk_bytes: int = 2**26) -> Tensor:
 
 # %% ../nbs/04_splitmat.ipynb #4342214b
 def dense_matrices(model: nn.Module, groups: list, loss_fn: Callable, batches: Iterable, *,
-                   max_bytes: int = 2**30, beta: float = SURROGATE_BETA) -> dict:
+                   max_bytes: int = 2**30, beta: float = SURROGATE_BETA, reduce: Callable | None = None) -> dict:
     "Exact splitting matrices {group name: (n, d, d) float64} of several groups from one pass over the batches."
     for g in groups: check_group(model, g)
     need = sum(g.n_neurons * g.dim ** 2 * 8 for g in groups)
@@ -215,7 +229,13 @@ def dense_matrices(model: nn.Module, groups: list, loss_fn: Callable, batches: I
             X = producer_patches(prods[name], x)
             sums[name].add(_dense_rows(X.reshape(-1, X.shape[-1]), _rows(prods[name], c)).double(), B, i)
     collect_batches(model, groups, loss_fn, batches, on_batch, beta)
-    return {k: r.mean for k, r in sums.items()}
+    out = {}
+    for g in groups:  # the same order on every process
+        dev = g.producer.weight.device
+        tot, n = reduce_sum(reduce, sums[g.name].total, sums[g.name].count, lambda: torch.zeros(g.n_neurons, g.dim, g.dim, dtype=torch.float64, device=dev))
+        if not n: raise ValueError("no samples were accumulated (are the batches empty?)")
+        out[g.name] = tot / n
+    return out
 
 # %% ../nbs/04_splitmat.ipynb #1dc77a29
 def splitting_matrices(model: nn.Module,  # network
@@ -278,6 +298,12 @@ class SplitOperator:
         self.group, self.mode = group, ('flat' if flat_ok else 'conv') if mode == 'auto' else mode
         self.n, self.d, self.bias = group.n_neurons, group.dim, p.bias is not None
         self.xs, self.cs, self.count, self._seen = [], [], 0, set()
+        self.reduce, self._total = None, None  # reduce: sums products and counts over processes (see `reduce_sum`)
+
+    def total_count(self) -> int:
+        "Samples behind the operator over all processes (one reduction, then cached)."
+        if self._total is None: self._total = reduce_sum(self.reduce, torch.zeros(1, dtype=torch.float64), self.count)[1]
+        return self._total
 
     def add(self, x: Tensor, c: Tensor, B: int, batch):
         "Store one batch's producer input `x` and coefficients `c` (already times B)."
@@ -312,19 +338,22 @@ def _apply_conv(p, x, C, Vw, vb, n, k):
 @torch.no_grad()
 def _op_call(self, V: Tensor) -> Tensor:
     "(S V)_j = S_j V_j for all neurons j; V is (n, d) or (n, d, k)."
-    if not self.count: raise ValueError(f"group {self.group.name!r}: no batches collected")
+    total = self.total_count()
+    if not total: raise ValueError(f"group {self.group.name!r}: no batches collected")
     vec = V.dim() == 2
     if vec: V = V.unsqueeze(-1)
     if V.shape[:2] != (self.n, self.d): raise ValueError(f"group {self.group.name!r}: V must be ({self.n}, {self.d}[, k]), got {tuple(V.shape)}")
-    dt = self.xs[0].dtype; k = V.shape[2]
+    dt = self.xs[0].dtype if self.xs else V.dtype; k = V.shape[2]
     Vw, vb = V[:, :self.d - self.bias].to(dt), (V[:, -1].to(dt) if self.bias else None)
     Rw, Rb = 0, 0
     for x, c in zip(self.xs, self.cs):
         rw, rb = _apply_flat(x, c, Vw, vb, self.n, k) if self.mode == 'flat' else _apply_conv(self.group.producer, x, c, Vw, vb, self.n, k)
         Rw = Rw + rw
         if self.bias: Rb = Rb + rb
+    if not self.xs: Rw, Rb = V.new_zeros(self.n, self.d - self.bias, k, dtype=dt), V.new_zeros(self.n, k, dtype=dt)  # no batch here
     R = torch.cat([Rw, Rb.unsqueeze(1)], 1) if self.bias else Rw
-    R = R.to(V.dtype) / self.count
+    if self.reduce is not None: R = self.reduce(R)
+    R = R.to(V.dtype) / total
     return R.squeeze(-1) if vec else R
 SplitOperator.__call__ = _op_call
 
@@ -337,7 +366,9 @@ def _op_dense(self) -> Tensor:
         if self.mode == 'flat': X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
         else: X, C = producer_patches(p, x, padded=True), _rows(p, c)
         S = S + _dense_rows(X.reshape(-1, X.shape[-1]), C).double()
-    return S / self.count
+    S = reduce_sum(self.reduce, S if self.xs else None, self.count,
+                   lambda: torch.zeros(self.n, self.d, self.d, dtype=torch.float64, device=p.weight.device))[0]
+    return S / self.total_count()
 SplitOperator.dense = _op_dense
 
 # %% ../nbs/04_splitmat.ipynb #e3141c55
@@ -349,6 +380,7 @@ def split_operators(model: nn.Module,  # network
                     max_bytes: int = 2**32, # refuse to cache more than this many bytes in total
                     beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
                     mode: str = 'auto', # 'auto', 'flat' (matrix products on rows/patches) or 'conv'
+                    reduce: Callable | None = None, # sums over processes (data-parallel); None: this process only
                    ) -> dict:
     "Matrix-free splitting operators {group name: SplitOperator} for all groups from one pass over the batches."
     ops = {g.name: SplitOperator(g, mode) for g in groups}
@@ -360,4 +392,48 @@ def split_operators(model: nn.Module,  # network
             raise ValueError(f"split_operators: cached statistics reached {used / 2**20:.1f} MiB after batch {i}, over "
                              f"max_bytes={max_bytes / 2**20:.1f} MiB; use fewer/smaller batches or raise max_bytes")
     collect_batches(model, groups, loss_fn, batches, on_batch, beta)
+    for o in ops.values(): o.reduce = reduce
     return ops
+
+# %% ../nbs/04_splitmat.ipynb #d6a1eba2
+@torch.no_grad()
+def _op_products(self, V: Tensor, # (len(neurons), d, k): k vectors per neuron
+                 neurons: Tensor | None = None, # indices of the neurons to apply (default: all n)
+                 chunk_bytes: int | None = None, # bound on per-batch temporaries, splitting the k columns (default 8 MiB CPU, 256 MiB GPU)
+                ) -> Tensor:
+    "Unnormalised sum over the held samples of c_j x x^T V_j for the given neurons, (len(neurons), d, k)."
+    if not self.count: raise ValueError(f"group {self.group.name!r}: no batches collected")
+    n = self.n if neurons is None else len(neurons)
+    if V.dim() != 3 or V.shape[:2] != (n, self.d): raise ValueError(f"group {self.group.name!r}: V must be ({n}, {self.d}, k), got {tuple(V.shape)}")
+    X0, p = self.xs[0], self.group.producer
+    chunk_bytes = chunk_bytes or (2**23 if X0.device.type == 'cpu' else 2**28)  # CPU caches favour small temporaries
+    kc = max(1, chunk_bytes // max(1, max(c.numel() // self.n for c in self.cs) * n * X0.element_size()))
+    out = []
+    for s in range(0, V.shape[2], kc):
+        Vc = V[:, :, s:s + kc].to(X0.dtype); k = Vc.shape[2]
+        Vw, vb, R = Vc[:, :self.d - self.bias], (Vc[:, -1] if self.bias else None), 0
+        for x, c in zip(self.xs, self.cs):
+            c = c if neurons is None else c[:, neurons]
+            rw, rb = _apply_flat(x, c, Vw, vb, n, k) if self.mode == 'flat' else _apply_conv(p, x, c, Vw, vb, n, k)
+            R = R + (torch.cat([rw, rb.unsqueeze(1)], 1) if self.bias else rw)
+        out.append(R)
+    return torch.cat(out, 2)
+SplitOperator.products = _op_products
+
+@torch.no_grad()
+def _op_dense_sum(self, rows: int = 4096, cols: int = 8) -> Tensor:
+    "Unnormalised sum over the held samples of c_j x x^T for every neuron, (n, d, d) float64, upper blocks by matrix products."
+    p, d, n = self.group.producer, self.d, self.n
+    S = torch.zeros(n, d, d, dtype=torch.float64, device=self.xs[0].device)
+    for x, c in zip(self.xs, self.cs):
+        if self.mode == 'flat': X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
+        else: X, C = producer_patches(p, x, padded=True).reshape(-1, d), _rows(p, c)
+        for a in range(0, d, cols):  # rows a:b of the upper triangle, summed over chunks of samples
+            b = min(d, a + cols); acc = X.new_zeros(n, (b - a) * (d - a))
+            for s in range(0, X.shape[0], rows):
+                acc.addmm_(C[s:s + rows].T, (X[s:s + rows, a:b, None] * X[s:s + rows, None, a:]).flatten(1))
+            S[:, a:b, a:] += acc.view(n, b - a, d - a)
+    i, j = torch.triu_indices(d, d, 1, device=S.device)
+    S[:, j, i] = S[:, i, j]
+    return S
+SplitOperator.dense_sum = _op_dense_sum

@@ -1,8 +1,9 @@
+import warnings
 import pytest, torch
 from torch import nn
 from s3d.graph import SplitGroup
-from s3d.eigen import EigenPairs, eigh_extremes, lanczos_extremes, extreme_eigenpairs
-from s3d.splitmat import splitting_matrices
+from s3d.eigen import EigenPairs, BlockKrylov, eigh_extremes, lanczos_extremes, extreme_eigenpairs
+from s3d.splitmat import splitting_matrices, split_operators
 
 def _mv(S): return lambda V: (S @ V[..., None])[..., 0]
 
@@ -35,18 +36,51 @@ def test_lanczos_repeated_eigenvalues_and_zero():
 def test_lanczos_bad_size():
     with pytest.raises(ValueError, match="d >= 1"): lanczos_extremes(lambda v: v, 2, 0)
 
-def _net():
+@pytest.mark.parametrize("block,max_dim", [(1, 6), (2, 6), (3, 9), (4, 40)])
+def test_block_krylov_with_restarts_matches_eigh(block, max_dim):
+    g = torch.Generator().manual_seed(block)
+    A = torch.randn(7, 25, 25, dtype=torch.float64, generator=g); S = A + A.transpose(1, 2)
+    bk = BlockKrylov(7, 25, block=block, max_dim=max_dim, tol=1e-9, max_iter=2000, generator=g)
+    while not bk.done: bk.update(S[bk.idx] @ bk.P)
+    f, e = bk.result(), eigh_extremes(S)
+    assert bk.converged.all() and (bk.restarts > 0) == (max_dim < 25)
+    torch.testing.assert_close(f.lam_min, e.lam_min, atol=1e-7, rtol=0); torch.testing.assert_close(f.lam_max, e.lam_max, atol=1e-7, rtol=0)
+    assert bk.peak_bytes <= 8 * 7 * 25 * (2 * min(25, max_dim) + block)
+    with pytest.raises(ValueError, match="start must be"): BlockKrylov(7, 25, max_dim=4, start=torch.randn(7, 25, 5))
+
+def test_lanczos_large_d_bounded_workspace():
+    "d = 4000: the Krylov workspace stays O(n d max_dim), far below the n d^2 a full-dimension basis would take."
+    g = torch.Generator().manual_seed(0)
+    n, d = 2, 4000
+    lam = torch.randn(n, d, dtype=torch.float64, generator=g)
+    st = {}
+    f, used = lanczos_extremes(lambda V: lam * V, n, d, stats=st, generator=g)
+    rad = lam.abs().amax(-1)
+    assert ((f.lam_min - lam.min(-1).values).abs() <= 2e-2 * rad).all() and ((f.lam_max - lam.max(-1).values).abs() <= 2e-2 * rad).all()
+    assert st['max_dim'] == 32 and st['peak_bytes'] <= 8 * n * d * (2 * 32 + 1) < n * d * d * 8 / 50
+    f, used = lanczos_extremes(lambda V: lam * V, n, d, stats=st, generator=g, max_bytes=2**20, max_iter=400)  # 1 MiB
+    assert st['max_dim'] == 7 and st['peak_bytes'] <= 2**20 and st['restarts'] > 0
+    assert ((f.lam_max - lam.max(-1).values).abs() <= 2e-2 * rad).all()
+    with pytest.raises(ValueError, match="too small"): lanczos_extremes(lambda V: lam * V, n, d, max_bytes=2**16)
+
+def _net(dtype=torch.float32):
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Softplus(), nn.Flatten(),
-                        nn.Linear(4 * 5 * 5, 5), nn.SiLU(), nn.Linear(5, 3))
+                        nn.Linear(4 * 5 * 5, 5), nn.SiLU(), nn.Linear(5, 3)).to(dtype)
+    with torch.no_grad(): net[1].running_var.uniform_(0.5, 2.); net[1].weight.uniform_(0.5, 1.5)
     groups = [SplitGroup('0', net[0], net[1], net[2]), SplitGroup('4', net[4], None, net[5])]
-    data = [(torch.randn(6, 2, 5, 5), torch.randint(0, 3, (6,))), (torch.randn(3, 2, 5, 5), torch.randint(0, 3, (3,)))]
+    g = torch.Generator().manual_seed(2)
+    data = [(torch.randn(B, 2, 5, 5, generator=g, dtype=dtype), torch.randint(0, 3, (B,), generator=g)) for B in (16, 16, 16, 9)]
     return net, groups, data
+
+def _within(fast, exact, rel=0.02):
+    rad = torch.maximum(exact.lam_min.abs(), exact.lam_max.abs())
+    return (((fast.lam_min - exact.lam_min).abs() <= rel * rad) & ((fast.lam_max - exact.lam_max).abs() <= rel * rad)).double().mean().item()
 
 def test_extreme_eigenpairs_exact_and_fast_agree():
     net, groups, data = _net(); loss = nn.CrossEntropyLoss()
     ex = extreme_eigenpairs(net, groups, loss, data, 'exact')
-    fa = extreme_eigenpairs(net, groups, loss, data, 'fast', tol=1e-8)
+    fa = extreme_eigenpairs(net, groups, loss, data, 'fast', tol=1e-8, max_dim=128)
     for g in groups:
         S = splitting_matrices(net, g, loss, data)
         torch.testing.assert_close(ex[g.name].lam_min, torch.linalg.eigvalsh(S)[:, 0])
@@ -56,10 +90,102 @@ def test_extreme_eigenpairs_exact_and_fast_agree():
         assert ((fa[g.name].lam_max - ex[g.name].lam_max).abs() <= 1e-6 * rad).all()
         assert ((fa[g.name].v_max * ex[g.name].v_max).sum(-1).abs() > 0.999).all()
 
+@pytest.mark.parametrize("method", ['cached', 'stream'])
+def test_krylov_conv_and_linear_groups_both_ends(method):
+    "dense_dim=0 sends the conv and the Linear group through block Krylov; both ends match exact at the default tol."
+    net, groups, data = _net(); loss = nn.CrossEntropyLoss()
+    ex = extreme_eigenpairs(net, groups, loss, data, 'exact')
+    st = {}
+    fa = extreme_eigenpairs(net, groups, loss, data, method, dense_dim=0, stats=st)
+    assert st['method'] == method and all(v['solver'] == 'krylov' and v['unconverged'] == 0 for v in st['groups'].values())
+    assert (st['passes'] == 1) == (method == 'cached') and (st['cache_bytes'] > 0) == (method == 'cached')
+    for g in groups:
+        assert _within(fa[g.name], ex[g.name]) >= 0.95
+        e, f = ex[g.name], fa[g.name]
+        rad = torch.maximum(e.lam_min.abs(), e.lam_max.abs())
+        assert ((f.lam_min - e.lam_min) >= -1e-6 * rad).all() and ((e.lam_max - f.lam_max) >= -1e-6 * rad).all()  # Ritz values lie inside
+    tight = extreme_eigenpairs(net, groups, loss, data, method, dense_dim=0, tol=1e-7, max_passes=60, max_dim=128)
+    for g in groups:
+        torch.testing.assert_close(tight[g.name].lam_min, ex[g.name].lam_min, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(tight[g.name].lam_max, ex[g.name].lam_max, atol=1e-5, rtol=1e-4)
+
+def test_dense_groups_are_exact():
+    net, groups, data = _net(); loss = nn.CrossEntropyLoss()
+    ex, st = extreme_eigenpairs(net, groups, loss, data, 'exact'), {}
+    fa = extreme_eigenpairs(net, groups, loss, data, 'stream', dense_dim=1000, stats=st)
+    assert st['passes'] == 1 and all(v['solver'] == 'dense' for v in st['groups'].values())
+    for g in groups: torch.testing.assert_close(fa[g.name].lam_max, ex[g.name].lam_max, atol=1e-6, rtol=1e-5)
+
+def test_stream_memory_does_not_grow_with_batches():
+    net, groups, _ = _net(); loss = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(3)
+    data = [(torch.randn(16, 2, 5, 5, generator=g), torch.randint(0, 3, (16,), generator=g)) for _ in range(8)]
+    rec = {}
+    for nb in (1, 8):
+        for method in ('cached', 'stream'):
+            st = {}; extreme_eigenpairs(net, groups, loss, data[:nb], method, dense_dim=0, stats=st); rec[method, nb] = st
+    assert rec['cached', 8]['cache_bytes'] == 8 * rec['cached', 1]['cache_bytes'] > 0   # the cache grows with the data
+    for nb in (1, 8):
+        assert rec['stream', nb]['cache_bytes'] == 0
+        assert rec['stream', nb]['workspace_bytes'] <= rec['stream', nb]['reserved_bytes'] == rec['stream', 1]['reserved_bytes']
+
+def test_large_d_layer_bounded_workspace():
+    "A Linear group with d = 4001: cached and streamed workspaces stay far below n d^2 float64, and the pairs are right."
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4000, 6), nn.Tanh(), nn.Linear(6, 2)); grp = SplitGroup('0', net[0], None, net[1])
+    data = [(torch.randn(8, 4000), torch.randint(0, 2, (8,))) for _ in range(3)]
+    loss = nn.CrossEntropyLoss()
+    op = split_operators(net, [grp], loss, data)['0']
+    for method in ('cached', 'stream'):
+        st = {}
+        f = extreme_eigenpairs(net, grp, loss, data, method, stats=st)['0']
+        assert st['workspace_bytes'] <= st['reserved_bytes'] < 6 * 4001 ** 2 * 8 / 20
+        for lam, v in [(f.lam_min, f.v_min), (f.lam_max, f.v_max)]:  # a small residual against the operator
+            r = (op(v.double()) - lam[:, None] * v).norm(dim=-1)
+            assert (r <= 1.01e-2 * torch.maximum(f.lam_min.abs(), f.lam_max.abs())).all()
+
+def test_float64_model_stays_float64():
+    "Everything is created in the model's dtype/device: a float64 model gives float64 pairs as accurate as float64 allows."
+    net, groups, data = _net(torch.float64); loss = nn.CrossEntropyLoss()
+    ex = extreme_eigenpairs(net, groups, loss, data, 'exact')
+    for method in ('cached', 'stream'):
+        fa = extreme_eigenpairs(net, groups, loss, data, method, dense_dim=0, tol=1e-10, max_passes=100, max_dim=128)
+        for g in groups:
+            f = fa[g.name]
+            assert f.lam_min.dtype == f.v_min.dtype == torch.float64 and f.v_min.device == g.producer.weight.device
+            torch.testing.assert_close(f.lam_min, ex[g.name].lam_min, atol=1e-10, rtol=1e-9)
+            torch.testing.assert_close(f.lam_max, ex[g.name].lam_max, atol=1e-10, rtol=1e-9)
+
+def test_fast_picks_cached_or_stream_by_budget_and_iterators():
+    net, groups, data = _net(); loss = nn.CrossEntropyLoss()
+    st = {}; extreme_eigenpairs(net, groups, loss, data, 'fast', dense_dim=0, stats=st); assert st['method'] == 'cached'
+    need = st['cache_bytes'] + st['reserved_bytes']
+    st = {}; extreme_eigenpairs(net, groups, loss, data, 'fast', dense_dim=0, max_bytes=need - 1, stats=st)
+    assert st['method'] == 'stream' and st['cache_bytes'] == 0 and 'cache_overflow' not in st
+    class NoLen:  # a re-iterable without len(): cache, overflow, start again streaming
+        def __iter__(self): return iter(data)
+    st = {}; extreme_eigenpairs(net, groups, loss, NoLen(), 'fast', dense_dim=0, max_bytes=need - 1, stats=st)
+    assert st['method'] == 'stream' and st['cache_overflow']
+    st = {}; extreme_eigenpairs(net, groups, loss, iter(data), 'fast', dense_dim=0, stats=st); assert st['method'] == 'cached'
+    with pytest.raises(ValueError, match="one-shot"): extreme_eigenpairs(net, groups, loss, iter(data), 'fast', dense_dim=0, max_bytes=need - 1)
+    with pytest.raises(TypeError, match="one-shot iterator"): extreme_eigenpairs(net, groups, loss, (b for b in data), 'stream', dense_dim=0)
+    with pytest.raises(ValueError, match="method='stream'"): extreme_eigenpairs(net, groups, loss, data, 'cached', dense_dim=0, max_bytes=need - 1)
+
+def test_stream_needs_the_same_samples_each_pass():
+    net, groups, data = _net(); loss = nn.CrossEntropyLoss()
+    class Shrinking:
+        def __init__(self): self.calls = 0
+        def __iter__(self): self.calls += 1; return iter(data if self.calls == 1 else data[:2])
+    with pytest.raises(ValueError, match="same samples"): extreme_eigenpairs(net, groups, loss, Shrinking(), 'stream', dense_dim=0)
+
 def test_extreme_eigenpairs_errors():
     net, groups, data = _net(); loss = nn.CrossEntropyLoss()
     with pytest.raises(ValueError, match="empty"): extreme_eigenpairs(net, groups, loss, [], 'exact')
+    with pytest.raises(ValueError, match="empty"): extreme_eigenpairs(net, groups, loss, [], 'stream')
     with pytest.raises(ValueError, match="method"): extreme_eigenpairs(net, groups, loss, data, 'lobpcg')
     with pytest.raises(ValueError, match="max_bytes"): extreme_eigenpairs(net, groups, loss, data, 'fast', max_bytes=100)
+    with pytest.raises(ValueError, match="unique"): extreme_eigenpairs(net, [groups[0], groups[0]], loss, data, 'fast')
     with pytest.raises(ValueError, match="not a module"):
         extreme_eigenpairs(net, SplitGroup('x', nn.Linear(3, 3), None, nn.Tanh()), loss, data)
+    with pytest.raises(ValueError, match="not a module"):
+        extreme_eigenpairs(net, SplitGroup('x', nn.Linear(300, 3), None, nn.Tanh()), loss, data, 'stream')

@@ -95,6 +95,7 @@ def train(model: nn.Module,           # model to train in place
           log_every: int = 50,        # steps between progress-bar updates (each one waits for the device)
           fused: bool = None,         # fused SGD kernel (default: on for CUDA)
           compile=False,              # torch.compile the model: False, True or a mode ('reduce-overhead': CUDA graphs)
+         state=None,                 # a `s3d.grow.TrainState`: resume from its data, and `save()` after every epoch
          ) -> list:
     "Train with SGD + cosine schedule; returns one dict per epoch (loss, acc, lr, test metrics)."
     if epochs < 0: raise ValueError(f"train: epochs must be >= 0, got {epochs}")
@@ -103,10 +104,14 @@ def train(model: nn.Module,           # model to train in place
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                           **({'fused': True} if fused else {}))
     net, dt, graphs = _compiled(model, compile), _float_dtype(model), compile == 'reduce-overhead'
-    total, step, history = max(1, epochs * len(loader)), 0, []
+    total, step, history, first = max(1, epochs * len(loader)), 0, [], 0
+    if state is not None and state.data:  # resume after the last finished epoch: optimizer, schedule position, data order
+        d = state.data
+        opt.load_state_dict(d['optimizer']); first, step, history = d['epoch'], d['step'], list(d['history'])
+        if d.get('loader_epoch') is not None: loader.epoch = d['loader_epoch']
     bar = tqdm(total=epochs * len(loader), desc=desc, disable=not progress, leave=False)
     model.train()
-    for ep in range(epochs):
+    for ep in range(first, epochs):
         tl = torch.zeros((), device=device); tc = torch.zeros((), device=device, dtype=torch.long); tn = 0
         for i, (x, y) in enumerate(loader):
             for g in opt.param_groups: g['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -129,5 +134,8 @@ def train(model: nn.Module,           # model to train in place
             r = evaluate(model, test_loader, device, amp, cl); model.train()
             row.update(test_loss=r['loss'], test_acc=r['acc'])
         history.append(row)
+        if state is not None:
+            state.data.update(epoch=ep + 1, step=step, optimizer=opt.state_dict(), history=history, loader_epoch=getattr(loader, 'epoch', None))
+            state.save()
     bar.close()
     return history

@@ -290,7 +290,7 @@ def _run(scale, device, data, out, force, progress, fake_data):
     fig = plot_table2(pd.read_csv(csv), scale)
     for p in figs: atomic_save_figure(p, fig)
     plt.close(fig)
-    cmd = ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce table2 --scale {scale} --device {device.type}' + (f' --data {data}' if data is not None else '') + (' --fake-data' if fake_data and data is None else '') + ' --out data/results'   # fixed, as in table1: the md is byte-identical whatever --out
+    cmd = ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce table2 --scale {scale} --device {device.type}' + (f' --data {data}' if data is not None else '') + (' --fake-data' if fake_data and data is None else '') + ' --out data/results'
     report = table2_report(df, cfg, cmd, time.time() - t0) + '\n' + run_info_line(run_info(device)) + '\n'
     if cfg.dataset == 'fake' and data is None: report = f'# FAKE DATA: generated images, not a benchmark\n\n' + report
     atomic_write_text(md, report)

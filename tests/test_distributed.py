@@ -1,0 +1,49 @@
+"""Two gloo processes grow the same architecture, with parameters equal within tolerance, as one process on the same global batches."""
+import socket, sys
+from pathlib import Path
+import torch
+import torch.multiprocessing as mp
+from s3d.grow import load_checkpoint
+from s3d.paper.data import load_digits_data
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ddp_grow_run  # noqa: E402
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
+
+
+def test_two_process_growth_matches_one(tmp_path):
+    dd = load_digits_data()
+    data = dict(x=dd.x_train[:256], y=dd.y_train[:256], mean=list(dd.mean), std=list(dd.std))
+    torch.save(data, tmp_path / 'data.pt')
+    mp.spawn(ddp_grow_run.worker, args=(2, _free_port(), str(tmp_path / 'data.pt'), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2))
+    nthreads = torch.get_num_threads(); torch.set_num_threads(1)
+    try:
+        one = ddp_grow_run.run(data, tmp_path / 'one')
+        S1 = ddp_grow_run.dense(data)
+        E1 = ddp_grow_run.eig_stream(data)
+    finally: torch.set_num_threads(nthreads)
+    # every rank ends with the same architecture and bit-identical weights; both match the single process
+    assert r0['widths'] == r1['widths'] == one.history.widths.tolist()
+    assert one.history.neurons.iloc[-1] > one.history.neurons.iloc[0]
+    for k, v in one.model.state_dict().items():
+        assert torch.equal(r0['model'][k], r1['model'][k]), k
+        torch.testing.assert_close(r0['model'][k], v, rtol=1e-4, atol=1e-5)
+    # the reduced statistics are those of all samples (float32 forward/backward: equal to float32 rounding)
+    for k in S1:
+        torch.testing.assert_close(r0['S'][k], S1[k], rtol=1e-5, atol=1e-6 * float(S1[k].abs().max()))
+        torch.testing.assert_close(r0['S'][k], r1['S'][k], rtol=0, atol=0)
+    # streamed eigenpairs (one S·v block per pass, summed over ranks) agree with one process, identically on both ranks
+    for k, e in E1.items():
+        for a, b, c in zip(r0['E'][k], r1['E'][k], (e.lam_min, e.lam_max)):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6 * float(c.abs().max()))
+    # a rank with another architecture stops every rank with an error naming it
+    assert 'ranks [1]' in r0['err'] and 'ranks [1]' in r1['err']
+    # only rank 0 wrote, and its checkpoint is the finished run
+    st = load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')
+    assert (st['phase'], st['round']) == ('done', 2) and (tmp_path / 'run' / 'history.csv').exists()
