@@ -1,6 +1,7 @@
 "End-to-end test of `s3d reproduce table1 --scale smoke` (fake CIFAR-100), its reuse, and data errors."
 import os, subprocess, sys
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import pytest
 from s3d.paper.data import make_fake_cifar100, DataError
@@ -80,3 +81,27 @@ def test_download_uses_torchvision_then_checks_the_files(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.datasets, 'CIFAR100', offline)
     with pytest.raises(DataError, match='could not download CIFAR-100 into .*name resolution'):
         data_root(SCALES['paper'], data=tmp_path / 'elsewhere', download=True)
+
+def test_controls_follow_s3d_and_go_stale_with_its_widths(tmp_path):
+    from s3d.paper.experiments.table1 import run_is_done, _run_config
+    from s3d.paper.runs import atomic_write_json
+    cfg = SCALES['cpu']
+    runs = table1_runs(cfg); keys = [r['key'] for r in runs]
+    ctl = [r for r in runs if 'growth' in r]
+    assert len(ctl) == 3 * len(cfg.seeds) and {r['method'] for r in ctl} == {'random growth', 'Net2Net', 'scratch'}
+    assert all(r['after'] == f"S3D-c{cfg.c:g}-s{r['seed']}" and keys.index(r['after']) < keys.index(r['key']) for r in ctl)
+    r = ctl[0]; s3d = tmp_path / r['after']; s3d.mkdir()
+    pd.DataFrame(dict(round=[0, 1], widths=['[4, 8, 8, 16]', '[5, 9, 10, 20]'])).to_csv(s3d / 'rows.csv', index=False)
+    (tmp_path / r['key']).mkdir(); (tmp_path / r['key'] / 'rows.csv').write_text('x\n')
+    atomic_write_json(tmp_path / r['key'] / 'config.json', _run_config(r, cfg, 'digits', tmp_path))
+    assert run_is_done(r, cfg, tmp_path, 'digits')
+    pd.DataFrame(dict(round=[0, 1], widths=['[4, 8, 8, 16]', '[6, 9, 10, 20]'])).to_csv(s3d / 'rows.csv', index=False)
+    assert not run_is_done(r, cfg, tmp_path, 'digits')   # S3D grew differently: the control is redone
+
+def test_vs_controls_pairs_each_control_by_seed():
+    from s3d.paper.experiments.table1 import vs_controls
+    df = pd.DataFrame(dict(method=['S2D', 'S3D', 'random growth', 'Net2Net', 'scratch'] * 2, round=1, seed=[0] * 5 + [1] * 5,
+                           c=[1., 3., np.nan, np.nan, np.nan] * 2, acc=[90., 91, 93, 90.5, 95, 92, 92.5, 94, 92, 96]))
+    v = vs_controls(df, 3.).set_index('comparison')
+    assert abs(v.loc['S3D - random growth', 'diff'] - (-1.75)) < 1e-9 and v.loc['S3D - random growth', 'wins'] == '0/2'
+    assert abs(v.loc['S2D - scratch', 'diff'] - (-4.5)) < 1e-9 and len(v) == 6

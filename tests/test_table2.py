@@ -71,7 +71,7 @@ def test_paper_config_matches_the_paper():
     macs = lambda w: count_params_flops(p.model(w), p.example(), macs=True)[1] / 1e9
     assert abs(macs(p.seed_widths) - 0.059) < 5e-4 and abs(macs(p.full_widths) - 0.569) < 5e-4
     assert p.rounds == 4 and p.m == 2 and p.image == 224
-    assert {r['method'] for r in table2_runs(p)} == {'S2D', 'S3D', '0.5x', '0.75x', '1.0x'}
+    assert {r['method'] for r in table2_runs(p)} == {'S2D', 'S3D', '0.5x', '0.75x', '1.0x', 'random growth', 'Net2Net', 'scratch'}
     assert mobilenet_imagenet(1000).strides[0] == 2
 
 def test_smoke_run_end_to_end_on_real_jpegs(tiny, tmp_path):
@@ -79,7 +79,10 @@ def test_smoke_run_end_to_end_on_real_jpegs(tiny, tmp_path):
     paths = run('smoke', 'cpu', data=tiny, out=tmp_path / 'res', progress=False)
     assert time.time() - t0 < 60
     df = pd.read_csv(paths[0])
-    assert {'S2D', 'S3D', '0.5x', '0.75x', '1.0x'} == set(df.method)
+    assert {'S2D', 'S3D', '0.5x', '0.75x', '1.0x', 'random growth', 'Net2Net', 'scratch'} == set(df.method)
+    s3w = df[df.method == 'S3D'].sort_values('round').widths.tolist()
+    for ctl in ('random growth', 'Net2Net'):   # the controls grow to S3D's widths at every round
+        assert df[df.method == ctl].sort_values('round').widths.tolist() == s3w
     assert {'method', 'round', 'params', 'macs', 'flops', 'top1', 'top5'} <= set(df.columns)
     grown = df[df.method.isin(['S2D', 'S3D'])]
     assert sorted(set(grown['round'])) == list(range(SCALES['smoke'].rounds + 1))

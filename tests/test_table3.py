@@ -140,7 +140,12 @@ def test_smoke_run_end_to_end_on_hdf5_files(tiny, tmp_path):
     paths = run('smoke', 'cpu', data=tiny, out=out, progress=False)
     assert [p.name for p in paths] == ['table3_smoke.csv', 'table3_smoke.md', 'table3_smoke.png', 'table3_smoke.pdf']
     df = pd.read_csv(paths[0])
-    assert set(df.method) == {'S2D', 'S3D', '1.0x', '0.75x', '0.5x', 'PointNet'}
+    assert set(df.method) == {'S2D', 'S3D', '1.0x', '0.75x', '0.5x', 'PointNet', 'random growth', 'Net2Net', 'scratch'}
+    s3w = df[df.method == 'S3D'].sort_values('round').widths.tolist()
+    for ctl in ('random growth', 'Net2Net'):   # the controls grow to S3D's widths at every round
+        assert df[df.method == ctl].sort_values('round').widths.tolist() == s3w
+    assert set(df[df.method == 'scratch'].widths) == {s3w[-1]}
+    assert 'S3D - random growth' in paths[1].read_text()
     assert df.acc.between(0, 100).all() and df.mean_class_acc.between(0, 100).all()
     s3d = df[df.method == 'S3D'].sort_values('round')
     assert list(s3d['round']) == list(range(SCALES['smoke'].rounds + 1)) and s3d.params.is_monotonic_increasing

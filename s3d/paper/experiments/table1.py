@@ -19,7 +19,7 @@ from ..models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
 from ...cost import count_params_flops
 from ..train import train, evaluate
 from ...graph import split_groups
-from ...grow import GrowConfig, grow
+from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from ..baselines import (l1_filter_scores, bn_scale_scores, keep_for_budget, pruned_cost, prune_channels, bn_l1_penalty,
                          morphnet_penalty, expand_widths)
 from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device,
@@ -27,9 +27,9 @@ from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atom
                             read_fingerprint, interrupted, check_out_dir)
 
 # %% auto #0
-__all__ = ['SCALES', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer', 'run_is_done', 'run_one',
-           'table1_table', 'plot_fig3', 's3d_vs_s2d', 'verdict', 'table1_report', 'config_fingerprint', 'files',
-           'check', 'table1_task', 'run']
+__all__ = ['SCALES', 'CONTROLS', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer', 'run_is_done',
+           'run_one', 'table1_table', 'plot_fig3', 'paired_diff', 's3d_vs_s2d', 'vs_control', 'verdict', 'vs_controls',
+           'table1_report', 'config_fingerprint', 'files', 'check', 'table1_task', 'run']
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #a79a0a06
 @dataclass
@@ -90,9 +90,16 @@ SCALES = {
 }
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #22627751
+CONTROLS = ('random', 'net2net', 'scratch')   # `GrowConfig.growth` of the controls, each matched to S3D (c = cfg.c) per seed
+
 def _grow_run(method, setting, c, seed, widths):
     tag = 'E-' if setting == 'energy' else ''
     return dict(key=f'{tag}{method}-c{c:g}-s{seed}', method=method, setting=setting, c=float(c), seed=seed, widths=list(widths))
+
+def _control_run(growth, cfg, seed):
+    s3d = _grow_run('S3D', 'params', cfg.c, seed, cfg.seed_widths)['key']
+    return dict(key=f'{growth}-{s3d}', method=GROWTHS[growth], setting='params', growth=growth, seed=seed,
+                widths=list(cfg.seed_widths), after=s3d)
 
 def table1_runs(cfg:Table1Config) -> list:
     "One dict per reported run (key, method, setting, c, seed, ...), in an order that respects dependencies."
@@ -108,6 +115,7 @@ def table1_runs(cfg:Table1Config) -> list:
     for s in cfg.sweep_seeds:
         runs += [_grow_run('S3D', 'params', c, s, cfg.seed_widths) for c in cfg.cs if c != cfg.c]
         runs += [_grow_run('S2D', 'energy', 1.0, s, cfg.energy_widths), _grow_run('S3D', 'energy', cfg.c, s, cfg.energy_widths)]
+    runs += [_control_run(g, cfg, s) for s in cfg.seeds for g in CONTROLS]   # last: the rows of the other runs keep their order
     keys = [r['key'] for r in runs]
     if len(set(keys)) != len(keys): raise ValueError(f'table1: duplicate run keys in {keys}')
     return runs
@@ -174,6 +182,27 @@ def _grow(run, cfg, T, folder):
                  train_loss=r.get('train_loss', float('nan')), widths=r['widths'], split=int(r['split']), kinds=r['kinds'])
             for _, r in h.iterrows()]
 
+def _matched_widths(run, root) -> list|None:
+    "Per-round widths (JSON, rounds 0..R) of the run a control copies (`run['after']`); None until it has finished."
+    p = Path(root) / run['after'] / 'rows.csv'
+    return pd.read_csv(p).sort_values('round').widths.tolist() if p.exists() else None
+
+def _control(run, cfg, T, folder):
+    "A control (`run['growth']`) through `s3d.grow`, grown to the per-round widths of S3D's run of the same seed."
+    ex, s = cfg.example(T.device), run['seed']
+    ws = _matched_widths(run, Path(folder).parent)
+    if ws is None: raise RuntimeError(f"table1: {run['key']} needs the finished run {run['after']} (its per-round widths)")
+    gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, eps=cfg.eps, ratio=None, widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
+                    growth=run['growth'], eigen=cfg.eigen, seed=s)
+    torch.manual_seed(s); model = cfg.model(run['widths']).to(T.device)            # the seed network of S2D / S3D
+    if run['growth'] == 'scratch': model = scratch_model(model, ex, ws[-1], seed=s)  # S3D's final widths, fresh weights
+    res = grow(model, lambda m, r: T.fit(m, s + 1000 * r, desc=f"{run['key']} r{r}"), nn.CrossEntropyLoss(),
+               T.score, ex, gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']))
+    return [dict(method=run['method'], setting=run['setting'], c=float('nan'), m=float('nan'), seed=s, round=int(r['round']),
+                 params=int(r['params']), flops=int(r['flops']), acc=r['test_acc'], test_loss=r['test_loss'],
+                 train_loss=r.get('train_loss', float('nan')), widths=r['widths'], split=int(r['split']), kinds=r['kinds'])
+            for _, r in res.history.iterrows()]
+
 # %% ../../../nbs/experiments/table1_cifar.ipynb #7dffdf51
 def _full_model(cfg, T, folder, run):
     "The trained full model of `run['after']` (its saved state)."
@@ -213,17 +242,20 @@ def _baseline(run, cfg, T, folder):
     raise ValueError(f"table1: unknown method {run['method']!r} in run {run['key']!r}")
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #4ecf2b4d
-def _run_config(run, cfg, tag): return dict(run=run, cfg=asdict(cfg), data=tag)
+def _run_config(run, cfg, tag, root=None):
+    c = dict(run=run, cfg=asdict(cfg), data=tag)
+    if 'growth' in run: c['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
+    return c
 
 def run_is_done(run:dict, cfg:Table1Config, root, tag:str='') -> bool:
     "True when `root/<key>/rows.csv` holds this run's finished rows for this configuration."
     folder = Path(root) / run['key']
-    return is_done([folder / 'rows.csv'], folder / 'config.json', _run_config(run, cfg, tag or cfg.dataset))
+    return is_done([folder / 'rows.csv'], folder / 'config.json', _run_config(run, cfg, tag or cfg.dataset, root))
 
 def run_one(run:dict, cfg:Table1Config, T:Trainer, root, force:bool=False, tag:str='') -> pd.DataFrame:
     "Execute (or reuse) one run in `root/<key>/`; returns its rows."
     folder = Path(root) / run['key']; rows_csv, cfg_json = folder / 'rows.csv', folder / 'config.json'
-    config = _run_config(run, cfg, tag or cfg.dataset)
+    config = _run_config(run, cfg, tag or cfg.dataset, root)
     if is_done([rows_csv], cfg_json, config, force): return pd.read_csv(rows_csv)
     if force or not is_done([folder / 'run.json'], folder / 'run.json', config):  # stale or forced: start afresh
         for p in (rows_csv, cfg_json, folder / 'checkpoint.pt', folder / 'history.csv', folder / 'model.pt'):
@@ -231,7 +263,7 @@ def run_one(run:dict, cfg:Table1Config, T:Trainer, root, force:bool=False, tag:s
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / 'run.json', config)
     t0 = time.time()
-    rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') else _baseline(run, cfg, T, folder)
+    rows = (_control if 'growth' in run else _grow if run['method'] in ('S2D', 'S3D') else _baseline)(run, cfg, T, folder)
     df = pd.DataFrame(rows).assign(key=run['key'], seconds=time.time() - t0)
     atomic_write_csv(rows_csv, df); atomic_write_json(cfg_json, config)
     return df
@@ -239,8 +271,9 @@ def run_one(run:dict, cfg:Table1Config, T:Trainer, root, force:bool=False, tag:s
 # %% ../../../nbs/experiments/table1_cifar.ipynb #decc8566
 def _label(df):
     tag = np.where(df.setting == 'energy', ' (energy)', '')
-    lab = np.where(df.method.isin(['S2D', 'S3D']), df.method + '-' + df['round'].astype(str), df.method)
+    lab = np.where(df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net']), df.method + '-' + df['round'].astype(str), df.method)
     lab = np.where(df.method == 'S3D', lab + ' c=' + df.c.map('{:g}'.format), lab)
+    lab = np.where(df.method.isin(list(GROWTHS.values())) & (df.method != 'S2D/S3D'), lab + ' (S3D widths)', lab)
     return pd.Series(lab, index=df.index) + tag
 
 def table1_table(df:pd.DataFrame) -> pd.DataFrame:
@@ -264,11 +297,15 @@ def _baseline_points(ax, df, x, fx=lambda v: v):
     for i, r in enumerate(b.itertuples()): ax.plot(fx(r.x), r.acc, marker='sv^Dp*h'[i % 7], ls='', color='0.3', ms=5, label=r.method)
 
 def plot_fig3(df:pd.DataFrame, c:float):
-    "Figure 3 (a) acc vs params, (b) acc vs log10 FLOPs (energy-aware), (c) acc vs c at the last split."
+    "Figure 3 (a) acc vs params (with the controls), (b) acc vs log10 FLOPs (energy-aware), (c) acc vs c at the last split."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     p = df[df.setting == 'params']
     _curve(ax[0], p[p.c == 1], 'params', 'S2D'); _curve(ax[0], p[np.isclose(p.c, c)], 'params', f'S3D c={c:g}')
+    for meth in ('random growth', 'Net2Net'): 
+        if (p.method == meth).any(): _curve(ax[0], p[p.method == meth], 'params', f'{meth} (S3D widths)', ls='--')
+    sc = p[(p.method == 'scratch') & (p['round'] == p['round'].max())]
+    if len(sc): ax[0].plot(sc.params.mean(), sc.acc.mean(), marker='*', ls='', ms=9, color='k', label='scratch (S3D final widths)')
     _baseline_points(ax[0], df, 'params'); ax[0].set_xscale('log')
     ax[0].set_xlabel('parameters'); ax[0].set_ylabel('test accuracy (%)'); ax[0].set_title('(a) accuracy vs parameters', fontsize=9)
     e = df[df.setting == 'energy'].assign(lf=lambda d: np.log10(d.flops))
@@ -285,23 +322,48 @@ def plot_fig3(df:pd.DataFrame, c:float):
     fig.tight_layout(); return fig
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #0c238b3c
-def s3d_vs_s2d(df:pd.DataFrame, c:float, setting:str='params') -> dict:
-    "Accuracy difference S3D(c) - S2D at the last round, paired by seed: mean, std, n, wins, 95% interval (lo, hi)."
+def paired_diff(a:pd.Series, b:pd.Series) -> dict:
+    "Difference a - b of two accuracies indexed by seed, paired by seed: mean, std, n, wins, 95% t-interval (lo, hi)."
     from scipy import stats
-    d = df[(df.setting == setting) & (df['round'] == df['round'].max())]
-    a = d[np.isclose(d.c, c)].set_index('seed').acc; b = d[d.c == 1].set_index('seed').acc
     diff = (a - b).dropna(); n = len(diff)
     mean, std = (float(diff.mean()) if n else float('nan')), (float(diff.std(ddof=1)) if n > 1 else float('nan'))
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else float('nan')
-    return dict(mean=mean, std=std, n=n, wins=int((diff > 0).sum()), s3d=float(a.mean()), s2d=float(b.mean()),
-                lo=mean - half, hi=mean + half)
+    return dict(mean=mean, std=std, n=n, wins=int((diff > 0).sum()), a=float(a[diff.index].mean()) if n else float('nan'),
+                b=float(b[diff.index].mean()) if n else float('nan'), lo=mean - half, hi=mean + half)
 
-def verdict(v:dict) -> str:
-    "'S3D higher', 'S3D lower' or 'not resolved', from the 95% interval of `s3d_vs_s2d`."
+def _last(df, setting):
+    d = df[df.setting == setting]; return d[d['round'] == d['round'].max()]
+
+def s3d_vs_s2d(df:pd.DataFrame, c:float, setting:str='params') -> dict:
+    "Accuracy difference S3D(c) - S2D at the last round, paired by seed: mean, std, n, wins, 95% interval (lo, hi)."
+    d = _last(df, setting)
+    v = paired_diff(d[np.isclose(d.c, c)].set_index('seed').acc, d[d.c == 1].set_index('seed').acc)   # controls have no c
+    return dict(v, s3d=v['a'], s2d=v['b'])
+
+def vs_control(df:pd.DataFrame, method:str, control:str, c:float|None=None) -> dict:
+    "Accuracy difference `method` (S2D, or S3D with `c`) - `control` at the last round of the params setting, paired by seed."
+    d = _last(df, 'params')
+    a = d[(d.method == method) & (np.isclose(d.c, c) if c is not None else True)].set_index('seed').acc
+    return paired_diff(a, d[d.method == control].set_index('seed').acc)
+
+def verdict(v:dict, who:str='S3D') -> str:
+    "'`who` higher', '`who` lower' or 'not resolved', from the 95% interval of a paired difference."
     if v['n'] < 2: return 'not resolved (one seed: no interval)'
-    if v['lo'] > 0: return 'S3D higher (the 95% interval excludes 0)'
-    if v['hi'] < 0: return 'S3D lower (the 95% interval excludes 0)'
+    if v['lo'] > 0: return f'{who} higher (the 95% interval excludes 0)'
+    if v['hi'] < 0: return f'{who} lower (the 95% interval excludes 0)'
     return 'not resolved (the 95% interval includes 0)'
+
+def vs_controls(df:pd.DataFrame, c:float, metric:str='acc') -> pd.DataFrame:
+    "At the last round of S3D: S3D (c) and S2D minus each control in `metric`, paired by seed (mean, 95% interval, wins, verdict)."
+    last = df[df['round'] == df[df.method == 'S3D']['round'].max()]
+    out = []
+    for ctl in (GROWTHS[g] for g in CONTROLS):
+        for who in ('S3D', 'S2D'):
+            a = last[(last.method == who) & (np.isclose(last.c, c) if who == 'S3D' else True)].set_index('seed')[metric]
+            v = paired_diff(a, last[last.method == ctl].set_index('seed')[metric])
+            if v['n']: out.append(dict(comparison=f'{who} - {ctl}', method_acc=v['a'], control_acc=v['b'], diff=v['mean'], lo=v['lo'],
+                                       hi=v['hi'], wins=f"{v['wins']}/{v['n']}", verdict=verdict(v, who)))
+    return pd.DataFrame(out)
 
 def table1_report(df:pd.DataFrame, cfg:Table1Config, command:str, info:dict|None=None, fake:bool=False) -> str:
     "Markdown with Table 1, the setting, the command, how it was computed, and the S3D-vs-S2D verdict."
@@ -315,13 +377,23 @@ def table1_report(df:pd.DataFrame, cfg:Table1Config, command:str, info:dict|None
              f'{cfg.rounds} rounds, growth ratio {cfg.ratio:g}, m = {cfg.m}, eps = {cfg.eps:g}, {cfg.eigen} eigenpairs on '
              f'{cfg.score_images} training images. Energy-aware: seed {list(cfg.energy_widths)}, budget {cfg.energy_growth:g} x seed FLOPs per round. '
              f'Pruning and MorphNet target {cfg.prune_flops:g} x the full model\'s FLOPs. Seeds {list(cfg.seeds)} '
-             f'(c sweep and energy-aware: {list(cfg.sweep_seeds)}).', '']
+             f'(c sweep and energy-aware: {list(cfg.sweep_seeds)}). Controls (seeds {list(cfg.seeds)}): random growth and Net2Net '
+             f'grown through `s3d.grow` to the per-round widths of S3D (c={cfg.c:g}) of the same seed; scratch: S3D\'s final '
+             f'architecture re-initialised and trained for the same {cfg.rounds + 1} stages.', '']
     for setting in ('params', 'energy'):
         v = s3d_vs_s2d(df, cfg.c, setting)
         if v['n'] == 0: continue
         ci = f", 95% interval [{v['lo']:+.2f}, {v['hi']:+.2f}]" if v['n'] > 1 else ''
         lines.append(f"- {setting} setting, last split, {v['n']} seeds: S3D (c={cfg.c:g}) {v['s3d']:.2f}% vs S2D {v['s2d']:.2f}%; "
                      f"paired difference S3D - S2D {v['mean']:+.2f} points{ci}, S3D ahead in {v['wins']}/{v['n']} seeds: **{verdict(v)}**.")
+    for ctl in ('random growth', 'Net2Net', 'scratch'):
+        for who, c in (('S3D', cfg.c), ('S2D', None)):
+            v = vs_control(df, who, ctl, c)
+            if v['n'] == 0: continue
+            ci = f", 95% interval [{v['lo']:+.2f}, {v['hi']:+.2f}]" if v['n'] > 1 else ''
+            lines.append(f"- control, params setting, last split, {v['n']} seeds: {who} {v['a']:.2f}% vs {ctl} (S3D c={cfg.c:g}'s widths) "
+                         f"{v['b']:.2f}%; paired difference {who} - {ctl} {v['mean']:+.2f} points{ci}, {who} ahead in "
+                         f"{v['wins']}/{v['n']} seeds: **{verdict(v, who)}**.")
     lines += ['', markdown_table(tab.drop(columns=['setting', 'method', 'c']), digits=4), '',
               'Columns: acc = test accuracy (%) mean over runs, acc_std = its standard deviation, params/FLOPs per sample '
               'from `s3d.cost.count_params_flops`. Paper (CIFAR-100): full 69.04 / 3.31M / 94.13M; S2D-5 69.69 / 0.31M / 79.94M; '
@@ -358,7 +430,7 @@ def table1_task(run:dict, cfg:Table1Config, root, device:str, folder, force:bool
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #1ec28c40
 def _needs(runs, todo):
-    "Indices into `todo` that each task must wait for (a pruned run needs its trained full model)."
+    "Indices into `todo` that each task must wait for (a pruned run needs its trained full model, a control its S3D run)."
     pos = {runs[i]['key']: k for k, i in enumerate(todo)}
     return {k: [pos[runs[i]['after']]] for k, i in enumerate(todo) if runs[i].get('after') in pos}
 
@@ -372,7 +444,10 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
     folder, runs = out / f'table1_{scale}_runs', table1_runs(cfg)
     with pinned_numerics(1):
         table1_data(cfg, root)   # load (and validate) the data once here, in the first seconds
-        todo = [i for i, r in enumerate(runs) if force or not run_is_done(r, cfg, folder, tag)]
+        redo = set()   # a run whose `after` is redone is redone too (a pruned model, a control matched to S3D's widths)
+        for r in runs:
+            if force or r.get('after') in redo or not run_is_done(r, cfg, folder, tag): redo.add(r['key'])
+        todo = [i for i, r in enumerate(runs) if r['key'] in redo]
         reused = len(runs) - len(todo)
         if reused: print(f'table1: resuming: reused {reused} of {len(runs)} finished runs from {folder}', flush=True)
         bar = tqdm(total=len(runs), initial=reused, desc=f'table1 {scale}', disable=not progress)

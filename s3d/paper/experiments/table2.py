@@ -19,7 +19,8 @@ from ..models import MobileNetV1, MOBILENET_WIDTHS
 from ..train import train
 from ..runs import pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
 from ...cost import count_params_flops
-from ...grow import GrowConfig, grow
+from ...grow import GrowConfig, grow, scratch_model, GROWTHS
+from .table1 import CONTROLS, vs_controls, _matched_widths
 
 # %% auto #0
 __all__ = ['PAPER_TABLE2', 'SCALES', 'Table2Config', 'table2_runs', 'write_digits_imagefolder', 'table2_data', 'Trainer',
@@ -83,13 +84,16 @@ SCALES = {
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #b7ca2e10
 def table2_runs(cfg:Table2Config) -> list:
-    "One dict per run (key, method, setting, ...): the grown S2D and S3D runs and the width-multiplier baselines."
+    "One dict per run (key, method, setting, ...): the grown S2D and S3D runs, the width-multiplier baselines and the controls of S3D."
     runs = []
     for s in cfg.seeds:
         runs += [dict(key=f'E-{meth}-c{c:g}-s{s}', method=meth, setting='energy', c=float(c), seed=s, widths=list(cfg.seed_widths))
                  for meth, c in (('S2D', 1.0), ('S3D', cfg.c))]
         runs += [dict(key=f'width{mult:g}-s{s}', method=f'{mult:g}x' if mult != 1 else '1.0x', setting='baseline', seed=s, mult=float(mult),
                       widths=[max(1, int(round(w * mult))) for w in cfg.full_widths]) for mult in cfg.width_mults]
+    s3d = lambda s: f'E-S3D-c{cfg.c:g}-s{s}'
+    runs += [dict(key=f'{g}-{s3d(s)}', method=GROWTHS[g], setting='energy', growth=g, seed=s, widths=list(cfg.seed_widths), after=s3d(s))
+             for s in cfg.seeds for g in CONTROLS]   # last: the other runs' rows keep their order
     return runs
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #1d3f9042
@@ -147,10 +151,18 @@ def _costs(cfg, widths):
     return dict(params=p, macs=count_params_flops(net, ex, macs=True)[1], flops=f)
 
 def _grow(run, cfg, T, folder):
-    seed_flops = count_params_flops(cfg.model(run['widths']), cfg.example())[1]
-    gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=None, budget=cfg.growth * seed_flops,
-                    cost='flops', eigen=cfg.eigen, seed=run['seed'])
+    "Energy-aware S2D / S3D, or a control (`run['growth']`) grown to the per-round widths of S3D's run of the same seed."
+    if 'growth' in run:
+        ws = _matched_widths(run, Path(folder).parent)
+        if ws is None: raise RuntimeError(f"table2: {run['key']} needs the finished run {run['after']} (its per-round widths)")
+        gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, eps=cfg.eps, ratio=None, widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
+                        growth=run['growth'], eigen=cfg.eigen, seed=run['seed'])
+    else:
+        seed_flops = count_params_flops(cfg.model(run['widths']), cfg.example())[1]
+        gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=None, budget=cfg.growth * seed_flops,
+                        cost='flops', eigen=cfg.eigen, seed=run['seed'])
     torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
+    if run.get('growth') == 'scratch': model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
     h = grow(model, lambda m, r: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}"), nn.CrossEntropyLoss(), T.score,
              cfg.example(T.device), gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key'])).history
     return [dict(round=int(r['round']), **_costs(cfg, json.loads(r['widths'])), top1=r['test_acc'], top5=r['test_top5'],
@@ -167,13 +179,14 @@ def run_one(run:dict, cfg:Table2Config, T:Trainer, root, force:bool=False) -> pd
     "Execute (or reuse) one run in `root/<key>/`; returns its rows."
     folder = Path(root) / run['key']; rows_csv, cfg_json = folder / 'rows.csv', folder / 'config.json'
     config = dict(run=run, cfg=asdict(cfg))
+    if 'growth' in run: config['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
     if is_done([rows_csv], cfg_json, config, force): return pd.read_csv(rows_csv)
     if force or not is_done([folder / 'run.json'], folder / 'run.json', config):   # stale or forced: start afresh
         for p in (rows_csv, cfg_json, folder / 'checkpoint.pt', folder / 'history.csv'):
             if p.exists(): p.unlink()
     folder.mkdir(parents=True, exist_ok=True); atomic_write_json(folder / 'run.json', config)
     t0 = time.time()
-    rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') else _baseline(run, cfg, T, folder)
+    rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
     base = dict(method=run['method'], setting=run['setting'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
     df = pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'], seconds=time.time() - t0)
     atomic_write_csv(rows_csv, df); atomic_write_json(cfg_json, config)
@@ -182,8 +195,12 @@ def run_one(run:dict, cfg:Table2Config, T:Trainer, root, force:bool=False) -> pd
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #6e12094e
 def table2_table(df:pd.DataFrame) -> pd.DataFrame:
     "One row per model (baselines, and each round of S2D / S3D): MACs (M), params (M), top-1 and top-5 (%) means over seeds."
+    ctl = df.method.isin(['random growth', 'Net2Net'])   # their round 0 is S3D's seed; scratch: its final stage only
+    df = df[~(ctl & (df['round'] == 0)) & ((df.method != 'scratch') | (df['round'] == df['round'].max()))]
+    ctl = df.method.isin(['random growth', 'Net2Net'])
     lab = np.where(df.method.isin(['S2D', 'S3D']), np.where(df['round'] == 0, df.method + ' seed', df.method + '-' + df['round'].astype(str)),
-                   'MobileNetV1 (' + df.method + ')')
+                   np.where(ctl, df.method + '-' + df['round'].astype(str) + ' (S3D widths)',
+                            np.where(df.method == 'scratch', 'scratch (S3D final widths)', 'MobileNetV1 (' + df.method + ')')))
     g = df.assign(model=lab).groupby('model', sort=False)
     t = pd.DataFrame({'macs_M': g.macs.mean() / 1e6, 'params_M': g.params.mean() / 1e6, 'top1': g.top1.mean(), 'top5': g.top5.mean(),
                       'runs': g.size()}).reset_index()
@@ -197,6 +214,12 @@ def plot_table2(df:pd.DataFrame, scale:str=''):
     for meth, d in df[df.method.isin(['S2D', 'S3D'])].groupby('method'):
         g = d.groupby('round')[['macs', 'top1']].mean()
         ax[0].plot(g.macs / 1e6, g.top1, marker='o', ms=4, label=f'{meth} (energy-aware)')
+    for meth in ('random growth', 'Net2Net'):
+        if (df.method == meth).any():
+            g = df[df.method == meth].groupby('round')[['macs', 'top1']].mean()
+            ax[0].plot(g.macs / 1e6, g.top1, marker='o', ms=4, ls='--', label=f'{meth} (S3D widths)')
+    sc = df[(df.method == 'scratch') & (df['round'] == df['round'].max())]
+    if len(sc): ax[0].plot(sc.macs.mean() / 1e6, sc.top1.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)')
     b = df[df.setting == 'baseline'].groupby('method', sort=False)[['macs', 'top1']].mean()
     ax[0].plot(b.macs / 1e6, b.top1, 's', color='0.3', label='MobileNetV1 width x'); 
     for m, r in b.iterrows(): ax[0].annotate(m, (r.macs / 1e6, r.top1), fontsize=7, xytext=(3, -9), textcoords='offset points')
@@ -234,6 +257,11 @@ def table2_report(df:pd.DataFrame, cfg:Table2Config, command:str, seconds:float)
              f"by {last.d_top1:+.2f} points; {len(cfg.seeds)} seed(s), so no spread is measured).", '',
              '## This run (MACs = multiply-accumulates of Conv2d and Linear per image)', '', markdown_table(table2_table(df), digits=4), '',
              '## S3D vs S2D per round', '', markdown_table(v, digits=4), '',
+             '## Controls of S3D at the last round (paired by seed; top-1 in %)', '',
+             f'Random growth and Net2Net grow the seed to the per-round widths of energy-aware S3D (c = {cfg.c:g}) of the same seed '
+             f'with the same training; scratch trains S3D\'s final architecture from a fresh initialisation for the same '
+             f'{cfg.rounds + 1} stages. The verdict needs the paired 95% interval to exclude 0.', '',
+             markdown_table(vs_controls(df, cfg.c, 'top1'), digits=4), '',
              '## The paper (ImageNet, 224x224; GMACs)', '', markdown_table(PAPER_TABLE2, digits=4), '']
     return '\n'.join(lines)
 

@@ -18,7 +18,8 @@ from ..pointcloud import (DGCNN, DGCNN_WIDTHS, PointNet, PointLoader, PointSet, 
 from ..train import train
 from ..runs import pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
 from ...cost import count_params_flops
-from ...grow import GrowConfig, grow
+from ...grow import GrowConfig, grow, scratch_model, GROWTHS
+from .table1 import CONTROLS, vs_controls, paired_diff, verdict, _matched_widths
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'SCALES', 'Table3Config', 'table3_runs', 'write_shapes_h5', 'table3_data', 'Trainer', 'run_one',
@@ -88,12 +89,12 @@ SCALES = {
     'smoke': Table3Config(scale='smoke', dataset='tiny', num_classes=3, num_points=48, k=4, full_widths=(8, 8, 16, 16),
                           seed_widths=(4, 4, 8, 8), emb=16, head=(16,), pointnet_widths=(8, 8, 8, 16), rounds=2, ratio=0.5,
                           score_clouds=12, score_batch=12, epochs=1, finetune_epochs=1, batch_size=8, train_per_class=8, test_per_class=4),
-    'cpu': Table3Config(),
+    'cpu': Table3Config(seeds=(0, 1, 2)),
 }
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #aa91980e
 def table3_runs(cfg:Table3Config) -> list:
-    "One dict per run (key, method, ...): grown S2D and S3D, the width-multiplier baselines and PointNet."
+    "One dict per run (key, method, ...): grown S2D and S3D, the width-multiplier baselines, PointNet and the controls of S3D."
     runs = []
     for s in cfg.seeds:
         runs += [dict(key=f'{meth}-c{c:g}-s{s}', method=meth, c=float(c), seed=s, widths=list(cfg.seed_widths))
@@ -101,6 +102,9 @@ def table3_runs(cfg:Table3Config) -> list:
         runs += [dict(key=f'width{mult:g}-s{s}', method=f'{mult:.2g}x' if mult != 1 else '1.0x', seed=s, mult=float(mult),
                       widths=[max(1, int(round(w * mult))) for w in cfg.full_widths]) for mult in cfg.width_mults]
         runs.append(dict(key=f'pointnet-s{s}', method='PointNet', seed=s))
+    s3d = lambda s: f'S3D-c{cfg.c:g}-s{s}'
+    runs += [dict(key=f'{g}-{s3d(s)}', method=GROWTHS[g], growth=g, seed=s, widths=list(cfg.seed_widths), after=s3d(s))
+             for s in cfg.seeds for g in CONTROLS]   # last: the other runs' rows keep their order
     return runs
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #7e967326
@@ -152,8 +156,15 @@ class Trainer:
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #27b8861b
 def _grow(run, cfg, T, folder):
-    gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=cfg.ratio, eigen=cfg.eigen, seed=run['seed'])
+    "S2D / S3D, or a control (`run['growth']`) grown to the per-round widths of S3D's run of the same seed."
+    if 'growth' in run:
+        ws = _matched_widths(run, Path(folder).parent)
+        if ws is None: raise RuntimeError(f"table3: {run['key']} needs the finished run {run['after']} (its per-round widths)")
+        gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, eps=cfg.eps, ratio=None, widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
+                        growth=run['growth'], eigen=cfg.eigen, seed=run['seed'])
+    else: gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=cfg.ratio, eigen=cfg.eigen, seed=run['seed'])
     torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
+    if run.get('growth') == 'scratch': model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
     fit = lambda m, r: T.fit(m, run['seed'] + 1000 * r, cfg.epochs if r == 0 else cfg.finetune_epochs, desc=f"{run['key']} r{r}")
     h = grow(model, fit, nn.CrossEntropyLoss(), T.score, cfg.example(T.device), gc, evaluate=T.test, out_dir=folder,
              progress=T.progress, label=dict(key=run['key'])).history
@@ -174,13 +185,14 @@ def run_one(run:dict, cfg:Table3Config, T:Trainer, root, force:bool=False) -> pd
     "Execute (or reuse) one run in `root/<key>/`; returns its rows."
     folder = Path(root) / run['key']; rows_csv, cfg_json = folder / 'rows.csv', folder / 'config.json'
     config = dict(run=run, cfg=asdict(cfg))
+    if 'growth' in run: config['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
     if is_done([rows_csv], cfg_json, config, force): return pd.read_csv(rows_csv)
     if force or not is_done([folder / 'run.json'], folder / 'run.json', config):   # stale or forced: start afresh
         for p in (rows_csv, cfg_json, folder / 'checkpoint.pt', folder / 'history.csv'):
             if p.exists(): p.unlink()
     folder.mkdir(parents=True, exist_ok=True); atomic_write_json(folder / 'run.json', config)
     t0 = time.time()
-    rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') else _baseline(run, cfg, T, folder)
+    rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
     base = dict(method=run['method'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
     df = pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'], seconds=time.time() - t0)
     atomic_write_csv(rows_csv, df); atomic_write_json(cfg_json, config)
@@ -189,9 +201,12 @@ def run_one(run:dict, cfg:Table3Config, T:Trainer, root, force:bool=False) -> pd
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #43bb7cdf
 def table3_table(df:pd.DataFrame) -> pd.DataFrame:
     "One row per model: overall and mean per-class accuracy (%), params (M), MFLOPs per cloud; means over seeds."
-    grown = df.method.isin(['S2D', 'S3D'])
-    lab = np.where(grown, np.where(df['round'] == 0, 'DGCNN seed', 'DGCNN-' + df.method + '-' + df['round'].astype(str)),
-                   np.where(df.method == 'PointNet', 'PointNet (no T-nets)', 'DGCNN (' + df.method + ')'))
+    df = df[(df.method != 'scratch') | (df['round'] == df['round'].max())]   # scratch: its final stage only
+    grown = df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net'])
+    ctl = np.where(df.method.isin(['random growth', 'Net2Net']), ' (S3D widths)', '')
+    lab = np.where(grown, np.where(df['round'] == 0, 'DGCNN seed', 'DGCNN-' + df.method + '-' + df['round'].astype(str) + ctl),
+                   np.where(df.method == 'PointNet', 'PointNet (no T-nets)',
+                            np.where(df.method == 'scratch', 'DGCNN scratch (S3D final widths)', 'DGCNN (' + df.method + ')')))
     g = df.assign(model=lab).groupby('model', sort=False)
     t = pd.DataFrame({'acc': g.acc.mean(), 'mean_class_acc': g.mean_class_acc.mean(), 'params_M': g.params.mean() / 1e6,
                       'mflops': g.flops.mean() / 1e6, 'runs': g.size()}).reset_index()
@@ -201,10 +216,14 @@ def plot_table3(df:pd.DataFrame, scale:str=''):
     "Accuracy vs parameters: (a) our runs (grown over rounds, baselines as points), (b) the paper's Table 3."
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for meth, d in df[df.method.isin(['S2D', 'S3D'])].groupby('method'):
-        g = d.groupby('round')[['params', 'acc']].mean()
-        ax[0].plot(g.params / 1e6, g.acc, marker='o', ms=4, label=f'DGCNN-{meth}')
-    b = df[~df.method.isin(['S2D', 'S3D'])].groupby('method', sort=False)[['params', 'acc']].mean()
+    for meth in ('S2D', 'S3D', 'random growth', 'Net2Net'):
+        if not (df.method == meth).any(): continue
+        g = df[df.method == meth].groupby('round')[['params', 'acc']].mean()
+        ctl = meth not in ('S2D', 'S3D')
+        ax[0].plot(g.params / 1e6, g.acc, marker='o', ms=4, ls='--' if ctl else '-', label=f'DGCNN-{meth}' + (' (S3D widths)' if ctl else ''))
+    sc = df[(df.method == 'scratch') & (df['round'] == df['round'].max())]
+    if len(sc): ax[0].plot(sc.params.mean() / 1e6, sc.acc.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)')
+    b = df[~df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net', 'scratch'])].groupby('method', sort=False)[['params', 'acc']].mean()
     ax[0].plot(b.params / 1e6, b.acc, 's', color='0.3', label='baselines')
     for m, r in b.iterrows(): ax[0].annotate(m, (r.params / 1e6, r.acc), fontsize=7, xytext=(3, -9), textcoords='offset points')
     ax[0].set_title(f'(a) this run ({scale})', fontsize=9)
@@ -225,6 +244,8 @@ def s3d_vs_s2d(df:pd.DataFrame) -> pd.DataFrame:
 def table3_report(df:pd.DataFrame, cfg:Table3Config, command:str, seconds:float) -> str:
     "Markdown: our table, the paper's table with sources, the setting, the command, and S3D vs S2D per round."
     v = s3d_vs_s2d(df); last = v.iloc[-1]
+    fin = df[df['round'] == last['round']]
+    pd_ = paired_diff(fin[fin.method == 'S3D'].set_index('seed').acc, fin[fin.method == 'S2D'].set_index('seed').acc)
     lines = [f"# Table 3, scale `{cfg.scale}` ({cfg.dataset}, {cfg.num_classes} classes, {cfg.num_points} points, k = {cfg.k})", '',
              f'Command: `{command}`  ', '',
              f'Setting: DGCNN, EdgeConv seed widths {list(cfg.seed_widths)}, S2D and S3D (m = {cfg.m}, c = {cfg.c:g}) on the EdgeConv '
@@ -234,10 +255,16 @@ def table3_report(df:pd.DataFrame, cfg:Table3Config, command:str, seconds:float)
              f'{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, {cfg.epochs} epochs for the seed and {cfg.finetune_epochs} after each '
              f'split, {cfg.baseline_budget} for each baseline; anisotropic scale, translation and point shuffling. Seeds {list(cfg.seeds)}.', '',
              f"At the last round ({int(last['round'])}): S3D {last.acc_S3D:.2f}% at {last.params_S3D / 1e6:.3g} M parameters, "
-             f"S2D {last.acc_S2D:.2f}% at {last.params_S2D / 1e6:.3g} M (S3D {'ahead' if last.d_acc > 0 else 'not ahead'} by "
-             f"{last.d_acc:+.2f} points; {len(cfg.seeds)} seed(s), so no spread is measured).", '',
+             f"S2D {last.acc_S2D:.2f}% at {last.params_S2D / 1e6:.3g} M; paired difference S3D - S2D {pd_['mean']:+.2f} points"
+             + (f", 95% interval [{pd_['lo']:+.2f}, {pd_['hi']:+.2f}]" if pd_['n'] > 1 else '')
+             + f", S3D ahead in {pd_['wins']}/{pd_['n']} seeds: **{verdict(pd_)}**.", '',
              '## This run (FLOPs per cloud include the kNN distance matrices)', '', markdown_table(table3_table(df), digits=4), '',
              '## S3D vs S2D per round', '', markdown_table(v, digits=4), '',
+             f'## Controls of S3D at the last round (paired by seed; accuracy in %)', '',
+             f'Random growth and Net2Net grow the seed to the per-round EdgeConv widths of S3D (c = {cfg.c:g}) of the same seed with '
+             f'the same training; scratch trains S3D\'s final architecture from a fresh initialisation for the same epochs. '
+             f'The verdict needs the paired 95% interval to exclude 0.', '',
+             markdown_table(vs_controls(df, cfg.c), digits=4), '',
              '## The paper (ModelNet40; forward time at batch 16 on an RTX 2080Ti)', '', markdown_table(PAPER_TABLE3, digits=4), '']
     return '\n'.join(lines)
 
