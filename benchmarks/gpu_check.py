@@ -37,6 +37,8 @@ from s3d.paper.data import ImageData, CIFAR100_MEAN, CIFAR100_STD
 from s3d.paper.runs import resolve_device, markdown_table
 import s3d.paper.experiments.table1 as T1
 import s3d.paper.experiments.fig2 as F2
+import s3d.paper.experiments.table2 as T2
+import s3d.paper.experiments.table3 as T3
 
 
 def sync(dev):
@@ -100,6 +102,45 @@ def check_table1(a, dev, out):
     rows.append(dict(run='fig2 S3D m=2 (1 job)', method='S3D', seconds=round(s, 2), peak_MiB=mem and round(mem),
                      params=None, flops=None, widths=None if r is None else str(int(r[1].neurons.iloc[-1])) + ' neurons', error=err))
     return rows, cfg
+
+
+def check_tables23(a, dev, out):
+    "Tables 2 and 3: every run of the paper config (tiny: smoke) on synthetic data in the real formats, 1 epoch per stage."
+    import numpy as np
+    from s3d.paper.imagenet import make_fake_imagefolder, scan_imagefolder
+    from s3d.paper.pointcloud import write_modelnet_h5, load_modelnet
+    rows = []
+    # Table 2: a generated JPEG ImageFolder at ImageNet-like sizes (256 px; 224 crops at paper shapes)
+    c2 = T2.SCALES['smoke' if a.tiny else 'paper']
+    c2 = replace(c2, epochs=1, rounds=a.rounds, seeds=(0,), score_images=min(c2.score_images, 64 if a.tiny else 512))
+    root = make_fake_imagefolder(out / 'imagefolder', n_classes=3 if a.tiny else 10, per_class=4 if a.tiny else 64,
+                                 val_per_class=2 if a.tiny else 16, size=40 if a.tiny else 256)
+    tr = scan_imagefolder(root, 'train'); va = scan_imagefolder(root, 'val', tr.classes)
+    c2 = replace(c2, num_classes=len(tr.classes))
+    T, _, err, _ = timed(dev, lambda: T2.Trainer(c2, tr, va, dev))
+    if err: rows.append(dict(run='table2 Trainer', error=err))
+    else:
+        for run in T2.table2_runs(c2):
+            df, s, err, mem = timed(dev, lambda: T2.run_one(run, c2, T, out / 'table2_runs', force=True))
+            rows.append(dict(run='table2 ' + run['key'], seconds=round(s, 2), peak_MiB=mem and round(mem), error=err))
+            print(f"  table2 {run['key']:22s} {s:7.1f} s  {'ok' if err is None else err}", flush=True)
+    # Table 3: synthetic point clouds written as the standard HDF5 release, 1,024 points at paper shapes
+    c3 = T3.SCALES['smoke' if a.tiny else 'paper']
+    c3 = replace(c3, epochs=1, finetune_epochs=1, baseline_epochs=1, rounds=a.rounds, seeds=(0,),
+                 score_clouds=min(c3.score_clouds, 12 if a.tiny else 256))
+    g = np.random.default_rng(0); n_cls = 3 if a.tiny else 40; P = 2 * c3.num_points
+    for split, n in (('train', 8 * n_cls), ('test', 2 * n_cls)):
+        write_modelnet_h5(out / 'modelnet', split, g.standard_normal((n, P, 3)), np.arange(n) % n_cls)
+    tr3, te3 = load_modelnet(out / 'modelnet', 'train', c3.num_points), load_modelnet(out / 'modelnet', 'test', c3.num_points)
+    c3 = replace(c3, num_classes=len(tr3.classes))
+    T, _, err, _ = timed(dev, lambda: T3.Trainer(c3, tr3, te3, dev))
+    if err: rows.append(dict(run='table3 Trainer', error=err))
+    else:
+        for run in T3.table3_runs(c3):
+            df, s, err, mem = timed(dev, lambda: T3.run_one(run, c3, T, out / 'table3_runs', force=True))
+            rows.append(dict(run='table3 ' + run['key'], seconds=round(s, 2), peak_MiB=mem and round(mem), error=err))
+            print(f"  table3 {run['key']:22s} {s:7.1f} s  {'ok' if err is None else err}", flush=True)
+    return rows
 
 
 def check_throughput(a, dev, cfg):
@@ -197,7 +238,7 @@ def report(a, dev, res, out):
     (out / 'gpu_check.json').write_text(json.dumps(dict(head, **res), indent=1, default=str))
     import pandas as pd
     md = [f"# gpu_check ({head['date']}, {name}, torch {head['torch']})", '', f"Command: `{head['command']}`", '']
-    for key, title in (('table1', 'Table 1 runs (1 epoch per stage) and Figure 2 job'), ('throughput', 'Training throughput'),
+    for key, title in (('table1', 'Table 1 runs (1 epoch per stage) and Figure 2 job'), ('tables23', 'Tables 2 and 3 runs (1 epoch per stage, synthetic data in the real formats)'), ('throughput', 'Training throughput'),
                        ('eigen', 'Fast eigenpairs'), ('agreement', 'float64 CPU vs float32 device'), ('projection', 'Projection')):
         if res.get(key): md += [f'## {title}', '', markdown_table(pd.DataFrame(res[key]).astype(object).where(lambda d: d.notna(), '–'), digits=4), '']
     md += [f"Peak memory: `torch.cuda.max_memory_allocated` per row ('–' on the CPU: not measured). Eigenvector |cos| only over "
@@ -214,7 +255,7 @@ def main(argv=None):
     p.add_argument('--train-images', type=int, default=5120); p.add_argument('--out', default='gpu_check_out')
     p.add_argument('--compile', default='', help="train(compile=...) for all training: 'default' or 'reduce-overhead'")
     p.add_argument('--runs', default='', help='comma-separated Table 1 run keys to do (default: all; --tiny: one of each kind)')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: table1,throughput,eigen,agreement')
+    p.add_argument('--skip', default='', help='comma-separated sections to skip: table1,tables23,throughput,eigen,agreement')
     a = p.parse_args(argv)
     if a.compile == 'default': a.compile = True
     dev = resolve_device(a.device); out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
@@ -222,6 +263,7 @@ def main(argv=None):
     skip, res, t0 = set(a.skip.split(',')) - {''}, {}, time.perf_counter()
     cfg = table1_config(a)
     if 'table1' not in skip: res['table1'], cfg = check_table1(a, dev, out)
+    if 'tables23' not in skip: res['tables23'] = check_tables23(a, dev, out)
     if 'throughput' not in skip: res['throughput'], meas = check_throughput(a, dev, cfg)
     if 'eigen' not in skip: res['eigen'] = check_eigen(a, dev, cfg)
     if 'agreement' not in skip: res['agreement'] = check_agreement(a, dev)

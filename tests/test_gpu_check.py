@@ -16,6 +16,10 @@ def test_gpu_check_tiny_cpu(tmp_path):
     assert not [r for r in res['table1'] if r['error']], [r['error'] for r in res['table1'] if r['error']]
     assert {'S2D-c1-s0', 'S3D-c3-s0', 'l1-s0', 'bn-s0', 'morphnet-s0', 'E-S3D-c3-s0'} <= set(runs)
     assert runs['l1-s0']['flops'] < runs['width1-s0']['flops']
+    t23 = {r['run']: r for r in res['tables23']}
+    assert not [r for r in res['tables23'] if r.get('error')], [r['error'] for r in res['tables23'] if r.get('error')]
+    assert {'table2 E-S3D-c3-s0', 'table3 S3D-c3-s0', 'table3 pointnet-s0'} <= set(t23), sorted(t23)
+    assert '## Tables 2 and 3 runs' in md
     assert all(r['ours_img_s'] > 0 and r['plain_img_s'] > 0 for r in res['throughput'])
     assert all(r['error'] is None and r['eigen_s'] > 0 for r in res['eigen'])
     for r in res['agreement']:  # float32 vs float64 on the CPU: S to ~1e-6, eigenvalues within 2% of the radius
