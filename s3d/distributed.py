@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .grow import _takes_state
 
 # %% auto #0
-__all__ = ['world_size', 'rank', 'DistContext', 'init_distributed', 'ShardedLoader', 'ShardedJpegLoader']
+__all__ = ['world_size', 'rank', 'DistContext', 'init_distributed', 'ShardedLoader']
 
 # %% ../nbs/08b_distributed.ipynb #f0000006
 def world_size() -> int:
@@ -94,30 +94,3 @@ def _shard(self, loader) -> ShardedLoader:
     "`loader` cut for this rank (see `ShardedLoader`)."
     return ShardedLoader(loader, self.rank, self.world_size)
 DistContext.shard = _shard
-
-# %% ../nbs/08b_distributed.ipynb #f0000011
-from .paper.imagenet import JpegLoader, _batch
-
-class ShardedJpegLoader(JpegLoader):
-    "A `JpegLoader` reading only this rank's part (samples rank, rank + w, ...) of every global batch of `batch_size`."
-    def __init__(self, files, batch_size:int, rank:int, world_size:int, **kwargs):  # kwargs: those of `JpegLoader`
-        if batch_size % world_size: raise ValueError(f"ShardedJpegLoader: batch_size {batch_size} is not a multiple of world_size {world_size}")
-        if not 0 <= rank < world_size: raise ValueError(f"ShardedJpegLoader: rank must be in [0, {world_size}), got {rank}")
-        super().__init__(files, batch_size // world_size, **kwargs)
-        self.global_batch, self.rank, self.world_size = batch_size, rank, world_size
-
-    def __len__(self):
-        n = len(self.files)
-        return n // self.global_batch if self.drop_last else -(-n // self.global_batch)
-
-    def __iter__(self):
-        n, B = len(self.files), self.global_batch
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)) \
-                if self.train else torch.arange(n)
-        self._order = torch.cat([order[s:s + B][self.rank::self.world_size] for s in range(0, len(self) * B, B)] or [order[:0]])
-        try:
-            for items, idx in self._dl:
-                x, y = _batch(self, items, idx)
-                self.last_labels = y
-                yield x, y
-        finally: self.epoch += 1

@@ -249,7 +249,7 @@ def _reader_init(worker_id):
 class _Order(torch.utils.data.Sampler):
     "Yields (index, epoch, seed) in the loader's current order (workers stay stateless, so `seed` may change)."
     def __init__(self, loader): self.loader = loader
-    def __len__(self): return len(self.loader.files)
+    def __len__(self): return len(self.loader._order)
     def __iter__(self): return ((int(i), self.loader.epoch, int(self.loader.seed)) for i in self.loader._order)
 
 class JpegLoader:
@@ -266,8 +266,12 @@ class JpegLoader:
                  crop_frac:float=0.875,         # centre crop of the shorter side (evaluation)
                  scale=(0.08, 1.0),             # RandomResizedCrop area range
                  drop_last:bool=False,          # drop a last incomplete batch
+                 rank:int=0, world_size:int=1,  # under torchrun: this process reads samples rank, rank + w, ... of every global batch
                  channels_last:bool|None=None): # channels_last output (default: on CUDA)
-        self.files, self.batch_size, self.size, self.train, self.seed = files, int(batch_size), int(size), train, seed
+        if world_size < 1 or not 0 <= rank < world_size: raise ValueError(f"JpegLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if batch_size % world_size: raise ValueError(f"JpegLoader: batch_size {batch_size} is not a multiple of world_size {world_size}")
+        self.global_batch, self.rank, self.world_size = int(batch_size), rank, world_size
+        self.files, self.batch_size, self.size, self.train, self.seed = files, int(batch_size) // world_size, int(size), train, seed
         self.device = torch.device(device); cuda = self.device.type == 'cuda'
         if decode == 'auto': decode = 'device' if cuda else 'worker'
         if decode not in ('device', 'worker'): raise ValueError(f"JpegLoader: decode must be 'auto', 'device' or 'worker', got {decode!r}")
@@ -285,8 +289,8 @@ class JpegLoader:
         self._reader = reader
 
     def __len__(self):
-        n = len(self.files)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n, B = len(self.files), self.global_batch
+        return n // B if self.drop_last else -(-n // B)
 
 # %% ../../nbs/paper/07_imagenet.ipynb #b8f47cb4
 def _batch(self, items, idx):
@@ -304,8 +308,11 @@ def _batch(self, items, idx):
     return x, self.files.labels[idx].to(self.device, non_blocking=True)
 
 def _iter(self):
-    self._order = torch.randperm(len(self.files), generator=torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)) \
-                  if self.train else torch.arange(len(self.files))
+    n, B, w = len(self.files), self.global_batch, self.world_size
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)) \
+            if self.train else torch.arange(n)
+    # one process: the whole order; under torchrun: this rank's share of every global batch (the same global order on every rank)
+    self._order = order if w == 1 else torch.cat([order[s:s + B][self.rank::w] for s in range(0, len(self) * B, B)] or [order[:0]])
     try:
         for items, idx in self._dl:
             x, y = _batch(self, items, idx)
