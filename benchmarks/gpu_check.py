@@ -104,6 +104,18 @@ def check_table1(a, dev, out):
     return rows, cfg
 
 
+def _every_run(tag, mod, runs, cfg, data, dev, out):
+    "Rows (run, seconds, peak memory, error) of every run of experiment module `mod`, through its own Trainer and run_one."
+    T, _, err, _ = timed(dev, lambda: mod.Trainer(cfg, *data, dev))
+    if err: return [dict(run=f'{tag} Trainer', error=err)]
+    rows = []
+    for run in runs:
+        df, s, err, mem = timed(dev, lambda: mod.run_one(run, cfg, T, out / f'{tag}_runs', force=True))
+        rows.append(dict(run=f"{tag} {run['key']}", seconds=round(s, 2), peak_MiB=mem and round(mem), error=err))
+        print(f"  {tag} {run['key']:22s} {s:7.1f} s  {'ok' if err is None else err}", flush=True)
+    return rows
+
+
 def check_tables23(a, dev, out):
     "Tables 2 and 3: every run of the paper config (tiny: smoke) on synthetic data in the real formats, 1 epoch per stage."
     import numpy as np
@@ -117,13 +129,7 @@ def check_tables23(a, dev, out):
                                  val_per_class=2 if a.tiny else 16, size=40 if a.tiny else 256)
     tr = scan_imagefolder(root, 'train'); va = scan_imagefolder(root, 'val', tr.classes)
     c2 = replace(c2, num_classes=len(tr.classes))
-    T, _, err, _ = timed(dev, lambda: T2.Trainer(c2, tr, va, dev))
-    if err: rows.append(dict(run='table2 Trainer', error=err))
-    else:
-        for run in T2.table2_runs(c2):
-            df, s, err, mem = timed(dev, lambda: T2.run_one(run, c2, T, out / 'table2_runs', force=True))
-            rows.append(dict(run='table2 ' + run['key'], seconds=round(s, 2), peak_MiB=mem and round(mem), error=err))
-            print(f"  table2 {run['key']:22s} {s:7.1f} s  {'ok' if err is None else err}", flush=True)
+    rows += _every_run('table2', T2, T2.table2_runs(c2), c2, (tr, va), dev, out)
     # Table 3: synthetic point clouds written as the standard HDF5 release, 1,024 points at paper shapes
     c3 = T3.SCALES['smoke' if a.tiny else 'paper']
     c3 = replace(c3, epochs=1, finetune_epochs=1, baseline_epochs=1, rounds=a.rounds, seeds=(0,),
@@ -133,13 +139,7 @@ def check_tables23(a, dev, out):
         write_modelnet_h5(out / 'modelnet', split, g.standard_normal((n, P, 3)), np.arange(n) % n_cls)
     tr3, te3 = load_modelnet(out / 'modelnet', 'train', c3.num_points), load_modelnet(out / 'modelnet', 'test', c3.num_points)
     c3 = replace(c3, num_classes=len(tr3.classes))
-    T, _, err, _ = timed(dev, lambda: T3.Trainer(c3, tr3, te3, dev))
-    if err: rows.append(dict(run='table3 Trainer', error=err))
-    else:
-        for run in T3.table3_runs(c3):
-            df, s, err, mem = timed(dev, lambda: T3.run_one(run, c3, T, out / 'table3_runs', force=True))
-            rows.append(dict(run='table3 ' + run['key'], seconds=round(s, 2), peak_MiB=mem and round(mem), error=err))
-            print(f"  table3 {run['key']:22s} {s:7.1f} s  {'ok' if err is None else err}", flush=True)
+    rows += _every_run('table3', T3, T3.table3_runs(c3), c3, (tr3, te3), dev, out)
     return rows
 
 

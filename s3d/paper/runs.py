@@ -14,7 +14,8 @@ import torch
 # %% auto #0
 __all__ = ['EXIT_CODES', 'OutputError', 'DeviceError', 'Interrupted', 'atomic_save_figure', 'markdown_table', 'resolve_device',
            'is_done', 'check_out_dir', 'pinned_numerics', 'run_info', 'run_info_line', 'fingerprint',
-           'fingerprint_line', 'read_fingerprint', 'default_jobs', 'run_tasks', 'stop_on_signals', 'interrupted']
+           'fingerprint_line', 'read_fingerprint', 'default_jobs', 'run_tasks', 'stop_on_signals', 'interrupted',
+           'run_all', 'reproduce_command', 'write_results']
 
 # %% ../../nbs/paper/05_runs.ipynb #af5ae92d
 from .data import DataError
@@ -158,9 +159,15 @@ def default_jobs(device='cpu') -> int:
 class _Stop(BaseException): pass
 _IN_TASK = False
 
-def _on_sigterm(signum, frame):
-    if _IN_TASK: raise _Stop()
+def _leave(signum):
+    "Release what this worker's finalizers hold (e.g. the semaphores of tqdm's lock), then leave at once."
+    from multiprocessing import util
+    util._run_finalizers(0)
     os._exit(128 + signum)
+
+def _on_sigterm(signum, frame):
+    if _IN_TASK: raise _Stop()   # inside a task: unwind it first (see `_call`)
+    _leave(signum)               # between tasks: a lock made by an earlier task must not leak either
 
 def _worker_init(threads:int):
     signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, _on_sigterm)
@@ -170,10 +177,7 @@ def _call(fn, args):
     global _IN_TASK
     _IN_TASK = True
     try: return fn(*args)
-    except _Stop:
-        from multiprocessing import util
-        util._run_finalizers(0)   # e.g. release the semaphores of locks this worker made (tqdm's), then leave at once
-        os._exit(128 + signal.SIGTERM)
+    except _Stop: _leave(signal.SIGTERM)
     finally: _IN_TASK = False
 
 # %% ../../nbs/paper/05_runs.ipynb #a587ebd7
@@ -229,3 +233,34 @@ def stop_on_signals():
 def interrupted(e:BaseException, kept:str) -> Interrupted:
     "An `Interrupted` with `e`'s signal (SIGINT for a plain KeyboardInterrupt) and the sentence `kept`."
     return Interrupted(getattr(e, 'signum', signal.SIGINT), kept)
+
+# %% ../../nbs/paper/05_runs.ipynb #967b8bd0
+def run_all(runs:list, one, desc:str, progress:bool=True):
+    "Rows of every run (`one(run)` returns a DataFrame), under one progress bar, without timings so files regenerate byte for byte."
+    import pandas as pd
+    from tqdm.auto import tqdm
+    dfs = []
+    with tqdm(runs, desc=desc, disable=not progress, leave=False) as bar:   # cleared on exit, errors included
+        for r in bar: bar.set_postfix_str(r['key']); dfs.append(one(r))
+    return pd.concat(dfs, ignore_index=True).drop(columns='seconds', errors='ignore')
+
+def reproduce_command(name:str, scale:str, device, data=None, fake_data:bool=False) -> str:
+    "The command line that regenerates `name`'s committed results at `scale` (written into its report)."
+    device = torch.device(device)
+    return (('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce {name} --scale {scale} --device {device.type}'
+            + (f' --data {data}' if data is not None else '') + (' --fake-data' if fake_data and data is None else '') + ' --out data/results')
+
+def write_results(name:str, scale:str, out, df, plot, report:str, device, fake:str|None=None) -> list:
+    "Write `{name}_{scale}.csv`, the figure `plot(csv frame)` as .png/.pdf and the report (+ run info; FAKE DATA title when `fake`)."
+    import pandas as pd
+    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+    out = Path(out)
+    csv, md, figs = out / f'{name}_{scale}.csv', out / f'{name}_{scale}.md', [out / f'{name}_{scale}.png', out / f'{name}_{scale}.pdf']
+    atomic_write_csv(csv, df)
+    fig = plot(pd.read_csv(csv))
+    for p in figs: atomic_save_figure(p, fig)
+    plt.close(fig)
+    report = report + '\n' + run_info_line(run_info(device)) + '\n'
+    atomic_write_text(md, (f'# FAKE DATA: generated {fake}, not a benchmark\n\n' if fake else '') + report)
+    return [csv, md, *figs]

@@ -17,7 +17,7 @@ from ..imagenet import (IMAGENET_STRIDES, JpegLoader, LabelSmoothing, evaluate_t
                                 make_fake_imagefolder, write_imagefolder)
 from ..models import MobileNetV1, MOBILENET_WIDTHS
 from ..train import train
-from ..runs import pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
+from ..runs import run_all, reproduce_command, write_results, pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, _matched_widths
@@ -272,26 +272,13 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
     with pinned_numerics(1): return _run(scale, device, data, out, force, progress, fake_data)
 
 def _run(scale, device, data, out, force, progress, fake_data):
-    from tqdm.auto import tqdm
     if scale not in SCALES: raise ValueError(f'table2: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
     cfg, out, t0 = SCALES[scale], Path(out), time.time()
     device = resolve_device(device)
     tr, va = table2_data(cfg, data, out, fake_data)
     cfg = replace(cfg, num_classes=len(tr.classes))
-    T = Trainer(cfg, tr, va, device)
-    root, runs, dfs = out / f'table2_{scale}_runs', table2_runs(cfg), []
-    with tqdm(runs, desc=f'table2 {scale}', disable=not progress, leave=False) as bar:   # cleared on exit, errors included
-        for r in bar: bar.set_postfix_str(r['key']); dfs.append(run_one(r, cfg, T, root, force))
-    df = pd.concat(dfs, ignore_index=True).drop(columns='seconds', errors='ignore')   # no timings: the file regenerates byte for byte
-    csv, md, figs = out / f'table2_{scale}.csv', out / f'table2_{scale}.md', [out / f'table2_{scale}.png', out / f'table2_{scale}.pdf']
-    atomic_write_csv(csv, df)
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    fig = plot_table2(pd.read_csv(csv), scale)
-    for p in figs: atomic_save_figure(p, fig)
-    plt.close(fig)
-    cmd = ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce table2 --scale {scale} --device {device.type}' + (f' --data {data}' if data is not None else '') + (' --fake-data' if fake_data and data is None else '') + ' --out data/results'
-    report = table2_report(df, cfg, cmd, time.time() - t0) + '\n' + run_info_line(run_info(device)) + '\n'
-    if cfg.dataset == 'fake' and data is None: report = f'# FAKE DATA: generated images, not a benchmark\n\n' + report
-    atomic_write_text(md, report)
-    return [csv, md, *figs]
+    T, root = Trainer(cfg, tr, va, device), out / f'table2_{scale}_runs'
+    df = run_all(table2_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table2 {scale}', progress)
+    report = table2_report(df, cfg, reproduce_command('table2', scale, device, data, fake_data), time.time() - t0)
+    return write_results('table2', scale, out, df, lambda d: plot_table2(d, scale), report, device,
+                         fake='images' if cfg.dataset == 'fake' and data is None else None)

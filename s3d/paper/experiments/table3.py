@@ -16,7 +16,7 @@ from torch import nn
 from ..pointcloud import (DGCNN, DGCNN_WIDTHS, PointNet, PointLoader, PointSet, SHAPES, MODELNET_DIR, load_modelnet,
                           synthetic_shapes, write_modelnet_h5, evaluate_points)
 from ..train import train
-from ..runs import pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
+from ..runs import run_all, reproduce_command, write_results, pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, paired_diff, verdict, _matched_widths
@@ -275,26 +275,13 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
     with pinned_numerics(1): return _run(scale, device, data, out, force, progress, fake_data)
 
 def _run(scale, device, data, out, force, progress, fake_data):
-    from tqdm.auto import tqdm
     if scale not in SCALES: raise ValueError(f'table3: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
     cfg, out, t0 = SCALES[scale], Path(out), time.time()
     device = resolve_device(device)
     tr, te = table3_data(cfg, data, out, fake_data)
     cfg = replace(cfg, num_classes=len(tr.classes))
-    T = Trainer(cfg, tr, te, device)
-    root, runs, dfs = out / f'table3_{scale}_runs', table3_runs(cfg), []
-    with tqdm(runs, desc=f'table3 {scale}', disable=not progress, leave=False) as bar:
-        for r in bar: bar.set_postfix_str(r['key']); dfs.append(run_one(r, cfg, T, root, force))
-    df = pd.concat(dfs, ignore_index=True).drop(columns='seconds', errors='ignore')   # no timings: the file regenerates byte for byte
-    csv, md, figs = out / f'table3_{scale}.csv', out / f'table3_{scale}.md', [out / f'table3_{scale}.png', out / f'table3_{scale}.pdf']
-    atomic_write_csv(csv, df)
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    fig = plot_table3(pd.read_csv(csv), scale)
-    for p in figs: atomic_save_figure(p, fig)
-    plt.close(fig)
-    cmd = ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce table3 --scale {scale} --device {device.type}' + (f' --data {data}' if data is not None else '') + (' --fake-data' if fake_data and data is None else '') + ' --out data/results'
-    report = table3_report(df, cfg, cmd, time.time() - t0) + '\n' + run_info_line(run_info(device)) + '\n'
-    if cfg.dataset == 'tiny' and data is None: report = f'# FAKE DATA: generated point clouds, not a benchmark\n\n' + report
-    atomic_write_text(md, report)
-    return [csv, md, *figs]
+    T, root = Trainer(cfg, tr, te, device), out / f'table3_{scale}_runs'
+    df = run_all(table3_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table3 {scale}', progress)
+    report = table3_report(df, cfg, reproduce_command('table3', scale, device, data, fake_data), time.time() - t0)
+    return write_results('table3', scale, out, df, lambda d: plot_table3(d, scale), report, device,
+                         fake='point clouds' if cfg.dataset == 'tiny' and data is None else None)
