@@ -42,7 +42,7 @@ class GrowConfig:
     per_layer_cap: int | float | None = None  # per-layer cap: count (int) or fraction (float)
     budget: float | None = None       # energy-aware: max added cost per round (see `cost`)
     cost: str = 'flops'               # 'flops' or 'params': the unit of `budget`
-    eigen: str = 'fast'               # 'exact' (dense S + eigh) or 'fast' (matrix-free Lanczos)
+    eigen: str = 'fast'               # 'exact' (dense S + eigh), 'fast' (block Krylov, cached or streamed by memory), 'cached', 'stream'
     seed: int = 0                     # seed of the eigen-solver start vectors and of the controls' random draws
     growth: str = 'split'             # 'split' (S2D/S3D) or a control: 'random', 'net2net', 'scratch' (see `GROWTHS`)
     step: str = 'fixed'               # 'fixed' (eps) or 'line_search' (best held loss on a geometric grid eps..eps_max)
@@ -63,7 +63,8 @@ class GrowConfig:
         if self.c < 1: raise ValueError(f"c must be >= 1, got {self.c}")
         if not self.eps > 0: raise ValueError(f"eps must be > 0, got {self.eps}")
         if self.cost not in ('flops', 'params'): raise ValueError(f"cost must be 'flops' or 'params', got {self.cost!r}")
-        if self.eigen not in ('exact', 'fast'): raise ValueError(f"eigen must be 'exact' or 'fast', got {self.eigen!r}")
+        if self.eigen not in ('exact', 'fast', 'cached', 'stream'):
+            raise ValueError(f"eigen must be 'exact', 'fast', 'cached' or 'stream' (see extreme_eigenpairs), got {self.eigen!r}")
         if self.growth not in GROWTHS: raise ValueError(f"growth must be one of {list(GROWTHS)}, got {self.growth!r}")
         if self.step not in ('fixed', 'line_search'): raise ValueError(f"step must be 'fixed' or 'line_search', got {self.step!r}")
         if self.step == 'line_search' and not (self.eps_max > self.eps and self.eps_grid >= 2):
