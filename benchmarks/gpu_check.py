@@ -34,7 +34,7 @@ from s3d.splitmat import dense_matrices
 from s3d.eigen import extreme_eigenpairs, eigh_extremes
 from s3d.paper.models import MobileNetV1
 from s3d.paper.data import ImageData, CIFAR100_MEAN, CIFAR100_STD
-from s3d.paper.runs import resolve_device, markdown_table
+from s3d.paper.runs import resolve_device, markdown_table, start_distributed, stop_distributed, is_writer, barrier
 import s3d.paper.experiments.table1 as T1
 import s3d.paper.experiments.fig2 as F2
 import s3d.paper.experiments.table2 as T2
@@ -125,8 +125,10 @@ def check_tables23(a, dev, out):
     # Table 2: a generated JPEG ImageFolder at ImageNet-like sizes (256 px; 224 crops at paper shapes)
     c2 = T2.SCALES['smoke' if a.tiny else 'paper']
     c2 = replace(c2, epochs=1, rounds=a.rounds, seeds=(0,), score_images=min(c2.score_images, 64 if a.tiny else 512))
-    root = make_fake_imagefolder(out / 'imagefolder', n_classes=3 if a.tiny else 10, per_class=4 if a.tiny else 64,
-                                 val_per_class=2 if a.tiny else 16, size=40 if a.tiny else 256)
+    root = out / 'imagefolder'
+    if is_writer(): make_fake_imagefolder(root, n_classes=3 if a.tiny else 10, per_class=4 if a.tiny else 64,
+                                          val_per_class=2 if a.tiny else 16, size=40 if a.tiny else 256)
+    barrier()   # under torchrun: rank 0 writes the generated data, the others read it
     tr = scan_imagefolder(root, 'train'); va = scan_imagefolder(root, 'val', tr.classes)
     c2 = replace(c2, num_classes=len(tr.classes))
     rows += _every_run('table2', T2, T2.table2_runs(c2), c2, (tr, va), dev, out)
@@ -135,8 +137,11 @@ def check_tables23(a, dev, out):
     c3 = replace(c3, epochs=1, finetune_epochs=1, baseline_epochs=1, rounds=a.rounds, seeds=(0,),
                  score_clouds=min(c3.score_clouds, 12 if a.tiny else 256))
     g = np.random.default_rng(0); n_cls = 3 if a.tiny else 40; P = 2 * c3.num_points
-    for split, n in (('train', 8 * n_cls), ('test', 2 * n_cls)):
-        write_modelnet_h5(out / 'modelnet', split, g.standard_normal((n, P, 3)), np.arange(n) % n_cls)
+    def write():
+        for split, n in (('train', 8 * n_cls), ('test', 2 * n_cls)):
+            write_modelnet_h5(out / 'modelnet', split, g.standard_normal((n, P, 3)), np.arange(n) % n_cls)
+    if is_writer(): write()
+    barrier()
     tr3, te3 = load_modelnet(out / 'modelnet', 'train', c3.num_points), load_modelnet(out / 'modelnet', 'test', c3.num_points)
     c3 = replace(c3, num_classes=len(tr3.classes))
     rows += _every_run('table3', T3, T3.table3_runs(c3), c3, (tr3, te3), dev, out)
@@ -258,9 +263,11 @@ def main(argv=None):
     p.add_argument('--skip', default='', help='comma-separated sections to skip: table1,tables23,throughput,eigen,agreement')
     a = p.parse_args(argv)
     if a.compile == 'default': a.compile = True
-    dev = resolve_device(a.device); out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    dist, dev = start_distributed(a.device)   # under torchrun: this process's GPU (gloo on CPU); else a.device
+    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
     skip, res, t0 = set(a.skip.split(',')) - {''}, {}, time.perf_counter()
+    if not is_writer(): skip |= {'throughput', 'eigen', 'agreement'}   # one-process measurements: rank 0 alone
     cfg = table1_config(a)
     if 'table1' not in skip: res['table1'], cfg = check_table1(a, dev, out)
     if 'tables23' not in skip: res['tables23'] = check_tables23(a, dev, out)
@@ -280,7 +287,9 @@ def main(argv=None):
                              dict(what=f'{n_splits} splits x slowest measured fast eigenpairs', hours=round(eig_h, 3)),
                              dict(what='total', hours=round(hours + eig_h, 2))]
     res['seconds'] = round(time.perf_counter() - t0, 1)
-    report(a, dev, res, out)
+    if dist is not None: res['world_size'] = dist.world_size
+    if is_writer(): report(a, dev, res, out)
+    barrier(); stop_distributed()
     return res
 
 

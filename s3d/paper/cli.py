@@ -8,12 +8,14 @@ Docs: https://s3d-dev.github.io/s3d/paper/cli.html.md"""
 from __future__ import annotations
 import argparse, importlib, sys, time, traceback
 from pathlib import Path
+from ..grow import CheckpointError
 from .runs import (DataError, OutputError, DeviceError, Interrupted, EXIT_CODES, atomic_save_figure, is_done,
-                            resolve_device, check_out_dir, default_jobs, stop_on_signals, read_fingerprint)
+                            resolve_device, check_out_dir, default_jobs, stop_on_signals, read_fingerprint,
+                            start_distributed, stop_distributed, dist_context, writer_first, check_shared_out, is_writer)
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'ABOUT', 'DEFAULT_OUT', 'register_experiment', 'experiment_runner', 'experiment_checker', 'check_fig1',
-           'run_fig1', 'make_parser', 'main']
+__all__ = ['EXPERIMENTS', 'ABOUT', 'DATA_PARALLEL', 'DEFAULT_OUT', 'register_experiment', 'experiment_runner',
+           'experiment_checker', 'check_fig1', 'run_fig1', 'make_parser', 'main']
 
 # %% ../../nbs/paper/06_cli.ipynb #c6b82d67
 EXPERIMENTS = {'fig1': 's3d.paper.cli:run_fig1', 'fig2': 's3d.paper.experiments.fig2:run',
@@ -31,11 +33,15 @@ ABOUT = {'fig1': ('Figure 1: the binary, triplet and quartet split schemes, draw
          'table3': ('Table 3: ModelNet40 point clouds, DGCNN grown by S2D/S3D vs width multipliers and PointNet',
                     'smoke ~30 s (CPU, --fake-data); cpu (synthetic shapes) ~3.5 min on 1 core; paper (ModelNet40) ~49 GPU-hours (projected from the paper)')}
 
-def register_experiment(name:str, target:str|None, about:str='', time:str=''):
+DATA_PARALLEL = {'table1', 'table2', 'table3'}   # experiments that run under torchrun with several processes
+
+def register_experiment(name:str, target:str|None, about:str='', time:str='', data_parallel:bool=False):
     "Register (or replace) experiment `name` as a `'module:function'` string, or None for not implemented."
     if target is not None and (not isinstance(target, str) or ':' not in target):
         raise ValueError(f"experiment {name!r}: target must look like 'package.module:function', got {target!r}")
     EXPERIMENTS[name] = target
+    if data_parallel: DATA_PARALLEL.add(name)
+    else: DATA_PARALLEL.discard(name)
     if about or time or name not in ABOUT: ABOUT[name] = (about, time)   # keep the description when only the target changes
 
 def _target(name):
@@ -111,6 +117,7 @@ def _code(e:BaseException, phase:str) -> int:
     if isinstance(e, DataError): return 4
     if isinstance(e, DeviceError): return 5
     if isinstance(e, NotImplementedError): return 6
+    if isinstance(e, CheckpointError): return 7
     if isinstance(e, (ValueError, TypeError)) and phase == 'check': return 2
     return 1
 
@@ -119,7 +126,7 @@ def _line(name:str, e:BaseException, code:int) -> str:
         how = 'interrupted (Ctrl-C)' if code == 130 else 'terminated (SIGTERM)'
         kept = getattr(e, 'kept', '') or 'no finished work to keep yet'
         return f'{name}: {how}; kept: {kept}; rerun the same command to resume'
-    what = {3: 'output error', 4: 'data error', 5: 'device error', 6: 'not implemented yet', 2: 'error'}.get(code)
+    what = {3: 'output error', 4: 'data error', 5: 'device error', 6: 'not implemented yet', 7: 'checkpoint error', 2: 'error'}.get(code)
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return f'{name}: {what}: {msg}' if what else f'{name}: failed: {type(e).__name__}: {msg} (rerun with --debug for the traceback)'
 
@@ -129,7 +136,7 @@ def _guard(name:str, phase:str, debug:bool, fn, *a, **kw):
     except (Exception, KeyboardInterrupt) as e:
         code = _code(e, phase)
         if debug: traceback.print_exc()
-        print(_line(name, e, code), file=sys.stderr, flush=True)
+        if not getattr(e, 'from_rank0', False): print(_line(name, e, code), file=sys.stderr, flush=True)   # torchrun: printed by rank 0
         return None, code
 
 # %% ../../nbs/paper/06_cli.ipynb #dc80e1f5
@@ -166,25 +173,37 @@ def _reproduce(args) -> int:
     if EXPERIMENTS.get(args.experiment, 1) is None:
         print(f'{args.experiment}: not implemented yet', file=sys.stderr); return 6
     name = args.experiment
-    device, code = _guard(name, 'check', args.debug, resolve_device, args.device)
+    started, code = _guard(name, 'check', args.debug, start_distributed, args.device)   # joins torchrun's group when launched by it
     if code: return code
+    dist, device = started
     if args.jobs is not None and args.jobs < 1: print(f'{name}: error: --jobs must be >= 1, got {args.jobs}', file=sys.stderr); return 2
-    jobs = args.jobs or default_jobs(device)
-    out, code = _guard(name, 'check', args.debug, check_out_dir, args.out)
+    if dist is not None and args.jobs not in (None, 1):
+        if is_writer(): print(f'{name}: error: under torchrun every process is one rank: --jobs must be 1 (got {args.jobs})', file=sys.stderr)
+        return 2
+    jobs = 1 if dist is not None else args.jobs or default_jobs(device)
+    if dist is not None and dist.world_size > 1:   # the toy figures run in one process
+        if args.experiment != 'all' and name not in DATA_PARALLEL:
+            if is_writer(): print(f'{name}: error: it does not run data-parallel; run it without torchrun (or with --nproc-per-node 1)', file=sys.stderr)
+            return 2
+        for n in [n for n in names if n not in DATA_PARALLEL]:
+            if is_writer(): print(f'{n}: skipped under torchrun with {dist.world_size} processes (run it without torchrun)', file=sys.stderr)
+        names = [n for n in names if n in DATA_PARALLEL]
+    out, code = _guard(name, 'check', args.debug, lambda: check_shared_out(writer_first(check_out_dir, args.out)))
     if code: return code
     opts = dict(scale=args.scale, device=str(device), data=args.data, out=out, fake_data=args.fake_data, download=args.download)
     for n in names:   # phase 1: every check before any computing
         check = experiment_checker(n)
-        warnings, code = _guard(n, 'check', args.debug, check, **opts) if check else ([], 0)
+        warnings, code = _guard(n, 'check', args.debug, writer_first, check, **opts) if check else ([], 0)
         if code: return code
-        for w in warnings: print(f'{n}: warning: {w}', file=sys.stderr)
+        for w in warnings if is_writer() else []: print(f'{n}: warning: {w}', file=sys.stderr)
     for n in names:   # phase 2: run
         t0 = time.time()
         given = [k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)]
         fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs), given)
         paths, code = _guard(n, 'run', args.debug, fn, **kw)
         if code: return code
-        print(f'{n}: done in {time.time() - t0:.1f} s wall time; files:')
+        if not is_writer(): continue
+        print(f'{n}: done in {time.time() - t0:.1f} s wall time' + (f' ({dist.world_size} processes)' if dist else '') + '; files:')
         for p in paths: print(f'  {p}')
     return 0
 
@@ -200,3 +219,4 @@ def main(argv=None) -> int:
         try: return _reproduce(args)
         except KeyboardInterrupt as e:   # between the guarded steps
             code = _code(e, 'run'); print(_line(args.experiment, e, code), file=sys.stderr); return code
+        finally: stop_distributed()

@@ -12,10 +12,12 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['EXIT_CODES', 'OutputError', 'DeviceError', 'Interrupted', 'atomic_save_figure', 'markdown_table', 'resolve_device',
-           'is_done', 'check_out_dir', 'pinned_numerics', 'run_info', 'run_info_line', 'fingerprint',
-           'fingerprint_line', 'read_fingerprint', 'default_jobs', 'run_tasks', 'stop_on_signals', 'interrupted',
-           'run_all', 'reproduce_command', 'write_results']
+__all__ = ['EXIT_CODES', 'RECORD_ONLY', 'STAGE_FORMAT', 'OutputError', 'DeviceError', 'Interrupted', 'atomic_save_figure',
+           'markdown_table', 'resolve_device', 'is_done', 'check_out_dir', 'pinned_numerics', 'run_info',
+           'run_info_line', 'fingerprint', 'fingerprint_line', 'read_fingerprint', 'default_jobs', 'run_tasks',
+           'stop_on_signals', 'interrupted', 'run_all', 'reproduce_command', 'write_results', 'start_distributed',
+           'stop_distributed', 'dist_context', 'is_writer', 'barrier', 'agree', 'gather', 'data_parallel', 'shard',
+           'shard_batches', 'writer_first', 'check_shared_out', 'run_once', 'train_stage']
 
 # %% ../../nbs/paper/05_runs.ipynb #af5ae92d
 from .data import DataError
@@ -40,6 +42,7 @@ EXIT_CODES = {0: 'every requested experiment finished',
               4: 'a data file is missing, unreadable or malformed',
               5: 'the requested device is not available',
               6: 'the experiment is not implemented yet',
+              7: 'a checkpoint in the output folder is truncated, corrupt or from another configuration (it is named; nothing was overwritten)',
               130: 'interrupted by Ctrl-C (SIGINT): finished work is kept, rerun the same command to resume',
               143: 'terminated by SIGTERM: finished work is kept, rerun the same command to resume'}
 
@@ -84,12 +87,16 @@ def resolve_device(device:str|torch.device='auto') -> torch.device:
     return d
 
 # %% ../../nbs/paper/05_runs.ipynb #14b03676
+RECORD_ONLY = {'world_size'}   # keys a run's config.json records but a finished run is not matched on
+
 def is_done(paths, config_path=None, config:dict|None=None, force:bool=False) -> bool:
     "True when all `paths` exist and the JSON at `config_path` (if given) equals `config`; always False with `force`."
     if force or not all(Path(p).exists() for p in paths): return False
     if config_path is None: return True
     try: stored = json.loads(Path(config_path).read_text())
     except (OSError, ValueError): return False
+    if isinstance(stored, dict) and isinstance(config, dict):   # recorded, not compared: a run may resume on another process count
+        for k in RECORD_ONLY - set(config): stored.pop(k, None)
     return stored == json.loads(json.dumps(config, sort_keys=True, default=str))
 
 # %% ../../nbs/paper/05_runs.ipynb #7b74a806
@@ -264,3 +271,144 @@ def write_results(name:str, scale:str, out, df, plot, report:str, device, fake:s
     report = report + '\n' + run_info_line(run_info(device)) + '\n'
     atomic_write_text(md, (f'# FAKE DATA: generated {fake}, not a benchmark\n\n' if fake else '') + report)
     return [csv, md, *figs]
+
+# %% ../../nbs/paper/05_runs.ipynb #a7b128f3
+import torch.distributed as tdist
+_DIST = None   # this process's `s3d.distributed.DistContext` once `start_distributed` joined torchrun's group
+
+def start_distributed(device='auto') -> tuple:
+    "Join torchrun's process group when started by it (NCCL on GPU, gloo on CPU): (DistContext or None, this process's device)."
+    global _DIST
+    from s3d.distributed import init_distributed
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ: return None, resolve_device(device)
+    world, local = int(os.environ['WORLD_SIZE']), int(os.environ.get('LOCAL_RANK', 0))
+    if world > 1 and ':' in str(device):
+        raise ValueError(f"--device {device} picks one GPU, but under torchrun each process uses cuda:LOCAL_RANK: pass --device cuda or auto")
+    dev = resolve_device(device)
+    if dev.type == 'cuda':
+        if local >= torch.cuda.device_count():
+            raise DeviceError(f"torchrun started local rank {local} but this machine has {torch.cuda.device_count()} GPU(s): lower --nproc-per-node")
+        dev = torch.device('cuda', local)
+    if _DIST is None: _DIST = init_distributed('nccl' if dev.type == 'cuda' else 'gloo')
+    return _DIST, dev
+
+def stop_distributed():
+    "Leave the process group (at the end of the command)."
+    global _DIST
+    if _DIST is not None and tdist.is_initialized(): tdist.destroy_process_group()
+    _DIST = None
+
+def dist_context(): return _DIST   # the DistContext of this process, or None when not started by torchrun
+def is_writer() -> bool: return _DIST is None or _DIST.rank == 0   # only rank 0 writes files
+def barrier():
+    "Wait for every process (a no-op without torchrun)."
+    if _DIST is not None: tdist.barrier()
+
+def agree(value):
+    "Rank 0's `value` on every process (picklable); `value` itself without torchrun."
+    if _DIST is None: return value
+    box = [value]; tdist.broadcast_object_list(box, src=0); return box[0]
+
+def gather(value) -> list:
+    "Every process's `value`, in rank order (`[value]` without torchrun)."
+    if _DIST is None: return [value]
+    out = [None] * _DIST.world_size; tdist.all_gather_object(out, value); return out
+
+def data_parallel(model):
+    "`model` in a `DistributedDataParallel` wrapper under torchrun; unchanged without it, or when already wrapped."
+    from torch.nn.parallel import DistributedDataParallel
+    if _DIST is None or isinstance(model, DistributedDataParallel): return model
+    return DistributedDataParallel(model, device_ids=[_DIST.device.index] if _DIST.device.type == 'cuda' else None)
+
+def shard(loader):
+    "This process's slice of every global batch of `loader` under torchrun (see `s3d.distributed.ShardedLoader`); `loader` otherwise."
+    return loader if _DIST is None else _DIST.shard(loader)
+
+def shard_batches(batches) -> list:
+    "This process's slice of each (input, target) batch of a list (scoring batches); the list itself without torchrun."
+    if _DIST is None: return list(batches)
+    r, w = _DIST.rank, _DIST.world_size
+    return [(x[r::w], y[r::w]) for x, y in batches]
+
+# %% ../../nbs/paper/05_runs.ipynb #9f48d702
+def writer_first(fn, *args, **kwargs):
+    "`fn(*args, **kwargs)` on rank 0, then on the other processes (so they find what rank 0 created); rank 0's error is raised everywhere."
+    if _DIST is None: return fn(*args, **kwargs)
+    err, res = None, None
+    if is_writer():
+        try: res = fn(*args, **kwargs)
+        except Exception as e: err = e
+    err = agree(err)
+    if err is not None:
+        if not is_writer(): err.from_rank0 = True   # the command line prints it once, on rank 0
+        raise err
+    return res if is_writer() else fn(*args, **kwargs)
+
+def check_shared_out(out) -> Path:
+    "Under torchrun, check every process sees rank 0's files in `out`; `OutputError` on every rank otherwise."
+    out = Path(out)
+    if _DIST is None: return out
+    import secrets
+    token = agree(secrets.token_hex(8)); probe = out / f'.s3d-shared-check.{token}'
+    if is_writer(): atomic_write_text(probe, token)
+    barrier()
+    seen = gather(probe.exists() and probe.read_text() == token)
+    barrier()
+    if is_writer(): probe.unlink()
+    bad = [r for r, s in enumerate(seen) if not s]
+    if bad: raise OutputError(f"output folder {out} is not shared: ranks {bad} cannot see rank 0's files there; on several machines "
+                              "--out must be on a filesystem every machine mounts")
+    return out
+
+# %% ../../nbs/paper/05_runs.ipynb #6fea10de
+def run_once(folder, config:dict, compute, force:bool=False):
+    "Rows of the run in `folder`: reused when finished for `config`, else `compute()` (a DataFrame) written by rank 0; same on every rank."
+    import pandas as pd, time
+    folder = Path(folder); rows_csv, cfg_json, run_json = folder / 'rows.csv', folder / 'config.json', folder / 'run.json'
+    if agree(is_done([rows_csv], cfg_json, config, force)): return pd.read_csv(rows_csv)
+    if is_writer():
+        if force or not is_done([run_json], run_json, config):   # stale or forced: this run starts afresh
+            for f in [rows_csv, cfg_json, *folder.glob('*.pt'), folder / 'history.csv']:
+                if f.exists(): f.unlink()
+        folder.mkdir(parents=True, exist_ok=True); atomic_write_json(run_json, config)
+    barrier()
+    t0 = time.time(); df = compute().assign(seconds=time.time() - t0)
+    if is_writer():
+        atomic_write_csv(rows_csv, df)
+        atomic_write_json(cfg_json, dict(config, world_size=1 if _DIST is None else _DIST.world_size))
+    barrier()
+    return df
+
+# %% ../../nbs/paper/05_runs.ipynb #cedb51ad
+STAGE_FORMAT = 1
+
+def _load_stage(path:Path, name:str) -> dict:
+    from s3d.grow import CheckpointError
+    try: st = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"stage checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or corrupt. Nothing was "
+                              "overwritten. Delete it to redo this stage, or rerun with --force to redo the run.") from e
+    if not isinstance(st, dict) or st.get('format') != STAGE_FORMAT or st.get('name') != name or not {'model', 'done', 'train', 'rng'} <= set(st):
+        raise CheckpointError(f"{path} is not the stage {name!r} checkpoint this run writes; it was not touched. Delete it or use --force.")
+    return st
+
+def train_stage(folder, name:str, model, fit, writer:bool|None=None) -> dict:
+    "`fit(model, state)` (a `TrainState`) resumable at every epoch in `folder/stage-<name>.pt`; a finished stage is loaded, not retrained."
+    from s3d.grow import TrainState, load_grown_state, CheckpointError, _rng_state, _set_rng_state, _atomic_torch_save
+    path, writer = Path(folder) / f'stage-{name}.pt', is_writer() if writer is None else writer
+    data = {}
+    if path.exists():
+        st = _load_stage(path, name)
+        dev = next(model.parameters()).device
+        try: load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
+        except Exception as e: raise CheckpointError(f"{path}'s weights do not fit this stage's model ({type(e).__name__}); delete it or use --force") from e
+        _set_rng_state(st['rng'])
+        if st['done']: return dict(st['metrics'])
+        data = st['train']
+    def save(done, train, metrics=None):
+        if writer: _atomic_torch_save(dict(format=STAGE_FORMAT, name=name, done=done, model=model.state_dict(), train=train,
+                                           rng=_rng_state(), metrics=metrics or {}), path)
+    out = fit(model, TrainState(data, lambda s: save(False, s.data)))
+    out = {k: float(v) for k, v in dict(out or {}).items() if isinstance(v, (int, float))}
+    save(True, {}, out)
+    return out

@@ -10,6 +10,8 @@ import contextlib, math
 import torch
 from torch import nn
 import torch.nn.functional as F
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from ..graph import model_device
 from ..kinds import layer_kind, ConvKind
@@ -105,6 +107,7 @@ def train(model: nn.Module,           # model to train in place
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
                           **({'fused': True} if fused else {}))
     net, dt, graphs = _compiled(model, compile), _float_dtype(model), compile == 'reduce-overhead'
+    ddp = isinstance(model, DistributedDataParallel)   # trained by `s3d.distributed`: metrics are summed over processes
     total, step, history, first = max(1, epochs * len(loader)), 0, [], 0
     if state is not None and state.data:  # resume after the last finished epoch: optimizer, schedule position, data order
         d = state.data
@@ -128,6 +131,9 @@ def train(model: nn.Module,           # model to train in place
             if progress:
                 bar.update(1)
                 if (i + 1) % log_every == 0: bar.set_postfix(loss=f'{_host(tl) / max(tn, 1):.3f}')
+        if ddp:  # data-parallel: the epoch's loss and accuracy over every process's samples
+            tot = torch.stack([tl.double(), tc.double(), torch.tensor(float(tn), device=device, dtype=torch.float64)])
+            tdist.all_reduce(tot); tl, tc, tn = tot[0], tot[1], int(tot[2].item())
         tl, tc = _host(tl), _host(tc)  # the one wait for the device per epoch
         if device.type != 'meta' and not math.isfinite(tl): raise FloatingPointError(f"train: non-finite loss in epoch {ep + 1} (by step {step})")
         row = dict(epoch=ep + 1, loss=tl / max(tn, 1), acc=100 * tc / max(tn, 1), lr=opt.param_groups[0]['lr'])

@@ -24,7 +24,8 @@ from ..baselines import (l1_filter_scores, bn_scale_scores, keep_for_budget, pru
                          morphnet_penalty, expand_widths)
 from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device,
                             markdown_table, pinned_numerics, run_info, run_info_line, run_tasks, fingerprint, fingerprint_line,
-                            read_fingerprint, interrupted, check_out_dir)
+                            read_fingerprint, interrupted, check_out_dir, run_once, train_stage,
+                            writer_first, check_shared_out, is_writer, barrier, dist_context, data_parallel, shard, shard_batches)
 
 # %% auto #0
 __all__ = ['SCALES', 'CONTROLS', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer', 'run_is_done',
@@ -143,20 +144,26 @@ def data_tag(cfg:Table1Config, fake_data:bool=False) -> str:
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #8dbbdd25
 class Trainer:
-    "Loaders, device and training recipe shared by every run of a scale."
+    "Loaders, device and training recipe shared by every run of a scale (under torchrun: this process's slice of every batch)."
     def __init__(self, cfg:Table1Config, data, device, progress:bool=False):
-        self.cfg, self.device, self.progress = cfg, device, progress
-        self.train_dl, self.test_dl = loaders(data, cfg.batch_size, device=device, seed=0)
+        self.cfg, self.device, self.progress = cfg, device, progress and is_writer()
+        train_dl, self.test_dl = loaders(data, cfg.batch_size, device=device, seed=0)
+        self.train_dl = shard(train_dl)   # the same global batches whatever the number of processes
         sx, sy = data.x_train[:cfg.score_images], data.y_train[:cfg.score_images]
-        self.score = [(x, y) for x, y in loaders(replace(data, x_train=sx, y_train=sy), cfg.score_batch, device=device, augment=False)[0]]
+        self.score = shard_batches(loaders(replace(data, x_train=sx, y_train=sy), cfg.score_batch, device=device, augment=False)[0])
 
-    def fit(self, model, seed:int, regularizer=None, desc='train') -> dict:
-        "Train `model` in place for `cfg.epochs` epochs; returns the last epoch's metrics."
+    def fit(self, model, seed:int, regularizer=None, desc='train', state=None) -> dict:
+        "Train `model` in place for `cfg.epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
         c = self.cfg
-        torch.manual_seed(seed); self.train_dl.seed, self.train_dl.epoch = seed, 0  # same batches for the same seed
-        h = train(model, self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                  device=self.device, regularizer=regularizer, progress=self.progress, desc=desc)
+        self.train_dl.seed = seed   # same batches for the same seed
+        if state is None or not state.resumed: torch.manual_seed(seed); self.train_dl.epoch = 0   # a resumed run has its RNGs and position
+        h = train(data_parallel(model), self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                  device=self.device, regularizer=regularizer, progress=self.progress, desc=desc, state=state)
         return h[-1] if h else {}
+
+    def stage(self, folder, name:str, model, seed:int, regularizer=None, desc='train') -> dict:
+        "`fit` as a stage of a run that resumes at the epoch (`s3d.paper.runs.train_stage`)."
+        return train_stage(folder, name, model, lambda m, st: self.fit(m, seed, regularizer, desc, st))
 
     def test(self, model) -> dict: return evaluate(model, self.test_dl, self.device)
 
@@ -174,8 +181,9 @@ def _grow(run, cfg, T, folder):
     gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=None if energy else cfg.ratio,
                     budget=cfg.energy_growth * seed_flops if energy else None, eigen=cfg.eigen, seed=run['seed'])
     torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
-    res = grow(model, lambda m, r: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}"), nn.CrossEntropyLoss(),
-               T.score, ex, gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']))
+    res = grow(model, lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}", state=state),
+               nn.CrossEntropyLoss(), T.score, ex, gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']),
+               dist=dist_context())
     h = res.history
     return [dict(method=run['method'], setting=run['setting'], c=run['c'], m=cfg.m, seed=run['seed'], round=int(r['round']),
                  params=int(r['params']), flops=int(r['flops']), acc=r['test_acc'], test_loss=r['test_loss'],
@@ -196,14 +204,15 @@ def _control(run, cfg, T, folder):
                     growth=run['growth'], eigen=cfg.eigen, seed=s)
     torch.manual_seed(s); model = cfg.model(run['widths']).to(T.device)            # the seed network of S2D / S3D
     if run['growth'] == 'scratch': model = scratch_model(model, ex, ws[-1], seed=s)  # S3D's final widths, fresh weights
-    res = grow(model, lambda m, r: T.fit(m, s + 1000 * r, desc=f"{run['key']} r{r}"), nn.CrossEntropyLoss(),
-               T.score, ex, gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']))
+    res = grow(model, lambda m, r, state: T.fit(m, s + 1000 * r, desc=f"{run['key']} r{r}", state=state), nn.CrossEntropyLoss(),
+               T.score, ex, gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']), dist=dist_context())
     return [dict(method=run['method'], setting=run['setting'], c=float('nan'), m=float('nan'), seed=s, round=int(r['round']),
                  params=int(r['params']), flops=int(r['flops']), acc=r['test_acc'], test_loss=r['test_loss'],
                  train_loss=r.get('train_loss', float('nan')), widths=r['widths'], split=int(r['split']), kinds=r['kinds'])
             for _, r in res.history.iterrows()]
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #7dffdf51
+from ...grow import _atomic_torch_save
 def _full_model(cfg, T, folder, run):
     "The trained full model of `run['after']` (its saved state)."
     st = torch.load(Path(folder).parent / run['after'] / 'model.pt', map_location=T.device, weights_only=True)
@@ -215,29 +224,29 @@ def _baseline(run, cfg, T, folder):
     target, cost = cfg.prune_flops * full_flops, None
     if 'widths' in run:                      # full model and width multipliers
         torch.manual_seed(s); m = cfg.model(run['widths']).to(T.device)
-        tr = T.fit(m, s, desc=run['key'])
-        torch.save(m.state_dict(), Path(folder) / 'model.pt')
+        tr = T.stage(folder, 'train', m, s, desc=run['key'])
+        if is_writer(): _atomic_torch_save(m.state_dict(), Path(folder) / 'model.pt')
         return [_row(run, m, cfg, tr, T.test(m), mult=run['mult'])]
     if run['method'] == 'L1 pruning':
         m = _full_model(cfg, T, folder, run)
         groups = split_groups(m, ex)
         keep = keep_for_budget(l1_filter_scores(groups), pruned_cost(m, cfg.example()), target, scope='layer')
-        prune_channels(m, ex, keep); tr = T.fit(m, s + 1, desc=run['key'])
+        prune_channels(m, ex, keep); tr = T.stage(folder, 'finetune', m, s + 1, desc=run['key'])
         return [_row(run, m, cfg, tr, T.test(m))]
     torch.manual_seed(s); m = cfg.model(cfg.full_widths).to(T.device)
     groups = split_groups(m, ex)
     if run['method'] == 'BN pruning':
-        T.fit(m, s, regularizer=bn_l1_penalty(groups, cfg.bn_sparsity), desc=run['key'] + ' sparse')
+        T.stage(folder, 'sparse', m, s, regularizer=bn_l1_penalty(groups, cfg.bn_sparsity), desc=run['key'] + ' sparse')
         keep = keep_for_budget(bn_scale_scores(groups), pruned_cost(m, cfg.example()), target, scope='global')
-        prune_channels(m, ex, keep); tr = T.fit(m, s + 1, desc=run['key'])
+        prune_channels(m, ex, keep); tr = T.stage(folder, 'finetune', m, s + 1, desc=run['key'])
         return [_row(run, m, cfg, tr, T.test(m))]
     if run['method'] == 'MorphNet':
-        T.fit(m, s, regularizer=morphnet_penalty(m, groups, ex, cfg.morphnet_strength, cfg.morphnet_alive), desc=run['key'] + ' shrink')
+        T.stage(folder, 'shrink', m, s, regularizer=morphnet_penalty(m, groups, ex, cfg.morphnet_strength, cfg.morphnet_alive), desc=run['key'] + ' shrink')
         alive = [max(1, int((g.bn.weight.detach().abs() > cfg.morphnet_alive).sum())) for g in groups]
         fl = lambda ws: count_params_flops(cfg.model(ws), cfg.example())[1]
         widths, mult = expand_widths(alive, fl, target)
         torch.manual_seed(s); m2 = cfg.model(widths).to(T.device)
-        tr = T.fit(m2, s + 1, desc=run['key'])
+        tr = T.stage(folder, 'train', m2, s + 1, desc=run['key'])
         return [_row(run, m2, cfg, tr, T.test(m2), mult=mult, alive=json.dumps(alive))]
     raise ValueError(f"table1: unknown method {run['method']!r} in run {run['key']!r}")
 
@@ -253,20 +262,12 @@ def run_is_done(run:dict, cfg:Table1Config, root, tag:str='') -> bool:
     return is_done([folder / 'rows.csv'], folder / 'config.json', _run_config(run, cfg, tag or cfg.dataset, root))
 
 def run_one(run:dict, cfg:Table1Config, T:Trainer, root, force:bool=False, tag:str='') -> pd.DataFrame:
-    "Execute (or reuse) one run in `root/<key>/`; returns its rows."
-    folder = Path(root) / run['key']; rows_csv, cfg_json = folder / 'rows.csv', folder / 'config.json'
-    config = _run_config(run, cfg, tag or cfg.dataset, root)
-    if is_done([rows_csv], cfg_json, config, force): return pd.read_csv(rows_csv)
-    if force or not is_done([folder / 'run.json'], folder / 'run.json', config):  # stale or forced: start afresh
-        for p in (rows_csv, cfg_json, folder / 'checkpoint.pt', folder / 'history.csv', folder / 'model.pt'):
-            if p.exists(): p.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / 'run.json', config)
-    t0 = time.time()
-    rows = (_control if 'growth' in run else _grow if run['method'] in ('S2D', 'S3D') else _baseline)(run, cfg, T, folder)
-    df = pd.DataFrame(rows).assign(key=run['key'], seconds=time.time() - t0)
-    atomic_write_csv(rows_csv, df); atomic_write_json(cfg_json, config)
-    return df
+    "Execute (or reuse) one run in `root/<key>/` (every process under torchrun; rank 0 writes); returns its rows."
+    folder = Path(root) / run['key']
+    fn = _control if 'growth' in run else _grow if run['method'] in ('S2D', 'S3D') else _baseline
+    return run_once(folder, _run_config(run, cfg, tag or cfg.dataset, root),
+                    lambda: pd.DataFrame(fn(run, cfg, T, folder)).assign(key=run['key']), force)
+
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #decc8566
 def _label(df):
@@ -438,9 +439,10 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
         fake_data:bool=False, download:bool=False, progress:bool=True) -> list:
     "Reproduce Table 1 and Figure 3 at `scale` (smoke|cpu|paper), resuming finished runs; returns the paths written."
     from tqdm.auto import tqdm
-    check(scale, device, data, out, fake_data, download)
-    cfg, out, device = SCALES[scale], check_out_dir(out), resolve_device(device)
-    root, tag = data_root(cfg, data, out, fake_data), data_tag(cfg, fake_data)
+    if dist_context() is not None and jobs > 1: raise ValueError('table1: under torchrun every process is one rank: --jobs must be 1')
+    writer_first(check, scale, device, data, out, fake_data, download)
+    cfg, out, device = SCALES[scale], check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
+    root, tag = writer_first(data_root, cfg, data, out, fake_data), data_tag(cfg, fake_data)
     folder, runs = out / f'table1_{scale}_runs', table1_runs(cfg)
     with pinned_numerics(1):
         table1_data(cfg, root)   # load (and validate) the data once here, in the first seconds
@@ -449,8 +451,8 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
             if force or r.get('after') in redo or not run_is_done(r, cfg, folder, tag): redo.add(r['key'])
         todo = [i for i, r in enumerate(runs) if r['key'] in redo]
         reused = len(runs) - len(todo)
-        if reused: print(f'table1: resuming: reused {reused} of {len(runs)} finished runs from {folder}', flush=True)
-        bar = tqdm(total=len(runs), initial=reused, desc=f'table1 {scale}', disable=not progress)
+        if reused and is_writer(): print(f'table1: resuming: reused {reused} of {len(runs)} finished runs from {folder}', flush=True)
+        bar = tqdm(total=len(runs), initial=reused, desc=f'table1 {scale}', disable=not (progress and is_writer()))
         tasks = [(runs[i], cfg, root, str(device), folder, force, tag) for i in todo]
         try: run_tasks(table1_task, tasks, jobs, _needs(runs, todo), on_done=lambda k, r: bar.update())
         except KeyboardInterrupt as e:   # counted on disk: a worker may have saved a run just now
@@ -459,14 +461,16 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
         finally: bar.close()
         df = pd.concat([pd.read_csv(folder / r['key'] / 'rows.csv') for r in runs], ignore_index=True).drop(columns='seconds')
         csv, png, pdf, md = files(scale, out)
-        atomic_write_csv(csv, df); df = pd.read_csv(csv)
-        import matplotlib; matplotlib.use('Agg', force=False)
-        import matplotlib.pyplot as plt
-        fig = plot_fig3(df, cfg.c)
-        for p in (png, pdf): atomic_save_figure(p, fig)
-        plt.close(fig)
-        cmd = (f's3d reproduce table1 --scale {scale} --device {device.type} --out data/results --force'
-               + (' --fake-data' if tag == 'fake' else ' --data DIR' if cfg.dataset == 'cifar100' else ''))
-        atomic_write_text(md, table1_report(df, cfg, cmd, run_info(device), fake=tag == 'fake'))
-    print(f'table1: all {len(runs)} runs finished ({reused} reused)')
+        if is_writer():   # one writer under torchrun
+            atomic_write_csv(csv, df); df = pd.read_csv(csv)
+            import matplotlib; matplotlib.use('Agg', force=False)
+            import matplotlib.pyplot as plt
+            fig = plot_fig3(df, cfg.c)
+            for p in (png, pdf): atomic_save_figure(p, fig)
+            plt.close(fig)
+            cmd = (f's3d reproduce table1 --scale {scale} --device {device.type} --out data/results --force'
+                   + (' --fake-data' if tag == 'fake' else ' --data DIR' if cfg.dataset == 'cifar100' else ''))
+            atomic_write_text(md, table1_report(df, cfg, cmd, run_info(device), fake=tag == 'fake'))
+        barrier()
+    if is_writer(): print(f'table1: all {len(runs)} runs finished ({reused} reused)')
     return [csv, md, png, pdf]

@@ -21,6 +21,9 @@ from ..runs import run_all, reproduce_command, write_results, pinned_numerics, r
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, _matched_widths
+from ..runs import (run_once, train_stage, writer_first, check_shared_out, check_out_dir, is_writer, barrier, dist_context,
+                            data_parallel, shard, shard_batches)
+
 
 # %% auto #0
 __all__ = ['PAPER_TABLE2', 'SCALES', 'Table2Config', 'table2_runs', 'write_digits_imagefolder', 'table2_data', 'Trainer',
@@ -123,21 +126,24 @@ def table2_data(cfg:Table2Config, data=None, out='data/results', fake_data:bool=
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #e8bfe20b
 class Trainer:
-    "Loaders, device and training recipe shared by every run of a scale."
+    "Loaders, device and training recipe shared by every run of a scale (under torchrun: this process's slice of every batch)."
     def __init__(self, cfg:Table2Config, train_files, val_files, device, progress:bool=False):
-        self.cfg, self.device, self.progress = cfg, torch.device(device), progress
+        self.cfg, self.device, self.progress = cfg, torch.device(device), progress and is_writer()
+        dist = dist_context()
         kw = dict(size=cfg.image, device=device, workers=cfg.workers)
-        self.train_dl = JpegLoader(train_files, cfg.batch_size, train=True, scale=(cfg.min_crop, 1.0), **kw)
+        self.train_dl = JpegLoader(train_files, cfg.batch_size, train=True, scale=(cfg.min_crop, 1.0), **kw,   # decodes only its slice
+                                   **(dict(rank=dist.rank, world_size=dist.world_size) if dist else {}))
         self.test_dl = JpegLoader(val_files, 2 * cfg.batch_size, train=False, **kw)
-        self.score = score_batches(train_files, cfg.score_images, cfg.score_batch, cfg.image, device, workers=0)  # once per run
+        self.score = shard_batches(score_batches(train_files, cfg.score_images, cfg.score_batch, cfg.image, device, workers=0))  # once per run
 
-    def fit(self, model, seed:int, desc='train') -> dict:
-        "Train `model` in place for `cfg.epochs` epochs; returns the last epoch's metrics."
+    def fit(self, model, seed:int, desc='train', state=None) -> dict:
+        "Train `model` in place for `cfg.epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
         c = self.cfg
-        torch.manual_seed(seed); self.train_dl.seed, self.train_dl.epoch = seed, 0
+        self.train_dl.seed = seed
+        if state is None or not state.resumed: torch.manual_seed(seed); self.train_dl.epoch = 0   # a resumed run has its RNGs and position
         with LabelSmoothing(model, self.train_dl, c.label_smoothing) as ls:
-            h = train(model, self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
-                      regularizer=ls if c.label_smoothing > 0 else None, progress=self.progress, desc=desc)
+            h = train(data_parallel(model), self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
+                      regularizer=ls if c.label_smoothing > 0 else None, progress=self.progress, desc=desc, state=state)
         return h[-1] if h else {}
 
     def test(self, model) -> dict:
@@ -163,34 +169,30 @@ def _grow(run, cfg, T, folder):
                         cost='flops', eigen=cfg.eigen, seed=run['seed'])
     torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
     if run.get('growth') == 'scratch': model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
-    h = grow(model, lambda m, r: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}"), nn.CrossEntropyLoss(), T.score,
-             cfg.example(T.device), gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key'])).history
+    h = grow(model, lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}", state=state), nn.CrossEntropyLoss(),
+             T.score, cfg.example(T.device), gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']),
+             dist=dist_context()).history
     return [dict(round=int(r['round']), **_costs(cfg, json.loads(r['widths'])), top1=r['test_acc'], top5=r['test_top5'],
                  test_loss=r['test_loss'], train_loss=r.get('train_loss', float('nan')), widths=r['widths'], split=int(r['split']),
                  kinds=r['kinds']) for _, r in h.iterrows()]
 
 def _baseline(run, cfg, T, folder):
     torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
-    tr = T.fit(model, run['seed'], desc=run['key']); te = T.test(model)
+    tr = train_stage(folder, 'train', model, lambda m, st: T.fit(m, run['seed'], desc=run['key'], state=st)); te = T.test(model)
     return [dict(round=0, **_costs(cfg, run['widths']), top1=te['acc'], top5=te['top5'], test_loss=te['loss'],
                  train_loss=tr.get('loss', float('nan')), widths=json.dumps(list(model.widths)), mult=run['mult'])]
 
 def run_one(run:dict, cfg:Table2Config, T:Trainer, root, force:bool=False) -> pd.DataFrame:
-    "Execute (or reuse) one run in `root/<key>/`; returns its rows."
-    folder = Path(root) / run['key']; rows_csv, cfg_json = folder / 'rows.csv', folder / 'config.json'
+    "Execute (or reuse) one run in `root/<key>/` (every process under torchrun; rank 0 writes); returns its rows."
+    folder = Path(root) / run['key']
     config = dict(run=run, cfg=asdict(cfg))
     if 'growth' in run: config['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
-    if is_done([rows_csv], cfg_json, config, force): return pd.read_csv(rows_csv)
-    if force or not is_done([folder / 'run.json'], folder / 'run.json', config):   # stale or forced: start afresh
-        for p in (rows_csv, cfg_json, folder / 'checkpoint.pt', folder / 'history.csv'):
-            if p.exists(): p.unlink()
-    folder.mkdir(parents=True, exist_ok=True); atomic_write_json(folder / 'run.json', config)
-    t0 = time.time()
-    rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
-    base = dict(method=run['method'], setting=run['setting'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
-    df = pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'], seconds=time.time() - t0)
-    atomic_write_csv(rows_csv, df); atomic_write_json(cfg_json, config)
-    return df
+    def compute():
+        rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
+        base = dict(method=run['method'], setting=run['setting'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
+        return pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'])
+    return run_once(folder, config, compute, force)
+
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #6e12094e
 def table2_table(df:pd.DataFrame) -> pd.DataFrame:
@@ -273,12 +275,12 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
 
 def _run(scale, device, data, out, force, progress, fake_data):
     if scale not in SCALES: raise ValueError(f'table2: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
-    cfg, out, t0 = SCALES[scale], Path(out), time.time()
-    device = resolve_device(device)
-    tr, va = table2_data(cfg, data, out, fake_data)
+    cfg, t0 = SCALES[scale], time.time()
+    out, device = check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
+    tr, va = writer_first(table2_data, cfg, data, out, fake_data)   # rank 0 writes generated images first
     cfg = replace(cfg, num_classes=len(tr.classes))
     T, root = Trainer(cfg, tr, va, device), out / f'table2_{scale}_runs'
-    df = run_all(table2_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table2 {scale}', progress)
+    df = run_all(table2_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table2 {scale}', progress and is_writer())
     report = table2_report(df, cfg, reproduce_command('table2', scale, device, data, fake_data), time.time() - t0)
     return write_results('table2', scale, out, df, lambda d: plot_table2(d, scale), report, device,
                          fake='images' if cfg.dataset == 'fake' and data is None else None)

@@ -20,6 +20,9 @@ from ..runs import run_all, reproduce_command, write_results, pinned_numerics, r
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, paired_diff, verdict, _matched_widths
+from ..runs import (run_once, train_stage, writer_first, check_shared_out, check_out_dir, is_writer, barrier, dist_context,
+                            data_parallel, shard, shard_batches)
+
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'SCALES', 'Table3Config', 'table3_runs', 'write_shapes_h5', 'table3_data', 'Trainer', 'run_one',
@@ -133,21 +136,22 @@ def table3_data(cfg:Table3Config, data=None, out='data/results', fake_data:bool=
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #a86d7b1f
 class Trainer:
-    "Loaders, device and training recipe shared by every run of a scale."
+    "Loaders, device and training recipe shared by every run of a scale (under torchrun: this process's slice of every batch)."
     def __init__(self, cfg:Table3Config, train_set:PointSet, test_set:PointSet, device, progress:bool=False):
-        self.cfg, self.device, self.progress = cfg, torch.device(device), progress
-        self.train_dl = PointLoader(train_set, cfg.batch_size, train=True, device=device)
+        self.cfg, self.device, self.progress = cfg, torch.device(device), progress and is_writer()
+        self.train_dl = shard(PointLoader(train_set, cfg.batch_size, train=True, device=device))   # same global batches
         self.test_dl = PointLoader(test_set, 2 * cfg.batch_size, device=device)
         n = min(cfg.score_clouds, len(train_set))
         sub = PointSet(train_set.points[:n], train_set.labels[:n], train_set.classes, train_set.files)
-        self.score = list(PointLoader(sub, cfg.score_batch, device=device))
+        self.score = shard_batches(PointLoader(sub, cfg.score_batch, device=device))
 
-    def fit(self, model, seed:int, epochs:int, desc='train') -> dict:
-        "Train `model` in place for `epochs` epochs; returns the last epoch's metrics."
+    def fit(self, model, seed:int, epochs:int, desc='train', state=None) -> dict:
+        "Train `model` in place for `epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
         c = self.cfg
-        torch.manual_seed(seed); self.train_dl.seed, self.train_dl.epoch = seed, 0
-        h = train(model, self.train_dl, epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
-                  progress=self.progress, desc=desc)
+        self.train_dl.seed = seed
+        if state is None or not state.resumed: torch.manual_seed(seed); self.train_dl.epoch = 0   # a resumed run has its RNGs and position
+        h = train(data_parallel(model), self.train_dl, epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
+                  progress=self.progress, desc=desc, state=state)
         return h[-1] if h else {}
 
     def test(self, model) -> dict:
@@ -165,9 +169,9 @@ def _grow(run, cfg, T, folder):
     else: gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=cfg.ratio, eigen=cfg.eigen, seed=run['seed'])
     torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
     if run.get('growth') == 'scratch': model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
-    fit = lambda m, r: T.fit(m, run['seed'] + 1000 * r, cfg.epochs if r == 0 else cfg.finetune_epochs, desc=f"{run['key']} r{r}")
+    fit = lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, cfg.epochs if r == 0 else cfg.finetune_epochs, desc=f"{run['key']} r{r}", state=state)
     h = grow(model, fit, nn.CrossEntropyLoss(), T.score, cfg.example(T.device), gc, evaluate=T.test, out_dir=folder,
-             progress=T.progress, label=dict(key=run['key'])).history
+             progress=T.progress, label=dict(key=run['key']), dist=dist_context()).history
     return [dict(round=int(r['round']), params=int(r['params']), flops=int(r['flops']), acc=r['test_acc'],
                  mean_class_acc=r['test_mean_class_acc'], test_loss=r['test_loss'], train_loss=r.get('train_loss', float('nan')),
                  widths=r['widths'], split=int(r['split']), kinds=r['kinds']) for _, r in h.iterrows()]
@@ -175,28 +179,24 @@ def _grow(run, cfg, T, folder):
 def _baseline(run, cfg, T, folder):
     torch.manual_seed(run['seed'])
     model = (cfg.pointnet() if run['method'] == 'PointNet' else cfg.model(run['widths'])).to(T.device)
-    tr = T.fit(model, run['seed'], cfg.baseline_budget, desc=run['key']); te = T.test(model)
+    tr = train_stage(folder, 'train', model, lambda m, st: T.fit(m, run['seed'], cfg.baseline_budget, desc=run['key'], state=st))
+    te = T.test(model)
     p, f = count_params_flops(model, cfg.example(T.device))
     return [dict(round=0, params=p, flops=f, acc=te['acc'], mean_class_acc=te['mean_class_acc'], test_loss=te['loss'],
                  train_loss=tr.get('loss', float('nan')), widths=json.dumps(run.get('widths', list(cfg.pointnet_widths))),
                  mult=run.get('mult', float('nan')))]
 
 def run_one(run:dict, cfg:Table3Config, T:Trainer, root, force:bool=False) -> pd.DataFrame:
-    "Execute (or reuse) one run in `root/<key>/`; returns its rows."
-    folder = Path(root) / run['key']; rows_csv, cfg_json = folder / 'rows.csv', folder / 'config.json'
+    "Execute (or reuse) one run in `root/<key>/` (every process under torchrun; rank 0 writes); returns its rows."
+    folder = Path(root) / run['key']
     config = dict(run=run, cfg=asdict(cfg))
     if 'growth' in run: config['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
-    if is_done([rows_csv], cfg_json, config, force): return pd.read_csv(rows_csv)
-    if force or not is_done([folder / 'run.json'], folder / 'run.json', config):   # stale or forced: start afresh
-        for p in (rows_csv, cfg_json, folder / 'checkpoint.pt', folder / 'history.csv'):
-            if p.exists(): p.unlink()
-    folder.mkdir(parents=True, exist_ok=True); atomic_write_json(folder / 'run.json', config)
-    t0 = time.time()
-    rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
-    base = dict(method=run['method'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
-    df = pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'], seconds=time.time() - t0)
-    atomic_write_csv(rows_csv, df); atomic_write_json(cfg_json, config)
-    return df
+    def compute():
+        rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
+        base = dict(method=run['method'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
+        return pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'])
+    return run_once(folder, config, compute, force)
+
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #43bb7cdf
 def table3_table(df:pd.DataFrame) -> pd.DataFrame:
@@ -276,12 +276,12 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
 
 def _run(scale, device, data, out, force, progress, fake_data):
     if scale not in SCALES: raise ValueError(f'table3: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
-    cfg, out, t0 = SCALES[scale], Path(out), time.time()
-    device = resolve_device(device)
-    tr, te = table3_data(cfg, data, out, fake_data)
+    cfg, t0 = SCALES[scale], time.time()
+    out, device = check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
+    tr, te = writer_first(table3_data, cfg, data, out, fake_data)   # rank 0 writes generated clouds first
     cfg = replace(cfg, num_classes=len(tr.classes))
     T, root = Trainer(cfg, tr, te, device), out / f'table3_{scale}_runs'
-    df = run_all(table3_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table3 {scale}', progress)
+    df = run_all(table3_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table3 {scale}', progress and is_writer())
     report = table3_report(df, cfg, reproduce_command('table3', scale, device, data, fake_data), time.time() - t0)
     return write_results('table3', scale, out, df, lambda d: plot_table3(d, scale), report, device,
                          fake='point clouds' if cfg.dataset == 'tiny' and data is None else None)
