@@ -15,7 +15,6 @@ import torch
 from torch.func import vmap, hessian
 from ...schemes import split_scheme
 from ...grow import GROWTHS
-from .table1 import paired_diff, verdict
 from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure,
                             is_done, resolve_device, markdown_table, pinned_numerics, run_info, run_info_line, run_tasks,
                             fingerprint, fingerprint_line, read_fingerprint, interrupted, check_out_dir)
@@ -470,6 +469,7 @@ def summarize_fig2(rounds:pd.DataFrame) -> pd.DataFrame:
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #912f76e7
 def fig2_paired(rounds:pd.DataFrame, c:float, m:int=2) -> pd.DataFrame:
     "Per formulation: log10(final loss) of S3D (m, c) and of S2D minus each control, paired by (target, seed): mean, 95% interval, wins, verdict."
+    from s3d.paper.experiments.table1 import paired_diff, verdict   # here: importing table1 is not needed for the rest
     key = ['formulation', 'target', 'seed', 'method', 'c', 'm']
     last = rounds.groupby(key, sort=False).tail(1)
     out = []
