@@ -89,19 +89,19 @@ def _wait_for(cond, proc, timeout=300):
 def test_fig2_sigint_keeps_jobs_and_sigterm_after_resume(tmp_path):
     runs = tmp_path / 'fig2_cpu_runs'
     p = _popen('reproduce', 'fig2', '--scale', 'cpu', '--jobs', '1', '--out', str(tmp_path), cwd=tmp_path)
-    _wait_for(lambda: len(list(runs.glob('*.pkl'))) >= 2, p)
+    _wait_for(lambda: len(list(runs.glob('*.job.json'))) >= 2, p)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith('fig2: interrupted (Ctrl-C); kept: ') and 'rerun the same command to resume' in last
     assert 'Traceback' not in err and 'Warning' not in err
-    kept = len(list(runs.glob('*.pkl')))
-    assert f'kept: {kept} of 103 jobs' in last
+    kept = len(list(runs.glob('*.job.json')))
+    assert f'kept: {kept} of 163 jobs' in last
     # the rerun resumes at the first unfinished job and says so; SIGTERM then stops it with 143
     p = _popen('reproduce', 'fig2', '--scale', 'cpu', '--jobs', '1', '--out', str(tmp_path), cwd=tmp_path)
     line = p.stdout.readline()
-    assert line.startswith(f'fig2: resuming: reused {kept} of 103 finished jobs'), line
+    assert line.startswith(f'fig2: resuming: reused {kept} of 163 finished jobs'), line
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 143, err

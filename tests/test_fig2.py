@@ -91,3 +91,80 @@ def test_toy_splitting_matrices_agree_with_the_engine():
     [g] = split_groups(net, x[:, None])
     S = engine_S(net, g, lambda out, t: (out[:, 0] - t).pow(2).mean(), [(x[:, None], y)])
     torch.testing.assert_close(S, splitting_matrices(th, u, x, y), rtol=1e-9, atol=1e-12)
+
+
+# --- controls matched to S3D (random growth, Net2Net, scratch) and the job cache --------------------------------------
+
+def test_random_growth_preserves_the_function_exactly():
+    from s3d.paper.experiments.fig2 import random_growth
+    x, y, th, u = _setup()
+    th2, u2 = random_growth(th, u, 2, torch.Generator().manual_seed(3))
+    assert len(u2) == 5 and torch.equal(th2[:3], th) and torch.equal(u2[3:], torch.zeros(2, dtype=DT))
+    assert (th2[3:, 0] >= 1).all() and (th2[3:, 0] <= 2).all()   # drawn like the first neuron: a in [1, 2]
+    assert torch.equal(rbf_predict(th2, u2, x), rbf_predict(th, u, x))
+    th3, _ = random_growth(th, u, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(th2, th3)   # seeded
+
+
+def test_net2net_halves_preserve_the_function_at_zero_displacement():
+    from s3d.paper.experiments.fig2 import net2net_split
+    x, y, th, u = _setup()
+    th2, u2 = net2net_split(th, u, 2, 0., torch.Generator().manual_seed(1))
+    assert len(u2) == 5 and u2.sum().item() == pytest.approx(u.sum().item(), abs=1e-15)
+    torch.testing.assert_close(rbf_predict(th2, u2, x), rbf_predict(th, u, x), rtol=0, atol=1e-15)
+    # at displacement eps the halves sit at theta_j +- eps * (unit vector): the parent is their midpoint
+    th3, u3 = net2net_split(th, u, 1, 0.1, torch.Generator().manual_seed(1))
+    j = int(torch.nonzero(u3[:3] != u)[0, 0])
+    assert u3[j] == u3[3] == u[j] / 2
+    torch.testing.assert_close((th3[j] + th3[3]) / 2, th[j]); assert (th3[j] - th3[3]).norm().item() == pytest.approx(0.2)
+
+
+def test_controls_follow_the_s3d_counts_and_scratch_gets_the_same_steps():
+    from s3d.paper.experiments.fig2 import grow_control
+    cfg = SCALES['smoke']
+    x = torch.linspace(-4, 4, 40, dtype=DT); tth, tu = make_target(2); y = rbf_predict(tth, tu, x)
+    counts = [1, 2, 2, 4]
+    for g in ('random', 'net2net', 'scratch'):
+        cu, ro, ne = grow_control(x, y, counts, g, cfg, train_out=True, seed=1)
+        assert ro.neurons.tolist() == (counts if g != 'scratch' else [4] * 4)
+        assert ro.iteration.iloc[-1] == cu.iteration.max() == len(counts) * cfg.steps
+        assert ro.split.tolist() == ([True, False, True, False] if g != 'scratch' else [False] * 4)
+        assert (ne.groupby('round').size().tolist() == ro.neurons.tolist())
+    with pytest.raises(ValueError, match='never decrease'): grow_control(x, y, [1, 3, 2], 'random', cfg, True)
+
+
+def test_smoke_run_has_controls_json_cache_and_byte_identical_reruns(tmp_path, capsys):
+    import json
+    import pandas as pd
+    from s3d.paper.experiments.fig2 import run, fig2_jobs, job_key
+    paths = run('smoke', 'cpu', out=tmp_path, progress=False)
+    ro = pd.read_csv(tmp_path / 'fig2_smoke_rounds.csv')
+    assert {'random growth', 'Net2Net', 'scratch'} <= set(ro.method)
+    s3d = ro[(ro.method == 'S3D') & (ro.c == 3) & (ro.m == 2)]
+    for meth in ('random growth', 'Net2Net'): assert ro[ro.method == meth].neurons.tolist() == s3d.neurons.tolist()
+    assert ro[ro.method == 'scratch'].iteration.max() == s3d.iteration.max()
+    paired = pd.read_csv(tmp_path / 'fig2_smoke_paired.csv')
+    assert len(paired) == 6 and 'S3D - Net2Net' in set(paired.comparison)
+    assert 'S2D - scratch' in (tmp_path / 'fig2_smoke.md').read_text()
+    # the job cache: one JSON text file per job, no pickle anywhere
+    runs = tmp_path / 'fig2_smoke_runs'
+    jobs = sorted(runs.glob('*.job.json'))
+    assert len(jobs) == len(fig2_jobs(SCALES['smoke'])) and not list(runs.glob('*.pkl'))
+    for p in jobs:
+        assert not p.read_bytes().startswith(b'\x80') and json.loads(p.read_text())['key'] == p.name[:-len('.job.json')]
+    before = {p.name: p.read_bytes() for p in paths}
+    # rerun on the cached jobs: the same bytes
+    for p in paths: p.unlink()
+    capsys.readouterr()
+    run('smoke', 'cpu', out=tmp_path, progress=False)
+    assert f'reused {len(jobs)} of {len(jobs)}' in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in paths} == before
+    # a truncated job file is named, recomputed (with the controls matched to it) and the bytes do not change
+    s3d_file = runs / f"{job_key(('mixture', 0, 0, 2, 3., None, 'split'))}.job.json"
+    s3d_file.write_bytes(s3d_file.read_bytes()[:500])
+    for p in paths: p.unlink()
+    run('smoke', 'cpu', out=tmp_path, progress=False)
+    out = capsys.readouterr()
+    assert str(s3d_file) in out.err and 'recomputing' in out.err
+    assert f'reused {len(jobs) - 4} of {len(jobs)}' in out.out
+    assert {p.name: p.read_bytes() for p in paths} == before

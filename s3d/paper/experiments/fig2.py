@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/experiments/fig2_rbf.html.md"""
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #3269c34d
 from __future__ import annotations
-import math, pickle, sys
+import json, math, sys, warnings
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np
@@ -14,15 +14,17 @@ import pandas as pd
 import torch
 from torch.func import vmap, hessian
 from ...schemes import split_scheme
-from ..runs import (atomic_write_bytes, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure,
+from ...grow import GROWTHS
+from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure,
                             is_done, resolve_device, markdown_table, pinned_numerics, run_info, run_info_line, run_tasks,
                             fingerprint, fingerprint_line, read_fingerprint, interrupted, check_out_dir)
 
 # %% auto #0
-__all__ = ['SCALES', 'FIG2_TABLES', 'rbf', 'rbf_hidden', 'rbf_predict', 'make_target', 'splitting_matrices', 'extreme_eigs',
-           'choose_split', 'apply_split', 'loss_and_grad', 'train_round', 'Fig2Config', 'grow_rbf', 'fig2_jobs',
-           'job_key', 'fig2_job', 'run_fig2_grid', 'first_divergence', 'plot_fig2', 'summarize_fig2', 'fig2_report',
-           'fig2_files', 'files', 'config_fingerprint', 'check', 'run']
+__all__ = ['SCALES', 'CONTROLS', 'JOB_FORMAT', 'FIG2_TABLES', 'rbf', 'rbf_hidden', 'rbf_predict', 'make_target',
+           'splitting_matrices', 'extreme_eigs', 'choose_split', 'apply_split', 'loss_and_grad', 'train_round',
+           'Fig2Config', 'grow_rbf', 'random_growth', 'net2net_split', 'grow_control', 'fig2_jobs', 'matched_job',
+           'job_key', 'save_job', 'load_job', 'fig2_job', 'run_fig2_grid', 'first_divergence', 'plot_fig2',
+           'summarize_fig2', 'fig2_paired', 'fig2_report', 'fig2_files', 'files', 'config_fingerprint', 'check', 'run']
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #50218a06
 def rbf(z:torch.Tensor) -> torch.Tensor:
@@ -121,7 +123,7 @@ def train_round(theta, u, x, y, steps:int, lr:float, train_out:bool, betas=(0.9,
 class Fig2Config:
     "Setting of the Figure 2 experiment; see the notebook for why."
     scale: str = 'cpu'
-    version: int = 3          # bump when the code changes the results: a rerun then recomputes
+    version: int = 4          # bump when the code changes the results: a rerun then recomputes
     formulations: tuple = ('free', 'mixture')  # free: output weights trained; mixture: only theta trained
     targets: int = 5          # random targets 0..targets-1
     seeds: int = 2            # initialisations 0..seeds-1 of the first neuron
@@ -149,10 +151,26 @@ SCALES = {
 }
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #cf49580b
+def _draw_thetas(k:int, g:torch.Generator, dtype) -> torch.Tensor:
+    "k neuron parameters (a, b) from `g`: a uniform on [1, 2], centre -b/a uniform on [-3, 3]."
+    a, centre = 1 + torch.rand(k, generator=g, dtype=dtype), -3 + 6 * torch.rand(k, generator=g, dtype=dtype)
+    return torch.stack([a, -a * centre], 1)
+
 def _init_neuron(seed, dtype, device):
-    g = torch.Generator().manual_seed(seed)
-    a, centre = 1 + torch.rand(1, generator=g, dtype=dtype), -3 + 6 * torch.rand(1, generator=g, dtype=dtype)
-    return torch.stack([a, -a * centre], 1).to(device), torch.ones(1, dtype=dtype, device=device)
+    "The first neuron of every run with seed `seed`: (a, b) from `_draw_thetas`, output weight 1."
+    return _draw_thetas(1, torch.Generator().manual_seed(seed), dtype).to(device), torch.ones(1, dtype=dtype, device=device)
+
+def _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons):
+    "Train round r; log its losses to `curve` and its neurons to `neurons`; returns theta, u, loss, S, lam_min, lam_max, it."
+    theta, u, losses = train_round(theta, u, x, y, cfg.steps, cfg.lr, train_out)
+    for t, l in enumerate(losses, 1):
+        if t % cfg.log_every == 0 or t == len(losses): curve.append(dict(labels, round=r, neurons=len(u), iteration=it + t, loss=l))
+    with torch.no_grad(): loss = (rbf_predict(theta, u, x) - y).pow(2).mean().item()
+    S = splitting_matrices(theta, u, x, y); lmin, _, lmax, _ = extreme_eigs(S)
+    for k in range(len(u)):
+        a, b = theta[k].tolist()
+        neurons.append(dict(labels, round=r, neuron=k, a=a, b=b, u=u[k].item(), centre=-b / a, lam_min=lmin[k].item(), lam_max=lmax[k].item()))
+    return theta, u, loss, S, lmin, lmax, it + len(losses)
 
 def grow_rbf(x, y, m:int, c:float, cfg:Fig2Config, train_out:bool, seed:int=0, labels:dict|None=None,
              escape_c:float|None=None): # when stuck, try a signed binary split with this c (method 'S2D+S3D')
@@ -162,12 +180,7 @@ def grow_rbf(x, y, m:int, c:float, cfg:Fig2Config, train_out:bool, seed:int=0, l
     theta, u = _init_neuron(seed, x.dtype, x.device)
     curve, rounds, neurons, it = [], [], [], 0
     for r in range(cfg.rounds + 1):
-        theta, u, losses = train_round(theta, u, x, y, cfg.steps, cfg.lr, train_out)
-        for t, l in enumerate(losses, 1):
-            if t % cfg.log_every == 0 or t == len(losses): curve.append(dict(labels, round=r, neurons=len(u), iteration=it + t, loss=l))
-        it += len(losses)
-        with torch.no_grad(): loss = (rbf_predict(theta, u, x) - y).pow(2).mean().item()
-        S = splitting_matrices(theta, u, x, y); lmin, _, lmax, _ = extreme_eigs(S)
+        theta, u, loss, S, lmin, lmax, it = _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons)
         j, sc = choose_split(S, m, c)
         budget = r == cfg.rounds or len(u) >= cfg.max_neurons
         stuck = not budget and -float(sc.gain) <= cfg.rtol * loss
@@ -179,71 +192,153 @@ def grow_rbf(x, y, m:int, c:float, cfg:Fig2Config, train_out:bool, seed:int=0, l
         rounds.append(dict(labels, round=r, neurons=len(u), iteration=it, loss=loss, min_lam_min=lmin.min().item(),
                            max_lam_max=lmax.max().item(), psd=bool((lmin >= 0).all()), best_neuron=j, best_kind=sc.kind,
                            best_gain=float(sc.gain), split=split, stuck=stuck, escaped=escaped))
-        for k in range(len(u)):
-            a, b = theta[k].tolist()
-            neurons.append(dict(labels, round=r, neuron=k, a=a, b=b, u=u[k].item(), centre=-b / a,
-                                lam_min=lmin[k].item(), lam_max=lmax[k].item()))
         if not split: break
         theta, u = apply_split(theta, u, j, sc, cfg.eps)
     return pd.DataFrame(curve), pd.DataFrame(rounds), pd.DataFrame(neurons)
 
+# %% ../../../nbs/experiments/fig2_rbf.ipynb #e4ef9447
+CONTROLS = ('random', 'net2net', 'scratch')   # `s3d.grow.GROWTHS` keys; methods 'random growth', 'Net2Net', 'scratch'
+
+def random_growth(theta, u, new:int, gen:torch.Generator):
+    "Append `new` neurons with (a, b) drawn like the first neuron's and output weight 0: the function is unchanged."
+    return torch.cat([theta, _draw_thetas(new, gen, theta.dtype).to(theta)]), torch.cat([u, u.new_zeros(new)])
+
+def net2net_split(theta, u, new:int, eps:float, gen:torch.Generator):
+    "Split `new` random neurons into equal halves (u/2) at (a, b) +- eps*v, v a random unit direction: f kept to first order."
+    theta, u = theta.clone(), u.clone()
+    for j in torch.randperm(len(u), generator=gen).repeat(math.ceil(new / len(u)))[:new].tolist():
+        v = torch.randn(2, generator=gen, dtype=theta.dtype).to(theta); v = eps * v / v.norm()
+        theta = torch.cat([theta, (theta[j] - v)[None]]); theta[j] = theta[j] + v
+        u = torch.cat([u, u[j:j + 1] / 2]); u[j] = u[j] / 2
+    return theta, u
+
+# %% ../../../nbs/experiments/fig2_rbf.ipynb #7d583645
+def _control_gen(seed:int, r:int) -> torch.Generator:
+    "The draws of a control's growth before round r (seeds apart from those of the targets and first neurons)."
+    return torch.Generator().manual_seed(1_000_003 * (seed + 1) + r)
+
+def grow_control(x, y, counts:list, growth:str, cfg:Fig2Config, train_out:bool, seed:int=0, labels:dict|None=None,
+                 m:int=2, c:float|None=None): # the S3D run matched (labels only; c defaults to cfg.c)
+    "A control with counts[r] neurons in round r (the matched S3D run's); returns (curve, rounds, neurons) like `grow_rbf`."
+    if growth not in CONTROLS: raise ValueError(f'growth must be one of {CONTROLS}, got {growth!r}')
+    if not counts or counts[0] != 1 or any(b < a for a, b in zip(counts, counts[1:])):
+        raise ValueError(f'counts must start at 1 neuron and never decrease, got {list(counts)}')
+    labels = dict(labels or {}, method=GROWTHS[growth], c=float(cfg.c if c is None else c), m=int(m))
+    if growth == 'scratch':
+        n = counts[-1]; theta = _draw_thetas(n, torch.Generator().manual_seed(seed), x.dtype).to(x.device)
+        u = torch.full((n,), 1 / n, dtype=x.dtype, device=x.device)
+    else: theta, u = _init_neuron(seed, x.dtype, x.device)
+    curve, rounds, neurons, it = [], [], [], 0
+    for r, n in enumerate(counts):
+        kind = 'none'
+        if n > len(u):
+            g = _control_gen(seed, r)
+            theta, u = random_growth(theta, u, n - len(u), g) if growth == 'random' else net2net_split(theta, u, n - len(u), cfg.eps, g)
+            kind = growth
+        theta, u, loss, S, lmin, lmax, it = _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons)
+        rounds.append(dict(labels, round=r, neurons=len(u), iteration=it, loss=loss, min_lam_min=lmin.min().item(),
+                           max_lam_max=lmax.max().item(), psd=bool((lmin >= 0).all()), best_neuron=-1, best_kind=kind,
+                           best_gain=float('nan'), split=r + 1 < len(counts) and counts[r + 1] > len(u), stuck=False, escaped=False))
+    return pd.DataFrame(curve), pd.DataFrame(rounds), pd.DataFrame(neurons)
+
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #2b89e5e6
 def fig2_jobs(cfg:Fig2Config):
-    "All (formulation, target, seed, m, c, escape_c) runs of the grid, without duplicates."
-    jobs = []
+    "All (formulation, target, seed, m, c, escape_c, growth) runs of the grid, without duplicates; the controls come last."
+    jobs, controls = [], []
     for f in cfg.formulations:
         for t in range(cfg.targets):
             for s in range(cfg.seeds):
-                mc = [(2, 1., None)] + [(m, float(cfg.c), None) for m in cfg.ms] + [(2, 1., float(cfg.c))]
+                mc = [(2, 1., None), (2, float(cfg.c), None)] + [(m, float(cfg.c), None) for m in cfg.ms] + [(2, 1., float(cfg.c))]
                 if cfg.c_sweep_all or (f, t, s) == tuple(cfg.example): mc += [(2, float(c), None) for c in cfg.cs]
-                jobs += [(f, t, s, *k) for k in dict.fromkeys(mc)]
-    return jobs
+                jobs += [(f, t, s, *k, 'split') for k in dict.fromkeys(mc)]
+                controls += [(f, t, s, 2, float(cfg.c), None, g) for g in CONTROLS]
+    return jobs + controls
+
+def matched_job(job):
+    "The S3D job a control job is matched to (its per-round neuron counts); the job itself for a split job."
+    return (*job[:5], None, 'split')
 
 def job_key(job) -> str:
     "File-name-safe name of one job of the grid."
-    f, t, s, m, c, e = job
-    return f'{f}-t{t}-s{s}-m{m}-c{c:g}' + (f'-esc{e:g}' if e else '')
+    f, t, s, m, c, e, g = job
+    return f'{f}-t{t}-s{s}' + (f'-{g}' if g != 'split' else '') + f'-m{m}-c{c:g}' + (f'-esc{e:g}' if e else '')
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #682a3584
-def fig2_job(job, cfg:Fig2Config, device='cpu', path=None):
-    "Grow one job of the grid; with `path`, load it from there when it is finished, else save it there."
-    if path is not None and Path(path).exists(): return pickle.loads(Path(path).read_bytes())
-    import warnings
+JOB_FORMAT = 's3d fig2 job, v1'
+_JOB_TABLES = ('curve', 'rounds', 'neurons')
+
+def save_job(path, key:str, dfs) -> Path:
+    "Write the (curve, rounds, neurons) DataFrames of job `key` to `path` as JSON text (floats exact, dtypes kept)."
+    tables = {n: dict(columns=list(d.columns), dtypes=[str(t) for t in d.dtypes], data=d.to_dict('split')['data'])
+              for n, d in zip(_JOB_TABLES, dfs)}
+    return atomic_write_text(path, json.dumps(dict(format=JOB_FORMAT, key=key, tables=tables)) + '\n')
+
+def load_job(path, key:str):
+    """The DataFrames `save_job` wrote for job `key`, or None when `path` is missing. A file that is not such a job
+    (unreadable, truncated, corrupt, another job) counts as unfinished: a warning naming it goes to stderr, None is
+    returned and the job is recomputed. Only JSON is parsed: loading a results folder never runs code from it."""
+    path = Path(path)
+    if not path.exists(): return None
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict) or d.get('format') != JOB_FORMAT or d.get('key') != key:
+            raise ValueError(f'not the job file of {key!r}')
+        return tuple(pd.DataFrame(t['data'], columns=t['columns']).astype(dict(zip(t['columns'], t['dtypes'])))
+                     for t in (d['tables'][n] for n in _JOB_TABLES))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f'fig2: cached job file {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); recomputing that job',
+              file=sys.stderr, flush=True)
+        return None
+
+def fig2_job(job, cfg:Fig2Config, device='cpu', path=None, # save the result there (JSON, see `save_job`)
+             after=None): # a control: the matched S3D job's file, read for its neuron counts (None: recompute that run)
+    "Grow one job of the grid (a split run or a control matched to S3D); returns (curve, rounds, neurons) DataFrames."
     warnings.filterwarnings('ignore', message='.*torch.jit.script.*deprecated')  # raised inside torch.func on new torch
-    f, t, s, m, c, e = job; device = resolve_device(device)
+    f, t, s, m, c, e, g = job; device = resolve_device(device)
     x = torch.linspace(-cfg.x_range, cfg.x_range, cfg.n_points, dtype=torch.float64, device=device)
     tth, tu = (v.to(device) for v in make_target(t, cfg.target_neurons))
-    dfs = grow_rbf(x, rbf_predict(tth, tu, x), m, c, cfg, train_out=f == 'free', seed=s,
-                   labels=dict(formulation=f, target=t, seed=s), escape_c=e)
-    if path is not None: atomic_write_bytes(path, pickle.dumps(dfs))
+    y, labels = rbf_predict(tth, tu, x), dict(formulation=f, target=t, seed=s)
+    if g == 'split': dfs = grow_rbf(x, y, m, c, cfg, train_out=f == 'free', seed=s, labels=labels, escape_c=e)
+    else:
+        s3d = load_job(after, job_key(matched_job(job))) if after is not None else None
+        if s3d is None: s3d = fig2_job(matched_job(job), cfg, device)
+        dfs = grow_control(x, y, s3d[1].neurons.tolist(), g, cfg, train_out=f == 'free', seed=s, labels=labels, m=m, c=c)
+    if path is not None: save_job(path, job_key(job), dfs)
     return dfs
 
 def _job_folder(cfg, folder, force):
     "The job folder of `cfg`: emptied when it holds jobs of another configuration (or with `force`)."
     folder = Path(folder); config = asdict(cfg)
     if force or not is_done([], folder / 'config.json', config):
-        for p in folder.glob('*.pkl'): p.unlink()
+        for p in [*folder.glob('*.pkl'), *folder.glob('*.job.json')]: p.unlink()   # *.pkl: job files of versions < 4
         atomic_write_json(folder / 'config.json', config)
     return folder
 
 def run_fig2_grid(cfg:Fig2Config, device='cpu', progress:bool=True, jobs:int=1, folder=None, force:bool=False):
     "Run every job of the grid (resuming the jobs finished in `folder`); returns dict of tidy DataFrames."
     from tqdm.auto import tqdm
-    grid = fig2_jobs(cfg)
+    grid = fig2_jobs(cfg); keys = [job_key(j) for j in grid]
     paths = [None] * len(grid)
-    if folder is not None: folder = _job_folder(cfg, folder, force); paths = [folder / f'{job_key(j)}.pkl' for j in grid]
-    todo = [i for i, p in enumerate(paths) if p is None or not p.exists()]
-    reused = len(grid) - len(todo)
-    if reused: print(f'fig2: resuming: reused {reused} of {len(grid)} finished jobs from {folder}', flush=True)
-    bar = tqdm(total=len(grid), initial=reused, desc='fig2', disable=not progress)
-    try: new = run_tasks(fig2_job, [(grid[i], cfg, str(device), paths[i]) for i in todo], jobs, on_done=lambda i, r: bar.update())
+    if folder is not None: folder = _job_folder(cfg, folder, force); paths = [folder / f'{k}.job.json' for k in keys]
+    after = {i: keys.index(job_key(matched_job(j))) for i, j in enumerate(grid) if j[-1] != 'split'}
+    done = {}
+    for i, p in enumerate(paths):   # a control whose S3D run is recomputed is recomputed too (controls come last)
+        if p is None or (i in after and after[i] not in done): continue
+        d = load_job(p, keys[i])
+        if d is not None: done[i] = d
+    todo = [i for i in range(len(grid)) if i not in done]
+    if done: print(f'fig2: resuming: reused {len(done)} of {len(grid)} finished jobs from {folder}', flush=True)
+    pos = {i: k for k, i in enumerate(todo)}
+    needs = {k: [pos[after[i]]] for k, i in enumerate(todo) if after.get(i) in pos}   # a control waits for its S3D run
+    tasks = [(grid[i], cfg, str(device), paths[i], paths[after[i]] if i in after else None) for i in todo]
+    bar = tqdm(total=len(grid), initial=len(done), desc='fig2', disable=not progress)
+    try: new = run_tasks(fig2_job, tasks, jobs, needs, on_done=lambda i, r: bar.update())
     except KeyboardInterrupt as e:
         kept = sum(p.exists() for p in paths) if folder else 0   # counted on disk: a worker may have saved a job just now
         raise interrupted(e, f'{kept} of {len(grid)} jobs finished and kept in {folder}' if folder else 'nothing (no job folder)') from None
     finally: bar.close()
-    new = dict(zip(todo, new))
-    done = [new[i] if i in new else fig2_job(grid[i], cfg, device, paths[i]) for i in range(len(grid))]
-    out = {k: pd.concat([d[n] for d in done], ignore_index=True) for n, k in enumerate(('curve', 'rounds', 'neurons'))}
+    done.update(zip(todo, new))
+    out = {k: pd.concat([done[i][n] for i in range(len(grid))], ignore_index=True) for n, k in enumerate(_JOB_TABLES)}
     targets = {t: make_target(t, cfg.target_neurons) for t in range(cfg.targets)}
     out['targets'] = pd.DataFrame([dict(target=t, neuron=k, a=th[k, 0].item(), b=th[k, 1].item(), u=u[k].item())
                                    for t, (th, u) in targets.items() for k in range(len(u))])
@@ -314,12 +409,28 @@ def _panel_eigs(ax, rounds, neurons, targets, ex, c0, xs):
     ax.set_xlim(xs[0] - 1, xs[-1] + 1); ax.set_xlabel('neuron centre / x'); ax.legend(fontsize=7, loc='upper left')
     ax.set_title(f'(d) round {r}: eigenvalues per neuron; arrows = chosen split', fontsize=9)
 
+def _panel_controls(ax, rounds, c0):
+    "Final loss of every replicate for S2D, S3D m=2 and the controls matched to it; one colour per formulation, bar = median."
+    last = rounds.groupby(['formulation', 'target', 'seed', 'method', 'c', 'm'], sort=False).tail(1)
+    meths = [('S2D', 1., 'S2D'), ('S3D', c0, 'S3D m=2')] + [(GROWTHS[g], c0, GROWTHS[g]) for g in CONTROLS]
+    forms = list(dict.fromkeys(last.formulation))
+    for k, f in enumerate(forms):
+        off = (k - (len(forms) - 1) / 2) * 0.36
+        for i, (meth, c, _) in enumerate(meths):
+            d = last[(last.formulation == f) & (last.method == meth) & np.isclose(last.c, c) & (last.m == 2)]
+            if d.empty: continue
+            ax.plot(i + off + np.linspace(-0.1, 0.1, len(d)), d.loss, 'o', ms=3, alpha=0.6, color=f'C{k}', label=None if i else f)
+            ax.plot([i + off - 0.15, i + off + 0.15], [d.loss.median()] * 2, color=f'C{k}', lw=2)
+    ax.set_xticks(range(len(meths)), [m[2] for m in meths], rotation=25, fontsize=8)
+    ax.set_yscale('log'); ax.set_ylabel('final loss'); ax.legend(fontsize=7)
+    ax.set_title(f'(e) final loss per replicate; controls matched to S3D m=2, c={c0:g}', fontsize=9)
+
 def plot_fig2(res:dict, cfg:Fig2Config):
-    "Figure 2 (a)-(d) for the example replicate `cfg.example`, from the tidy DataFrames of `run_fig2_grid`."
+    "Figure 2 (a)-(d) for the example replicate `cfg.example` and (e) the controls over all replicates, from `run_fig2_grid`'s tables."
     import matplotlib.pyplot as plt
     curve, rounds, neurons, targets = res['curve'], res['rounds'], res['neurons'], res['targets']
     ex = f, t, s = tuple(cfg.example); c0 = float(cfg.c)
-    fig, axs = plt.subplots(1, 4, figsize=(18, 3.8))
+    fig, axs = plt.subplots(1, 5, figsize=(22.5, 3.8))
     runs_a = [((1., 2), 'S2D')] + [((c0, m), f'S3D m={m}') for m in cfg.ms]
     _panel_losses(axs[0], curve, rounds, ex, runs_a + [((c0, 2, 'S2D+S3D'), 'S2D, signed split when stuck (o)')],
                   f'(a) S2D vs S3D (c={c0:g}); x = stuck')
@@ -332,7 +443,8 @@ def plot_fig2(res:dict, cfg:Fig2Config):
     xs = np.linspace(-cfg.x_range, cfg.x_range, 400)
     _panel_fits(axs[2], neurons, targets, ex, runs_a, xs)
     _panel_eigs(axs[3], rounds, neurons, targets, ex, c0, xs)
-    fig.suptitle(f'RBF network, formulation={f}, target {t}, seed {s}', fontsize=10); fig.tight_layout()
+    _panel_controls(axs[4], rounds, c0)
+    fig.suptitle(f'RBF network: (a)-(d) formulation={f}, target {t}, seed {s}; (e) every replicate', fontsize=10); fig.tight_layout()
     return fig
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #694ee7b2
@@ -354,9 +466,27 @@ def summarize_fig2(rounds:pd.DataFrame) -> pd.DataFrame:
                          'stalled_psd': g.apply(lambda d: int((d.stuck & d.psd).sum()), include_groups=False),
                          'escaped': g.escaped_any.sum(), 'beats_S2D': g.beats.sum()}).reset_index()
 
+# %% ../../../nbs/experiments/fig2_rbf.ipynb #912f76e7
+def fig2_paired(rounds:pd.DataFrame, c:float, m:int=2) -> pd.DataFrame:
+    "Per formulation: log10(final loss) of S3D (m, c) and of S2D minus each control, paired by (target, seed): mean, 95% interval, wins, verdict."
+    from s3d.paper.experiments.table1 import paired_diff, verdict   # here: importing table1 is not needed for the rest
+    key = ['formulation', 'target', 'seed', 'method', 'c', 'm']
+    last = rounds.groupby(key, sort=False).tail(1)
+    out = []
+    for f, d in last.groupby('formulation', sort=False):
+        lg = lambda sel: np.log10(d[sel].set_index(['target', 'seed']).loss)
+        for ctl in (GROWTHS[g] for g in CONTROLS):
+            b = lg((d.method == ctl) & np.isclose(d.c, c) & (d.m == m))
+            for who, sel in (('S3D', (d.method == 'S3D') & np.isclose(d.c, c) & (d.m == m)), ('S2D', d.method == 'S2D')):
+                a = lg(sel); v = paired_diff(a, b)
+                if v['n']: out.append(dict(formulation=f, comparison=f'{who} - {ctl}', n=v['n'], method_gmean=10 ** v['a'],
+                                           control_gmean=10 ** v['b'], diff_log10=v['mean'], lo=v['lo'], hi=v['hi'],
+                                           wins=int(((a - b).dropna() < 0).sum()), verdict=verdict(v, f'{who} loss')))
+    return pd.DataFrame(out)
+
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #3e9124b8
-def fig2_report(tab:pd.DataFrame, cfg:Fig2Config, info:dict|None=None) -> str:
-    "Markdown summary of the measured claim (S2D gets stuck, S3D escapes) from `summarize_fig2`'s table."
+def fig2_report(tab:pd.DataFrame, cfg:Fig2Config, info:dict|None=None, paired:pd.DataFrame|None=None) -> str:
+    "Markdown summary of the measured claim (S2D gets stuck, S3D escapes) and the controls, from `summarize_fig2` and `fig2_paired`."
     lines = [f'# Figure 2 (toy RBF network): measured claim, scale `{cfg.scale}`', '',
              f'Regenerate with `s3d reproduce fig2 --scale {cfg.scale} --out data/results --force` (files: '
              f'`fig2_{cfg.scale}*.csv`, `fig2_{cfg.scale}.png`, `fig2_{cfg.scale}.pdf`); the figure shows (formulation, target, seed) '
@@ -378,6 +508,16 @@ def fig2_report(tab:pd.DataFrame, cfg:Fig2Config, info:dict|None=None) -> str:
             lines.append(f'  S3D m={r.m}: final loss median {r.final_loss_median:.3g} (min {r.final_loss_min:.3g}, '
                          f'max {r.final_loss_max:.3g}), below half of S2D\'s in {int(r.beats_S2D)}/{int(r.runs)} runs, '
                          f'stopped in {int(r.stalled)}/{int(r.runs)}.')
+    if paired is not None and len(paired):
+        lines += ['', f'Controls, matched per replicate to S3D (m=2, c={cfg.c:g}): random growth (random (a, b), output weight 0) and '
+                  f'Net2Net (a random neuron split into equal halves at +-{cfg.eps:g} x a random unit direction) add neurons at the rounds '
+                  f'and in the numbers S3D did; scratch trains S3D\'s final size from random neurons (output weights 1/n) for the same '
+                  'rounds and steps. Paired difference of log10(final loss), method - control, over replicates (negative: method lower; '
+                  'wins: replicates where the method ended lower; 95% t-interval):']
+        for p in paired.itertuples():
+            ci = f', 95% interval [{p.lo:+.2f}, {p.hi:+.2f}]' if p.n > 1 else ''
+            lines.append(f'- {p.formulation}, {p.comparison}: {p.diff_log10:+.2f}{ci}, {p.wins}/{p.n} wins (geometric mean '
+                         f'final loss {p.method_gmean:.3g} vs {p.control_gmean:.3g}): **{p.verdict}**.')
     lines += ['', markdown_table(tab), '']
     return '\n'.join(lines)
 
@@ -385,9 +525,10 @@ def fig2_report(tab:pd.DataFrame, cfg:Fig2Config, info:dict|None=None) -> str:
 FIG2_TABLES = {'curve': '', 'rounds': '_rounds', 'neurons': '_neurons', 'targets': '_targets'}
 
 def fig2_files(scale:str, out='data/results') -> dict:
-    "Result files of `scale` under `out`: the tidy CSVs by table name, then `png`, `pdf` and the summary `md`."
+    "Result files of `scale` under `out`: the tidy CSVs by table name, the paired comparisons with the controls (`paired`), then `png`, `pdf` and the summary `md`."
     out = Path(out)
-    return {**{k: out / f'fig2_{scale}{s}.csv' for k, s in FIG2_TABLES.items()}, **{e: out / f'fig2_{scale}.{e}' for e in ('png', 'pdf', 'md')}}
+    return {**{k: out / f'fig2_{scale}{s}.csv' for k, s in FIG2_TABLES.items()}, 'paired': out / f'fig2_{scale}_paired.csv',
+            **{e: out / f'fig2_{scale}.{e}' for e in ('png', 'pdf', 'md')}}
 
 def files(scale:str, out='data/results') -> list:
     "The result files of `scale` under `out`, the summary last."
@@ -411,7 +552,7 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
     # the network is tiny: per-step kernel launches make a GPU slower than the CPU, so `auto` means the CPU here
     device = resolve_device('cpu' if str(device) == 'auto' else device)
     with pinned_numerics(1):
-        if not force and all(p.exists() for p in csvs.values()) and read_fingerprint(files['md']) == config_fingerprint(scale):
+        if not force and all(p.exists() for p in [*csvs.values(), files['paired']]) and read_fingerprint(files['md']) == config_fingerprint(scale):
             print(f'fig2: finished results for scale {scale!r} found in {out}, reusing them (use --force to recompute)')
             res, fresh = {k: pd.read_csv(p) for k, p in csvs.items()}, False
         else:
@@ -426,5 +567,8 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
             fig = plot_fig2(res, cfg)
             for e in ('png', 'pdf'): atomic_save_figure(files[e], fig)
             plt.close(fig)
-        if fresh: atomic_write_text(files['md'], fig2_report(summarize_fig2(res['rounds']), cfg, info))
+        if fresh:
+            atomic_write_csv(files['paired'], fig2_paired(res['rounds'], cfg.c), float_format='%.6g')
+            paired = pd.read_csv(files['paired'])   # the report is written from the files, as on a rerun
+            atomic_write_text(files['md'], fig2_report(summarize_fig2(res['rounds']), cfg, info, paired))
     return list(files.values())
