@@ -179,7 +179,7 @@ def part(args):
             ts.append(time.perf_counter() - t0); cs.append(time.process_time() - c0)
         res.update(wall=min(ts), cpu=min(cs))
     elif args.part == 'rmsprop':
-        exact = torch.load(args.exact_file)
+        exact = torch.load(args.exact_file, weights_only=True)
         small = [(x[i:i + 32], y[i:i + 32]) for x, y in batches for i in range(0, x.shape[0], 32)]
         ops = split_operators(net, groups, loss_fn, small)
         batch_ops = {}
@@ -268,8 +268,8 @@ def main():
             for v in variants:
                 path = os.path.join(tmp, f'{v}.pt')
                 r = run_part(args, v, save=path)
-                if v == 'exact': exact = torch.load(path)
-                acc = accuracy(torch.load(path), exact) if exact is not None else None
+                if v == "exact": exact = torch.load(path, weights_only=True)
+                acc = accuracy(torch.load(path, weights_only=True), exact) if exact is not None else None
                 st = r['stats']
                 print(f"| {v} | {st['passes']} | {r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
                       f"{(st['cache_bytes'] + st['workspace_bytes']) / 2**20:.1f} MiB | "
@@ -279,7 +279,7 @@ def main():
                 if r['warnings']: print(f"|   ({v}: {'; '.join(r['warnings'])}) |")
             if args.rmsprop and exact is not None:
                 r = run_part(args, 'rmsprop', save=os.path.join(tmp, 'rms.pt'), extra=['--exact-file', os.path.join(tmp, 'exact.pt')])
-                acc = accuracy(torch.load(os.path.join(tmp, 'rms.pt')), exact)
+                acc = accuracy(torch.load(os.path.join(tmp, "rms.pt"), weights_only=True), exact)
                 print(f"| RMSprop Rayleigh (Wang et al. 2019, lr={args.lr:g}, batch 32, cached products) | {r['epochs']} epochs | "
                       f"{r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
                       f"- | {100 * acc['within_2pct']:.1f}% | "

@@ -52,12 +52,20 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 CIFAR100_FOLDER = 'cifar-100-python'
 
+class _CifarUnpickler(pickle.Unpickler):
+    "Reads what the CIFAR pickles hold (dicts, lists, numbers, bytes, numpy arrays) and refuses every other object: no code runs."
+    _OK = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
+           ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'), ('_codecs', 'encode')}
+    def find_class(self, module, name):
+        if (module, name) in self._OK: return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-100 file")
+
 def _unpickle(path: Path) -> dict:
     "Load one CIFAR pickle with string keys, or raise `DataError` naming the file."
     if not path.is_file(): raise DataError(f"missing CIFAR-100 file {path} (run with --download or download=True to fetch it, or put torchvision's '{CIFAR100_FOLDER}' folder under {path.parent.parent})")
     try:
-        with open(path, 'rb') as f: d = pickle.load(f, encoding='latin1')
-    except Exception as e: raise DataError(f"corrupt CIFAR-100 file {path}: cannot unpickle ({type(e).__name__})") from None
+        with open(path, 'rb') as f: d = _CifarUnpickler(f, encoding='latin1').load()
+    except Exception as e: raise DataError(f"corrupt CIFAR-100 file {path}: cannot unpickle ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(d, dict): raise DataError(f"corrupt CIFAR-100 file {path}: expected a dict, got {type(d).__name__}")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
