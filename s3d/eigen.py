@@ -56,7 +56,7 @@ def _orthonormalize(R: Tensor,   # (n, d, k) directions
     for j in range(R.shape[2]):
         c = R[:, :, j:j + 1]; scale = c.norm(dim=1, keepdim=True)
         for _ in range(3):
-            B = torch.cat([V, *cols], 2)
+            B = torch.cat([V, *cols], 2) if cols else V
             for _ in range(2): c = c - B @ (B.transpose(1, 2) @ c)
             nrm = c.norm(dim=1, keepdim=True); bad = nrm <= 1e-10 * scale
             if not bad.any(): break
@@ -147,6 +147,68 @@ def _bk_result(self) -> EigenPairs:
     return EigenPairs(lmin, unit(vmin), lmax, unit(vmax))
 BlockKrylov.result = _bk_result
 
+# %% ../nbs/05_eigen.ipynb #b8d4f2e3
+def _keep_rows(B: Tensor, keep: Tensor, m: int) -> Tensor:
+    "A new buffer like B (n, cap, d) with the rows `keep`, copying only the m vectors in use."
+    out = B.new_empty(int(keep.sum()), *B.shape[1:]); out[:, :m] = B[keep, :m]; return out
+
+@torch.no_grad()
+def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neurons `self.idx`, P (len(self.idx), d, k)
+                every: int = 1,       # Rayleigh-Ritz every this many products once `min_iter` are done
+               ):
+    "Run a fresh block-size-1 solver to the end: Lanczos with full reorthogonalisation, Rayleigh-Ritz only when a neuron may retire."
+    if self.k != 1 or self.V.shape[2] or self.P is None or self.P.shape[2] != 1:
+        raise ValueError("lanczos needs a fresh BlockKrylov with block=1 and a one-vector start")
+    if every < 1: raise ValueError(f"every must be >= 1, got {every}")
+    cap, tiny = self.max_dim, torch.finfo(self.P.dtype).tiny
+    Q, W = self.P.new_empty(self.n, cap, self.d), self.P.new_empty(self.n, cap, self.d)  # basis and products S Q, one vector a row
+    T = self.P.new_zeros(self.n, cap, cap)   # Q^T S Q: tridiagonal (full reorthogonalisation keeps the rest at rounding level)
+    Q[:, 0] = self.P[:, :, 0]; self.P = None
+    m = 0
+    while True:
+        w = prod(Q[:, m, :, None]).to(Q)[:, :, 0]; W[:, m] = w; self.products += 1; m += 1
+        T[:, m - 1, m - 1] = (Q[:, m - 1] * w).sum(1)
+        self.peak_bytes = max(self.peak_bytes, (Q.numel() + W.numel() + T.numel()) * Q.element_size())
+        last = m >= self.d or m == cap or self.products >= self.max_iter
+        if last or (self.products >= self.min_iter and (self.products - self.min_iter) % every == 0):
+            Qm, Wm = Q[:, :m].transpose(1, 2), W[:, :m].transpose(1, 2)   # (n, d, m)
+            th, s = torch.linalg.eigh(T[:, :m, :m])
+            se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
+            Y = Qm @ se
+            res = (Wm @ se - Y * te[:, None]).norm(dim=1) / th.abs().amax(-1, keepdim=True).clamp_min(tiny)  # exact: S y - theta y
+            ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (m >= self.d)
+            fin = ok | (self.products >= self.max_iter)
+            if fin.any():
+                j = self.idx[fin]; self.converged[self.idx[ok]] = True
+                self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
+                keep = ~fin
+                Q, W, T = _keep_rows(Q, keep, m), _keep_rows(W, keep, m), T[keep]
+                self.idx, w, s, th, res, Y, te = self.idx[keep], w[keep], s[keep], th[keep], res[keep], Y[keep], te[keep]
+            self._now = (te, Y)
+            if self.done: return
+            if m == cap:  # basis full: the thick restart of `update`, which then continues
+                Qm, Wm = Q.transpose(1, 2), W.transpose(1, 2)
+                sel, tsel = _select(th, s, res, 1)
+                kn = max(2, min(cap - 1, cap // 2)); lo = (kn + 1) // 2
+                keep_i = list(range(lo)) + list(range(m - (kn - lo), m))
+                R = Wm @ sel - (Qm @ sel) * tsel[:, None]
+                self.V, self.W, self.restarts = Qm @ s[:, :, keep_i], Wm @ s[:, :, keep_i], self.restarts + 1
+                self.P = _orthonormalize(R, self.V, self.gen)
+                while not self.done: self.update(prod(self.P))
+                return
+        Qm, r = Q[:, :m], w
+        scale = r.norm(dim=1)
+        for _ in range(2): r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
+        nrm = r.norm(dim=1); bad = nrm <= 1e-10 * scale
+        q = r / nrm.clamp_min(tiny)[:, None]
+        if bad.any():  # invariant subspace (e.g. repeated eigenvalues): continue from a random direction
+            rnd = torch.randn(int(bad.sum()), self.d, 1, dtype=q.dtype, generator=self.gen).to(q.device)
+            q[bad] = _orthonormalize(rnd, Qm[bad].transpose(1, 2), self.gen)[:, :, 0]
+        Q[:, m] = q
+        T[:, m - 1, m] = T[:, m, m - 1] = (q * w).sum(1)   # q_{m+1}^T S q_m
+BlockKrylov.lanczos = _bk_lanczos
+
+
 # %% ../nbs/05_eigen.ipynb #48c51528
 @torch.no_grad()
 def lanczos_extremes(matvec: Callable, # V (n, d) -> (S_j V_j)_j, (n, d)
@@ -165,9 +227,13 @@ def lanczos_extremes(matvec: Callable, # V (n, d) -> (S_j V_j)_j, (n, d)
         max_dim = min(max_dim, (max_bytes // (8 * n * d) - 1) // 2)  # V and W of max_dim vectors, plus the block
         if max_dim < min(d, 3): raise ValueError(f"max_bytes={max_bytes} is too small: the workspace needs at least {8 * n * d * (2 * min(d, 3) + 1)} bytes")
     bk = BlockKrylov(n, d, block=1, max_dim=max_dim, tol=tol, max_iter=max_iter, dtype=dtype, device=device, generator=generator)
-    while not bk.done:
-        V = torch.zeros(n, d, dtype=dtype, device=device); V[bk.idx] = bk.P[..., 0]
-        bk.update(matvec(V).to(dtype)[bk.idx, :, None])
+    def prod(P):  # the active neurons' products, one matvec per column
+        out = []
+        for c in range(P.shape[2]):
+            V = torch.zeros(n, d, dtype=dtype, device=device); V[bk.idx] = P[:, :, c]
+            out.append(matvec(V).to(dtype)[bk.idx])
+        return torch.stack(out, 2)
+    bk.lanczos(prod)
     if stats is not None: stats.update(peak_bytes=bk.peak_bytes, restarts=bk.restarts, max_dim=bk.max_dim)
     return bk.result(), bk.products
 
@@ -296,12 +362,22 @@ def _stream_more(self):
         self._pass(on_batch, act)
         for g in act: self.solver[g.name].update(self._sum(acc[g.name]) / self.N)
 
+def _restrict(op: SplitOperator, rows: Tensor) -> SplitOperator:
+    "The same operator for its neurons `rows` only (coefficients copied, inputs shared)."
+    sub = SplitOperator.__new__(SplitOperator); sub.__dict__.update(op.__dict__)
+    sub.cs, sub.n = [torch.index_select(c, 1, rows) for c in op.cs], len(rows)  # index_select: ~6x faster than c[:, rows] on CPU
+    return sub
+
 def _lanczos_cached(self):
     "Cached statistics: restarted Lanczos per group on the cache, which is freed group by group."
     for g in self.kry:
         op, bk = self.cache[g.name], BlockKrylov(g.n_neurons, g.dim, block=1, max_dim=self.caps[g.name], tol=self.tol,
                                                  max_iter=self.max_iter, device=self.dev, generator=self.gen)
-        while not bk.done: bk.update(self._sum(op.products(bk.P, None if len(bk.idx) == bk.n else bk.idx).double()) / self.N)
+        sub = [bk.idx, op]  # the operator of the active neurons: re-sliced only when some retire, not at every product
+        def prod(P):
+            if len(sub[0]) != len(bk.idx): sub[:] = [bk.idx, _restrict(sub[1], torch.searchsorted(sub[0], bk.idx))]
+            return self._sum(sub[1].products(P).double()) / self.N
+        bk.lanczos(prod)
         self.solver[g.name], self.cache[g.name] = bk, None
 
 def _run(self) -> dict:

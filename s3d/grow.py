@@ -17,7 +17,7 @@ from torch import nn
 from .graph import split_groups, to_model_device
 from .eigen import extreme_eigenpairs
 from .select import score_neurons, select_neurons
-from .surgery import split_neurons, remap_channels
+from .surgery import split_neurons, remap_channels, _snapshot, _restore
 from .cost import count_params_flops
 from .atomic import atomic_write_bytes, atomic_write_csv
 
@@ -256,10 +256,17 @@ def pick_step(trial,              # trial(eps) -> held loss after a split with s
 
 
 # %% ../nbs/08_grow.ipynb #8c98c893
-def _trial(model, groups, sel, schemes, eps, loss_fn, held, reduce=None):
-    m2, g2 = copy.deepcopy((model, groups))     # one memo: the copied groups point at the copied modules
-    apply_splits(m2, [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])], eps)
-    return held_loss(m2, loss_fn, held, reduce)
+class _Trials:
+    "trial(eps) -> held loss after the split with step eps, on one copy of the model whose modules are put back before each surgery."
+    def __init__(self, model, groups, sel, schemes, loss_fn, held, reduce=None):
+        self.model, g2 = copy.deepcopy((model, groups))   # one memo: the copied groups point at the copied modules
+        self.plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])]
+        self.snap, self.args = _snapshot(list(self.model.modules())), (loss_fn, held, reduce)  # surgery replaces, never mutates, tensors
+
+    def __call__(self, eps: float) -> float:
+        _restore(self.snap)                                # the copy as it was before any split
+        apply_splits(self.model, self.plan, eps)
+        return held_loss(self.model, *self.args)
 
 def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig, reduce=None) -> tuple:
     "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured and predicted effect."
@@ -270,7 +277,7 @@ def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dic
         if cfg.step == 'line_search': raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a callable returning one)")
         return cfg.eps, dict(eps=cfg.eps, measured_dloss=float('nan'))
     f0 = held_loss(model, loss_fn, held, reduce)
-    trial = lambda e: _trial(model, groups, sel, schemes, e, loss_fn, held, reduce)
+    trial = _Trials(model, groups, sel, schemes, loss_fn, held, reduce)   # one copy for all steps tried
     if cfg.step == 'fixed': eps, f = cfg.eps, trial(cfg.eps)
     else: eps, f = pick_step(trial, np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
