@@ -1,0 +1,105 @@
+"""Where the time of one S3D growth step goes, at width 256 (the 1-hidden-layer tanh MLP of growth_quality.py).
+
+Side by side in one process, on the same cached statistics (n = 256 neurons, d = 65, 1437 scoring samples):
+the general block-Krylov loop (`BlockKrylov.update` at every product, as `lanczos_extremes` and the cached variant ran
+before) against `BlockKrylov.lanczos` (what they run now), each split into operator products and the rest; and the line
+search's nine trials with a deep copy + surgery per trial (before) against one copy restored between trials (now).
+Every number is the minimum over `--reps` repetitions; epochs are one training epoch at that width (Adam, batch 64).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_step_profile.py
+"""
+from __future__ import annotations
+import argparse, copy, sys, time
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from growth_quality import make_data, make_model  # noqa: E402
+
+
+def best(f, reps):
+    "Minimum wall time of f() over reps calls, and its last result."
+    ts, out = [], None
+    for _ in range(reps):
+        s = time.perf_counter(); out = f(); ts.append(time.perf_counter() - s)
+    return min(ts), out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--width', type=int, default=256)
+    ap.add_argument('--reps', type=int, default=7)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    from s3d.graph import split_groups
+    from s3d.splitmat import split_operators
+    from s3d.eigen import BlockKrylov, extreme_eigenpairs
+    from s3d.select import score_neurons
+    from s3d.surgery import apply_splits
+    from s3d.grow import GrowConfig, split_round, select_round, held_batches, held_loss, _Trials
+    Xtr, ytr, _, _ = make_data()
+    torch.manual_seed(0)
+    base = make_model('mlp1', a.width)
+    opt = torch.optim.Adam(base.parameters(), lr=1e-3)
+    def epoch():
+        perm = torch.randperm(len(ytr))
+        for i in range(0, len(perm), 64):
+            b = perm[i:i + 64]; opt.zero_grad(); F.cross_entropy(base(Xtr[b]), ytr[b]).backward(); opt.step()
+    for _ in range(3): epoch()
+    t_ep, _ = best(epoch, a.reps)
+    data, rows = [(Xtr, ytr)], []
+    add = lambda what, t: rows.append((what, t))
+
+    t, gs = best(lambda: split_groups(base, Xtr[:1]), a.reps); add('split_groups (trace)', t)
+    t, ops = best(lambda: split_operators(base, gs, F.cross_entropy, data), a.reps); add('statistics pass (forward+backward, cache)', t)
+    op, g = ops[gs[0].name], gs[0]
+
+    def solve(use_lanczos):
+        bk = BlockKrylov(g.n_neurons, g.dim, block=1, generator=torch.Generator().manual_seed(0))
+        tp = [0.]
+        def prod(P):
+            s = time.perf_counter()
+            out = op.products(P, None if len(bk.idx) == bk.n else bk.idx).double() / op.count
+            tp[0] += time.perf_counter() - s; return out
+        s = time.perf_counter()
+        if use_lanczos: bk.lanczos(prod)
+        else:
+            while not bk.done: bk.update(prod(bk.P))
+        return time.perf_counter() - s, tp[0], bk.products
+    for name, use in (('before: update at every product', False), ('now: lanczos', True)):
+        res = sorted(solve(use) for _ in range(a.reps))[0]
+        add(f'eigen solver, {name} ({res[2]} products)', res[0]); add(f'  of which operator products', res[1]); add('  of which the rest', res[0] - res[1])
+    t, _ = best(lambda: extreme_eigenpairs(base, gs, F.cross_entropy, data, method='fast'), a.reps); add("extreme_eigenpairs(method='fast'), all of it", t)
+
+    cfg = GrowConfig(m=2, c=3., ratio=0.5, step='line_search')
+    eigs = extreme_eigenpairs(base, gs, F.cross_entropy, data, method='fast')
+    t, sch = best(lambda: score_neurons(eigs, cfg.m, cfg.c), a.reps); add('score_neurons', t)
+    t, sel = best(lambda: select_round(sch, cfg, None, gs, None), a.reps); add('select_round', t)
+    held, grid = held_batches(data, cfg.held), np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid)
+    def old_trials():
+        out = []
+        for e in grid:
+            m2, g2 = copy.deepcopy((base, gs))
+            apply_splits(m2, [(h, sel[h.name], sch[h.name][sel[h.name]]) for h in g2 if len(sel[h.name])], e)
+            out.append(held_loss(m2, F.cross_entropy, held))
+        return out
+    def new_trials():
+        tr = _Trials(base, gs, sel, sch, F.cross_entropy, held)
+        return [tr(e) for e in grid]
+    t_old, l_old = best(old_trials, a.reps); t_new, l_new = best(new_trials, a.reps)
+    assert l_old == l_new, "the two line-search paths must measure the same losses"
+    add(f'line search, {len(grid)} trials, before: deep copy + surgery each', t_old); add(f'line search, {len(grid)} trials, now: one copy, restored', t_new)
+    for name, kw in (('split_round, fixed step, fast', {}), ('split_round, line search, fast', dict(step='line_search'))):
+        c = GrowConfig(m=2, c=3., ratio=0.5, eigen='fast', **kw)
+        def step():
+            m = copy.deepcopy(base); s = time.perf_counter(); split_round(m, F.cross_entropy, data, Xtr[:1], c); return time.perf_counter() - s
+        add(name, min(step() for _ in range(a.reps)))
+    print(f"width {a.width}, 1437 scoring samples, one epoch = {t_ep * 1e3:.1f} ms (min of {a.reps})\n")
+    print('| part | ms | epochs |\n|---|---|---|')
+    for what, t in rows: print(f'| {what} | {t * 1e3:.1f} | {t / t_ep:.2f} |')
+
+
+if __name__ == '__main__':
+    main()
