@@ -189,3 +189,25 @@ def test_extreme_eigenpairs_errors():
         extreme_eigenpairs(net, SplitGroup('x', nn.Linear(3, 3), None, nn.Tanh()), loss, data)
     with pytest.raises(ValueError, match="not a module"):
         extreme_eigenpairs(net, SplitGroup('x', nn.Linear(300, 3), None, nn.Tanh()), loss, data, 'stream')
+
+
+@pytest.mark.parametrize("max_dim", [32, 5])
+def test_lanczos_method_matches_update_loop(max_dim):
+    "BlockKrylov.lanczos (k = 1) spans the same Krylov space as the update loop: same products with every=1, same pairs."
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(11, 20, 20, dtype=torch.float64, generator=g); S = A + A.transpose(1, 2)
+    runs = {}
+    for how in ('update', 'lanczos1', 'lanczos2'):
+        bk = BlockKrylov(11, 20, block=1, max_dim=max_dim, tol=1e-3, max_iter=400, generator=torch.Generator().manual_seed(0))
+        prod = lambda P: S[bk.idx] @ P
+        if how == 'update':
+            while not bk.done: bk.update(prod(bk.P))
+        else: bk.lanczos(prod, every=int(how[-1]))
+        runs[how] = bk
+        assert bk.converged.all() and (bk.restarts > 0) == (max_dim < 20)
+    e = eigh_extremes(S)
+    assert runs['lanczos1'].products == runs['update'].products <= runs['lanczos2'].products <= runs['update'].products + 1
+    for bk in runs.values():
+        f, rad = bk.result(), torch.maximum(e.lam_min.abs(), e.lam_max.abs())
+        assert ((f.lam_min - e.lam_min).abs() <= 1e-3 * rad).all() and ((f.lam_max - e.lam_max).abs() <= 1e-3 * rad).all()
+    with pytest.raises(ValueError, match="fresh BlockKrylov"): runs['update'].lanczos(lambda P: P)

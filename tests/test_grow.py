@@ -260,3 +260,27 @@ def test_progress_false_never_imports_tqdm_auto(monkeypatch):
     assert len(res.history) == 2
     with pytest.raises(ImportError):
         grow(_mlp(), _train_fn(X, y, 5), nn.functional.cross_entropy, [(X, y)], X[:1], cfg, progress=True)
+
+
+def test_line_search_trials_reuse_one_copy_exactly():
+    """`_Trials` (one copy, restored between steps) measures exactly what a fresh deep copy + surgery per step measures,
+    in any order of steps, on a net with BatchNorm and two split groups; the model itself is never touched."""
+    from s3d.eigen import extreme_eigenpairs
+    from s3d.select import score_neurons
+    from s3d.surgery import apply_splits
+    from s3d.grow import _Trials, select_round
+    x = torch.randn(24, 1, 8, 8, dtype=torch.float64); y = torch.randint(0, 3, (24,))
+    net = _cnn_f64(); lf = nn.functional.cross_entropy
+    groups = split_groups(net, x[:1]); assert len(groups) == 2
+    sch = score_neurons(extreme_eigenpairs(net, groups, lf, [(x, y)], 'exact'), 2, 3.0)
+    sel = select_round(sch, GrowConfig(ratio=1.0), None, groups, None)
+    ref = copy.deepcopy(net.state_dict())
+    def fresh(e):
+        m2, g2 = copy.deepcopy((net, groups))
+        apply_splits(m2, [(g, sel[g.name], sch[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])], e)
+        return held_loss(m2, lf, [(x, y)])
+    trial = _Trials(net, groups, sel, sch, lf, [(x, y)])
+    for e in (0.5, 0.01, 0.0, 0.5, 2.0):
+        assert trial(e) == fresh(e)
+    assert trial(0.0) == pytest.approx(held_loss(net, lf, [(x, y)]), abs=1e-12)   # eps = 0: function preserved
+    for k, v in net.state_dict().items(): assert torch.equal(v, ref[k])
