@@ -13,6 +13,7 @@ paired differences against random growth with 95% t-intervals and wins/ties/loss
 growth step of a 1-hidden-layer MLP at width 256 in epochs.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_quality.py --seeds 10 --jobs 1
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_quality.py --cost-only --cost-reps 7   # the cost table alone
 """
 from __future__ import annotations
 import argparse, copy, json, os, sys, time
@@ -181,8 +182,16 @@ def main(argv=None):
     ap.add_argument('--methods', default=','.join(METHODS))
     ap.add_argument('--out', default='benchmarks/results')
     ap.add_argument('--cost-width', type=int, default=256)
+    ap.add_argument('--cost-reps', type=int, default=3, help='growth steps and epochs timed per row (the minimum is kept)')
+    ap.add_argument('--cost-only', action='store_true', help='only the cost of one growth step (writes growth_cost.csv)')
     a = ap.parse_args(argv)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    if a.cost_only:
+        cost = growth_cost(a.cost_width, reps=a.cost_reps)
+        cost.to_csv(out / 'growth_cost.csv', index=False)
+        print(f'## cost of one growth step at width {a.cost_width} (1-hidden-layer MLP, 1437 scoring samples unless noted), in epochs\n')
+        print(md_table(cost, '{:.3g}'))
+        return
     t0 = time.time()
     jobs = [(t, m, s) for t in a.tasks.split(',') for s in range(a.seeds) for m in a.methods.split(',')]
     if a.jobs > 1:
@@ -191,7 +200,7 @@ def main(argv=None):
     else: hs = [run_one(t, m, s, a.rounds, a.epoch_scale) for t, m, s in jobs]
     df = pd.concat(hs, ignore_index=True)
     df.to_csv(out / 'growth_quality.csv', index=False)
-    cost = growth_cost(a.cost_width)
+    cost = growth_cost(a.cost_width, reps=a.cost_reps)
     cost.to_csv(out / 'growth_cost.csv', index=False)
     import resource
     cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ('ru_utime', 'ru_stime'))

@@ -268,7 +268,9 @@ class _Trials:
         apply_splits(self.model, self.plan, eps)
         return held_loss(self.model, *self.args)
 
-def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig, reduce=None) -> tuple:
+def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig, reduce=None,
+                split=None,  # split(eps) applies the split to `model` itself: the fixed step is then measured on it, without a copy
+               ) -> tuple:
     "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured and predicted effect."
     gain = sum(float(schemes[g.name][sel[g.name]].gain.sum()) for g in groups if len(sel[g.name]))
     if not any(len(v) for v in sel.values()): return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.)
@@ -277,9 +279,9 @@ def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dic
         if cfg.step == 'line_search': raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a callable returning one)")
         return cfg.eps, dict(eps=cfg.eps, measured_dloss=float('nan'))
     f0 = held_loss(model, loss_fn, held, reduce)
-    trial = _Trials(model, groups, sel, schemes, loss_fn, held, reduce)   # one copy for all steps tried
-    if cfg.step == 'fixed': eps, f = cfg.eps, trial(cfg.eps)
-    else: eps, f = pick_step(trial, np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)
+    if cfg.step == 'fixed' and split is not None: split(cfg.eps); eps, f = cfg.eps, held_loss(model, loss_fn, held, reduce)
+    elif cfg.step == 'fixed': eps, f = cfg.eps, _Trials(model, groups, sel, schemes, loss_fn, held, reduce)(cfg.eps)
+    else: eps, f = pick_step(_Trials(model, groups, sel, schemes, loss_fn, held, reduce), np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)  # one copy for all steps
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
 
 
@@ -378,9 +380,10 @@ def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig
     schemes = score_neurons(eigs, cfg.m, cfg.c)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
     sel = select_round(schemes, cfg, costs, groups, rnd)
-    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg, reduce)  # fixed or line-searched, measured
-    plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
-    parents = apply_splits(model, plan, eps)
+    plan, done = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])], {}
+    split = lambda e: done.update(parents=apply_splits(model, plan, e))   # a fixed step is applied here and measured after
+    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg, reduce, split)  # fixed or line-searched, measured
+    parents = done['parents'] if done else apply_splits(model, plan, eps)
     kinds, gain, added = Counter(), 0.0, 0
     for g, idx, s in plan: kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
     return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * eps ** 2 * gain, **step,
