@@ -148,9 +148,12 @@ def _bk_result(self) -> EigenPairs:
 BlockKrylov.result = _bk_result
 
 # %% ../nbs/05_eigen.ipynb #b8d4f2e3
-def _keep_rows(B: Tensor, keep: Tensor, m: int) -> Tensor:
-    "A new buffer like B (n, cap, d) with the rows `keep`, copying only the m vectors in use."
-    out = B.new_empty(int(keep.sum()), *B.shape[1:]); out[:, :m] = B[keep, :m]; return out
+def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int, square: bool = False) -> Tensor:
+    "A new buffer with the rows `keep` (all: None) of B and room for `size` vectors, copying only the m in use."
+    rows = B if keep is None else B[keep]
+    if square: out = B.new_zeros(rows.shape[0], size, size); out[:, :m, :m] = rows[:, :m, :m]
+    else: out = B.new_empty(rows.shape[0], size, B.shape[2]); out[:, :m] = rows[:, :m]
+    return out
 
 @torch.no_grad()
 def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neurons `self.idx`, P (len(self.idx), d, k)
@@ -161,8 +164,9 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
         raise ValueError("lanczos needs a fresh BlockKrylov with block=1 and a one-vector start")
     if every < 1: raise ValueError(f"every must be >= 1, got {every}")
     cap, tiny = self.max_dim, torch.finfo(self.P.dtype).tiny
-    Q, W = self.P.new_empty(self.n, cap, self.d), self.P.new_empty(self.n, cap, self.d)  # basis and products S Q, one vector a row
-    T = self.P.new_zeros(self.n, cap, cap)   # Q^T S Q: tridiagonal (full reorthogonalisation keeps the rest at rounding level)
+    room = min(cap, self.min_iter + every)   # buffers grow (doubling, up to cap) as the basis does
+    Q, W = self.P.new_empty(self.n, room, self.d), self.P.new_empty(self.n, room, self.d)  # basis and products S Q, one vector a row
+    T = self.P.new_zeros(self.n, room, room)  # Q^T S Q: tridiagonal (full reorthogonalisation keeps the rest at rounding level)
     Q[:, 0] = self.P[:, :, 0]; self.P = None
     m = 0
     while True:
@@ -182,7 +186,7 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
                 j = self.idx[fin]; self.converged[self.idx[ok]] = True
                 self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
                 keep = ~fin
-                Q, W, T = _keep_rows(Q, keep, m), _keep_rows(W, keep, m), T[keep]
+                Q, W, T = _regrow(Q, keep, m, room), _regrow(W, keep, m, room), _regrow(T, keep, m, room, True)
                 self.idx, w, s, th, res, Y, te = self.idx[keep], w[keep], s[keep], th[keep], res[keep], Y[keep], te[keep]
             self._now = (te, Y)
             if self.done: return
@@ -196,6 +200,8 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
                 self.P = _orthonormalize(R, self.V, self.gen)
                 while not self.done: self.update(prod(self.P))
                 return
+        if m == room:
+            room = min(cap, 2 * room); Q, W, T = _regrow(Q, None, m, room), _regrow(W, None, m, room), _regrow(T, None, m, room, True)
         Qm, r = Q[:, :m], w
         scale = r.norm(dim=1)
         for _ in range(2): r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
