@@ -148,11 +148,10 @@ def _bk_result(self) -> EigenPairs:
 BlockKrylov.result = _bk_result
 
 # %% ../nbs/05_eigen.ipynb #b8d4f2e3
-def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int, square: bool = False) -> Tensor:
-    "A new buffer with the rows `keep` (all: None) of B and room for `size` vectors, copying only the m in use."
+def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int) -> Tensor:
+    "A new buffer with the rows `keep` (all: None) of B (n, room, ...) and room for `size` entries, copying only the m in use."
     rows = B if keep is None else B[keep]
-    if square: out = B.new_zeros(rows.shape[0], size, size); out[:, :m, :m] = rows[:, :m, :m]
-    else: out = B.new_empty(rows.shape[0], size, B.shape[2]); out[:, :m] = rows[:, :m]
+    out = B.new_empty(rows.shape[0], size, *B.shape[2:]); out[:, :m] = rows[:, :m]   # entries from m on are never read
     return out
 
 @torch.no_grad()
@@ -166,16 +165,17 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
     cap, tiny = self.max_dim, torch.finfo(self.P.dtype).tiny
     room = min(cap, self.min_iter + every)   # buffers grow (doubling, up to cap) as the basis does
     Q, W = self.P.new_empty(self.n, room, self.d), self.P.new_empty(self.n, room, self.d)  # basis and products S Q, one vector a row
-    T = self.P.new_zeros(self.n, room, room)  # Q^T S Q: tridiagonal (full reorthogonalisation keeps the rest at rounding level)
+    a, b = self.P.new_empty(self.n, room), self.P.new_empty(self.n, room)  # Q^T S Q is tridiagonal (full reorthogonalisation keeps the rest at rounding level)
     Q[:, 0] = self.P[:, :, 0]; self.P = None
     m = 0
     while True:
         w = prod(Q[:, m, :, None]).to(Q)[:, :, 0]; W[:, m] = w; self.products += 1; m += 1
-        T[:, m - 1, m - 1] = (Q[:, m - 1] * w).sum(1)
-        self.peak_bytes = max(self.peak_bytes, (Q.numel() + W.numel() + T.numel()) * Q.element_size())
+        a[:, m - 1] = (Q[:, m - 1] * w).sum(1)
+        self.peak_bytes = max(self.peak_bytes, (Q.numel() + W.numel() + a.numel() + b.numel()) * Q.element_size())
         last = m >= self.d or m == cap or self.products >= self.max_iter
         if last or (self.products >= self.min_iter and (self.products - self.min_iter) % every == 0):
-            th, s = torch.linalg.eigh(T[:, :m, :m])
+            T = torch.diag_embed(a[:, :m]) + torch.diag_embed(b[:, :m - 1], 1) + torch.diag_embed(b[:, :m - 1], -1)
+            th, s = torch.linalg.eigh(T)
             se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
             Yt = se.transpose(1, 2) @ Q[:, :m]                             # (n, 2, d): Ritz vectors as rows
             res = (se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2) / th.abs().amax(-1, keepdim=True).clamp_min(tiny)  # exact: S y - theta y
@@ -186,7 +186,7 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
                 j = self.idx[fin]; self.converged[self.idx[ok]] = True
                 self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
                 keep = ~fin
-                Q, W, T = _regrow(Q, keep, m, room), _regrow(W, keep, m, room), _regrow(T, keep, m, room, True)
+                Q, W, a, b = (_regrow(t, keep, m, room) for t in (Q, W, a, b))
                 self.idx, w, s, th, res, Y, te = self.idx[keep], w[keep], s[keep], th[keep], res[keep], Y[keep], te[keep]
             self._now = (te, Y)
             if self.done: return
@@ -201,7 +201,7 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
                 while not self.done: self.update(prod(self.P))
                 return
         if m == room:
-            room = min(cap, 2 * room); Q, W, T = _regrow(Q, None, m, room), _regrow(W, None, m, room), _regrow(T, None, m, room, True)
+            room = min(cap, 2 * room); Q, W, a, b = (_regrow(t, None, m, room) for t in (Q, W, a, b))
         Qm, r = Q[:, :m], w
         scale = r.norm(dim=1)
         for _ in range(2): r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
@@ -211,7 +211,7 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
             rnd = torch.randn(int(bad.sum()), self.d, 1, dtype=q.dtype, generator=self.gen).to(q.device)
             q[bad] = _orthonormalize(rnd, Qm[bad].transpose(1, 2), self.gen)[:, :, 0]
         Q[:, m] = q
-        T[:, m - 1, m] = T[:, m, m - 1] = (q * w).sum(1)   # q_{m+1}^T S q_m
+        b[:, m - 1] = (q * w).sum(1)   # q_{m+1}^T S q_m
 BlockKrylov.lanczos = _bk_lanczos
 
 
@@ -230,8 +230,10 @@ def lanczos_extremes(matvec: Callable, # V (n, d) -> (S_j V_j)_j, (n, d)
                     ) -> tuple[EigenPairs, int]:
     "Extreme eigenpairs of n symmetric d x d matrices given only products; returns them and the number of products used."
     if max_bytes is not None:
-        max_dim = min(max_dim, (max_bytes // (8 * n * d) - 1) // 2)  # V and W of max_dim vectors, plus the block
-        if max_dim < min(d, 3): raise ValueError(f"max_bytes={max_bytes} is too small: the workspace needs at least {8 * n * d * (2 * min(d, 3) + 1)} bytes")
+        need = lambda c: 8 * n * (2 * c * d + 2 * c + d)  # basis and products of c vectors, the tridiagonal coefficients, one block
+        max_dim = min(max_dim, d)
+        while max_dim > 0 and need(max_dim) > max_bytes: max_dim -= 1
+        if max_dim < min(d, 3): raise ValueError(f"max_bytes={max_bytes} is too small: the workspace needs at least {need(min(d, 3))} bytes")
     bk = BlockKrylov(n, d, block=1, max_dim=max_dim, tol=tol, max_iter=max_iter, dtype=dtype, device=device, generator=generator)
     def prod(P):  # the active neurons' products, one matvec per column
         out = []
