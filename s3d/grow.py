@@ -24,7 +24,8 @@ from .atomic import atomic_write_bytes, atomic_write_csv
 # %% auto #0
 __all__ = ['GROWTHS', 'CKPT_FORMAT', 'GrowConfig', 'neuron_costs', 'load_grown_state', 'round_targets', 'new_counts',
            'select_round', 'control_plan', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'pick_step',
-           'choose_step', 'CheckpointError', 'load_checkpoint', 'TrainState', 'split_round', 'GrowResult', 'grow']
+           'choose_step', 'CheckpointError', 'read_checkpoint', 'load_checkpoint', 'restore_checkpoint', 'TrainState',
+           'split_round', 'GrowResult', 'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
 GROWTHS = {'split': 'S2D/S3D', 'random': 'random growth', 'net2net': 'Net2Net', 'scratch': 'scratch'}
@@ -330,17 +331,31 @@ def _plain(x) -> bool:
 # %% ../nbs/08_grow.ipynb #b3c0ffe3
 _KEYS = {'format', 'phase', 'round', 'model', 'history', 'rng', 'config', 'info', 'train', 'run'}
 
-def load_checkpoint(path) -> dict:
-    "Read a `grow` checkpoint without running code from it (`weights_only=True`); `CheckpointError` naming the file otherwise."
+def read_checkpoint(path, fmt:int=CKPT_FORMAT, keys:set=_KEYS, what:str='s3d grow checkpoint') -> dict:
+    "Read a checkpoint without running code from it (`weights_only=True`): a dict of format `fmt` with `keys`, else `CheckpointError` naming the file."
     path = Path(path)
     try: st = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}): it is truncated, corrupt, "
+        raise CheckpointError(f"{what} {path} cannot be read ({type(e).__name__}: {str(e)[:200]}): it is truncated or corrupt, "
                               "or was written by an older s3d. Nothing was overwritten. Move it away (or delete it) to start this "
                               "run from scratch, or restore it from a backup.") from e
-    if not isinstance(st, dict) or st.get('format') != CKPT_FORMAT or not _KEYS <= set(st):
-        raise CheckpointError(f"{path} is not a s3d grow checkpoint of format {CKPT_FORMAT}. Nothing was overwritten; "
+    if not isinstance(st, dict) or st.get('format') != fmt or not set(keys) <= set(st):
+        raise CheckpointError(f"{path} is not a {what} of format {fmt}. Nothing was overwritten; "
                               "use another out_dir, or move the file away to start afresh.")
+    return st
+
+def load_checkpoint(path) -> dict:
+    "Read a `grow` checkpoint (see `read_checkpoint`)."
+    return read_checkpoint(path)
+
+def restore_checkpoint(model:nn.Module, st:dict, path) -> dict:
+    "Load checkpoint `st`'s weights into `model` (resized to them) and its RNG states; `CheckpointError` naming `path` if they do not fit."
+    dev = next(model.parameters()).device
+    try: load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
+    except Exception as e:
+        raise CheckpointError(f"{path}'s weights do not fit this model ({type(e).__name__}: {str(e)[:200]}); it was not touched. "
+                              "Pass the same seed model as the run that wrote it, or use another out_dir.") from e
+    _set_rng_state(st['rng'])
     return st
 
 
@@ -403,13 +418,7 @@ def _resume(ckpt:Path, model:nn.Module, cfg_key:str) -> dict:
     if st['config'] != cfg_key:
         raise CheckpointError(f"{ckpt} was written with a different configuration {st['config']} (this run: {cfg_key}); "
                               "it was not touched. Use another out_dir, or move it away to start this run afresh.")
-    dev = next(model.parameters()).device
-    try: load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
-    except Exception as e:
-        raise CheckpointError(f"{ckpt}'s weights do not fit this model ({type(e).__name__}: {str(e)[:200]}); it was not touched. "
-                              "Pass the same seed model as the run that wrote it, or use another out_dir.") from e
-    _set_rng_state(st['rng'])
-    return st
+    return restore_checkpoint(model, st, ckpt)
 
 
 # %% ../nbs/08_grow.ipynb #b9c0ffe9

@@ -383,26 +383,18 @@ def run_once(folder, config:dict, compute, force:bool=False):
 STAGE_FORMAT = 1
 
 def _load_stage(path:Path, name:str) -> dict:
-    from s3d.grow import CheckpointError
-    try: st = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"stage checkpoint {path} cannot be read ({type(e).__name__}): it is truncated or corrupt. Nothing was "
-                              "overwritten. Delete it to redo this stage, or rerun with --force to redo the run.") from e
-    if not isinstance(st, dict) or st.get('format') != STAGE_FORMAT or st.get('name') != name or not {'model', 'done', 'train', 'rng'} <= set(st):
-        raise CheckpointError(f"{path} is not the stage {name!r} checkpoint this run writes; it was not touched. Delete it or use --force.")
+    from s3d.grow import read_checkpoint, CheckpointError
+    st = read_checkpoint(path, STAGE_FORMAT, {'name', 'model', 'done', 'train', 'rng'}, f'stage {name!r} checkpoint')
+    if st['name'] != name: raise CheckpointError(f"{path} holds stage {st['name']!r}, not {name!r}; it was not touched. Delete it or use --force.")
     return st
 
 def train_stage(folder, name:str, model, fit, writer:bool|None=None) -> dict:
     "`fit(model, state)` (a `TrainState`) resumable at every epoch in `folder/stage-<name>.pt`; a finished stage is loaded, not retrained."
-    from s3d.grow import TrainState, load_grown_state, CheckpointError, _rng_state, _set_rng_state, _atomic_torch_save
+    from s3d.grow import TrainState, restore_checkpoint, _rng_state, _atomic_torch_save
     path, writer = Path(folder) / f'stage-{name}.pt', is_writer() if writer is None else writer
     data = {}
     if path.exists():
-        st = _load_stage(path, name)
-        dev = next(model.parameters()).device
-        try: load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
-        except Exception as e: raise CheckpointError(f"{path}'s weights do not fit this stage's model ({type(e).__name__}); delete it or use --force") from e
-        _set_rng_state(st['rng'])
+        st = restore_checkpoint(model, _load_stage(path, name), path)   # weights (resized) and RNG states
         if st['done']: return dict(st['metrics'])
         data = st['train']
     def save(done, train, metrics=None):

@@ -99,6 +99,7 @@ def train(model: nn.Module,           # model to train in place
           fused: bool = None,         # fused SGD kernel (default: on for CUDA)
           compile=False,              # torch.compile the model: False, True or a mode ('reduce-overhead': CUDA graphs)
          state=None,                 # a `s3d.grow.TrainState`: resume from its data, and `save()` after every epoch
+          seed: int = None,           # seeds torch and the loader's data order (`loader.seed`, from epoch 0), unless resuming from `state`
          ) -> list:
     "Train with SGD + cosine schedule; returns one dict per epoch (loss, acc, lr, test metrics)."
     if epochs < 0: raise ValueError(f"train: epochs must be >= 0, got {epochs}")
@@ -109,6 +110,9 @@ def train(model: nn.Module,           # model to train in place
     net, dt, graphs = _compiled(model, compile), _float_dtype(model), compile == 'reduce-overhead'
     ddp = isinstance(model, DistributedDataParallel)   # trained by `s3d.distributed`: metrics are summed over processes
     total, step, history, first = max(1, epochs * len(loader)), 0, [], 0
+    if seed is not None:   # a resumed run keeps the RNG states and data position its checkpoint restored
+        loader.seed = seed
+        if state is None or not state.resumed: torch.manual_seed(seed); loader.epoch = 0
     if state is not None and state.data:  # resume after the last finished epoch: optimizer, schedule position, data order
         d = state.data
         opt.load_state_dict(d['optimizer']); first, step, history = d['epoch'], d['step'], list(d['history'])

@@ -154,11 +154,9 @@ class Trainer:
 
     def fit(self, model, seed:int, regularizer=None, desc='train', state=None) -> dict:
         "Train `model` in place for `cfg.epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
-        c = self.cfg
-        self.train_dl.seed = seed   # same batches for the same seed
-        if state is None or not state.resumed: torch.manual_seed(seed); self.train_dl.epoch = 0   # a resumed run has its RNGs and position
+        c = self.cfg   # the same seed gives the same batches
         h = train(data_parallel(model), self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                  device=self.device, regularizer=regularizer, progress=self.progress, desc=desc, state=state)
+                  device=self.device, regularizer=regularizer, progress=self.progress, desc=desc, state=state, seed=seed)
         return h[-1] if h else {}
 
     def stage(self, folder, name:str, model, seed:int, regularizer=None, desc='train') -> dict:

@@ -139,11 +139,9 @@ class Trainer:
     def fit(self, model, seed:int, desc='train', state=None) -> dict:
         "Train `model` in place for `cfg.epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
         c = self.cfg
-        self.train_dl.seed = seed
-        if state is None or not state.resumed: torch.manual_seed(seed); self.train_dl.epoch = 0   # a resumed run has its RNGs and position
         with LabelSmoothing(model, self.train_dl, c.label_smoothing) as ls:
             h = train(data_parallel(model), self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
-                      regularizer=ls if c.label_smoothing > 0 else None, progress=self.progress, desc=desc, state=state)
+                      regularizer=ls if c.label_smoothing > 0 else None, progress=self.progress, desc=desc, state=state, seed=seed)
         return h[-1] if h else {}
 
     def test(self, model) -> dict:

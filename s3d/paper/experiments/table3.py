@@ -148,10 +148,8 @@ class Trainer:
     def fit(self, model, seed:int, epochs:int, desc='train', state=None) -> dict:
         "Train `model` in place for `epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
         c = self.cfg
-        self.train_dl.seed = seed
-        if state is None or not state.resumed: torch.manual_seed(seed); self.train_dl.epoch = 0   # a resumed run has its RNGs and position
         h = train(data_parallel(model), self.train_dl, epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
-                  progress=self.progress, desc=desc, state=state)
+                  progress=self.progress, desc=desc, state=state, seed=seed)
         return h[-1] if h else {}
 
     def test(self, model) -> dict:
