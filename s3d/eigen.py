@@ -106,6 +106,30 @@ def _select(th, s, res, k):
     lo = (k + 1) // 2; i = list(range(lo)) + list(range(m - (k - lo), m))
     return s[:, :, i], th[:, i]
 
+def _relative(r: Tensor, th: Tensor) -> Tensor:
+    "Residual norms r (n, 2) relative to each neuron's spectral radius estimate max |theta| over its Ritz values th (n, m)."
+    return r / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
+
+def _bk_retire(self, te: Tensor, Y: Tensor, res: Tensor, m: int) -> Tensor: # extreme Ritz values (n, 2), vectors (n, d, 2), relative residuals (n, 2); basis size m
+    "Record the final Ritz pairs of the neurons that converged or used up `max_iter`; returns the mask of those that go on."
+    ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (m >= self.d)   # m = d: Rayleigh-Ritz is exact
+    fin = ok | (self.products >= self.max_iter)
+    j = self.idx[fin]; self.converged[self.idx[ok]] = True
+    self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
+    return ~fin
+BlockKrylov._retire = _bk_retire
+
+def _bk_next_block(self, V: Tensor, W: Tensor, th: Tensor, s: Tensor, res: Tensor, m: int, k: int): # basis and products (n, d, m), its Ritz pairs and residuals; block size k
+    "Next block `P`: the selected Ritz residuals orthonormalised against the basis, after a thick restart if it would outgrow `max_dim`."
+    sel, tsel = _select(th, s, res, k)
+    R = W @ sel - (V @ sel) * tsel[:, None]   # Ritz residuals: they span the block Krylov space's next directions
+    if m + k > self.max_dim:                  # thick restart: keep the extreme Ritz vectors and their products
+        kn = max(2, min(self.max_dim - k, self.max_dim // 2)); lo = (kn + 1) // 2
+        keep_i = list(range(lo)) + list(range(m - (kn - lo), m))
+        V, W, self.restarts = V @ s[:, :, keep_i], W @ s[:, :, keep_i], self.restarts + 1
+    self.V, self.W, self.P = V, W, _orthonormalize(R, V, self.gen)
+BlockKrylov._next_block = _bk_next_block
+
 @torch.no_grad()
 def _bk_update(self, SP: Tensor): # (len(self.idx), d, k): S_j P_j for the current block
     "Add the block and its products, Rayleigh-Ritz, retire converged neurons, prepare the next block."
@@ -116,23 +140,11 @@ def _bk_update(self, SP: Tensor): # (len(self.idx), d, k): S_j P_j for the curre
     th, s = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
     se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
     Y = self.V @ se
-    res = (self.W @ se - Y * te[:, None]).norm(dim=1) / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
-    ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (m >= self.d)   # m = d: Rayleigh-Ritz is exact
-    fin = ok | (self.products >= self.max_iter)
-    j = self.idx[fin]; self.converged[self.idx[ok]] = True
-    self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
-    keep = ~fin
+    res = _relative((self.W @ se - Y * te[:, None]).norm(dim=1), th)
+    keep = self._retire(te, Y, res, m)
     self.idx, self.V, self.W, self._now = self.idx[keep], self.V[keep], self.W[keep], (te[keep], Y[keep])
     if self.done: self.P = None; return
-    th, s, res = th[keep], s[keep], res[keep]
-    k = min(self.k, self.d - m)
-    sel, tsel = _select(th, s, res, k)
-    R = self.W @ sel - (self.V @ sel) * tsel[:, None]   # Ritz residuals: they span the block Krylov space's next directions
-    if m + k > self.max_dim:                            # thick restart: keep the extreme Ritz vectors and their products
-        kn = max(2, min(self.max_dim - k, self.max_dim // 2)); lo = (kn + 1) // 2
-        keep_i = list(range(lo)) + list(range(m - (kn - lo), m))
-        self.V, self.W, self.restarts = self.V @ s[:, :, keep_i], self.W @ s[:, :, keep_i], self.restarts + 1
-    self.P = _orthonormalize(R, self.V, self.gen)
+    self._next_block(self.V, self.W, th[keep], s[keep], res[keep], m, min(self.k, self.d - m))
 BlockKrylov.update = _bk_update
 
 # %% ../nbs/05_eigen.ipynb #419212bf
@@ -178,26 +190,16 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
             th, s = torch.linalg.eigh(T)
             se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
             Yt = se.transpose(1, 2) @ Q[:, :m]                             # (n, 2, d): Ritz vectors as rows
-            res = (se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2) / th.abs().amax(-1, keepdim=True).clamp_min(tiny)  # exact: S y - theta y
+            res = _relative((se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2), th)  # exact: S y - theta y
             Y = Yt.transpose(1, 2)
-            ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (m >= self.d)
-            fin = ok | (self.products >= self.max_iter)
-            if fin.any():
-                j = self.idx[fin]; self.converged[self.idx[ok]] = True
-                self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
-                keep = ~fin
+            keep = self._retire(te, Y, res, m)
+            if not keep.all():
                 Q, W, a, b = (_regrow(t, keep, m, room) for t in (Q, W, a, b))
                 self.idx, w, s, th, res, Y, te = self.idx[keep], w[keep], s[keep], th[keep], res[keep], Y[keep], te[keep]
             self._now = (te, Y)
             if self.done: return
-            if m == cap:  # basis full: the thick restart of `update`, which then continues
-                Qm, Wm = Q.transpose(1, 2), W.transpose(1, 2)
-                sel, tsel = _select(th, s, res, 1)
-                kn = max(2, min(cap - 1, cap // 2)); lo = (kn + 1) // 2
-                keep_i = list(range(lo)) + list(range(m - (kn - lo), m))
-                R = Wm @ sel - (Qm @ sel) * tsel[:, None]
-                self.V, self.W, self.restarts = Qm @ s[:, :, keep_i], Wm @ s[:, :, keep_i], self.restarts + 1
-                self.P = _orthonormalize(R, self.V, self.gen)
+            if m == cap:  # basis full: the next block of `update`, with its thick restart, and `update` continues
+                self._next_block(Q.transpose(1, 2), W.transpose(1, 2), th, s, res, m, 1)
                 while not self.done: self.update(prod(self.P))
                 return
         if m == room:
