@@ -272,8 +272,7 @@ class _Trials:
 def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig, reduce=None,
                 split=None,  # split(eps) applies the split to `model` itself: the fixed step is then measured on it, without a copy
                ) -> tuple:
-    "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured and predicted effect."
-    gain = sum(float(schemes[g.name][sel[g.name]].gain.sum()) for g in groups if len(sel[g.name]))
+    "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured effect on the held loss."
     if not any(len(v) for v in sel.values()): return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.)
     held = held_batches(batches, cfg.held if reduce is None else None)  # data-parallel: every process's whole share
     if not held and reduce is None:

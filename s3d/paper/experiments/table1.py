@@ -219,7 +219,7 @@ def _full_model(cfg, T, folder, run):
 def _baseline(run, cfg, T, folder):
     ex, s = cfg.example(T.device), run['seed']
     full_flops = count_params_flops(cfg.model(cfg.full_widths), cfg.example())[1]
-    target, cost = cfg.prune_flops * full_flops, None
+    target = cfg.prune_flops * full_flops
     if 'widths' in run:                      # full model and width multipliers
         torch.manual_seed(s); m = cfg.model(run['widths']).to(T.device)
         tr = T.stage(folder, 'train', m, s, desc=run['key'])

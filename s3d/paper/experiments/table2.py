@@ -17,12 +17,11 @@ from ..imagenet import (IMAGENET_STRIDES, JpegLoader, LabelSmoothing, evaluate_t
                                 make_fake_imagefolder, write_imagefolder)
 from ..models import MobileNetV1, MOBILENET_WIDTHS
 from ..train import train
-from ..runs import run_all, reproduce_command, write_results, pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
+from ..runs import DataError, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, _matched_widths
-from ..runs import (run_once, train_stage, writer_first, check_shared_out, check_out_dir, is_writer, barrier, dist_context,
-                            data_parallel, shard, shard_batches)
+from ..runs import (reproduce_table, run_once, train_stage, is_writer, dist_context, data_parallel, shard_batches)
 
 
 # %% auto #0
@@ -269,16 +268,6 @@ def table2_report(df:pd.DataFrame, cfg:Table2Config, command:str, seconds:float)
 def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False, progress:bool=True,
         fake_data:bool=False) -> list:
     "Reproduce Table 2 at `scale` (smoke|cpu|paper) with one torch thread and deterministic algorithms; returns the paths written."
-    with pinned_numerics(1): return _run(scale, device, data, out, force, progress, fake_data)
-
-def _run(scale, device, data, out, force, progress, fake_data):
-    if scale not in SCALES: raise ValueError(f'table2: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
-    cfg, t0 = SCALES[scale], time.time()
-    out, device = check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
-    tr, va = writer_first(table2_data, cfg, data, out, fake_data)   # rank 0 writes generated images first
-    cfg = replace(cfg, num_classes=len(tr.classes))
-    T, root = Trainer(cfg, tr, va, device), out / f'table2_{scale}_runs'
-    df = run_all(table2_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table2 {scale}', progress and is_writer())
-    report = table2_report(df, cfg, reproduce_command('table2', scale, device, data, fake_data), time.time() - t0)
-    return write_results('table2', scale, out, df, lambda d: plot_table2(d, scale), report, device,
-                         fake='images' if cfg.dataset == 'fake' and data is None else None)
+    return reproduce_table('table2', scale, SCALES, table2_data, Trainer, table2_runs, run_one, table2_report, plot_table2,
+                           lambda cfg, data: 'images' if cfg.dataset == 'fake' and data is None else None, device=device, data=data, out=out, force=force,
+                           progress=progress, fake_data=fake_data)

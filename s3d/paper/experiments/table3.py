@@ -16,12 +16,11 @@ from torch import nn
 from ..pointcloud import (DGCNN, DGCNN_WIDTHS, PointNet, PointLoader, PointSet, SHAPES, MODELNET_DIR, load_modelnet,
                           synthetic_shapes, write_modelnet_h5, evaluate_points)
 from ..train import train
-from ..runs import run_all, reproduce_command, write_results, pinned_numerics, run_info, run_info_line, DataError, atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device, markdown_table
+from ..runs import DataError, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, paired_diff, verdict, _matched_widths
-from ..runs import (run_once, train_stage, writer_first, check_shared_out, check_out_dir, is_writer, barrier, dist_context,
-                            data_parallel, shard, shard_batches)
+from ..runs import (reproduce_table, run_once, train_stage, is_writer, dist_context, data_parallel, shard, shard_batches)
 
 
 # %% auto #0
@@ -270,16 +269,6 @@ def table3_report(df:pd.DataFrame, cfg:Table3Config, command:str, seconds:float)
 def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False, progress:bool=True,
         fake_data:bool=False) -> list:
     "Reproduce Table 3 at `scale` (smoke|cpu|paper) with one torch thread and deterministic algorithms; returns the paths written."
-    with pinned_numerics(1): return _run(scale, device, data, out, force, progress, fake_data)
-
-def _run(scale, device, data, out, force, progress, fake_data):
-    if scale not in SCALES: raise ValueError(f'table3: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
-    cfg, t0 = SCALES[scale], time.time()
-    out, device = check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
-    tr, te = writer_first(table3_data, cfg, data, out, fake_data)   # rank 0 writes generated clouds first
-    cfg = replace(cfg, num_classes=len(tr.classes))
-    T, root = Trainer(cfg, tr, te, device), out / f'table3_{scale}_runs'
-    df = run_all(table3_runs(cfg), lambda r: run_one(r, cfg, T, root, force), f'table3 {scale}', progress and is_writer())
-    report = table3_report(df, cfg, reproduce_command('table3', scale, device, data, fake_data), time.time() - t0)
-    return write_results('table3', scale, out, df, lambda d: plot_table3(d, scale), report, device,
-                         fake='point clouds' if cfg.dataset == 'tiny' and data is None else None)
+    return reproduce_table('table3', scale, SCALES, table3_data, Trainer, table3_runs, run_one, table3_report, plot_table3,
+                           lambda cfg, data: 'point clouds' if cfg.dataset == 'tiny' and data is None else None, device=device, data=data, out=out, force=force,
+                           progress=progress, fake_data=fake_data)
