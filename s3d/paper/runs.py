@@ -15,9 +15,9 @@ import torch
 __all__ = ['EXIT_CODES', 'RECORD_ONLY', 'STAGE_FORMAT', 'OutputError', 'DeviceError', 'Interrupted', 'atomic_save_figure',
            'markdown_table', 'resolve_device', 'is_done', 'check_out_dir', 'pinned_numerics', 'run_info',
            'run_info_line', 'fingerprint', 'fingerprint_line', 'read_fingerprint', 'default_jobs', 'run_tasks',
-           'stop_on_signals', 'interrupted', 'run_all', 'reproduce_command', 'write_results', 'reproduce_table',
-           'start_distributed', 'stop_distributed', 'dist_context', 'is_writer', 'barrier', 'agree', 'gather',
-           'data_parallel', 'shard', 'shard_batches', 'writer_first', 'check_shared_out', 'run_once', 'train_stage']
+           'stop_on_signals', 'interrupted', 'run_all', 'reproduce_command', 'write_results', 'start_distributed',
+           'stop_distributed', 'dist_context', 'is_writer', 'barrier', 'agree', 'gather', 'data_parallel', 'shard',
+           'shard_batches', 'writer_first', 'check_shared_out', 'run_once', 'reproduce_table', 'train_stage']
 
 # %% ../../nbs/paper/05_runs.ipynb #af5ae92d
 from .data import DataError
@@ -272,22 +272,6 @@ def write_results(name:str, scale:str, out, df, plot, report:str, device, fake:s
     atomic_write_text(md, (f'# FAKE DATA: generated {fake}, not a benchmark\n\n' if fake else '') + report)
     return [csv, md, *figs]
 
-def reproduce_table(name:str, scale:str, scales:dict, load, trainer, runs, one, report, plot, fake, *,
-                    device='auto', data=None, out='data/results', force:bool=False, progress:bool=True, fake_data:bool=False) -> list:
-    "The entry point of a table: data (`load`), a `trainer`, every run (`one`), then `report`, `plot` and the files (see `write_results`)."
-    import time
-    from dataclasses import replace
-    if scale not in scales: raise ValueError(f'{name}: unknown scale {scale!r}; choose one of {", ".join(scales)}')
-    with pinned_numerics(1):   # one torch thread, deterministic algorithms
-        cfg, t0 = scales[scale], time.time()
-        out, device = check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
-        tr, te = writer_first(load, cfg, data, out, fake_data)   # rank 0 writes generated data first
-        cfg = replace(cfg, num_classes=len(tr.classes))
-        T, root = trainer(cfg, tr, te, device), out / f'{name}_{scale}_runs'
-        df = run_all(runs(cfg), lambda r: one(r, cfg, T, root, force), f'{name} {scale}', progress and is_writer())
-        text = report(df, cfg, reproduce_command(name, scale, device, data, fake_data), time.time() - t0)
-        return write_results(name, scale, out, df, lambda d: plot(d, scale), text, device, fake=fake(cfg, data))
-
 # %% ../../nbs/paper/05_runs.ipynb #a7b128f3
 import torch.distributed as tdist
 _DIST = None   # this process's `s3d.distributed.DistContext` once `start_distributed` joined torchrun's group
@@ -394,6 +378,23 @@ def run_once(folder, config:dict, compute, force:bool=False):
         atomic_write_json(cfg_json, dict(config, world_size=1 if _DIST is None else _DIST.world_size))
     barrier()
     return df
+
+# %% ../../nbs/paper/05_runs.ipynb #94b342ee
+def reproduce_table(name:str, scale:str, scales:dict, load, trainer, runs, one, report, plot, fake, *,
+                    device='auto', data=None, out='data/results', force:bool=False, progress:bool=True, fake_data:bool=False) -> list:
+    "The entry point of a table: data (`load`), a `trainer`, every run (`one`), then `report`, `plot` and the files (see `write_results`)."
+    import time
+    from dataclasses import replace
+    if scale not in scales: raise ValueError(f'{name}: unknown scale {scale!r}; choose one of {", ".join(scales)}')
+    with pinned_numerics(1):   # one torch thread, deterministic algorithms
+        cfg, t0 = scales[scale], time.time()
+        out, device = check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
+        tr, te = writer_first(load, cfg, data, out, fake_data)   # rank 0 writes generated data first
+        cfg = replace(cfg, num_classes=len(tr.classes))
+        T, root = trainer(cfg, tr, te, device), out / f'{name}_{scale}_runs'
+        df = run_all(runs(cfg), lambda r: one(r, cfg, T, root, force), f'{name} {scale}', progress and is_writer())
+        text = report(df, cfg, reproduce_command(name, scale, device, data, fake_data), time.time() - t0)
+        return write_results(name, scale, out, df, lambda d: plot(d, scale), text, device, fake=fake(cfg, data))
 
 # %% ../../nbs/paper/05_runs.ipynb #cedb51ad
 STAGE_FORMAT = 1
