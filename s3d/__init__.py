@@ -8,10 +8,13 @@ The public entry points live at the top level:
 - `extreme_eigenpairs(model, groups, loss_fn, batches, method)`: lambda_min/max and eigenvectors (`s3d.eigen`);
 - `split_gain`, `split_scheme`, `split_schemes`: optimal signed splits (`s3d.schemes`);
 - `split_neurons(model, group, neurons, schemes, eps)`, `apply_splits(model, plan, eps)`: function-preserving surgery, one group or a whole round atomically (`s3d.surgery`);
-- `grow(...)`, `GrowConfig`: the S2D/S3D loop and its controls (random growth, Net2Net, scratch), fixed or line-searched step;
-  `load_grown_state` reloads a grown checkpoint, `scratch_model` rebuilds a grown architecture freshly initialised (`s3d.grow`);
-  `TrainState` lets a `train_fn` resume at its last finished epoch; `load_checkpoint` reads one safely (`weights_only`),
-  raising `CheckpointError` for a truncated, corrupt or foreign one;
+- `grow(...)`, `GrowConfig`, `GrowConfig.preset(name)`: the S2D/S3D loop, fixed or line-searched step, where new
+  neurons go (`allocation`); `split_round(...)` is one growth step for users who keep their own training loop;
+  `scratch_model` rebuilds a grown architecture freshly initialised (`s3d.grow`);
+- `s3d.controls`: growth controls, one registered class each (`RandomGrowth`, `Net2Net`, `GradMax`, `Scratch`;
+  `register_control` adds one);
+- `s3d.checkpoint`: `load_grown_state` reloads a grown checkpoint; `TrainState` lets a `train_fn` resume at its last
+  finished epoch; `load_checkpoint` reads one safely (`weights_only`), raising `CheckpointError` for a bad one;
 - `s3d.distributed`: growth under `torchrun` (`init_distributed`, `grow(..., dist=...)`, `ShardedLoader`);
 - `count_params_flops(model, example_input)`: the one shared parameter/FLOP counter (`s3d.cost`).
 """
@@ -24,5 +27,7 @@ from s3d.splitmat import splitting_matrices
 from s3d.eigen import extreme_eigenpairs, EigenPairs
 from s3d.select import score_neurons, select_neurons
 from s3d.surgery import split_neurons, apply_splits, remap_channels, remap_optimizer
-from s3d.grow import grow, GrowConfig, GrowResult, load_grown_state, scratch_model, TrainState, load_checkpoint, CheckpointError
+from s3d.checkpoint import Checkpoint, CheckpointError, TrainState, load_checkpoint, load_grown_state
+from s3d.controls import CONTROLS, Control, register_control, RandomGrowth, Net2Net, GradMax, Scratch
+from s3d.grow import grow, GrowConfig, GrowResult, split_round, scratch_model
 from s3d.cost import count_params_flops

@@ -6,8 +6,8 @@ Docs: https://s3d-dev.github.io/s3d/grow.html.md"""
 
 # %% ../nbs/08_grow.ipynb #58258f1c
 from __future__ import annotations
-import copy, io, math, random, time, json, inspect
-from dataclasses import dataclass, asdict, field
+import copy, time, json
+from dataclasses import dataclass, asdict
 from collections import Counter
 from pathlib import Path
 import numpy as np
@@ -17,66 +17,97 @@ from torch import nn
 from .graph import split_groups, to_model_device
 from .eigen import extreme_eigenpairs
 from .select import score_neurons, select_neurons
-from .surgery import split_neurons, remap_channels, _snapshot, _restore
+from .surgery import split_neurons, remap_channels, apply_splits, _snapshot, _restore
 from .cost import count_params_flops
-from .atomic import atomic_write_bytes, atomic_write_csv
+from .atomic import atomic_write_csv
+from .checkpoint import (Checkpoint, CheckpointError, TrainState, takes_state, load_checkpoint,
+                            read_checkpoint, restore_checkpoint, load_grown_state, rng_state,
+                            atomic_torch_save, CKPT_FORMAT)
+from .controls import CONTROLS, Control, get_control
 
 # %% auto #0
-__all__ = ['GROWTHS', 'CKPT_FORMAT', 'GrowConfig', 'neuron_costs', 'load_grown_state', 'round_targets', 'new_counts',
-           'select_round', 'control_plan', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'pick_step',
-           'choose_step', 'CheckpointError', 'read_checkpoint', 'load_checkpoint', 'restore_checkpoint', 'TrainState',
-           'split_round', 'GrowResult', 'grow']
+__all__ = ['GROWTHS', 'ALLOCATIONS', 'GrowConfig', 'neuron_costs', 'round_targets', 'new_counts', 'select_round',
+           'gain_selection', 'allocate', 'split_selection', 'control_round', 'scratch_model', 'held_batches',
+           'held_loss', 'pick_step', 'choose_step', 'split_round', 'GrowResult', 'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
-GROWTHS = {'split': 'S2D/S3D', 'random': 'random growth', 'net2net': 'Net2Net', 'scratch': 'scratch'}
+def _check(ok:bool, msg:str):
+    if not ok: raise ValueError(msg)
+
+GROWTHS = {'split': 'S2D/S3D', **{k: c.method for k, c in CONTROLS.items()}}  # labels of the built-in methods
+ALLOCATIONS = ('targets', 'gain', 'random')
+_LATER = ('allocation', 'eigen_max_bytes')  # fields added after checkpoint format 2: keyed only when set
 
 @dataclass
 class GrowConfig:
-    "Settings of one S2D/S3D growth run."
+    "Settings of one S2D/S3D growth run (or of a control grown the same way)."
     rounds: int = 3                   # splitting rounds after the initial training
     m: int = 2                        # maximal copies per split (2 binary, 3 triplet, 4 quartet)
     c: float = 1.0                    # weight budget sum|w| <= c (1 = S2D)
-    eps: float = 1e-2                 # displacement step: copies at theta + eps * delta_i
+    eps: float = 1e-2                 # split step: the fixed step, or the smallest the line search tries
     ratio: float | None = 0.3         # growth ratio per round (new neurons / current neurons)
     max_count: int | None = None      # at most this many neurons split per round
     threshold: float = 0.0            # split only neurons with gain < -threshold
     per_layer_cap: int | float | None = None  # per-layer cap: count (int) or fraction (float)
     budget: float | None = None       # energy-aware: max added cost per round (see `cost`)
     cost: str = 'flops'               # 'flops' or 'params': the unit of `budget`
-    eigen: str = 'fast'               # 'exact' (dense S + eigh), 'fast' (block Krylov, cached or streamed by memory), 'cached', 'stream'
-    seed: int = 0                     # seed of the eigen-solver start vectors and of the controls' random draws
-    growth: str = 'split'             # 'split' (S2D/S3D) or a control: 'random', 'net2net', 'scratch' (see `GROWTHS`)
-    step: str = 'fixed'               # 'fixed' (eps) or 'line_search' (best held loss on a geometric grid eps..eps_max)
+    eigen: str = 'fast'               # 'exact', 'fast', 'cached' or 'stream' (see `extreme_eigenpairs`)
+    seed: int = 0                     # seed of the eigen-solver start vectors and of the controls' draws
+    growth: str | Control = 'split'   # 'split' (S2D/S3D) or a control: a name in `CONTROLS` or an instance
+    step: str = 'fixed'               # 'fixed' (eps) or 'line_search' (best held loss on eps..eps_max)
     eps_max: float = 1.0              # line search: largest step tried
     eps_grid: int = 9                 # line search: number of grid steps from eps to eps_max
-    held: int | None = 512            # samples of the scoring data on which a step's loss change is measured (None: all)
-    widths: tuple | None = None       # per-round target widths (an int for every group, or one per group); overrides ratio
+    held: int | None = 512            # scoring samples on which a step's loss change is measured (None: all)
+    widths: tuple | None = None       # per-round target widths (an int for all groups, or one per group)
+    allocation: str | None = None     # where new neurons go: 'targets', 'gain', 'random' (see `allocate`)
+    eigen_max_bytes: int | None = None  # memory budget of the eigen solver (None: its default)
+
+    @property
+    def control(self) -> Control | None:
+        "The growth control (`s3d.controls`), or None for signed splitting."
+        return get_control(self.growth)
 
     @property
     def method(self) -> str:
-        if self.growth != 'split': return GROWTHS[self.growth]
-        return ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
+        ctl = self.control
+        if ctl is not None: name = ctl.method
+        else: name = ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
+        return name if self.allocation is None else f'{name} [{self.allocation}]'
 
-    def validate(self):
-        "Raise `ValueError` on inconsistent settings."
-        if self.rounds < 0: raise ValueError(f"rounds must be >= 0, got {self.rounds}")
-        if self.m < 2: raise ValueError(f"m must be >= 2 to split at all, got {self.m}")
-        if self.c < 1: raise ValueError(f"c must be >= 1, got {self.c}")
-        if not self.eps > 0: raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.cost not in ('flops', 'params'): raise ValueError(f"cost must be 'flops' or 'params', got {self.cost!r}")
-        if self.eigen not in ('exact', 'fast', 'cached', 'stream'):
-            raise ValueError(f"eigen must be 'exact', 'fast', 'cached' or 'stream' (see extreme_eigenpairs), got {self.eigen!r}")
-        if self.growth not in GROWTHS: raise ValueError(f"growth must be one of {list(GROWTHS)}, got {self.growth!r}")
-        if self.step not in ('fixed', 'line_search'): raise ValueError(f"step must be 'fixed' or 'line_search', got {self.step!r}")
-        if self.step == 'line_search' and not (self.eps_max > self.eps and self.eps_grid >= 2):
-            raise ValueError(f"line search needs eps_max > eps and eps_grid >= 2, got eps_max={self.eps_max}, eps_grid={self.eps_grid}")
-        if self.held is not None and self.held < 1: raise ValueError(f"held must be >= 1 or None, got {self.held}")
-        if self.widths is not None and len(self.widths) < self.rounds:
-            raise ValueError(f"widths gives targets for {len(self.widths)} rounds, fewer than rounds={self.rounds}")
-        if self.growth in ('random', 'net2net') and self.ratio is None and self.widths is None:
-            raise ValueError(f"growth={self.growth!r} adds neurons by `ratio` or `widths`; give one of them")
-        if self.widths is None and self.budget is None and self.ratio is None and self.max_count is None and self.threshold == 0:
-            raise ValueError("give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with a gain is split")
+    def key(self, label:dict|None=None) -> str:
+        "The run's configuration as JSON: a checkpoint written under another key is not resumed."
+        d = asdict(self)
+        d['growth'] = self.growth if isinstance(self.growth, str) else self.control.params()
+        for k in _LATER:
+            if d[k] is None: del d[k]
+        return json.dumps(dict(d, label=label or {}), sort_keys=True, default=str)
+
+    def validate(self) -> GrowConfig:
+        "Raise `ValueError` on inconsistent settings; returns the config."
+        _check(self.rounds >= 0, f"rounds must be >= 0, got {self.rounds}")
+        _check(self.m >= 2, f"m must be >= 2 to split at all, got {self.m}")
+        _check(self.c >= 1, f"c must be >= 1, got {self.c}")
+        _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        _check(self.cost in ('flops', 'params'), f"cost must be 'flops' or 'params', got {self.cost!r}")
+        _check(self.eigen in ('exact', 'fast', 'cached', 'stream'),
+               f"eigen must be 'exact', 'fast', 'cached' or 'stream' (see extreme_eigenpairs), got {self.eigen!r}")
+        ctl = self.control                                      # raises on an unknown growth
+        _check(self.step in ('fixed', 'line_search'), f"step must be 'fixed' or 'line_search', got {self.step!r}")
+        _check(self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2),
+               f"line search needs eps_max > eps and eps_grid >= 2, got eps_max={self.eps_max}, "
+               f"eps_grid={self.eps_grid}")
+        _check(self.held is None or self.held >= 1, f"held must be >= 1 or None, got {self.held}")
+        _check(self.widths is None or len(self.widths) >= self.rounds,
+               f"widths gives targets for {len(self.widths or ())} rounds, fewer than rounds={self.rounds}")
+        _check(self.allocation in (None, *ALLOCATIONS),
+               f"allocation must be None or one of {ALLOCATIONS}, got {self.allocation!r}")
+        counted = self.ratio is not None or self.widths is not None
+        _check(not (ctl is not None and ctl.grows) or counted,
+               f"growth={ctl and ctl.name!r} adds neurons by `ratio` or `widths`; give one of them")
+        _check(self.allocation is None or counted, f"allocation={self.allocation!r} needs `ratio` or `widths`")
+        _check(counted or self.budget is not None or self.max_count is not None or self.threshold != 0,
+               "give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with "
+               "a gain is split")
         return self
 
 # %% ../nbs/08_grow.ipynb #6133f2f6
@@ -95,43 +126,24 @@ def neuron_costs(model:nn.Module,   # the network
         out[g.name] = count_params_flops(twin, example_input)[k] - base
     return out
 
-# %% ../nbs/08_grow.ipynb #823a4b56
-from .kinds import layer_kind
-
-def _resize_module(m:nn.Module, sd:dict, prefix:str):
-    changed = False
-    for name, p in list(m.named_parameters(recurse=False)):
-        t = sd.get(prefix + name)
-        if t is not None and t.shape != p.shape: setattr(m, name, nn.Parameter(torch.empty_like(t, device=p.device, dtype=p.dtype))); changed = True
-    for name, b in list(m.named_buffers(recurse=False)):
-        t = sd.get(prefix + name)
-        if b is not None and t is not None and t.shape != b.shape: setattr(m, name, torch.empty_like(t, device=b.device, dtype=b.dtype)); changed = True
-    k = layer_kind(m)
-    if changed and k is not None: k.resize(m)
-
-def load_grown_state(model:nn.Module, state_dict:dict) -> nn.Module:
-    "Resize `model`'s layers to the shapes in `state_dict`, then load it; returns `model`."
-    for name, m in model.named_modules(): _resize_module(m, state_dict, name + '.' if name else '')
-    model.load_state_dict(state_dict)
-    return model
-
 # %% ../nbs/08_grow.ipynb #0d3880d5
 def round_targets(cfg:GrowConfig, groups, rnd:int|None) -> dict|None:
-    "Target width per group name in round `rnd` from `cfg.widths`, or None when growth goes by ratio/threshold/budget."
+    "Target width per group name in round `rnd` from `cfg.widths`; None when growth goes by ratio etc."
     if cfg.widths is None: return None
-    if rnd is None or not 1 <= rnd <= len(cfg.widths): raise ValueError(f"cfg.widths needs the round number in [1, {len(cfg.widths)}], got {rnd}")
+    if rnd is None or not 1 <= rnd <= len(cfg.widths):
+        raise ValueError(f"cfg.widths needs the round number in [1, {len(cfg.widths)}], got {rnd}")
     t = cfg.widths[rnd - 1]
     t = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
     if len(t) != len(groups): raise ValueError(f"widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups")
     return {g.name: max(int(w), g.n_neurons) for g, w in zip(groups, t)}
 
 def new_counts(cfg:GrowConfig, groups, rnd:int|None) -> dict:
-    "New neurons per group name in round `rnd` for a control: up to the target width, else `round(ratio * n)`."
-    if cfg.growth == 'scratch': return {g.name: 0 for g in groups}
+    "New neurons per group name in round `rnd` by the targets: up to the target width, else `round(ratio * n)`."
+    ctl = cfg.control
+    if ctl is not None and not ctl.grows: return {g.name: 0 for g in groups}
     tg = round_targets(cfg, groups, rnd)
     if tg is not None: return {g.name: tg[g.name] - g.n_neurons for g in groups}
     return {g.name: int(round(cfg.ratio * g.n_neurons)) for g in groups}
-
 
 # %% ../nbs/08_grow.ipynb #3ab010f1
 def select_round(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None=None) -> dict:
@@ -148,53 +160,57 @@ def select_round(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None=None)
     return out
 
 
-# %% ../nbs/08_grow.ipynb #179f03e3
-def _theta(group) -> torch.Tensor:
-    p = group.producer
-    t = p.weight.detach().flatten(1)
-    return (t if p.bias is None else torch.cat([t, p.bias.detach()[:, None]], 1)).cpu().double()
+# %% ../nbs/08_grow.ipynb #398e6b80
+def gain_selection(schemes:dict, cfg:GrowConfig, groups, total:int) -> dict:
+    "The neurons with the best gains over all groups, adding `total` neurons in all."
+    n = sum(g.n_neurons for g in groups)
+    if total <= 0: return {g.name: torch.zeros(0, dtype=torch.long) for g in groups}
+    return select_neurons(schemes, ratio=total / n, threshold=cfg.threshold)
 
-def control_plan(group,                 # the split group to grow
-                 new:int,               # number of new neurons
-                 growth:str,            # 'random' or 'net2net'
-                 eps:float,             # net2net: size of the symmetry-breaking displacement
-                 gen:torch.Generator,   # random draws (parents, directions, fresh weights)
-                ):
-    "The `(index, producer_delta, consumer_scale)` of a control adding `new` neurons to `group`."
-    n, d = group.n_neurons, group.dim
-    parents = torch.randperm(n, generator=gen).repeat(math.ceil(new / n))[:new]
-    index = torch.cat([torch.arange(n), parents])
-    delta, scale = torch.zeros(n + new, d, dtype=torch.float64), torch.ones(n + new, dtype=torch.float64)
-    if growth == 'random':
-        bound = 1 / math.sqrt(group.producer.weight[0].numel())
-        delta[n:] = (2 * torch.rand(new, d, generator=gen, dtype=torch.float64) - 1) * bound - _theta(group)[parents]
-        scale[n:] = 0.
-    elif growth == 'net2net':
-        for p in parents.unique().tolist():
-            rows = torch.cat([torch.tensor([p]), n + (parents == p).nonzero()[:, 0]])
-            U = torch.randn(len(rows), d, generator=gen, dtype=torch.float64)
-            U = U - U.mean(0)
-            delta[rows], scale[rows] = eps * U / U.norm(dim=1).max(), 1 / len(rows)
-    else: raise ValueError(f"growth must be 'random' or 'net2net' for a control plan, got {growth!r}")
-    return index.to(group.producer.weight.device), delta, scale
+def allocate(cfg:GrowConfig, groups, rnd:int|None, schemes:dict|None=None,
+             gen:torch.Generator|None=None) -> dict:
+    "New neurons per group name in round `rnd` under `cfg.allocation` ('targets' when None)."
+    counts = new_counts(cfg, groups, rnd)
+    how = cfg.allocation or 'targets'
+    total = sum(max(v, 0) for v in counts.values())
+    if how == 'targets' or total == 0: return counts
+    if how == 'gain':
+        if schemes is None: raise ValueError("allocation='gain' needs the round's split schemes")
+        sel = gain_selection(schemes, cfg, groups, total)
+        return {g.name: int((schemes[g.name].k[sel[g.name]] - 1).sum()) for g in groups}
+    n = sum(g.n_neurons for g in groups)     # random: `total` neurons drawn without repeats while possible
+    pick = torch.randperm(n, generator=gen).repeat(-(-total // n))[:total]
+    owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.n_neurons for g in groups]))
+    return {g.name: int((owner[pick] == i).sum()) for i, g in enumerate(groups)}
 
+def split_selection(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None, gen=None) -> dict:
+    "Neurons a signed split takes this round: `select_round`, or by `cfg.allocation` when it is set."
+    if cfg.allocation is None: return select_round(schemes, cfg, costs, groups, rnd)
+    if cfg.allocation == 'gain':
+        return gain_selection(schemes, cfg, groups, sum(max(v, 0) for v in new_counts(cfg, groups, rnd).values()))
+    counts = allocate(cfg, groups, rnd, schemes, gen)
+    return {g.name: (select_neurons({g.name: schemes[g.name]}, ratio=counts[g.name] / g.n_neurons,
+                                    threshold=cfg.threshold)[g.name]
+                     if counts[g.name] > 0 else torch.zeros(0, dtype=torch.long)) for g in groups}
 
 # %% ../nbs/08_grow.ipynb #39800022
-def control_round(model:nn.Module, example_input, cfg:GrowConfig, rnd:int|None=None) -> dict:
-    "One round of a control (`cfg.growth`): add neurons to every group in place; returns a summary like `split_round`'s."
+def control_round(model:nn.Module, example_input, cfg:GrowConfig, rnd:int|None=None,
+                  counts:dict|None=None,  # new neurons per group (default: `allocate` without scores)
+                  data=None,              # (loss_fn, batches) for controls that read data (gradmax)
+                  gen:torch.Generator|None=None,
+                 ) -> dict:
+    "One round of the control `cfg.growth`: add neurons to every group in place; a summary like `split_round`'s."
+    ctl = cfg.control
     groups = split_groups(model, example_input)
     if not groups: raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
-    counts = new_counts(cfg, groups, rnd)
-    gen = torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
+    gen = torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0)) if gen is None else gen
+    counts = allocate(cfg, groups, rnd, gen=gen) if counts is None else counts
     parents = {}
     for g in reversed(groups):   # later groups first, as in `split_round`
-        if counts[g.name] <= 0: continue
-        index, delta, scale = control_plan(g, counts[g.name], cfg.growth, cfg.eps, gen)
-        parents[g.name] = remap_channels(model, g, index, producer_delta=delta, consumer_scale=scale)
+        if counts[g.name] > 0: parents[g.name] = ctl.add(model, g, counts[g.name], gen, data)
     added = sum(max(v, 0) for v in counts.values())
-    return dict(split=added, added=added, predicted_dloss=float('nan'), kinds=f'{cfg.growth}:{added}' if added else '',
-                parents=parents, stable=float('nan'))
-
+    return dict(split=added, added=added, predicted_dloss=float('nan'),
+                kinds=f'{ctl.name}:{added}' if added else '', parents=parents, stable=float('nan'))
 
 # %% ../nbs/08_grow.ipynb #20e1f5d3
 def scratch_model(model:nn.Module,  # a network of the right kind (e.g. the seed or the grown one); not modified
@@ -286,123 +302,57 @@ def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dic
 
 
 # %% ../nbs/08_grow.ipynb #4047cdb4
-def _rng_state() -> dict:
-    "The global RNG states (torch, CUDA, numpy, python) as tensors and plain numbers only, so `weights_only=True` loads them."
-    _, keys, pos, has_g, g = np.random.get_state()
-    ver, mt, gauss = random.getstate()
-    st = dict(torch=torch.get_rng_state(), numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_g), gauss=float(g)),
-              python=dict(version=int(ver), state=torch.tensor(mt, dtype=torch.int64), gauss=gauss))
-    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
-    return st
-
-def _set_rng_state(st:dict):
-    "Restore the states saved by `_rng_state`."
-    torch.set_rng_state(st['torch'])
-    n, p = st['numpy'], st['python']
-    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
-    random.setstate((p['version'], tuple(int(v) for v in p['state'].tolist()), p['gauss']))
-    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
-
-def _atomic_torch_save(obj, path:Path):
-    buf = io.BytesIO(); torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
 def _metrics(prefix, d):
+    "Scalar metrics of a dict (or the last dict of a list) with `prefix` on their names."
     if d is None: return {}
     if isinstance(d, list): d = d[-1] if d else {}
-    return {f'{prefix}{k}': float(v) for k, v in dict(d).items() if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
+    return {f'{prefix}{k}': float(v) for k, v in dict(d).items()
+            if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
 
-
-# %% ../nbs/08_grow.ipynb #b2c0ffe2
-CKPT_FORMAT = 2  # version of the checkpoint layout written by `grow`
-
-class CheckpointError(ValueError):
-    "A checkpoint that cannot be resumed from: unreadable, of another layout, or written by another run."
-
-def _plain(x) -> bool:
-    "Whether `x` holds only what `torch.load(weights_only=True)` reads back: tensors, numbers, strings, None, lists, tuples, dicts."
-    if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)): return True
-    if isinstance(x, (list, tuple)): return all(_plain(v) for v in x)
-    if isinstance(x, dict): return all(isinstance(k, (str, int)) and _plain(v) for k, v in x.items())
-    return False
-
-
-# %% ../nbs/08_grow.ipynb #b3c0ffe3
-_KEYS = {'format', 'phase', 'round', 'model', 'history', 'rng', 'config', 'info', 'train', 'run'}
-
-def read_checkpoint(path, fmt:int=CKPT_FORMAT, keys:set=_KEYS, what:str='s3d grow checkpoint') -> dict:
-    "Read a checkpoint without running code from it (`weights_only=True`): a dict of format `fmt` with `keys`, else `CheckpointError` naming the file."
-    path = Path(path)
-    try: st = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{what} {path} cannot be read ({type(e).__name__}: {str(e)[:200]}): it is truncated or corrupt, "
-                              "or was written by an older s3d. Nothing was overwritten. Move it away (or delete it) to start this "
-                              "run from scratch, or restore it from a backup.") from e
-    if not isinstance(st, dict) or st.get('format') != fmt or not set(keys) <= set(st):
-        raise CheckpointError(f"{path} is not a {what} of format {fmt}. Nothing was overwritten; "
-                              "use another out_dir, or move the file away to start afresh.")
-    return st
-
-def load_checkpoint(path) -> dict:
-    "Read a `grow` checkpoint (see `read_checkpoint`)."
-    return read_checkpoint(path)
-
-def restore_checkpoint(model:nn.Module, st:dict, path) -> dict:
-    "Load checkpoint `st`'s weights into `model` (resized to them) and its RNG states; `CheckpointError` naming `path` if they do not fit."
-    dev = next(model.parameters()).device
-    try: load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
-    except Exception as e:
-        raise CheckpointError(f"{path}'s weights do not fit this model ({type(e).__name__}: {str(e)[:200]}); it was not touched. "
-                              "Pass the same seed model as the run that wrote it, or use another out_dir.") from e
-    _set_rng_state(st['rng'])
-    return st
-
-
-# %% ../nbs/08_grow.ipynb #b7c0ffe7
-class TrainState:
-    "What `grow` hands a `train_fn(model, round, state)`: `data` (this round) and `run` (whole run) to fill, `save()` after each epoch."
-    def __init__(self, data:dict|None=None, save_fn=None, rnd:int=0, run:dict|None=None):
-        self.data, self._save, self.round = dict(data or {}), save_fn, rnd
-        self.run = {} if run is None else run  # kept over rounds and in every checkpoint (e.g. a loader's epoch counter)
-    @property
-    def resumed(self) -> bool: return bool(self.data)  # True when `data` came from a checkpoint
-    def save(self):
-        "Checkpoint now (a no-op without `out_dir`)."
-        if not (_plain(self.data) and _plain(self.run)): raise TypeError("TrainState.data must hold only tensors, numbers, strings, None, lists and dicts (e.g. state_dicts)")
-        if self._save is not None: self._save(self)
-
-def _takes_state(fn) -> bool:
-    "Whether `fn` has a `state` parameter or a third positional one without default (then `grow` passes a `TrainState`)."
-    try: ps = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError): return False
-    if any(p.name == 'state' for p in ps): return True
-    pos = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(pos) >= 3 and pos[2].default is inspect.Parameter.empty
-
+# names code written before `s3d.checkpoint` existed imported from here
+_rng_state, _atomic_torch_save, _takes_state = rng_state, atomic_torch_save, takes_state
 
 # %% ../nbs/08_grow.ipynb #339df010
-from .surgery import apply_splits
+def _scores(model, groups, loss_fn, batches, cfg, reduce):
+    "Every neuron's optimal scheme and gain for `(cfg.m, cfg.c)`."
+    eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed,
+                              reduce=reduce, max_bytes=cfg.eigen_max_bytes)
+    return score_neurons(eigs, cfg.m, cfg.c)
+
+def _summary(plan, schemes, eps, sel, step, parents) -> dict:
+    "What a round of signed splits did: counts, schemes used, predicted and measured loss change."
+    kinds, gain, added = Counter(), 0.0, 0
+    for g, idx, s in plan:
+        kinds.update(s.kind)
+        gain += float(s.gain.sum())
+        added += int((s.k - 1).sum())
+    n_all = sum(len(s) for s in schemes.values())
+    stable = sum(int((s.gain >= 0).sum()) for s in schemes.values()) / n_all
+    return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * eps ** 2 * gain,
+                **step, kinds=';'.join(f'{k}:{v}' for k, v in sorted(kinds.items())), parents=parents,
+                stable=float(stable))
 
 def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None,
-                reduce=None,  # sums statistics over data-parallel processes (see `s3d.distributed`); None: this process only
+                reduce=None,  # sums statistics over data-parallel processes (`s3d.distributed`)
                ) -> dict:
-    "One architecture step (round `rnd`): score all neurons, select, split in place (all groups or none); returns a summary."
-    if cfg.growth != 'split': return control_round(model, example_input, cfg, rnd)  # controls: same counts, no scoring
+    "One architecture step (round `rnd`): score, select, grow in place (all groups or none); a summary."
     groups = split_groups(model, example_input)
     if not groups: raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
-    eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed, reduce=reduce)
-    schemes = score_neurons(eigs, cfg.m, cfg.c)
+    ctl, gen = cfg.control, torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
+    if ctl is not None:                                   # a control: same counts, its own initialisation
+        schemes = _scores(model, groups, loss_fn, batches, cfg, reduce) if cfg.allocation == 'gain' else None
+        counts = allocate(cfg, groups, rnd, schemes, gen)
+        data = (loss_fn, batches) if ctl.needs_data else None
+        return control_round(model, example_input, cfg, rnd, counts=counts, data=data, gen=gen)
+    schemes = _scores(model, groups, loss_fn, batches, cfg, reduce)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
-    sel = select_round(schemes, cfg, costs, groups, rnd)
-    plan, done = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])], {}
-    split = lambda e: done.update(parents=apply_splits(model, plan, e))   # a fixed step is applied here and measured after
-    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg, reduce, split)  # fixed or line-searched, measured
+    sel = split_selection(schemes, cfg, costs, groups, rnd, gen)
+    plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
+    done = {}
+    split = lambda e: done.update(parents=apply_splits(model, plan, e))  # fixed step: applied, then measured
+    eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg, reduce, split)
     parents = done['parents'] if done else apply_splits(model, plan, eps)
-    kinds, gain, added = Counter(), 0.0, 0
-    for g, idx, s in plan: kinds.update(s.kind); gain += float(s.gain.sum()); added += int((s.k - 1).sum())
-    return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * eps ** 2 * gain, **step,
-                kinds=';'.join(f'{k}:{v}' for k, v in sorted(kinds.items())), parents=parents,
-                stable=float(sum(int((s.gain >= 0).sum()) for s in schemes.values())) / sum(len(s) for s in schemes.values()))
+    return _summary(plan, schemes, eps, sel, step, parents)
 
 # %% ../nbs/08_grow.ipynb #cfb43610
 @dataclass
@@ -411,69 +361,68 @@ class GrowResult:
     model: nn.Module
     history: pd.DataFrame
 
-def _resume(ckpt:Path, model:nn.Module, cfg_key:str) -> dict:
-    "Load `ckpt` into `model` (resized) and the RNGs after checking it belongs to this run; returns the checkpoint."
-    st = load_checkpoint(ckpt)
-    if st['config'] != cfg_key:
-        raise CheckpointError(f"{ckpt} was written with a different configuration {st['config']} (this run: {cfg_key}); "
-                              "it was not touched. Use another out_dir, or move it away to start this run afresh.")
-    return restore_checkpoint(model, st, ckpt)
-
-
 # %% ../nbs/08_grow.ipynb #b9c0ffe9
+def _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce) -> dict:
+    "Round `r`'s architecture step (none in round 0), as the history's columns."
+    if r == 0: return dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan'))
+    batches = score_batches() if callable(score_batches) else score_batches
+    info = split_round(model, loss_fn, batches, example_input, cfg, r, reduce)
+    return {k: v for k, v in info.items() if k != 'parents'}
+
+def _row(model, example_input, base, r, info, tr, ev, t0) -> dict:
+    "One history row: architecture, cost, what the step did, training and test metrics."
+    params, flops = count_params_flops(model, example_input)
+    widths = [g.n_neurons for g in split_groups(model, example_input)]
+    row = dict(base, round=r, neurons=sum(widths), widths=json.dumps(widths), params=params, flops=flops,
+               **info, **_metrics('train_', tr), **_metrics('test_', ev), seconds=time.time() - t0)
+    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}  # weights_only
+
+def _bar(cfg, start, progress):
+    "The rounds still to run, with a progress bar when asked for."
+    if progress: from tqdm.auto import tqdm
+    else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns without ipywidgets even when off
+    return tqdm(range(start, cfg.rounds + 1), desc=f'{cfg.method} m={cfg.m} c={cfg.c:g}', disable=not progress,
+                initial=start, total=cfg.rounds + 1)
+
+# %% ../nbs/08_grow.ipynb #897ae977
 def grow(model:nn.Module,         # seed network (grown in place, unless resumed from a checkpoint)
-         train_fn,                # train_fn(model, round[, state]) -> dict or list of dicts of metrics; trains in place (see `TrainState`)
-         loss_fn,                 # loss_fn(output, target), mean-reduced: the loss whose splitting matrices are used
-         score_batches,           # iterable of (input, target) (or a callable returning one) for the splitting matrices
+         train_fn,                # train_fn(model, round[, state]) -> metrics dict(s); trains in place
+         loss_fn,                 # loss_fn(output, target), mean-reduced: the loss the splits descend
+         score_batches,           # iterable of (input, target) (or a callable returning one) for scoring
          example_input,           # one input batch (shapes, FLOPs)
          cfg:GrowConfig,          # the run's settings
          evaluate=None,           # evaluate(model) -> dict of metrics, logged with a 'test_' prefix
          out_dir=None,            # folder for history.csv and checkpoint.pt (resume from it)
          progress:bool=True,      # tqdm progress bar over rounds
          label:dict|None=None,    # extra constant columns for the history (e.g. run name)
-         is_writer:bool=True,     # whether this process writes history.csv and checkpoint.pt (False on DDP ranks > 0)
-         dist=None,               # data-parallel hooks (`s3d.distributed.DistContext`): `.reduce`, `.check(model, round)`, `.wrap(train_fn)`
+         is_writer:bool=True,     # whether this process writes files (False on DDP ranks > 0)
+         dist=None,               # data-parallel hooks (`s3d.distributed.DistContext`)
         ) -> GrowResult:
-    "Algorithm 1 (S2D / S3D): alternate training and optimal splitting for `cfg.rounds` rounds."
-    if progress: from tqdm.auto import tqdm
-    else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns in a notebook without ipywidgets even when disabled
+    "Algorithm 1 (S2D / S3D): alternate training and growth for `cfg.rounds` rounds."
     cfg.validate()
     reduce = dist.reduce if dist is not None else None
     if dist is not None: is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
-    rows, start, st, run = [], 0, None, {}
-    ckpt = Path(out_dir) / 'checkpoint.pt' if out_dir is not None else None
-    cfg_key = json.dumps(dict(asdict(cfg), label=label or {}), sort_keys=True, default=str)
-    if ckpt is not None:
-        if is_writer: ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if ckpt.exists():
-            st = _resume(ckpt, model, cfg_key)
-            rows, start, run = list(st['history']), st['round'] + (st['phase'] == 'done'), st['run']
-    def write(phase, r, info, data):
-        if ckpt is None or not is_writer: return
-        if phase == 'done': atomic_write_csv(ckpt.parent / 'history.csv', pd.DataFrame(rows))
-        _atomic_torch_save(dict(format=CKPT_FORMAT, phase=phase, round=r, info=info, train=data, model=model.state_dict(),
-                                history=rows, run=run, rng=_rng_state(), config=cfg_key), ckpt)
+    ckpt = Checkpoint(out_dir, cfg.key(label), is_writer)
+    st = ckpt.resume(model)
+    rows, run = (list(st['history']), st['run']) if st else ([], {})
+    def save(phase, r, info, data):
+        if phase == 'done' and ckpt.path is not None and is_writer:
+            atomic_write_csv(ckpt.path.parent / 'history.csv', pd.DataFrame(rows))
+        ckpt.save(model, phase=phase, round=r, info=info, train=data, history=rows, run=run)
     base = dict(method=cfg.method, m=cfg.m, c=cfg.c, **(label or {}))
-    bar = tqdm(range(start, cfg.rounds + 1), desc=f'{cfg.method} m={cfg.m} c={cfg.c:g}', disable=not progress,
-               initial=start, total=cfg.rounds + 1)
+    bar = _bar(cfg, st['round'] + (st['phase'] == 'done') if st else 0, progress)
     for r in bar:
         t0 = time.time()
-        if st is not None and st['phase'] == 'train' and r == st['round']: info, data = st['info'], st['train']  # mid-round resume
+        if st is not None and st['phase'] == 'train' and r == st['round']: info, data = st['info'], st['train']
         else:
-            info, data = dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan')), {}
-            if r > 0:
-                batches = score_batches() if callable(score_batches) else score_batches
-                info = {k: v for k, v in split_round(model, loss_fn, batches, example_input, cfg, r, reduce).items() if k != 'parents'}
-            if dist is not None: dist.check(model, r)  # every process ends the split with the same architecture
-        if _takes_state(train_fn): tr = train_fn(model, r, TrainState(data, lambda s, r=r, info=info: write('train', r, info, s.data), r, run))
+            info, data = _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce), {}
+            if dist is not None: dist.check(model, r)  # every process ends with the same architecture
+        if takes_state(train_fn):
+            state = TrainState(data, lambda s, r=r, info=info: save('train', r, info, s.data), r, run)
+            tr = train_fn(model, r, state)
         else: tr = train_fn(model, r)
-        params, flops = count_params_flops(model, example_input)
-        groups = split_groups(model, example_input)
-        row = dict(base, round=r, neurons=sum(g.n_neurons for g in groups), widths=json.dumps([g.n_neurons for g in groups]),
-                   params=params, flops=flops, **info, **_metrics('train_', tr),
-                   **_metrics('test_', evaluate(model) if evaluate else None), seconds=time.time() - t0)
-        rows.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()})  # plain numbers: weights_only
-        bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in row.items() if k in ('neurons', 'train_loss', 'test_acc')})
-        write('done', r, {}, {})
+        rows.append(_row(model, example_input, base, r, info, tr, evaluate(model) if evaluate else None, t0))
+        bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in rows[-1].items()
+                         if k in ('neurons', 'train_loss', 'test_acc')})
+        save('done', r, {}, {})
     return GrowResult(model, pd.DataFrame(rows))
-

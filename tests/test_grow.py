@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
+from s3d.controls import Net2Net
 from s3d.grow import GrowConfig, grow, load_grown_state, neuron_costs, split_round
 from s3d.graph import split_groups
 from s3d.cost import count_params_flops
@@ -140,16 +141,21 @@ def _cnn_f64(seed=0):
                          nn.Tanh(), nn.Flatten(), nn.Linear(4 * 9, 3)).double().eval()
 
 
+def _zero_noise(growth):
+    "Net2Net without its symmetry-breaking noise, which keeps the function exactly."
+    return Net2Net(noise=0.) if growth == 'net2net' else growth
+
+
 @pytest.mark.parametrize('growth', ['random', 'net2net'])
 @pytest.mark.parametrize('make,x', [(_mlp2_f64, lambda: torch.randn(20, 6, dtype=torch.float64)),
                                     (_cnn_f64, lambda: torch.randn(5, 1, 8, 8, dtype=torch.float64))])
 def test_controls_preserve_function_at_zero_step(growth, make, x):
-    """Random growth (zero outgoing weights) and Net2Net at eps = 0 keep the function; counts follow `widths` or `ratio`."""
+    """Random growth (zero outgoing weights) and Net2Net at zero noise keep the function; counts follow `widths` or `ratio`."""
     x = x()
     net = make()
     with torch.no_grad(): ref = net(x)
     m = copy.deepcopy(net)
-    info = control_round(m, x[:1], GrowConfig(growth=growth, eps=0.0 if growth == 'net2net' else 1e-2, widths=((7, 9),)), rnd=1)
+    info = control_round(m, x[:1], GrowConfig(growth=_zero_noise(growth), widths=((7, 9),)), rnd=1)
     widths = [g.n_neurons for g in split_groups(m, x[:1])]
     assert widths == [7, 9] and info['added'] == (7 - 3) + (9 - 4)
     with torch.no_grad(): torch.testing.assert_close(m(x), ref, rtol=0, atol=1e-12)
@@ -159,7 +165,7 @@ def test_controls_preserve_function_at_zero_step(growth, make, x):
         assert torch.cdist(w[3:], w[:3]).min() > 1e-6
     # by ratio: round(ratio * n) per group
     m2 = copy.deepcopy(net)
-    control_round(m2, x[:1], GrowConfig(growth=growth, eps=0.0 if growth == 'net2net' else 1e-2, ratio=0.5), rnd=1)
+    control_round(m2, x[:1], GrowConfig(growth=_zero_noise(growth), ratio=0.5), rnd=1)
     assert [g.n_neurons for g in split_groups(m2, x[:1])] == [3 + round(1.5), 4 + 2]
 
 
@@ -167,9 +173,9 @@ def test_net2net_step_changes_function_slightly():
     x = torch.randn(20, 6, dtype=torch.float64)
     net = _mlp2_f64()
     m = copy.deepcopy(net)
-    info = control_round(m, x[:1], GrowConfig(growth='net2net', eps=1e-3, widths=((6, 4),)), rnd=1)
+    info = control_round(m, x[:1], GrowConfig(growth=Net2Net(noise=1e-3), widths=((6, 4),)), rnd=1)
     d = (m(x) - net(x)).abs().max().item()
-    assert 0 < d < 1e-4                       # second order in eps: O(1e-6)
+    assert 0 < d < 1e-4                       # second order in the noise: O(1e-6)
     # equal halves: each parent's outgoing columns are split into two equal halves that sum to the original
     parent = info['parents']['0'].cpu()
     assert sorted(parent.tolist()) == [0, 0, 1, 1, 2, 2]
