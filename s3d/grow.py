@@ -71,7 +71,8 @@ class GrowConfig:
     def method(self) -> str:
         ctl = self.control
         if ctl is not None: name = ctl.method
-        else: name = ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
+        else:
+            name = ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
         return name if self.allocation is None else f'{name} [{self.allocation}]'
 
     def key(self, label:dict|None=None) -> str:
@@ -90,9 +91,10 @@ class GrowConfig:
         _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
         _check(self.cost in ('flops', 'params'), f"cost must be 'flops' or 'params', got {self.cost!r}")
         _check(self.eigen in ('exact', 'fast', 'cached', 'stream'),
-               f"eigen must be 'exact', 'fast', 'cached' or 'stream' (see extreme_eigenpairs), got {self.eigen!r}")
+               f"eigen must be 'exact', 'fast', 'cached' or 'stream', got {self.eigen!r}")
         ctl = self.control                                      # raises on an unknown growth
-        _check(self.step in ('fixed', 'line_search'), f"step must be 'fixed' or 'line_search', got {self.step!r}")
+        _check(self.step in ('fixed', 'line_search'),
+               f"step must be 'fixed' or 'line_search', got {self.step!r}")
         _check(self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2),
                f"line search needs eps_max > eps and eps_grid >= 2, got eps_max={self.eps_max}, "
                f"eps_grid={self.eps_grid}")
@@ -104,7 +106,8 @@ class GrowConfig:
         counted = self.ratio is not None or self.widths is not None
         _check(not (ctl is not None and ctl.grows) or counted,
                f"growth={ctl and ctl.name!r} adds neurons by `ratio` or `widths`; give one of them")
-        _check(self.allocation is None or counted, f"allocation={self.allocation!r} needs `ratio` or `widths`")
+        _check(self.allocation is None or counted,
+               f"allocation={self.allocation!r} needs `ratio` or `widths`")
         _check(counted or self.budget is not None or self.max_count is not None or self.threshold != 0,
                "give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with "
                "a gain is split")
@@ -134,11 +137,12 @@ def round_targets(cfg:GrowConfig, groups, rnd:int|None) -> dict|None:
         raise ValueError(f"cfg.widths needs the round number in [1, {len(cfg.widths)}], got {rnd}")
     t = cfg.widths[rnd - 1]
     t = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
-    if len(t) != len(groups): raise ValueError(f"widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups")
+    if len(t) != len(groups):
+        raise ValueError(f"widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups")
     return {g.name: max(int(w), g.n_neurons) for g, w in zip(groups, t)}
 
 def new_counts(cfg:GrowConfig, groups, rnd:int|None) -> dict:
-    "New neurons per group name in round `rnd` by the targets: up to the target width, else `round(ratio * n)`."
+    "New neurons per group name in round `rnd` by the targets: up to the target width, else `ratio * n`."
     ctl = cfg.control
     if ctl is not None and not ctl.grows: return {g.name: 0 for g in groups}
     tg = round_targets(cfg, groups, rnd)
@@ -187,7 +191,8 @@ def split_selection(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None, g
     "Neurons a signed split takes this round: `select_round`, or by `cfg.allocation` when it is set."
     if cfg.allocation is None: return select_round(schemes, cfg, costs, groups, rnd)
     if cfg.allocation == 'gain':
-        return gain_selection(schemes, cfg, groups, sum(max(v, 0) for v in new_counts(cfg, groups, rnd).values()))
+        total = sum(max(v, 0) for v in new_counts(cfg, groups, rnd).values())
+        return gain_selection(schemes, cfg, groups, total)
     counts = allocate(cfg, groups, rnd, schemes, gen)
     return {g.name: (select_neurons({g.name: schemes[g.name]}, ratio=counts[g.name] / g.n_neurons,
                                     threshold=cfg.threshold)[g.name]
@@ -199,7 +204,7 @@ def control_round(model:nn.Module, example_input, cfg:GrowConfig, rnd:int|None=N
                   data=None,              # (loss_fn, batches) for controls that read data (gradmax)
                   gen:torch.Generator|None=None,
                  ) -> dict:
-    "One round of the control `cfg.growth`: add neurons to every group in place; a summary like `split_round`'s."
+    "One round of the control `cfg.growth`: add neurons to every group in place; a `split_round` summary."
     ctl = cfg.control
     groups = split_groups(model, example_input)
     if not groups: raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
@@ -213,16 +218,17 @@ def control_round(model:nn.Module, example_input, cfg:GrowConfig, rnd:int|None=N
                 kinds=f'{ctl.name}:{added}' if added else '', parents=parents, stable=float('nan'))
 
 # %% ../nbs/08_grow.ipynb #20e1f5d3
-def scratch_model(model:nn.Module,  # a network of the right kind (e.g. the seed or the grown one); not modified
+def scratch_model(model:nn.Module,  # a network of the right kind (the seed or a grown one); not modified
                   example_input,    # one batch, for tracing
-                  widths,           # one width per split group in forward order, or the JSON of a history's `widths`
+                  widths,           # one width per split group in forward order, or a history's `widths` JSON
                   seed:int=0,       # initialisation seed
                  ) -> nn.Module:
     "A re-initialised copy of `model` with every split group resized to `widths`."
     m = copy.deepcopy(model)
     widths = json.loads(widths) if isinstance(widths, str) else list(widths)
     groups = split_groups(m, example_input)
-    if len(widths) != len(groups): raise ValueError(f"widths has {len(widths)} entries for {len(groups)} split groups")
+    if len(widths) != len(groups):
+        raise ValueError(f"widths has {len(widths)} entries for {len(groups)} split groups")
     for g, w in reversed(list(zip(groups, widths))): remap_channels(m, g, torch.arange(int(w)) % g.n_neurons)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -230,23 +236,24 @@ def scratch_model(model:nn.Module,  # a network of the right kind (e.g. the seed
             if hasattr(mod, 'reset_parameters'): mod.reset_parameters()
     return m
 
-
 # %% ../nbs/08_grow.ipynb #a8e7a6ab
 def held_batches(batches, n:int|None) -> list:
-    "The first `n` samples (all when None) of an iterable of `(input, target)` batches, as a list of batches."
+    "The first `n` samples (all when None) of an iterable of `(input, target)` batches, as a list."
     out, seen = [], 0
     for x, y in batches:
         if n is not None and seen >= n: break
         k = len(y) if n is None else min(len(y), n - seen)
-        out.append((x[:k], y[:k])); seen += k
+        out.append((x[:k], y[:k]))
+        seen += k
     return out
 
 def held_loss(model:nn.Module, loss_fn, held:list, reduce=None) -> float:
-    "Mean `loss_fn` over the samples of `held` (eval mode, no gradients); with `reduce`, over every process's samples."
-    was = model.training; model.eval()
+    "Mean `loss_fn` over the samples of `held` (eval mode, no gradients); `reduce`: over all processes."
+    was = model.training
+    model.eval()
+    dev = lambda t: to_model_device(model, t)
     try:
-        with torch.no_grad():
-            tot = sum(float(loss_fn(model(to_model_device(model, x)), to_model_device(model, y))) * len(y) for x, y in held)
+        with torch.no_grad(): tot = sum(float(loss_fn(model(dev(x)), dev(y))) * len(y) for x, y in held)
     finally: model.train(was)
     n = sum(len(y) for _, y in held)
     if reduce is not None:
@@ -254,52 +261,58 @@ def held_loss(model:nn.Module, loss_fn, held:list, reduce=None) -> float:
         tot, n = float(t[0]), float(t[1])
     return tot / n
 
-
 # %% ../nbs/08_grow.ipynb #6adee120
 def pick_step(trial,              # trial(eps) -> held loss after a split with step eps
               grid,               # candidate steps
               f0:float,           # held loss before the split
-              shrink:int=8,       # halvings of the smallest grid step tried when the whole grid raises the loss
+              shrink:int=8,       # halvings of the smallest step tried when the whole grid raises the loss
              ) -> tuple:
-    "The step `(eps, loss)` with the lowest trial loss on `grid`; never one whose loss exceeds `f0` (then smaller, then 0)."
+    "The step `(eps, loss)` with the lowest trial loss on `grid`; never one that raises the loss above `f0`."
     losses = [trial(e) for e in grid]
     i = int(np.argmin(losses))
     if losses[i] <= f0: return float(grid[i]), losses[i]
     e = float(min(grid))
     for _ in range(shrink):
-        e /= 2; f = trial(e)
+        e /= 2
+        f = trial(e)
         if f <= f0: return e, f
     return 0.0, f0
 
-
 # %% ../nbs/08_grow.ipynb #8c98c893
 class _Trials:
-    "trial(eps) -> held loss after the split with step eps, on one copy of the model whose modules are put back before each surgery."
+    "trial(eps) -> held loss after the split with step eps, on one copy restored before each surgery."
     def __init__(self, model, groups, sel, schemes, loss_fn, held, reduce=None):
-        self.model, g2 = copy.deepcopy((model, groups))   # one memo: the copied groups point at the copied modules
+        self.model, g2 = copy.deepcopy((model, groups))   # one memo: the copied groups use the copied modules
         self.plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])]
-        self.snap, self.args = _snapshot(list(self.model.modules())), (loss_fn, held, reduce)  # surgery replaces, never mutates, tensors
+        self.snap = _snapshot(list(self.model.modules()))  # surgery replaces tensors, never mutates them
+        self.args = (loss_fn, held, reduce)
 
     def __call__(self, eps: float) -> float:
         _restore(self.snap)                                # the copy as it was before any split
         apply_splits(self.model, self.plan, eps)
         return held_loss(self.model, *self.args)
 
-def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig, reduce=None,
-                split=None,  # split(eps) applies the split to `model` itself: the fixed step is then measured on it, without a copy
+def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig,
+                reduce=None,
+                split=None,  # split(eps) splits `model` itself: a fixed step is then measured on it, no copy
                ) -> tuple:
-    "The round's step (`cfg.eps`, or line-searched on held scoring data) and a dict of its measured effect on the held loss."
+    "The round's step (`cfg.eps`, or line-searched on held scoring data) and its measured effect."
     if not any(len(v) for v in sel.values()): return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.)
-    held = held_batches(batches, cfg.held if reduce is None else None)  # data-parallel: every process's whole share
+    held = held_batches(batches, cfg.held if reduce is None else None)  # data-parallel: every process's share
     if not held and reduce is None:
-        if cfg.step == 'line_search': raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a callable returning one)")
+        if cfg.step == 'line_search':
+            raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a "
+                             "callable returning one)")
         return cfg.eps, dict(eps=cfg.eps, measured_dloss=float('nan'))
     f0 = held_loss(model, loss_fn, held, reduce)
-    if cfg.step == 'fixed' and split is not None: split(cfg.eps); eps, f = cfg.eps, held_loss(model, loss_fn, held, reduce)
-    elif cfg.step == 'fixed': eps, f = cfg.eps, _Trials(model, groups, sel, schemes, loss_fn, held, reduce)(cfg.eps)
-    else: eps, f = pick_step(_Trials(model, groups, sel, schemes, loss_fn, held, reduce), np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)  # one copy for all steps
+    trials = lambda: _Trials(model, groups, sel, schemes, loss_fn, held, reduce)   # one copy for all steps
+    if cfg.step == 'line_search':
+        eps, f = pick_step(trials(), np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)
+    elif split is not None:
+        split(cfg.eps)
+        eps, f = cfg.eps, held_loss(model, loss_fn, held, reduce)
+    else: eps, f = cfg.eps, trials()(cfg.eps)
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
-
 
 # %% ../nbs/08_grow.ipynb #4047cdb4
 def _metrics(prefix, d):
@@ -337,7 +350,8 @@ def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig
                ) -> dict:
     "One architecture step (round `rnd`): score, select, grow in place (all groups or none); a summary."
     groups = split_groups(model, example_input)
-    if not groups: raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
+    if not groups:
+        raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
     ctl, gen = cfg.control, torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
     if ctl is not None:                                   # a control: same counts, its own initialisation
         schemes = _scores(model, groups, loss_fn, batches, cfg, reduce) if cfg.allocation == 'gain' else None
@@ -381,8 +395,8 @@ def _bar(cfg, start, progress):
     "The rounds still to run, with a progress bar when asked for."
     if progress: from tqdm.auto import tqdm
     else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns without ipywidgets even when off
-    return tqdm(range(start, cfg.rounds + 1), desc=f'{cfg.method} m={cfg.m} c={cfg.c:g}', disable=not progress,
-                initial=start, total=cfg.rounds + 1)
+    desc = f'{cfg.method} m={cfg.m} c={cfg.c:g}'
+    return tqdm(range(start, cfg.rounds + 1), desc=desc, disable=not progress, initial=start, total=cfg.rounds + 1)
 
 # %% ../nbs/08_grow.ipynb #897ae977
 def grow(model:nn.Module,         # seed network (grown in place, unless resumed from a checkpoint)
@@ -413,7 +427,8 @@ def grow(model:nn.Module,         # seed network (grown in place, unless resumed
     bar = _bar(cfg, st['round'] + (st['phase'] == 'done') if st else 0, progress)
     for r in bar:
         t0 = time.time()
-        if st is not None and st['phase'] == 'train' and r == st['round']: info, data = st['info'], st['train']
+        if st is not None and st['phase'] == 'train' and r == st['round']:   # resumed inside round r
+            info, data = st['info'], st['train']
         else:
             info, data = _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce), {}
             if dist is not None: dist.check(model, r)  # every process ends with the same architecture
