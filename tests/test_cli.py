@@ -213,3 +213,26 @@ def test_experiment_with_fewer_options_runs_with_a_warning(monkeypatch, capsys, 
     monkeypatch.setitem(cli.EXPERIMENTS, 'table2', 's3d.paper.cli:_old_for_test')
     assert main(['reproduce', 'table2', '--out', str(tmp_path), '--jobs', '2']) == 0
     assert capsys.readouterr().err.strip() == 'table2: warning: --jobs is not supported by this experiment yet: ignored'
+
+def test_error_leaves_no_new_output_folder_and_fake_data_with_data_is_refused(tmp_path, capsys):
+    out = tmp_path / 'new' / 'out'
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--data', str(tmp_path / 'nothing'), '--out', str(out)]) == 4
+    assert not (tmp_path / 'new').exists()   # the folders the command created are gone again
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--fake-data', '--data', str(tmp_path), '--out', str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('table1: error: --fake-data') and 'cannot be combined with --data' in err[-1]
+    assert not (tmp_path / 'new').exists()
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--data', str(tmp_path / 'nothing'), '--out', str(tmp_path)]) == 4
+    assert tmp_path.exists()   # a folder that existed before is left alone
+
+def test_interrupt_without_a_count_reports_the_finished_runs_on_disk(tmp_path, capsys, monkeypatch):
+    "Ctrl-C after the last run finished (while the results are written) raises a plain KeyboardInterrupt."
+    import s3d.paper.experiments.table1 as table1
+    runs = tmp_path / 'table1_smoke_runs'
+    for k in 'abc': (runs / k).mkdir(parents=True); (runs / k / 'rows.csv').write_text('x')
+    for k in 'ab': (runs / k / 'config.json').write_text('{}')   # written last: c is not finished
+    def stopped(**kw): raise KeyboardInterrupt
+    monkeypatch.setattr(table1, 'run', stopped); monkeypatch.setattr(table1, 'check', lambda **kw: [])
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--out', str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f'table1: interrupted (Ctrl-C); kept: 2 finished run(s) in {runs}; rerun the same command to resume'
