@@ -48,3 +48,12 @@ def test_stored_outputs_name_no_local_path():
     assert found <= _KNOWN_LOCAL_PATHS, f'stored outputs name a local path (/work, /tmp, /root, /home): {sorted(found - _KNOWN_LOCAL_PATHS)}'
     assert _KNOWN_LOCAL_PATHS <= found, f'fixed, remove from _KNOWN_LOCAL_PATHS: {sorted(_KNOWN_LOCAL_PATHS - found)}'
     assert _LOCAL.search('x /work/venv/lib') and not _LOCAL.search('data/results/x.png https://a.b/home/')
+
+
+def test_benchmarks_write_to_an_ignored_folder_by_default():
+    "A reader who reruns a benchmark keeps a clean checkout: only --update-results (or --out) writes benchmarks/results/."
+    import subprocess
+    defaults = {p.name for p in (ROOT / 'benchmarks').glob('*.py') if "default='benchmarks/results'" in p.read_text()}
+    assert defaults <= {'growth_quality.py'}, f'benchmarks that write the committed results by default: {sorted(defaults)}'
+    r = subprocess.run(['git', 'check-ignore', '-q', 'benchmarks/out/growth_ablation.csv'], cwd=ROOT)
+    assert r.returncode == 0, 'benchmarks/out/ must be ignored by git'
