@@ -3,8 +3,10 @@
     python .ci/sync_readme.py          # write README.md
     python .ci/sync_readme.py --check  # exit 1 if README.md is out of date
 Markdown cells are copied, code cells become ```python blocks; cells flagged `#| hide` are left out.
+Links are written relative to the notebook's folder (`../data/...` from nbs/), so they resolve where the notebook is
+rendered; README.md sits one folder up, so a leading `../` is dropped there.
 """
-import json, sys
+import json, re, sys
 from pathlib import Path
 
 root = Path(__file__).resolve().parent.parent
@@ -15,7 +17,7 @@ def render(nb_path: Path) -> str:
     for cell in nb['cells']:
         src = ''.join(cell['source']).strip('\n')
         if not src: continue
-        if cell['cell_type'] == 'markdown': parts.append(src)
+        if cell['cell_type'] == 'markdown': parts.append(re.sub(r'\]\(\.\./', '](', src))   # nbs/-relative to root-relative
         elif cell['cell_type'] == 'code':
             lines = src.splitlines()
             if any(l.strip().replace(' ', '') in ('#|hide', '#|exporti') for l in lines if l.startswith('#|')): continue

@@ -9,6 +9,9 @@ Same tasks, recipe, seeds and widths as `growth_quality.py`; methods:
 (Optimizer state of the new copies is not a variant here: the recipe builds a fresh Adam every round.)
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_ablation.py --seeds 5
+
+The CSV goes to benchmarks/out/ (ignored by git), so rerunning leaves the checkout clean; `--update-results` writes
+the committed benchmarks/results/growth_ablation.csv instead, and `--out DIR` any other folder.
 """
 from __future__ import annotations
 import argparse, sys, time
@@ -77,8 +80,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument('--seeds', type=int, default=5)
     ap.add_argument('--tasks', default='mlp1,mlp2')
-    ap.add_argument('--out', default='benchmarks/results')
+    ap.add_argument('--out', default=None, help='folder for the CSV (default benchmarks/out/, ignored by git)')
+    ap.add_argument('--update-results', action='store_true', help='write the committed benchmarks/results/ instead')
     a = ap.parse_args(argv)
+    if a.update_results and a.out is not None: ap.error('--update-results writes benchmarks/results/: give it or --out, not both')
+    a.out = 'benchmarks/results' if a.update_results else a.out or 'benchmarks/out'
     t0 = time.time()
     variants = ['S3D line search', 'S3D largest safe step', 'S3D line search + polish', 'random growth']
     df = pd.concat([run(t, v, s) for t in a.tasks.split(',') for s in range(a.seeds) for v in variants], ignore_index=True)

@@ -50,7 +50,7 @@ def test_main_command_leaves_git_status_clean(smoke_all):
     repo, r, git = smoke_all
     assert git('status', '--porcelain') == ''
 
-def test_fake_data_says_so_and_table1_contents(smoke_all):
+def test_fake_data_says_so_and_table1_contents(smoke_all, capsys):
     repo, r, git = smoke_all
     out = repo / 'data' / 'reproduced'
     md = (out / 'table1_smoke.md').read_text()
@@ -59,7 +59,9 @@ def test_fake_data_says_so_and_table1_contents(smoke_all):
     df = pd.read_csv(out / 'table1_smoke.csv')
     assert {'S2D', 'S3D', 'full', 'L1 pruning', 'BN pruning', 'MorphNet'} <= set(df.method)
     assert set(df.setting) == {'params', 'energy', 'baseline'} and 'seconds' not in df.columns
-    lst = _s3d('reproduce', 'list', cwd=repo).stdout
+    capsys.readouterr()
+    assert main(['reproduce', 'list', '--out', str(out)]) == 0   # in this process: no second torch import
+    lst = capsys.readouterr().out
     assert 'fig2    smoke  current' in lst and 'table1  smoke  stale' in lst and '(FAKE DATA)' in lst
 
 def test_same_bytes_whatever_threads_and_jobs(smoke_all, tmp_path):
@@ -71,12 +73,15 @@ def test_same_bytes_whatever_threads_and_jobs(smoke_all, tmp_path):
     assert sorted(a) == sorted(b)
     assert [n for n in a if a[n] != b[n]] == []
 
-def test_rerun_reuses_and_redraws(smoke_all):
+def test_rerun_reuses_and_redraws(smoke_all, capsys, monkeypatch):
     repo, r, git = smoke_all
     out = repo / 'data' / 'reproduced'
     (out / 'fig2_smoke.png').unlink()
-    r2 = _s3d('reproduce', 'fig2', '--scale', 'smoke', '--jobs', '1', cwd=repo)
-    assert r2.returncode == 0 and 'reusing' in r2.stdout and 'jobs finished' not in r2.stdout
+    monkeypatch.chdir(repo)   # the default --out, data/reproduced, is relative to the working folder
+    capsys.readouterr()
+    assert main(['reproduce', 'fig2', '--scale', 'smoke', '--jobs', '1']) == 0   # in this process: no second torch import
+    stdout = capsys.readouterr().out
+    assert 'reusing' in stdout and 'jobs finished' not in stdout
     assert (out / 'fig2_smoke.png').exists() and git('status', '--porcelain') == ''
 
 def _wait_for(cond, proc, timeout=300):
@@ -213,3 +218,26 @@ def test_experiment_with_fewer_options_runs_with_a_warning(monkeypatch, capsys, 
     monkeypatch.setitem(cli.EXPERIMENTS, 'table2', 's3d.paper.cli:_old_for_test')
     assert main(['reproduce', 'table2', '--out', str(tmp_path), '--jobs', '2']) == 0
     assert capsys.readouterr().err.strip() == 'table2: warning: --jobs is not supported by this experiment yet: ignored'
+
+def test_error_leaves_no_new_output_folder_and_fake_data_with_data_is_refused(tmp_path, capsys):
+    out = tmp_path / 'new' / 'out'
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--data', str(tmp_path / 'nothing'), '--out', str(out)]) == 4
+    assert not (tmp_path / 'new').exists()   # the folders the command created are gone again
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--fake-data', '--data', str(tmp_path), '--out', str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('table1: error: --fake-data') and 'cannot be combined with --data' in err[-1]
+    assert not (tmp_path / 'new').exists()
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--data', str(tmp_path / 'nothing'), '--out', str(tmp_path)]) == 4
+    assert tmp_path.exists()   # a folder that existed before is left alone
+
+def test_interrupt_without_a_count_reports_the_finished_runs_on_disk(tmp_path, capsys, monkeypatch):
+    "Ctrl-C after the last run finished (while the results are written) raises a plain KeyboardInterrupt."
+    import s3d.paper.experiments.table1 as table1
+    runs = tmp_path / 'table1_smoke_runs'
+    for k in 'abc': (runs / k).mkdir(parents=True); (runs / k / 'rows.csv').write_text('x')
+    for k in 'ab': (runs / k / 'config.json').write_text('{}')   # written last: c is not finished
+    def stopped(**kw): raise KeyboardInterrupt
+    monkeypatch.setattr(table1, 'run', stopped); monkeypatch.setattr(table1, 'check', lambda **kw: [])
+    assert main(['reproduce', 'table1', '--scale', 'smoke', '--out', str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f'table1: interrupted (Ctrl-C); kept: 2 finished run(s) in {runs}; rerun the same command to resume'

@@ -105,3 +105,10 @@ def test_vs_controls_pairs_each_control_by_seed():
     v = vs_controls(df, 3.).set_index('comparison')
     assert abs(v.loc['S3D - random growth', 'diff'] - (-1.75)) < 1e-9 and v.loc['S3D - random growth', 'wins'] == '0/2'
     assert abs(v.loc['S2D - scratch', 'diff'] - (-4.5)) < 1e-9 and len(v) == 6
+
+def test_readme_and_help_state_the_cpu_run_count():
+    "The README and `--help` give the cpu scale's number of runs; it must be what `table1_runs` lists (135, not 105)."
+    from s3d.paper.cli import ABOUT
+    n = len(table1_runs(SCALES['cpu']))
+    assert f'`--scale cpu` ({n} runs,' in (ROOT / 'README.md').read_text()
+    assert f'cpu (digits) {n} runs,' in ABOUT['table1'][1]

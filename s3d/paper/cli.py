@@ -15,7 +15,7 @@ from .runs import (DataError, OutputError, DeviceError, Interrupted, EXIT_CODES,
 
 # %% auto #0
 __all__ = ['EXPERIMENTS', 'ABOUT', 'DATA_PARALLEL', 'DEFAULT_OUT', 'register_experiment', 'experiment_runner',
-           'experiment_checker', 'check_fig1', 'run_fig1', 'make_parser', 'main']
+           'experiment_checker', 'check_fig1', 'run_fig1', 'make_parser', 'kept_on_disk', 'main']
 
 # %% ../../nbs/paper/06_cli.ipynb #c6b82d67
 EXPERIMENTS = {'fig1': 's3d.paper.cli:run_fig1', 'fig2': 's3d.paper.experiments.fig2:run',
@@ -27,11 +27,11 @@ ABOUT = {'fig1': ('Figure 1: the binary, triplet and quartet split schemes, draw
          'fig2': ('Figure 2: toy RBF network grown from one neuron; S2D gets stuck, S3D escapes',
                   'smoke ~10 s; cpu ~1.5 min on 1 core (less with --jobs); paper ~1.5 h on 1 core (estimated); CPU only'),
          'table1': ('Table 1 + Figure 3: MobileNetV1 grown by S2D/S3D vs full, width multipliers, L1/BN pruning, MorphNet',
-                    'smoke ~1 min (CPU, --fake-data); cpu (digits) ~7 min of CPU time over --jobs; paper (CIFAR-100) ~10 h on 1 GPU (projected)'),
+                    'smoke ~1 min (CPU, --fake-data); cpu (digits) 135 runs, ~800 s of CPU time over --jobs; paper (CIFAR-100) ~10 h on 1 GPU (projected)'),
          'table2': ('Table 2: ImageNet MobileNetV1 (224x224), energy-aware S2D/S3D vs width multipliers; AMC quoted',
                     'smoke ~1 min (CPU, --fake-data); cpu (digits as JPEGs) ~8 min on 1 core; paper (ImageNet) days on 1 GPU (projected, see notebook)'),
          'table3': ('Table 3: ModelNet40 point clouds, DGCNN grown by S2D/S3D vs width multipliers and PointNet',
-                    'smoke ~30 s (CPU, --fake-data); cpu (synthetic shapes) ~3.5 min on 1 core; paper (ModelNet40) ~49 GPU-hours (projected from the paper)')}
+                    'smoke ~30 s (CPU, --fake-data); cpu (synthetic shapes, 3 seeds) ~17 min on a shared 2-core CPU; paper (ModelNet40) ~49 GPU-hours (projected from the paper)')}
 
 DATA_PARALLEL = {'table1', 'table2', 'table3'}   # experiments that run under torchrun with several processes
 
@@ -121,22 +121,30 @@ def _code(e:BaseException, phase:str) -> int:
     if isinstance(e, (ValueError, TypeError)) and phase == 'check': return 2
     return 1
 
-def _line(name:str, e:BaseException, code:int) -> str:
+def kept_on_disk(name:str, scale:str, out) -> str:
+    "What a rerun of `name` at `scale` will reuse: finished runs (`rows.csv` + `config.json`, written last) or jobs (`*.job.json`)."
+    folder = Path(out) / f'{name}_{scale}_runs'
+    runs = [p for p in folder.rglob('rows.csv') if (p.parent / 'config.json').exists()] if folder.is_dir() else []
+    n = len(runs) + (sum(1 for _ in folder.rglob('*.job.json')) if folder.is_dir() else 0)
+    return f'{n} finished run(s) in {folder}' if n else 'no finished run yet'
+
+def _line(name:str, e:BaseException, code:int, kept=None) -> str:
+    "One line for error `e` of experiment `name`; an interruption says what is kept (`e.kept`, else `kept()`)."
     if isinstance(e, KeyboardInterrupt):
         how = 'interrupted (Ctrl-C)' if code == 130 else 'terminated (SIGTERM)'
-        kept = getattr(e, 'kept', '') or 'no finished work to keep yet'
+        kept = getattr(e, 'kept', '') or (kept() if kept else 'no finished work to keep yet')
         return f'{name}: {how}; kept: {kept}; rerun the same command to resume'
     what = {3: 'output error', 4: 'data error', 5: 'device error', 6: 'not implemented yet', 7: 'checkpoint error', 2: 'error'}.get(code)
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     return f'{name}: {what}: {msg}' if what else f'{name}: failed: {type(e).__name__}: {msg} (rerun with --debug for the traceback)'
 
-def _guard(name:str, phase:str, debug:bool, fn, *a, **kw):
-    "(result, 0) of fn(*a, **kw), or (None, exit code) after printing the error as one line."
+def _guard(name:str, phase:str, debug:bool, fn, *a, _kept=None, **kw):
+    "(result, 0) of fn(*a, **kw), or (None, exit code) after printing the error as one line (`_kept`: see `_line`)."
     try: return fn(*a, **kw), 0
     except (Exception, KeyboardInterrupt) as e:
         code = _code(e, phase)
         if debug: traceback.print_exc()
-        if not getattr(e, 'from_rank0', False): print(_line(name, e, code), file=sys.stderr, flush=True)   # torchrun: printed by rank 0
+        if not getattr(e, 'from_rank0', False): print(_line(name, e, code, _kept), file=sys.stderr, flush=True)   # torchrun: printed by rank 0
         return None, code
 
 # %% ../../nbs/paper/06_cli.ipynb #dc80e1f5
@@ -152,6 +160,8 @@ def _list(out) -> int:
             have = sum(p.exists() for p in fs)
             if not have: state = 'missing'
             elif have < len(fs): state = f'incomplete ({have} of {len(fs)} files)'
+            elif not hasattr(mod, 'config_fingerprint') or read_fingerprint(fs[-1]) is None:
+                state = 'present (its summary records no config fingerprint, so whether it is current is not known)'
             else: state = 'current' if read_fingerprint(fs[-1]) == mod.config_fingerprint(scale) else 'stale (config changed: rerun with --force)'
             fake = ' (FAKE DATA)' if have and fs[-1].exists() and 'FAKE DATA' in fs[-1].read_text() else ''
             print(f'  {name:<7} {scale:<6} {state}{fake}')
@@ -166,7 +176,28 @@ def _accepted(name, fn, kw, given=()):
         if k in given: print(f'{name}: warning: --{k.replace("_", "-")} is not supported by this experiment yet: ignored', file=sys.stderr)
     return fn, {k: v for k, v in kw.items() if k in ps}
 
+def _new_folders(path) -> list:
+    "The folders of `path` that do not exist yet, deepest first (what `check_out_dir` would create)."
+    new, p = [], Path(path).absolute()
+    while not p.exists(): new.append(p); p = p.parent
+    return new
+
 def _reproduce(args) -> int:
+    "Run `args.experiment`; on an error, remove the output folders it created while they are still empty."
+    new, code = _new_folders(args.out), 1
+    try:
+        code = _reproduce_checked(args)
+        return code
+    finally:
+        if code and is_writer():
+            for p in new:
+                if p.is_dir() and not any(p.iterdir()): p.rmdir()
+
+def _reproduce_checked(args) -> int:
+    if args.fake_data and args.data is not None:
+        print(f'{args.experiment}: error: --fake-data generates its own small dataset and cannot be combined with --data '
+              f'{args.data}: drop one of them', file=sys.stderr)
+        return 2
     names = [n for n in EXPERIMENTS if EXPERIMENTS[n]] if args.experiment == 'all' else [args.experiment]
     for n in EXPERIMENTS:
         if args.experiment == 'all' and not EXPERIMENTS[n]: print(f'{n}: not implemented yet, skipped', file=sys.stderr)
@@ -200,7 +231,7 @@ def _reproduce(args) -> int:
         t0 = time.time()
         given = [k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)]
         fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs), given)
-        paths, code = _guard(n, 'run', args.debug, fn, **kw)
+        paths, code = _guard(n, 'run', args.debug, fn, _kept=lambda: kept_on_disk(n, args.scale, out), **kw)
         if code: return code
         if not is_writer(): continue
         print(f'{n}: done in {time.time() - t0:.1f} s wall time' + (f' ({dist.world_size} processes)' if dist else '') + '; files:')
@@ -218,5 +249,7 @@ def main(argv=None) -> int:
     with stop_on_signals():
         try: return _reproduce(args)
         except KeyboardInterrupt as e:   # between the guarded steps
-            code = _code(e, 'run'); print(_line(args.experiment, e, code), file=sys.stderr); return code
+            code = _code(e, 'run')
+            print(_line(args.experiment, e, code, lambda: kept_on_disk(args.experiment, args.scale, args.out)), file=sys.stderr)
+            return code
         finally: stop_distributed()

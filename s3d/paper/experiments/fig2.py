@@ -395,19 +395,24 @@ def _panel_eigs(ax, rounds, neurons, targets, ex, c0, xs):
     ax.bar(nr.centre - w / 2, nr.lam_max, width=w, color='tab:blue', label=r'$\lambda_{\max}$')
     ax.bar(nr.centre + w / 2, nr.lam_min, width=w, color='tab:red', label=r'$\lambda_{\min}$')
     ax.axhline(0, color='k', lw=0.6)
+    tw = ax.twinx()  # the curves one round later: after S3D's and after S2D's choice
     for ro, name, col, lam, dy in [(ro3, 'S3D', 'tab:blue', 'lam_max', 25), (ro2, 'S2D', 'tab:red', 'lam_min', -25)]:
         row = ro[ro['round'] == r]
         if len(row) and row.iloc[0].split:
             j = int(row.iloc[0].best_neuron)
-            ax.annotate(name, (nr.centre.iloc[j], nr[lam].iloc[j]), xytext=(0, dy), textcoords='offset points', ha='center',
-                        color=col, arrowprops=dict(arrowstyle='->', color=col))
-    tw = ax.twinx()  # the curves one round later: after S3D's and after S2D's choice
+            tw.annotate(name, (nr.centre.iloc[j], nr[lam].iloc[j]), xytext=(0, dy), textcoords='offset points', ha='center',
+                        xycoords=ax.transData, va='bottom' if dy > 0 else 'top', color=col, fontsize=8, zorder=5,
+                        bbox=dict(fc='white', ec='none', pad=1), arrowprops=dict(arrowstyle='->', color=col))
+    lo, hi = float(nr.lam_min.min()), float(nr.lam_max.max()); span = max(hi, 0.) - min(lo, 0.) or 1.
+    ax.set_ylim(min(lo, 0.) - 0.45 * span, max(hi, 0.) + 0.45 * span)   # head room: the arrows and labels stay inside
     tw.plot(xs, _fit_curve(targets[targets.target == ex[1]], xs), 'k', lw=2, alpha=0.25)
     tw.plot(xs, _fit_curve(_state(neurons, ex, c0, 2, r + 1), xs), '--', color='tab:blue', lw=1, label='S3D, next round')
     tw.plot(xs, _fit_curve(_state(neurons, ex, 1., 2, r + 1), xs), '--', color='tab:orange', lw=1, label='S2D, next round')
-    tw.set_ylabel('f(x)', fontsize=8); tw.legend(fontsize=6, loc='lower right')
-    ax.set_xlim(xs[0] - 1, xs[-1] + 1); ax.set_xlabel('neuron centre / x'); ax.legend(fontsize=7, loc='upper left')
-    ax.set_title(f'(d) round {r}: eigenvalues per neuron; arrows = chosen split', fontsize=9)
+    tw.set_ylabel('f(x)', fontsize=8)
+    handles = [h for a in (ax, tw) for h in a.get_legend_handles_labels()[0]]
+    tw.legend(handles, [h.get_label() for h in handles], fontsize=7, loc='upper left')   # one legend, clear of the arrows
+    ax.set_xlim(xs[0] - 1, xs[-1] + 1); ax.set_xlabel('neuron centre / x')
+    ax.set_title(f'(d) round {r}: eigenvalues per neuron\narrows = neuron each method splits', fontsize=9)
 
 def _panel_controls(ax, rounds, c0):
     "Final loss of every replicate for S2D, S3D m=2 and the controls matched to it; one colour per formulation, bar = median."
@@ -421,21 +426,23 @@ def _panel_controls(ax, rounds, c0):
             if d.empty: continue
             ax.plot(i + off + np.linspace(-0.1, 0.1, len(d)), d.loss, 'o', ms=3, alpha=0.6, color=f'C{k}', label=None if i else f)
             ax.plot([i + off - 0.15, i + off + 0.15], [d.loss.median()] * 2, color=f'C{k}', lw=2)
-    ax.set_xticks(range(len(meths)), [m[2] for m in meths], rotation=25, fontsize=8)
+    ax.set_xticks(range(len(meths)), [m[2] for m in meths], fontsize=8)
     ax.set_yscale('log'); ax.set_ylabel('final loss'); ax.legend(fontsize=7)
-    ax.set_title(f'(e) final loss per replicate; controls matched to S3D m=2, c={c0:g}', fontsize=9)
+    ax.set_title(f'(e) final loss of every replicate (bar = median); controls matched to S3D m=2, c={c0:g}', fontsize=9)
 
 def plot_fig2(res:dict, cfg:Fig2Config):
     "Figure 2 (a)-(d) for the example replicate `cfg.example` and (e) the controls over all replicates, from `run_fig2_grid`'s tables."
     import matplotlib.pyplot as plt
     curve, rounds, neurons, targets = res['curve'], res['rounds'], res['neurons'], res['targets']
     ex = f, t, s = tuple(cfg.example); c0 = float(cfg.c)
-    fig, axs = plt.subplots(1, 5, figsize=(22.5, 3.8))
+    fig = plt.figure(figsize=(9, 10.5))   # a 2 x 2 grid of the example replicate, (e) across the bottom
+    grid = fig.add_gridspec(3, 2, height_ratios=[1, 1, 0.9])
+    axs = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(4)] + [fig.add_subplot(grid[2, :])]
     runs_a = [((1., 2), 'S2D')] + [((c0, m), f'S3D m={m}') for m in cfg.ms]
     _panel_losses(axs[0], curve, rounds, ex, runs_a + [((c0, 2, 'S2D+S3D'), 'S2D, signed split when stuck (o)')],
-                  f'(a) S2D vs S3D (c={c0:g}); x = stuck')
+                  f'(a) S2D vs S3D (c={c0:g})\nx = stuck (no split helps), dotted afterwards')
     runs_b = [((1., 2), 'c=1 (S2D)')] + [((float(c), 2), f'c={c:g}') for c in cfg.cs]
-    _panel_losses(axs[1], curve, rounds, ex, runs_b, '(b) S3D m=2, several c; triangle = first differs from S2D')
+    _panel_losses(axs[1], curve, rounds, ex, runs_b, '(b) S3D m=2, several c\ntriangle = first split that differs from S2D')
     for c in cfg.cs:
         r, ro = first_divergence(rounds, f, t, s, float(c)), _run_rows(rounds, f, t, s, float(c), 2)
         if r is not None and r < len(ro): axs[1].plot(ro.iteration.iloc[r], ro.loss.iloc[r], 'k^', ms=7)
@@ -444,7 +451,8 @@ def plot_fig2(res:dict, cfg:Fig2Config):
     _panel_fits(axs[2], neurons, targets, ex, runs_a, xs)
     _panel_eigs(axs[3], rounds, neurons, targets, ex, c0, xs)
     _panel_controls(axs[4], rounds, c0)
-    fig.suptitle(f'RBF network: (a)-(d) formulation={f}, target {t}, seed {s}; (e) every replicate', fontsize=10); fig.tight_layout()
+    fig.suptitle(f'RBF network. (a)-(d): formulation {f}, target {t}, seed {s}. (e): every replicate', fontsize=11)
+    fig.tight_layout()
     return fig
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #694ee7b2

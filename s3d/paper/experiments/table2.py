@@ -26,7 +26,7 @@ from ..runs import (reproduce_table, run_once, train_stage, is_writer, dist_cont
 
 # %% auto #0
 __all__ = ['PAPER_TABLE2', 'SCALES', 'Table2Config', 'table2_runs', 'write_digits_imagefolder', 'table2_data', 'Trainer',
-           'run_one', 'table2_table', 'plot_table2', 's3d_vs_s2d', 'table2_report', 'run']
+           'run_one', 'table2_table', 'plot_table2', 's3d_vs_s2d', 'table2_report', 'run', 'files']
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #e070d678
 _SRC = 'S3D paper, Table 2'
@@ -271,3 +271,9 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
     return reproduce_table('table2', scale, SCALES, table2_data, Trainer, table2_runs, run_one, table2_report, plot_table2,
                            lambda cfg, data: 'images' if cfg.dataset == 'fake' and data is None else None, device=device, data=data, out=out, force=force,
                            progress=progress, fake_data=fake_data)
+
+# %% ../../../nbs/experiments/table2_imagenet.ipynb #40b6ae43
+def files(scale:str, out='data/results') -> list:
+    "Result files of `scale` under `out`, as `run` writes them (what `s3d reproduce list` looks for); the summary last."
+    out = Path(out)
+    return [out / f'table2_{scale}.{e}' for e in ('csv', 'png', 'pdf', 'md')]

@@ -25,7 +25,7 @@ from ..runs import (reproduce_table, run_once, train_stage, is_writer, dist_cont
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'SCALES', 'Table3Config', 'table3_runs', 'write_shapes_h5', 'table3_data', 'Trainer', 'run_one',
-           'table3_table', 'plot_table3', 's3d_vs_s2d', 'table3_report', 'run']
+           'table3_table', 'plot_table3', 's3d_vs_s2d', 'table3_report', 'run', 'files']
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #cb87217a
 _SRC = 'S3D paper, Table 3'
@@ -272,3 +272,9 @@ def run(scale:str='cpu', device='auto', data=None, out='data/results', force:boo
     return reproduce_table('table3', scale, SCALES, table3_data, Trainer, table3_runs, run_one, table3_report, plot_table3,
                            lambda cfg, data: 'point clouds' if cfg.dataset == 'tiny' and data is None else None, device=device, data=data, out=out, force=force,
                            progress=progress, fake_data=fake_data)
+
+# %% ../../../nbs/experiments/table3_modelnet.ipynb #7a034e8a
+def files(scale:str, out='data/results') -> list:
+    "Result files of `scale` under `out`, as `run` writes them (what `s3d reproduce list` looks for); the summary last."
+    out = Path(out)
+    return [out / f'table3_{scale}.{e}' for e in ('csv', 'png', 'pdf', 'md')]
