@@ -6,7 +6,8 @@ Docs: https://s3d-dev.github.io/s3d/graph.html.md"""
 
 # %% ../nbs/02_graph.ipynb #d91c2eae
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from collections import Counter
 from typing import Callable
 import math
@@ -17,8 +18,8 @@ from .kinds import (Refusal, layer_kind, activation_kind, is_activation, is_dept
                        flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS)
 
 # %% auto #0
-__all__ = ['Consumer', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device', 'UnsupportedStructure',
-           'Skipped', 'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
+__all__ = ['Consumer', 'PathStep', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device',
+           'UnsupportedStructure', 'Skipped', 'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
 
 # %% ../nbs/02_graph.ipynb #912961a8
 @dataclass(eq=False)
@@ -29,6 +30,16 @@ class Consumer:
     repeat: int = 1      # consumer inputs per neuron: channel j owns input columns j*repeat ... (j+1)*repeat-1
 
 # %% ../nbs/02_graph.ipynb #22c8cbad
+@dataclass
+class PathStep:
+    "One per-channel operation on a neuron's private path; it reads the output of step `src` (-1: the pre-activation z)."
+    src: int                # index of the step it reads, or -1 for the pre-activation z (producer, then BatchNorm)
+    fn: Callable | None     # the operation on one tensor (a module or a function); None for a consumer's input
+    name: str               # module name, fx node name, or the consumer's name
+    cdim: int               # the dim of its output that holds the channels
+    repeat: int = 1         # entries per channel along `cdim` (after a flatten)
+    role: str = 'op'        # 'op', 'act' (an activation), 'own' (the group's own activation), 'consumer', 'opaque'
+
 @dataclass(eq=False)
 class SplitGroup:
     "One producer's neurons, with what follows them per channel and what consumes them."
@@ -41,6 +52,7 @@ class SplitGroup:
     act_name: str | None = None                    # qualified name of `act` (the fx node name for a functional one)
     bn_name: str | None = None                     # qualified name of `bn`
     act_fn: Callable | None = None                 # the functional form called in forward (F.gelu, ...); `act` is then an equivalent module
+    path: list | None = field(default=None, repr=False)  # [PathStep] the private path from the pre-activation z (None: not traced)
 
     @property
     def n_neurons(self) -> int:
@@ -118,6 +130,7 @@ _FUNC_SAME = {'dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'feature_alp
 _FUNC_RESHAPE = {'flatten', 'view', 'reshape', 'squeeze'}
 _FUNC_PERMUTE = {'permute', 'transpose'}
 _FUNC_REDUCE = {'mean', 'sum', 'amax', 'amin'}
+_FUNC_REDUCE_TUPLE = {'max', 'min'}   # with a dim: (values, indices)
 _COMBINE = [({'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'}, "it is summed with another tensor (a residual add): the summed channels are "
              "coupled to the other operand's producers (a residual stream), which s3d does not split"),
             ({'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}, "it is concatenated with other tensors: the joint channels are "
@@ -142,14 +155,24 @@ class _Walk:
     "Collects followers and consumers reachable per channel from one producer node."
     def __init__(self, gm, shapes, calls, pnode, n):
         self.mods, self.shapes, self.calls, self.pname, self.n = dict(gm.named_modules()), shapes, calls, pnode.target, n
-        self.followers, self.consumers, self.to_output = [], [], False
+        self.followers, self.consumers, self.to_output, self.path = [], [], False, []
 
     def fail(self, node, why):
         what = f"'{node.target}' ({type(self.mods[node.target]).__name__})" if node.op == 'call_module' else f"'{_op_name(node)}' (node {node.name})"
         raise UnsupportedStructure(f"split_groups: the output of producer '{self.pname}' reaches {what}: {why}")
 
-    def run(self, node, cdim, repeat):
-        for u in _data_users(node): self.step(u, node, cdim, repeat)
+    def run(self, node, cdim, repeat, at=-1):
+        "Follow every reader of `node`, whose value is path step `at` (-1: the producer's output)."
+        for u in _data_users(node): self.step(u, node, cdim, repeat, at)
+
+    def emit(self, at, fn, name, cdim, repeat, role='op') -> int:
+        "Record a path step reading step `at`; returns its index."
+        self.path.append(PathStep(at, fn, name, cdim, repeat, role))
+        return len(self.path) - 1
+
+    def pass_on(self, u, fn, cdim, repeat, at, role='op', name=None):
+        "Record `u` as a path step applying `fn`, then follow its readers."
+        return self.run(u, cdim, repeat, self.emit(at, fn, name or u.name, cdim, repeat, role))
 
 # %% ../nbs/02_graph.ipynb #1004d3a8
 def _merge_range(shp, out):
@@ -177,31 +200,65 @@ def _reduced(u, nd):
     return ({i % nd for i in d}, keep) if all(isinstance(i, int) for i in d) else None
 
 # %% ../nbs/02_graph.ipynb #80eebb8c
-def _step(self, u, src, cdim, repeat):
+def _identity(t): return t
+
+def _reduce_values(t, name, dim, keepdim): return getattr(torch, name)(t, dim, keepdim).values
+
+def _call(u):
+    "`u` as a function of its first argument, or None when another argument is a graph node."
+    rest = (*u.args[1:], *u.kwargs.values())
+    if any(isinstance(a, fx.Node) for a in rest): return None
+    return partial(u.target, *u.args[1:], **u.kwargs)
+
+def _step(self, u, src, cdim, repeat, at=-1):
     if u.op == 'output': self.to_output = True; return
-    if u.op == 'call_module': return self.module_step(u, self.mods[u.target], src, cdim, repeat)
+    if u.op == 'call_module': return self.module_step(u, self.mods[u.target], src, cdim, repeat, at)
     name = _op_name(u)
     if [a for a in u.all_input_nodes if a in self.shapes] != [src] or u.args[0] is not src: self.fail(u, _combine_reason(name))
     shp, out = self.shapes[src], self.shapes.get(u)
+    if name in _FUNC_REDUCE_TUPLE and out is None: return self.reduce_tuple(u, name, shp, cdim, repeat, at)
     if out is None: self.fail(u, "it does not return a single tensor")
     fn = u.target if u.op == 'call_function' else getattr(torch.Tensor, u.target, None)
     act = activation_kind(fn) if fn is not None else None
     if act is not None:
         try: mod = act.module_for(u.args[1:], u.kwargs)
         except Exception as e: self.fail(u, f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})")
-        self.followers.append((u.name, mod, u, fn)); return self.run(u, cdim, repeat)
-    if name in _FUNC_SAME and out == shp: return self.run(u, cdim, repeat)
-    if name in _FUNC_POOLS and cdim == 1 and repeat == 1 and len(out) == len(shp) and out[1] == self.n: return self.run(u, cdim, repeat)
+        self.followers.append((u.name, mod, u, fn)); return self.pass_on(u, mod, cdim, repeat, at, 'act')
+    if name in _FUNC_SAME and out == shp: return self.pass_on(u, _identity, cdim, repeat, at)
+    if name in _FUNC_POOLS and cdim == 1 and repeat == 1 and len(out) == len(shp) and out[1] == self.n:
+        f = _call(u)
+        return self.pass_on(u, f, cdim, repeat, at, 'op' if f is not None else 'opaque')
     if name in _FUNC_RESHAPE and (r := _merge_range(shp, out)) is not None:
-        try: return self.run(u, *flatten_flow(cdim, repeat, shp, *r))
+        try: flow = flatten_flow(cdim, repeat, shp, *r)
         except Refusal as e: self.fail(u, str(e))
-    if name in _FUNC_PERMUTE: return self.run(u, _perm(u, len(shp)).index(cdim), repeat)
+        return self.pass_on(u, partial(torch.flatten, start_dim=r[0], end_dim=r[1]), *flow, at)
+    if name in _FUNC_PERMUTE:
+        p = _perm(u, len(shp))
+        if p[0] != 0: self.fail(u, "it moves the batch dim")
+        return self.pass_on(u, partial(torch.permute, dims=p), p.index(cdim), repeat, at)
     if name in _FUNC_REDUCE and (r := _reduced(u, len(shp))) is not None and cdim not in r[0]:
-        return self.run(u, cdim if r[1] else cdim - sum(d < cdim for d in r[0]), repeat)
+        if 0 in r[0]: self.fail(u, "it reduces over the batch dim")
+        f = partial(getattr(torch, name), dim=tuple(sorted(r[0])), keepdim=r[1])
+        return self.pass_on(u, f, cdim if r[1] else cdim - sum(d < cdim for d in r[0]), repeat, at)
     self.fail(u, "this operation is not known to act on each channel separately")
 _Walk.step = _step
 
-def _module_step(self, u, m, src, cdim, repeat):
+
+# %% ../nbs/02_graph.ipynb #04b316e3
+def _reduce_tuple(self, u, name, shp, cdim, repeat, at):
+    "`x.max(dim)` / `x.min(dim)` (a (values, indices) pair) read only through `.values` or `[0]`: a reduction."
+    r = _reduced(u, len(shp))
+    if r is None or len(r[0]) != 1 or cdim in r[0] or 0 in r[0]:
+        self.fail(u, "it reduces over the channel dim, the batch dim or all dims")
+    readers = _data_users(u)
+    vals = [w for w in readers if _op_name(w) in ('getattr', 'getitem') and w.args[1] in ('values', 0)]
+    if len(vals) != len(readers): self.fail(u, "its indices are used, which splitting cannot follow")
+    (d,), keep = r
+    f = partial(_reduce_values, name=name, dim=d, keepdim=keep)
+    for w in vals: self.pass_on(w, f, cdim if keep else cdim - (d < cdim), repeat, at, name=u.name)
+_Walk.reduce_tuple = _reduce_tuple
+
+def _module_step(self, u, m, src, cdim, repeat, at=-1):
     if self.calls[u.target] > 1 and not stateless(m):
         self.fail(u, f"this module instance holds state and is called {self.calls[u.target]} times in forward; use a separate instance per call")
     if len([a for a in u.all_input_nodes if a in self.shapes]) > 1: self.fail(u, "it takes several tensor inputs (e.g. a concat or a residual add)")
@@ -210,10 +267,14 @@ def _module_step(self, u, m, src, cdim, repeat):
                             "or s3d.register_activation for an elementwise one)")
     try: r = k.route(m, self.n, cdim, repeat, self.shapes[src], self.shapes.get(u, ()))
     except Refusal as e: self.fail(u, str(e))
-    if r[0] == 'consumer': self.consumers.append(Consumer(u.target, m, r[1])); return
+    if r[0] == 'consumer':
+        self.consumers.append(Consumer(u.target, m, r[1]))
+        self.emit(at, None, u.target, cdim, repeat, 'consumer')
+        return
     self.followers.append((u.target, m, u, None))
-    self.run(u, r[1], r[2])
+    self.pass_on(u, m, r[1], r[2], at, 'act' if is_activation(m) else 'op', name=u.target)
 _Walk.module_step = _module_step
+
 
 # %% ../nbs/02_graph.ipynb #48799e73
 @dataclass
@@ -244,15 +305,20 @@ def _group_from(walk, pnode, cdim):
     if walk.to_output and walk.consumers: walk.fail(pnode, "its channels are both returned by the model and consumed by a layer")
     if not walk.consumers: return None
     g = SplitGroup(name, prod, consumers=walk.consumers)
-    fol, prev = list(walk.followers), pnode
+    fol, prev, path = list(walk.followers), pnode, walk.path
     if fol and fol[0][3] is None and _data_users(pnode) == [fol[0][2]]:
         try: a = layer_kind(fol[0][1]).affine_scale(fol[0][1])
         except Refusal as e: walk.fail(fol[0][2], str(e))
-        if a is not None: (g.bn_name, g.bn, prev, _), fol = fol[0], fol[1:]
+        if a is not None:
+            (g.bn_name, g.bn, prev, _), fol = fol[0], fol[1:]
+            path = [replace(s, src=s.src - 1) for s in path[1:]]   # the path starts after the BatchNorm
     if fol and is_activation(fol[0][1]) and _data_users(prev) == [fol[0][2]]:
         (g.act_name, g.act, _, g.act_fn), fol = fol[0], fol[1:]
+        path[0].role = 'own'
     g.followers = [(n, m) for n, m, _, fn in fol if fn is None]
+    g.path = path
     return g
+
 
 # %% ../nbs/02_graph.ipynb #47df5393
 def split_groups(model: nn.Module,        # the network (nn.Sequential or any fx-traceable module)
