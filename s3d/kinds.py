@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 # %% auto #0
-__all__ = ['LAYERS', 'ACTIVATIONS', 'FUNCTIONAL', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param', 'LayerKind',
-           'edit_producer_rows', 'edit_consumer_columns', 'edit_channels', 'register_layer', 'layer_kind', 'stateless',
-           'LinearKind', 'is_depthwise', 'conv_padded', 'ConvKind', 'BatchNormKind', 'LayerNormKind', 'GroupNormKind',
-           'PassThroughKind', 'PoolKind', 'flatten_flow', 'FlattenKind', 'ActivationKind', 'register_activation',
-           'unregister_activation', 'activation_kind', 'is_activation']
+__all__ = ['LAYERS', 'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param',
+           'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_channels', 'register_layer', 'layer_kind',
+           'stateless', 'LinearKind', 'is_depthwise', 'conv_padded', 'ConvKind', 'BatchNormKind', 'LayerNormKind',
+           'GroupNormKind', 'PassThroughKind', 'PoolKind', 'flatten_flow', 'FlattenKind', 'ActivationKind',
+           'register_activation', 'unregister_activation', 'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c8
 class Refusal(ValueError):
@@ -328,6 +328,61 @@ def is_activation(m) -> bool:
     "A registered elementwise activation (module, class or functional form)."
     return activation_kind(m) is not None
 
+# %% ../nbs/01a_kinds.ipynb #cv000002
+SURROGATE_BETA = 3.0  # default sharpness of the piecewise-linear surrogate (the public S2D code's softplus beta)
+
+def softplus_dd(z: Tensor, # points
+                beta: float = SURROGATE_BETA, # sharpness
+               ) -> Tensor:
+    "Second derivative of softplus with sharpness `beta` (a logistic density of scale 1/beta)."
+    s = torch.sigmoid(beta * z); return beta * s * (1 - s)
+
+class RBF(nn.Module):
+    "Radial-basis activation exp(-z^2/2)."
+    def forward(self, z): return torch.exp(-0.5 * z * z)
+
+def _tanh_dd(act, z, beta):
+    t = torch.tanh(z); return -2 * t * (1 - t * t)
+
+def _sigmoid_dd(act, z, beta):
+    s = torch.sigmoid(z); return s * (1 - s) * (1 - 2 * s)
+
+def _softplus_dd(act, z, beta):
+    s = torch.sigmoid(act.beta * z)
+    return torch.where(act.beta * z > act.threshold, torch.zeros_like(z), act.beta * s * (1 - s))
+
+def _silu_dd(act, z, beta):
+    s = torch.sigmoid(z); return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+def _gelu_dd(act, z, beta):
+    if act.approximate == 'none': return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
+    k, c = math.sqrt(2 / math.pi), 0.044715
+    t = torch.tanh(k * (z + c * z ** 3))
+    du, ddu = k * (1 + 3 * c * z * z), 6 * k * c * z
+    return (1 - t * t) * (du + 0.5 * z * (ddu - 2 * t * du * du))
+
+def _elu_dd(act, z, beta): return torch.where(z > 0, torch.zeros_like(z), act.alpha * torch.exp(z.clamp(max=0)))
+
+def _rbf_dd(act, z, beta): return (z * z - 1) * torch.exp(-0.5 * z * z)
+
+def _relu_dd(act, z, beta): return softplus_dd(z, beta)
+
+def _relu6_dd(act, z, beta): return softplus_dd(z, beta) - softplus_dd(z - 6, beta)
+
+def _leaky_dd(act, z, beta): return (1 - act.negative_slope) * softplus_dd(z, beta)
+
+def _hardswish_dd(act, z, beta):
+    box = torch.sigmoid(beta * (z + 3)) - torch.sigmoid(beta * (z - 3))
+    return box / 3 - 0.5 * (softplus_dd(z + 3, beta) + softplus_dd(z - 3, beta))
+
+def _hardtanh_dd(act, z, beta): return softplus_dd(z - act.min_val, beta) - softplus_dd(z - act.max_val, beta)
+
+def _hardsigmoid_dd(act, z, beta): return (softplus_dd(z + 3, beta) - softplus_dd(z - 3, beta)) / 6
+
+def _prelu_dd(act, z, beta):
+    if act.weight.numel() != 1: raise TypeError("PReLU with one slope per channel: its curvature needs the channel layout; use num_parameters=1")
+    return (1 - act.weight.detach().to(z)) * softplus_dd(z, beta)
+
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e8
 register_layer(nn.Linear, LinearKind())
 for _c in (nn.Conv1d, nn.Conv2d): register_layer(_c, ConvKind())
@@ -341,18 +396,17 @@ for _c in POOLS: register_layer(_c, PoolKind())
 register_layer(nn.Flatten, FlattenKind())
 
 T = torch.Tensor
-for _cls, _smooth, _fns, _params in [
-    (nn.ReLU, False, (F.relu, F.relu_, torch.relu, torch.relu_, 'relu', 'relu_'), ()),
-    (nn.ReLU6, False, (F.relu6,), ()), (nn.LeakyReLU, False, (F.leaky_relu, F.leaky_relu_), ('negative_slope',)),
-    (nn.PReLU, False, (), ()), (nn.Hardtanh, False, (F.hardtanh, F.hardtanh_), ('min_val', 'max_val')),
-    (nn.Hardswish, False, (F.hardswish,), ()), (nn.Hardsigmoid, False, (F.hardsigmoid,), ()),
-    (nn.ELU, True, (F.elu, F.elu_), ('alpha',)), (nn.CELU, True, (F.celu,), ('alpha',)), (nn.SELU, True, (F.selu, torch.selu), ()),
-    (nn.GELU, True, (F.gelu,), ('approximate',)), (nn.SiLU, True, (F.silu,), ()), (nn.Mish, True, (F.mish,), ()),
-    (nn.Tanh, True, (torch.tanh, torch.tanh_, 'tanh', 'tanh_'), ()),
-    (nn.Sigmoid, True, (torch.sigmoid, torch.sigmoid_, 'sigmoid', 'sigmoid_'), ()),
-    (nn.Softplus, True, (F.softplus,), ('beta', 'threshold')), (nn.LogSigmoid, True, (F.logsigmoid,), ()),
-    (nn.Softsign, True, (F.softsign,), ()), (nn.Tanhshrink, True, (F.tanhshrink,), ())]:
-    register_activation(_cls, smooth=_smooth, functional=_fns, params=_params)
+for _cls, _smooth, _fns, _params, _dd in [   # class, smooth, functional forms, their argument names, curvature
+    (nn.ReLU, False, (F.relu, F.relu_, torch.relu, torch.relu_, 'relu', 'relu_'), (), _relu_dd),
+    (nn.ReLU6, False, (F.relu6,), (), _relu6_dd), (nn.LeakyReLU, False, (F.leaky_relu, F.leaky_relu_), ('negative_slope',), _leaky_dd),
+    (nn.PReLU, False, (), (), _prelu_dd), (nn.Hardtanh, False, (F.hardtanh, F.hardtanh_), ('min_val', 'max_val'), _hardtanh_dd),
+    (nn.Hardswish, False, (F.hardswish,), (), _hardswish_dd), (nn.Hardsigmoid, False, (F.hardsigmoid,), (), _hardsigmoid_dd),
+    (nn.ELU, True, (F.elu, F.elu_), ('alpha',), _elu_dd), (nn.CELU, True, (F.celu,), ('alpha',), None),
+    (nn.SELU, True, (F.selu, torch.selu), (), None), (nn.GELU, True, (F.gelu,), ('approximate',), _gelu_dd),
+    (nn.SiLU, True, (F.silu,), (), _silu_dd), (nn.Mish, True, (F.mish,), (), None),
+    (nn.Tanh, True, (torch.tanh, torch.tanh_, 'tanh', 'tanh_'), (), _tanh_dd),
+    (nn.Sigmoid, True, (torch.sigmoid, torch.sigmoid_, 'sigmoid', 'sigmoid_'), (), _sigmoid_dd),
+    (nn.Softplus, True, (F.softplus,), ('beta', 'threshold'), _softplus_dd), (nn.LogSigmoid, True, (F.logsigmoid,), (), None),
+    (nn.Softsign, True, (F.softsign,), (), None), (nn.Tanhshrink, True, (F.tanhshrink,), (), None), (RBF, True, (), (), _rbf_dd)]:
+    register_activation(_cls, curvature=_dd, smooth=_smooth, functional=_fns, params=_params)
 
-# %% ../nbs/01a_kinds.ipynb #k0a1b2g0
-from . import curvature as _curvature  # registers the built-in curvatures on these activations (s3d.curvature imports this module)

@@ -183,3 +183,23 @@ def test_conv1d_group_and_splitting_matrix():
         D = torch.randn(g.n_neurons, g.dim, dtype=torch.float64)
         torch.testing.assert_close(torch.einsum('jd,jde,je->j', D, S, D), quadratic_form_autograd(net, g, lossf, data, D))
         torch.testing.assert_close(split_operators(net, [g], lossf, data)[g.name](D), (S @ D[..., None])[..., 0])
+
+
+def test_kinds_imports_nothing_from_s3d():
+    "The layer-kind registry is the bottom of the engine: no import cycle through it (issue 20, item 2)."
+    import ast, pathlib, s3d.kinds
+    tree = ast.parse(pathlib.Path(s3d.kinds.__file__).read_text())
+    imported = [n.module or '' for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.level > 0 or (n.module or '').startswith('s3d'))]
+    assert imported == [], imported
+
+
+def test_builtin_curvatures_live_with_their_activation():
+    "Each built-in activation's curvature is on its kinds entry, the same function s3d.curvature applies."
+    import torch
+    from torch import nn
+    from s3d.kinds import ACTIVATIONS, RBF
+    from s3d.curvature import act_curvature, CURVATURES
+    z = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    for cls in (nn.ReLU, nn.SiLU, nn.Tanh, nn.GELU, RBF):
+        assert ACTIVATIONS[cls].curvature is CURVATURES[cls]
+        torch.testing.assert_close(act_curvature(cls(), z), ACTIVATIONS[cls].curvature(cls(), z, 3.0))
