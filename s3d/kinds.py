@@ -6,7 +6,8 @@ Docs: https://s3d-dev.github.io/s3d/kinds.html.md"""
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c5
 from __future__ import annotations
-import math, weakref
+import copy, math, weakref
+from collections.abc import MutableMapping
 from typing import Callable
 import torch
 from torch import nn, Tensor
@@ -14,9 +15,11 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 # %% auto #0
-__all__ = ['LAYERS', 'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param',
-           'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_channels', 'register_layer', 'layer_kind',
-           'stateless', 'LinearKind', 'is_depthwise', 'conv_padded', 'ConvKind', 'BatchNormKind', 'LayerNormKind',
+__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA',
+           'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param', 'LayerKind', 'edit_producer_rows',
+           'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise', 'edit_channels', 'register_layer', 'layer_kind',
+           'stateless', 'register_edit', 'register_producer_edit', 'register_follower_edit', 'register_consumer_edit',
+           'find_edit', 'LinearKind', 'is_depthwise', 'conv_padded', 'ConvKind', 'BatchNormKind', 'LayerNormKind',
            'GroupNormKind', 'PassThroughKind', 'PoolKind', 'flatten_flow', 'FlattenKind', 'ActivationKind',
            'register_activation', 'unregister_activation', 'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
 
@@ -60,6 +63,16 @@ class LayerKind:
     def channel_edit(self, m): return None
     def resize(self, m): pass
     def flops(self, m, inp, out, macs) -> int: return 0
+    producer_edit = follower_edit = consumer_edit = None   # per-class overrides of the edits below (`register_edit`)
+    def edit_out(self, m) -> Callable:
+        "Surgery's producer edit fn(m, index, delta): the override, else `select_out`."
+        return self.producer_edit or self.select_out
+    def edit_follower(self, m) -> Callable | None:
+        "Surgery's follower edit fn(m, index): the override, else `channel_edit(m)` (None: the module has no edit)."
+        return self.follower_edit or self.channel_edit(m)
+    def edit_in(self, m) -> Callable:
+        "Surgery's consumer edit fn(m, index, scale, repeat): the override, else `select_in`."
+        return self.consumer_edit or self.select_in
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d1
 def edit_producer_rows(m: nn.Module, index: Tensor, delta: Tensor | None):
@@ -82,6 +95,15 @@ def edit_consumer_columns(m: nn.Module, index: Tensor, scale: Tensor | None, rep
     cols = (index[:, None] * repeat + torch.arange(repeat, device=index.device)).reshape(-1)
     set_param(m, 'weight', v.reshape(w.shape[0], len(index) * repeat, *w.shape[2:]), 1, cols)
     layer_kind(m).resize(m)
+
+def edit_batchnorm(m: nn.Module, index: Tensor):
+    "Keep channels `index` of a BatchNorm: affine parameters and running statistics."
+    edit_channels(m, index)
+
+def edit_depthwise(m: nn.Module, index: Tensor):
+    "Keep channels `index` of a depthwise convolution (its filters and bias)."
+    if not is_depthwise(m): raise ValueError(f"follower {m} is a convolution that is not depthwise")
+    edit_channels(m, index)
 
 def edit_channels(m: nn.Module, index: Tensor):
     "Keep channels `index` of every per-channel parameter and buffer (dim 0) of a follower."
@@ -112,6 +134,69 @@ def layer_kind(m) -> LayerKind | None:
 def stateless(m: nn.Module) -> bool:
     "No parameters and no buffers: calling it twice, or copying a channel through it, needs no edit."
     return not any(True for _ in m.parameters(recurse=False)) and not any(b is not None for b in m.buffers(recurse=False))
+
+# %% ../nbs/01a_kinds.ipynb #ed000002
+_ROLES = {'producer': 'producer_edit', 'follower': 'follower_edit', 'consumer': 'consumer_edit'}
+
+def _own_kind(cls: type) -> LayerKind:
+    "The kind registered for exactly `cls`: a copy of its inherited kind (or a bare LayerKind) registered if it has none."
+    if cls not in LAYERS:
+        base = layer_kind(cls)
+        kind = copy.copy(base) if base is not None else LayerKind()
+        kind._copied_for_edit = True
+        LAYERS[cls] = kind
+    return LAYERS[cls]
+
+def register_edit(cls: type,      # an nn.Module class
+                  producer=None,  # fn(m, index, delta): keep output rows `index`, plus `delta` (n_new, d) or None
+                  follower=None,  # fn(m, index): keep per-channel state along `index`
+                  consumer=None,  # fn(m, index, scale, repeat): keep input channels `index`, times `scale`
+                 ) -> LayerKind:
+    "Override surgery's edits of modules of type `cls` on its kind; returns the kind."
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise TypeError(f"expected an nn.Module class, got {cls!r}")
+    kind = _own_kind(cls)
+    for role, fn in [('producer', producer), ('follower', follower), ('consumer', consumer)]:
+        if fn is not None: setattr(kind, _ROLES[role], fn)
+    return kind
+
+class _Edits(MutableMapping):
+    "Live view {module class: edit} of one role's overrides registered with `register_edit`."
+    def __init__(self, role): self.role, self.attr = role, _ROLES[role]
+    def __getitem__(self, cls):
+        fn = vars(LAYERS[cls]).get(self.attr) if cls in LAYERS else None
+        if fn is None: raise KeyError(cls)
+        return fn
+    def __setitem__(self, cls, fn): register_edit(cls, **{self.role: fn})
+    def __delitem__(self, cls):
+        self[cls]
+        kind = LAYERS[cls]
+        delattr(kind, self.attr)
+        if vars(kind).get('_copied_for_edit') and not any(a in vars(kind) for a in _ROLES.values()): del LAYERS[cls]
+    def __iter__(self): return iter([c for c, k in LAYERS.items() if self.attr in vars(k)])
+    def __len__(self): return len(list(iter(self)))
+
+PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS = _Edits('producer'), _Edits('follower'), _Edits('consumer')
+
+def _decorator(role, cls, fn):
+    if fn is None: return lambda f: _decorator(role, cls, f)
+    register_edit(cls, **{role: fn})
+    return fn
+
+def register_producer_edit(cls, fn=None):
+    "Register `fn(module, index, delta)` as the producer edit of `cls`; usable as a decorator."
+    return _decorator('producer', cls, fn)
+
+def register_follower_edit(cls, fn=None):
+    "Register `fn(module, index)` as the follower edit of `cls`; usable as a decorator."
+    return _decorator('follower', cls, fn)
+
+def register_consumer_edit(cls, fn=None):
+    "Register `fn(module, index, scale, repeat)` as the consumer edit of `cls`; usable as a decorator."
+    return _decorator('consumer', cls, fn)
+
+def find_edit(table, m):
+    "The edit in `table` (a class -> edit mapping) for the nearest class of `m` in its MRO, or None."
+    return next((table[c] for c in type(m).__mro__ if c in table), None)
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d5
 class LinearKind(LayerKind):
@@ -182,7 +267,7 @@ class ConvKind(LayerKind):
     def rows(self, m, c): return c.flatten(2).transpose(1, 2).reshape(-1, c.shape[1])
     def select_out(self, m, index, delta): edit_producer_rows(m, index, delta)
     def select_in(self, m, index, scale, repeat): edit_consumer_columns(m, index, scale, repeat)
-    def channel_edit(self, m): return edit_channels if is_depthwise(m) else None
+    def channel_edit(self, m): return edit_depthwise if is_depthwise(m) else None
     def resize(self, m):
         dw = 1 < m.groups == m.in_channels == m.out_channels
         m.out_channels = m.weight.shape[0]
@@ -206,7 +291,7 @@ class BatchNormKind(LayerKind):
         if getattr(m, 'running_var', None) is None: raise Refusal("BatchNorm without running statistics is not supported")
         a = torch.rsqrt(m.running_var + m.eps)
         return (a * m.weight if m.weight is not None else a).detach()
-    def channel_edit(self, m): return edit_channels
+    def channel_edit(self, m): return edit_batchnorm
     def resize(self, m):
         t = m.weight if m.weight is not None else m.running_mean
         if t is not None: m.num_features = t.shape[0]

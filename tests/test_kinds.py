@@ -203,3 +203,23 @@ def test_builtin_curvatures_live_with_their_activation():
     for cls in (nn.ReLU, nn.SiLU, nn.Tanh, nn.GELU, RBF):
         assert ACTIVATIONS[cls].curvature is CURVATURES[cls]
         torch.testing.assert_close(act_curvature(cls(), z), ACTIVATIONS[cls].curvature(cls(), z, 3.0))
+
+
+def test_edit_overrides_live_on_the_kind():
+    "Surgery's edit tables are views of overrides stored on the layer kinds: one place per module type."
+    import torch
+    from torch import nn
+    import s3d.surgery as surgery
+    from s3d.kinds import FOLLOWER_EDITS, register_edit, layer_kind, ActivationKind
+    assert surgery.FOLLOWER_EDITS is FOLLOWER_EDITS and surgery.register_follower_edit.__module__ == 's3d.kinds'
+    def prelu_edit(m, index): pass
+    before = layer_kind(nn.PReLU)
+    assert before.edit_follower(nn.PReLU()) is None               # PReLU holds a slope: no edit by default
+    register_edit(nn.PReLU, follower=prelu_edit)
+    try:
+        assert layer_kind(nn.PReLU) is before and isinstance(before, ActivationKind)
+        assert before.edit_follower(nn.PReLU()) is prelu_edit and FOLLOWER_EDITS[nn.PReLU] is prelu_edit
+        assert surgery._follower_edit(nn.PReLU()) is prelu_edit
+    finally:
+        del FOLLOWER_EDITS[nn.PReLU]
+    assert nn.PReLU not in FOLLOWER_EDITS and before.edit_follower(nn.PReLU()) is None
