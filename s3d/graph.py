@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.fx as fx
 from .kinds import (Refusal, layer_kind, activation_kind, is_activation, is_depthwise, register_activation, stateless,
-                       flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS)
+                       flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS, FUNCTIONAL_OPS, COMBINE_REASONS, SHAPE_OPS, GraphValue)
 
 # %% auto #0
 __all__ = ['Consumer', 'PathStep', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device',
@@ -124,30 +124,15 @@ def _trace(model, example_input):
 class UnsupportedStructure(ValueError):
     "A model structure that `split_groups` cannot turn into a correct split group."
 
-_FUNC_POOLS = {'max_pool1d', 'max_pool2d', '_max_pool2d', 'avg_pool1d', 'avg_pool2d', 'adaptive_avg_pool1d',
-               'adaptive_avg_pool2d', 'adaptive_max_pool1d', 'adaptive_max_pool2d', '_adaptive_max_pool2d'}
-_FUNC_SAME = {'dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'feature_alpha_dropout', 'contiguous', 'clone', 'to', 'float', 'double'}
-_FUNC_RESHAPE = {'flatten', 'view', 'reshape', 'squeeze'}
-_FUNC_PERMUTE = {'permute', 'transpose'}
-_FUNC_REDUCE = {'mean', 'sum', 'amax', 'amin'}
-_FUNC_REDUCE_TUPLE = {'max', 'min'}   # with a dim: (values, indices)
-_COMBINE = [({'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'}, "it is summed with another tensor (a residual add): the summed channels are "
-             "coupled to the other operand's producers (a residual stream), which s3d does not split"),
-            ({'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}, "it is concatenated with other tensors: the joint channels are "
-             "read together with other producers' channels, which s3d does not split"),
-            ({'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'}, "it is multiplied with another tensor "
-             "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split")]
-_META = {'size', 'dim', 'numel'}
-
 def _op_name(n): return n.target if isinstance(n.target, str) else getattr(n.target, '__name__', str(n.target))
 
 def _data_users(n):
     "Users of `n` that read its values (not only its shape)."
     return [u for u in n.users if not (u.op in ('call_method', 'call_function') and
-            (_op_name(u) in _META or (_op_name(u) == 'getattr' and u.args[1] in ('shape', 'dtype', 'device'))))]
+            (_op_name(u) in SHAPE_OPS or (_op_name(u) == 'getattr' and u.args[1] in ('shape', 'dtype', 'device'))))]
 
 def _combine_reason(name):
-    return next((why for names, why in _COMBINE if name in names),
+    return next((why for names, why in COMBINE_REASONS if name in names),
                 "it combines this output with other tensors, which splitting cannot follow")
 
 # %% ../nbs/02_graph.ipynb #04c00763
@@ -174,41 +159,11 @@ class _Walk:
         "Record `u` as a path step applying `fn`, then follow its readers."
         return self.run(u, cdim, repeat, self.emit(at, fn, name or u.name, cdim, repeat, role))
 
-# %% ../nbs/02_graph.ipynb #1004d3a8
-def _merge_range(shp, out):
-    "(start, end) such that `out` is `shp` with dims start..end merged (the batch dim kept), or None."
-    if tuple(out) == tuple(shp): return 1, 1
-    for s in range(1, len(shp)):
-        for e in range(s, len(shp)):
-            if tuple(out) == tuple(shp[:s]) + (math.prod(shp[s:e + 1]),) + tuple(shp[e + 1:]): return s, e
-    return None
-
-def _perm(u, nd):
-    "The dim permutation of a permute/transpose node."
-    a = [x for x in u.args[1:]]
-    if _op_name(u) == 'transpose':
-        i, j = (d % nd for d in a[:2]); p = list(range(nd)); p[i], p[j] = p[j], p[i]; return p
-    a = list(a[0]) if len(a) == 1 and isinstance(a[0], (tuple, list)) else a
-    return [d % nd for d in a]
-
-def _reduced(u, nd):
-    "The dims a reduction reduces over (normalised) and keepdim; None if not given."
-    d = u.args[1] if len(u.args) > 1 else u.kwargs.get('dim')
-    keep = u.args[2] if len(u.args) > 2 else u.kwargs.get('keepdim', False)
-    if d is None: return None
-    d = [d] if isinstance(d, int) else list(d)
-    return ({i % nd for i in d}, keep) if all(isinstance(i, int) for i in d) else None
-
 # %% ../nbs/02_graph.ipynb #80eebb8c
-def _identity(t): return t
-
-def _reduce_values(t, name, dim, keepdim): return getattr(torch, name)(t, dim, keepdim).values
-
-def _call(u):
-    "`u` as a function of its first argument, or None when another argument is a graph node."
-    rest = (*u.args[1:], *u.kwargs.values())
-    if any(isinstance(a, fx.Node) for a in rest): return None
-    return partial(u.target, *u.args[1:], **u.kwargs)
+def _op_args(u):
+    "The arguments of `u` after its input, graph values replaced by `GraphValue` (the kinds know nothing of fx)."
+    mark = lambda a: GraphValue() if isinstance(a, fx.Node) else a
+    return tuple(mark(a) for a in u.args[1:]), {k: mark(v) for k, v in u.kwargs.items()}
 
 def _step(self, u, src, cdim, repeat, at=-1):
     if u.op == 'output': self.to_output = True; return
@@ -216,47 +171,29 @@ def _step(self, u, src, cdim, repeat, at=-1):
     name = _op_name(u)
     if [a for a in u.all_input_nodes if a in self.shapes] != [src] or u.args[0] is not src: self.fail(u, _combine_reason(name))
     shp, out = self.shapes[src], self.shapes.get(u)
-    if name in _FUNC_REDUCE_TUPLE and out is None: return self.reduce_tuple(u, name, shp, cdim, repeat, at)
-    if out is None: self.fail(u, "it does not return a single tensor")
     fn = u.target if u.op == 'call_function' else getattr(torch.Tensor, u.target, None)
-    act = activation_kind(fn) if fn is not None else None
+    act = activation_kind(fn) if fn is not None and out is not None else None
     if act is not None:
         try: mod = act.module_for(u.args[1:], u.kwargs)
         except Exception as e: self.fail(u, f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})")
         self.followers.append((u.name, mod, u, fn)); return self.pass_on(u, mod, cdim, repeat, at, 'act')
-    if name in _FUNC_SAME and out == shp: return self.pass_on(u, _identity, cdim, repeat, at)
-    if name in _FUNC_POOLS and cdim == 1 and repeat == 1 and len(out) == len(shp) and out[1] == self.n:
-        f = _call(u)
-        return self.pass_on(u, f, cdim, repeat, at, 'op' if f is not None else 'opaque')
-    if name in _FUNC_RESHAPE and (r := _merge_range(shp, out)) is not None:
-        try: flow = flatten_flow(cdim, repeat, shp, *r)
-        except Refusal as e: self.fail(u, str(e))
-        return self.pass_on(u, partial(torch.flatten, start_dim=r[0], end_dim=r[1]), *flow, at)
-    if name in _FUNC_PERMUTE:
-        p = _perm(u, len(shp))
-        if p[0] != 0: self.fail(u, "it moves the batch dim")
-        return self.pass_on(u, partial(torch.permute, dims=p), p.index(cdim), repeat, at)
-    if name in _FUNC_REDUCE and (r := _reduced(u, len(shp))) is not None and cdim not in r[0]:
-        if 0 in r[0]: self.fail(u, "it reduces over the batch dim")
-        f = partial(getattr(torch, name), dim=tuple(sorted(r[0])), keepdim=r[1])
-        return self.pass_on(u, f, cdim if r[1] else cdim - sum(d < cdim for d in r[0]), repeat, at)
-    self.fail(u, "this operation is not known to act on each channel separately")
+    op = FUNCTIONAL_OPS.get(name)
+    if op is None: self.fail(u, "this operation is not known to act on each channel separately")
+    try: f, c2, r2 = op.flow(name, u.target, *_op_args(u), self.n, cdim, repeat, shp, out)
+    except Refusal as e: self.fail(u, str(e))
+    if out is None: return self.values_of(u, f, c2, r2, at)
+    return self.pass_on(u, f, c2, r2, at, 'op' if f is not None else 'opaque')
 _Walk.step = _step
 
 
 # %% ../nbs/02_graph.ipynb #04b316e3
-def _reduce_tuple(self, u, name, shp, cdim, repeat, at):
-    "`x.max(dim)` / `x.min(dim)` (a (values, indices) pair) read only through `.values` or `[0]`: a reduction."
-    r = _reduced(u, len(shp))
-    if r is None or len(r[0]) != 1 or cdim in r[0] or 0 in r[0]:
-        self.fail(u, "it reduces over the channel dim, the batch dim or all dims")
+def _values_of(self, u, fn, cdim, repeat, at):
+    "An op returning a (values, indices) pair (`x.max(dim)`), read only through `.values` or `[0]`: `fn` on its values."
     readers = _data_users(u)
     vals = [w for w in readers if _op_name(w) in ('getattr', 'getitem') and w.args[1] in ('values', 0)]
-    if len(vals) != len(readers): self.fail(u, "its indices are used, which splitting cannot follow")
-    (d,), keep = r
-    f = partial(_reduce_values, name=name, dim=d, keepdim=keep)
-    for w in vals: self.pass_on(w, f, cdim if keep else cdim - (d < cdim), repeat, at, name=u.name)
-_Walk.reduce_tuple = _reduce_tuple
+    if len(vals) != len(readers) or not vals: self.fail(u, "its indices are used, which splitting cannot follow")
+    for w in vals: self.pass_on(w, fn, cdim, repeat, at, name=u.name)
+_Walk.values_of = _values_of
 
 def _module_step(self, u, m, src, cdim, repeat, at=-1):
     if self.calls[u.target] > 1 and not stateless(m):

@@ -7,6 +7,7 @@ Docs: https://s3d-dev.github.io/s3d/kinds.html.md"""
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c5
 from __future__ import annotations
 import copy, math, weakref
+from functools import partial
 from collections.abc import MutableMapping
 from typing import Callable
 import torch
@@ -15,13 +16,15 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 # %% auto #0
-__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA',
-           'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param', 'LayerKind', 'edit_producer_rows',
-           'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise', 'edit_channels', 'register_layer', 'layer_kind',
-           'stateless', 'register_edit', 'register_producer_edit', 'register_follower_edit', 'register_consumer_edit',
-           'find_edit', 'LinearKind', 'is_depthwise', 'conv_padded', 'ConvKind', 'BatchNormKind', 'LayerNormKind',
-           'GroupNormKind', 'PassThroughKind', 'PoolKind', 'flatten_flow', 'FlattenKind', 'ActivationKind',
-           'register_activation', 'unregister_activation', 'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
+__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'FUNCTIONAL_OPS', 'COMBINE_REASONS', 'SHAPE_OPS',
+           'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param',
+           'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise',
+           'edit_channels', 'register_layer', 'layer_kind', 'stateless', 'register_edit', 'register_producer_edit',
+           'register_follower_edit', 'register_consumer_edit', 'find_edit', 'LinearKind', 'is_depthwise', 'conv_padded',
+           'ConvKind', 'BatchNormKind', 'LayerNormKind', 'GroupNormKind', 'PassThroughKind', 'PoolKind', 'flatten_flow',
+           'FlattenKind', 'OpKind', 'GraphValue', 'SameOp', 'PoolOp', 'merge_range', 'ReshapeOp', 'PermuteOp',
+           'reduced_dims', 'ReduceOp', 'register_op', 'ActivationKind', 'register_activation', 'unregister_activation',
+           'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c8
 class Refusal(ValueError):
@@ -357,6 +360,116 @@ class FlattenKind(LayerKind):
     def follower_check(self, m, n): return None
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
         return ('follower', *flatten_flow(cdim, repeat, shp_in, m.start_dim, m.end_dim))
+
+# %% ../nbs/01a_kinds.ipynb #op000002
+class OpKind:
+    "How a functional op passes a producer's channels on; subclass it and `register_op` it under the op's names."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out) -> tuple:
+        "(fn of one tensor or None, new cdim, new repeat) for op `name` called as target(x, *args, **kwargs); Refusal if it mixes channels."
+        raise Refusal("this operation is not known to act on each channel separately")
+
+class GraphValue:
+    "An argument of a traced op computed elsewhere in the graph: its value is not known when the op is looked at."
+    def __repr__(self): return 'GraphValue()'
+
+def _replay(target, args, kwargs):
+    "`target` with its other arguments bound, or None when one of them is a `GraphValue`."
+    if any(isinstance(a, GraphValue) for a in (*args, *kwargs.values())): return None
+    return partial(target, *args, **kwargs)
+
+def _identity(t): return t
+
+class SameOp(OpKind):
+    "Dropout, contiguous, clone, dtype casts: the output has the input's shape and channels."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        if tuple(out) != tuple(shp): raise Refusal("it changes the shape of its input")
+        return _identity, cdim, repeat
+
+class PoolOp(OpKind):
+    "Functional max/average pooling over the dims after the channel dim 1."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        if cdim != 1 or repeat != 1 or len(out) != len(shp) or out[1] != n: raise Refusal("pooling that does not keep the channels in dim 1")
+        return _replay(target, args, kwargs), 1, 1
+
+# %% ../nbs/01a_kinds.ipynb #op000003
+def merge_range(shp, out):
+    "(start, end) such that `out` is `shp` with dims start..end merged (the batch dim kept), or None."
+    if tuple(out) == tuple(shp): return 1, 1
+    for s in range(1, len(shp)):
+        for e in range(s, len(shp)):
+            if tuple(out) == tuple(shp[:s]) + (math.prod(shp[s:e + 1]),) + tuple(shp[e + 1:]): return s, e
+    return None
+
+class ReshapeOp(OpKind):
+    "flatten, view, reshape, squeeze that merge neighbouring dims (the split channels stay contiguous)."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        r = merge_range(shp, out)
+        if r is None: raise Refusal("this reshape does not merge neighbouring dims")
+        return partial(torch.flatten, start_dim=r[0], end_dim=r[1]), *flatten_flow(cdim, repeat, shp, *r)
+
+class PermuteOp(OpKind):
+    "permute, transpose: the channels move with their dim (the batch dim stays first)."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        nd = len(shp)
+        if any(isinstance(a, GraphValue) for a in args): raise Refusal("its dims are computed in the graph")
+        if name == 'transpose':
+            i, j = (d % nd for d in args[:2])
+            p = list(range(nd)); p[i], p[j] = p[j], p[i]
+        else: p = [d % nd for d in (list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)]
+        if p[0] != 0: raise Refusal("it moves the batch dim")
+        return partial(torch.permute, dims=p), p.index(cdim), repeat
+
+# %% ../nbs/01a_kinds.ipynb #op000004
+def reduced_dims(args, kwargs, nd):
+    "The dims a reduction reduces over (normalised, a set) and keepdim; None if not given as ints."
+    d = args[0] if args else kwargs.get('dim')
+    keep = args[1] if len(args) > 1 else kwargs.get('keepdim', False)
+    if d is None: return None
+    d = [d] if isinstance(d, int) else list(d)
+    return ({i % nd for i in d}, keep) if all(isinstance(i, int) for i in d) else None
+
+def _reduce_values(t, name, dim, keepdim): return getattr(torch, name)(t, dim, keepdim).values
+
+class ReduceOp(OpKind):
+    "mean, sum, amax, amin over dims other than the channel and batch dims; with `values`: max, min (a (values, indices) pair)."
+    def __init__(self, values=False): self.values = values
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        r = reduced_dims(args, kwargs, len(shp))
+        if r is None or cdim in r[0]: raise Refusal("it reduces over the channel dim (or over all dims)")
+        if 0 in r[0]: raise Refusal("it reduces over the batch dim")
+        dims, keep = r
+        if self.values:
+            if len(dims) != 1: raise Refusal("a max/min over several dims")
+            fn = partial(_reduce_values, name=name, dim=next(iter(dims)), keepdim=keep)
+        else: fn = partial(getattr(torch, name), dim=tuple(sorted(dims)), keepdim=keep)
+        return fn, cdim if keep else cdim - sum(d < cdim for d in dims), repeat
+
+# %% ../nbs/01a_kinds.ipynb #op000005
+FUNCTIONAL_OPS: dict = {}   # op name (function or method) -> OpKind
+
+def register_op(names, kind: OpKind) -> OpKind:
+    "Declare how the functional ops `names` (a name or a list of them) pass split channels on; returns the kind."
+    if not isinstance(kind, OpKind): raise TypeError(f"register_op: kind must be an OpKind, got {type(kind).__name__}")
+    for nm in [names] if isinstance(names, str) else names: FUNCTIONAL_OPS[nm] = kind
+    return kind
+
+register_op(['dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'feature_alpha_dropout', 'contiguous', 'clone', 'to',
+             'float', 'double'], SameOp())
+register_op(['max_pool1d', 'max_pool2d', '_max_pool2d', 'avg_pool1d', 'avg_pool2d', 'adaptive_avg_pool1d', 'adaptive_avg_pool2d',
+             'adaptive_max_pool1d', 'adaptive_max_pool2d', '_adaptive_max_pool2d'], PoolOp())
+register_op(['flatten', 'view', 'reshape', 'squeeze'], ReshapeOp())
+register_op(['permute', 'transpose'], PermuteOp())
+register_op(['mean', 'sum', 'amax', 'amin'], ReduceOp())
+register_op(['max', 'min'], ReduceOp(values=True))
+
+COMBINE_REASONS = [   # ops reading several tensors, with why the split cannot follow
+    ({'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'}, "it is summed with another tensor (a residual add): the summed channels are "
+     "coupled to the other operand's producers (a residual stream), which s3d does not split"),
+    ({'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}, "it is concatenated with other tensors: the joint channels are "
+     "read together with other producers' channels, which s3d does not split"),
+    ({'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'}, "it is multiplied with another tensor "
+     "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split")]
+SHAPE_OPS = {'size', 'dim', 'numel'}   # read only the shape: not a use of the values
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e5
 class ActivationKind(LayerKind):

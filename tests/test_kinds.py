@@ -72,7 +72,7 @@ EXPECTED = {
     'gpt': ['blocks.0.fc', 'blocks.1.fc'],
 }
 SKIPPED_BECAUSE = {'resnet18': ('residual add',), 'mobilenet_v2': ('residual add',), 'vit': ('residual add', 'concatenated'),
-                   'gpt': ('residual add', 'not known to act on each channel')}   # gpt: qkv's view into heads
+                   'gpt': ('residual add', 'does not merge neighbouring dims')}   # gpt: qkv's view into heads
 
 
 def random_schemes(n, d, seed):
