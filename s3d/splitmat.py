@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable, NamedTuple
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -186,17 +187,31 @@ def _per_neuron(t: Tensor, cdim: int, n: int) -> Tensor:
 
 def _tile(t: Tensor, k: int) -> Tensor: return t.repeat(k, *([1] * (t.dim() - 1)))
 
+def _forward_jvp(fn: Callable, z: Tensor, t: Tensor) -> Tensor:
+    "The derivative of `fn` at `z` along `t` by forward-mode autograd (one pass with tangents)."
+    with warnings.catch_warnings():   # its first use registers decompositions through the deprecated torch.jit.script
+        warnings.filterwarnings('ignore', message='.*torch.jit.script', category=FutureWarning)
+        with torch.no_grad(), fwAD.dual_level():
+            return fwAD.unpack_dual(fn(fwAD.make_dual(z, t))).tangent
+
 def _linearised(fn: Callable, z: Tensor) -> tuple:
-    "Forward and transposed derivatives of `fn` at `z`, `(jvp(t), vjp(w))`, by backward passes only (double backward)."
-    zr = z.detach().requires_grad_(True)
-    with torch.enable_grad():
-        y = fn(zr)
-        u = torch.zeros_like(y, requires_grad=True)
-        gz, = torch.autograd.grad(y, zr, u, create_graph=True)
+    "Forward and transposed derivatives of `fn` at `z`: `(jvp(t), vjp(w))`."
+    graph = {}
+    def build():
+        if not graph:
+            zr = z.detach().requires_grad_(True)
+            with torch.enable_grad(): graph.update(z=zr, y=fn(zr))
+        return graph
+    def double_backward(t):   # for ops without forward-mode formulas: the derivative of a backward pass by its input
+        g = build()
+        u = torch.zeros_like(g['y'], requires_grad=True)
+        with torch.enable_grad(): gz, = torch.autograd.grad(g['y'], g['z'], u, create_graph=True)
+        d, = torch.autograd.grad(gz, u, t, allow_unused=True)
+        return torch.zeros_like(g['y']) if d is None else d
     def jvp(t):
-        d, = torch.autograd.grad(gz, u, t, retain_graph=True, allow_unused=True)
-        return torch.zeros_like(y) if d is None else d
-    def vjp(w): return torch.autograd.grad(y, zr, w, retain_graph=True)[0]
+        try: return _forward_jvp(fn, z, t)
+        except (NotImplementedError, RuntimeError): return double_backward(t)
+    def vjp(w): return torch.autograd.grad(build()['y'], build()['z'], w, retain_graph=True)[0]
     return jvp, vjp
 
 # %% ../nbs/04_splitmat.ipynb #pp000005

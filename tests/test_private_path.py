@@ -136,3 +136,17 @@ def test_fast_eigenpairs_see_the_path(method):
     got = extreme_eigenpairs(model, [g], LOSS, data, method, tol=1e-8, dense_dim=0, max_passes=60)[g.name]
     torch.testing.assert_close(got.lam_min, ref.lam_min, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(got.lam_max, ref.lam_max, rtol=1e-5, atol=1e-8)
+
+
+def test_forward_products_fall_back_to_double_backward():
+    "An op without a forward-mode formula (a custom autograd.Function) still gets its forward and transposed products."
+    from s3d.splitmat import _linearised
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x): ctx.save_for_backward(x); return x ** 3
+        @staticmethod
+        def backward(ctx, g): x, = ctx.saved_tensors; return 3 * x ** 2 * g
+    z, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    jvp, vjp = _linearised(Cube.apply, z)
+    torch.testing.assert_close(jvp(t), 3 * z ** 2 * t)
+    torch.testing.assert_close(vjp(t), 3 * z ** 2 * t)
