@@ -33,9 +33,9 @@ def ratio(model, x, y, m, c, eps):
     sch = schemes(splitting_matrices(model, g, LOSS, [(x, y)]), m, c)
     net = copy.deepcopy(model)
     gn = split_groups(net, x)[0]
-    l0 = float(LOSS(net(x), y))
+    l0 = float(LOSS(net(x), y).detach())
     split_neurons(net, gn, torch.arange(g.n_neurons), sch, eps=eps)
-    return (float(LOSS(net(x), y)) - l0) / (eps ** 2 / 2 * float(sch.gain.sum()))
+    return (float(LOSS(net(x), y).detach()) - l0) / (eps ** 2 / 2 * float(sch.gain.sum()))
 
 
 @pytest.mark.parametrize('m', [2, 3, 4])
