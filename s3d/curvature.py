@@ -13,9 +13,10 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from collections.abc import MutableMapping
 from .kinds import register_activation, unregister_activation, ACTIVATIONS, activation_kind, layer_kind, PassThroughKind
+from .kinds import RBF, softplus_dd, SURROGATE_BETA   # defined with the activation table (s3d.kinds); re-exported here
 
 # %% auto #0
-__all__ = ['CURVATURES', 'SURROGATE_BETA', 'register_curvature', 'RBF', 'softplus_dd', 'act_curvature', 'autograd_dd']
+__all__ = ['CURVATURES', 'register_curvature', 'act_curvature', 'autograd_dd']
 
 # %% ../nbs/03_curvature.ipynb #6a9e7dd6
 class _Curvatures(MutableMapping):
@@ -39,79 +40,6 @@ def register_curvature(cls: type, # activation module type (subclasses are match
         register_activation(cls, curvature=fn, smooth=smooth)
         return fn
     return deco
-
-# %% ../nbs/03_curvature.ipynb #75911c27
-class RBF(nn.Module):
-    "Radial-basis activation exp(-z^2/2)."
-    def forward(self, z): return torch.exp(-0.5 * z * z)
-
-# %% ../nbs/03_curvature.ipynb #d4ff0a16
-@register_curvature(nn.Tanh)
-def _tanh_dd(act, z, beta):
-    t = torch.tanh(z); return -2 * t * (1 - t * t)
-
-@register_curvature(nn.Sigmoid)
-def _sigmoid_dd(act, z, beta):
-    s = torch.sigmoid(z); return s * (1 - s) * (1 - 2 * s)
-
-@register_curvature(nn.Softplus)
-def _softplus_dd(act, z, beta):
-    s = torch.sigmoid(act.beta * z)
-    return torch.where(act.beta * z > act.threshold, torch.zeros_like(z), act.beta * s * (1 - s))
-
-@register_curvature(nn.SiLU)
-def _silu_dd(act, z, beta):
-    s = torch.sigmoid(z); return s * (1 - s) * (2 + z * (1 - 2 * s))
-
-# %% ../nbs/03_curvature.ipynb #e525b2b8
-@register_curvature(nn.GELU)
-def _gelu_dd(act, z, beta):
-    if act.approximate == 'none': return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
-    k, c = math.sqrt(2 / math.pi), 0.044715
-    t = torch.tanh(k * (z + c * z ** 3))
-    du, ddu = k * (1 + 3 * c * z * z), 6 * k * c * z
-    return (1 - t * t) * (du + 0.5 * z * (ddu - 2 * t * du * du))
-
-@register_curvature(nn.ELU)
-def _elu_dd(act, z, beta): return torch.where(z > 0, torch.zeros_like(z), act.alpha * torch.exp(z.clamp(max=0)))
-
-@register_curvature(RBF, smooth=True)
-def _rbf_dd(act, z, beta): return (z * z - 1) * torch.exp(-0.5 * z * z)
-
-# %% ../nbs/03_curvature.ipynb #383246eb
-SURROGATE_BETA = 3.0  # default sharpness of the piecewise-linear surrogate (the public S2D code's softplus beta)
-
-def softplus_dd(z: Tensor, # points
-                beta: float = SURROGATE_BETA, # sharpness
-               ) -> Tensor:
-    "Second derivative of softplus with sharpness `beta` (a logistic density of scale 1/beta)."
-    s = torch.sigmoid(beta * z); return beta * s * (1 - s)
-
-# %% ../nbs/03_curvature.ipynb #2f425625
-@register_curvature(nn.ReLU)
-def _relu_dd(act, z, beta): return softplus_dd(z, beta)
-
-@register_curvature(nn.ReLU6)
-def _relu6_dd(act, z, beta): return softplus_dd(z, beta) - softplus_dd(z - 6, beta)
-
-@register_curvature(nn.LeakyReLU)
-def _leaky_dd(act, z, beta): return (1 - act.negative_slope) * softplus_dd(z, beta)
-
-@register_curvature(nn.Hardswish)
-def _hardswish_dd(act, z, beta):
-    box = torch.sigmoid(beta * (z + 3)) - torch.sigmoid(beta * (z - 3))
-    return box / 3 - 0.5 * (softplus_dd(z + 3, beta) + softplus_dd(z - 3, beta))
-
-@register_curvature(nn.Hardtanh)
-def _hardtanh_dd(act, z, beta): return softplus_dd(z - act.min_val, beta) - softplus_dd(z - act.max_val, beta)
-
-@register_curvature(nn.Hardsigmoid)
-def _hardsigmoid_dd(act, z, beta): return (softplus_dd(z + 3, beta) - softplus_dd(z - 3, beta)) / 6
-
-@register_curvature(nn.PReLU)
-def _prelu_dd(act, z, beta):
-    if act.weight.numel() != 1: raise TypeError("PReLU with one slope per channel: its curvature needs the channel layout; use num_parameters=1")
-    return (1 - act.weight.detach().to(z)) * softplus_dd(z, beta)
 
 # %% ../nbs/03_curvature.ipynb #dacaeecf
 def act_curvature(act: nn.Module | None, # activation module, or None for no activation

@@ -278,8 +278,9 @@ def _plan(groups: list, budget: int, *, max_dim: int, block: int, steps: int, de
 # %% ../nbs/05_eigen.ipynb #b26bfade
 class _Overflow(Exception): "The cache outgrew its budget during the first pass (method='fast' then streams)."
 
-def _one_batch(g: SplitGroup, x: Tensor, c: Tensor, B: int, i: int) -> SplitOperator:
-    op = SplitOperator(g); op.add(x, c, B, i); return op
+def _one_batch(g: SplitGroup, s, B: int, i: int) -> SplitOperator:
+    "A one-batch operator from `collect_batches`'s statistics `s` (a `BatchStats`)."
+    op = SplitOperator(g); op.add(s.x, s.c, B, i, s.path); return op
 
 class _FastEigen:
     "Extreme eigenpairs of all groups from passes over the batches: dense sums, a cache, or streamed block Krylov."
@@ -325,7 +326,7 @@ def _choose(self, stats: dict, B: int) -> str:
 
 def _choose_here(self, stats: dict, B: int) -> str:
     "This process's choice from its own projected cache."
-    per = sum(_one_batch(g, *stats[g.name], B, 0).nbytes for g in self.kry)  # this batch's cache, one group at a time
+    per = sum(_one_batch(g, stats[g.name], B, 0).nbytes for g in self.kry)  # this batch's cache, one group at a time
     nb = len(self.batches) if hasattr(self.batches, '__len__') else None
     if nb is None: return 'cached'  # unknown length: cache until it overflows, then stream (if re-iterable)
     if per * nb <= self.allow: return 'cached'
@@ -337,9 +338,9 @@ def _first_batch(self, i: int, B: int, stats: dict):
     "First pass: dense sums; the cache, or the sampled start block (at batch 0) and its products."
     if self.mode is None and self.kry: self.mode = self._choose(stats, B)
     for g in self.groups:  # one group's one-batch operator at a time: the working set stays about one batch
-        if g.name in self.dense: self.sums[g.name] = self.sums.get(g.name, 0) + _one_batch(g, *stats[g.name], B, i).dense_sum(); continue
-        if self.mode == 'cached': self.cache[g.name].add(*stats[g.name], B, i); continue
-        op = _one_batch(g, *stats[g.name], B, i)
+        if g.name in self.dense: self.sums[g.name] = self.sums.get(g.name, 0) + _one_batch(g, stats[g.name], B, i).dense_sum(); continue
+        if self.mode == 'cached': self.cache[g.name].add(stats[g.name].x, stats[g.name].c, B, i, stats[g.name].path); continue
+        op = _one_batch(g, stats[g.name], B, i)
         if i == 0:
             start = _sample_basis(op, min(self.steps, self.caps[g.name]), self.gen, device=self.dev) if self.steps > 0 else None
             self.solver[g.name] = BlockKrylov(g.n_neurons, g.dim, block=self.block, max_dim=self.caps[g.name], tol=self.tol,
@@ -367,7 +368,7 @@ def _stream_more(self):
         def on_batch(i, B, stats):
             for g in act:
                 bk = self.solver[g.name]
-                SP = _one_batch(g, *stats[g.name], B, i).products(bk.P, None if len(bk.idx) == bk.n else bk.idx)
+                SP = _one_batch(g, stats[g.name], B, i).products(bk.P, None if len(bk.idx) == bk.n else bk.idx)
                 acc[g.name] = acc.get(g.name, 0) + SP.double()
         self._pass(on_batch, act)
         for g in act: self.solver[g.name].update(self._sum(acc[g.name]) / self.N)
@@ -375,7 +376,8 @@ def _stream_more(self):
 def _restrict(op: SplitOperator, rows: Tensor) -> SplitOperator:
     "The same operator for its neurons `rows` only (coefficients copied, inputs shared)."
     sub = SplitOperator.__new__(SplitOperator); sub.__dict__.update(op.__dict__)
-    sub.cs, sub.n = [torch.index_select(c, 1, rows) for c in op.cs], len(rows)  # index_select: ~6x faster than c[:, rows] on CPU
+    sub.cs, sub.n = [torch.index_select(c, 1, rows) for c in op.cs], len(rows)
+    sub.rows = rows if op.rows is None else op.rows[rows]   # the private-path statistics stay those of all neurons  # index_select: ~6x faster than c[:, rows] on CPU
     return sub
 
 def _lanczos_cached(self):

@@ -6,7 +6,8 @@ Docs: https://s3d-dev.github.io/s3d/graph.html.md"""
 
 # %% ../nbs/02_graph.ipynb #d91c2eae
 from __future__ import annotations
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from collections import Counter
 from typing import Callable
 import math
@@ -14,11 +15,11 @@ import torch
 from torch import nn
 import torch.fx as fx
 from .kinds import (Refusal, layer_kind, activation_kind, is_activation, is_depthwise, register_activation, stateless,
-                       flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS)
+                       flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS, FUNCTIONAL_OPS, COMBINE_REASONS, SHAPE_OPS, GraphValue)
 
 # %% auto #0
-__all__ = ['Consumer', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device', 'UnsupportedStructure',
-           'Skipped', 'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
+__all__ = ['Consumer', 'PathStep', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device',
+           'UnsupportedStructure', 'Skipped', 'SkipReport', 'SplitGroups', 'split_groups', 'validate_group']
 
 # %% ../nbs/02_graph.ipynb #912961a8
 @dataclass(eq=False)
@@ -29,6 +30,16 @@ class Consumer:
     repeat: int = 1      # consumer inputs per neuron: channel j owns input columns j*repeat ... (j+1)*repeat-1
 
 # %% ../nbs/02_graph.ipynb #22c8cbad
+@dataclass
+class PathStep:
+    "One per-channel operation on a neuron's private path; it reads the output of step `src` (-1: the pre-activation z)."
+    src: int                # index of the step it reads, or -1 for the pre-activation z (producer, then BatchNorm)
+    fn: Callable | None     # the operation on one tensor (a module or a function); None for a consumer's input
+    name: str               # module name, fx node name, or the consumer's name
+    cdim: int               # the dim of its output that holds the channels
+    repeat: int = 1         # entries per channel along `cdim` (after a flatten)
+    role: str = 'op'        # 'op', 'act' (an activation), 'own' (the group's own activation), 'consumer', 'opaque'
+
 @dataclass(eq=False)
 class SplitGroup:
     "One producer's neurons, with what follows them per channel and what consumes them."
@@ -41,6 +52,7 @@ class SplitGroup:
     act_name: str | None = None                    # qualified name of `act` (the fx node name for a functional one)
     bn_name: str | None = None                     # qualified name of `bn`
     act_fn: Callable | None = None                 # the functional form called in forward (F.gelu, ...); `act` is then an equivalent module
+    path: list | None = field(default=None, repr=False)  # [PathStep] the private path from the pre-activation z (None: not traced)
 
     @property
     def n_neurons(self) -> int:
@@ -112,29 +124,15 @@ def _trace(model, example_input):
 class UnsupportedStructure(ValueError):
     "A model structure that `split_groups` cannot turn into a correct split group."
 
-_FUNC_POOLS = {'max_pool1d', 'max_pool2d', '_max_pool2d', 'avg_pool1d', 'avg_pool2d', 'adaptive_avg_pool1d',
-               'adaptive_avg_pool2d', 'adaptive_max_pool1d', 'adaptive_max_pool2d', '_adaptive_max_pool2d'}
-_FUNC_SAME = {'dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'feature_alpha_dropout', 'contiguous', 'clone', 'to', 'float', 'double'}
-_FUNC_RESHAPE = {'flatten', 'view', 'reshape', 'squeeze'}
-_FUNC_PERMUTE = {'permute', 'transpose'}
-_FUNC_REDUCE = {'mean', 'sum', 'amax', 'amin'}
-_COMBINE = [({'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'}, "it is summed with another tensor (a residual add): the summed channels are "
-             "coupled to the other operand's producers (a residual stream), which s3d does not split"),
-            ({'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}, "it is concatenated with other tensors: the joint channels are "
-             "read together with other producers' channels, which s3d does not split"),
-            ({'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'}, "it is multiplied with another tensor "
-             "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split")]
-_META = {'size', 'dim', 'numel'}
-
 def _op_name(n): return n.target if isinstance(n.target, str) else getattr(n.target, '__name__', str(n.target))
 
 def _data_users(n):
     "Users of `n` that read its values (not only its shape)."
     return [u for u in n.users if not (u.op in ('call_method', 'call_function') and
-            (_op_name(u) in _META or (_op_name(u) == 'getattr' and u.args[1] in ('shape', 'dtype', 'device'))))]
+            (_op_name(u) in SHAPE_OPS or (_op_name(u) == 'getattr' and u.args[1] in ('shape', 'dtype', 'device'))))]
 
 def _combine_reason(name):
-    return next((why for names, why in _COMBINE if name in names),
+    return next((why for names, why in COMBINE_REASONS if name in names),
                 "it combines this output with other tensors, which splitting cannot follow")
 
 # %% ../nbs/02_graph.ipynb #04c00763
@@ -142,66 +140,62 @@ class _Walk:
     "Collects followers and consumers reachable per channel from one producer node."
     def __init__(self, gm, shapes, calls, pnode, n):
         self.mods, self.shapes, self.calls, self.pname, self.n = dict(gm.named_modules()), shapes, calls, pnode.target, n
-        self.followers, self.consumers, self.to_output = [], [], False
+        self.followers, self.consumers, self.to_output, self.path = [], [], False, []
 
     def fail(self, node, why):
         what = f"'{node.target}' ({type(self.mods[node.target]).__name__})" if node.op == 'call_module' else f"'{_op_name(node)}' (node {node.name})"
         raise UnsupportedStructure(f"split_groups: the output of producer '{self.pname}' reaches {what}: {why}")
 
-    def run(self, node, cdim, repeat):
-        for u in _data_users(node): self.step(u, node, cdim, repeat)
+    def run(self, node, cdim, repeat, at=-1):
+        "Follow every reader of `node`, whose value is path step `at` (-1: the producer's output)."
+        for u in _data_users(node): self.step(u, node, cdim, repeat, at)
 
-# %% ../nbs/02_graph.ipynb #1004d3a8
-def _merge_range(shp, out):
-    "(start, end) such that `out` is `shp` with dims start..end merged (the batch dim kept), or None."
-    if tuple(out) == tuple(shp): return 1, 1
-    for s in range(1, len(shp)):
-        for e in range(s, len(shp)):
-            if tuple(out) == tuple(shp[:s]) + (math.prod(shp[s:e + 1]),) + tuple(shp[e + 1:]): return s, e
-    return None
+    def emit(self, at, fn, name, cdim, repeat, role='op') -> int:
+        "Record a path step reading step `at`; returns its index."
+        self.path.append(PathStep(at, fn, name, cdim, repeat, role))
+        return len(self.path) - 1
 
-def _perm(u, nd):
-    "The dim permutation of a permute/transpose node."
-    a = [x for x in u.args[1:]]
-    if _op_name(u) == 'transpose':
-        i, j = (d % nd for d in a[:2]); p = list(range(nd)); p[i], p[j] = p[j], p[i]; return p
-    a = list(a[0]) if len(a) == 1 and isinstance(a[0], (tuple, list)) else a
-    return [d % nd for d in a]
-
-def _reduced(u, nd):
-    "The dims a reduction reduces over (normalised) and keepdim; None if not given."
-    d = u.args[1] if len(u.args) > 1 else u.kwargs.get('dim')
-    keep = u.args[2] if len(u.args) > 2 else u.kwargs.get('keepdim', False)
-    if d is None: return None
-    d = [d] if isinstance(d, int) else list(d)
-    return ({i % nd for i in d}, keep) if all(isinstance(i, int) for i in d) else None
+    def pass_on(self, u, fn, cdim, repeat, at, role='op', name=None):
+        "Record `u` as a path step applying `fn`, then follow its readers."
+        return self.run(u, cdim, repeat, self.emit(at, fn, name or u.name, cdim, repeat, role))
 
 # %% ../nbs/02_graph.ipynb #80eebb8c
-def _step(self, u, src, cdim, repeat):
+def _op_args(u):
+    "The arguments of `u` after its input, graph values replaced by `GraphValue` (the kinds know nothing of fx)."
+    mark = lambda a: GraphValue() if isinstance(a, fx.Node) else a
+    return tuple(mark(a) for a in u.args[1:]), {k: mark(v) for k, v in u.kwargs.items()}
+
+def _step(self, u, src, cdim, repeat, at=-1):
     if u.op == 'output': self.to_output = True; return
-    if u.op == 'call_module': return self.module_step(u, self.mods[u.target], src, cdim, repeat)
+    if u.op == 'call_module': return self.module_step(u, self.mods[u.target], src, cdim, repeat, at)
     name = _op_name(u)
     if [a for a in u.all_input_nodes if a in self.shapes] != [src] or u.args[0] is not src: self.fail(u, _combine_reason(name))
     shp, out = self.shapes[src], self.shapes.get(u)
-    if out is None: self.fail(u, "it does not return a single tensor")
     fn = u.target if u.op == 'call_function' else getattr(torch.Tensor, u.target, None)
-    act = activation_kind(fn) if fn is not None else None
+    act = activation_kind(fn) if fn is not None and out is not None else None
     if act is not None:
         try: mod = act.module_for(u.args[1:], u.kwargs)
         except Exception as e: self.fail(u, f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})")
-        self.followers.append((u.name, mod, u, fn)); return self.run(u, cdim, repeat)
-    if name in _FUNC_SAME and out == shp: return self.run(u, cdim, repeat)
-    if name in _FUNC_POOLS and cdim == 1 and repeat == 1 and len(out) == len(shp) and out[1] == self.n: return self.run(u, cdim, repeat)
-    if name in _FUNC_RESHAPE and (r := _merge_range(shp, out)) is not None:
-        try: return self.run(u, *flatten_flow(cdim, repeat, shp, *r))
-        except Refusal as e: self.fail(u, str(e))
-    if name in _FUNC_PERMUTE: return self.run(u, _perm(u, len(shp)).index(cdim), repeat)
-    if name in _FUNC_REDUCE and (r := _reduced(u, len(shp))) is not None and cdim not in r[0]:
-        return self.run(u, cdim if r[1] else cdim - sum(d < cdim for d in r[0]), repeat)
-    self.fail(u, "this operation is not known to act on each channel separately")
+        self.followers.append((u.name, mod, u, fn)); return self.pass_on(u, mod, cdim, repeat, at, 'act')
+    op = FUNCTIONAL_OPS.get(name)
+    if op is None: self.fail(u, "this operation is not known to act on each channel separately")
+    try: f, c2, r2 = op.flow(name, u.target, *_op_args(u), self.n, cdim, repeat, shp, out)
+    except Refusal as e: self.fail(u, str(e))
+    if out is None: return self.values_of(u, f, c2, r2, at)
+    return self.pass_on(u, f, c2, r2, at, 'op' if f is not None else 'opaque')
 _Walk.step = _step
 
-def _module_step(self, u, m, src, cdim, repeat):
+
+# %% ../nbs/02_graph.ipynb #04b316e3
+def _values_of(self, u, fn, cdim, repeat, at):
+    "An op returning a (values, indices) pair (`x.max(dim)`), read only through `.values` or `[0]`: `fn` on its values."
+    readers = _data_users(u)
+    vals = [w for w in readers if _op_name(w) in ('getattr', 'getitem') and w.args[1] in ('values', 0)]
+    if len(vals) != len(readers) or not vals: self.fail(u, "its indices are used, which splitting cannot follow")
+    for w in vals: self.pass_on(w, fn, cdim, repeat, at, name=u.name)
+_Walk.values_of = _values_of
+
+def _module_step(self, u, m, src, cdim, repeat, at=-1):
     if self.calls[u.target] > 1 and not stateless(m):
         self.fail(u, f"this module instance holds state and is called {self.calls[u.target]} times in forward; use a separate instance per call")
     if len([a for a in u.all_input_nodes if a in self.shapes]) > 1: self.fail(u, "it takes several tensor inputs (e.g. a concat or a residual add)")
@@ -210,10 +204,14 @@ def _module_step(self, u, m, src, cdim, repeat):
                             "or s3d.register_activation for an elementwise one)")
     try: r = k.route(m, self.n, cdim, repeat, self.shapes[src], self.shapes.get(u, ()))
     except Refusal as e: self.fail(u, str(e))
-    if r[0] == 'consumer': self.consumers.append(Consumer(u.target, m, r[1])); return
+    if r[0] == 'consumer':
+        self.consumers.append(Consumer(u.target, m, r[1]))
+        self.emit(at, None, u.target, cdim, repeat, 'consumer')
+        return
     self.followers.append((u.target, m, u, None))
-    self.run(u, r[1], r[2])
+    self.pass_on(u, m, r[1], r[2], at, 'act' if is_activation(m) else 'op', name=u.target)
 _Walk.module_step = _module_step
+
 
 # %% ../nbs/02_graph.ipynb #48799e73
 @dataclass
@@ -244,15 +242,20 @@ def _group_from(walk, pnode, cdim):
     if walk.to_output and walk.consumers: walk.fail(pnode, "its channels are both returned by the model and consumed by a layer")
     if not walk.consumers: return None
     g = SplitGroup(name, prod, consumers=walk.consumers)
-    fol, prev = list(walk.followers), pnode
+    fol, prev, path = list(walk.followers), pnode, walk.path
     if fol and fol[0][3] is None and _data_users(pnode) == [fol[0][2]]:
         try: a = layer_kind(fol[0][1]).affine_scale(fol[0][1])
         except Refusal as e: walk.fail(fol[0][2], str(e))
-        if a is not None: (g.bn_name, g.bn, prev, _), fol = fol[0], fol[1:]
+        if a is not None:
+            (g.bn_name, g.bn, prev, _), fol = fol[0], fol[1:]
+            path = [replace(s, src=s.src - 1) for s in path[1:]]   # the path starts after the BatchNorm
     if fol and is_activation(fol[0][1]) and _data_users(prev) == [fol[0][2]]:
         (g.act_name, g.act, _, g.act_fn), fol = fol[0], fol[1:]
+        path[0].role = 'own'
     g.followers = [(n, m) for n, m, _, fn in fol if fn is None]
+    g.path = path
     return g
+
 
 # %% ../nbs/02_graph.ipynb #47df5393
 def split_groups(model: nn.Module,        # the network (nn.Sequential or any fx-traceable module)

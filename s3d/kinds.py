@@ -6,7 +6,9 @@ Docs: https://s3d-dev.github.io/s3d/kinds.html.md"""
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c5
 from __future__ import annotations
-import math, weakref
+import copy, math, weakref
+from functools import partial
+from collections.abc import MutableMapping
 from typing import Callable
 import torch
 from torch import nn, Tensor
@@ -14,11 +16,15 @@ import torch.nn.functional as F
 from torch.utils.weak import WeakIdKeyDictionary
 
 # %% auto #0
-__all__ = ['LAYERS', 'ACTIVATIONS', 'FUNCTIONAL', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param', 'LayerKind',
-           'edit_producer_rows', 'edit_consumer_columns', 'edit_channels', 'register_layer', 'layer_kind', 'stateless',
-           'LinearKind', 'is_depthwise', 'conv_padded', 'ConvKind', 'BatchNormKind', 'LayerNormKind', 'GroupNormKind',
-           'PassThroughKind', 'PoolKind', 'flatten_flow', 'FlattenKind', 'ActivationKind', 'register_activation',
-           'unregister_activation', 'activation_kind', 'is_activation']
+__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'FUNCTIONAL_OPS', 'COMBINE_REASONS', 'SHAPE_OPS',
+           'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param',
+           'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise',
+           'edit_channels', 'register_layer', 'layer_kind', 'stateless', 'register_edit', 'register_producer_edit',
+           'register_follower_edit', 'register_consumer_edit', 'find_edit', 'LinearKind', 'is_depthwise', 'conv_padded',
+           'ConvKind', 'BatchNormKind', 'LayerNormKind', 'GroupNormKind', 'PassThroughKind', 'PoolKind', 'flatten_flow',
+           'FlattenKind', 'OpKind', 'GraphValue', 'SameOp', 'PoolOp', 'merge_range', 'ReshapeOp', 'PermuteOp',
+           'reduced_dims', 'ReduceOp', 'register_op', 'ActivationKind', 'register_activation', 'unregister_activation',
+           'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c8
 class Refusal(ValueError):
@@ -60,6 +66,16 @@ class LayerKind:
     def channel_edit(self, m): return None
     def resize(self, m): pass
     def flops(self, m, inp, out, macs) -> int: return 0
+    producer_edit = follower_edit = consumer_edit = None   # per-class overrides of the edits below (`register_edit`)
+    def edit_out(self, m) -> Callable:
+        "Surgery's producer edit fn(m, index, delta): the override, else `select_out`."
+        return self.producer_edit or self.select_out
+    def edit_follower(self, m) -> Callable | None:
+        "Surgery's follower edit fn(m, index): the override, else `channel_edit(m)` (None: the module has no edit)."
+        return self.follower_edit or self.channel_edit(m)
+    def edit_in(self, m) -> Callable:
+        "Surgery's consumer edit fn(m, index, scale, repeat): the override, else `select_in`."
+        return self.consumer_edit or self.select_in
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d1
 def edit_producer_rows(m: nn.Module, index: Tensor, delta: Tensor | None):
@@ -82,6 +98,15 @@ def edit_consumer_columns(m: nn.Module, index: Tensor, scale: Tensor | None, rep
     cols = (index[:, None] * repeat + torch.arange(repeat, device=index.device)).reshape(-1)
     set_param(m, 'weight', v.reshape(w.shape[0], len(index) * repeat, *w.shape[2:]), 1, cols)
     layer_kind(m).resize(m)
+
+def edit_batchnorm(m: nn.Module, index: Tensor):
+    "Keep channels `index` of a BatchNorm: affine parameters and running statistics."
+    edit_channels(m, index)
+
+def edit_depthwise(m: nn.Module, index: Tensor):
+    "Keep channels `index` of a depthwise convolution (its filters and bias)."
+    if not is_depthwise(m): raise ValueError(f"follower {m} is a convolution that is not depthwise")
+    edit_channels(m, index)
 
 def edit_channels(m: nn.Module, index: Tensor):
     "Keep channels `index` of every per-channel parameter and buffer (dim 0) of a follower."
@@ -112,6 +137,69 @@ def layer_kind(m) -> LayerKind | None:
 def stateless(m: nn.Module) -> bool:
     "No parameters and no buffers: calling it twice, or copying a channel through it, needs no edit."
     return not any(True for _ in m.parameters(recurse=False)) and not any(b is not None for b in m.buffers(recurse=False))
+
+# %% ../nbs/01a_kinds.ipynb #ed000002
+_ROLES = {'producer': 'producer_edit', 'follower': 'follower_edit', 'consumer': 'consumer_edit'}
+
+def _own_kind(cls: type) -> LayerKind:
+    "The kind registered for exactly `cls`: a copy of its inherited kind (or a bare LayerKind) registered if it has none."
+    if cls not in LAYERS:
+        base = layer_kind(cls)
+        kind = copy.copy(base) if base is not None else LayerKind()
+        kind._copied_for_edit = True
+        LAYERS[cls] = kind
+    return LAYERS[cls]
+
+def register_edit(cls: type,      # an nn.Module class
+                  producer=None,  # fn(m, index, delta): keep output rows `index`, plus `delta` (n_new, d) or None
+                  follower=None,  # fn(m, index): keep per-channel state along `index`
+                  consumer=None,  # fn(m, index, scale, repeat): keep input channels `index`, times `scale`
+                 ) -> LayerKind:
+    "Override surgery's edits of modules of type `cls` on its kind; returns the kind."
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise TypeError(f"expected an nn.Module class, got {cls!r}")
+    kind = _own_kind(cls)
+    for role, fn in [('producer', producer), ('follower', follower), ('consumer', consumer)]:
+        if fn is not None: setattr(kind, _ROLES[role], fn)
+    return kind
+
+class _Edits(MutableMapping):
+    "Live view {module class: edit} of one role's overrides registered with `register_edit`."
+    def __init__(self, role): self.role, self.attr = role, _ROLES[role]
+    def __getitem__(self, cls):
+        fn = vars(LAYERS[cls]).get(self.attr) if cls in LAYERS else None
+        if fn is None: raise KeyError(cls)
+        return fn
+    def __setitem__(self, cls, fn): register_edit(cls, **{self.role: fn})
+    def __delitem__(self, cls):
+        self[cls]
+        kind = LAYERS[cls]
+        delattr(kind, self.attr)
+        if vars(kind).get('_copied_for_edit') and not any(a in vars(kind) for a in _ROLES.values()): del LAYERS[cls]
+    def __iter__(self): return iter([c for c, k in LAYERS.items() if self.attr in vars(k)])
+    def __len__(self): return len(list(iter(self)))
+
+PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS = _Edits('producer'), _Edits('follower'), _Edits('consumer')
+
+def _decorator(role, cls, fn):
+    if fn is None: return lambda f: _decorator(role, cls, f)
+    register_edit(cls, **{role: fn})
+    return fn
+
+def register_producer_edit(cls, fn=None):
+    "Register `fn(module, index, delta)` as the producer edit of `cls`; usable as a decorator."
+    return _decorator('producer', cls, fn)
+
+def register_follower_edit(cls, fn=None):
+    "Register `fn(module, index)` as the follower edit of `cls`; usable as a decorator."
+    return _decorator('follower', cls, fn)
+
+def register_consumer_edit(cls, fn=None):
+    "Register `fn(module, index, scale, repeat)` as the consumer edit of `cls`; usable as a decorator."
+    return _decorator('consumer', cls, fn)
+
+def find_edit(table, m):
+    "The edit in `table` (a class -> edit mapping) for the nearest class of `m` in its MRO, or None."
+    return next((table[c] for c in type(m).__mro__ if c in table), None)
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d5
 class LinearKind(LayerKind):
@@ -182,7 +270,7 @@ class ConvKind(LayerKind):
     def rows(self, m, c): return c.flatten(2).transpose(1, 2).reshape(-1, c.shape[1])
     def select_out(self, m, index, delta): edit_producer_rows(m, index, delta)
     def select_in(self, m, index, scale, repeat): edit_consumer_columns(m, index, scale, repeat)
-    def channel_edit(self, m): return edit_channels if is_depthwise(m) else None
+    def channel_edit(self, m): return edit_depthwise if is_depthwise(m) else None
     def resize(self, m):
         dw = 1 < m.groups == m.in_channels == m.out_channels
         m.out_channels = m.weight.shape[0]
@@ -206,7 +294,7 @@ class BatchNormKind(LayerKind):
         if getattr(m, 'running_var', None) is None: raise Refusal("BatchNorm without running statistics is not supported")
         a = torch.rsqrt(m.running_var + m.eps)
         return (a * m.weight if m.weight is not None else a).detach()
-    def channel_edit(self, m): return edit_channels
+    def channel_edit(self, m): return edit_batchnorm
     def resize(self, m):
         t = m.weight if m.weight is not None else m.running_mean
         if t is not None: m.num_features = t.shape[0]
@@ -273,6 +361,116 @@ class FlattenKind(LayerKind):
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
         return ('follower', *flatten_flow(cdim, repeat, shp_in, m.start_dim, m.end_dim))
 
+# %% ../nbs/01a_kinds.ipynb #op000002
+class OpKind:
+    "How a functional op passes a producer's channels on; subclass it and `register_op` it under the op's names."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out) -> tuple:
+        "(fn of one tensor or None, new cdim, new repeat) for op `name` called as target(x, *args, **kwargs); Refusal if it mixes channels."
+        raise Refusal("this operation is not known to act on each channel separately")
+
+class GraphValue:
+    "An argument of a traced op computed elsewhere in the graph: its value is not known when the op is looked at."
+    def __repr__(self): return 'GraphValue()'
+
+def _replay(target, args, kwargs):
+    "`target` with its other arguments bound, or None when one of them is a `GraphValue`."
+    if any(isinstance(a, GraphValue) for a in (*args, *kwargs.values())): return None
+    return partial(target, *args, **kwargs)
+
+def _identity(t): return t
+
+class SameOp(OpKind):
+    "Dropout, contiguous, clone, dtype casts: the output has the input's shape and channels."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        if tuple(out) != tuple(shp): raise Refusal("it changes the shape of its input")
+        return _identity, cdim, repeat
+
+class PoolOp(OpKind):
+    "Functional max/average pooling over the dims after the channel dim 1."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        if cdim != 1 or repeat != 1 or len(out) != len(shp) or out[1] != n: raise Refusal("pooling that does not keep the channels in dim 1")
+        return _replay(target, args, kwargs), 1, 1
+
+# %% ../nbs/01a_kinds.ipynb #op000003
+def merge_range(shp, out):
+    "(start, end) such that `out` is `shp` with dims start..end merged (the batch dim kept), or None."
+    if tuple(out) == tuple(shp): return 1, 1
+    for s in range(1, len(shp)):
+        for e in range(s, len(shp)):
+            if tuple(out) == tuple(shp[:s]) + (math.prod(shp[s:e + 1]),) + tuple(shp[e + 1:]): return s, e
+    return None
+
+class ReshapeOp(OpKind):
+    "flatten, view, reshape, squeeze that merge neighbouring dims (the split channels stay contiguous)."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        r = merge_range(shp, out)
+        if r is None: raise Refusal("this reshape does not merge neighbouring dims")
+        return partial(torch.flatten, start_dim=r[0], end_dim=r[1]), *flatten_flow(cdim, repeat, shp, *r)
+
+class PermuteOp(OpKind):
+    "permute, transpose: the channels move with their dim (the batch dim stays first)."
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        nd = len(shp)
+        if any(isinstance(a, GraphValue) for a in args): raise Refusal("its dims are computed in the graph")
+        if name == 'transpose':
+            i, j = (d % nd for d in args[:2])
+            p = list(range(nd)); p[i], p[j] = p[j], p[i]
+        else: p = [d % nd for d in (list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)]
+        if p[0] != 0: raise Refusal("it moves the batch dim")
+        return partial(torch.permute, dims=p), p.index(cdim), repeat
+
+# %% ../nbs/01a_kinds.ipynb #op000004
+def reduced_dims(args, kwargs, nd):
+    "The dims a reduction reduces over (normalised, a set) and keepdim; None if not given as ints."
+    d = args[0] if args else kwargs.get('dim')
+    keep = args[1] if len(args) > 1 else kwargs.get('keepdim', False)
+    if d is None: return None
+    d = [d] if isinstance(d, int) else list(d)
+    return ({i % nd for i in d}, keep) if all(isinstance(i, int) for i in d) else None
+
+def _reduce_values(t, name, dim, keepdim): return getattr(torch, name)(t, dim, keepdim).values
+
+class ReduceOp(OpKind):
+    "mean, sum, amax, amin over dims other than the channel and batch dims; with `values`: max, min (a (values, indices) pair)."
+    def __init__(self, values=False): self.values = values
+    def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+        r = reduced_dims(args, kwargs, len(shp))
+        if r is None or cdim in r[0]: raise Refusal("it reduces over the channel dim (or over all dims)")
+        if 0 in r[0]: raise Refusal("it reduces over the batch dim")
+        dims, keep = r
+        if self.values:
+            if len(dims) != 1: raise Refusal("a max/min over several dims")
+            fn = partial(_reduce_values, name=name, dim=next(iter(dims)), keepdim=keep)
+        else: fn = partial(getattr(torch, name), dim=tuple(sorted(dims)), keepdim=keep)
+        return fn, cdim if keep else cdim - sum(d < cdim for d in dims), repeat
+
+# %% ../nbs/01a_kinds.ipynb #op000005
+FUNCTIONAL_OPS: dict = {}   # op name (function or method) -> OpKind
+
+def register_op(names, kind: OpKind) -> OpKind:
+    "Declare how the functional ops `names` (a name or a list of them) pass split channels on; returns the kind."
+    if not isinstance(kind, OpKind): raise TypeError(f"register_op: kind must be an OpKind, got {type(kind).__name__}")
+    for nm in [names] if isinstance(names, str) else names: FUNCTIONAL_OPS[nm] = kind
+    return kind
+
+register_op(['dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'feature_alpha_dropout', 'contiguous', 'clone', 'to',
+             'float', 'double'], SameOp())
+register_op(['max_pool1d', 'max_pool2d', '_max_pool2d', 'avg_pool1d', 'avg_pool2d', 'adaptive_avg_pool1d', 'adaptive_avg_pool2d',
+             'adaptive_max_pool1d', 'adaptive_max_pool2d', '_adaptive_max_pool2d'], PoolOp())
+register_op(['flatten', 'view', 'reshape', 'squeeze'], ReshapeOp())
+register_op(['permute', 'transpose'], PermuteOp())
+register_op(['mean', 'sum', 'amax', 'amin'], ReduceOp())
+register_op(['max', 'min'], ReduceOp(values=True))
+
+COMBINE_REASONS = [   # ops reading several tensors, with why the split cannot follow
+    ({'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'}, "it is summed with another tensor (a residual add): the summed channels are "
+     "coupled to the other operand's producers (a residual stream), which s3d does not split"),
+    ({'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}, "it is concatenated with other tensors: the joint channels are "
+     "read together with other producers' channels, which s3d does not split"),
+    ({'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'}, "it is multiplied with another tensor "
+     "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split")]
+SHAPE_OPS = {'size', 'dim', 'numel'}   # read only the shape: not a use of the values
+
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e5
 class ActivationKind(LayerKind):
     "An elementwise activation with its curvature, smoothness and functional forms."
@@ -328,6 +526,61 @@ def is_activation(m) -> bool:
     "A registered elementwise activation (module, class or functional form)."
     return activation_kind(m) is not None
 
+# %% ../nbs/01a_kinds.ipynb #cv000002
+SURROGATE_BETA = 3.0  # default sharpness of the piecewise-linear surrogate (the public S2D code's softplus beta)
+
+def softplus_dd(z: Tensor, # points
+                beta: float = SURROGATE_BETA, # sharpness
+               ) -> Tensor:
+    "Second derivative of softplus with sharpness `beta` (a logistic density of scale 1/beta)."
+    s = torch.sigmoid(beta * z); return beta * s * (1 - s)
+
+class RBF(nn.Module):
+    "Radial-basis activation exp(-z^2/2)."
+    def forward(self, z): return torch.exp(-0.5 * z * z)
+
+def _tanh_dd(act, z, beta):
+    t = torch.tanh(z); return -2 * t * (1 - t * t)
+
+def _sigmoid_dd(act, z, beta):
+    s = torch.sigmoid(z); return s * (1 - s) * (1 - 2 * s)
+
+def _softplus_dd(act, z, beta):
+    s = torch.sigmoid(act.beta * z)
+    return torch.where(act.beta * z > act.threshold, torch.zeros_like(z), act.beta * s * (1 - s))
+
+def _silu_dd(act, z, beta):
+    s = torch.sigmoid(z); return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+def _gelu_dd(act, z, beta):
+    if act.approximate == 'none': return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
+    k, c = math.sqrt(2 / math.pi), 0.044715
+    t = torch.tanh(k * (z + c * z ** 3))
+    du, ddu = k * (1 + 3 * c * z * z), 6 * k * c * z
+    return (1 - t * t) * (du + 0.5 * z * (ddu - 2 * t * du * du))
+
+def _elu_dd(act, z, beta): return torch.where(z > 0, torch.zeros_like(z), act.alpha * torch.exp(z.clamp(max=0)))
+
+def _rbf_dd(act, z, beta): return (z * z - 1) * torch.exp(-0.5 * z * z)
+
+def _relu_dd(act, z, beta): return softplus_dd(z, beta)
+
+def _relu6_dd(act, z, beta): return softplus_dd(z, beta) - softplus_dd(z - 6, beta)
+
+def _leaky_dd(act, z, beta): return (1 - act.negative_slope) * softplus_dd(z, beta)
+
+def _hardswish_dd(act, z, beta):
+    box = torch.sigmoid(beta * (z + 3)) - torch.sigmoid(beta * (z - 3))
+    return box / 3 - 0.5 * (softplus_dd(z + 3, beta) + softplus_dd(z - 3, beta))
+
+def _hardtanh_dd(act, z, beta): return softplus_dd(z - act.min_val, beta) - softplus_dd(z - act.max_val, beta)
+
+def _hardsigmoid_dd(act, z, beta): return (softplus_dd(z + 3, beta) - softplus_dd(z - 3, beta)) / 6
+
+def _prelu_dd(act, z, beta):
+    if act.weight.numel() != 1: raise TypeError("PReLU with one slope per channel: its curvature needs the channel layout; use num_parameters=1")
+    return (1 - act.weight.detach().to(z)) * softplus_dd(z, beta)
+
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e8
 register_layer(nn.Linear, LinearKind())
 for _c in (nn.Conv1d, nn.Conv2d): register_layer(_c, ConvKind())
@@ -341,18 +594,17 @@ for _c in POOLS: register_layer(_c, PoolKind())
 register_layer(nn.Flatten, FlattenKind())
 
 T = torch.Tensor
-for _cls, _smooth, _fns, _params in [
-    (nn.ReLU, False, (F.relu, F.relu_, torch.relu, torch.relu_, 'relu', 'relu_'), ()),
-    (nn.ReLU6, False, (F.relu6,), ()), (nn.LeakyReLU, False, (F.leaky_relu, F.leaky_relu_), ('negative_slope',)),
-    (nn.PReLU, False, (), ()), (nn.Hardtanh, False, (F.hardtanh, F.hardtanh_), ('min_val', 'max_val')),
-    (nn.Hardswish, False, (F.hardswish,), ()), (nn.Hardsigmoid, False, (F.hardsigmoid,), ()),
-    (nn.ELU, True, (F.elu, F.elu_), ('alpha',)), (nn.CELU, True, (F.celu,), ('alpha',)), (nn.SELU, True, (F.selu, torch.selu), ()),
-    (nn.GELU, True, (F.gelu,), ('approximate',)), (nn.SiLU, True, (F.silu,), ()), (nn.Mish, True, (F.mish,), ()),
-    (nn.Tanh, True, (torch.tanh, torch.tanh_, 'tanh', 'tanh_'), ()),
-    (nn.Sigmoid, True, (torch.sigmoid, torch.sigmoid_, 'sigmoid', 'sigmoid_'), ()),
-    (nn.Softplus, True, (F.softplus,), ('beta', 'threshold')), (nn.LogSigmoid, True, (F.logsigmoid,), ()),
-    (nn.Softsign, True, (F.softsign,), ()), (nn.Tanhshrink, True, (F.tanhshrink,), ())]:
-    register_activation(_cls, smooth=_smooth, functional=_fns, params=_params)
+for _cls, _smooth, _fns, _params, _dd in [   # class, smooth, functional forms, their argument names, curvature
+    (nn.ReLU, False, (F.relu, F.relu_, torch.relu, torch.relu_, 'relu', 'relu_'), (), _relu_dd),
+    (nn.ReLU6, False, (F.relu6,), (), _relu6_dd), (nn.LeakyReLU, False, (F.leaky_relu, F.leaky_relu_), ('negative_slope',), _leaky_dd),
+    (nn.PReLU, False, (), (), _prelu_dd), (nn.Hardtanh, False, (F.hardtanh, F.hardtanh_), ('min_val', 'max_val'), _hardtanh_dd),
+    (nn.Hardswish, False, (F.hardswish,), (), _hardswish_dd), (nn.Hardsigmoid, False, (F.hardsigmoid,), (), _hardsigmoid_dd),
+    (nn.ELU, True, (F.elu, F.elu_), ('alpha',), _elu_dd), (nn.CELU, True, (F.celu,), ('alpha',), None),
+    (nn.SELU, True, (F.selu, torch.selu), (), None), (nn.GELU, True, (F.gelu,), ('approximate',), _gelu_dd),
+    (nn.SiLU, True, (F.silu,), (), _silu_dd), (nn.Mish, True, (F.mish,), (), None),
+    (nn.Tanh, True, (torch.tanh, torch.tanh_, 'tanh', 'tanh_'), (), _tanh_dd),
+    (nn.Sigmoid, True, (torch.sigmoid, torch.sigmoid_, 'sigmoid', 'sigmoid_'), (), _sigmoid_dd),
+    (nn.Softplus, True, (F.softplus,), ('beta', 'threshold'), _softplus_dd), (nn.LogSigmoid, True, (F.logsigmoid,), (), None),
+    (nn.Softsign, True, (F.softsign,), (), None), (nn.Tanhshrink, True, (F.tanhshrink,), (), None), (RBF, True, (), (), _rbf_dd)]:
+    register_activation(_cls, curvature=_dd, smooth=_smooth, functional=_fns, params=_params)
 
-# %% ../nbs/01a_kinds.ipynb #k0a1b2g0
-from . import curvature as _curvature  # registers the built-in curvatures on these activations (s3d.curvature imports this module)

@@ -7,8 +7,11 @@ Docs: https://s3d-dev.github.io/s3d/splitmat.html.md"""
 # %% ../nbs/04_splitmat.ipynb #ba118bf2
 from __future__ import annotations
 import math
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterable, NamedTuple
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -18,8 +21,9 @@ from .curvature import act_curvature, SURROGATE_BETA
 import warnings
 
 # %% auto #0
-__all__ = ['RunningSum', 'reduce_sum', 'check_group', 'bn_scale', 'producer_patches', 'collect_batches', 'dense_matrices',
-           'splitting_matrices', 'quadratic_form_autograd', 'SplitOperator', 'split_operators']
+__all__ = ['RunningSum', 'reduce_sum', 'check_group', 'bn_scale', 'producer_patches', 'PathStats', 'BatchStats',
+           'collect_batches', 'dense_matrices', 'splitting_matrices', 'quadratic_form_autograd', 'SplitOperator',
+           'split_operators']
 
 # %% ../nbs/04_splitmat.ipynb #1922d615
 class RunningSum:
@@ -78,7 +82,7 @@ def check_group(model: nn.Module, group: SplitGroup):
         if len(a) != group.n_neurons:
             raise ValueError(f"group {group.name!r}: BatchNorm has {len(a)} features, producer {group.n_neurons}")
     smooth = [n for n, m in group.followers if (k := activation_kind(m)) is not None and k.smooth]
-    if smooth:
+    if smooth and group.path is None:   # a traced group (split_groups) knows its private path: see `_curved`
         warnings.warn(f"group {group.name!r}: the smooth activation(s) {smooth} after the neuron's own activation are "
                       "treated as fixed; their curvature is not in S, so predicted gains are approximate", stacklevel=3)
 
@@ -100,6 +104,144 @@ def producer_patches(p: nn.Module, # producer: a layer whose kind produces (nn.L
     if getattr(p, 'bias', None) is not None: X = torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1)
     return X
 
+# %% ../nbs/04_splitmat.ipynb #pp000002
+def _curved(group: SplitGroup) -> list:
+    "Indices of the path steps that are activations after the group's own one: their curvature enters S."
+    path = group.path or []
+    acts = [i for i, s in enumerate(path) if s.role == 'act']
+    if acts and any(s.role == 'opaque' for s in path):
+        warnings.warn(f"group {group.name!r}: a step of its private path cannot be replayed, so the curvature of the "
+                      f"activation(s) {[path[i].name for i in acts]} after the neuron's own is not in S", stacklevel=4)
+        return []
+    return acts
+
+def _run(fn, v): return fn(v.clone() if getattr(fn, 'inplace', False) else v)
+
+def _path_values(path: list, z: Tensor) -> list:
+    "The output of every path step for the pre-activation `z` (for a consumer's step: its input)."
+    vals = []
+    for s in path:
+        v = z if s.src < 0 else vals[s.src]
+        vals.append(v if s.fn is None else _run(s.fn, v))
+    return vals
+
+def _value_fn(path: list, i: int) -> Callable:
+    "The map from the pre-activation z to the output of step `i` (-1: z itself)."
+    chain = []
+    while i >= 0: chain.append(path[i].fn); i = path[i].src
+    def f(z):
+        for fn in reversed(chain): z = _run(fn, z)
+        return z
+    return f
+
+# %% ../nbs/04_splitmat.ipynb #pp000003
+@dataclass
+class PathStats:
+    "One batch's statistics for the activations further along a group's private path."
+    z: Tensor      # the pre-activation (B, ...), the point the path is differentiated at
+    terms: list    # [(fn, C, cdim)]: fn maps z to an activation's input y, C = B dl/d(its output) act''(y), channels at cdim
+    a: Tensor      # (n,) BatchNorm scale of z (ones without one)
+    chan: int      # the dim of z holding the channels
+
+    @property
+    def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in [self.z] + [C for _, C, _ in self.terms])
+
+class BatchStats(NamedTuple):
+    "What `collect_batches` reports per group and batch."
+    x: Tensor                  # the producer's input
+    c: Tensor                  # B dl/dh act''(z) a^2, shaped like the producer's output
+    path: PathStats | None     # the further activations' statistics, None without any
+
+def _path_stats(group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: float, B: int) -> PathStats:
+    "`PathStats` of one batch from z and {consumer name: dL/d(its input)}."
+    path, zl = group.path, z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        vals = _path_values(path, zl)
+        parts = [(grads[s.name] * vals[i]).sum() for i, s in enumerate(path) if s.role == 'consumer' and grads.get(s.name) is not None]
+        phi = sum(parts) if parts else None
+        gs = torch.autograd.grad(phi, [vals[i] for i in curved], allow_unused=True) if phi is not None else [None] * len(curved)
+    terms = []
+    for i, g in zip(curved, gs):
+        s = path[i]
+        y = (zl if s.src < 0 else vals[s.src]).detach()
+        C = torch.zeros_like(y) if g is None else g * act_curvature(s.fn, y, beta)
+        terms.append((_value_fn(path, s.src), C.mul_(B), s.cdim))
+    chan = layer_kind(group.producer).produce(group.producer) % z.dim()
+    return PathStats(z.detach(), terms, bn_scale(group).to(z), chan)
+
+# %% ../nbs/04_splitmat.ipynb #pp000004
+def _rows_to_z(U: Tensor, shape, chan: int) -> Tensor:
+    "(B, P, n, k) per-position values -> (k*B, *shape[1:]) in the layout of z (channels at dim `chan`)."
+    t = U.permute(3, 0, 2, 1) if chan == 1 else U.permute(3, 0, 1, 2)
+    return t.reshape(U.shape[-1] * shape[0], *shape[1:])
+
+def _z_to_rows(T: Tensor, shape, chan: int, k: int) -> Tensor:
+    "The inverse of `_rows_to_z`: (k*B, *shape[1:]) -> (B, P, n, k)."
+    B, n = shape[0], shape[chan]
+    if chan == 1: return T.reshape(k, B, n, -1).permute(1, 3, 2, 0)
+    return T.reshape(k, B, -1, n).permute(1, 2, 3, 0)
+
+def _per_neuron(t: Tensor, cdim: int, n: int) -> Tensor:
+    "(K, ...) with the channels at `cdim` -> (K, n, R), each channel's entries last."
+    return t.movedim(cdim % t.dim(), 1).reshape(t.shape[0], n, -1)
+
+def _tile(t: Tensor, k: int) -> Tensor: return t.repeat(k, *([1] * (t.dim() - 1)))
+
+def _forward_jvp(fn: Callable, z: Tensor, t: Tensor) -> Tensor:
+    "The derivative of `fn` at `z` along `t` by forward-mode autograd (one pass with tangents)."
+    with warnings.catch_warnings():   # its first use registers decompositions through the deprecated torch.jit.script
+        warnings.filterwarnings('ignore', message='.*torch.jit.script', category=FutureWarning)
+        with torch.no_grad(), fwAD.dual_level():
+            return fwAD.unpack_dual(fn(fwAD.make_dual(z, t))).tangent
+
+def _linearised(fn: Callable, z: Tensor) -> tuple:
+    "Forward and transposed derivatives of `fn` at `z`: `(jvp(t), vjp(w))`."
+    graph = {}
+    def build():
+        if not graph:
+            zr = z.detach().requires_grad_(True)
+            with torch.enable_grad(): graph.update(z=zr, y=fn(zr))
+        return graph
+    def double_backward(t):   # for ops without forward-mode formulas: the derivative of a backward pass by its input
+        g = build()
+        u = torch.zeros_like(g['y'], requires_grad=True)
+        with torch.enable_grad(): gz, = torch.autograd.grad(g['y'], g['z'], u, create_graph=True)
+        d, = torch.autograd.grad(gz, u, t, allow_unused=True)
+        return torch.zeros_like(g['y']) if d is None else d
+    def jvp(t):
+        try: return _forward_jvp(fn, z, t)
+        except (NotImplementedError, RuntimeError): return double_backward(t)
+    def vjp(w): return torch.autograd.grad(build()['y'], build()['z'], w, retain_graph=True)[0]
+    return jvp, vjp
+
+# %% ../nbs/04_splitmat.ipynb #pp000005
+def _path_dense(ps: PathStats, X: Tensor, chunk_bytes: int = 2**26) -> Tensor:
+    "sum over samples and positions of C J J^T for every further activation, (n, d, d); X the (B, P, d) patches."
+    n, d = ps.a.shape[0], X.shape[-1]
+    S, a = X.new_zeros(n, d, d), ps.a.view(1, 1, -1, 1)
+    b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size() * 3))   # samples per chunk
+    for s in range(0, X.shape[0], b):
+        z = ps.z[s:s + b]
+        T = _rows_to_z(X[s:s + b, :, None, :] * a, z.shape, ps.chan)   # d tangents: theta_j moved along each axis
+        zr = _tile(z, d)
+        for fn, C, cdim in ps.terms:
+            J = _per_neuron(_linearised(fn, zr)[0](T), cdim, n)
+            J = J.view(d, len(z), n, -1).permute(2, 1, 3, 0).reshape(n, -1, d)
+            c = _per_neuron(C[s:s + b], cdim, n).transpose(0, 1).reshape(n, -1)
+            S += (J * c[..., None]).transpose(1, 2) @ J
+    return S
+
+def _path_apply(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
+    "sum over samples and positions of J^T C J V for every further activation, (n, d, k) for V (n, d, k)."
+    k, a = V.shape[2], ps.a.view(1, 1, -1, 1)
+    zr = _tile(ps.z, k)
+    T = _rows_to_z(torch.einsum('bpd,ndk->bpnk', X, V) * a, ps.z.shape, ps.chan)
+    cot = 0
+    for fn, C, cdim in ps.terms:
+        jvp, vjp = _linearised(fn, zr)
+        cot = cot + vjp(jvp(T) * _tile(C, k))
+    return torch.einsum('bpd,bpnk->ndk', X, _z_to_rows(cot, ps.z.shape, ps.chan, k) * a)
+
 # %% ../nbs/04_splitmat.ipynb #ee509f3f
 class _GroupHooks:
     "Forward hooks recording one group's producer input x, pre-activation z and output h."
@@ -111,9 +253,13 @@ class _GroupHooks:
         if group.act is not None and group.act_fn is None:
             self.handles.append(group.act.register_forward_pre_hook(self._on_act_in))
             self.handles.append(group.act.register_forward_hook(self._on_act_out))
+        self.curved = _curved(group)   # further activations on the private path: their curvature needs the consumers' inputs
+        for c in group.consumers if self.curved else []:
+            self.handles.append(c.module.register_forward_pre_hook(partial(self._on_consumer, c.name)))
         self.reset()
 
-    def reset(self): self.x = self.pre = self.z = self.h = None; self._matched = False
+    def reset(self): self.x = self.pre = self.z = self.h = None; self._matched = False; self.u = {}
+    def _on_consumer(self, name, m, args): self.u[name] = args[0]
     def _on_producer(self, m, inp, out):
         if self.x is not None: raise ValueError(f"group {self.group.name!r}: producer called twice in one forward (shared modules are not supported)")
         self.x = inp[0].detach()
@@ -151,11 +297,19 @@ def _coefficients(group: SplitGroup, z: Tensor, g: Tensor | None, beta: float) -
     if layer_kind(group.producer).produce(group.producer) % z.dim() == 1: a2 = a2.view(-1, *([1] * (z.dim() - 2)))
     return (g * a2).mul_(act_curvature(group.act, z, beta))
 
+def _batch_stats(h, g, at: dict, beta: float, B: int) -> BatchStats:
+    "One group's `BatchStats` from its hooks `h`, dL/dh `g` and {consumer name: dL/d(its input)} `at`."
+    c = _coefficients(h.group, h.z, g, beta).mul_(B)
+    if not h.curved: return BatchStats(h.x, c, None)
+    missing = [c.name for c in h.group.consumers if c.name not in h.u]
+    if missing: raise ValueError(f"group {h.group.name!r}: its consumer(s) {missing} were not called in forward")
+    return BatchStats(h.x, c, _path_stats(h.group, h.curved, h.z, at, beta, B))
+
 def collect_batches(model: nn.Module,   # network
                     groups: list,       # [SplitGroup] of `model`
                     loss_fn: Callable,  # loss_fn(output, target) -> mean-reduced scalar loss
                     batches: Iterable,  # iterable of (input, target)
-                    on_batch: Callable, # on_batch(i, B, {group name: (x, c)})
+                    on_batch: Callable, # on_batch(i, B, {group name: BatchStats(x, c, path)})
                     beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
                    ) -> int:
     "One eval-mode forward+backward per batch, reporting producer inputs and curvature coefficients; returns N."
@@ -183,10 +337,12 @@ def collect_batches(model: nn.Module,   # network
                                          "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
                                          "build the group with split_groups, which records the functional call in act_fn)")
                 if not loss.requires_grad: raise ValueError("the loss does not require grad: are all parameters frozen?")
-                hs = [h.h for h in hooks]
-                grads = torch.autograd.grad(loss, hs, allow_unused=True)
+                us = [(h, name, u) for h in hooks for name, u in h.u.items()]   # consumers' inputs, for further activations
+                grads = torch.autograd.grad(loss, [h.h for h in hooks] + [u for *_, u in us], allow_unused=True)
+                at = {h: {} for h in hooks}
+                for (h, name, _), gr in zip(us, grads[len(hooks):]): at[h][name] = gr
                 B = inp.shape[0]
-                on_batch(i, B, {h.group.name: (h.x, _coefficients(h.group, h.z, gr, beta).mul_(B)) for h, gr in zip(hooks, grads)})
+                on_batch(i, B, {h.group.name: _batch_stats(h, gr, at[h], beta, B) for h, gr in zip(hooks, grads)})
                 n_seen += B
     finally:
         for h in hooks: h.remove()
@@ -225,9 +381,11 @@ def dense_matrices(model: nn.Module, groups: list, loss_fn: Callable, batches: I
     sums = {g.name: RunningSum() for g in groups}
     prods = {g.name: g.producer for g in groups}
     def on_batch(i, B, stats):
-        for name, (x, c) in stats.items():
-            X = producer_patches(prods[name], x)
-            sums[name].add(_dense_rows(X.reshape(-1, X.shape[-1]), _rows(prods[name], c)).double(), B, i)
+        for name, s in stats.items():
+            X = producer_patches(prods[name], s.x)
+            S = _dense_rows(X.reshape(-1, X.shape[-1]), _rows(prods[name], s.c)).double()
+            if s.path is not None: S += _path_dense(s.path, X).double()
+            sums[name].add(S, B, i)
     collect_batches(model, groups, loss_fn, batches, on_batch, beta)
     out = {}
     for g in groups:  # the same order on every process
@@ -297,7 +455,8 @@ class SplitOperator:
         flat_ok = not conv2d or (p.kernel_size == (1, 1) and p.stride == (1, 1) and p.padding in ((0, 0), 'valid'))
         self.group, self.mode = group, ('flat' if flat_ok else 'conv') if mode == 'auto' else mode
         self.n, self.d, self.bias = group.n_neurons, group.dim, p.bias is not None
-        self.xs, self.cs, self.count, self._seen = [], [], 0, set()
+        self.xs, self.cs, self.paths, self.count, self._seen = [], [], [], 0, set()
+        self.rows = None   # the neurons of the group this operator acts on (None: all); see `s3d.eigen`
         self.reduce, self._total = None, None  # reduce: sums products and counts over processes (see `reduce_sum`)
 
     def total_count(self) -> int:
@@ -305,8 +464,8 @@ class SplitOperator:
         if self._total is None: self._total = reduce_sum(self.reduce, torch.zeros(1, dtype=torch.float64), self.count)[1]
         return self._total
 
-    def add(self, x: Tensor, c: Tensor, B: int, batch):
-        "Store one batch's producer input `x` and coefficients `c` (already times B)."
+    def add(self, x: Tensor, c: Tensor, B: int, batch, path: PathStats | None = None):
+        "Store one batch's producer input `x`, coefficients `c` (already times B) and private-path statistics."
         if batch in self._seen: raise ValueError(f"batch {batch!r} was already counted")
         self._seen.add(batch); self.count += B
         p = self.group.producer
@@ -316,9 +475,18 @@ class SplitOperator:
             self.cs.append(k.rows(p, c).contiguous())
         else:
             self.xs.append(conv_padded(p, x).contiguous()); self.cs.append(c.contiguous())
+        self.paths.append(path)
+
+    def patches(self, i: int) -> Tensor:
+        "The (B, P, d) patches (with the bias column) of held batch `i`."
+        x, p = self.xs[i], self.group.producer
+        if self.mode == 'conv': return producer_patches(p, x, padded=True)
+        X = x.view(self.paths[i].z.shape[0] if self.paths[i] is not None else 1, -1, x.shape[-1])
+        return torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1) if self.bias else X
 
     @property
-    def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in self.xs + self.cs)
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.xs + self.cs) + sum(p.nbytes for p in self.paths if p is not None)
 
 # %% ../nbs/04_splitmat.ipynb #2ac386d6
 def _apply_flat(X, C, Vw, vb, n, k):
@@ -352,10 +520,24 @@ def _op_call(self, V: Tensor) -> Tensor:
         if self.bias: Rb = Rb + rb
     if not self.xs: Rw, Rb = V.new_zeros(self.n, self.d - self.bias, k, dtype=dt), V.new_zeros(self.n, k, dtype=dt)  # no batch here
     R = torch.cat([Rw, Rb.unsqueeze(1)], 1) if self.bias else Rw
+    E = self.path_products(V.to(dt))
+    if E is not None: R = R + E
     if self.reduce is not None: R = self.reduce(R)
     R = R.to(V.dtype) / total
     return R.squeeze(-1) if vec else R
 SplitOperator.__call__ = _op_call
+
+@torch.no_grad()
+def _op_path_products(self, V: Tensor, neurons: Tensor | None = None) -> Tensor | None:
+    "Unnormalised sum over the held batches of the further activations' terms for V (len(neurons), d, k); None without any."
+    held = [(i, ps) for i, ps in enumerate(self.paths) if ps is not None]
+    if not held: return None
+    idx = torch.arange(self.n, device=V.device) if neurons is None else neurons.to(V.device)
+    if self.rows is not None: idx = self.rows.to(V.device)[idx]
+    Vf = V.new_zeros(held[0][1].a.shape[0], *V.shape[1:])
+    Vf[idx] = V
+    return sum(_path_apply(ps, self.patches(i), Vf)[idx] for i, ps in held)
+SplitOperator.path_products = _op_path_products
 
 # %% ../nbs/04_splitmat.ipynb #3b38a991
 @torch.no_grad()
@@ -366,10 +548,18 @@ def _op_dense(self) -> Tensor:
         if self.mode == 'flat': X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
         else: X, C = producer_patches(p, x, padded=True), _rows(p, c)
         S = S + _dense_rows(X.reshape(-1, X.shape[-1]), C).double()
+    S = S + self.path_dense()
     S = reduce_sum(self.reduce, S if self.xs else None, self.count,
                    lambda: torch.zeros(self.n, self.d, self.d, dtype=torch.float64, device=p.weight.device))[0]
     return S / self.total_count()
 SplitOperator.dense = _op_dense
+
+@torch.no_grad()
+def _op_path_dense(self):
+    "Unnormalised sum over the held batches of the further activations' terms, (n, d, d) float64 (0 without any)."
+    if self.rows is not None: raise ValueError("path_dense: the operator is restricted to some neurons")
+    return sum((_path_dense(ps, self.patches(i)).double() for i, ps in enumerate(self.paths) if ps is not None), 0)
+SplitOperator.path_dense = _op_path_dense
 
 # %% ../nbs/04_splitmat.ipynb #e3141c55
 def split_operators(model: nn.Module,  # network
@@ -386,7 +576,7 @@ def split_operators(model: nn.Module,  # network
     ops = {g.name: SplitOperator(g, mode) for g in groups}
     if len(ops) != len(groups): raise ValueError("group names must be unique")
     def on_batch(i, B, stats):
-        for name, (x, c) in stats.items(): ops[name].add(x, c, B, i)
+        for name, s in stats.items(): ops[name].add(s.x, s.c, B, i, s.path)
         used = sum(o.nbytes for o in ops.values())
         if used > max_bytes:
             raise ValueError(f"split_operators: cached statistics reached {used / 2**20:.1f} MiB after batch {i}, over "
@@ -416,7 +606,8 @@ def _op_products(self, V: Tensor, # (len(neurons), d, k): k vectors per neuron
             c = c if neurons is None else torch.index_select(c, 1, neurons.to(c.device))  # ~6x faster than c[:, neurons] on CPU
             rw, rb = _apply_flat(x, c, Vw, vb, n, k) if self.mode == 'flat' else _apply_conv(p, x, c, Vw, vb, n, k)
             R = R + (torch.cat([rw, rb.unsqueeze(1)], 1) if self.bias else rw)
-        out.append(R)
+        E = self.path_products(Vc, neurons)
+        out.append(R if E is None else R + E)
     return torch.cat(out, 2)
 SplitOperator.products = _op_products
 
@@ -435,5 +626,5 @@ def _op_dense_sum(self, rows: int = 4096, cols: int = 8) -> Tensor:
             S[:, a:b, a:] += acc.view(n, b - a, d - a)
     i, j = torch.triu_indices(d, d, 1, device=S.device)
     S[:, j, i] = S[:, i, j]
-    return S
+    return S + self.path_dense()
 SplitOperator.dense_sum = _op_dense_sum

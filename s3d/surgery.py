@@ -11,65 +11,28 @@ from torch import nn
 from .graph import SplitGroup, Consumer, validate_group
 from .kinds import (layer_kind, is_depthwise, stateless, set_param, _ORIGIN, edit_producer_rows, edit_consumer_columns,
                        edit_channels, Refusal)
+# the edits live with the layer kinds; re-exported here, where surgery applies them
+from .kinds import (PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS, register_edit, register_producer_edit,
+                       register_follower_edit, register_consumer_edit, find_edit, edit_batchnorm, edit_depthwise)
 
 # %% auto #0
-__all__ = ['PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'register_producer_edit', 'register_follower_edit',
-           'register_consumer_edit', 'find_edit', 'edit_batchnorm', 'edit_depthwise', 'remap_channels', 'split_plan',
-           'split_neurons', 'apply_splits', 'remap_optimizer']
-
-# %% ../nbs/07_surgery.ipynb #79ee645f
-PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS = {}, {}, {}
-
-def _register(table, cls, fn):
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise TypeError(f"expected an nn.Module class, got {cls!r}")
-    if fn is None: return lambda f: _register(table, cls, f)
-    table[cls] = fn
-    return fn
-
-def register_producer_edit(cls, fn=None):
-    "Register `fn(module, index, delta)` selecting output rows `index` and adding `delta` (n_new, d) or None; usable as a decorator."
-    return _register(PRODUCER_EDITS, cls, fn)
-
-def register_follower_edit(cls, fn=None):
-    "Register `fn(module, index)` selecting per-channel state along `index`; usable as a decorator."
-    return _register(FOLLOWER_EDITS, cls, fn)
-
-def register_consumer_edit(cls, fn=None):
-    "Register `fn(module, index, scale, repeat)` selecting and scaling input channels; usable as a decorator."
-    return _register(CONSUMER_EDITS, cls, fn)
-
-def find_edit(table, m):
-    "The edit registered for the nearest class of `m` in its MRO, or None."
-    return next((table[c] for c in type(m).__mro__ if c in table), None)
+__all__ = ['remap_channels', 'split_plan', 'split_neurons', 'apply_splits', 'remap_optimizer']
 
 # %% ../nbs/07_surgery.ipynb #f00d84e8
 def _producer_edit(m):
-    fn = find_edit(PRODUCER_EDITS, m)
     k = layer_kind(m)
-    return fn or (k.select_out if k is not None else None)
+    return k.edit_out(m) if k is not None else None
 
 def _consumer_edit(m):
-    fn = find_edit(CONSUMER_EDITS, m)
     k = layer_kind(m)
-    return fn or (k.select_in if k is not None else None)
-
-# %% ../nbs/07_surgery.ipynb #d37454eb
-def edit_batchnorm(m: nn.Module, index: torch.Tensor):
-    "Keep channels `index` of a BatchNorm: affine parameters and running statistics."
-    edit_channels(m, index)
-
-def edit_depthwise(m: nn.Module, index: torch.Tensor):
-    "Keep channels `index` of a depthwise convolution (its filters and bias)."
-    if not is_depthwise(m): raise ValueError(f"follower {m} is a convolution that is not depthwise")
-    edit_channels(m, index)
+    return k.edit_in(m) if k is not None else None
 
 # %% ../nbs/07_surgery.ipynb #7510b9c6
 def _noop(m, index): pass
 
 def _follower_edit(m):
-    fn = find_edit(FOLLOWER_EDITS, m)
     k = layer_kind(m)
-    if fn is None and k is not None: fn = k.channel_edit(m)
+    fn = k.edit_follower(m) if k is not None else None
     if fn is None and stateless(m): fn = _noop
     return fn
 

@@ -187,3 +187,37 @@ def test_validate_group_errors():
         validate_group(model, SplitGroup('12', model[12]))
     with pytest.raises(ValueError, match='must be nn.Linear or nn.Conv2d'):
         validate_group(model, SplitGroup('0', model[0], consumers=[Consumer('3', model[3])]))
+
+
+def test_a_new_functional_op_is_one_registry_entry():
+    "An op unknown to the tracer is skipped with its reason; one `register_op` entry in s3d.kinds makes it a follower."
+    from functools import partial
+    from s3d.kinds import OpKind, register_op, FUNCTIONAL_OPS, Refusal
+    from s3d.surgery import split_neurons
+    from types import SimpleNamespace
+
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv1d(2, 3, 1), nn.Linear(3, 2)
+        def forward(self, x): return self.fc(torch.tanh(self.conv(x)).cumsum(dim=2).mean(2))
+
+    class CumsumOp(OpKind):
+        def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
+            d = (args[0] if args else kwargs['dim']) % len(shp)
+            if d in (0, cdim): raise Refusal("a cumsum over the channel or batch dim")
+            return partial(torch.cumsum, dim=d), cdim, repeat
+
+    model, x = Cum().double().eval(), torch.randn(4, 2, 5, dtype=torch.float64)
+    gs = split_groups(model, x)
+    assert not gs and 'cumsum' in gs.skipped[0].reason
+    register_op('cumsum', CumsumOp())
+    try:
+        g, = split_groups(model, x)
+        y = model(x)
+        sch = SimpleNamespace(weights=torch.tensor([[0.7, 0.3]], dtype=torch.float64), deltas=torch.zeros(1, 2, 3, dtype=torch.float64),
+                              k=torch.tensor([2]))
+        split_neurons(model, g, [1], sch, eps=0.0)
+        torch.testing.assert_close(model(x), y, rtol=1e-12, atol=1e-12)
+    finally:
+        del FUNCTIONAL_OPS['cumsum']

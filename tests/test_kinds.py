@@ -72,7 +72,7 @@ EXPECTED = {
     'gpt': ['blocks.0.fc', 'blocks.1.fc'],
 }
 SKIPPED_BECAUSE = {'resnet18': ('residual add',), 'mobilenet_v2': ('residual add',), 'vit': ('residual add', 'concatenated'),
-                   'gpt': ('residual add', 'not known to act on each channel')}   # gpt: qkv's view into heads
+                   'gpt': ('residual add', 'does not merge neighbouring dims')}   # gpt: qkv's view into heads
 
 
 def random_schemes(n, d, seed):
@@ -183,3 +183,43 @@ def test_conv1d_group_and_splitting_matrix():
         D = torch.randn(g.n_neurons, g.dim, dtype=torch.float64)
         torch.testing.assert_close(torch.einsum('jd,jde,je->j', D, S, D), quadratic_form_autograd(net, g, lossf, data, D))
         torch.testing.assert_close(split_operators(net, [g], lossf, data)[g.name](D), (S @ D[..., None])[..., 0])
+
+
+def test_kinds_imports_nothing_from_s3d():
+    "The layer-kind registry is the bottom of the engine: no import cycle through it (issue 20, item 2)."
+    import ast, pathlib, s3d.kinds
+    tree = ast.parse(pathlib.Path(s3d.kinds.__file__).read_text())
+    imported = [n.module or '' for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.level > 0 or (n.module or '').startswith('s3d'))]
+    assert imported == [], imported
+
+
+def test_builtin_curvatures_live_with_their_activation():
+    "Each built-in activation's curvature is on its kinds entry, the same function s3d.curvature applies."
+    import torch
+    from torch import nn
+    from s3d.kinds import ACTIVATIONS, RBF
+    from s3d.curvature import act_curvature, CURVATURES
+    z = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    for cls in (nn.ReLU, nn.SiLU, nn.Tanh, nn.GELU, RBF):
+        assert ACTIVATIONS[cls].curvature is CURVATURES[cls]
+        torch.testing.assert_close(act_curvature(cls(), z), ACTIVATIONS[cls].curvature(cls(), z, 3.0))
+
+
+def test_edit_overrides_live_on_the_kind():
+    "Surgery's edit tables are views of overrides stored on the layer kinds: one place per module type."
+    import torch
+    from torch import nn
+    import s3d.surgery as surgery
+    from s3d.kinds import FOLLOWER_EDITS, register_edit, layer_kind, ActivationKind
+    assert surgery.FOLLOWER_EDITS is FOLLOWER_EDITS and surgery.register_follower_edit.__module__ == 's3d.kinds'
+    def prelu_edit(m, index): pass
+    before = layer_kind(nn.PReLU)
+    assert before.edit_follower(nn.PReLU()) is None               # PReLU holds a slope: no edit by default
+    register_edit(nn.PReLU, follower=prelu_edit)
+    try:
+        assert layer_kind(nn.PReLU) is before and isinstance(before, ActivationKind)
+        assert before.edit_follower(nn.PReLU()) is prelu_edit and FOLLOWER_EDITS[nn.PReLU] is prelu_edit
+        assert surgery._follower_edit(nn.PReLU()) is prelu_edit
+    finally:
+        del FOLLOWER_EDITS[nn.PReLU]
+    assert nn.PReLU not in FOLLOWER_EDITS and before.edit_follower(nn.PReLU()) is None

@@ -1,0 +1,152 @@
+"The splitting matrix is the exact second-order term of a neuron's whole private path (issue 20, item 6a)."
+import copy
+import pytest, torch
+from torch import nn
+from conftest import _randomize_bn, make
+from s3d.graph import split_groups
+from s3d.splitmat import splitting_matrices, split_operators, dense_matrices
+from s3d.schemes import split_schemes
+from s3d.surgery import split_neurons
+
+LOSS = nn.functional.mse_loss
+
+
+def block(act2=nn.SiLU):
+    "conv -> BN -> SiLU -> depthwise conv -> BN -> act2 -> pointwise: the MobileNet/EfficientNet pattern, float64."
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.SiLU(),
+                      nn.Conv2d(5, 5, 3, padding=1, groups=5, bias=False), nn.BatchNorm2d(5), act2(),
+                      nn.Conv2d(5, 4, 1), nn.Flatten(), nn.Linear(4 * 16, 3))
+    m = _randomize_bn(m.double()).eval()
+    x = torch.randn(8, 3, 4, 4, dtype=torch.float64)
+    return m, x, torch.randn(8, 3, dtype=torch.float64)
+
+
+def schemes(S, m, c):
+    lam, vec = torch.linalg.eigh(S)
+    return split_schemes(lam[:, 0], vec[:, :, 0], lam[:, -1], vec[:, :, -1], m=m, c=c)
+
+
+def ratio(model, x, y, m, c, eps):
+    "Measured loss change over (eps^2/2) * predicted gain for splitting every neuron of the first group."
+    g = split_groups(model, x)[0]
+    sch = schemes(splitting_matrices(model, g, LOSS, [(x, y)]), m, c)
+    net = copy.deepcopy(model)
+    gn = split_groups(net, x)[0]
+    l0 = float(LOSS(net(x), y).detach())
+    split_neurons(net, gn, torch.arange(g.n_neurons), sch, eps=eps)
+    return (float(LOSS(net(x), y).detach()) - l0) / (eps ** 2 / 2 * float(sch.gain.sum()))
+
+
+@pytest.mark.parametrize('m', [2, 3, 4])
+@pytest.mark.parametrize('c', [1.0, 2.0, 3.0])
+def test_eps2_law_through_a_second_activation(m, c):
+    model, x, y = block()
+    r1, r2 = ratio(model, x, y, m, c, 5e-3), ratio(model, x, y, m, c, 1e-3)
+    assert abs(r1 - 1) < 0.05, r1
+    assert abs(r2 - 1) < 0.02 and abs(r2 - 1) <= abs(r1 - 1) + 1e-6, (r1, r2)
+
+
+def test_split_preserves_function_at_eps_zero():
+    model, x, y = block()
+    g = split_groups(model, x)[0]
+    sch = schemes(splitting_matrices(model, g, LOSS, [(x, y)]), 4, 3.0)
+    out = model(x)
+    split_neurons(model, g, torch.arange(g.n_neurons), sch, eps=0.0)
+    torch.testing.assert_close(model(x), out, rtol=1e-12, atol=1e-12)
+
+
+def test_quadratic_form_matches_autograd_hessian():
+    "delta^T S delta against the second derivative of the loss along a split, by autograd through the real model."
+    model, x, y = block()
+    g = split_groups(model, x)[0]
+    S = splitting_matrices(model, g, LOSS, [(x, y)])
+    # a two-copy split with weights 1/2 and displacements +-t*delta: the loss is even in t and its second derivative
+    # at 0 is sum_i w_i delta_i^T S delta_i = delta^T S delta (summed over neurons)
+    D = torch.randn(g.n_neurons, g.dim, dtype=torch.float64)
+    net = copy.deepcopy(model)
+    gn = split_groups(net, x)[0]
+    from types import SimpleNamespace
+    W = torch.full((g.n_neurons, 2), 0.5, dtype=torch.float64)
+    sch = SimpleNamespace(weights=W, deltas=torch.stack([D, -D], 1), k=torch.full((g.n_neurons,), 2))
+    split_neurons(net, gn, torch.arange(g.n_neurons), sch, eps=0.0)
+    p = gn.producer
+    w0, b0 = p.weight.detach().clone(), p.bias.detach().clone()
+    n = g.n_neurons
+    sign = torch.cat([torch.ones(n), -torch.ones(n)]).double()   # copies: the originals, then the new ones
+    dW = (sign[:, None] * torch.cat([D, D]))
+    def loss_at(t):
+        w = w0 + t * dW[:, :-1].reshape(w0.shape)
+        b = b0 + t * dW[:, -1]
+        return LOSS(torch.func.functional_call(net, {gn.name + '.weight': w, gn.name + '.bias': b}, (x,)), y)
+    t = torch.zeros((), dtype=torch.float64)
+    h = torch.func.hessian(loss_at)(t)
+    torch.testing.assert_close(h, torch.einsum('jd,jde,je->', D, S, D), rtol=1e-8, atol=1e-12)
+
+
+def test_matrix_free_products_match_dense():
+    model, x, y = block()
+    g = split_groups(model, x)[0]
+    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    S = splitting_matrices(model, g, LOSS, data)
+    for mode in ['auto', 'flat', 'conv']:
+        op = split_operators(model, [g], LOSS, data, mode=mode)[g.name]
+        V = torch.randn(g.n_neurons, g.dim, 3, dtype=torch.float64)
+        torch.testing.assert_close(op(V), S @ V)
+        torch.testing.assert_close(op.dense(), S)
+        torch.testing.assert_close(op.dense_sum() / op.count, S)
+        sel = torch.tensor([3, 1])
+        torch.testing.assert_close(op.products(V[sel], sel) / op.count, (S @ V)[sel])
+
+
+def test_relu_second_activation_uses_the_surrogate():
+    "A ReLU on the private path contributes its surrogate curvature, as the neuron's own ReLU does."
+    from s3d.graph import SplitGroup
+    model, x, y = block(nn.ReLU)
+    g = split_groups(model, x)[0]
+    S = splitting_matrices(model, g, LOSS, [(x, y)])
+    by_hand = SplitGroup(g.name, g.producer, g.bn, g.act, g.followers, g.consumers)   # no traced path: own act only
+    S_own = splitting_matrices(model, by_hand, LOSS, [(x, y)])
+    assert not torch.allclose(S, S_own)
+    S_sharp = splitting_matrices(model, g, LOSS, [(x, y)], beta=1e4)   # the surrogate's weight moves to the kinks
+    assert not torch.allclose(S, S_sharp) and torch.allclose(S_own, splitting_matrices(model, by_hand, LOSS, [(x, y)], beta=1e4))
+
+
+def test_unchanged_where_no_second_nonlinearity():
+    "Private paths without a second curved nonlinearity give the same S and S.v as before the change."
+    import sys, pathlib
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from _make_splitmat_reference import reference, MODELS
+    ref = torch.load(pathlib.Path(__file__).parent / 'data' / 'splitmat_reference.pt')
+    for name in MODELS:
+        now = reference(name)
+        for k in ref[name]['S']:
+            torch.testing.assert_close(now['S'][k], ref[name]['S'][k], rtol=1e-13, atol=0)
+            torch.testing.assert_close(now['SV'][k], ref[name]['SV'][k], rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize('method', ['cached', 'stream'])
+def test_fast_eigenpairs_see_the_path(method):
+    "The matrix-free solvers (cached and streamed, with neurons retiring) reach the extremes of the whole-path S."
+    from s3d.eigen import extreme_eigenpairs, eigh_extremes
+    model, x, y = block()
+    g = split_groups(model, x)[0]
+    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    ref = eigh_extremes(splitting_matrices(model, g, LOSS, data))
+    got = extreme_eigenpairs(model, [g], LOSS, data, method, tol=1e-8, dense_dim=0, max_passes=60)[g.name]
+    torch.testing.assert_close(got.lam_min, ref.lam_min, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(got.lam_max, ref.lam_max, rtol=1e-5, atol=1e-8)
+
+
+def test_forward_products_fall_back_to_double_backward():
+    "An op without a forward-mode formula (a custom autograd.Function) still gets its forward and transposed products."
+    from s3d.splitmat import _linearised
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x): ctx.save_for_backward(x); return x ** 3
+        @staticmethod
+        def backward(ctx, g): x, = ctx.saved_tensors; return 3 * x ** 2 * g
+    z, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    jvp, vjp = _linearised(Cube.apply, z)
+    torch.testing.assert_close(jvp(t), 3 * z ** 2 * t)
+    torch.testing.assert_close(vjp(t), 3 * z ** 2 * t)
