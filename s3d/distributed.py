@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .grow import _takes_state
 
 # %% auto #0
-__all__ = ['world_size', 'rank', 'DistContext', 'init_distributed', 'ShardedLoader']
+__all__ = ['world_size', 'rank', 'DistContext', 'prefers_channels_last', 'ddp_model', 'init_distributed', 'ShardedLoader']
 
 # %% ../nbs/08b_distributed.ipynb #f0000006
 def world_size() -> int:
@@ -33,6 +33,7 @@ class DistContext:
         self.rank, self.world_size, self.backend = tdist.get_rank(), tdist.get_world_size(), tdist.get_backend()
         if device is None: device = f"cuda:{torch.cuda.current_device()}" if self.backend == 'nccl' else 'cpu'
         self.device = torch.device(device)
+        self.channels_last = None   # DDP wraps the model in channels_last (None: on CUDA for 2-d convs, as training does)
 
     def reduce(self, t:torch.Tensor) -> torch.Tensor:
         "`t` summed over all processes: a new tensor on `t`'s device, identical on every rank."
@@ -54,12 +55,24 @@ def _check(self, model:nn.Module, rnd:int=0):
 DistContext.check = _check
 
 # %% ../nbs/08b_distributed.ipynb #f0000009
+def prefers_channels_last(model:nn.Module, device) -> bool:
+    "Whether training puts `model` in channels_last by default: on CUDA, for a model with 2-d convs."
+    from s3d.kinds import layer_kind, ConvKind
+    has_conv = any(isinstance(layer_kind(m), ConvKind) and m.weight.dim() == 4 for m in model.modules())
+    return torch.device(device).type == 'cuda' and has_conv
+
+def ddp_model(model:nn.Module, device, channels_last:bool|None=None) -> DistributedDataParallel:
+    "`model` in DDP, converted first to the memory format it trains in (DDP's gradient buckets take the parameters' strides)."
+    device = torch.device(device)
+    if prefers_channels_last(model, device) if channels_last is None else channels_last:
+        model.to(memory_format=torch.channels_last)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
 def _wrap(self, train_fn):
     "`train_fn` run on a fresh `DistributedDataParallel` wrapper of the model each round (after that round's surgery)."
     takes = _takes_state(train_fn)
     def fn(model, r, state=None):
-        ids = [self.device.index] if self.device.type == 'cuda' else None
-        ddp = DistributedDataParallel(model, device_ids=ids)   # broadcasts rank 0's weights and buffers
+        ddp = ddp_model(model, self.device, self.channels_last)   # broadcasts rank 0's weights and buffers
         return train_fn(ddp, r, state) if takes else train_fn(ddp, r)
     return fn
 DistContext.wrap = _wrap

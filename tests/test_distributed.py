@@ -1,5 +1,6 @@
 """Two gloo processes grow the same architecture, with parameters equal within tolerance, as one process on the same global batches."""
 import socket, sys
+import pytest
 from pathlib import Path
 import torch
 import torch.multiprocessing as mp
@@ -47,3 +48,34 @@ def test_two_process_growth_matches_one(tmp_path):
     # only rank 0 wrote, and its checkpoint is the finished run
     st = load_checkpoint(tmp_path / 'run' / 'checkpoint.pt')
     assert (st['phase'], st['round']) == ('done', 2) and (tmp_path / 'run' / 'history.csv').exists()
+
+
+def test_ddp_is_built_after_the_channels_last_conversion(tmp_path):
+    "DDP lays out its gradient buckets with the parameters' strides at construction: channels_last must come first (issue 18)."
+    import warnings
+    import torch.distributed as tdist
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel
+    import s3d.paper.runs as runs
+    from s3d.distributed import DistContext
+    from s3d.paper.train import train
+    conv = lambda: nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    batches = [(torch.randn(4, 3, 10, 10), torch.randint(0, 4, (4,))) for _ in range(2)]
+    def messages(fn):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            fn()
+        return [str(x.message) for x in w if 'strides' in str(x.message)]
+    tdist.init_process_group('gloo', store=tdist.FileStore(str(tmp_path / 'store'), 1), rank=0, world_size=1)
+    try:
+        runs._DIST = ctx = DistContext()
+        ctx.channels_last = True   # the per-round wrapper `grow(dist=)` uses (True is CUDA's default for conv models)
+        assert messages(lambda: ctx.wrap(lambda m, r: train(m, batches, 1, channels_last=True, progress=False))(conv(), 1)) == []
+        ddp = runs.data_parallel(conv(), channels_last=True)   # what the tables' trainers call
+        assert messages(lambda: train(ddp, batches, 1, channels_last=True, progress=False)) == []
+        with pytest.raises(ValueError, match='channels_last'):   # wrapped in the old order: refused, not silently slow
+            train(DistributedDataParallel(conv()), batches, 1, channels_last=True, progress=False)
+    finally:
+        runs._DIST = None
+        tdist.destroy_process_group()

@@ -340,11 +340,12 @@ def gather(value) -> list:
     if _DIST is None: return [value]
     out = [None] * _DIST.world_size; tdist.all_gather_object(out, value); return out
 
-def data_parallel(model):
-    "`model` in a `DistributedDataParallel` wrapper under torchrun; unchanged without it, or when already wrapped."
+def data_parallel(model, channels_last:bool|None=None):
+    "`model` in DDP under torchrun, built after its channels_last conversion (default: as training decides); unchanged otherwise."
     from torch.nn.parallel import DistributedDataParallel
+    from s3d.distributed import ddp_model
     if _DIST is None or isinstance(model, DistributedDataParallel): return model
-    return DistributedDataParallel(model, device_ids=[_DIST.device.index] if _DIST.device.type == 'cuda' else None)
+    return ddp_model(model, _DIST.device, channels_last)
 
 def shard(loader):
     "This process's slice of every global batch of `loader` under torchrun (see `s3d.distributed.ShardedLoader`); `loader` otherwise."
