@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/distributed.html.md"""
 
 # %% ../nbs/08b_distributed.ipynb #f0000003
 from __future__ import annotations
-import os, datetime
+import os, datetime, warnings
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -14,7 +14,8 @@ from torch.nn.parallel import DistributedDataParallel
 from .grow import _takes_state
 
 # %% auto #0
-__all__ = ['world_size', 'rank', 'DistContext', 'prefers_channels_last', 'ddp_model', 'init_distributed', 'ShardedLoader']
+__all__ = ['world_size', 'rank', 'DistContext', 'prefers_channels_last', 'ddp_model', 'init_distributed', 'gather_rng_states',
+           'restore_rng_states', 'ShardedLoader']
 
 # %% ../nbs/08b_distributed.ipynb #f0000006
 def world_size() -> int:
@@ -86,6 +87,33 @@ def init_distributed(backend:str|None=None,   # 'nccl' or 'gloo' (default: NCCL 
     if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     if not tdist.is_initialized(): tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistContext()
+
+# %% ../nbs/08b_distributed.ipynb #6390f10b
+def gather_rng_states() -> list:
+    "Every process's RNG states (torch, CUDA, numpy, python), in rank order, on every rank: what a data-parallel checkpoint keeps."
+    from s3d.grow import _rng_state
+    st = _rng_state()
+    if world_size() == 1: return [st]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, st)
+    return out
+
+def restore_rng_states(saved) -> list:
+    "Set this process's RNG states from `saved` (one per rank, or one dict); CUDA ones only for devices that exist. Returns what was not restored."
+    from s3d.grow import _set_rng_state
+    saved, r, notes = [saved] if isinstance(saved, dict) else list(saved), rank(), []
+    if r >= len(saved):
+        notes.append(f"rank {r}: the checkpoint holds the RNG states of {len(saved)} process(es); this rank keeps its own streams")
+    else:
+        st = dict(saved[r]); cuda = list(st.pop('cuda', []))
+        _set_rng_state(st)
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for i, s in enumerate(cuda[:n]): torch.cuda.set_rng_state(s, i)
+        if len(cuda) > n:
+            notes.append(f"rank {r}: the checkpoint holds CUDA RNG states of {len(cuda)} device(s), this machine has {n}: "
+                         f"devices {n}..{len(cuda) - 1} not restored")
+    for m in notes: warnings.warn(m)
+    return notes
 
 # %% ../nbs/08b_distributed.ipynb #f000000d
 class ShardedLoader:

@@ -79,3 +79,29 @@ def test_ddp_is_built_after_the_channels_last_conversion(tmp_path):
     finally:
         runs._DIST = None
         tdist.destroy_process_group()
+
+
+def test_resume_restores_every_ranks_own_rng_streams(tmp_path):
+    "A stage interrupted after a checkpoint resumes on each of 2 gloo ranks with that rank's RNG streams, not rank 0's."
+    import rng_resume_run
+    mp.spawn(rng_resume_run.worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f'rng{r}.pt', weights_only=True) for r in range(2))
+    assert not torch.equal(r0['expected'], r1['expected'])   # the ranks' streams differ
+    assert torch.equal(r0['got'], r0['expected']) and torch.equal(r1['got'], r1['expected'])
+    st = torch.load(tmp_path / 'stage-fit.pt', weights_only=True)
+    assert isinstance(st['rng'], list) and len(st['rng']) == 2   # rank 0 wrote both ranks' states
+
+
+def test_cuda_states_of_a_bigger_machine_restore_without_index_error(monkeypatch):
+    "A checkpoint written with more GPUs than this machine has: the existing devices' states are set, the rest named."
+    import s3d.distributed as sd
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda s, i: set_calls.append(i))
+    from s3d.grow import _rng_state
+    monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: [torch.zeros(16, dtype=torch.uint8)] * 4)
+    saved = _rng_state()   # as written on a 4-GPU machine
+    with pytest.warns(UserWarning, match='4 device'):
+        notes = sd.restore_rng_states([saved])
+    assert set_calls == [0] and len(notes) == 1
