@@ -151,3 +151,12 @@ def test_energy_budget_holds_for_the_grown_network_at_paper_widths():
     assert added <= budget, f"grown network adds {added} FLOPs, over the budget {budget:.6g}"
     assert added == costs.added({k: len(v) for k, v in sel.items()})   # the count on a copy is the real one
     assert added > 0.9 * budget   # trimming stops near the budget, not far below it
+
+
+def test_worker_decoded_crops_are_pinned_as_one_batch(tiny):
+    "The DataLoader pins what the collate returns: it must be the stacked batch, which goes to the device as is (issue 18)."
+    dl = JpegLoader(scan_imagefolder(tiny), 5, size=24, workers=0, decode='worker', seed=1)
+    items, idx = next(iter(dl._dl))
+    assert torch.is_tensor(items) and items.shape == (5, 3, 24, 24) and items.dtype == torch.uint8
+    x, y = next(iter(JpegLoader(scan_imagefolder(tiny), 5, size=24, workers=0, decode='worker', seed=1)))
+    assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32 and y.shape == (5,)
