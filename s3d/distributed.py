@@ -15,7 +15,8 @@ from .grow import _takes_state
 
 # %% auto #0
 __all__ = ['world_size', 'rank', 'DistContext', 'prefers_channels_last', 'ddp_model', 'init_distributed', 'gather_rng_states',
-           'restore_rng_states', 'ShardedLoader']
+           'restore_rng_states', 'SyncBatchNormMixin', 'SyncBatchNorm1d', 'SyncBatchNorm2d', 'sync_batchnorm',
+           'ShardedLoader']
 
 # %% ../nbs/08b_distributed.ipynb #f0000006
 def world_size() -> int:
@@ -63,8 +64,9 @@ def prefers_channels_last(model:nn.Module, device) -> bool:
     return torch.device(device).type == 'cuda' and has_conv
 
 def ddp_model(model:nn.Module, device, channels_last:bool|None=None) -> DistributedDataParallel:
-    "`model` in DDP, converted first to the memory format it trains in (DDP's gradient buckets take the parameters' strides)."
+    "`model` in DDP with synchronised BatchNorm, converted first to the memory format it trains in (DDP's buckets take its strides)."
     device = torch.device(device)
+    if world_size() > 1: sync_batchnorm(model)   # BatchNorm statistics of the global batch, as one process computes them
     if prefers_channels_last(model, device) if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
@@ -114,6 +116,73 @@ def restore_rng_states(saved) -> list:
                          f"devices {n}..{len(cuda) - 1} not restored")
     for m in notes: warnings.warn(m)
     return notes
+
+# %% ../nbs/08b_distributed.ipynb #4151d422
+class _SyncBN(torch.autograd.Function):
+    "Batch normalisation with the batch statistics of all processes (`dims`: every dim but the channels)."
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, dims):
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x if x.dtype == torch.float64 else x.float()   # statistics in float32 at least
+        n = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
+        mean = xf.mean(dims, dtype=torch.float64) if n.item() else torch.zeros(x.shape[1], device=x.device, dtype=torch.float64)
+        m2 = ((xf - mean.to(xf).view(shape)) ** 2).sum(dims, dtype=torch.float64)
+        parts = [torch.zeros(1 + 2 * x.shape[1], device=x.device, dtype=torch.float64) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(parts, torch.cat([n, mean, m2]))   # every rank's count, mean and sum of squared deviations
+        P = torch.stack(parts); C = x.shape[1]
+        cnt, means, m2s = P[:, :1], P[:, 1:1 + C], P[:, 1 + C:]
+        N = cnt.sum()
+        gmean = (cnt * means).sum(0) / N
+        gm2 = m2s.sum(0) + (cnt * (means - gmean) ** 2).sum(0)   # Chan et al.: no cancellation
+        invstd = torch.rsqrt(gm2 / N + eps)
+        xhat = (xf - gmean.to(xf).view(shape)) * invstd.to(xf).view(shape)
+        ctx.save_for_backward(xhat, invstd.to(xf), weight)
+        var = gm2 / max(N.item() - 1, 1)
+        ctx.mark_non_differentiable(gmean, var)
+        ctx.dims, ctx.N, ctx.shape = dims, N.item(), shape
+        y = xhat if weight is None else xhat * weight.to(xf).view(shape) + bias.to(xf).view(shape)
+        return y.to(x.dtype), gmean, var   # output, batch mean, unbiased batch variance
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar):
+        xhat, invstd, weight = ctx.saved_tensors
+        dims, N, shape = ctx.dims, ctx.N, ctx.shape
+        g = gy.to(xhat.dtype)
+        sums = torch.cat([g.sum(dims), (g * xhat).sum(dims)])
+        local_gb, local_gw = sums.clone().chunk(2)   # before the in-place all-reduce
+        tdist.all_reduce(sums)   # the output gradients of every process's samples
+        sum_g, sum_gx = sums.chunk(2)
+        scale = invstd if weight is None else invstd * weight.to(invstd)
+        gx = (g - (sum_g / N).view(shape) - xhat * (sum_gx / N).view(shape)) * scale.view(shape)
+        gw = None if weight is None else local_gw.to(weight.dtype)   # this process's part: DDP averages them
+        gb = None if weight is None else local_gb.to(weight.dtype)
+        return gx.to(gy.dtype), gw, gb, None, None
+
+# %% ../nbs/08b_distributed.ipynb #c4c4f5f4
+class SyncBatchNormMixin:
+    "A BatchNorm whose training-mode statistics are those of the whole global batch, over all processes, on every backend."
+    def forward(self, x):
+        if not (self.training and world_size() > 1): return super().forward(x)   # one process: torch's own BatchNorm
+        self._check_input_dim(x)
+        dims = [0] + list(range(2, x.dim()))
+        y, mean, var = _SyncBN.apply(x, self.weight, self.bias, self.eps, dims)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                f = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - f).add_(mean.to(self.running_mean) * f)
+                self.running_var.mul_(1 - f).add_(var.to(self.running_var) * f)
+        return y
+
+class SyncBatchNorm1d(SyncBatchNormMixin, nn.BatchNorm1d): "`nn.BatchNorm1d` with statistics over all processes."
+class SyncBatchNorm2d(SyncBatchNormMixin, nn.BatchNorm2d): "`nn.BatchNorm2d` with statistics over all processes."
+_SYNC = {nn.BatchNorm1d: SyncBatchNorm1d, nn.BatchNorm2d: SyncBatchNorm2d}
+
+def sync_batchnorm(model:nn.Module) -> nn.Module:
+    "Make every BatchNorm1d/2d of `model` synchronised over processes, in place (same modules, parameters and buffers)."
+    for m in model.modules():
+        if type(m) in _SYNC: m.__class__ = _SYNC[type(m)]
+    return model
 
 # %% ../nbs/08b_distributed.ipynb #f000000d
 class ShardedLoader:

@@ -105,3 +105,19 @@ def test_cuda_states_of_a_bigger_machine_restore_without_index_error(monkeypatch
     with pytest.warns(UserWarning, match='4 device'):
         notes = sd.restore_rng_states([saved])
     assert set_calls == [0] and len(notes) == 1
+
+
+def test_sync_batchnorm_over_two_gloo_processes_is_one_process_batchnorm(tmp_path):
+    "Each rank holds half the batch: outputs, input gradients, summed parameter gradients and running stats are one process's."
+    import sync_bn_run
+    mp.spawn(sync_bn_run.worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r = [torch.load(tmp_path / f'bn{k}.pt', weights_only=True) for k in range(2)]
+    x, gy = sync_bn_run.batch()
+    one = sync_bn_run.step(sync_bn_run.model(), x, gy)
+    for k in range(2):
+        torch.testing.assert_close(r[k]['y'], one['y'][k::2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r[k]['gx'], one['gx'][k::2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(r[k]['rm'], one['rm'], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(r[k]['rv'], one['rv'], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(r[0]['gw'] + r[1]['gw'], one['gw'], rtol=1e-5, atol=1e-5)   # DDP adds (averages) these
+    torch.testing.assert_close(r[0]['gb'] + r[1]['gb'], one['gb'], rtol=1e-5, atol=1e-5)
