@@ -52,3 +52,12 @@ def test_alerts_in_worker_processes_reach_the_parent():
         assert run_tasks(_alert, [(1,), (2,)], jobs=2) == [2, 4]
         info = run_info('cpu')
     assert info['nondeterministic'] == ['adaptive_avg_pool2d_backward_cuda'] and not info['deterministic']
+
+
+def test_summary_says_what_differs_under_several_processes(monkeypatch):
+    import s3d.distributed as sd
+    from s3d.paper.runs import run_info_line
+    assert 'Data-parallel' not in run_info_line(run_info('cpu'))
+    monkeypatch.setattr(sd, 'world_size', lambda: 2)
+    line = run_info_line(run_info('cpu'))
+    assert 'over 2 processes' in line and 'BatchNorm statistics synchronised' in line and 'dropout' in line

@@ -158,15 +158,21 @@ def run_info(device='cpu') -> dict:
     d = torch.device(device)
     name = torch.cuda.get_device_name(d) if d.type == 'cuda' else (platform.machine() or 'cpu')
     on = torch.are_deterministic_algorithms_enabled()
+    from s3d.distributed import world_size
     return dict(torch=torch.__version__, device=f'{d.type} ({name})', threads=torch.get_num_threads(),
-                deterministic=on and not _NONDETERMINISTIC, nondeterministic=nondeterministic_ops() if on else [])
+                deterministic=on and not _NONDETERMINISTIC, nondeterministic=nondeterministic_ops() if on else [],
+                world_size=world_size())
 
 def run_info_line(info:dict) -> str:
     "`run_info` as one sentence for a markdown summary; it claims determinism only when no op ran without it."
     bad = info.get('nondeterministic') or []
     how = (', deterministic algorithms' if info['deterministic'] else
            f", deterministic algorithms except {', '.join(bad)} (no deterministic kernel on this device: not bit-reproducible)" if bad else '')
-    return f"Computed with torch {info['torch']} on {info['device']}, {info['threads']} thread(s) per run{how}."
+    w = info.get('world_size', 1)
+    par = ('' if w == 1 else f" Data-parallel over {w} processes (torchrun): BatchNorm statistics synchronised, so the numbers "
+           "are one process's up to floating-point reduction order, except random draws inside the model (dropout), which "
+           "each process takes from its own stream.")
+    return f"Computed with torch {info['torch']} on {info['device']}, {info['threads']} thread(s) per run{how}.{par}"
 
 def fingerprint(config) -> str:
     "A short stable hash of a JSON-able configuration."
