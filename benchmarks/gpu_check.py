@@ -11,7 +11,9 @@ Sections (each row records its error instead of stopping the check):
    real pipeline (`Trainer`, `run_one`), with wall time and peak device memory. Figure 2 (RBF toy): one paper-config job,
    shortened.
 2. Training throughput (img/s) of `train` + `BatchLoader` against a minimal plain loop (benchmarks/train_bench.py),
-   full and seed MobileNetV1, and the projected paper-scale Table 1 time (training + one fast eigenpair pass per split).
+   full and seed MobileNetV1, and the projected paper-scale Table 1 time (training + one fast eigenpair pass per split;
+   every stage of every run counted, the three controls included: `table1_stages`).
+Everything runs under `pinned_numerics`, the settings of `s3d reproduce` (cudnn.benchmark off, deterministic algorithms).
 3. Fast eigenpairs at 4,096 images for the seed, x1.3^5 and full MobileNetV1: time, ratio to one forward+backward over
    the same images, peak device memory.
 4. Agreement of splitting matrices and eigenpairs between a float64 CPU reference and float32 on the device (small net).
@@ -34,7 +36,8 @@ from s3d.splitmat import dense_matrices
 from s3d.eigen import extreme_eigenpairs, eigh_extremes
 from s3d.paper.models import MobileNetV1
 from s3d.paper.data import ImageData, CIFAR100_MEAN, CIFAR100_STD
-from s3d.paper.runs import resolve_device, markdown_table, start_distributed, stop_distributed, is_writer, barrier
+from s3d.paper.runs import (resolve_device, markdown_table, start_distributed, stop_distributed, is_writer, barrier,
+                            pinned_numerics, run_info, run_info_line)
 import s3d.paper.experiments.table1 as T1
 import s3d.paper.experiments.fig2 as F2
 import s3d.paper.experiments.table2 as T2
@@ -174,6 +177,28 @@ def check_throughput(a, dev, cfg):
 def grown_widths(cfg, r): return [max(1, round(w * (1 + cfg.ratio) ** r)) for w in cfg.seed_widths]
 
 
+def table1_stages(cfg) -> list:
+    "(method, widths, weight) per training stage of every run of the Table 1 schedule `cfg` (weight: its cost in stages)."
+    grown = lambda seed, r: [max(1, round(w * (1 + cfg.ratio) ** r)) for w in seed]
+    prune = {'L1 pruning': 1, 'BN pruning': 2, 'MorphNet': 2}   # stages at the full width (pruned ones ~0.9x)
+    out = []
+    for run in T1.table1_runs(cfg):
+        m, r = run['method'], cfg.rounds
+        if m in ('S2D', 'S3D', 'random growth', 'Net2Net'):   # seed + one stage after every split (controls: S3D's widths)
+            out += [(m, grown(run['widths'], k), 1.0) for k in range(r + 1)]
+        elif m == 'scratch': out += [(m, grown(run['widths'], r), 1.0)] * (r + 1)   # S3D's final net, the same stages
+        elif m in prune: out += [(m, list(cfg.full_widths), 0.9)] * prune[m]
+        else: out.append((m, run['widths'], 1.0))
+    return out
+
+
+def project_table1(ips_of_widths, cfg) -> dict:
+    "Hours per method of the Table 1 schedule `cfg` (controls and pruning stages counted), from a throughput model."
+    n, hours = 50_000 * cfg.epochs, {}
+    for m, w, k in table1_stages(cfg): hours[m] = hours.get(m, 0.0) + k * n / ips_of_widths(w) / 3600
+    return hours
+
+
 def check_eigen(a, dev, cfg):
     n = 32 if a.tiny else 4096
     g = torch.Generator().manual_seed(1)
@@ -246,6 +271,7 @@ def report(a, dev, res, out):
     for key, title in (('table1', 'Table 1 runs (1 epoch per stage) and Figure 2 job'), ('tables23', 'Tables 2 and 3 runs (1 epoch per stage, synthetic data in the real formats)'), ('throughput', 'Training throughput'),
                        ('eigen', 'Fast eigenpairs'), ('agreement', 'float64 CPU vs float32 device'), ('projection', 'Projection')):
         if res.get(key): md += [f'## {title}', '', markdown_table(pd.DataFrame(res[key]).astype(object).where(lambda d: d.notna(), '–'), digits=4), '']
+    md += [run_info_line(res['numerics']) + f" cudnn.benchmark {'on' if res['numerics']['cudnn_benchmark'] else 'off'} (as `s3d reproduce`).", '']
     md += [f"Peak memory: `torch.cuda.max_memory_allocated` per row ('–' on the CPU: not measured). Eigenvector |cos| only over "
            f"ends separated from the next eigenvalue by >= 5% of the radius. Whole check: {res['seconds']} s.", '']
     text = '\n'.join(md)
@@ -254,6 +280,11 @@ def report(a, dev, res, out):
 
 
 def main(argv=None):
+    with pinned_numerics(1):   # the numerics `s3d reproduce` runs under: cudnn.benchmark off, deterministic algorithms
+        return _main(argv)
+
+
+def _main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='auto'); p.add_argument('--tiny', action='store_true', help='tiny shapes (CI on a CPU)')
     p.add_argument('--rounds', type=int, default=1, help='splits per S2D/S3D run'); p.add_argument('--steps', type=int, default=40)
@@ -265,7 +296,6 @@ def main(argv=None):
     if a.compile == 'default': a.compile = True
     dist, dev = start_distributed(a.device)   # under torchrun: this process's GPU (gloo on CPU); else a.device
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    if dev.type == 'cuda': torch.backends.cudnn.benchmark = True
     skip, res, t0 = set(a.skip.split(',')) - {''}, {}, time.perf_counter()
     if not is_writer(): skip |= {'throughput', 'eigen', 'agreement'}   # one-process measurements: rank 0 alone
     cfg = table1_config(a)
@@ -274,19 +304,22 @@ def main(argv=None):
     if 'throughput' not in skip: res['throughput'], meas = check_throughput(a, dev, cfg)
     if 'eigen' not in skip: res['eigen'] = check_eigen(a, dev, cfg)
     if 'agreement' not in skip: res['agreement'] = check_agreement(a, dev)
-    if 'throughput' not in skip and not a.tiny:
+    if 'throughput' not in skip:   # at --tiny from tiny measurements: checks the arithmetic, not the hours
         (f1, i1), (f0, i0) = meas['full'], meas['seed']
         b = (1 / i1 - 1 / i0) / max(f1 - f0, 1); a0 = 1 / i0 - b * f0
         ips = lambda w: 1 / max(a0 + b * count_params_flops(MobileNetV1(100, widths=w), torch.zeros(1, 3, 32, 32))[1], 1e-9)
         paper = T1.SCALES['paper']
-        hours, parts = TB.project(ips, paper)
+        parts = project_table1(ips, paper); hours = sum(parts.values())
         n_splits = sum(paper.rounds for r in T1.table1_runs(paper) if r['method'] in ('S2D', 'S3D'))
         eig = [r['eigen_s'] for r in res.get('eigen', []) if r.get('error') is None]
         eig_h = n_splits * max(eig) / 3600 if eig else float('nan')
+        ctl = sum(parts.get(m, 0.0) for m in ('random growth', 'Net2Net', 'scratch'))
         res['projection'] = [dict(what='paper-scale Table 1 training', hours=round(hours, 2)),
+                             dict(what='of which the controls (random growth, Net2Net, scratch)', hours=round(ctl, 2)),
                              dict(what=f'{n_splits} splits x slowest measured fast eigenpairs', hours=round(eig_h, 3)),
                              dict(what='total', hours=round(hours + eig_h, 2))]
     res['seconds'] = round(time.perf_counter() - t0, 1)
+    res['numerics'] = dict(run_info(dev), cudnn_benchmark=torch.backends.cudnn.benchmark)
     if dist is not None: res['world_size'] = dist.world_size
     if is_writer(): report(a, dev, res, out)
     barrier(); stop_distributed()

@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/distributed.html.md"""
 
 # %% ../nbs/08b_distributed.ipynb #f0000003
 from __future__ import annotations
-import os, datetime
+import os, datetime, warnings
 import torch
 import torch.distributed as tdist
 from torch import nn
@@ -14,7 +14,9 @@ from torch.nn.parallel import DistributedDataParallel
 from .grow import _takes_state
 
 # %% auto #0
-__all__ = ['world_size', 'rank', 'DistContext', 'init_distributed', 'ShardedLoader']
+__all__ = ['world_size', 'rank', 'DistContext', 'prefers_channels_last', 'ddp_model', 'init_distributed', 'gather_rng_states',
+           'restore_rng_states', 'SyncBatchNormMixin', 'SyncBatchNorm1d', 'SyncBatchNorm2d', 'sync_batchnorm',
+           'ShardedLoader']
 
 # %% ../nbs/08b_distributed.ipynb #f0000006
 def world_size() -> int:
@@ -33,6 +35,7 @@ class DistContext:
         self.rank, self.world_size, self.backend = tdist.get_rank(), tdist.get_world_size(), tdist.get_backend()
         if device is None: device = f"cuda:{torch.cuda.current_device()}" if self.backend == 'nccl' else 'cpu'
         self.device = torch.device(device)
+        self.channels_last = None   # DDP wraps the model in channels_last (None: on CUDA for 2-d convs, as training does)
 
     def reduce(self, t:torch.Tensor) -> torch.Tensor:
         "`t` summed over all processes: a new tensor on `t`'s device, identical on every rank."
@@ -54,12 +57,25 @@ def _check(self, model:nn.Module, rnd:int=0):
 DistContext.check = _check
 
 # %% ../nbs/08b_distributed.ipynb #f0000009
+def prefers_channels_last(model:nn.Module, device) -> bool:
+    "Whether training puts `model` in channels_last by default: on CUDA, for a model with 2-d convs."
+    from s3d.kinds import layer_kind, ConvKind
+    has_conv = any(isinstance(layer_kind(m), ConvKind) and m.weight.dim() == 4 for m in model.modules())
+    return torch.device(device).type == 'cuda' and has_conv
+
+def ddp_model(model:nn.Module, device, channels_last:bool|None=None) -> DistributedDataParallel:
+    "`model` in DDP with synchronised BatchNorm, converted first to the memory format it trains in (DDP's buckets take its strides)."
+    device = torch.device(device)
+    if world_size() > 1: sync_batchnorm(model)   # BatchNorm statistics of the global batch, as one process computes them
+    if prefers_channels_last(model, device) if channels_last is None else channels_last:
+        model.to(memory_format=torch.channels_last)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+
 def _wrap(self, train_fn):
     "`train_fn` run on a fresh `DistributedDataParallel` wrapper of the model each round (after that round's surgery)."
     takes = _takes_state(train_fn)
     def fn(model, r, state=None):
-        ids = [self.device.index] if self.device.type == 'cuda' else None
-        ddp = DistributedDataParallel(model, device_ids=ids)   # broadcasts rank 0's weights and buffers
+        ddp = ddp_model(model, self.device, self.channels_last)   # broadcasts rank 0's weights and buffers
         return train_fn(ddp, r, state) if takes else train_fn(ddp, r)
     return fn
 DistContext.wrap = _wrap
@@ -73,6 +89,100 @@ def init_distributed(backend:str|None=None,   # 'nccl' or 'gloo' (default: NCCL 
     if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     if not tdist.is_initialized(): tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistContext()
+
+# %% ../nbs/08b_distributed.ipynb #6390f10b
+def gather_rng_states() -> list:
+    "Every process's RNG states (torch, CUDA, numpy, python), in rank order, on every rank: what a data-parallel checkpoint keeps."
+    from s3d.grow import _rng_state
+    st = _rng_state()
+    if world_size() == 1: return [st]
+    out = [None] * world_size()
+    tdist.all_gather_object(out, st)
+    return out
+
+def restore_rng_states(saved) -> list:
+    "Set this process's RNG states from `saved` (one per rank, or one dict); CUDA ones only for devices that exist. Returns what was not restored."
+    from s3d.grow import _set_rng_state
+    saved, r, notes = [saved] if isinstance(saved, dict) else list(saved), rank(), []
+    if r >= len(saved):
+        notes.append(f"rank {r}: the checkpoint holds the RNG states of {len(saved)} process(es); this rank keeps its own streams")
+    else:
+        st = dict(saved[r]); cuda = list(st.pop('cuda', []))
+        _set_rng_state(st)
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for i, s in enumerate(cuda[:n]): torch.cuda.set_rng_state(s, i)
+        if len(cuda) > n:
+            notes.append(f"rank {r}: the checkpoint holds CUDA RNG states of {len(cuda)} device(s), this machine has {n}: "
+                         f"devices {n}..{len(cuda) - 1} not restored")
+    for m in notes: warnings.warn(m)
+    return notes
+
+# %% ../nbs/08b_distributed.ipynb #4151d422
+class _SyncBN(torch.autograd.Function):
+    "Batch normalisation with the batch statistics of all processes (`dims`: every dim but the channels)."
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, dims):
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x if x.dtype == torch.float64 else x.float()   # statistics in float32 at least
+        n = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
+        mean = xf.mean(dims, dtype=torch.float64) if n.item() else torch.zeros(x.shape[1], device=x.device, dtype=torch.float64)
+        m2 = ((xf - mean.to(xf).view(shape)) ** 2).sum(dims, dtype=torch.float64)
+        parts = [torch.zeros(1 + 2 * x.shape[1], device=x.device, dtype=torch.float64) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(parts, torch.cat([n, mean, m2]))   # every rank's count, mean and sum of squared deviations
+        P = torch.stack(parts); C = x.shape[1]
+        cnt, means, m2s = P[:, :1], P[:, 1:1 + C], P[:, 1 + C:]
+        N = cnt.sum()
+        gmean = (cnt * means).sum(0) / N
+        gm2 = m2s.sum(0) + (cnt * (means - gmean) ** 2).sum(0)   # Chan et al.: no cancellation
+        invstd = torch.rsqrt(gm2 / N + eps)
+        xhat = (xf - gmean.to(xf).view(shape)) * invstd.to(xf).view(shape)
+        ctx.save_for_backward(xhat, invstd.to(xf), weight)
+        var = gm2 / max(N.item() - 1, 1)
+        ctx.mark_non_differentiable(gmean, var)
+        ctx.dims, ctx.N, ctx.shape = dims, N.item(), shape
+        y = xhat if weight is None else xhat * weight.to(xf).view(shape) + bias.to(xf).view(shape)
+        return y.to(x.dtype), gmean, var   # output, batch mean, unbiased batch variance
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar):
+        xhat, invstd, weight = ctx.saved_tensors
+        dims, N, shape = ctx.dims, ctx.N, ctx.shape
+        g = gy.to(xhat.dtype)
+        sums = torch.cat([g.sum(dims), (g * xhat).sum(dims)])
+        local_gb, local_gw = sums.clone().chunk(2)   # before the in-place all-reduce
+        tdist.all_reduce(sums)   # the output gradients of every process's samples
+        sum_g, sum_gx = sums.chunk(2)
+        scale = invstd if weight is None else invstd * weight.to(invstd)
+        gx = (g - (sum_g / N).view(shape) - xhat * (sum_gx / N).view(shape)) * scale.view(shape)
+        gw = None if weight is None else local_gw.to(weight.dtype)   # this process's part: DDP averages them
+        gb = None if weight is None else local_gb.to(weight.dtype)
+        return gx.to(gy.dtype), gw, gb, None, None
+
+# %% ../nbs/08b_distributed.ipynb #c4c4f5f4
+class SyncBatchNormMixin:
+    "A BatchNorm whose training-mode statistics are those of the whole global batch, over all processes, on every backend."
+    def forward(self, x):
+        if not (self.training and world_size() > 1): return super().forward(x)   # one process: torch's own BatchNorm
+        self._check_input_dim(x)
+        dims = [0] + list(range(2, x.dim()))
+        y, mean, var = _SyncBN.apply(x, self.weight, self.bias, self.eps, dims)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                f = 1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.mul_(1 - f).add_(mean.to(self.running_mean) * f)
+                self.running_var.mul_(1 - f).add_(var.to(self.running_var) * f)
+        return y
+
+class SyncBatchNorm1d(SyncBatchNormMixin, nn.BatchNorm1d): "`nn.BatchNorm1d` with statistics over all processes."
+class SyncBatchNorm2d(SyncBatchNormMixin, nn.BatchNorm2d): "`nn.BatchNorm2d` with statistics over all processes."
+_SYNC = {nn.BatchNorm1d: SyncBatchNorm1d, nn.BatchNorm2d: SyncBatchNorm2d}
+
+def sync_batchnorm(model:nn.Module) -> nn.Module:
+    "Make every BatchNorm1d/2d of `model` synchronised over processes, in place (same modules, parameters and buffers)."
+    for m in model.modules():
+        if type(m) in _SYNC: m.__class__ = _SYNC[type(m)]
+    return model
 
 # %% ../nbs/08b_distributed.ipynb #f000000d
 class ShardedLoader:

@@ -26,7 +26,7 @@ from .checkpoint import (Checkpoint, CheckpointError, TrainState, takes_state, l
 from .controls import CONTROLS, Control, get_control
 
 # %% auto #0
-__all__ = ['GROWTHS', 'ALLOCATIONS', 'GrowConfig', 'neuron_costs', 'round_targets', 'new_counts', 'select_round',
+__all__ = ['GROWTHS', 'ALLOCATIONS', 'GrowConfig', 'NeuronCosts', 'neuron_costs', 'round_targets', 'new_counts', 'select_round',
            'gain_selection', 'allocate', 'split_selection', 'control_round', 'scratch_model', 'held_batches',
            'held_loss', 'pick_step', 'choose_step', 'split_round', 'GrowResult', 'grow']
 
@@ -114,11 +114,25 @@ class GrowConfig:
         return self
 
 # %% ../nbs/08_grow.ipynb #6133f2f6
+class NeuronCosts(dict):
+    "Group name -> added cost of one more neuron (the knapsack's linear price); `added` counts the real cost of a grown copy."
+    def __init__(self, prices:dict, model:nn.Module, example_input, what:str, base:int):
+        super().__init__(prices)
+        self.model, self.example_input, self.what, self.base = model, example_input, what, base
+
+    def added(self, counts:dict) -> int:
+        "Added FLOPs or params of the network with `counts[name]` more neurons per group (adjacent layers' growth multiplies)."
+        twin = copy.deepcopy(self.model)
+        for g in split_groups(twin, self.example_input):
+            n = int(counts.get(g.name, 0))
+            if n > 0: remap_channels(twin, g, torch.cat([torch.arange(g.n_neurons), torch.zeros(n, dtype=torch.long)]))
+        return count_params_flops(twin, self.example_input)[{'params': 0, 'flops': 1}[self.what]] - self.base
+
 def neuron_costs(model:nn.Module,   # the network
                  example_input,     # one batch, for shapes and FLOPs
                  what:str='flops',  # 'flops' or 'params'
-                ) -> dict:
-    "Added FLOPs (per sample) or parameters of one more neuron, per split group name."
+                ) -> NeuronCosts:
+    "Added FLOPs (per sample) or parameters of one more neuron, per split group name (and `.added` for several)."
     k = {'params': 0, 'flops': 1}[what]
     base = count_params_flops(model, example_input)[k]
     out = {}
@@ -127,7 +141,7 @@ def neuron_costs(model:nn.Module,   # the network
         tg = {h.name: h for h in split_groups(twin, example_input)}[g.name]
         remap_channels(twin, tg, torch.cat([torch.arange(tg.n_neurons), torch.zeros(1, dtype=torch.long)]))
         out[g.name] = count_params_flops(twin, example_input)[k] - base
-    return out
+    return NeuronCosts(out, model, example_input, what, base)
 
 # %% ../nbs/08_grow.ipynb #0d3880d5
 def round_targets(cfg:GrowConfig, groups, rnd:int|None) -> dict|None:
@@ -155,7 +169,8 @@ def select_round(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None=None)
     tg = round_targets(cfg, groups, rnd)
     if tg is None:
         return select_neurons(schemes, ratio=cfg.ratio, max_count=cfg.max_count, threshold=cfg.threshold,
-                              per_layer_cap=cfg.per_layer_cap, budget=cfg.budget, costs=costs)
+                              per_layer_cap=cfg.per_layer_cap, budget=cfg.budget, costs=costs,
+                              realised=getattr(costs, 'added', None))   # the grown network must fit, not the sum
     out = {}
     for g in groups:
         new = tg[g.name] - g.n_neurons

@@ -57,6 +57,22 @@ def _knapsack(values, sizes, budget, max_bins=20000):
         if take[i, b]: chosen.append(i); b -= w[i]
     return chosen[::-1]
 
+# %% ../nbs/06_select.ipynb #39e674ca
+def _fit_realised(cand:list, costs:dict, budget:float, realised) -> list:
+    "The longest prefix of `cand` (best gain per linear cost first) whose `realised(new neurons per group)` fits `budget`."
+    order = sorted(cand, key=lambda t: t[2] / max(costs[t[0]] * t[3], 1e-300))   # most gain per cost first
+    def fits(n):
+        counts = {}
+        for name, _, _, k in order[:n]: counts[name] = counts.get(name, 0) + k
+        return realised(counts) <= budget
+    if fits(len(order)): return cand
+    lo, hi = 0, len(order)     # fits(lo), not fits(hi): realised cost only grows with more neurons
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid): lo = mid
+        else: hi = mid
+    return order[:lo]
+
 # %% ../nbs/06_select.ipynb #0a8c11a3
 def select_neurons(schemes:dict,              # group name -> `SplitSchemes` (from `score_neurons`)
                    ratio:float|None=None,      # grow by this fraction of the current neuron count (new neurons)
@@ -65,6 +81,7 @@ def select_neurons(schemes:dict,              # group name -> `SplitSchemes` (fr
                    per_layer_cap:int|float|None=None, # at most this many (int) or fraction (float) of a layer's neurons
                    budget:float|None=None,     # energy-aware: maximal added cost (FLOPs or params)
                    costs:dict|None=None,       # group name -> cost of one new neuron in that group (same units as budget)
+                   realised=None,              # callable(new neurons per group name) -> the grown network's added cost
                   ) -> dict:
     "Choose neurons to split: group name -> sorted LongTensor of neuron indices."
     if threshold < 0: raise ValueError(f"threshold must be >= 0, got {threshold}")
@@ -74,12 +91,14 @@ def select_neurons(schemes:dict,              # group name -> `SplitSchemes` (fr
                                           isinstance(per_layer_cap, float) and 0 < per_layer_cap <= 1):
         raise ValueError(f"per_layer_cap must be an int >= 0 or a fraction in (0, 1], got {per_layer_cap!r}")
     if (budget is None) != (costs is None): raise ValueError("energy-aware selection needs both `budget` and `costs`")
+    if realised is not None and budget is None: raise ValueError("`realised` prices an energy budget: give `budget` and `costs` too")
     if budget is not None and not budget > 0: raise ValueError(f"budget must be > 0, got {budget}")
     if costs is not None and set(schemes) - set(costs): raise ValueError(f"no cost given for groups {sorted(set(schemes) - set(costs))}")
     cand = _candidates(schemes, threshold, per_layer_cap)
     if budget is not None:
         keep = _knapsack([-g for _, _, g, _ in cand], [costs[n] * k for n, _, _, k in cand], budget)
         cand = [cand[i] for i in keep]
+        if realised is not None: cand = _fit_realised(cand, costs, budget, realised)   # adjacent layers' growth multiplies
     else:
         cand.sort(key=lambda t: t[2])
         if max_count is not None: cand = cand[:max_count]

@@ -20,8 +20,27 @@ def test_gpu_check_tiny_cpu(tmp_path):
     assert not [r for r in res['tables23'] if r.get('error')], [r['error'] for r in res['tables23'] if r.get('error')]
     assert {'table2 E-S3D-c3-s0', 'table3 S3D-c3-s0', 'table3 pointnet-s0'} <= set(t23), sorted(t23)
     assert '## Tables 2 and 3 runs' in md
-    assert all(r['ours_img_s'] > 0 and r['plain_img_s'] > 0 for r in res['throughput'])
+    thr = {r['model']: r for r in res['throughput']}
+    assert thr['full']['MFLOPs'] > thr['seed']['MFLOPs'] and all(r['ours_img_s'] > 0 and r['plain_img_s'] > 0 for r in thr.values())
+    assert js['numerics']['cudnn_benchmark'] is False and 'deterministic' in js['numerics']   # the numerics of `s3d reproduce`
+    assert 'cudnn.benchmark off' in md
+    proj = {r['what']: r['hours'] for r in res['projection']}
+    assert 0 < proj['of which the controls (random growth, Net2Net, scratch)'] < proj['paper-scale Table 1 training']
     assert all(r['error'] is None and r['eigen_s'] > 0 for r in res['eigen'])
     for r in res['agreement']:  # float32 vs float64 on the CPU: S to ~1e-6, eigenvalues within 2% of the radius
         assert r['S_rel_err'] < 1e-4 and r['within_2pct'] == 100, r
         assert r['cos_median'] is None or r['cos_median'] > 0.99, r
+
+
+def test_table1_projection_counts_every_stage_of_the_controls():
+    "Random growth and Net2Net train the seed and after every split, scratch as many stages of S3D's final net (issue 18)."
+    import gpu_check
+    import s3d.paper.experiments.table1 as T1
+    cfg = T1.SCALES['paper']
+    stages = gpu_check.table1_stages(cfg)
+    count = lambda m: sum(k for meth, _, k in stages if meth == m)
+    per_run = cfg.rounds + 1
+    n_ctl = {m: sum(r['method'] == m for r in T1.table1_runs(cfg)) for m in ('random growth', 'Net2Net', 'scratch', 'S3D')}
+    for m in ('random growth', 'Net2Net', 'scratch', 'S3D'): assert count(m) == per_run * n_ctl[m], m
+    hours = gpu_check.project_table1(lambda w: 1000.0, cfg)   # 1,000 img/s everywhere: hours = stages x epoch time
+    assert math.isclose(sum(hours.values()), sum(k for _, _, k in stages) * 50_000 * cfg.epochs / 1000 / 3600)

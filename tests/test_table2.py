@@ -109,3 +109,54 @@ def test_cli_corrupt_data_is_one_line_exit_4(tiny, tmp_path):
                         '--out', str(tmp_path / 'res')], env=env, capture_output=True, text=True, timeout=300)
     err = r.stderr.strip().splitlines()   # the progress bar (cleared on exit) may precede the message
     assert r.returncode == 4 and 'Traceback' not in r.stderr and victim in err[-1] and 'data error' in err[-1], r.stderr
+
+
+def _realised_flops(model, x, sel, schemes):
+    "FLOPs per sample of a copy of `model` after splitting the neurons `sel` (group name -> indices), counted by `s3d.cost`."
+    import copy
+    from s3d.cost import count_params_flops
+    from s3d.graph import split_groups
+    from s3d.surgery import apply_splits
+    twin = copy.deepcopy(model)
+    plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in split_groups(twin, x) if len(sel[g.name])]
+    apply_splits(twin, plan, 0.0)
+    return count_params_flops(twin, x)[1]
+
+
+def test_energy_budget_holds_for_the_grown_network_at_paper_widths():
+    "Paper Table 2 config (seed MobileNetV1 widths, budget 2.1x the seed's FLOPs), small input: the linear sum of per-neuron"
+    " costs admits a selection whose grown network overshoots; the selection `grow` makes keeps the realised cost within budget."
+    from s3d.cost import count_params_flops
+    from s3d.graph import split_groups
+    from s3d.grow import GrowConfig, neuron_costs, select_round
+    from s3d.schemes import SplitSchemes
+    from s3d.select import select_neurons
+    cfg = SCALES['paper']
+    torch.manual_seed(0)
+    model, x = cfg.model(cfg.seed_widths), torch.zeros(1, 3, 64, 64)
+    groups = split_groups(model, x)
+    schemes = {}
+    for g in groups:   # every neuron a binary split with a random negative gain
+        n = g.n_neurons
+        schemes[g.name] = SplitSchemes(torch.tensor([[0.5, 0.5]]).repeat(n, 1), torch.zeros(n, 2, g.dim), torch.full((n,), 2),
+                                       -torch.rand(n, dtype=torch.float64), ['binary'] * n)
+    base = count_params_flops(model, x)[1]
+    budget = cfg.growth * base
+    costs = neuron_costs(model, x, 'flops')
+    linear = select_neurons(schemes, budget=budget, costs=dict(costs))   # what the knapsack alone picks
+    over = _realised_flops(model, x, linear, schemes) - base
+    assert over > 1.1 * budget, f"the linear sum should under-count here: realised {over:.4g} vs budget {budget:.4g}"
+    sel = select_round(schemes, GrowConfig(rounds=1, ratio=None, budget=budget, c=3.0), costs, groups, 1)
+    added = _realised_flops(model, x, sel, schemes) - base
+    assert added <= budget, f"grown network adds {added} FLOPs, over the budget {budget:.6g}"
+    assert added == costs.added({k: len(v) for k, v in sel.items()})   # the count on a copy is the real one
+    assert added > 0.9 * budget   # trimming stops near the budget, not far below it
+
+
+def test_worker_decoded_crops_are_pinned_as_one_batch(tiny):
+    "The DataLoader pins what the collate returns: it must be the stacked batch, which goes to the device as is (issue 18)."
+    dl = JpegLoader(scan_imagefolder(tiny), 5, size=24, workers=0, decode='worker', seed=1)
+    items, idx = next(iter(dl._dl))
+    assert torch.is_tensor(items) and items.shape == (5, 3, 24, 24) and items.dtype == torch.uint8
+    x, y = next(iter(JpegLoader(scan_imagefolder(tiny), 5, size=24, workers=0, decode='worker', seed=1)))
+    assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32 and y.shape == (5,)

@@ -170,3 +170,30 @@ def test_cli_reproduce_table3_smoke(tiny, tmp_path, capsys):
         # finished runs are reused: a second invocation over the same folder only rewrites the summary
         assert cli.main(['reproduce', 'table3', '--scale', 'smoke', '--data', str(tiny), '--out', str(tmp_path / 'o')]) == 0
     finally: cli.register_experiment('table3', old)
+
+
+def _neighbour_sets(model, x, amp: bool) -> list:
+    "The sorted kNN index sets every EdgeConv of `model` used on `x`, with or without CPU bf16 autocast."
+    import s3d.paper.pointcloud as pc
+    seen, knn0 = [], pc.knn
+    def record(*a, **kw):
+        seen.append(knn0(*a, **kw).sort(-1).values)
+        return seen[-1]
+    pc.knn = record
+    try:
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp): model(x)
+    finally: pc.knn = knn0
+    return seen
+
+
+def test_knn_graph_under_bf16_autocast_is_the_fp32_graph():
+    "Training runs under bf16 autocast, scoring and evaluation in fp32: all must use one neighbour graph (issue 18)."
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 512)
+    with torch.autocast('cpu', dtype=torch.bfloat16): got = knn(x, 20)
+    assert torch.equal(got, knn(x, 20))
+    net, pts = DGCNN(40), torch.randn(2, 3, 512)   # paper widths and k = 20, half the paper's 1,024 points
+    amp, fp32 = _neighbour_sets(net, pts, True), _neighbour_sets(net, pts, False)
+    assert len(amp) == len(fp32) == 4
+    for layer, (a, b) in enumerate(zip(amp, fp32)):
+        assert torch.equal(a, b), f"EdgeConv {layer + 1}: {float((a != b).any(-1).float().mean()):.0%} of points changed neighbours"

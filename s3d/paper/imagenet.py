@@ -239,7 +239,11 @@ class _Reader(torch.utils.data.Dataset):
             return crop_resize([im], [box], [flip], self.size)[0], i
         except DataError as e: return str(e), i
 
-def _collate(items): return [a for a, _ in items], torch.tensor([i for _, i in items])
+def _collate(items):
+    "(crops stacked into one (B, 3, S, S) tensor, so `pin_memory` pins the batch itself; or the list of encoded images), indices."
+    xs, idx = [a for a, _ in items], torch.tensor([i for _, i in items])
+    if all(isinstance(a, torch.Tensor) and a.dim() == 3 for a in xs): xs = torch.stack(xs)   # decoded in the worker
+    return xs, idx
 
 def _reader_init(worker_id):
     "In a reader process: loader iterators inherited through fork belong to the parent; never shut them down here."
@@ -295,8 +299,8 @@ class JpegLoader:
 # %% ../../nbs/paper/07_imagenet.ipynb #b8f47cb4
 def _batch(self, items, idx):
     "Decode (if needed), crop, normalise one batch on the device."
-    if err := next((a for a in items if isinstance(a, str)), None): raise DataError(err)
-    if self.decode == 'worker': x = torch.stack(items).to(self.device, non_blocking=True)
+    if not torch.is_tensor(items) and (err := next((a for a in items if isinstance(a, str)), None)): raise DataError(err)
+    if self.decode == 'worker': x = items.to(self.device, non_blocking=True)   # the pinned batch itself: an asynchronous copy
     else:
         paths = [self.files.files[i] for i in idx.tolist()]
         ims = decode_images(items, paths, self.device)

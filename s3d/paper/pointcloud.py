@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/paper/pointcloud.html.md"""
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #434b4e92
 from __future__ import annotations
-import math, time
+import contextlib, math, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -18,9 +18,9 @@ from .runs import DataError
 
 # %% auto #0
 __all__ = ['MODELNET_DIR', 'SHAPES', 'ACTIVATIONS', 'DGCNN_WIDTHS', 'PointSet', 'read_h5', 'load_modelnet', 'write_modelnet_h5',
-           'synthetic_shapes', 'PointLoader', 'knn', 'EdgeFeatures', 'edit_distance_weights', 'EdgeFeaturesKind',
-           'EdgeConv2d', 'EdgeConvKind', 'FixedLinear', 'FixedLinearKind', 'DGCNN', 'PointNet', 'evaluate_points',
-           'forward_ms']
+           'synthetic_shapes', 'PointLoader', 'no_autocast', 'knn', 'EdgeFeatures', 'edit_distance_weights',
+           'EdgeFeaturesKind', 'EdgeConv2d', 'EdgeConvKind', 'FixedLinear', 'FixedLinearKind', 'DGCNN', 'PointNet',
+           'evaluate_points', 'forward_ms']
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #542f94fc
 MODELNET_DIR = 'modelnet40_ply_hdf5_2048'
@@ -164,12 +164,18 @@ class PointLoader:
                    torch.from_numpy(self.data.labels[idx]).to(self.device))
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #290a1a8f
+def no_autocast(device:torch.device|str):
+    "A context in which autocast is off on `device`'s type (nothing to do when it is not on)."
+    t = torch.device(device).type
+    return torch.autocast(t, enabled=False) if torch.is_autocast_enabled(t) else contextlib.nullcontext()
+
 def knn(x:Tensor,                  # features (B, C, P)
         k:int,                     # neighbours per point (the point itself included)
         weight:Tensor|None=None,   # (C,) per-channel distance weights (None: all ones)
        ) -> Tensor:
-    "Indices (B, P, k) of each point's k nearest points under the distance sum_c weight_c (x_ca - x_cb)^2."
-    with torch.no_grad():
+    "Indices (B, P, k) of each point's k nearest points under sum_c weight_c (x_ca - x_cb)^2, in float32 or wider, never under autocast."
+    with torch.no_grad(), no_autocast(x.device):   # a bf16 distance matrix would pick another graph than fp32 evaluation
+        if x.dtype in (torch.float16, torch.bfloat16): x = x.float()
         xw = x if weight is None else x * weight.to(x).view(1, -1, 1)
         sq = (xw * x).sum(1)
         d = sq.unsqueeze(2) + sq.unsqueeze(1) - 2 * xw.transpose(1, 2) @ x
@@ -214,7 +220,9 @@ class EdgeFeaturesKind(LayerKind):
         return 0 if macs else 3 * B * P * P * C   # the weighted distance matrix (MACs count only conv/linear layers)
 
 class EdgeConv2d(nn.Conv2d):
-    "A 1x1 Conv2d over edge features: it may read a producer's channels several adjacent input columns each."
+    "A 1x1 Conv2d over edge features: it may read a producer's channels several adjacent input columns each; fp32 under autocast."
+    def forward(self, x):   # its output (after BN, activation, max) is what the next kNN graph is built on
+        with no_autocast(x.device): return super().forward(x)
 
 class EdgeConvKind(ConvKind):
     "ConvKind; as a consumer it also takes `repeat` adjacent input columns per producer channel (1x1 kernels)."

@@ -6,18 +6,19 @@ Docs: https://s3d-dev.github.io/s3d/paper/runs.html.md"""
 
 # %% ../../nbs/paper/05_runs.ipynb #3cd3bb6d
 from __future__ import annotations
-import contextlib, gc, hashlib, json, multiprocessing, os, platform, re, signal, tempfile, threading
+import contextlib, gc, hashlib, json, multiprocessing, os, platform, re, signal, tempfile, threading, warnings
 from concurrent.futures import ProcessPoolExecutor, wait, FIRST_COMPLETED
 from pathlib import Path
 import torch
 
 # %% auto #0
 __all__ = ['EXIT_CODES', 'RECORD_ONLY', 'STAGE_FORMAT', 'OutputError', 'DeviceError', 'Interrupted', 'atomic_save_figure',
-           'markdown_table', 'resolve_device', 'is_done', 'check_out_dir', 'pinned_numerics', 'run_info',
-           'run_info_line', 'fingerprint', 'fingerprint_line', 'read_fingerprint', 'default_jobs', 'run_tasks',
-           'stop_on_signals', 'interrupted', 'run_all', 'reproduce_command', 'write_results', 'start_distributed',
-           'stop_distributed', 'dist_context', 'is_writer', 'barrier', 'agree', 'gather', 'data_parallel', 'shard',
-           'shard_batches', 'writer_first', 'check_shared_out', 'run_once', 'reproduce_table', 'train_stage']
+           'markdown_table', 'resolve_device', 'is_done', 'check_out_dir', 'nondeterministic_ops', 'pinned_numerics',
+           'run_info', 'run_info_line', 'fingerprint', 'fingerprint_line', 'read_fingerprint', 'default_jobs',
+           'run_tasks', 'stop_on_signals', 'interrupted', 'run_all', 'reproduce_command', 'write_results',
+           'start_distributed', 'stop_distributed', 'dist_context', 'is_writer', 'barrier', 'agree', 'gather',
+           'data_parallel', 'shard', 'shard_batches', 'writer_first', 'check_shared_out', 'run_once', 'reproduce_table',
+           'train_stage']
 
 # %% ../../nbs/paper/05_runs.ipynb #af5ae92d
 from .data import DataError
@@ -114,6 +115,26 @@ def check_out_dir(out) -> Path:
     return out
 
 # %% ../../nbs/paper/05_runs.ipynb #f5f7f213
+_NONDET = re.compile(r"(\S+) does not have a deterministic implementation")   # torch's warn-only determinism alert
+_NONDETERMINISTIC = set()   # ops this process ran without a deterministic implementation (recorded while pinned)
+
+def nondeterministic_ops() -> list:
+    "Names of the ops that ran nondeterministically in this process (or its workers) while numerics were pinned."
+    return sorted(_NONDETERMINISTIC)
+
+def _record_alerts():
+    "Record torch's warn-only determinism alerts in `_NONDETERMINISTIC` (each shown once); returns a function that undoes it."
+    ctx, show = warnings.catch_warnings(), warnings.showwarning
+    def record(message, category, filename, lineno, file=None, line=None):
+        m = _NONDET.search(str(message))
+        if m and m.group(1) in _NONDETERMINISTIC: return
+        if m: _NONDETERMINISTIC.add(m.group(1))
+        show(message, category, filename, lineno, file, line)
+    ctx.__enter__()   # filters and showwarning come back on undo
+    warnings.filterwarnings('always', message=r'.*does not have a deterministic implementation')   # not once per place
+    warnings.showwarning = record
+    return lambda: ctx.__exit__(None, None, None)
+
 def _pin(threads:int):
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     torch.set_num_threads(threads); torch.use_deterministic_algorithms(True, warn_only=True)
@@ -121,27 +142,37 @@ def _pin(threads:int):
 
 @contextlib.contextmanager
 def pinned_numerics(threads:int=1):
-    "Inside the block: `threads` torch threads and deterministic algorithms; the previous settings come back after."
+    "Inside the block: `threads` torch threads, deterministic algorithms (ops without one are recorded); the previous settings come back after."
     old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
            torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    _pin(threads)
+    _pin(threads); undo = _record_alerts()
     try: yield
     finally:
+        undo()
         torch.set_num_threads(old[0]); torch.use_deterministic_algorithms(old[1], warn_only=old[2])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old[3], old[4]
 
 # %% ../../nbs/paper/05_runs.ipynb #592c8009
 def run_info(device='cpu') -> dict:
-    "torch version, device (with the GPU's name) and threads per run: what a summary records about the computation."
+    "torch version, device (with the GPU's name), threads per run, and whether every op ran deterministically: what a summary records."
     d = torch.device(device)
     name = torch.cuda.get_device_name(d) if d.type == 'cuda' else (platform.machine() or 'cpu')
+    on = torch.are_deterministic_algorithms_enabled()
+    from s3d.distributed import world_size
     return dict(torch=torch.__version__, device=f'{d.type} ({name})', threads=torch.get_num_threads(),
-                deterministic=torch.are_deterministic_algorithms_enabled())
+                deterministic=on and not _NONDETERMINISTIC, nondeterministic=nondeterministic_ops() if on else [],
+                world_size=world_size())
 
 def run_info_line(info:dict) -> str:
-    "`run_info` as one sentence for a markdown summary."
-    return (f"Computed with torch {info['torch']} on {info['device']}, {info['threads']} thread(s) per run"
-            f"{', deterministic algorithms' if info['deterministic'] else ''}.")
+    "`run_info` as one sentence for a markdown summary; it claims determinism only when no op ran without it."
+    bad = info.get('nondeterministic') or []
+    how = (', deterministic algorithms' if info['deterministic'] else
+           f", deterministic algorithms except {', '.join(bad)} (no deterministic kernel on this device: not bit-reproducible)" if bad else '')
+    w = info.get('world_size', 1)
+    par = ('' if w == 1 else f" Data-parallel over {w} processes (torchrun): BatchNorm statistics synchronised, so the numbers "
+           "are one process's up to floating-point reduction order, except random draws inside the model (dropout), which "
+           "each process takes from its own stream.")
+    return f"Computed with torch {info['torch']} on {info['device']}, {info['threads']} thread(s) per run{how}.{par}"
 
 def fingerprint(config) -> str:
     "A short stable hash of a JSON-able configuration."
@@ -178,12 +209,12 @@ def _on_sigterm(signum, frame):
 
 def _worker_init(threads:int):
     signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, _on_sigterm)
-    _pin(threads)
+    _pin(threads); _record_alerts()
 
 def _call(fn, args):
     global _IN_TASK
     _IN_TASK = True
-    try: return fn(*args)
+    try: return fn(*args), nondeterministic_ops()   # the parent merges the ops this worker recorded
     except _Stop: _leave(signal.SIGTERM)
     finally: _IN_TASK = False
 
@@ -215,7 +246,8 @@ def run_tasks(fn, tasks:list, jobs:int=1, needs:dict|None=None, on_done=None, th
         while pending or running:
             for i in [i for i in pending if needs[i] <= done]: pending.remove(i); running[ex.submit(_call, fn, tasks[i])] = i
             if not running: raise ValueError(f'run_tasks: tasks {pending} need tasks that never run')
-            for f in wait(running, return_when=FIRST_COMPLETED)[0]: finish(running.pop(f), f.result())
+            for f in wait(running, return_when=FIRST_COMPLETED)[0]:
+                r, ops = f.result(); _NONDETERMINISTIC.update(ops); finish(running.pop(f), r)
     except BaseException:
         _stop_pool(ex); ex = running = None; gc.collect()   # release the pool's semaphores now, not at exit
         raise
@@ -314,11 +346,12 @@ def gather(value) -> list:
     if _DIST is None: return [value]
     out = [None] * _DIST.world_size; tdist.all_gather_object(out, value); return out
 
-def data_parallel(model):
-    "`model` in a `DistributedDataParallel` wrapper under torchrun; unchanged without it, or when already wrapped."
+def data_parallel(model, channels_last:bool|None=None):
+    "`model` in DDP under torchrun, built after its channels_last conversion (default: as training decides); unchanged otherwise."
     from torch.nn.parallel import DistributedDataParallel
+    from s3d.distributed import ddp_model
     if _DIST is None or isinstance(model, DistributedDataParallel): return model
-    return DistributedDataParallel(model, device_ids=[_DIST.device.index] if _DIST.device.type == 'cuda' else None)
+    return ddp_model(model, _DIST.device, channels_last)
 
 def shard(loader):
     "This process's slice of every global batch of `loader` under torchrun (see `s3d.distributed.ShardedLoader`); `loader` otherwise."
@@ -408,15 +441,19 @@ def _load_stage(path:Path, name:str) -> dict:
 def train_stage(folder, name:str, model, fit, writer:bool|None=None) -> dict:
     "`fit(model, state)` (a `TrainState`) resumable at every epoch in `folder/stage-<name>.pt`; a finished stage is loaded, not retrained."
     from s3d.grow import TrainState, restore_checkpoint, _rng_state, _atomic_torch_save
+    from s3d.distributed import gather_rng_states, restore_rng_states
     path, writer = Path(folder) / f'stage-{name}.pt', is_writer() if writer is None else writer
     data = {}
     if path.exists():
-        st = restore_checkpoint(model, _load_stage(path, name), path)   # weights (resized) and RNG states
+        st = _load_stage(path, name)
+        restore_checkpoint(model, dict(st, rng=_rng_state()), path)   # the weights (resized), or an error naming the file
+        restore_rng_states(st['rng'])   # each process its own streams (all ranks' states are in the file)
         if st['done']: return dict(st['metrics'])
         data = st['train']
     def save(done, train, metrics=None):
+        rng = gather_rng_states()   # every rank takes part; rank 0 writes them all
         if writer: _atomic_torch_save(dict(format=STAGE_FORMAT, name=name, done=done, model=model.state_dict(), train=train,
-                                           rng=_rng_state(), metrics=metrics or {}), path)
+                                           rng=rng, metrics=metrics or {}), path)
     out = fit(model, TrainState(data, lambda s: save(False, s.data)))
     out = {k: float(v) for k, v in dict(out or {}).items() if isinstance(v, (int, float))}
     save(True, {}, out)

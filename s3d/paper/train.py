@@ -14,7 +14,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 from ..graph import model_device
-from ..kinds import layer_kind, ConvKind
+from ..distributed import prefers_channels_last
 
 # %% auto #0
 __all__ = ['evaluate', 'train']
@@ -25,11 +25,17 @@ def _setup(model, device, amp, channels_last):
     device = model_device(model) if device is None else torch.device(device)
     cuda = device.type == 'cuda'
     amp = cuda if amp is None else amp
-    has_conv = any(isinstance(layer_kind(m), ConvKind) and m.weight.dim() == 4 for m in model.modules())   # 2-d convs: channels_last helps
-    channels_last = (cuda and has_conv) if channels_last is None else channels_last
+    channels_last = prefers_channels_last(model, device) if channels_last is None else channels_last   # 2-d convs on CUDA
+    if channels_last and isinstance(model, DistributedDataParallel) and not _is_channels_last(model):
+        raise ValueError("channels_last training of a DistributedDataParallel model built before the conversion (its gradient "
+                         "buckets have the old strides): wrap it with s3d.distributed.ddp_model or after model.to(memory_format=torch.channels_last)")
     model.to(device)
     if channels_last: model.to(memory_format=torch.channels_last)
     return device, amp, channels_last
+
+def _is_channels_last(model):
+    "Whether every 2-d conv weight of `model` is laid out channels_last."
+    return all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
 
 def _float_dtype(model):
     "The dtype of the model's first floating parameter (float32 if none)."
