@@ -1,19 +1,32 @@
-"""Growth quality: S2D / S3D (fixed and line-searched step) against random growth, Net2Net and training from scratch.
+"""Growth quality: where to grow (allocation) crossed with how to initialise new neurons, against the controls.
 
-Tasks on scikit-learn digits (fixed 80/20 split: 1437 train, 360 test; 64 features standardised on the training set):
-  mlp1: tanh MLP 64 -> h -> 10;  mlp2: 64 -> h -> h -> 10;  cnn: conv3x3/2(1->h) tanh conv3x3/2(h->h) tanh linear(4h->10) (8x8 -> 4x4 -> 2x2).
-Every hidden width h grows 2 -> 4 -> 8 -> 16 -> 24 -> 32 over five rounds (`GrowConfig.widths`). For each seed every
-method starts from the same weights and sees the same data order; each round trains with a fresh Adam (lr 1e-3),
-batch 64, 20 epochs (MLPs; the CNN, whose tiny convolutions cost ~7 ms a step on this CPU, uses lr 2e-3, batch 128,
-8 epochs to fit the time limit). Splitting matrices: exact (dense + eigh) for the MLPs, fast (Lanczos) for the CNN.
-Scratch trains the final architecture (width 32, freshly initialised) for the same six rounds.
-Reported per task/method/round: test accuracy, train loss, near-duplicate neuron pairs (incoming-weight cosine > 0.99),
-the growth step's wall time in training epochs (at the same width), the chosen step and measured vs predicted loss change;
-paired differences against random growth with 95% t-intervals and wins/ties/losses; and, separately, the cost of one
-growth step of a 1-hidden-layer MLP at width 256 in epochs.
+Tasks (real data shipped with scikit-learn; fixed train/test splits, inputs standardised on the training set):
+  mlp1: digits, tanh MLP 64 -> h -> 10;   mlp2: 64 -> h -> h -> 10;   mlp4: 64 -> h -> h -> h -> h -> 10;
+  cnn: digits, conv3x3/2(1->h) tanh conv3x3/2(h->h) tanh linear(4h->10);
+  diabetes: scikit-learn's diabetes regression (442 patients, 10 features), tanh MLP 10 -> h -> h -> 1, MSE loss,
+  score = test R^2.
+mlp1, mlp2 and cnn grow every hidden width 2 -> 4 -> 8 -> 16 -> 24 -> 32 (the issue's setting; a binary split adds one
+neuron per split neuron, so allocation can only differ from uniform once a round adds fewer neurons than exist:
+rounds 4 and 5); mlp4 and diabetes grow 8 -> 12 -> 16 -> 20 -> 26 -> 32, where allocation is free in every round.
+Methods (every method of a seed starts from the same weights and sees the same data order and per-round totals):
+  allocation: 'targets' (every layer to the same width), '@gain' (the same total placed on the best S3D gains
+  over all layers, m = 2, c = 3), '@random' (the same total, layers drawn in proportion to their width);
+  initialisation: S3D = signed split with the line-searched step; random = fresh incoming, zero outgoing weights;
+  gradmax = zero incoming, outgoing along the top singular directions of the incoming gradient; Net2Net = random
+  splits; scratch = the final architecture freshly initialised, trained for the same rounds (scratch@gain: S3D@gain's
+  final architecture, i.e. S3D as an architecture search).
+Each round trains with a fresh Adam: MLPs lr 1e-3, batch 64, 20 epochs (diabetes lr 2e-3, batch 32); CNN lr 2e-3,
+batch 128, 8 epochs. Splitting matrices exact (dense + eigh) for the MLPs, fast (Lanczos) for the CNN. Reported per
+task/method/round: test score (accuracy or R^2), train loss, near-duplicate pairs (incoming cosine > 0.99), the
+effective rank of the first layer's normalised incoming weights, forward FLOPs, cumulative training FLOPs
+(3 x forward FLOPs x samples x epochs, summed over rounds; the growth steps themselves are not counted), the growth
+step in training epochs; paired differences against random growth and against S3D with 95% t-intervals.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_quality.py --seeds 10 --jobs 1
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_quality.py --seeds 10 --jobs 2 --update-results
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_quality.py --cost-only --cost-reps 7   # the cost table alone
+    PYTHONPATH=. python benchmarks/growth_quality.py --from-csv benchmarks/results/growth_quality.csv  # tables, figure
+
+Without --update-results (or --out) everything is written to benchmarks/out/, which git ignores.
 """
 from __future__ import annotations
 import argparse, copy, json, os, sys, time
@@ -25,40 +38,68 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-WIDTHS = (4, 8, 16, 24, 32)
-METHODS = ('S2D', 'S3D', 'S3D line search', 'random growth', 'Net2Net', 'scratch')
-TASKS = ('mlp1', 'mlp2', 'cnn')
+FAST = (4, 8, 16, 24, 32)          # targets after rounds 1..5 from width 2
+SLOW = (12, 16, 20, 26, 32)        # targets after rounds 1..5 from width 8
+TASKS = {'mlp1': dict(data='digits', seed_width=2, widths=FAST, lr=1e-3, batch=64, epochs=20),
+         'mlp2': dict(data='digits', seed_width=2, widths=FAST, lr=1e-3, batch=64, epochs=20),
+         'cnn': dict(data='digits', seed_width=2, widths=FAST, lr=2e-3, batch=128, epochs=8),
+         'mlp4': dict(data='digits', seed_width=8, widths=SLOW, lr=1e-3, batch=64, epochs=20),
+         'diabetes': dict(data='diabetes', seed_width=8, widths=SLOW, lr=2e-3, batch=32, epochs=20)}
+SPLIT = dict(m=2, c=3., step='line_search')
+METHODS = {'S3D': dict(SPLIT), 'S3D@gain': dict(SPLIT, allocation='gain'),
+           'random': dict(growth='random'), 'random@gain': dict(SPLIT, growth='random', allocation='gain'),
+           'random@random': dict(growth='random', allocation='random'),
+           'gradmax': dict(growth='gradmax'), 'gradmax@gain': dict(SPLIT, growth='gradmax', allocation='gain'),
+           'Net2Net': dict(growth='net2net'), 'scratch': dict(growth='scratch'),
+           'scratch@gain': dict(growth='scratch')}
+ONE_GROUP = ('S3D', 'random', 'gradmax', 'Net2Net', 'scratch')   # mlp1 has one layer: allocation cannot differ
 
 
-def make_data():
-    "Standardised digits: (Xtr, ytr, Xte, yte) float32 with 64 features."
-    from s3d.paper.data import load_digits_data
-    d = load_digits_data(test_size=360, seed=0)
-    xtr, xte = d.x_train.double().flatten(1), d.x_test.double().flatten(1)
+def make_data(which='digits'):
+    "(Xtr, ytr, Xte, yte): digits (64 standardised features, labels) or diabetes (10 features, standardised y)."
+    if which == 'digits':
+        from s3d.paper.data import load_digits_data
+        d = load_digits_data(test_size=360, seed=0)
+        xtr, xte, ytr, yte = d.x_train.double().flatten(1), d.x_test.double().flatten(1), d.y_train, d.y_test
+    else:
+        from sklearn.datasets import load_diabetes
+        X, y = (torch.tensor(a, dtype=torch.float64) for a in load_diabetes(return_X_y=True))
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+        te, tr = perm[:88], perm[88:]
+        xtr, xte = X[tr], X[te]
+        mu_y, sd_y = y[tr].mean(), y[tr].std()
+        ytr, yte = ((y[tr] - mu_y) / sd_y).float()[:, None], ((y[te] - mu_y) / sd_y).float()[:, None]
     mu, sd = xtr.mean(0), xtr.std(0)
     sd[sd == 0] = 1
-    return ((xtr - mu) / sd).float(), d.y_train, ((xte - mu) / sd).float(), d.y_test
+    return ((xtr - mu) / sd).float(), ytr, ((xte - mu) / sd).float(), yte
 
 
 def make_model(task, h=2):
+    "The task's seed network at hidden width `h`."
     if task == 'mlp1': return nn.Sequential(nn.Linear(64, h), nn.Tanh(), nn.Linear(h, 10))
-    if task == 'mlp2': return nn.Sequential(nn.Linear(64, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 10))
+    if task in ('mlp2', 'mlp4'):
+        k, layers, d = (2 if task == 'mlp2' else 4), [], 64
+        for _ in range(k):
+            layers += [nn.Linear(d, h), nn.Tanh()]
+            d = h
+        return nn.Sequential(*layers, nn.Linear(h, 10))
+    if task == 'diabetes': return nn.Sequential(nn.Linear(10, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
     if task == 'cnn':
         return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, h, 3, stride=2, padding=1), nn.Tanh(),
                              nn.Conv2d(h, h, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * h, 10))
     raise ValueError(f"unknown task {task!r}")
 
 
-RECIPE = dict(mlp1=dict(lr=1e-3, batch=64, epochs=20), mlp2=dict(lr=1e-3, batch=64, epochs=20), cnn=dict(lr=2e-3, batch=128, epochs=8))
+def n_groups(task): return {'mlp1': 1, 'mlp4': 4}.get(task, 2)
+def loss_of(task): return F.mse_loss if TASKS[task]['data'] == 'diabetes' else F.cross_entropy
 
 
-def config(method, seed, rounds, eigen='exact'):
+def config(task, method, seed, rounds):
+    "The `GrowConfig` of `method` on `task`."
     from s3d.grow import GrowConfig
-    kw = dict(rounds=rounds, widths=WIDTHS[:rounds], seed=seed, eigen=eigen, ratio=None)
-    return {'S2D': GrowConfig(m=2, c=1., **kw), 'S3D': GrowConfig(m=2, c=3., **kw),
-            'S3D line search': GrowConfig(m=2, c=3., step='line_search', **kw),
-            'random growth': GrowConfig(growth='random', **kw), 'Net2Net': GrowConfig(growth='net2net', **kw),
-            'scratch': GrowConfig(growth='scratch', **kw)}[method]
+    eigen = 'fast' if task == 'cnn' else 'exact'
+    kw = dict(rounds=rounds, widths=TASKS[task]['widths'][:rounds], seed=seed, eigen=eigen, ratio=None)
+    return GrowConfig(**{**kw, **METHODS[method]})
 
 
 def duplicate_pairs(model, x, thr=0.99):
@@ -67,21 +108,39 @@ def duplicate_pairs(model, x, thr=0.99):
     n = 0
     for g in split_groups(model, x):
         w = F.normalize(g.producer.weight.detach().flatten(1), dim=1)
-        c = w @ w.T
-        n += int((torch.triu(c, 1) > thr).sum())
+        n += int((torch.triu(w @ w.T, 1) > thr).sum())
     return n
 
 
-def run_one(task, method, seed, rounds=5, epoch_scale=1.0):
-    "One growth run; returns its history."
+def effective_rank(model, x):
+    "exp(entropy) of the normalised singular values of the first split group's unit incoming rows."
+    from s3d.graph import split_groups
+    w = F.normalize(split_groups(model, x)[0].producer.weight.detach().flatten(1).double(), dim=1)
+    s = torch.linalg.svdvals(w)
+    p = s / s.sum()
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-30))).sum()))
+
+
+def score(task, out, y):
+    "Test accuracy, or R^2 for the regression task."
+    if TASKS[task]['data'] == 'diabetes': return float(1 - ((out - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return float((out.argmax(1) == y).float().mean())
+
+
+def run_one(task, method, seed, rounds=5, epoch_scale=1.0, widths=None):
+    "One growth run; returns its history (one row per round). `widths`: scratch@gain's final widths."
     torch.set_num_threads(1)
-    lr, batch, epochs = RECIPE[task]['lr'], RECIPE[task]['batch'], max(1, round(RECIPE[task]['epochs'] * epoch_scale))
-    from s3d.grow import grow, scratch_model, split_round
-    Xtr, ytr, Xte, yte = make_data()
+    t = TASKS[task]
+    lr, batch, epochs = t['lr'], t['batch'], max(1, round(t['epochs'] * epoch_scale))
+    from s3d.grow import grow, scratch_model
+    Xtr, ytr, Xte, yte = make_data(t['data'])
+    loss_fn = loss_of(task)
     torch.manual_seed(seed)
-    model = make_model(task)
-    cfg = config(method, seed, rounds, 'fast' if task == 'cnn' else 'exact')
-    if method == 'scratch': model = scratch_model(model, Xtr[:1], [WIDTHS[rounds - 1]] * (2 if task != 'mlp1' else 1), seed=seed)
+    model = make_model(task, t['seed_width'])
+    cfg = config(task, method, seed, rounds)
+    if method.startswith('scratch'):
+        final = widths if widths is not None else [t['widths'][rounds - 1]] * n_groups(task)
+        model = scratch_model(model, Xtr[:1], final, seed=seed)
     timing, grow_t, t_score = {}, {}, [None]
 
     def score_batches():        # `grow` calls this right before the growth step and `train_fn` right after it
@@ -89,8 +148,8 @@ def run_one(task, method, seed, rounds=5, epoch_scale=1.0):
         return [(Xtr, ytr)]
 
     def train_fn(m, r):
-        t = time.perf_counter()
-        if t_score[0] is not None: grow_t[r] = t - t_score[0]
+        t0 = time.perf_counter()
+        if t_score[0] is not None: grow_t[r] = t0 - t_score[0]
         g = torch.Generator().manual_seed(1000 * seed + r)
         opt = torch.optim.Adam(m.parameters(), lr=lr)
         m.train()
@@ -98,23 +157,31 @@ def run_one(task, method, seed, rounds=5, epoch_scale=1.0):
             perm = torch.randperm(len(ytr), generator=g)
             for i in range(0, len(perm), batch):
                 b = perm[i:i + batch]
-                opt.zero_grad(); F.cross_entropy(m(Xtr[b]), ytr[b]).backward(); opt.step()
-        timing[r] = (time.perf_counter() - t) / epochs
-        with torch.no_grad(): m.eval(); loss = F.cross_entropy(m(Xtr), ytr).item()
+                opt.zero_grad()
+                loss_fn(m(Xtr[b]), ytr[b]).backward()
+                opt.step()
+        timing[r] = (time.perf_counter() - t0) / epochs
+        with torch.no_grad():
+            m.eval()
+            loss = loss_fn(m(Xtr), ytr).item()
         return {'loss': loss}
 
     def evaluate(m):
-        with torch.no_grad(): m.eval(); out = m(Xte)
-        return {'acc': (out.argmax(1) == yte).float().mean().item(), 'dup_pairs': duplicate_pairs(m, Xtr[:1])}
+        with torch.no_grad():
+            m.eval()
+            out = m(Xte)
+        return {'score': score(task, out, yte), 'dup_pairs': duplicate_pairs(m, Xtr[:1]),
+                'eff_rank': effective_rank(m, Xtr[:1])}
 
-    res = grow(model, train_fn, F.cross_entropy, score_batches, Xtr[:1], cfg, evaluate=evaluate, progress=False,
+    res = grow(model, train_fn, loss_fn, score_batches, Xtr[:1], cfg, evaluate=evaluate, progress=False,
                label=dict(task=task, seed=seed))
     h = res.history.copy()
     h['method'] = method
-    h = h.rename(columns={'test_dup_pairs': 'dup_pairs'})
+    h = h.rename(columns={'test_dup_pairs': 'dup_pairs', 'test_eff_rank': 'eff_rank'})
     h['epoch_s'] = h['round'].map(timing)
     h['growth_s'] = h['round'].map(grow_t)
     h['growth_epochs'] = h['growth_s'] / h['epoch_s']      # growth step in epochs of training at the grown width
+    h['train_flops'] = (3 * h['flops'] * len(ytr) * epochs).cumsum()
     return h
 
 
@@ -150,19 +217,47 @@ def growth_cost(width=256, seed=0, reps=3):
     return pd.DataFrame(rows)
 
 
-def paired(df, ref='random growth', col='test_acc'):
-    "Per task, method, round: mean paired difference vs `ref` (x100 for accuracy), 95% t-interval, wins/ties/losses."
+def paired(df, ref='random', col='test_score', methods=None):
+    "Per task, method, round: mean paired difference vs `ref` (x100), 95% t-interval, wins/ties/losses."
     from scipy import stats
     out = []
     piv = df.pivot_table(index=['task', 'round', 'seed'], columns='method', values=col)
     for (task, rnd), g in piv.groupby(level=[0, 1]):
-        for m in [m for m in METHODS if m in g.columns and m != ref]:
+        for m in [m for m in (methods or METHODS) if m in g.columns and m != ref]:
             d = (g[m] - g[ref]).dropna().to_numpy() * 100
             if len(d) == 0: continue
             half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else np.nan
-            out.append(dict(task=task, round=rnd, method=m, n=len(d), diff=d.mean(), lo=d.mean() - half, hi=d.mean() + half,
-                            wins=int((d > 1e-9).sum()), ties=int((abs(d) <= 1e-9).sum()), losses=int((d < -1e-9).sum())))
+            lo, hi = d.mean() - half, d.mean() + half
+            verdict = ('one seed' if len(d) < 2 else 'not resolved' if lo <= 0 <= hi or np.isnan(half)
+                       else 'better' if lo > 0 else 'worse')
+            out.append(dict(task=task, round=rnd, method=m, ref=ref, n=len(d), diff=d.mean(), lo=lo, hi=hi,
+                            wins=int((d > 1e-9).sum()), ties=int((abs(d) <= 1e-9).sum()),
+                            losses=int((d < -1e-9).sum()), verdict=verdict))
     return pd.DataFrame(out)
+
+
+def equal_compute(df):
+    "Per task and growth method: scratch's score at the round whose cumulative training FLOPs first reach the method's."
+    rows = []
+    for task, d in df.groupby('task'):
+        sc = d[d.method == 'scratch'].pivot_table(index='seed', columns='round', values=['test_score', 'train_flops'])
+        last = d[d['round'] == d['round'].max()]
+        for m, g in last.groupby('method'):
+            if m.startswith('scratch'): continue
+            g = g.set_index('seed')
+            flops = sc['train_flops'].iloc[0]
+            r = int(flops.index[np.searchsorted(flops.values, g.train_flops.mean())].item()
+                    if g.train_flops.mean() <= flops.values[-1] else flops.index[-1])
+            d_ = (g.test_score - sc['test_score'][r].reindex(g.index)).dropna().to_numpy() * 100
+            from scipy import stats
+            half = stats.t.ppf(0.975, len(d_) - 1) * d_.std(ddof=1) / np.sqrt(len(d_)) if len(d_) > 1 else np.nan
+            below = r - 1 if r > flops.index[0] else r      # the last scratch round with fewer FLOPs
+            rows.append(dict(task=task, method=m, train_gflops=g.train_flops.mean() / 1e9, scratch_round=r,
+                             scratch_gflops=flops[r] / 1e9, method_score=100 * g.test_score.mean(),
+                             scratch_score=100 * sc['test_score'][r].mean(), diff=d_.mean(), lo=d_.mean() - half,
+                             hi=d_.mean() + half, scratch_gflops_below=flops[below] / 1e9,
+                             scratch_score_below=100 * sc['test_score'][below].mean()))
+    return pd.DataFrame(rows)
 
 
 def md_table(df, floatfmt='{:.3g}'):
@@ -172,89 +267,123 @@ def md_table(df, floatfmt='{:.3g}'):
                      ['| ' + ' | '.join(fmt(v) for v in r) + ' |' for r in df.itertuples(index=False)])
 
 
+def jobs_for(tasks, methods, seeds):
+    "The (task, method, seed) runs of phase 1 (everything but scratch@gain, which needs S3D@gain's widths)."
+    return [(t, m, s) for t in tasks for s in range(seeds) for m in methods
+            if m != 'scratch@gain' and (t != 'mlp1' or m in ONE_GROUP)]
+
+
+def run_all(jobs, a, widths=None):
+    "Histories of `jobs`, in worker processes when `a.jobs > 1`."
+    n = len(jobs)
+    args = [*zip(*jobs), [a.rounds] * n, [a.epoch_scale] * n, widths or [None] * n]
+    if a.jobs > 1:
+        with ProcessPoolExecutor(a.jobs) as ex: return list(ex.map(run_one, *args))
+    return [run_one(*z) for z in zip(*args)]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--seeds', type=int, default=10)
     ap.add_argument('--jobs', type=int, default=1, help='worker processes (1 thread each)')
-    ap.add_argument('--epoch-scale', type=float, default=1.0, help='multiplies every recipe\'s epochs (quick trials)')
+    ap.add_argument('--epoch-scale', type=float, default=1.0, help="multiplies every recipe's epochs (quick trials)")
     ap.add_argument('--rounds', type=int, default=5)
     ap.add_argument('--tasks', default=','.join(TASKS))
     ap.add_argument('--methods', default=','.join(METHODS))
-    ap.add_argument('--out', default='benchmarks/results')
+    ap.add_argument('--out', default=None, help='output folder (default benchmarks/out, which git ignores)')
+    ap.add_argument('--update-results', action='store_true', help='write to the committed benchmarks/results')
     ap.add_argument('--cost-width', type=int, default=256)
-    ap.add_argument('--cost-reps', type=int, default=3, help='growth steps and epochs timed per row (the minimum is kept)')
-    ap.add_argument('--cost-only', action='store_true', help='only the cost of one growth step (writes growth_cost.csv)')
+    ap.add_argument('--cost-reps', type=int, default=3, help='growth steps and epochs timed per row (minimum kept)')
+    ap.add_argument('--cost-only', action='store_true', help='only the cost of one growth step (growth_cost.csv)')
+    ap.add_argument('--from-csv', default=None, help="only the tables and figure, from a growth_quality.csv")
     a = ap.parse_args(argv)
-    out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(a.out or ('benchmarks/results' if a.update_results else 'benchmarks/out'))
+    out.mkdir(parents=True, exist_ok=True)
+    if a.from_csv:
+        df = pd.read_csv(a.from_csv)
+        a.seeds, a.rounds = df.seed.nunique(), int(df['round'].max())
+        return report(df, out, a, float('nan'), float('nan'))
     if a.cost_only:
         cost = growth_cost(a.cost_width, reps=a.cost_reps)
         cost.to_csv(out / 'growth_cost.csv', index=False)
-        print(f'## cost of one growth step at width {a.cost_width} (1-hidden-layer MLP, 1437 scoring samples unless noted), in epochs\n')
+        print(f'## cost of one growth step at width {a.cost_width} (1-hidden-layer MLP), in epochs\n')
         print(md_table(cost, '{:.3g}'))
         return
     t0 = time.time()
-    jobs = [(t, m, s) for t in a.tasks.split(',') for s in range(a.seeds) for m in a.methods.split(',')]
-    if a.jobs > 1:
-        with ProcessPoolExecutor(a.jobs) as ex:
-            hs = list(ex.map(run_one, *zip(*jobs), [a.rounds] * len(jobs), [a.epoch_scale] * len(jobs)))
-    else: hs = [run_one(t, m, s, a.rounds, a.epoch_scale) for t, m, s in jobs]
+    tasks, methods = a.tasks.split(','), a.methods.split(',')
+    hs = run_all(jobs_for(tasks, methods, a.seeds), a)
     df = pd.concat(hs, ignore_index=True)
+    if 'scratch@gain' in methods and 'S3D@gain' in methods:      # S3D as an architecture search
+        fin = df[(df.method == 'S3D@gain') & (df['round'] == a.rounds)]
+        jobs2 = [(t, 'scratch@gain', s) for t in tasks if t != 'mlp1' for s in range(a.seeds)]
+        ws = [json.loads(fin[(fin.task == t) & (fin.seed == s)].widths.iloc[0]) for t, _, s in jobs2]
+        df = pd.concat([df, *run_all(jobs2, a, ws)], ignore_index=True)
     df.to_csv(out / 'growth_quality.csv', index=False)
-    cost = growth_cost(a.cost_width, reps=a.cost_reps)
-    cost.to_csv(out / 'growth_cost.csv', index=False)
     import resource
-    cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ('ru_utime', 'ru_stime'))
-    report(df, cost, out, a, time.time() - t0, cpu)
+    cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ('ru_utime', 'ru_stime'))
+    report(df, out, a, time.time() - t0, cpu)
 
 
-def report(df, cost, out, a, wall, cpu):
+def report(df, out, a, wall, cpu):
     last = df[df['round'] == df['round'].max()]
     summ = (last.groupby(['task', 'method'], sort=False)
-                .agg(acc_mean=('test_acc', lambda v: 100 * v.mean()), acc_std=('test_acc', lambda v: 100 * v.std()),
-                     train_loss=('train_loss', 'mean'), dup_pairs=('dup_pairs', 'mean'), dup_max=('dup_pairs', 'max'),
-                     width=('widths', lambda v: v.iloc[0]))
+                .agg(score=('test_score', lambda v: 100 * v.mean()), score_std=('test_score', lambda v: 100 * v.std()),
+                     train_loss=('train_loss', 'mean'), dup_pairs=('dup_pairs', 'mean'),
+                     eff_rank=('eff_rank', 'mean'), mflops=('flops', lambda v: v.mean() / 1e6),
+                     train_gflops=('train_flops', lambda v: v.mean() / 1e9),
+                     widths=('widths', lambda v: json.dumps(np.mean([json.loads(w) for w in v], 0).round(1).tolist())))
                 .reset_index())
     grown = df[df['round'] > 0]
-    step = (grown.groupby(['task', 'method'], sort=False)
-                 .agg(growth_epochs=('growth_epochs', 'median'), eps=('eps', 'median'),
-                      measured=('measured_dloss', 'median'), predicted=('predicted_dloss', 'median')).reset_index())
+    step = grown.groupby(['task', 'method'], sort=False).agg(growth_epochs=('growth_epochs', 'median')).reset_index()
     summ = summ.merge(step, on=['task', 'method'], how='left')
-    pr = paired(df)
+    pr = pd.concat([paired(df, 'random'), paired(df, 'S3D')], ignore_index=True)
     pr.to_csv(out / 'growth_quality_paired.csv', index=False)
+    eq = equal_compute(df)
+    eq.to_csv(out / 'growth_quality_equal_compute.csv', index=False)
     fin = pr[pr['round'] == pr['round'].max()]
-    goal = (pr[pr.method == 'S3D line search'].groupby('task')
-              .agg(rounds_at_or_above=('diff', lambda v: int((v >= 0).sum())), rounds=('diff', 'size'),
-                   worst_round_diff=('diff', 'min')).reset_index())
-    print(f"# growth quality: {a.seeds} seeds, epochs x{a.epoch_scale:g}, widths 2 -> {' -> '.join(map(str, WIDTHS[:a.rounds]))}; wall {wall:.0f} s, cpu {cpu:.0f} s\n")
-    print('## final round (test accuracy %, train loss, near-duplicate pairs, growth step in epochs, median step and loss change)\n')
+    cols = ['task', 'method', 'diff', 'lo', 'hi', 'wins', 'ties', 'losses', 'verdict']
+    print(f"# growth quality: {a.seeds} seeds, epochs x{a.epoch_scale:g}, {a.rounds} rounds; "
+          f"wall {wall:.0f} s, cpu {cpu:.0f} s\n")
+    print('## final round (score = test accuracy %, or 100 R^2 for diabetes; mean over seeds)\n')
     print(md_table(summ.round(4), '{:.4g}'))
-    print('\n## final round: paired difference vs random growth (test accuracy, percentage points, 95% t-interval)\n')
-    print(md_table(fin[['task', 'method', 'diff', 'lo', 'hi', 'wins', 'ties', 'losses']], '{:+.2f}'))
-    print('\n## every round: S3D line search minus random growth (pp), paired\n')
-    print(md_table(pr[pr.method == 'S3D line search'][['task', 'round', 'diff', 'lo', 'hi', 'wins', 'ties', 'losses']], '{:+.2f}'))
-    print('\n## goal: S3D line search at or above random growth (mean paired difference >= 0) at every round\n')
-    print(md_table(goal, '{:+.2f}'))
-    print(f'\n## cost of one growth step at width {a.cost_width} (1-hidden-layer MLP, 1437 scoring samples unless noted), in epochs\n')
-    print(md_table(cost, '{:.3g}'))
+    print('\n## final round: paired difference vs random growth (score points, 95% t-interval)\n')
+    print(md_table(fin[fin.ref == 'random'][cols], '{:+.2f}'))
+    print('\n## final round: paired difference vs S3D (signed split, line search, uniform targets)\n')
+    print(md_table(fin[fin.ref == 'S3D'][cols], '{:+.2f}'))
+    print('\n## every round: S3D minus random growth (score points), paired\n')
+    print(md_table(pr[(pr.ref == 'random') & (pr.method == 'S3D')][['task', 'round'] + cols[2:]], '{:+.2f}'))
+    print('\n## equal compute: each method at its final round vs scratch at the first round where scratch has spent '
+          'at least as many training FLOPs (paired, score points; `_below`: scratch one round earlier, fewer FLOPs)\n')
+    print(md_table(eq, '{:.3g}'))
     plot(df, out)
 
 
 def plot(df, out):
-    import matplotlib; matplotlib.use('Agg')
+    "Test score per round and against cumulative training FLOPs: one row per task, one colour per method."
+    import matplotlib
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     tasks = list(dict.fromkeys(df.task))
-    fig, axs = plt.subplots(2, len(tasks), figsize=(4.2 * len(tasks), 6.5), squeeze=False)
-    for j, t in enumerate(tasks):
+    colours = dict(zip(METHODS, plt.get_cmap('tab10').colors))
+    fig, axs = plt.subplots(len(tasks), 2, figsize=(8.5, 2.6 * len(tasks) + 1.0), squeeze=False)
+    for i, t in enumerate(tasks):
         for m in METHODS:
             d = df[(df.task == t) & (df.method == m)]
             if d.empty: continue
             g = d.groupby('round')
-            for i, (col, sc) in enumerate((('test_acc', 100), ('train_loss', 1))):
-                mu, se = g[col].mean() * sc, g[col].sem() * sc
-                axs[i, j].errorbar(mu.index, mu.values, yerr=1.96 * se.values, label=m, capsize=2, marker='o', ms=3)
-        axs[0, j].set(title=t, ylabel='test accuracy (%)'); axs[1, j].set(xlabel='round', ylabel='train loss', yscale='log')
-    axs[0, 0].legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(out / 'growth_quality.png', dpi=110)
+            mu = g.test_score.mean() * 100
+            style = dict(marker='o', ms=2.5, lw=1.1, ls='--' if '@' in m else '-', color=colours[m], label=m)
+            axs[i, 0].plot(mu.index, mu.values, **style)
+            axs[i, 1].plot(g.train_flops.mean().values / 1e9, mu.values, **style)
+        what = 'test R² × 100' if TASKS[t]['data'] == 'diabetes' else 'test accuracy (%)'
+        axs[i, 0].set_ylabel(f'{t}\n{what}')
+        axs[i, 0].set_xlabel('round')
+        axs[i, 1].set(xlabel='cumulative training GFLOPs', xscale='log')
+    handles, labels = axs[1, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc='upper center', ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
+    fig.savefig(out / 'growth_quality.png', dpi=100)
 
 
 if __name__ == '__main__':

@@ -26,9 +26,9 @@ from .checkpoint import (Checkpoint, CheckpointError, TrainState, takes_state, l
 from .controls import CONTROLS, Control, get_control
 
 # %% auto #0
-__all__ = ['GROWTHS', 'ALLOCATIONS', 'GrowConfig', 'NeuronCosts', 'neuron_costs', 'round_targets', 'new_counts', 'select_round',
-           'gain_selection', 'allocate', 'split_selection', 'control_round', 'scratch_model', 'held_batches',
-           'held_loss', 'pick_step', 'choose_step', 'split_round', 'GrowResult', 'grow']
+__all__ = ['GROWTHS', 'ALLOCATIONS', 'PRESETS', 'GrowConfig', 'NeuronCosts', 'neuron_costs', 'round_targets', 'new_counts',
+           'select_round', 'gain_selection', 'allocate', 'split_selection', 'control_round', 'scratch_model',
+           'held_batches', 'held_loss', 'pick_step', 'choose_step', 'split_round', 'GrowResult', 'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
 def _check(ok:bool, msg:str):
@@ -75,6 +75,12 @@ class GrowConfig:
             name = ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
         return name if self.allocation is None else f'{name} [{self.allocation}]'
 
+    @classmethod
+    def preset(cls, name:str, **overrides) -> GrowConfig:
+        "The named configuration `PRESETS[name]`, with `overrides` (e.g. `widths`, `rounds`, `seed`) on top."
+        if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; the presets are {list(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides}).validate()
+
     def key(self, label:dict|None=None) -> str:
         "The run's configuration as JSON: a checkpoint written under another key is not resumed."
         d = asdict(self)
@@ -112,6 +118,15 @@ class GrowConfig:
                "give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with "
                "a gain is split")
         return self
+
+# %% ../nbs/08_grow.ipynb #cd5ce955
+PRESETS = {
+    'S2D': dict(m=2, c=1.),                                  # the paper's S2D (binary, positive weights)
+    'S3D': dict(m=2, c=3.),                                  # the paper's S3D (binary signed splits)
+    'S3D line search': dict(m=2, c=3., step='line_search'),  # S3D with the finite, line-searched step
+    'recommended': dict(growth='random'),                    # best growth on the benchmark (see the outcome)
+    'gradmax': dict(growth=GradMax(fallback='random')),   # deep tanh/GELU/SiLU nets
+}
 
 # %% ../nbs/08_grow.ipynb #6133f2f6
 class NeuronCosts(dict):
