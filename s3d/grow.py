@@ -23,7 +23,7 @@ from .atomic import atomic_write_csv
 from .checkpoint import (Checkpoint, CheckpointError, TrainState, takes_state, load_checkpoint,
                             read_checkpoint, restore_checkpoint, load_grown_state, rng_state,
                             atomic_torch_save, CKPT_FORMAT)
-from .controls import CONTROLS, Control, get_control
+from .controls import CONTROLS, Control, GradMax, get_control
 
 # %% auto #0
 __all__ = ['GROWTHS', 'ALLOCATIONS', 'PRESETS', 'GrowConfig', 'NeuronCosts', 'neuron_costs', 'round_targets', 'new_counts',
