@@ -27,8 +27,9 @@ from .controls import CONTROLS, Control, GradMax, get_control
 
 # %% auto #0
 __all__ = ['GROWTHS', 'ALLOCATIONS', 'PRESETS', 'GrowConfig', 'NeuronCosts', 'neuron_costs', 'round_targets', 'new_counts',
-           'select_round', 'gain_selection', 'allocate', 'split_selection', 'control_round', 'scratch_model',
-           'held_batches', 'held_loss', 'pick_step', 'choose_step', 'split_round', 'GrowResult', 'grow']
+           'select_round', 'gain_selection', 'round_total', 'allocate', 'split_selection', 'control_round',
+           'scratch_model', 'held_batches', 'held_loss', 'pick_step', 'choose_step', 'split_round', 'GrowResult',
+           'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
 def _check(ok:bool, msg:str):
@@ -201,13 +202,23 @@ def gain_selection(schemes:dict, cfg:GrowConfig, groups, total:int) -> dict:
     if total <= 0: return {g.name: torch.zeros(0, dtype=torch.long) for g in groups}
     return select_neurons(schemes, ratio=total / n, threshold=cfg.threshold)
 
+def round_total(cfg:GrowConfig, groups, rnd:int|None) -> int:
+    "New neurons in round `rnd` over all groups: the targets' sum minus the current sum (never negative)."
+    counts = new_counts(cfg, groups, rnd)
+    tg = round_targets(cfg, groups, rnd)
+    if tg is None or not sum(counts.values()): return sum(max(v, 0) for v in counts.values())
+    t = cfg.widths[rnd - 1]
+    raw = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
+    return max(sum(int(w) for w in raw) - sum(g.n_neurons for g in groups), 0)
+
 def allocate(cfg:GrowConfig, groups, rnd:int|None, schemes:dict|None=None,
              gen:torch.Generator|None=None) -> dict:
     "New neurons per group name in round `rnd` under `cfg.allocation` ('targets' when None)."
     counts = new_counts(cfg, groups, rnd)
     how = cfg.allocation or 'targets'
-    total = sum(max(v, 0) for v in counts.values())
-    if how == 'targets' or total == 0: return counts
+    if how == 'targets': return counts
+    total = round_total(cfg, groups, rnd)     # the same total however it is spread
+    if total == 0: return {g.name: 0 for g in groups}
     if how == 'gain':
         if schemes is None: raise ValueError("allocation='gain' needs the round's split schemes")
         sel = gain_selection(schemes, cfg, groups, total)
@@ -220,9 +231,7 @@ def allocate(cfg:GrowConfig, groups, rnd:int|None, schemes:dict|None=None,
 def split_selection(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None, gen=None) -> dict:
     "Neurons a signed split takes this round: `select_round`, or by `cfg.allocation` when it is set."
     if cfg.allocation is None: return select_round(schemes, cfg, costs, groups, rnd)
-    if cfg.allocation == 'gain':
-        total = sum(max(v, 0) for v in new_counts(cfg, groups, rnd).values())
-        return gain_selection(schemes, cfg, groups, total)
+    if cfg.allocation == 'gain': return gain_selection(schemes, cfg, groups, round_total(cfg, groups, rnd))
     counts = allocate(cfg, groups, rnd, schemes, gen)
     return {g.name: (select_neurons({g.name: schemes[g.name]}, ratio=counts[g.name] / g.n_neurons,
                                     threshold=cfg.threshold)[g.name]

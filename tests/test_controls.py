@@ -143,3 +143,21 @@ def test_a_registered_control_runs_through_grow():
         assert res.history.method.unique().tolist() == ['first copies']
         assert json.loads(res.history.widths.iloc[-1]) == [6, 6]
     finally: del CONTROLS['first']
+
+
+def test_uneven_allocations_keep_the_round_total():
+    "A layer already above its own target does not change the round's total (sum of targets - current neurons)."
+    from s3d.grow import round_total
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 3), nn.Tanh(), nn.Linear(3, 3)).double()
+    x, y = _data(_mlp)
+    groups = split_groups(net, x[:1])
+    cfg = GrowConfig(growth='random', widths=(8,), allocation='random')
+    assert round_total(cfg, groups, 1) == 16 - 12
+    for seed in range(5):
+        counts = allocate(cfg, groups, 1, gen=torch.Generator().manual_seed(seed))
+        assert sum(counts.values()) == 4
+    m = copy.deepcopy(net)
+    split_round(m, F.cross_entropy, [(x, y)], x[:1], GrowConfig(growth='random', widths=(8,), allocation='gain',
+                                                                  c=3., eigen='exact'), rnd=1)
+    assert sum(g.n_neurons for g in split_groups(m, x[:1])) == 16
