@@ -11,7 +11,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from .grow import _takes_state
+from .checkpoint import takes_state as _takes_state, rng_states, set_rng_states
 
 # %% auto #0
 __all__ = ['world_size', 'rank', 'DistContext', 'prefers_channels_last', 'ddp_model', 'init_distributed', 'gather_rng_states',
@@ -92,30 +92,12 @@ def init_distributed(backend:str|None=None,   # 'nccl' or 'gloo' (default: NCCL 
 
 # %% ../nbs/08b_distributed.ipynb #6390f10b
 def gather_rng_states() -> list:
-    "Every process's RNG states (torch, CUDA, numpy, python), in rank order, on every rank: what a data-parallel checkpoint keeps."
-    from s3d.grow import _rng_state
-    st = _rng_state()
-    if world_size() == 1: return [st]
-    out = [None] * world_size()
-    tdist.all_gather_object(out, st)
-    return out
+    "Every process's RNG states in rank order, on every rank (`s3d.checkpoint.rng_states`, a collective)."
+    return rng_states()
 
 def restore_rng_states(saved) -> list:
-    "Set this process's RNG states from `saved` (one per rank, or one dict); CUDA ones only for devices that exist. Returns what was not restored."
-    from s3d.grow import _set_rng_state
-    saved, r, notes = [saved] if isinstance(saved, dict) else list(saved), rank(), []
-    if r >= len(saved):
-        notes.append(f"rank {r}: the checkpoint holds the RNG states of {len(saved)} process(es); this rank keeps its own streams")
-    else:
-        st = dict(saved[r]); cuda = list(st.pop('cuda', []))
-        _set_rng_state(st)
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        for i, s in enumerate(cuda[:n]): torch.cuda.set_rng_state(s, i)
-        if len(cuda) > n:
-            notes.append(f"rank {r}: the checkpoint holds CUDA RNG states of {len(cuda)} device(s), this machine has {n}: "
-                         f"devices {n}..{len(cuda) - 1} not restored")
-    for m in notes: warnings.warn(m)
-    return notes
+    "This process's RNG states from `saved` (`s3d.checkpoint.set_rng_states`); what was not restored."
+    return set_rng_states(saved)
 
 # %% ../nbs/08b_distributed.ipynb #4151d422
 class _SyncBN(torch.autograd.Function):
