@@ -361,9 +361,6 @@ def _metrics(prefix, d):
     return {f'{prefix}{k}': float(v) for k, v in dict(d).items()
             if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
 
-# names code written before `s3d.checkpoint` existed imported from here
-_rng_state, _atomic_torch_save, _takes_state = rng_state, atomic_torch_save, takes_state
-
 # %% ../nbs/08_grow.ipynb #339df010
 def _scores(model, groups, loss_fn, batches, cfg, reduce):
     "Every neuron's optimal scheme and gain for `(cfg.m, cfg.c)`."

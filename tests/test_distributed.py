@@ -99,7 +99,7 @@ def test_cuda_states_of_a_bigger_machine_restore_without_index_error(monkeypatch
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
     monkeypatch.setattr(torch.cuda, 'set_rng_state', lambda s, i: set_calls.append(i))
-    from s3d.grow import _rng_state
+    from s3d.checkpoint import rng_state as _rng_state
     monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: [torch.zeros(16, dtype=torch.uint8)] * 4)
     saved = _rng_state()   # as written on a 4-GPU machine
     with pytest.warns(UserWarning, match='4 device'):

@@ -440,19 +440,17 @@ def _load_stage(path:Path, name:str) -> dict:
 
 def train_stage(folder, name:str, model, fit, writer:bool|None=None) -> dict:
     "`fit(model, state)` (a `TrainState`) resumable at every epoch in `folder/stage-<name>.pt`; a finished stage is loaded, not retrained."
-    from s3d.grow import TrainState, restore_checkpoint, _rng_state, _atomic_torch_save
-    from s3d.distributed import gather_rng_states, restore_rng_states
+    from s3d.checkpoint import TrainState, restore_checkpoint, rng_states, atomic_torch_save
     path, writer = Path(folder) / f'stage-{name}.pt', is_writer() if writer is None else writer
     data = {}
     if path.exists():
         st = _load_stage(path, name)
-        restore_checkpoint(model, dict(st, rng=_rng_state()), path)   # the weights (resized), or an error naming the file
-        restore_rng_states(st['rng'])   # each process its own streams (all ranks' states are in the file)
+        restore_checkpoint(model, st, path)   # weights (resized) and each process's own RNG streams
         if st['done']: return dict(st['metrics'])
         data = st['train']
     def save(done, train, metrics=None):
-        rng = gather_rng_states()   # every rank takes part; rank 0 writes them all
-        if writer: _atomic_torch_save(dict(format=STAGE_FORMAT, name=name, done=done, model=model.state_dict(), train=train,
+        rng = rng_states()   # every rank takes part; rank 0 writes them all
+        if writer: atomic_torch_save(dict(format=STAGE_FORMAT, name=name, done=done, model=model.state_dict(), train=train,
                                            rng=rng, metrics=metrics or {}), path)
     out = fit(model, TrainState(data, lambda s: save(False, s.data)))
     out = {k: float(v) for k, v in dict(out or {}).items() if isinstance(v, (int, float))}

@@ -210,7 +210,7 @@ def _control(run, cfg, T, folder):
             for _, r in res.history.iterrows()]
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #7dffdf51
-from ...grow import _atomic_torch_save
+from ...checkpoint import atomic_torch_save
 def _full_model(cfg, T, folder, run):
     "The trained full model of `run['after']` (its saved state)."
     st = torch.load(Path(folder).parent / run['after'] / 'model.pt', map_location=T.device, weights_only=True)
@@ -223,7 +223,7 @@ def _baseline(run, cfg, T, folder):
     if 'widths' in run:                      # full model and width multipliers
         torch.manual_seed(s); m = cfg.model(run['widths']).to(T.device)
         tr = T.stage(folder, 'train', m, s, desc=run['key'])
-        if is_writer(): _atomic_torch_save(m.state_dict(), Path(folder) / 'model.pt')
+        if is_writer(): atomic_torch_save(m.state_dict(), Path(folder) / 'model.pt')
         return [_row(run, m, cfg, tr, T.test(m), mult=run['mult'])]
     if run['method'] == 'L1 pruning':
         m = _full_model(cfg, T, folder, run)
