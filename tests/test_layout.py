@@ -18,7 +18,7 @@ NOTEBOOKS = sorted(ROOT.glob('nbs/**/*.ipynb'))
 _LINK = re.compile(r'\]\(([^)\s]+)\)')   # markdown links and images: [text](target), ![alt](target)
 _LOCAL = re.compile(r'(?<![\w.])/(work|tmp|root|home)/')
 # notebooks another session owns that still store a local path; remove an entry once it is fixed (checked below)
-_KNOWN_LOCAL_PATHS = {'nbs/paper/04_train.ipynb'}
+_KNOWN_LOCAL_PATHS = set()
 
 
 def _broken_links(text:str, folder:Path) -> list:
