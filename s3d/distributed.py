@@ -8,6 +8,7 @@ Docs: https://s3d-dev.github.io/s3d/distributed.html.md"""
 from __future__ import annotations
 import os, datetime, warnings
 import torch
+from fastcore.basics import patch
 import torch.distributed as tdist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -44,7 +45,8 @@ class DistContext:
         return x.to(t.device)
 
 # %% ../nbs/08b_distributed.ipynb #f0000008
-def _check(self, model:nn.Module, rnd:int=0):
+@patch
+def check(self:DistContext, model:nn.Module, rnd:int=0):
     "Raise `RuntimeError` unless every rank's model has the same parameter and buffer shapes as rank 0's."
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     every = [None] * self.world_size
@@ -54,7 +56,6 @@ def _check(self, model:nn.Module, rnd:int=0):
         diff = next(f"{a} vs {b}" for a, b in zip(every[0], every[bad[0]]) if a != b) if len(every[0]) == len(every[bad[0]]) else 'different layers'
         raise RuntimeError(f"round {rnd}: ranks {bad} grew a different architecture from rank 0 ({diff}); the splitting statistics "
                            "were not reduced over all ranks (pass `dist=` to grow and shard the scoring batches), or the ranks hold different models")
-DistContext.check = _check
 
 # %% ../nbs/08b_distributed.ipynb #f0000009
 def prefers_channels_last(model:nn.Module, device) -> bool:
@@ -71,14 +72,14 @@ def ddp_model(model:nn.Module, device, channels_last:bool|None=None) -> Distribu
         model.to(memory_format=torch.channels_last)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
 
-def _wrap(self, train_fn):
+@patch
+def wrap(self:DistContext, train_fn):
     "`train_fn` run on a fresh `DistributedDataParallel` wrapper of the model each round (after that round's surgery)."
     takes = _takes_state(train_fn)
     def fn(model, r, state=None):
         ddp = ddp_model(model, self.device, self.channels_last)   # broadcasts rank 0's weights and buffers
         return train_fn(ddp, r, state) if takes else train_fn(ddp, r)
     return fn
-DistContext.wrap = _wrap
 
 def init_distributed(backend:str|None=None,   # 'nccl' or 'gloo' (default: NCCL when CUDA is available, else gloo)
                      timeout_s:float=1800,    # collective timeout (the eigen solve of a large layer runs between collectives)
@@ -182,7 +183,7 @@ class ShardedLoader:
         if k in ('loader', 'rank', 'world_size'): object.__setattr__(self, k, v)
         else: setattr(self.loader, k, v)
 
-def _shard(self, loader) -> ShardedLoader:
+@patch
+def shard(self:DistContext, loader) -> ShardedLoader:
     "`loader` cut for this rank (see `ShardedLoader`)."
     return ShardedLoader(loader, self.rank, self.world_size)
-DistContext.shard = _shard

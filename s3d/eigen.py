@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Iterable
 import torch
+from fastcore.basics import patch
 from torch import nn, Tensor
 from .graph import SplitGroup
 from .curvature import SURROGATE_BETA
@@ -110,16 +111,17 @@ def _relative(r: Tensor, th: Tensor) -> Tensor:
     "Residual norms r (n, 2) relative to each neuron's spectral radius estimate max |theta| over its Ritz values th (n, m)."
     return r / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
 
-def _bk_retire(self, te: Tensor, Y: Tensor, res: Tensor, m: int) -> Tensor: # extreme Ritz values (n, 2), vectors (n, d, 2), relative residuals (n, 2); basis size m
+@patch
+def _retire(self:BlockKrylov, te: Tensor, Y: Tensor, res: Tensor, m: int) -> Tensor: # extreme Ritz values (n, 2), vectors (n, d, 2), relative residuals (n, 2); basis size m
     "Record the final Ritz pairs of the neurons that converged or used up `max_iter`; returns the mask of those that go on."
     ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (m >= self.d)   # m = d: Rayleigh-Ritz is exact
     fin = ok | (self.products >= self.max_iter)
     j = self.idx[fin]; self.converged[self.idx[ok]] = True
     self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
     return ~fin
-BlockKrylov._retire = _bk_retire
 
-def _bk_next_block(self, V: Tensor, W: Tensor, th: Tensor, s: Tensor, res: Tensor, m: int, k: int): # basis and products (n, d, m), its Ritz pairs and residuals; block size k
+@patch
+def _next_block(self:BlockKrylov, V: Tensor, W: Tensor, th: Tensor, s: Tensor, res: Tensor, m: int, k: int): # basis and products (n, d, m), its Ritz pairs and residuals; block size k
     "Next block `P`: the selected Ritz residuals orthonormalised against the basis, after a thick restart if it would outgrow `max_dim`."
     sel, tsel = _select(th, s, res, k)
     R = W @ sel - (V @ sel) * tsel[:, None]   # Ritz residuals: they span the block Krylov space's next directions
@@ -128,10 +130,10 @@ def _bk_next_block(self, V: Tensor, W: Tensor, th: Tensor, s: Tensor, res: Tenso
         keep_i = list(range(lo)) + list(range(m - (kn - lo), m))
         V, W, self.restarts = V @ s[:, :, keep_i], W @ s[:, :, keep_i], self.restarts + 1
     self.V, self.W, self.P = V, W, _orthonormalize(R, V, self.gen)
-BlockKrylov._next_block = _bk_next_block
 
+@patch
 @torch.no_grad()
-def _bk_update(self, SP: Tensor): # (len(self.idx), d, k): S_j P_j for the current block
+def update(self:BlockKrylov, SP: Tensor): # (len(self.idx), d, k): S_j P_j for the current block
     "Add the block and its products, Rayleigh-Ritz, retire converged neurons, prepare the next block."
     if self.P is None or SP.shape != self.P.shape: raise ValueError(f"products must have shape {None if self.P is None else tuple(self.P.shape)}, got {tuple(SP.shape)}")
     self.V, self.W = torch.cat([self.V, self.P], 2), torch.cat([self.W, SP.to(self.V)], 2)
@@ -145,10 +147,10 @@ def _bk_update(self, SP: Tensor): # (len(self.idx), d, k): S_j P_j for the curre
     self.idx, self.V, self.W, self._now = self.idx[keep], self.V[keep], self.W[keep], (te[keep], Y[keep])
     if self.done: self.P = None; return
     self._next_block(self.V, self.W, th[keep], s[keep], res[keep], m, min(self.k, self.d - m))
-BlockKrylov.update = _bk_update
 
 # %% ../nbs/05_eigen.ipynb #419212bf
-def _bk_result(self) -> EigenPairs:
+@patch
+def result(self:BlockKrylov) -> EigenPairs:
     "Current extreme Ritz pairs of every neuron (final for retired ones), unit eigenvectors with a fixed sign."
     o = self.out
     lmin, vmin, lmax, vmax = o.lam_min.clone(), o.v_min.clone(), o.lam_max.clone(), o.v_max.clone()
@@ -157,7 +159,6 @@ def _bk_result(self) -> EigenPairs:
         lmin[j], lmax[j], vmin[j], vmax[j] = te[:, 0], te[:, 1], Y[:, :, 0], Y[:, :, 1]
     unit = lambda v: _fix_sign(v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny))
     return EigenPairs(lmin, unit(vmin), lmax, unit(vmax))
-BlockKrylov.result = _bk_result
 
 # %% ../nbs/05_eigen.ipynb #b8d4f2e3
 def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int) -> Tensor:
@@ -166,8 +167,9 @@ def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int) -> Tensor:
     out = B.new_empty(rows.shape[0], size, *B.shape[2:]); out[:, :m] = rows[:, :m]   # entries from m on are never read
     return out
 
+@patch
 @torch.no_grad()
-def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neurons `self.idx`, P (len(self.idx), d, k)
+def lanczos(self:BlockKrylov, prod: Callable, # prod(P) -> S_j P_j for the active neurons `self.idx`, P (len(self.idx), d, k)
                 every: int = 2,       # Rayleigh-Ritz every this many products once `min_iter` are done (2: measured fastest)
                ):
     "Run a fresh block-size-1 solver to the end: Lanczos with full reorthogonalisation, Rayleigh-Ritz only when a neuron may retire."
@@ -214,8 +216,6 @@ def _bk_lanczos(self, prod: Callable, # prod(P) -> S_j P_j for the active neuron
             q[bad] = _orthonormalize(rnd, Qm[bad].transpose(1, 2), self.gen)[:, :, 0]
         Q[:, m] = q
         b[:, m - 1] = (q * w).sum(1)   # q_{m+1}^T S q_m
-BlockKrylov.lanczos = _bk_lanczos
-
 
 # %% ../nbs/05_eigen.ipynb #48c51528
 @torch.no_grad()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterable, NamedTuple
 import torch
+from fastcore.basics import patch
 import torch.autograd.forward_ad as fwAD
 from torch import nn, Tensor
 import torch.nn.functional as F
@@ -503,8 +504,9 @@ def _apply_conv(p, x, C, Vw, vb, n, k):
     Rw = torch.nn.grad.conv2d_weight(x, filt.shape, W, p.stride, 0, p.dilation).view(n, k, -1).permute(0, 2, 1)
     return Rw, (W.sum((0, 2, 3)).view(n, k) if vb is not None else None)
 
+@patch
 @torch.no_grad()
-def _op_call(self, V: Tensor) -> Tensor:
+def __call__(self:SplitOperator, V: Tensor) -> Tensor:
     "(S V)_j = S_j V_j for all neurons j; V is (n, d) or (n, d, k)."
     total = self.total_count()
     if not total: raise ValueError(f"group {self.group.name!r}: no batches collected")
@@ -525,10 +527,10 @@ def _op_call(self, V: Tensor) -> Tensor:
     if self.reduce is not None: R = self.reduce(R)
     R = R.to(V.dtype) / total
     return R.squeeze(-1) if vec else R
-SplitOperator.__call__ = _op_call
 
+@patch
 @torch.no_grad()
-def _op_path_products(self, V: Tensor, neurons: Tensor | None = None) -> Tensor | None:
+def path_products(self:SplitOperator, V: Tensor, neurons: Tensor | None = None) -> Tensor | None:
     "Unnormalised sum over the held batches of the further activations' terms for V (len(neurons), d, k); None without any."
     held = [(i, ps) for i, ps in enumerate(self.paths) if ps is not None]
     if not held: return None
@@ -537,11 +539,11 @@ def _op_path_products(self, V: Tensor, neurons: Tensor | None = None) -> Tensor 
     Vf = V.new_zeros(held[0][1].a.shape[0], *V.shape[1:])
     Vf[idx] = V
     return sum(_path_apply(ps, self.patches(i), Vf)[idx] for i, ps in held)
-SplitOperator.path_products = _op_path_products
 
 # %% ../nbs/04_splitmat.ipynb #3b38a991
+@patch
 @torch.no_grad()
-def _op_dense(self) -> Tensor:
+def dense(self:SplitOperator) -> Tensor:
     "The exact (n, d, d) float64 splitting matrices from the cached statistics."
     S, p = 0, self.group.producer
     for x, c in zip(self.xs, self.cs):
@@ -552,14 +554,13 @@ def _op_dense(self) -> Tensor:
     S = reduce_sum(self.reduce, S if self.xs else None, self.count,
                    lambda: torch.zeros(self.n, self.d, self.d, dtype=torch.float64, device=p.weight.device))[0]
     return S / self.total_count()
-SplitOperator.dense = _op_dense
 
+@patch
 @torch.no_grad()
-def _op_path_dense(self):
+def path_dense(self:SplitOperator):
     "Unnormalised sum over the held batches of the further activations' terms, (n, d, d) float64 (0 without any)."
     if self.rows is not None: raise ValueError("path_dense: the operator is restricted to some neurons")
     return sum((_path_dense(ps, self.patches(i)).double() for i, ps in enumerate(self.paths) if ps is not None), 0)
-SplitOperator.path_dense = _op_path_dense
 
 # %% ../nbs/04_splitmat.ipynb #e3141c55
 def split_operators(model: nn.Module,  # network
@@ -586,8 +587,9 @@ def split_operators(model: nn.Module,  # network
     return ops
 
 # %% ../nbs/04_splitmat.ipynb #d6a1eba2
+@patch
 @torch.no_grad()
-def _op_products(self, V: Tensor, # (len(neurons), d, k): k vectors per neuron
+def products(self:SplitOperator, V: Tensor, # (len(neurons), d, k): k vectors per neuron
                  neurons: Tensor | None = None, # indices of the neurons to apply (default: all n)
                  chunk_bytes: int | None = None, # bound on per-batch temporaries, splitting the k columns (default 8 MiB CPU, 256 MiB GPU)
                 ) -> Tensor:
@@ -609,10 +611,10 @@ def _op_products(self, V: Tensor, # (len(neurons), d, k): k vectors per neuron
         E = self.path_products(Vc, neurons)
         out.append(R if E is None else R + E)
     return torch.cat(out, 2)
-SplitOperator.products = _op_products
 
+@patch
 @torch.no_grad()
-def _op_dense_sum(self, rows: int = 4096, cols: int = 8) -> Tensor:
+def dense_sum(self:SplitOperator, rows: int = 4096, cols: int = 8) -> Tensor:
     "Unnormalised sum over the held samples of c_j x x^T for every neuron, (n, d, d) float64, upper blocks by matrix products."
     p, d, n = self.group.producer, self.d, self.n
     S = torch.zeros(n, d, d, dtype=torch.float64, device=self.xs[0].device)
@@ -627,4 +629,3 @@ def _op_dense_sum(self, rows: int = 4096, cols: int = 8) -> Tensor:
     i, j = torch.triu_indices(d, d, 1, device=S.device)
     S[:, j, i] = S[:, i, j]
     return S + self.path_dense()
-SplitOperator.dense_sum = _op_dense_sum

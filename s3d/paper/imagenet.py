@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
@@ -311,7 +312,8 @@ def _batch(self, items, idx):
     if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
     return x, self.files.labels[idx].to(self.device, non_blocking=True)
 
-def _iter(self):
+@patch
+def __iter__(self:JpegLoader):
     n, B, w = len(self.files), self.global_batch, self.world_size
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)) \
             if self.train else torch.arange(n)
@@ -323,8 +325,6 @@ def _iter(self):
             self.last_labels = y
             yield x, y
     finally: self.epoch += 1
-
-JpegLoader.__iter__ = _iter
 
 # %% ../../nbs/paper/07_imagenet.ipynb #3a4d6e81
 def score_batches(files:ImageFolderFiles, n:int, batch_size:int, size:int, device='cpu', seed:int=0, workers:int|None=0) -> list:
