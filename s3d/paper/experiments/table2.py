@@ -221,7 +221,9 @@ def plot_table2(df:pd.DataFrame, scale:str=''):
     if len(sc): ax[0].plot(sc.macs.mean() / 1e6, sc.top1.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)')
     b = df[df.setting == 'baseline'].groupby('method', sort=False)[['macs', 'top1']].mean()
     ax[0].plot(b.macs / 1e6, b.top1, 's', color='0.3', label='MobileNetV1 width x'); 
-    for m, r in b.iterrows(): ax[0].annotate(m, (r.macs / 1e6, r.top1), fontsize=7, xytext=(3, -9), textcoords='offset points')
+    for m, r in b.iterrows():   # labels left of the markers, clear of the growth curves to their right
+        ax[0].annotate(m, (r.macs / 1e6, r.top1), fontsize=7, xytext=(-5, 0), textcoords='offset points',
+                       ha='right', va='center')
     ax[0].set_title(f'(a) this run ({scale})', fontsize=9); ax[0].set_xlabel('MACs (M) per image')
     p = PAPER_TABLE2
     for meth in ('S2D', 'S3D'):
@@ -230,7 +232,12 @@ def plot_table2(df:pd.DataFrame, scale:str=''):
     w = p[p.model.str.startswith('MobileNetV1')]; ax[1].plot(w.macs_G * 1e3, w.top1, 's', color='0.3', label='MobileNetV1 width x')
     a = p[p.model == 'AMC']; ax[1].plot(a.macs_G * 1e3, a.top1, '^', color='C3', label='AMC (quoted)')
     ax[1].set_title('(b) paper, ImageNet 224x224 (as printed)', fontsize=9); ax[1].set_xlabel('MACs (M) per image')
-    for x in ax: x.set_xscale('log'); x.set_ylabel('top-1 (%)'); x.legend(fontsize=7)
+    from matplotlib.ticker import NullFormatter
+    for x in ax:
+        x.set_xscale('log')
+        x.xaxis.set_minor_formatter(NullFormatter())   # minor-tick labels ran into each other
+        x.set_ylabel('top-1 (%)')
+        x.legend(fontsize=7)
     fig.tight_layout(); return fig
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #6841caa4

@@ -222,11 +222,15 @@ def plot_table3(df:pd.DataFrame, scale:str=''):
     if len(sc): ax[0].plot(sc.params.mean() / 1e6, sc.acc.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)')
     b = df[~df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net', 'scratch'])].groupby('method', sort=False)[['params', 'acc']].mean()
     ax[0].plot(b.params / 1e6, b.acc, 's', color='0.3', label='baselines')
-    for m, r in b.iterrows(): ax[0].annotate(m, (r.params / 1e6, r.acc), fontsize=7, xytext=(3, -9), textcoords='offset points')
+    for i, (m, r) in enumerate(b.iterrows()):   # alternate above/below so neighbouring labels do not overlap
+        ax[0].annotate(m, (r.params / 1e6, r.acc), fontsize=7, xytext=(4, 5 if i % 2 else -10),
+                       textcoords='offset points')
     ax[0].set_title(f'(a) this run ({scale})', fontsize=9)
     p = PAPER_TABLE3
     ax[1].plot(p.params_M, p.acc, 's', color='0.3')
-    for _, r in p.iterrows(): ax[1].annotate(r.model, (r.params_M, r.acc), fontsize=7, xytext=(3, -9), textcoords='offset points')
+    for i, (_, r) in enumerate(p.sort_values('params_M').iterrows()):
+        ax[1].annotate(r.model, (r.params_M, r.acc), fontsize=7, xytext=(4, 5 if i % 2 else -10),
+                       textcoords='offset points')
     ax[1].set_title('(b) paper, ModelNet40 (as printed)', fontsize=9)
     for x in ax: x.set_xlabel('parameters (M)'); x.set_ylabel('overall accuracy (%)')
     ax[0].legend(fontsize=7); fig.tight_layout(); return fig
