@@ -153,7 +153,8 @@ def check_table1(a, dev, out):
     if a.tiny and not keep: keep = {'S2D-c1-s0', 'S3D-c3-s0', 'width1-s0', 'l1-s0', 'bn-s0', 'morphnet-s0', 'E-S3D-c3-s0'}
     for run in T1.table1_runs(cfg):
         if keep and run['key'] not in keep: continue
-        df, s, err, mem = timed(dev, lambda: probe.run(run['key'], lambda: T1.run_one(run, cfg, T, out / 'table1_runs', force=True)))
+        job = lambda: T1.run_one(run, cfg, T, out / 'table1_runs', force=True)
+        df, s, err, mem = timed(dev, lambda: probe.run(run['key'], job))
         last = df.iloc[-1] if df is not None else {}
         rows.append(dict(_run_row('table1', run, df, s, err, mem, probe, rss0),
                          params=int(last['params']) if df is not None else None, flops=int(last['flops']) if df is not None else None,
@@ -191,13 +192,16 @@ def _reproduce(tag, mod, cfg, data_root, dev, out, epochs_of, parts):
         state.update(probe=Probe(T, epochs_of), cfg=c, sizes=dict(n_train=len(tr), n_test=len(te)), rss0=max_rss_mib())
         return T
     def one(run, c, T, root, force):
-        df, s, err, mem = timed(dev, lambda: state['probe'].run(run['key'], lambda: mod.run_one(run, c, T, root, force)))
+        job = lambda: mod.run_one(run, c, T, root, force)
+        df, s, err, mem = timed(dev, lambda: state['probe'].run(run['key'], job))
         rows.append(_run_row(tag, run, df, s, err, mem, state['probe'], state['rss0']))
         return df if df is not None else pd.DataFrame()
-    _, s, err, _ = timed(dev, lambda: reproduce_table(tag, 'gpucheck', {'gpucheck': cfg}, load, trainer, runs, one, report, plot,
-                                                      lambda c, d: 'synthetic data', device=dev, data=data_root, out=out,
-                                                      force=True, progress=False))
-    if err: rows.append(dict(experiment=tag, run='reproduce_table (data, report, files)', seconds=round(s, 2), error=err))
+    entry = lambda: reproduce_table(tag, 'gpucheck', {'gpucheck': cfg}, load, trainer, runs, one, report, plot,
+                                    lambda c, d: 'synthetic data', device=dev, data=data_root, out=out,
+                                    force=True, progress=False)
+    _, s, err, _ = timed(dev, entry)
+    if err:
+        rows.append(dict(experiment=tag, run='reproduce_table (data, report, files)', seconds=round(s, 2), error=err))
     return rows, state.get('cfg', cfg), state.get('sizes', {})
 
 
@@ -371,8 +375,10 @@ def project_runs(tag, rows, M, P, n_meas, paper_runs) -> dict:
     import re
     n_tr, n_te = n_meas['n_train'], n_meas['n_test']
     N_tr, N_te = PAPER_SIZES[tag]
-    ok = {r['run'].split(' ', 1)[-1]: r for r in rows if r.get('experiment') == tag and not r.get('error') and r.get('epochs')}
-    if not ok: return dict(hours=float('nan'), borrowed=0, train_h=float('nan'), eigen_h=float('nan'), test_h=float('nan'))
+    ok = {r['run']: r for r in rows if r.get('experiment') == tag and not r.get('error') and r.get('epochs')}
+    if not ok:
+        nan = float('nan')
+        return dict(hours=nan, borrowed=0, train_h=nan, eigen_h=nan, test_h=nan)
     by_method = {}
     for r in ok.values(): by_method.setdefault(r['method'], r)
     parts, borrowed = dict(train_h=0.0, eigen_h=0.0, test_h=0.0), 0
@@ -404,7 +410,8 @@ def verdict(a, res, cfgs, sizes) -> list:
     rows = res.get('table1', []) + res.get('tables23', []) + res.get('fig2', [])
     thr = {r['model']: r for r in res.get('throughput', [])}
     agree = [r['lam_err_max'] for r in res.get('agreement', [])]
-    mem_col, mem_key = ('peak_GPU_MiB', 'peak_MiB') if a.device_type == 'cuda' else ('CPU_max_RSS_growth_MiB', 'rss_growth_MiB')
+    cuda = a.device_type == 'cuda'
+    mem_col, mem_key = ('peak_GPU_MiB', 'peak_MiB') if cuda else ('CPU_max_RSS_growth_MiB', 'rss_growth_MiB')
     out = []
     for tag in ('table1', 'table2', 'table3', 'fig2'):
         rs = [r for r in rows if r.get('experiment') == tag]
@@ -445,8 +452,11 @@ def report(a, dev, res, out):
     (out / 'gpu_check.json').write_text(json.dumps(dict(head, **res), indent=1, default=str))
     import pandas as pd
     md = [f"# gpu_check ({head['date']}, {name}, torch {head['torch']})", '', f"Command: `{head['command']}`", '']
-    for key, title in (('table1', 'Table 1 runs (1 epoch per stage)'), ('fig2', 'Figure 2 job (shortened)'), ('tables23', 'Tables 2 and 3 runs (1 epoch per stage, synthetic data in the real formats)'), ('throughput', 'Training throughput'),
-                       ('eigen', 'Fast eigenpairs'), ('agreement', 'float64 CPU vs float32 device'), ('projection', 'Projection')):
+    sections = (('table1', 'Table 1 runs (1 epoch per stage)'), ('fig2', 'Figure 2 job (shortened)'),
+                ('tables23', 'Tables 2 and 3 runs (1 epoch per stage, synthetic data in the real formats)'),
+                ('throughput', 'Training throughput'), ('eigen', 'Fast eigenpairs'),
+                ('agreement', 'float64 CPU vs float32 device'), ('projection', 'Projection (Table 1, throughput model)'))
+    for key, title in sections:
         if res.get(key): md += [f'## {title}', '', markdown_table(pd.DataFrame(res[key]).astype(object).where(lambda d: d.notna(), '–'), digits=4), '']
     md += [run_info_line(res['numerics']) + f" cudnn.benchmark {'on' if res['numerics']['cudnn_benchmark'] else 'off'} (as `s3d reproduce`).", '']
     md += [f"Peak memory: `torch.cuda.max_memory_allocated` per row ('–' on the CPU: not measured). Eigenvector |cos| only over "
@@ -467,7 +477,8 @@ VERDICT_NOTE = ("train_img_s: images (clouds) per second of the experiment's own
                 "Memory: peak_GPU_MiB is torch.cuda.max_memory_allocated over the runs; CPU_max_RSS_growth_MiB is the "
                 "growth of the process's max RSS during the experiment (a CPU stand-in, not GPU memory). "
                 "gain_agreement: largest |eigenvalue error| / spectral radius, float32 on the device vs a float64 CPU "
-                "reference, on a small MobileNetV1 (the network family of Tables 1 and 2; DGCNN and the RBF net not checked). "
+                "reference, on a small MobileNetV1 (the network family of Tables 1 and 2; DGCNN and the RBF net "
+                "not checked). "
                 "projected_h: the whole paper schedule (every run, stage, control, eigen pass and evaluation) from the "
                 "parts timed here; grown networks are costed at the widths measured here (1 round), so later, "
                 "wider stages are under-counted. At --tiny the figures check the arithmetic, not the hours.")
@@ -489,7 +500,8 @@ def _main(argv=None):
     p.add_argument('--train-images', type=int, default=5120); p.add_argument('--out', default='gpu_check_out')
     p.add_argument('--compile', default='', help="train(compile=...) for all training: 'default' or 'reduce-overhead'")
     p.add_argument('--runs', default='', help='comma-separated Table 1 run keys to do (default: all; --tiny: one of each kind)')
-    p.add_argument('--skip', default='', help='comma-separated sections to skip: table1,fig2,tables23,throughput,eigen,agreement')
+    p.add_argument('--skip', default='',
+                   help='comma-separated sections to skip: table1,fig2,tables23,throughput,eigen,agreement')
     a = p.parse_args(argv)
     if a.compile == 'default': a.compile = True
     dist, dev = start_distributed(a.device)   # under torchrun: this process's GPU (gloo on CPU); else a.device

@@ -89,7 +89,8 @@ def test_probe_counts_the_parts_of_every_run(tiny):
     assert rows['table3 S3D-c3-s0']['epochs'] == c3.epochs + c3.rounds * c3.finetune_epochs
     assert rows['table2 E-S3D-c3-s0']['epochs'] == (c2.rounds + 1) * c2.epochs
     for key in ('table3 pointnet-s0', 'table3 width1-s0'): assert rows[key]['epochs'] == c3.baseline_budget
-    for key in ('table2 random-E-S3D-c3-s0', 'table3 net2net-S3D-c3-s0'): assert rows[key]['eigens'] == 0   # controls do not score
+    for key in ('table2 random-E-S3D-c3-s0', 'table3 net2net-S3D-c3-s0'):
+        assert rows[key]['eigens'] == 0   # the controls do not score
 
 
 def test_projections_grow_with_the_schedule(tiny):
@@ -100,14 +101,17 @@ def test_projections_grow_with_the_schedule(tiny):
     a = argparse.Namespace(tiny=True, rounds=1)
     c2, c3 = gpu_check.tables23_configs(a)
     rows = res['tables23']
-    for tag, M, P, runs in (('table2', c2, T2.SCALES['paper'], T2.table2_runs), ('table3', c3, T3.SCALES['paper'], T3.table3_runs)):
+    for tag, M, P, runs in (('table2', c2, T2.SCALES['paper'], T2.table2_runs),
+                            ('table3', c3, T3.SCALES['paper'], T3.table3_runs)):
         pr = lambda P: gpu_check.project_runs(tag, rows, M, P, res['sizes'][tag], runs(P))
         h = lambda P: pr(P)['hours']
         one, three = h(replace(P, seeds=(0,))), h(replace(P, seeds=(0, 1, 2)))
         assert one > 0 and math.isclose(three, 3 * one, rel_tol=1e-9), (tag, one, three)
         base, more = pr(replace(P, seeds=(0,))), pr(replace(P, seeds=(0,), rounds=P.rounds + 2))
-        for part in ('train_h', 'eigen_h', 'test_h'): assert more[part] > base[part] > 0, (tag, part)   # later stages counted
+        for part in ('train_h', 'eigen_h', 'test_h'):   # the later stages, splits and evaluations counted
+            assert more[part] > base[part] > 0, (tag, part)
         assert h(replace(P, seeds=(0,), epochs=2 * P.epochs)) > one, tag
     f2 = [r for r in res['fig2'] if not r.get('error')][0]
     M, P = gpu_check.fig2_config(a), F2.SCALES['paper']
-    assert math.isclose(gpu_check.project_fig2(f2, M, replace(P, targets=2 * P.targets)), 2 * gpu_check.project_fig2(f2, M, P))
+    twice = gpu_check.project_fig2(f2, M, replace(P, targets=2 * P.targets))
+    assert math.isclose(twice, 2 * gpu_check.project_fig2(f2, M, P))
