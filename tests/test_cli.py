@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from s3d.paper.cli import main
-from s3d.paper.runs import DataError, atomic_write_text, is_done
+from s3d.paper.runs import DataError, Experiment, atomic_write_text, is_done
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_unavailable_device_is_exit_5(capsys, tmp_path):
 
 def test_not_implemented_and_bad_args(capsys, monkeypatch):
     import s3d.paper.cli as cli
-    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', None)
+    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', Experiment('table2', 'no run yet'))
     assert main(['reproduce', 'table2']) == 6
     assert 'not implemented yet' in capsys.readouterr().err
     assert main(['reproduce', 'fig9']) == 2 and 'invalid choice' in capsys.readouterr().err
@@ -181,8 +181,7 @@ def test_help_lists_experiments_times_and_exit_codes(capsys):
 def test_unexpected_error_is_one_line_unless_debug(monkeypatch, capsys, tmp_path):
     import s3d.paper.cli as cli
     def broken(**kw): raise RuntimeError('boom\nsecond line')
-    monkeypatch.setattr(cli, '_broken_for_test', broken, raising=False)
-    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', 's3d.paper.cli:_broken_for_test')
+    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', Experiment('table2', 'broken', run=broken))
     assert main(['reproduce', 'table2', '--out', str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == 'table2: failed: RuntimeError: boom (rerun with --debug for the traceback)'
     assert main(['reproduce', 'table2', '--out', str(tmp_path), '--debug']) == 1
@@ -214,8 +213,7 @@ def test_experiment_with_fewer_options_runs_with_a_warning(monkeypatch, capsys, 
     "An experiment whose run() predates --jobs/--fake-data/--download still runs; a set option it cannot take is a warning."
     import s3d.paper.cli as cli
     def old_style(scale='cpu', device='auto', data=None, out='x', force=False): return []
-    monkeypatch.setattr(cli, '_old_for_test', old_style, raising=False)
-    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', 's3d.paper.cli:_old_for_test')
+    monkeypatch.setitem(cli.EXPERIMENTS, 'table2', Experiment('table2', 'old style', run=old_style))
     assert main(['reproduce', 'table2', '--out', str(tmp_path), '--jobs', '2']) == 0
     assert capsys.readouterr().err.strip() == 'table2: warning: --jobs is not supported by this experiment yet: ignored'
 
@@ -232,12 +230,36 @@ def test_error_leaves_no_new_output_folder_and_fake_data_with_data_is_refused(tm
 
 def test_interrupt_without_a_count_reports_the_finished_runs_on_disk(tmp_path, capsys, monkeypatch):
     "Ctrl-C after the last run finished (while the results are written) raises a plain KeyboardInterrupt."
-    import s3d.paper.experiments.table1 as table1
+    import s3d.paper.cli as cli
     runs = tmp_path / 'table1_smoke_runs'
     for k in 'abc': (runs / k).mkdir(parents=True); (runs / k / 'rows.csv').write_text('x')
     for k in 'ab': (runs / k / 'config.json').write_text('{}')   # written last: c is not finished
     def stopped(**kw): raise KeyboardInterrupt
-    monkeypatch.setattr(table1, 'run', stopped); monkeypatch.setattr(table1, 'check', lambda **kw: [])
+    monkeypatch.setitem(cli.EXPERIMENTS, 'table1', Experiment('table1', 'stopped', run=stopped, check=lambda **kw: []))
     assert main(['reproduce', 'table1', '--scale', 'smoke', '--out', str(tmp_path)]) == 130
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f'table1: interrupted (Ctrl-C); kept: 2 finished run(s) in {runs}; rerun the same command to resume'
+
+def test_one_registration_is_a_whole_experiment(monkeypatch, capsys, tmp_path):
+    "A new experiment is one `register_experiment(Experiment(...))` line: it is in --help, in list, and it runs."
+    import s3d.paper.cli as cli
+    calls = []
+    def run(scale='cpu', device='auto', data=None, out='x', force=False):
+        calls.append(scale)
+        return [Path(out) / f'toy_{scale}.md']
+    def files(scale, out): return [Path(out) / f'toy_{scale}.md']
+    monkeypatch.setitem(cli.EXPERIMENTS, 'toy', Experiment('toy', 'placeholder'))   # removed after the test
+    cli.register_experiment(Experiment('toy', 'A toy experiment for the tests', 'instant', run=run, files=files,
+                                       check=lambda **kw: ['toy warns once']))
+    assert main(['reproduce', '--help']) == 0
+    out = capsys.readouterr().out
+    assert any(l.split()[:3] == ['toy', 'A', 'toy'] for l in out.splitlines()) and 'time: instant' in out
+    (tmp_path / 'toy_smoke.md').write_text('# toy')
+    assert main(['reproduce', 'list', '--out', str(tmp_path)]) == 0
+    lst = capsys.readouterr().out.splitlines()
+    assert '  toy     smoke  present (its summary records no config fingerprint' in '\n'.join(lst)
+    assert '  toy     cpu    missing' in lst
+    assert main(['reproduce', 'toy', '--scale', 'smoke', '--out', str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert calls == ['smoke'] and 'toy: done in' in captured.out and 'toy: warning: toy warns once' in captured.err
+    assert main(['reproduce', 'fig7']) == 2   # an unregistered name is still refused

@@ -6,59 +6,47 @@ Docs: https://s3d-dev.github.io/s3d/paper/cli.html.md"""
 
 # %% ../../nbs/paper/06_cli.ipynb #90c36e93
 from __future__ import annotations
-import argparse, importlib, sys, time, traceback
+import argparse, importlib, pkgutil, sys, time, traceback
+from collections.abc import Mapping
 from pathlib import Path
 from ..grow import CheckpointError
+from .runs import Experiment, EXPERIMENTS, register_experiment
 from .runs import (DataError, OutputError, DeviceError, Interrupted, EXIT_CODES, atomic_save_figure, is_done,
                             resolve_device, check_out_dir, default_jobs, stop_on_signals, read_fingerprint,
                             start_distributed, stop_distributed, dist_context, writer_first, check_shared_out, is_writer)
 
 # %% auto #0
-__all__ = ['EXPERIMENTS', 'ABOUT', 'DATA_PARALLEL', 'DEFAULT_OUT', 'register_experiment', 'experiment_runner',
-           'experiment_checker', 'check_fig1', 'run_fig1', 'make_parser', 'kept_on_disk', 'main']
+__all__ = ['ABOUT', 'DEFAULT_OUT', 'experiment_runner', 'experiment_checker', 'import_experiments', 'check_fig1', 'run_fig1',
+           'make_parser', 'kept_on_disk', 'main']
 
 # %% ../../nbs/paper/06_cli.ipynb #c6b82d67
-EXPERIMENTS = {'fig1': 's3d.paper.cli:run_fig1', 'fig2': 's3d.paper.experiments.fig2:run',
-               'table1': 's3d.paper.experiments.table1:run',
-               'table2': 's3d.paper.experiments.table2:run', 'table3': 's3d.paper.experiments.table3:run'}
+class _About(Mapping):
+    "Read-only view: name -> (about, time) of every registered experiment."
+    def __getitem__(self, name): return EXPERIMENTS[name].about, EXPERIMENTS[name].time
+    def __iter__(self): return iter(EXPERIMENTS)
+    def __len__(self): return len(EXPERIMENTS)
 
-ABOUT = {'fig1': ('Figure 1: the binary, triplet and quartet split schemes, drawn from their closed forms',
-                  'seconds at any scale'),
-         'fig2': ('Figure 2: toy RBF network grown from one neuron; S2D gets stuck, S3D escapes',
-                  'smoke ~10 s; cpu ~1.5 min on 1 core (less with --jobs); paper ~1.5 h on 1 core (estimated); CPU only'),
-         'table1': ('Table 1 + Figure 3: MobileNetV1 grown by S2D/S3D vs full, width multipliers, L1/BN pruning, MorphNet',
-                    'smoke ~1 min (CPU, --fake-data); cpu (digits) 135 runs, ~800 s of CPU time over --jobs; paper (CIFAR-100) ~10 h on 1 GPU (projected)'),
-         'table2': ('Table 2: ImageNet MobileNetV1 (224x224), energy-aware S2D/S3D vs width multipliers; AMC quoted',
-                    'smoke ~1 min (CPU, --fake-data); cpu (digits as JPEGs) ~8 min on 1 core; paper (ImageNet) days on 1 GPU (projected, see notebook)'),
-         'table3': ('Table 3: ModelNet40 point clouds, DGCNN grown by S2D/S3D vs width multipliers and PointNet',
-                    'smoke ~30 s (CPU, --fake-data); cpu (synthetic shapes, 3 seeds) ~17 min on a shared 2-core CPU; paper (ModelNet40) ~49 GPU-hours (projected from the paper)')}
+ABOUT = _About()
 
-DATA_PARALLEL = {'table1', 'table2', 'table3'}   # experiments that run under torchrun with several processes
-
-def register_experiment(name:str, target:str|None, about:str='', time:str='', data_parallel:bool=False):
-    "Register (or replace) experiment `name` as a `'module:function'` string, or None for not implemented."
-    if target is not None and (not isinstance(target, str) or ':' not in target):
-        raise ValueError(f"experiment {name!r}: target must look like 'package.module:function', got {target!r}")
-    EXPERIMENTS[name] = target
-    if data_parallel: DATA_PARALLEL.add(name)
-    else: DATA_PARALLEL.discard(name)
-    if about or time or name not in ABOUT: ABOUT[name] = (about, time)   # keep the description when only the target changes
-
-def _target(name):
-    if name not in EXPERIMENTS: raise ValueError(f'unknown experiment {name!r}; choose one of {", ".join(EXPERIMENTS)}')
-    if EXPERIMENTS[name] is None: return None, None
-    mod, fn = EXPERIMENTS[name].split(':')
-    return importlib.import_module(mod), fn
+def _experiment(name:str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f'unknown experiment {name!r}; choose one of {", ".join(EXPERIMENTS)}')
+    return EXPERIMENTS[name]
 
 def experiment_runner(name:str):
     "The run function of experiment `name`, or None when it is not implemented yet."
-    mod, fn = _target(name)
-    return None if mod is None else getattr(mod, fn)
+    return _experiment(name).run
 
 def experiment_checker(name:str):
-    "The argument check of experiment `name` (`check`, or `check_x` for `run_x`), or None."
-    mod, fn = _target(name)
-    return None if mod is None or 'run' not in fn else getattr(mod, fn.replace('run', 'check', 1), None)
+    "The argument check of experiment `name`, or None."
+    return _experiment(name).check
+
+def import_experiments(package:str='s3d.paper.experiments') -> list:
+    "Import every module of `package` (each registers its experiment); their names."
+    pkg = importlib.import_module(package)
+    names = [f'{package}.{m.name}' for m in pkgutil.iter_modules(pkg.__path__)]
+    for n in names: importlib.import_module(n)
+    return names
 
 # %% ../../nbs/paper/06_cli.ipynb #33edb113
 def check_fig1(scale:str='cpu', device='auto', data=None, out=None, fake_data:bool=False, download:bool=False) -> list:
@@ -79,12 +67,18 @@ def run_fig1(scale:str='cpu', device='auto', data=None, out='data/reproduced', f
     plt.close(fig)
     return paths
 
+register_experiment(Experiment(
+    'fig1', 'Figure 1: the binary, triplet and quartet split schemes, drawn from their closed forms',
+    'seconds at any scale', run=run_fig1, check=check_fig1))
+_modules = import_experiments()   # fig2, table1, table2, table3 register themselves
+
 # %% ../../nbs/paper/06_cli.ipynb #fff1b8f2
 DEFAULT_OUT = 'data/reproduced'
 
 def _epilog() -> str:
-    w = max(map(len, ABOUT))
-    exps = [f'  {n:<{w}}  {a}' + (f'\n  {"":<{w}}  time: {t}' if t else '') for n, (a, t) in ABOUT.items()]
+    w = max(map(len, EXPERIMENTS))
+    exps = [f'  {e.name:<{w}}  {e.about}' + (f'\n  {"":<{w}}  time: {e.time}' if e.time else '')
+            for e in EXPERIMENTS.values()]
     codes = [f'  {c:>3}  {d}' for c, d in EXIT_CODES.items()]
     return '\n'.join(['experiments:', *exps, f'  {"all":<{w}}  every implemented experiment (the others are skipped with a note)',
                       f'  {"list":<{w}}  which results exist under --out and whether they are current', '', 'exit codes:', *codes])
@@ -151,18 +145,17 @@ def _guard(name:str, phase:str, debug:bool, fn, *a, _kept=None, **kw):
 def _list(out) -> int:
     "Print which results exist under `out` and whether they are current."
     print(f'results under {out}:')
-    for name, target in EXPERIMENTS.items():
-        if target is None: print(f'  {name:<7} not implemented yet'); continue
-        mod = importlib.import_module(target.split(':')[0])
-        if not hasattr(mod, 'files'): print(f'  {name:<7} (no per-scale results)'); continue
+    for name, e in EXPERIMENTS.items():
+        if e.run is None: print(f'  {name:<7} not implemented yet'); continue
+        if e.files is None: print(f'  {name:<7} (no per-scale results)'); continue
         for scale in ('smoke', 'cpu', 'paper'):
-            fs = [Path(p) for p in mod.files(scale, out) if Path(p).suffix != '.pdf']   # PDFs are not committed
+            fs = [Path(p) for p in e.files(scale, out) if Path(p).suffix != '.pdf']   # PDFs are not committed
             have = sum(p.exists() for p in fs)
             if not have: state = 'missing'
             elif have < len(fs): state = f'incomplete ({have} of {len(fs)} files)'
-            elif not hasattr(mod, 'config_fingerprint') or read_fingerprint(fs[-1]) is None:
+            elif e.fingerprint is None or read_fingerprint(fs[-1]) is None:
                 state = 'present (its summary records no config fingerprint, so whether it is current is not known)'
-            else: state = 'current' if read_fingerprint(fs[-1]) == mod.config_fingerprint(scale) else 'stale (config changed: rerun with --force)'
+            else: state = 'current' if read_fingerprint(fs[-1]) == e.fingerprint(scale) else 'stale (config changed: rerun with --force)'
             fake = ' (FAKE DATA)' if have and fs[-1].exists() and 'FAKE DATA' in fs[-1].read_text() else ''
             print(f'  {name:<7} {scale:<6} {state}{fake}')
     return 0
@@ -198,10 +191,10 @@ def _reproduce_checked(args) -> int:
         print(f'{args.experiment}: error: --fake-data generates its own small dataset and cannot be combined with --data '
               f'{args.data}: drop one of them', file=sys.stderr)
         return 2
-    names = [n for n in EXPERIMENTS if EXPERIMENTS[n]] if args.experiment == 'all' else [args.experiment]
+    names = [n for n, e in EXPERIMENTS.items() if e.run] if args.experiment == 'all' else [args.experiment]
     for n in EXPERIMENTS:
-        if args.experiment == 'all' and not EXPERIMENTS[n]: print(f'{n}: not implemented yet, skipped', file=sys.stderr)
-    if EXPERIMENTS.get(args.experiment, 1) is None:
+        if args.experiment == 'all' and not EXPERIMENTS[n].run: print(f'{n}: not implemented yet, skipped', file=sys.stderr)
+    if args.experiment in EXPERIMENTS and EXPERIMENTS[args.experiment].run is None:
         print(f'{args.experiment}: not implemented yet', file=sys.stderr); return 6
     name = args.experiment
     started, code = _guard(name, 'check', args.debug, start_distributed, args.device)   # joins torchrun's group when launched by it
@@ -213,12 +206,12 @@ def _reproduce_checked(args) -> int:
         return 2
     jobs = 1 if dist is not None else args.jobs or default_jobs(device)
     if dist is not None and dist.world_size > 1:   # the toy figures run in one process
-        if args.experiment != 'all' and name not in DATA_PARALLEL:
+        if args.experiment != 'all' and not EXPERIMENTS[name].data_parallel:
             if is_writer(): print(f'{name}: error: it does not run data-parallel; run it without torchrun (or with --nproc-per-node 1)', file=sys.stderr)
             return 2
-        for n in [n for n in names if n not in DATA_PARALLEL]:
+        for n in [n for n in names if not EXPERIMENTS[n].data_parallel]:
             if is_writer(): print(f'{n}: skipped under torchrun with {dist.world_size} processes (run it without torchrun)', file=sys.stderr)
-        names = [n for n in names if n in DATA_PARALLEL]
+        names = [n for n in names if EXPERIMENTS[n].data_parallel]
     out, code = _guard(name, 'check', args.debug, lambda: check_shared_out(writer_first(check_out_dir, args.out)))
     if code: return code
     opts = dict(scale=args.scale, device=str(device), data=args.data, out=out, fake_data=args.fake_data, download=args.download)

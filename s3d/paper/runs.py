@@ -12,13 +12,13 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['EXIT_CODES', 'RECORD_ONLY', 'STAGE_FORMAT', 'OutputError', 'DeviceError', 'Interrupted', 'atomic_save_figure',
-           'markdown_table', 'resolve_device', 'is_done', 'check_out_dir', 'nondeterministic_ops', 'pinned_numerics',
-           'run_info', 'run_info_line', 'fingerprint', 'fingerprint_line', 'read_fingerprint', 'default_jobs',
-           'run_tasks', 'stop_on_signals', 'interrupted', 'run_all', 'reproduce_command', 'write_results',
-           'start_distributed', 'stop_distributed', 'dist_context', 'is_writer', 'barrier', 'agree', 'gather',
-           'data_parallel', 'shard', 'shard_batches', 'writer_first', 'check_shared_out', 'run_once', 'reproduce_table',
-           'train_stage']
+__all__ = ['EXIT_CODES', 'RECORD_ONLY', 'STAGE_FORMAT', 'EXPERIMENTS', 'OutputError', 'DeviceError', 'Interrupted',
+           'atomic_save_figure', 'markdown_table', 'resolve_device', 'is_done', 'check_out_dir', 'nondeterministic_ops',
+           'pinned_numerics', 'run_info', 'run_info_line', 'fingerprint', 'fingerprint_line', 'read_fingerprint',
+           'default_jobs', 'run_tasks', 'stop_on_signals', 'interrupted', 'run_all', 'reproduce_command',
+           'write_results', 'start_distributed', 'stop_distributed', 'dist_context', 'is_writer', 'barrier', 'agree',
+           'gather', 'data_parallel', 'shard', 'shard_batches', 'writer_first', 'check_shared_out', 'run_once',
+           'reproduce_table', 'train_stage', 'Experiment', 'register_experiment']
 
 # %% ../../nbs/paper/05_runs.ipynb #af5ae92d
 from .data import DataError
@@ -456,3 +456,43 @@ def train_stage(folder, name:str, model, fit, writer:bool|None=None) -> dict:
     out = {k: float(v) for k, v in dict(out or {}).items() if isinstance(v, (int, float))}
     save(True, {}, out)
     return out
+
+# %% ../../nbs/paper/05_runs.ipynb #79cc9f58
+import dataclasses, importlib
+from typing import Callable
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    "One experiment of `s3d reproduce`: what it regenerates and the callables that do it."
+    name: str                    # the EXPERIMENT argument of `s3d reproduce`
+    about: str                   # one line for `--help`
+    time: str = ''               # expected time per scale and device, for `--help`
+    run: Callable | None = None  # run(scale, device, data, out, force, ...) -> paths; None: not implemented
+    check: Callable | None = None        # check(scale, device, data, out, fake_data, download) -> warnings
+    files: Callable | None = None        # files(scale, out) -> result files, the summary last
+    fingerprint: Callable | None = None  # fingerprint(scale) -> the config fingerprint its summary records
+    data_parallel: bool = False  # runs under torchrun with several processes
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier() or self.name in ('all', 'list'):
+            raise ValueError(f'experiment name must be an identifier other than all/list, got {self.name!r}')
+        for k in ('run', 'check', 'files', 'fingerprint'):
+            if getattr(self, k) is not None and not callable(getattr(self, k)):
+                raise TypeError(f'experiment {self.name!r}: {k} must be callable or None, got {getattr(self, k)!r}')
+
+EXPERIMENTS: dict[str, Experiment] = {}   # name -> Experiment, in registration order
+
+def register_experiment(experiment:Experiment, target=None):
+    """Register (or replace) `experiment`. The older form `register_experiment(name, target)`, with `target` an
+    `Experiment`, a `'module:function'` run function or None (not implemented), replaces the run of `name`."""
+    if isinstance(experiment, str):
+        old = EXPERIMENTS.get(experiment) or Experiment(experiment, '')
+        if isinstance(target, str):
+            if ':' not in target:
+                raise ValueError(f"experiment {experiment!r}: target must look like 'package.module:function', "
+                                 f"got {target!r}")
+            mod, fn = target.split(':')
+            target = getattr(importlib.import_module(mod), fn)
+        experiment = target if isinstance(target, Experiment) else dataclasses.replace(old, run=target)
+    if not isinstance(experiment, Experiment): raise TypeError(f'expected an Experiment, got {experiment!r}')
+    EXPERIMENTS[experiment.name] = experiment

@@ -580,3 +580,10 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
             paired = pd.read_csv(files['paired'])   # the report is written from the files, as on a rerun
             atomic_write_text(files['md'], fig2_report(summarize_fig2(res['rounds']), cfg, info, paired))
     return list(files.values())
+
+# %% ../../../nbs/experiments/fig2_rbf.ipynb #447f4003
+from ..runs import Experiment, register_experiment
+register_experiment(Experiment(
+    'fig2', 'Figure 2: toy RBF network grown from one neuron; S2D gets stuck, S3D escapes',
+    'smoke ~10 s; cpu ~1.5 min on 1 core (less with --jobs); paper ~1.5 h on 1 core (estimated); CPU only',
+    run=run, check=check, files=files, fingerprint=config_fingerprint))

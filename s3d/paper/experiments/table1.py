@@ -472,3 +472,13 @@ def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:
         barrier()
     if is_writer(): print(f'table1: all {len(runs)} runs finished ({reused} reused)')
     return [csv, md, png, pdf]
+
+# %% ../../../nbs/experiments/table1_cifar.ipynb #729c6299
+from ..runs import Experiment, register_experiment
+register_experiment(Experiment(
+    'table1',
+    'Table 1 + Figure 3: MobileNetV1 grown by S2D/S3D vs full, width multipliers, L1/BN pruning, MorphNet',
+    f'smoke ~1 min (CPU, --fake-data); cpu (digits) {len(table1_runs(SCALES["cpu"]))} runs, '
+    '~800 s of CPU time over --jobs; '
+    'paper (CIFAR-100) ~10 h on 1 GPU (projected)',
+    run=run, check=check, files=files, fingerprint=config_fingerprint, data_parallel=True))

@@ -284,3 +284,11 @@ def files(scale:str, out='data/results') -> list:
     "Result files of `scale` under `out`, as `run` writes them (what `s3d reproduce list` looks for); the summary last."
     out = Path(out)
     return [out / f'table2_{scale}.{e}' for e in ('csv', 'png', 'pdf', 'md')]
+
+# %% ../../../nbs/experiments/table2_imagenet.ipynb #b7971bf8
+from ..runs import Experiment, register_experiment
+register_experiment(Experiment(
+    'table2', 'Table 2: ImageNet MobileNetV1 (224x224), energy-aware S2D/S3D vs width multipliers; AMC quoted',
+    'smoke ~1 min (CPU, --fake-data); cpu (digits as JPEGs) ~8 min on 1 core; '
+    'paper (ImageNet) days on 1 GPU (projected, see notebook)',
+    run=run, files=files, data_parallel=True))

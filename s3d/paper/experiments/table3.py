@@ -282,3 +282,11 @@ def files(scale:str, out='data/results') -> list:
     "Result files of `scale` under `out`, as `run` writes them (what `s3d reproduce list` looks for); the summary last."
     out = Path(out)
     return [out / f'table3_{scale}.{e}' for e in ('csv', 'png', 'pdf', 'md')]
+
+# %% ../../../nbs/experiments/table3_modelnet.ipynb #2ca9966a
+from ..runs import Experiment, register_experiment
+register_experiment(Experiment(
+    'table3', 'Table 3: ModelNet40 point clouds, DGCNN grown by S2D/S3D vs width multipliers and PointNet',
+    'smoke ~30 s (CPU, --fake-data); cpu (synthetic shapes, 3 seeds) ~17 min on a shared 2-core CPU; '
+    'paper (ModelNet40) ~49 GPU-hours (projected from the paper)',
+    run=run, files=files, data_parallel=True))
