@@ -480,7 +480,7 @@ class Experiment:
             if getattr(self, k) is not None and not callable(getattr(self, k)):
                 raise TypeError(f'experiment {self.name!r}: {k} must be callable or None, got {getattr(self, k)!r}')
 
-EXPERIMENTS: dict[str, Experiment] = {}   # name -> Experiment, in registration order
+EXPERIMENTS: dict[str, Experiment] = {}   # name -> Experiment, sorted by name
 
 def register_experiment(experiment:Experiment, target=None):
     """Register (or replace) `experiment`. The older form `register_experiment(name, target)`, with `target` an
@@ -496,3 +496,4 @@ def register_experiment(experiment:Experiment, target=None):
         experiment = target if isinstance(target, Experiment) else dataclasses.replace(old, run=target)
     if not isinstance(experiment, Experiment): raise TypeError(f'expected an Experiment, got {experiment!r}')
     EXPERIMENTS[experiment.name] = experiment
+    for name in sorted(EXPERIMENTS): EXPERIMENTS[name] = EXPERIMENTS.pop(name)   # one order, however imported
