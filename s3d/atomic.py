@@ -14,30 +14,40 @@ __all__ = ['atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atom
 
 # %% ../nbs/08a_atomic.ipynb #b5376883
 def _umask() -> int:
-    mask = os.umask(0); os.umask(mask); return mask
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
-def atomic_write_bytes(path, data:bytes) -> Path:
+
+def atomic_write_bytes(path, data: bytes) -> Path:
     "Write `data` to `path` atomically (temp file in the same folder, then `os.replace`)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
-        with os.fdopen(fd, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
     return path
 
 # %% ../nbs/08a_atomic.ipynb #5e829a4e
-def atomic_write_text(path, text:str) -> Path:
+def atomic_write_text(path, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."
     return atomic_write_bytes(path, text.encode('utf-8'))
+
 
 def atomic_write_json(path, obj) -> Path:
     "Write `obj` as indented, key-sorted JSON to `path` atomically."
     return atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + '\n')
 
-def atomic_write_csv(path, df, float_format:str|None=None) -> Path:
+
+def atomic_write_csv(path, df, float_format: str | None = None) -> Path:
     "Write the pandas DataFrame `df` to `path` as CSV (no index, floats as `float_format`) atomically."
     return atomic_write_text(path, df.to_csv(index=False, float_format=float_format))

@@ -25,14 +25,19 @@ def rng_state() -> dict:
     "The global RNG states (torch, CUDA, numpy, python) as tensors and plain numbers only."
     _, keys, pos, has_g, g = np.random.get_state()
     ver, mt, gauss = random.getstate()
-    st = dict(torch=torch.get_rng_state(),
-              numpy=dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
-                         has_gauss=int(has_g), gauss=float(g)),
-              python=dict(version=int(ver), state=torch.tensor(mt, dtype=torch.int64), gauss=gauss))
-    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
+    st = dict(
+        torch=torch.get_rng_state(),
+        numpy=dict(
+            keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos), has_gauss=int(has_g), gauss=float(g)
+        ),
+        python=dict(version=int(ver), state=torch.tensor(mt, dtype=torch.int64), gauss=gauss),
+    )
+    if torch.cuda.is_available():
+        st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
-def set_rng_state(st:dict):
+
+def set_rng_state(st: dict):
     "Restore the states saved by `rng_state` (CUDA states only for the devices this machine has)."
     torch.set_rng_state(st['torch'])
     n, p = st['numpy'], st['python']
@@ -40,36 +45,50 @@ def set_rng_state(st:dict):
     np.random.set_state(('MT19937', keys, n['pos'], n['has_gauss'], n['gauss']))
     random.setstate((p['version'], tuple(int(v) for v in p['state'].tolist()), p['gauss']))
     if 'cuda' in st and torch.cuda.is_available():
-        for i, s in enumerate(list(st['cuda'])[:torch.cuda.device_count()]): torch.cuda.set_rng_state(s, i)
+        for i, s in enumerate(list(st['cuda'])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 # %% ../nbs/07a_checkpoint.ipynb #f8f401c2
 def _rank_world() -> tuple:
     "(rank, world size) under an initialised torch.distributed, else (0, 1)."
     d = torch.distributed
-    if d.is_available() and d.is_initialized(): return d.get_rank(), d.get_world_size()
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
     return 0, 1
+
 
 def rng_states() -> list:
     "Every process's `rng_state()` in rank order (all-gathered under torch.distributed)."
     st, (_, world) = rng_state(), _rank_world()
-    if world == 1: return [st]
+    if world == 1:
+        return [st]
     out = [None] * world
     torch.distributed.all_gather_object(out, st)
     return out
+
 
 def set_rng_states(saved) -> list:
     "Restore this process's states from `saved` (a list in rank order, or one dict); what was not, as notes."
     saved, (r, _) = [saved] if isinstance(saved, dict) else list(saved), _rank_world()
     if r >= len(saved):
-        notes = [f"rank {r}: the checkpoint holds the RNG states of {len(saved)} process(es); "
-                 "this rank keeps its own streams"]
+        notes = [
+            f"rank {r}: the checkpoint holds the RNG states of {len(saved)} process(es); "
+            "this rank keeps its own streams"
+        ]
     else:
         set_rng_state(saved[r])
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         cuda = saved[r].get('cuda', [])
-        notes = [f"rank {r}: the checkpoint holds CUDA RNG states of {len(cuda)} device(s), this machine has "
-                 f"{n}: devices {n}..{len(cuda) - 1} not restored"] if len(cuda) > n else []
-    for m in notes: warnings.warn(m)
+        notes = (
+            [
+                f"rank {r}: the checkpoint holds CUDA RNG states of {len(cuda)} device(s), this machine has "
+                f"{n}: devices {n}..{len(cuda) - 1} not restored"
+            ]
+            if len(cuda) > n
+            else []
+        )
+    for m in notes:
+        warnings.warn(m)
     return notes
 
 # %% ../nbs/07a_checkpoint.ipynb #01bd1354
@@ -79,102 +98,128 @@ def atomic_torch_save(obj, path):
     torch.save(obj, buf)
     atomic_write_bytes(Path(path), buf.getvalue())
 
+
 def is_plain(x) -> bool:
     "Whether `x` holds only what `weights_only=True` reads back: tensors, numbers, str, None, lists, dicts."
-    if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)): return True
-    if isinstance(x, (list, tuple)): return all(is_plain(v) for v in x)
-    if isinstance(x, dict): return all(isinstance(k, (str, int)) and is_plain(v) for k, v in x.items())
+    if x is None or isinstance(x, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(x, (list, tuple)):
+        return all(is_plain(v) for v in x)
+    if isinstance(x, dict):
+        return all(isinstance(k, (str, int)) and is_plain(v) for k, v in x.items())
     return False
 
 # %% ../nbs/07a_checkpoint.ipynb #90fe0015
 CKPT_FORMAT = 2  # version of the checkpoint layout written by `grow`
 GROW_KEYS = {'format', 'phase', 'round', 'model', 'history', 'rng', 'config', 'info', 'train', 'run'}
 
+
 class CheckpointError(ValueError):
     "A checkpoint that cannot be resumed from: unreadable, of another layout, or of another run."
 
-def read_checkpoint(path, fmt:int=CKPT_FORMAT, keys:set=GROW_KEYS,
-                    what:str='s3d grow checkpoint') -> dict:
+
+def read_checkpoint(
+    path, fmt: int = CKPT_FORMAT, keys: set = GROW_KEYS, what: str = 's3d grow checkpoint'
+) -> dict:
     "Read a checkpoint without running code from it: a dict of format `fmt` with `keys`."
     path = Path(path)
-    try: st = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+        st = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         raise CheckpointError(
             f"{what} {path} cannot be read ({type(e).__name__}: {str(e)[:200]}): it is truncated or "
             "corrupt, or was written by an older s3d. Nothing was overwritten. Move it away (or delete "
-            "it) to start this run from scratch, or restore it from a backup.") from e
+            "it) to start this run from scratch, or restore it from a backup."
+        ) from e
     if not isinstance(st, dict) or st.get('format') != fmt or not set(keys) <= set(st):
-        raise CheckpointError(f"{path} is not a {what} of format {fmt}. Nothing was overwritten; "
-                              "use another out_dir, or move the file away to start afresh.")
+        raise CheckpointError(
+            f"{path} is not a {what} of format {fmt}. Nothing was overwritten; "
+            "use another out_dir, or move the file away to start afresh."
+        )
     return st
+
 
 def load_checkpoint(path) -> dict:
     "Read a `grow` checkpoint (see `read_checkpoint`)."
     return read_checkpoint(path)
 
 # %% ../nbs/07a_checkpoint.ipynb #cdad1c5d
-def _resized(m:nn.Module, sd:dict, prefix:str) -> bool:
+def _resized(m: nn.Module, sd: dict, prefix: str) -> bool:
     "Give `m`'s own parameters and buffers the shapes in `sd`; whether any changed."
     changed = False
     for name, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
         new = sd.get(prefix + name)
-        if t is None or new is None or new.shape == t.shape: continue
+        if t is None or new is None or new.shape == t.shape:
+            continue
         blank = torch.empty_like(new, device=t.device, dtype=t.dtype)
         setattr(m, name, nn.Parameter(blank) if isinstance(t, nn.Parameter) else blank)
         changed = True
     return changed
 
-def load_grown_state(model:nn.Module, state_dict:dict) -> nn.Module:
+
+def load_grown_state(model: nn.Module, state_dict: dict) -> nn.Module:
     "Resize `model`'s layers to the shapes in `state_dict`, then load it; returns `model`."
     for name, m in model.named_modules():
         k = layer_kind(m)
-        if _resized(m, state_dict, name + '.' if name else '') and k is not None: k.resize(m)
+        if _resized(m, state_dict, name + '.' if name else '') and k is not None:
+            k.resize(m)
     model.load_state_dict(state_dict)
     return model
 
 # %% ../nbs/07a_checkpoint.ipynb #e432649a
-def restore_checkpoint(model:nn.Module, st:dict, path) -> dict:
+def restore_checkpoint(model: nn.Module, st: dict, path) -> dict:
     "Load checkpoint `st`'s weights into `model` (resized to them) and its RNG states."
     dev = next(model.parameters()).device
-    try: load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
+    try:
+        load_grown_state(model, {k: v.to(dev) for k, v in st['model'].items()})
     except Exception as e:
         raise CheckpointError(
             f"{path}'s weights do not fit this model ({type(e).__name__}: {str(e)[:200]}); it was not "
-            "touched. Pass the same seed model as the run that wrote it, or use another out_dir.") from e
+            "touched. Pass the same seed model as the run that wrote it, or use another out_dir."
+        ) from e
     set_rng_states(st['rng'])
     return st
 
 # %% ../nbs/07a_checkpoint.ipynb #42913482
 class Checkpoint:
     "A run's `checkpoint.pt`: `resume(model)` checked against the run's config, `save(model, **state)`."
-    def __init__(self, out_dir, config:str, is_writer:bool=True, name:str='checkpoint.pt'):
+
+    def __init__(self, out_dir, config: str, is_writer: bool = True, name: str = 'checkpoint.pt'):
         self.path = None if out_dir is None else Path(out_dir) / name
         self.config, self.is_writer = config, is_writer
-        if self.path is not None and is_writer: self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path is not None and is_writer:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
 
-    def resume(self, model:nn.Module) -> dict|None:
+    def resume(self, model: nn.Module) -> dict | None:
         "The saved dict, with weights and RNG states restored into `model`; None if nothing to resume."
-        if self.path is None or not self.path.exists(): return None
+        if self.path is None or not self.path.exists():
+            return None
         st = load_checkpoint(self.path)
         if st['config'] != self.config:
             raise CheckpointError(
                 f"{self.path} was written with a different configuration {st['config']} (this run: "
                 f"{self.config}); it was not touched. Use another out_dir, or move it away to start "
-                "this run afresh.")
+                "this run afresh."
+            )
         return restore_checkpoint(model, st, self.path)
 
-    def save(self, model:nn.Module, **state):
+    def save(self, model: nn.Module, **state):
         "Write `state` with the weights and RNG states (every process calls it; the writer writes)."
-        if self.path is None: return
-        rng = rng_states()                    # a collective under torch.distributed: every process gathers
-        if not self.is_writer: return
-        atomic_torch_save(dict(format=CKPT_FORMAT, model=model.state_dict(), rng=rng,
-                               config=self.config, **state), self.path)
+        if self.path is None:
+            return
+        rng = rng_states()  # a collective under torch.distributed: every process gathers
+        if not self.is_writer:
+            return
+        atomic_torch_save(
+            dict(format=CKPT_FORMAT, model=model.state_dict(), rng=rng, config=self.config, **state),
+            self.path,
+        )
 
 # %% ../nbs/07a_checkpoint.ipynb #d64a0b79
 class TrainState:
     "What a loop hands `train_fn(model, round, state)`: `data` and `run` to fill, `save()` after an epoch."
-    def __init__(self, data:dict|None=None, save_fn=None, rnd:int=0, run:dict|None=None):
+
+    def __init__(self, data: dict | None = None, save_fn=None, rnd: int = 0, run: dict | None = None):
         self.data, self._save, self.round = dict(data or {}), save_fn, rnd
         self.run = {} if run is None else run  # kept over rounds and in every checkpoint
 
@@ -186,14 +231,21 @@ class TrainState:
     def save(self):
         "Checkpoint now (a no-op without a save function)."
         if not (is_plain(self.data) and is_plain(self.run)):
-            raise TypeError("TrainState.data must hold only tensors, numbers, strings, None, lists and "
-                            "dicts (e.g. state_dicts)")
-        if self._save is not None: self._save(self)
+            raise TypeError(
+                "TrainState.data must hold only tensors, numbers, strings, None, lists and "
+                "dicts (e.g. state_dicts)"
+            )
+        if self._save is not None:
+            self._save(self)
+
 
 def takes_state(fn) -> bool:
     "Whether `fn` has a `state` parameter or a third positional one without default."
-    try: ps = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError): return False
-    if any(p.name == 'state' for p in ps): return True
+    try:
+        ps = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if any(p.name == 'state' for p in ps):
+        return True
     pos = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(pos) >= 3 and pos[2].default is inspect.Parameter.empty

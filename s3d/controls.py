@@ -21,6 +21,7 @@ __all__ = ['CONTROLS', 'register_control', 'Control', 'get_control', 'draw_paren
 # %% ../nbs/07b_controls.ipynb #56ff3261
 CONTROLS = {}
 
+
 def register_control(cls):
     "Class decorator: make control `cls` selectable as `GrowConfig(growth=cls.name)`."
     if not cls.name or cls.name == 'split':
@@ -28,15 +29,17 @@ def register_control(cls):
     CONTROLS[cls.name] = cls
     return cls
 
+
 @dataclass
 class Control:
     "A rule that adds new neurons to one split group in place; subclasses set `name` and `add`."
-    name: ClassVar[str] = ''          # key in `CONTROLS` and in `GrowConfig(growth=...)`
-    method: ClassVar[str] = ''        # label in histories and tables
-    grows: ClassVar[bool] = True      # False: the control adds nothing per round (scratch)
+
+    name: ClassVar[str] = ''  # key in `CONTROLS` and in `GrowConfig(growth=...)`
+    method: ClassVar[str] = ''  # label in histories and tables
+    grows: ClassVar[bool] = True  # False: the control adds nothing per round (scratch)
     needs_data: ClassVar[bool] = False  # whether `add` reads the scoring batches
 
-    def add(self, model:nn.Module, group, new:int, gen:torch.Generator, data=None) -> torch.Tensor:
+    def add(self, model: nn.Module, group, new: int, gen: torch.Generator, data=None) -> torch.Tensor:
         "Add `new` neurons to `group`; the parent index of every neuron after the edit."
         raise NotImplementedError
 
@@ -44,18 +47,22 @@ class Control:
         "The control's name and parameters, for run keys and logs."
         return dict(name=self.name, **{f.name: getattr(self, f.name) for f in fields(self)})
 
-def get_control(growth) -> Control|None:
+
+def get_control(growth) -> Control | None:
     "The `Control` for a `GrowConfig.growth` value (a name or an instance); None for signed splitting."
-    if growth == 'split': return None
-    if isinstance(growth, Control): return growth
+    if growth == 'split':
+        return None
+    if isinstance(growth, Control):
+        return growth
     if growth not in CONTROLS:
         raise ValueError(f"growth must be 'split' or one of {list(CONTROLS)}, got {growth!r}")
     return CONTROLS[growth]()
 
 # %% ../nbs/07b_controls.ipynb #a510749f
-def draw_parents(n:int, new:int, gen:torch.Generator) -> torch.Tensor:
+def draw_parents(n: int, new: int, gen: torch.Generator) -> torch.Tensor:
     "`new` parent indices among `n` neurons: a random permutation, repeated as often as needed."
     return torch.randperm(n, generator=gen).repeat(math.ceil(new / n))[:new]
+
 
 def theta_rows(group) -> torch.Tensor:
     "Every neuron's incoming parameters (weight row, then bias) as float64 rows on the CPU."
@@ -63,13 +70,14 @@ def theta_rows(group) -> torch.Tensor:
     t = p.weight.detach().flatten(1)
     return (t if p.bias is None else torch.cat([t, p.bias.detach()[:, None]], 1)).cpu().double()
 
-def fresh_plan(group, parents:torch.Tensor, theta:torch.Tensor) -> tuple:
+
+def fresh_plan(group, parents: torch.Tensor, theta: torch.Tensor) -> tuple:
     "`(index, delta, scale)` for `remap_channels`: new neurons with incoming `theta` rows, outgoing weights 0."
     n, new = group.n_neurons, len(parents)
     delta = torch.zeros(n + new, group.dim, dtype=torch.float64)
-    delta[n:] = theta - theta_rows(group)[parents]      # copies of `parents`, moved to `theta`
+    delta[n:] = theta - theta_rows(group)[parents]  # copies of `parents`, moved to `theta`
     scale = torch.ones(n + new, dtype=torch.float64)
-    scale[n:] = 0.
+    scale[n:] = 0.0
     return torch.cat([torch.arange(n), parents]).to(group.producer.weight.device), delta, scale
 
 # %% ../nbs/07b_controls.ipynb #0ef84732
@@ -77,9 +85,10 @@ def fresh_plan(group, parents:torch.Tensor, theta:torch.Tensor) -> tuple:
 @dataclass
 class RandomGrowth(Control):
     "New neurons with random incoming weights and zero outgoing weights (the function is unchanged)."
+
     name: ClassVar[str] = 'random'
     method: ClassVar[str] = 'random growth'
-    scale: float = 1.0   # incoming weights uniform in +-scale/sqrt(fan_in)
+    scale: float = 1.0  # incoming weights uniform in +-scale/sqrt(fan_in)
 
     def add(self, model, group, new, gen, data=None):
         parents = draw_parents(group.n_neurons, new, gen)
@@ -93,9 +102,10 @@ class RandomGrowth(Control):
 @dataclass
 class Net2Net(Control):
     "Random splits: copies share the parent's outgoing weights, incoming weights moved by random noise."
+
     name: ClassVar[str] = 'net2net'
     method: ClassVar[str] = 'Net2Net'
-    noise: float = 1e-2   # largest displacement of a copy's incoming weights
+    noise: float = 1e-2  # largest displacement of a copy's incoming weights
 
     def add(self, model, group, new, gen, data=None):
         n, d = group.n_neurons, group.dim
@@ -111,35 +121,40 @@ class Net2Net(Control):
         return remap_channels(model, group, index, producer_delta=delta, consumer_scale=scale)
 
 # %% ../nbs/07b_controls.ipynb #bd9e3361
-def _columns(group, lo:int, hi:int, total:int) -> list:
+def _columns(group, lo: int, hi: int, total: int) -> list:
     "(weight, slice) of every consumer's input columns of neurons lo .. hi-1 (of `total` neurons)."
     out = []
     for c in group.consumers:
         w = getattr(c.module, 'weight', None)
         if not isinstance(w, torch.Tensor) or w.dim() < 2 or w.shape[1] != total * c.repeat:
-            raise ValueError(f"gradmax needs linear or convolutional consumers with input channels along "
-                             f"weight dim 1; {c.name} ({type(c.module).__name__}) is not one")
+            raise ValueError(
+                f"gradmax needs linear or convolutional consumers with input channels along "
+                f"weight dim 1; {c.name} ({type(c.module).__name__}) is not one"
+            )
         out.append((w, slice(lo * c.repeat, hi * c.repeat)))
     return out
 
-def _rows(cols, k:int) -> torch.Tensor:
+
+def _rows(cols, k: int) -> torch.Tensor:
     "The outgoing weights of the `k` neurons in `cols`, one float64 row per neuron."
     return torch.cat([w[:, s].detach().transpose(0, 1).reshape(k, -1).double() for w, s in cols], 1)
 
+
 @torch.no_grad()
-def _write_rows(cols, U:torch.Tensor):
+def _write_rows(cols, U: torch.Tensor):
     "Write rows `U` (one per neuron) into the consumers' columns `cols`."
     at = 0
     for w, s in cols:
         blk = w[:, s].transpose(0, 1)
         size = blk.numel() // len(U)
-        w[:, s] = U[:, at:at + size].reshape(blk.shape).transpose(0, 1).to(w)
+        w[:, s] = U[:, at : at + size].reshape(blk.shape).transpose(0, 1).to(w)
         at += size
 
-def _orthonormal_rows(W:torch.Tensor, gen:torch.Generator) -> torch.Tensor:
+
+def _orthonormal_rows(W: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     "Orthonormal rows spanning `W`'s leading rows; random unit rows beyond the row space's dimension."
     k, D = W.shape
-    q = torch.linalg.qr(W[:min(k, D)].T).Q.T
+    q = torch.linalg.qr(W[: min(k, D)].T).Q.T
     if k > D:
         extra = torch.randn(k - D, D, generator=gen, dtype=W.dtype)
         q = torch.cat([q, extra / extra.norm(dim=1, keepdim=True)])
@@ -151,7 +166,7 @@ def _apply_A(model, group, cols, n, loss_fn, batches, G=None) -> torch.Tensor:
     p = group.producer
     ps = [p.weight] + ([p.bias] if p.bias is not None else [])
     total = sum(len(y) for _, y in batches)
-    acc = 0.
+    acc = 0.0
     for x, y in batches:
         loss = loss_fn(model(to_model_device(model, x)), to_model_device(model, y)) * len(y) / total
         gs = torch.autograd.grad(loss, ps, create_graph=G is not None)
@@ -169,21 +184,25 @@ def _apply_A(model, group, cols, n, loss_fn, batches, G=None) -> torch.Tensor:
 @dataclass
 class GradMax(Control):
     "Zero incoming weights; outgoing weights along the top singular vectors of u -> dL/dw (GradMax)."
+
     name: ClassVar[str] = 'gradmax'
     method: ClassVar[str] = 'gradmax'
     needs_data: ClassVar[bool] = True
-    scale: float = 1.0   # outgoing norm, relative to the median of the existing neurons'
-    iters: int = 8       # subspace iterations on A^T A
-    tol: float = 1e-4    # largest change of the output allowed, relative to max(1, max |output|)
+    scale: float = 1.0  # outgoing norm, relative to the median of the existing neurons'
+    iters: int = 8  # subspace iterations on A^T A
+    tol: float = 1e-4  # largest change of the output allowed, relative to max(1, max |output|)
     fallback: str | None = None  # a control for layers gradmax cannot grow (with a warning); None: raise
 
     def add(self, model, group, new, gen, data=None):
-        if data is None: raise ValueError("gradmax needs (loss_fn, batches) as `data`")
+        if data is None:
+            raise ValueError("gradmax needs (loss_fn, batches) as `data`")
         loss_fn, batches = data[0], list(data[1])
-        twin, tg = copy.deepcopy((model, group))       # one memo: tg's modules are twin's
-        try: U = self.directions(twin, tg, new, gen, loss_fn, batches)
+        twin, tg = copy.deepcopy((model, group))  # one memo: tg's modules are twin's
+        try:
+            U = self.directions(twin, tg, new, gen, loss_fn, batches)
         except ValueError as e:
-            if self.fallback is None: raise
+            if self.fallback is None:
+                raise
             warnings.warn(f"{e}; grown by {self.fallback!r} instead")
             return get_control(self.fallback).add(model, group, new, gen, data)
         n = group.n_neurons
@@ -192,7 +211,7 @@ class GradMax(Control):
         _write_rows(_columns(group, n, n + new, n + new), U)
         return parents
 
-    def plan(self, group, new:int):
+    def plan(self, group, new: int):
         "`(index, delta, scale)`: new neurons with zero incoming and zero outgoing weights."
         zeros = torch.zeros(new, group.dim, dtype=torch.float64)
         return fresh_plan(group, torch.zeros(new, dtype=torch.long), zeros)
@@ -204,40 +223,49 @@ class GradMax(Control):
         twin.eval()
         try:
             ref = _rows(_columns(tg, 0, n, n), n).norm(dim=1).median()
-            with torch.no_grad(): before = [twin(to_model_device(twin, x)) for x, _ in batches]
+            with torch.no_grad():
+                before = [twin(to_model_device(twin, x)) for x, _ in batches]
             index, delta, scale = self.plan(tg, new)
             remap_channels(twin, tg, index, producer_delta=delta, consumer_scale=scale)
             cols = _columns(tg, n, n + new, n + new)
             V = torch.randn(new, _rows(cols, new).shape[1], generator=gen, dtype=torch.float64)
             _write_rows(cols, V)
-            self.check_kept(twin, before, batches, tg)       # with non-zero outgoing weights
+            self.check_kept(twin, before, batches, tg)  # with non-zero outgoing weights
             for _ in range(self.iters):
                 _write_rows(cols, V)
                 G = _apply_A(twin, tg, cols, n, loss_fn, batches)
                 if not G.abs().max() > 0:
-                    raise ValueError(f"gradmax: the incoming gradient of a zero-incoming neuron is 0 in {tg.name} "
-                                     "(an activation with act'(0) = 0, such as ReLU); use growth='random' or a "
-                                     "signed split for this layer")
+                    raise ValueError(
+                        f"gradmax: the incoming gradient of a zero-incoming neuron is 0 in {tg.name} "
+                        "(an activation with act'(0) = 0, such as ReLU); use growth='random' or a "
+                        "signed split for this layer"
+                    )
                 V = _orthonormal_rows(_apply_A(twin, tg, cols, n, loss_fn, batches, G), gen)
-        finally: twin.train(was)
-        return V * self.scale * (float(ref) if ref > 0 else 1.)
+        finally:
+            twin.train(was)
+        return V * self.scale * (float(ref) if ref > 0 else 1.0)
 
     @torch.no_grad()
     def check_kept(self, model, before, batches, group):
         "Raise when the zero-incoming neurons change the output (their path does not map 0 to 0)."
         outs = [model(to_model_device(model, x)) for x, _ in batches]
         err = max(float((o - b).abs().max()) for o, b in zip(outs, before))
-        size = max(1., max(float(b.abs().max()) for b in before))   # float32 sums round differently once widened
+        size = max(
+            1.0, max(float(b.abs().max()) for b in before)
+        )  # float32 sums round differently once widened
         if err > self.tol * size:
-            raise ValueError(f"gradmax: neurons with zero incoming weights change the output by {err:.2e} "
-                             f"in {group.name} (act(0) != 0, or BatchNorm on the path); the model was not "
-                             "changed. Use growth='random' or a signed split for this layer.")
+            raise ValueError(
+                f"gradmax: neurons with zero incoming weights change the output by {err:.2e} "
+                f"in {group.name} (act(0) != 0, or BatchNorm on the path); the model was not "
+                "changed. Use growth='random' or a signed split for this layer."
+            )
 
 # %% ../nbs/07b_controls.ipynb #51ae2fce
 @register_control
 @dataclass
 class Scratch(Control):
     "The final architecture trained from the start: adds no neurons (see `s3d.grow.scratch_model`)."
+
     name: ClassVar[str] = 'scratch'
     method: ClassVar[str] = 'scratch'
     grows: ClassVar[bool] = False

@@ -22,34 +22,42 @@ def _module_flops(m, inp, out, macs):
 
 # %% ../nbs/02a_cost.ipynb #b78efb3a
 @torch.no_grad()
-def count_flops_by_layer(model: nn.Module,   # any model built from standard leaf modules
-                         example_input,      # a batch (counts are divided by its size)
-                         macs: bool = False, # count only Conv2d/Linear multiply-accumulates
-                        ) -> dict:
+def count_flops_by_layer(
+    model: nn.Module,  # any model built from standard leaf modules
+    example_input,  # a batch (counts are divided by its size)
+    macs: bool = False,  # count only Conv2d/Linear multiply-accumulates
+) -> dict:
     "FLOPs per sample of every leaf module that ran, keyed by qualified name (a module called twice is summed)."
     res, hooks = {}, []
     example_input = to_model_device(model, example_input)
     x = example_input[0] if isinstance(example_input, (tuple, list)) else example_input
     bs = x.shape[0]
+
     def hook(name):
-        def f(m, inp, out): res[name] = res.get(name, 0) + _module_flops(m, inp, out, macs) / bs
+        def f(m, inp, out):
+            res[name] = res.get(name, 0) + _module_flops(m, inp, out, macs) / bs
+
         return f
+
     for name, m in model.named_modules():
-        if not any(True for _ in m.children()): hooks.append(m.register_forward_hook(hook(name)))
+        if not any(True for _ in m.children()):
+            hooks.append(m.register_forward_hook(hook(name)))
     was_training = model.training
     try:
         model.eval()
         model(*example_input) if isinstance(example_input, (tuple, list)) else model(example_input)
     finally:
         model.train(was_training)
-        for h in hooks: h.remove()
+        for h in hooks:
+            h.remove()
     return res
 
 # %% ../nbs/02a_cost.ipynb #9398d5dd
-def count_params_flops(model: nn.Module,   # the model to measure
-                       example_input,      # a batch, e.g. `torch.zeros(1, 3, 32, 32)`
-                       macs: bool = False, # FLOPs = MACs of Conv2d/Linear only
-                      ) -> tuple:
+def count_params_flops(
+    model: nn.Module,  # the model to measure
+    example_input,  # a batch, e.g. `torch.zeros(1, 3, 32, 32)`
+    macs: bool = False,  # FLOPs = MACs of Conv2d/Linear only
+) -> tuple:
     "Number of parameters and FLOPs per sample (convention in the table above)."
     params = sum(p.numel() for p in model.parameters())
     flops = sum(count_flops_by_layer(model, example_input, macs).values())

@@ -12,8 +12,19 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from collections.abc import MutableMapping
-from .kinds import register_activation, unregister_activation, ACTIVATIONS, activation_kind, layer_kind, PassThroughKind
-from .kinds import RBF, softplus_dd, SURROGATE_BETA   # defined with the activation table (s3d.kinds); re-exported here
+from s3d.kinds import (
+    register_activation,
+    unregister_activation,
+    ACTIVATIONS,
+    activation_kind,
+    layer_kind,
+    PassThroughKind,
+)
+from s3d.kinds import (
+    RBF,
+    softplus_dd,
+    SURROGATE_BETA,
+)  # defined with the activation table (s3d.kinds); re-exported here
 
 # %% auto #0
 __all__ = ['CURVATURES', 'register_curvature', 'act_curvature', 'autograd_dd']
@@ -21,46 +32,70 @@ __all__ = ['CURVATURES', 'register_curvature', 'act_curvature', 'autograd_dd']
 # %% ../nbs/03_curvature.ipynb #6a9e7dd6
 class _Curvatures(MutableMapping):
     "Live view {activation class: fn(act, z, beta)} of the activations in `s3d.kinds.ACTIVATIONS` that have a curvature."
+
     def __getitem__(self, cls):
         k = ACTIVATIONS.get(cls)
-        if k is None or k.curvature is None: raise KeyError(cls)
+        if k is None or k.curvature is None:
+            raise KeyError(cls)
         return k.curvature
-    def __setitem__(self, cls, fn): register_activation(cls, curvature=fn)
-    def __delitem__(self, cls): self[cls]; unregister_activation(cls)
-    def __iter__(self): return iter([c for c, k in ACTIVATIONS.items() if k.curvature is not None])
-    def __len__(self): return len(list(iter(self)))
+
+    def __setitem__(self, cls, fn):
+        register_activation(cls, curvature=fn)
+
+    def __delitem__(self, cls):
+        self[cls]
+        unregister_activation(cls)
+
+    def __iter__(self):
+        return iter([c for c, k in ACTIVATIONS.items() if k.curvature is not None])
+
+    def __len__(self):
+        return len(list(iter(self)))
+
 
 CURVATURES = _Curvatures()  # activation type -> fn(act, z, beta) returning act''(z)
 
-def register_curvature(cls: type, # activation module type (subclasses are matched too)
-                       smooth: bool | None = None, # twice differentiable (None keeps the registered value)
-                      ) -> Callable:
+
+def register_curvature(
+    cls: type,  # activation module type (subclasses are matched too)
+    smooth: bool | None = None,  # twice differentiable (None keeps the registered value)
+) -> Callable:
     "Decorator registering `fn(act, z, beta)` as the second derivative of activations of type `cls` (via `register_activation`)."
+
     def deco(fn):
         register_activation(cls, curvature=fn, smooth=smooth)
         return fn
+
     return deco
 
 # %% ../nbs/03_curvature.ipynb #dacaeecf
-def act_curvature(act: nn.Module | None, # activation module, or None for no activation
-                  z: Tensor,             # pre-activation values
-                  beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
-                 ) -> Tensor:
+def act_curvature(
+    act: nn.Module | None,  # activation module, or None for no activation
+    z: Tensor,  # pre-activation values
+    beta: float = SURROGATE_BETA,  # surrogate sharpness for piecewise-linear activations
+) -> Tensor:
     "act''(z) for the activation module `act`: its registered curvature, else autograd's for a smooth one."
-    if act is None or isinstance(layer_kind(act), PassThroughKind): return torch.zeros_like(z)
+    if act is None or isinstance(layer_kind(act), PassThroughKind):
+        return torch.zeros_like(z)
     k = activation_kind(act)
-    if k is not None and k.curvature is not None: return k.curvature(act, z, beta)
+    if k is not None and k.curvature is not None:
+        return k.curvature(act, z, beta)
     if k is not None and k.smooth:
-        with torch.enable_grad(): return autograd_dd(act, z)
-    raise TypeError(f"no curvature registered for activation {type(act).__name__}; add one with "
-                    f"`@register_curvature({type(act).__name__})` on `fn(act, z, beta)` (or s3d.register_activation(..., curvature=fn))")
+        with torch.enable_grad():
+            return autograd_dd(act, z)
+    raise TypeError(
+        f"no curvature registered for activation {type(act).__name__}; add one with "
+        f"`@register_curvature({type(act).__name__})` on `fn(act, z, beta)` (or s3d.register_activation(..., curvature=fn))"
+    )
 
 # %% ../nbs/03_curvature.ipynb #a15689d0
-def autograd_dd(act: nn.Module, # activation module
-                z: Tensor,      # points
-               ) -> Tensor:
+def autograd_dd(
+    act: nn.Module,  # activation module
+    z: Tensor,  # points
+) -> Tensor:
     "act''(z) by differentiating `act` twice with autograd (a reference for checks)."
     z = z.detach().clone().requires_grad_(True)
-    d1, = torch.autograd.grad(act(z).sum(), z, create_graph=True)
-    if d1.grad_fn is None: return torch.zeros_like(z).detach()
+    (d1,) = torch.autograd.grad(act(z).sum(), z, create_graph=True)
+    if d1.grad_fn is None:
+        return torch.zeros_like(z).detach()
     return torch.autograd.grad(d1.sum(), z)[0]

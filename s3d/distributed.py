@@ -24,6 +24,7 @@ def world_size() -> int:
     "Number of processes in the default group (1 when not distributed)."
     return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
 
+
 def rank() -> int:
     "This process's rank in the default group (0 when not distributed)."
     return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
@@ -31,14 +32,25 @@ def rank() -> int:
 # %% ../nbs/08b_distributed.ipynb #f0000007
 class DistContext:
     "The data-parallel hooks `grow` calls: `reduce` (all-reduce sum), `check` (same architecture), `wrap` (DDP training)."
-    def __init__(self, device=None):  # device of the collectives (default: this rank's GPU with NCCL, else CPU)
-        if not tdist.is_initialized(): raise RuntimeError("DistContext needs an initialised process group (see `init_distributed`)")
-        self.rank, self.world_size, self.backend = tdist.get_rank(), tdist.get_world_size(), tdist.get_backend()
-        if device is None: device = f"cuda:{torch.cuda.current_device()}" if self.backend == 'nccl' else 'cpu'
-        self.device = torch.device(device)
-        self.channels_last = None   # DDP wraps the model in channels_last (None: on CUDA for 2-d convs, as training does)
 
-    def reduce(self, t:torch.Tensor) -> torch.Tensor:
+    def __init__(
+        self, device=None
+    ):  # device of the collectives (default: this rank's GPU with NCCL, else CPU)
+        if not tdist.is_initialized():
+            raise RuntimeError("DistContext needs an initialised process group (see `init_distributed`)")
+        self.rank, self.world_size, self.backend = (
+            tdist.get_rank(),
+            tdist.get_world_size(),
+            tdist.get_backend(),
+        )
+        if device is None:
+            device = f"cuda:{torch.cuda.current_device()}" if self.backend == 'nccl' else 'cpu'
+        self.device = torch.device(device)
+        self.channels_last = (
+            None  # DDP wraps the model in channels_last (None: on CUDA for 2-d convs, as training does)
+        )
+
+    def reduce(self, t: torch.Tensor) -> torch.Tensor:
         "`t` summed over all processes: a new tensor on `t`'s device, identical on every rank."
         x = t.detach().to(self.device, copy=True).contiguous()
         tdist.all_reduce(x, op=tdist.ReduceOp.SUM)
@@ -46,55 +58,73 @@ class DistContext:
 
 # %% ../nbs/08b_distributed.ipynb #f0000008
 @patch
-def check(self:DistContext, model:nn.Module, rnd:int=0):
+def check(self: DistContext, model: nn.Module, rnd: int = 0):
     "Raise `RuntimeError` unless every rank's model has the same parameter and buffer shapes as rank 0's."
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     every = [None] * self.world_size
     tdist.all_gather_object(every, shapes)
     bad = [r for r, s in enumerate(every) if s != every[0]]
     if bad:
-        diff = next(f"{a} vs {b}" for a, b in zip(every[0], every[bad[0]]) if a != b) if len(every[0]) == len(every[bad[0]]) else 'different layers'
-        raise RuntimeError(f"round {rnd}: ranks {bad} grew a different architecture from rank 0 ({diff}); the splitting statistics "
-                           "were not reduced over all ranks (pass `dist=` to grow and shard the scoring batches), or the ranks hold different models")
+        diff = (
+            next(f"{a} vs {b}" for a, b in zip(every[0], every[bad[0]]) if a != b)
+            if len(every[0]) == len(every[bad[0]])
+            else 'different layers'
+        )
+        raise RuntimeError(
+            f"round {rnd}: ranks {bad} grew a different architecture from rank 0 ({diff}); the splitting statistics "
+            "were not reduced over all ranks (pass `dist=` to grow and shard the scoring batches), or the ranks hold different models"
+        )
 
 # %% ../nbs/08b_distributed.ipynb #f0000009
-def prefers_channels_last(model:nn.Module, device) -> bool:
+def prefers_channels_last(model: nn.Module, device) -> bool:
     "Whether training puts `model` in channels_last by default: on CUDA, for a model with 2-d convs."
     from s3d.kinds import layer_kind, ConvKind
+
     has_conv = any(isinstance(layer_kind(m), ConvKind) and m.weight.dim() == 4 for m in model.modules())
     return torch.device(device).type == 'cuda' and has_conv
 
-def ddp_model(model:nn.Module, device, channels_last:bool|None=None) -> DistributedDataParallel:
+
+def ddp_model(model: nn.Module, device, channels_last: bool | None = None) -> DistributedDataParallel:
     "`model` in DDP with synchronised BatchNorm, converted first to the memory format it trains in (DDP's buckets take its strides)."
     device = torch.device(device)
-    if world_size() > 1: sync_batchnorm(model)   # BatchNorm statistics of the global batch, as one process computes them
+    if world_size() > 1:
+        sync_batchnorm(model)  # BatchNorm statistics of the global batch, as one process computes them
     if prefers_channels_last(model, device) if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
 
+
 @patch
-def wrap(self:DistContext, train_fn):
+def wrap(self: DistContext, train_fn):
     "`train_fn` run on a fresh `DistributedDataParallel` wrapper of the model each round (after that round's surgery)."
     takes = _takes_state(train_fn)
+
     def fn(model, r, state=None):
-        ddp = ddp_model(model, self.device, self.channels_last)   # broadcasts rank 0's weights and buffers
+        ddp = ddp_model(model, self.device, self.channels_last)  # broadcasts rank 0's weights and buffers
         return train_fn(ddp, r, state) if takes else train_fn(ddp, r)
+
     return fn
 
-def init_distributed(backend:str|None=None,   # 'nccl' or 'gloo' (default: NCCL when CUDA is available, else gloo)
-                     timeout_s:float=1800,    # collective timeout (the eigen solve of a large layer runs between collectives)
-                    ) -> DistContext|None:
+
+def init_distributed(
+    backend: str | None = None,  # 'nccl' or 'gloo' (default: NCCL when CUDA is available, else gloo)
+    timeout_s: float = 1800,  # collective timeout (the eigen solve of a large layer runs between collectives)
+) -> DistContext | None:
     "Join the process group `torchrun` describes in the environment; None when not started by `torchrun`."
-    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ: return None
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+        return None
     backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
-    if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-    if not tdist.is_initialized(): tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    if backend == 'nccl':
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
     return DistContext()
 
 # %% ../nbs/08b_distributed.ipynb #6390f10b
 def gather_rng_states() -> list:
     "Every process's RNG states in rank order, on every rank (`s3d.checkpoint.rng_states`, a collective)."
     return rng_states()
+
 
 def restore_rng_states(saved) -> list:
     "This process's RNG states from `saved` (`s3d.checkpoint.set_rng_states`); what was not restored."
@@ -103,20 +133,31 @@ def restore_rng_states(saved) -> list:
 # %% ../nbs/08b_distributed.ipynb #4151d422
 class _SyncBN(torch.autograd.Function):
     "Batch normalisation with the batch statistics of all processes (`dims`: every dim but the channels)."
+
     @staticmethod
     def forward(ctx, x, weight, bias, eps, dims):
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x if x.dtype == torch.float64 else x.float()   # statistics in float32 at least
+        xf = x if x.dtype == torch.float64 else x.float()  # statistics in float32 at least
         n = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
-        mean = xf.mean(dims, dtype=torch.float64) if n.item() else torch.zeros(x.shape[1], device=x.device, dtype=torch.float64)
+        mean = (
+            xf.mean(dims, dtype=torch.float64)
+            if n.item()
+            else torch.zeros(x.shape[1], device=x.device, dtype=torch.float64)
+        )
         m2 = ((xf - mean.to(xf).view(shape)) ** 2).sum(dims, dtype=torch.float64)
-        parts = [torch.zeros(1 + 2 * x.shape[1], device=x.device, dtype=torch.float64) for _ in range(tdist.get_world_size())]
-        tdist.all_gather(parts, torch.cat([n, mean, m2]))   # every rank's count, mean and sum of squared deviations
-        P = torch.stack(parts); C = x.shape[1]
-        cnt, means, m2s = P[:, :1], P[:, 1:1 + C], P[:, 1 + C:]
+        parts = [
+            torch.zeros(1 + 2 * x.shape[1], device=x.device, dtype=torch.float64)
+            for _ in range(tdist.get_world_size())
+        ]
+        tdist.all_gather(
+            parts, torch.cat([n, mean, m2])
+        )  # every rank's count, mean and sum of squared deviations
+        P = torch.stack(parts)
+        C = x.shape[1]
+        cnt, means, m2s = P[:, :1], P[:, 1 : 1 + C], P[:, 1 + C :]
         N = cnt.sum()
         gmean = (cnt * means).sum(0) / N
-        gm2 = m2s.sum(0) + (cnt * (means - gmean) ** 2).sum(0)   # Chan et al.: no cancellation
+        gm2 = m2s.sum(0) + (cnt * (means - gmean) ** 2).sum(0)  # Chan et al.: no cancellation
         invstd = torch.rsqrt(gm2 / N + eps)
         xhat = (xf - gmean.to(xf).view(shape)) * invstd.to(xf).view(shape)
         ctx.save_for_backward(xhat, invstd.to(xf), weight)
@@ -124,7 +165,7 @@ class _SyncBN(torch.autograd.Function):
         ctx.mark_non_differentiable(gmean, var)
         ctx.dims, ctx.N, ctx.shape = dims, N.item(), shape
         y = xhat if weight is None else xhat * weight.to(xf).view(shape) + bias.to(xf).view(shape)
-        return y.to(x.dtype), gmean, var   # output, batch mean, unbiased batch variance
+        return y.to(x.dtype), gmean, var  # output, batch mean, unbiased batch variance
 
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar):
@@ -132,20 +173,22 @@ class _SyncBN(torch.autograd.Function):
         dims, N, shape = ctx.dims, ctx.N, ctx.shape
         g = gy.to(xhat.dtype)
         sums = torch.cat([g.sum(dims), (g * xhat).sum(dims)])
-        local_gb, local_gw = sums.clone().chunk(2)   # before the in-place all-reduce
-        tdist.all_reduce(sums)   # the output gradients of every process's samples
+        local_gb, local_gw = sums.clone().chunk(2)  # before the in-place all-reduce
+        tdist.all_reduce(sums)  # the output gradients of every process's samples
         sum_g, sum_gx = sums.chunk(2)
         scale = invstd if weight is None else invstd * weight.to(invstd)
         gx = (g - (sum_g / N).view(shape) - xhat * (sum_gx / N).view(shape)) * scale.view(shape)
-        gw = None if weight is None else local_gw.to(weight.dtype)   # this process's part: DDP averages them
+        gw = None if weight is None else local_gw.to(weight.dtype)  # this process's part: DDP averages them
         gb = None if weight is None else local_gb.to(weight.dtype)
         return gx.to(gy.dtype), gw, gb, None, None
 
 # %% ../nbs/08b_distributed.ipynb #c4c4f5f4
 class SyncBatchNormMixin:
     "A BatchNorm whose training-mode statistics are those of the whole global batch, over all processes, on every backend."
+
     def forward(self, x):
-        if not (self.training and world_size() > 1): return super().forward(x)   # one process: torch's own BatchNorm
+        if not (self.training and world_size() > 1):
+            return super().forward(x)  # one process: torch's own BatchNorm
         self._check_input_dim(x)
         dims = [0] + list(range(2, x.dim()))
         y, mean, var = _SyncBN.apply(x, self.weight, self.bias, self.eps, dims)
@@ -157,33 +200,54 @@ class SyncBatchNormMixin:
                 self.running_var.mul_(1 - f).add_(var.to(self.running_var) * f)
         return y
 
-class SyncBatchNorm1d(SyncBatchNormMixin, nn.BatchNorm1d): "`nn.BatchNorm1d` with statistics over all processes."
-class SyncBatchNorm2d(SyncBatchNormMixin, nn.BatchNorm2d): "`nn.BatchNorm2d` with statistics over all processes."
+
+class SyncBatchNorm1d(SyncBatchNormMixin, nn.BatchNorm1d):
+    "`nn.BatchNorm1d` with statistics over all processes."
+
+
+class SyncBatchNorm2d(SyncBatchNormMixin, nn.BatchNorm2d):
+    "`nn.BatchNorm2d` with statistics over all processes."
+
+
 _SYNC = {nn.BatchNorm1d: SyncBatchNorm1d, nn.BatchNorm2d: SyncBatchNorm2d}
 
-def sync_batchnorm(model:nn.Module) -> nn.Module:
+
+def sync_batchnorm(model: nn.Module) -> nn.Module:
     "Make every BatchNorm1d/2d of `model` synchronised over processes, in place (same modules, parameters and buffers)."
     for m in model.modules():
-        if type(m) in _SYNC: m.__class__ = _SYNC[type(m)]
+        if type(m) in _SYNC:
+            m.__class__ = _SYNC[type(m)]
     return model
 
 # %% ../nbs/08b_distributed.ipynb #f000000d
 class ShardedLoader:
     "This rank's part (samples rank, rank + world_size, ...) of every global batch of `loader`."
-    def __init__(self, loader, rank:int, world_size:int):
-        if not 0 <= rank < world_size: raise ValueError(f"ShardedLoader: rank must be in [0, {world_size}), got {rank}")
+
+    def __init__(self, loader, rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"ShardedLoader: rank must be in [0, {world_size}), got {rank}")
         self.loader, self.rank, self.world_size = loader, rank, world_size
-    def __len__(self): return len(self.loader)
+
+    def __len__(self):
+        return len(self.loader)
+
     def __iter__(self):
-        for x, y in self.loader: yield x[self.rank::self.world_size], y[self.rank::self.world_size]
+        for x, y in self.loader:
+            yield x[self.rank :: self.world_size], y[self.rank :: self.world_size]
+
     def __getattr__(self, k):  # everything else (epoch, seed, ...) is the wrapped loader's
-        if k == 'loader': raise AttributeError(k)
+        if k == 'loader':
+            raise AttributeError(k)
         return getattr(self.loader, k)
+
     def __setattr__(self, k, v):
-        if k in ('loader', 'rank', 'world_size'): object.__setattr__(self, k, v)
-        else: setattr(self.loader, k, v)
+        if k in ('loader', 'rank', 'world_size'):
+            object.__setattr__(self, k, v)
+        else:
+            setattr(self.loader, k, v)
+
 
 @patch
-def shard(self:DistContext, loader) -> ShardedLoader:
+def shard(self: DistContext, loader) -> ShardedLoader:
     "`loader` cut for this rank (see `ShardedLoader`)."
     return ShardedLoader(loader, self.rank, self.world_size)

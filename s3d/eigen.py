@@ -24,43 +24,56 @@ __all__ = ['EigenPairs', 'eigh_extremes', 'BlockKrylov', 'lanczos_extremes', 'ex
 @dataclass
 class EigenPairs:
     "Smallest and largest eigenpairs of n symmetric matrices; eigenvectors have unit norm."
-    lam_min: Tensor  # (n,)
-    v_min: Tensor    # (n, d)
-    lam_max: Tensor  # (n,)
-    v_max: Tensor    # (n, d)
 
-    def __len__(self): return self.lam_min.shape[0]
-    def __getitem__(self, idx): return EigenPairs(self.lam_min[idx], self.v_min[idx], self.lam_max[idx], self.v_max[idx])
+    lam_min: Tensor  # (n,)
+    v_min: Tensor  # (n, d)
+    lam_max: Tensor  # (n,)
+    v_max: Tensor  # (n, d)
+
+    def __len__(self):
+        return self.lam_min.shape[0]
+
+    def __getitem__(self, idx):
+        return EigenPairs(self.lam_min[idx], self.v_min[idx], self.lam_max[idx], self.v_max[idx])
 
 # %% ../nbs/05_eigen.ipynb #eff4d65c
 def _fix_sign(V: Tensor) -> Tensor:
     "Flip each row of V (n, d) so its largest-magnitude entry is positive."
     idx = V.abs().argmax(-1, keepdim=True)
-    s = torch.sign(V.gather(-1, idx)); s[s == 0] = 1
+    s = torch.sign(V.gather(-1, idx))
+    s[s == 0] = 1
     return V * s
 
-def eigh_extremes(S: Tensor, # (n, d, d) symmetric matrices
-                 ) -> EigenPairs:
+
+def eigh_extremes(
+    S: Tensor,  # (n, d, d) symmetric matrices
+) -> EigenPairs:
     "Extreme eigenpairs of each matrix by batched float64 `eigh` (the matrices are symmetrised first)."
-    if S.dim() != 3 or S.shape[1] != S.shape[2]: raise ValueError(f"S must be (n, d, d), got {tuple(S.shape)}")
+    if S.dim() != 3 or S.shape[1] != S.shape[2]:
+        raise ValueError(f"S must be (n, d, d), got {tuple(S.shape)}")
     S64 = S.double()
     lam, V = torch.linalg.eigh(0.5 * (S64 + S64.transpose(1, 2)))
     return EigenPairs(lam[:, 0], _fix_sign(V[:, :, 0]), lam[:, -1], _fix_sign(V[:, :, -1]))
 
 # %% ../nbs/05_eigen.ipynb #b4488a00
-def _orthonormalize(R: Tensor,   # (n, d, k) directions
-                    V: Tensor,   # (n, d, m) orthonormal basis (m + k <= d)
-                    generator: torch.Generator | None = None, # for replacement directions
-                   ) -> Tensor:
+def _orthonormalize(
+    R: Tensor,  # (n, d, k) directions
+    V: Tensor,  # (n, d, m) orthonormal basis (m + k <= d)
+    generator: torch.Generator | None = None,  # for replacement directions
+) -> Tensor:
     "Orthonormal (n, d, k) spanning R's part outside V (Gram-Schmidt, twice); collapsed columns become random directions."
     cols, tiny = [], torch.finfo(R.dtype).tiny
     for j in range(R.shape[2]):
-        c = R[:, :, j:j + 1]; scale = c.norm(dim=1, keepdim=True)
+        c = R[:, :, j : j + 1]
+        scale = c.norm(dim=1, keepdim=True)
         for _ in range(3):
             B = torch.cat([V, *cols], 2) if cols else V
-            for _ in range(2): c = c - B @ (B.transpose(1, 2) @ c)
-            nrm = c.norm(dim=1, keepdim=True); bad = nrm <= 1e-10 * scale
-            if not bad.any(): break
+            for _ in range(2):
+                c = c - B @ (B.transpose(1, 2) @ c)
+            nrm = c.norm(dim=1, keepdim=True)
+            bad = nrm <= 1e-10 * scale
+            if not bad.any():
+                break
             r = torch.randn(c.shape, dtype=c.dtype, generator=generator).to(c.device)
             c, scale = torch.where(bad, r, c), torch.where(bad, r.norm(dim=1, keepdim=True), scale)
         cols.append(c / nrm.clamp_min(tiny))
@@ -69,33 +82,65 @@ def _orthonormalize(R: Tensor,   # (n, d, k) directions
 # %% ../nbs/05_eigen.ipynb #96d69b6a
 class BlockKrylov:
     "Both extreme eigenpairs of n symmetric d x d matrices S_j from block products S_j P_j: thick-restarted block Krylov with Rayleigh-Ritz."
-    def __init__(self, n: int, d: int,  # number of matrices and their size
-                 *,
-                 block: int = 1,        # vectors per neuron in each block after the first
-                 max_dim: int = 32,     # basis vectors kept per neuron (a thick restart beyond); the workspace is O(n d max_dim)
-                 tol: float = 1e-2,     # residual tolerance relative to each spectral radius
-                 min_iter: int = 6,     # no neuron retires before this many products (guards against early misconvergence)
-                 max_iter: int | None = None, # at most this many products per neuron (default d)
-                 start: Tensor | None = None, # (n, d, k0) first block, k0 <= max_dim (default: `block` random vectors)
-                 dtype=torch.float64, device=None,
-                 generator: torch.Generator | None = None, # for random start and replacement vectors
-                ):
-        if n < 1 or d < 1: raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
-        if max_iter is not None and max_iter < 1: raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        self.n, self.d, self.tol, self.gen, self.k, self.min_iter = n, d, tol, generator, max(1, min(block, d)), min(min_iter, d)
+
+    def __init__(
+        self,
+        n: int,
+        d: int,  # number of matrices and their size
+        *,
+        block: int = 1,  # vectors per neuron in each block after the first
+        max_dim: int = 32,  # basis vectors kept per neuron (a thick restart beyond); the workspace is O(n d max_dim)
+        tol: float = 1e-2,  # residual tolerance relative to each spectral radius
+        min_iter: int = 6,  # no neuron retires before this many products (guards against early misconvergence)
+        max_iter: int | None = None,  # at most this many products per neuron (default d)
+        start: (
+            Tensor | None
+        ) = None,  # (n, d, k0) first block, k0 <= max_dim (default: `block` random vectors)
+        dtype=torch.float64,
+        device=None,
+        generator: torch.Generator | None = None,  # for random start and replacement vectors
+    ):
+        if n < 1 or d < 1:
+            raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
+        if max_iter is not None and max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        self.n, self.d, self.tol, self.gen, self.k, self.min_iter = (
+            n,
+            d,
+            tol,
+            generator,
+            max(1, min(block, d)),
+            min(min_iter, d),
+        )
         self.max_dim, self.max_iter = min(d, max(max_dim, self.k + 2)), max_iter or d
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)
-        self.idx, self.V, self.W = torch.arange(n, device=device), z(n, d, 0), z(n, d, 0)  # active neurons, basis, S basis
-        self.out, self.converged = EigenPairs(z(n), z(n, d), z(n), z(n, d)), torch.zeros(n, dtype=torch.bool, device=device)
+        self.idx, self.V, self.W = (
+            torch.arange(n, device=device),
+            z(n, d, 0),
+            z(n, d, 0),
+        )  # active neurons, basis, S basis
+        self.out, self.converged = EigenPairs(z(n), z(n, d), z(n), z(n, d)), torch.zeros(
+            n, dtype=torch.bool, device=device
+        )
         self.products = self.restarts = self.peak_bytes = 0
-        P = torch.randn(n, d, self.k, dtype=dtype, generator=generator).to(device) if start is None else start.to(device, dtype)
-        if P.shape[:2] != (n, d) or not 1 <= P.shape[2] <= self.max_dim: raise ValueError(f"start must be ({n}, {d}, k) with 1 <= k <= {self.max_dim}, got {tuple(P.shape)}")
+        P = (
+            torch.randn(n, d, self.k, dtype=dtype, generator=generator).to(device)
+            if start is None
+            else start.to(device, dtype)
+        )
+        if P.shape[:2] != (n, d) or not 1 <= P.shape[2] <= self.max_dim:
+            raise ValueError(
+                f"start must be ({n}, {d}, k) with 1 <= k <= {self.max_dim}, got {tuple(P.shape)}"
+            )
         self.P = _orthonormalize(P, self.V, generator)
 
     @property
-    def done(self) -> bool: return self.idx.numel() == 0
+    def done(self) -> bool:
+        return self.idx.numel() == 0
+
     @property
-    def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in (self.V, self.W, self.P) if t is not None)
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.V, self.W, self.P) if t is not None)
 
 # %% ../nbs/05_eigen.ipynb #484ef54d
 def _select(th, s, res, k):
@@ -104,40 +149,65 @@ def _select(th, s, res, k):
     if k == 1:
         pick = torch.where(res[:, 0] >= res[:, 1], 0, m - 1)
         return s.gather(2, pick[:, None, None].expand(-1, m, 1)), th.gather(1, pick[:, None])
-    lo = (k + 1) // 2; i = list(range(lo)) + list(range(m - (k - lo), m))
+    lo = (k + 1) // 2
+    i = list(range(lo)) + list(range(m - (k - lo), m))
     return s[:, :, i], th[:, i]
+
 
 def _relative(r: Tensor, th: Tensor) -> Tensor:
     "Residual norms r (n, 2) relative to each neuron's spectral radius estimate max |theta| over its Ritz values th (n, m)."
     return r / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
 
-@patch
-def _retire(self:BlockKrylov, te: Tensor, Y: Tensor, res: Tensor, m: int) -> Tensor: # extreme Ritz values (n, 2), vectors (n, d, 2), relative residuals (n, 2); basis size m
-    "Record the final Ritz pairs of the neurons that converged or used up `max_iter`; returns the mask of those that go on."
-    ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (m >= self.d)   # m = d: Rayleigh-Ritz is exact
-    fin = ok | (self.products >= self.max_iter)
-    j = self.idx[fin]; self.converged[self.idx[ok]] = True
-    self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = te[fin, 0], te[fin, 1], Y[fin, :, 0], Y[fin, :, 1]
-    return ~fin
 
 @patch
-def _next_block(self:BlockKrylov, V: Tensor, W: Tensor, th: Tensor, s: Tensor, res: Tensor, m: int, k: int): # basis and products (n, d, m), its Ritz pairs and residuals; block size k
+def _retire(
+    self: BlockKrylov, te: Tensor, Y: Tensor, res: Tensor, m: int
+) -> Tensor:  # extreme Ritz values (n, 2), vectors (n, d, 2), relative residuals (n, 2); basis size m
+    "Record the final Ritz pairs of the neurons that converged or used up `max_iter`; returns the mask of those that go on."
+    ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (
+        m >= self.d
+    )  # m = d: Rayleigh-Ritz is exact
+    fin = ok | (self.products >= self.max_iter)
+    j = self.idx[fin]
+    self.converged[self.idx[ok]] = True
+    self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = (
+        te[fin, 0],
+        te[fin, 1],
+        Y[fin, :, 0],
+        Y[fin, :, 1],
+    )
+    return ~fin
+
+
+@patch
+def _next_block(
+    self: BlockKrylov, V: Tensor, W: Tensor, th: Tensor, s: Tensor, res: Tensor, m: int, k: int
+):  # basis and products (n, d, m), its Ritz pairs and residuals; block size k
     "Next block `P`: the selected Ritz residuals orthonormalised against the basis, after a thick restart if it would outgrow `max_dim`."
     sel, tsel = _select(th, s, res, k)
-    R = W @ sel - (V @ sel) * tsel[:, None]   # Ritz residuals: they span the block Krylov space's next directions
-    if m + k > self.max_dim:                  # thick restart: keep the extreme Ritz vectors and their products
-        kn = max(2, min(self.max_dim - k, self.max_dim // 2)); lo = (kn + 1) // 2
+    R = (
+        W @ sel - (V @ sel) * tsel[:, None]
+    )  # Ritz residuals: they span the block Krylov space's next directions
+    if m + k > self.max_dim:  # thick restart: keep the extreme Ritz vectors and their products
+        kn = max(2, min(self.max_dim - k, self.max_dim // 2))
+        lo = (kn + 1) // 2
         keep_i = list(range(lo)) + list(range(m - (kn - lo), m))
         V, W, self.restarts = V @ s[:, :, keep_i], W @ s[:, :, keep_i], self.restarts + 1
     self.V, self.W, self.P = V, W, _orthonormalize(R, V, self.gen)
 
+
 @patch
 @torch.no_grad()
-def update(self:BlockKrylov, SP: Tensor): # (len(self.idx), d, k): S_j P_j for the current block
+def update(self: BlockKrylov, SP: Tensor):  # (len(self.idx), d, k): S_j P_j for the current block
     "Add the block and its products, Rayleigh-Ritz, retire converged neurons, prepare the next block."
-    if self.P is None or SP.shape != self.P.shape: raise ValueError(f"products must have shape {None if self.P is None else tuple(self.P.shape)}, got {tuple(SP.shape)}")
+    if self.P is None or SP.shape != self.P.shape:
+        raise ValueError(
+            f"products must have shape {None if self.P is None else tuple(self.P.shape)}, got {tuple(SP.shape)}"
+        )
     self.V, self.W = torch.cat([self.V, self.P], 2), torch.cat([self.W, SP.to(self.V)], 2)
-    self.products += self.P.shape[2]; m = self.V.shape[2]; self.peak_bytes = max(self.peak_bytes, self.nbytes)
+    self.products += self.P.shape[2]
+    m = self.V.shape[2]
+    self.peak_bytes = max(self.peak_bytes, self.nbytes)
     H = self.V.transpose(1, 2) @ self.W
     th, s = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
     se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
@@ -145,12 +215,14 @@ def update(self:BlockKrylov, SP: Tensor): # (len(self.idx), d, k): S_j P_j for t
     res = _relative((self.W @ se - Y * te[:, None]).norm(dim=1), th)
     keep = self._retire(te, Y, res, m)
     self.idx, self.V, self.W, self._now = self.idx[keep], self.V[keep], self.W[keep], (te[keep], Y[keep])
-    if self.done: self.P = None; return
+    if self.done:
+        self.P = None
+        return
     self._next_block(self.V, self.W, th[keep], s[keep], res[keep], m, min(self.k, self.d - m))
 
 # %% ../nbs/05_eigen.ipynb #419212bf
 @patch
-def result(self:BlockKrylov) -> EigenPairs:
+def result(self: BlockKrylov) -> EigenPairs:
     "Current extreme Ritz pairs of every neuron (final for retired ones), unit eigenvectors with a fixed sign."
     o = self.out
     lmin, vmin, lmax, vmax = o.lam_min.clone(), o.v_min.clone(), o.lam_max.clone(), o.v_max.clone()
@@ -164,93 +236,153 @@ def result(self:BlockKrylov) -> EigenPairs:
 def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int) -> Tensor:
     "A new buffer with the rows `keep` (all: None) of B (n, room, ...) and room for `size` entries, copying only the m in use."
     rows = B if keep is None else B[keep]
-    out = B.new_empty(rows.shape[0], size, *B.shape[2:]); out[:, :m] = rows[:, :m]   # entries from m on are never read
+    out = B.new_empty(rows.shape[0], size, *B.shape[2:])
+    out[:, :m] = rows[:, :m]  # entries from m on are never read
     return out
+
 
 @patch
 @torch.no_grad()
-def lanczos(self:BlockKrylov, prod: Callable, # prod(P) -> S_j P_j for the active neurons `self.idx`, P (len(self.idx), d, k)
-                every: int = 2,       # Rayleigh-Ritz every this many products once `min_iter` are done (2: measured fastest)
-               ):
+def lanczos(
+    self: BlockKrylov,
+    prod: Callable,  # prod(P) -> S_j P_j for the active neurons `self.idx`, P (len(self.idx), d, k)
+    every: int = 2,  # Rayleigh-Ritz every this many products once `min_iter` are done (2: measured fastest)
+):
     "Run a fresh block-size-1 solver to the end: Lanczos with full reorthogonalisation, Rayleigh-Ritz only when a neuron may retire."
     if self.k != 1 or self.V.shape[2] or self.P is None or self.P.shape[2] != 1:
         raise ValueError("lanczos needs a fresh BlockKrylov with block=1 and a one-vector start")
-    if every < 1: raise ValueError(f"every must be >= 1, got {every}")
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
     cap, tiny = self.max_dim, torch.finfo(self.P.dtype).tiny
-    room = min(cap, self.min_iter + every)   # buffers grow (doubling, up to cap) as the basis does
-    Q, W = self.P.new_empty(self.n, room, self.d), self.P.new_empty(self.n, room, self.d)  # basis and products S Q, one vector a row
-    a, b = self.P.new_empty(self.n, room), self.P.new_empty(self.n, room)  # Q^T S Q is tridiagonal (full reorthogonalisation keeps the rest at rounding level)
-    Q[:, 0] = self.P[:, :, 0]; self.P = None
+    room = min(cap, self.min_iter + every)  # buffers grow (doubling, up to cap) as the basis does
+    Q, W = self.P.new_empty(self.n, room, self.d), self.P.new_empty(
+        self.n, room, self.d
+    )  # basis and products S Q, one vector a row
+    a, b = self.P.new_empty(self.n, room), self.P.new_empty(
+        self.n, room
+    )  # Q^T S Q is tridiagonal (full reorthogonalisation keeps the rest at rounding level)
+    Q[:, 0] = self.P[:, :, 0]
+    self.P = None
     m = 0
     while True:
-        w = prod(Q[:, m, :, None]).to(Q)[:, :, 0]; W[:, m] = w; self.products += 1; m += 1
+        w = prod(Q[:, m, :, None]).to(Q)[:, :, 0]
+        W[:, m] = w
+        self.products += 1
+        m += 1
         a[:, m - 1] = (Q[:, m - 1] * w).sum(1)
-        self.peak_bytes = max(self.peak_bytes, (Q.numel() + W.numel() + a.numel() + b.numel()) * Q.element_size())
+        self.peak_bytes = max(
+            self.peak_bytes, (Q.numel() + W.numel() + a.numel() + b.numel()) * Q.element_size()
+        )
         last = m >= self.d or m == cap or self.products >= self.max_iter
         if last or (self.products >= self.min_iter and (self.products - self.min_iter) % every == 0):
-            T = torch.diag_embed(a[:, :m]) + torch.diag_embed(b[:, :m - 1], 1) + torch.diag_embed(b[:, :m - 1], -1)
+            T = (
+                torch.diag_embed(a[:, :m])
+                + torch.diag_embed(b[:, : m - 1], 1)
+                + torch.diag_embed(b[:, : m - 1], -1)
+            )
             th, s = torch.linalg.eigh(T)
             se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
-            Yt = se.transpose(1, 2) @ Q[:, :m]                             # (n, 2, d): Ritz vectors as rows
-            res = _relative((se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2), th)  # exact: S y - theta y
+            Yt = se.transpose(1, 2) @ Q[:, :m]  # (n, 2, d): Ritz vectors as rows
+            res = _relative(
+                (se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2), th
+            )  # exact: S y - theta y
             Y = Yt.transpose(1, 2)
             keep = self._retire(te, Y, res, m)
             if not keep.all():
                 Q, W, a, b = (_regrow(t, keep, m, room) for t in (Q, W, a, b))
-                self.idx, w, s, th, res, Y, te = self.idx[keep], w[keep], s[keep], th[keep], res[keep], Y[keep], te[keep]
+                self.idx, w, s, th, res, Y, te = (
+                    self.idx[keep],
+                    w[keep],
+                    s[keep],
+                    th[keep],
+                    res[keep],
+                    Y[keep],
+                    te[keep],
+                )
             self._now = (te, Y)
-            if self.done: return
-            if m == cap:  # basis full: the next block of `update`, with its thick restart, and `update` continues
+            if self.done:
+                return
+            if (
+                m == cap
+            ):  # basis full: the next block of `update`, with its thick restart, and `update` continues
                 self._next_block(Q.transpose(1, 2), W.transpose(1, 2), th, s, res, m, 1)
-                while not self.done: self.update(prod(self.P))
+                while not self.done:
+                    self.update(prod(self.P))
                 return
         if m == room:
-            room = min(cap, 2 * room); Q, W, a, b = (_regrow(t, None, m, room) for t in (Q, W, a, b))
+            room = min(cap, 2 * room)
+            Q, W, a, b = (_regrow(t, None, m, room) for t in (Q, W, a, b))
         Qm, r = Q[:, :m], w
         scale = r.norm(dim=1)
-        for _ in range(2): r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
-        nrm = r.norm(dim=1); bad = nrm <= 1e-10 * scale
+        for _ in range(2):
+            r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
+        nrm = r.norm(dim=1)
+        bad = nrm <= 1e-10 * scale
         q = r / nrm.clamp_min(tiny)[:, None]
         if bad.any():  # invariant subspace (e.g. repeated eigenvalues): continue from a random direction
             rnd = torch.randn(int(bad.sum()), self.d, 1, dtype=q.dtype, generator=self.gen).to(q.device)
             q[bad] = _orthonormalize(rnd, Qm[bad].transpose(1, 2), self.gen)[:, :, 0]
         Q[:, m] = q
-        b[:, m - 1] = (q * w).sum(1)   # q_{m+1}^T S q_m
+        b[:, m - 1] = (q * w).sum(1)  # q_{m+1}^T S q_m
 
 # %% ../nbs/05_eigen.ipynb #48c51528
 @torch.no_grad()
-def lanczos_extremes(matvec: Callable, # V (n, d) -> (S_j V_j)_j, (n, d)
-                     n: int, d: int,   # number of matrices and their size
-                     *,
-                     tol: float = 1e-2, # residual tolerance relative to each spectral radius
-                     max_iter: int | None = None, # at most this many products (default d)
-                     max_dim: int = 32, # Krylov vectors kept per neuron (thick restarts beyond)
-                     max_bytes: int | None = None, # bound on the float64 workspace (basis, products, block): lowers max_dim
-                     dtype=torch.float64, device=None,
-                     generator: torch.Generator | None = None, # for the random start vectors
-                     stats: dict | None = None, # filled with 'peak_bytes' (workspace), 'restarts' and 'max_dim'
-                    ) -> tuple[EigenPairs, int]:
+def lanczos_extremes(
+    matvec: Callable,  # V (n, d) -> (S_j V_j)_j, (n, d)
+    n: int,
+    d: int,  # number of matrices and their size
+    *,
+    tol: float = 1e-2,  # residual tolerance relative to each spectral radius
+    max_iter: int | None = None,  # at most this many products (default d)
+    max_dim: int = 32,  # Krylov vectors kept per neuron (thick restarts beyond)
+    max_bytes: int | None = None,  # bound on the float64 workspace (basis, products, block): lowers max_dim
+    dtype=torch.float64,
+    device=None,
+    generator: torch.Generator | None = None,  # for the random start vectors
+    stats: dict | None = None,  # filled with 'peak_bytes' (workspace), 'restarts' and 'max_dim'
+) -> tuple[EigenPairs, int]:
     "Extreme eigenpairs of n symmetric d x d matrices given only products; returns them and the number of products used."
     if max_bytes is not None:
-        need = lambda c: 8 * n * (2 * c * d + 2 * c + d)  # basis and products of c vectors, the tridiagonal coefficients, one block
+        need = (
+            lambda c: 8 * n * (2 * c * d + 2 * c + d)
+        )  # basis and products of c vectors, the tridiagonal coefficients, one block
         max_dim = min(max_dim, d)
-        while max_dim > 0 and need(max_dim) > max_bytes: max_dim -= 1
-        if max_dim < min(d, 3): raise ValueError(f"max_bytes={max_bytes} is too small: the workspace needs at least {need(min(d, 3))} bytes")
-    bk = BlockKrylov(n, d, block=1, max_dim=max_dim, tol=tol, max_iter=max_iter, dtype=dtype, device=device, generator=generator)
+        while max_dim > 0 and need(max_dim) > max_bytes:
+            max_dim -= 1
+        if max_dim < min(d, 3):
+            raise ValueError(
+                f"max_bytes={max_bytes} is too small: the workspace needs at least {need(min(d, 3))} bytes"
+            )
+    bk = BlockKrylov(
+        n,
+        d,
+        block=1,
+        max_dim=max_dim,
+        tol=tol,
+        max_iter=max_iter,
+        dtype=dtype,
+        device=device,
+        generator=generator,
+    )
+
     def prod(P):  # the active neurons' products, one matvec per column
         out = []
         for c in range(P.shape[2]):
-            V = torch.zeros(n, d, dtype=dtype, device=device); V[bk.idx] = P[:, :, c]
+            V = torch.zeros(n, d, dtype=dtype, device=device)
+            V[bk.idx] = P[:, :, c]
             out.append(matvec(V).to(dtype)[bk.idx])
         return torch.stack(out, 2)
+
     bk.lanczos(prod)
-    if stats is not None: stats.update(peak_bytes=bk.peak_bytes, restarts=bk.restarts, max_dim=bk.max_dim)
+    if stats is not None:
+        stats.update(peak_bytes=bk.peak_bytes, restarts=bk.restarts, max_dim=bk.max_dim)
     return bk.result(), bk.products
 
 # %% ../nbs/05_eigen.ipynb #f8b9141d
 @torch.no_grad()
-def _sample_basis(op: SplitOperator, # holds one batch
-                  steps: int, generator=None, dtype=torch.float64, device=None) -> Tensor:
+def _sample_basis(
+    op: SplitOperator, steps: int, generator=None, dtype=torch.float64, device=None  # holds one batch
+) -> Tensor:
     "Orthonormal Krylov basis (n, d, steps) of the one-batch matrices held by `op`, from a random start (steps - 1 products)."
     Q = torch.randn(op.n, op.d, 1, dtype=dtype, generator=generator).to(device)
     Q = Q / Q.norm(dim=1, keepdim=True)
@@ -258,45 +390,102 @@ def _sample_basis(op: SplitOperator, # holds one batch
         Q = torch.cat([Q, _orthonormalize(op.products(Q[:, :, -1:]).to(dtype), Q, generator)], 2)
     return Q
 
-def _plan(groups: list, budget: int, *, max_dim: int, block: int, steps: int, dense_dim: int) -> tuple[set, dict, int]:
+
+def _plan(
+    groups: list, budget: int, *, max_dim: int, block: int, steps: int, dense_dim: int
+) -> tuple[set, dict, int]:
     "Dense groups, Krylov basis cap per group and bytes reserved, within `budget` (float64 workspaces)."
-    ws = lambda g, cap: 8 * g.n_neurons * g.dim * (2 * cap + 2 * min(cap, max(block, steps)))  # basis, products, block, sums
+    ws = (
+        lambda g, cap: 8 * g.n_neurons * g.dim * (2 * cap + 2 * min(cap, max(block, steps)))
+    )  # basis, products, block, sums
     cap_of = lambda g, c: min(g.dim, max(c, block + 2))
     total = lambda c: sum(ws(g, cap_of(g, c)) for g in groups)
     c = max(max_dim, block + 2)
-    while c > block + 2 and total(c) > budget: c -= 1  # a smaller basis for every group
+    while c > block + 2 and total(c) > budget:
+        c -= 1  # a smaller basis for every group
     if total(c) > budget:
-        raise ValueError(f"max_bytes={budget / 2**20:.1f} MiB is too small for the eigen workspace: at least {total(c) / 2**20:.1f} MiB "
-                         f"(block={block} needs {block + 2} vectors per neuron) for groups " + ', '.join(f"{g.name!r} (n={g.n_neurons}, d={g.dim})" for g in groups))
+        raise ValueError(
+            f"max_bytes={budget / 2**20:.1f} MiB is too small for the eigen workspace: at least {total(c) / 2**20:.1f} MiB "
+            f"(block={block} needs {block + 2} vectors per neuron) for groups "
+            + ', '.join(f"{g.name!r} (n={g.n_neurons}, d={g.dim})" for g in groups)
+        )
     caps = {g.name: cap_of(g, c) for g in groups}
     used, dense = total(c), set()
     for g in groups:  # small d: the dense matrix in one pass (accumulated, then eigh's copy)
-        extra = 16 * g.n_neurons * g.dim ** 2 - ws(g, caps[g.name])
-        if g.dim <= dense_dim and used + extra <= budget: dense.add(g.name); used += extra
+        extra = 16 * g.n_neurons * g.dim**2 - ws(g, caps[g.name])
+        if g.dim <= dense_dim and used + extra <= budget:
+            dense.add(g.name)
+            used += extra
     return dense, caps, used
 
 # %% ../nbs/05_eigen.ipynb #b26bfade
-class _Overflow(Exception): "The cache outgrew its budget during the first pass (method='fast' then streams)."
+class _Overflow(Exception):
+    "The cache outgrew its budget during the first pass (method='fast' then streams)."
+
 
 def _one_batch(g: SplitGroup, s, B: int, i: int) -> SplitOperator:
     "A one-batch operator from `collect_batches`'s statistics `s` (a `BatchStats`)."
-    op = SplitOperator(g); op.add(s.x, s.c, B, i, s.path); return op
+    op = SplitOperator(g)
+    op.add(s.x, s.c, B, i, s.path)
+    return op
+
 
 class _FastEigen:
     "Extreme eigenpairs of all groups from passes over the batches: dense sums, a cache, or streamed block Krylov."
-    def __init__(self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed,
-                 block, max_dim, sample_steps, dense_dim, max_passes, reduce=None):
-        self.model, self.groups, self.loss_fn, self.batches, self.method, self.beta = model, groups, loss_fn, batches, method, beta
-        self.tol, self.max_iter, self.block, self.steps, self.max_passes = tol, max_iter, block, sample_steps, max_passes
+
+    def __init__(
+        self,
+        model,
+        groups,
+        loss_fn,
+        batches,
+        method,
+        *,
+        tol,
+        max_iter,
+        max_bytes,
+        beta,
+        seed,
+        block,
+        max_dim,
+        sample_steps,
+        dense_dim,
+        max_passes,
+        reduce=None,
+    ):
+        self.model, self.groups, self.loss_fn, self.batches, self.method, self.beta = (
+            model,
+            groups,
+            loss_fn,
+            batches,
+            method,
+            beta,
+        )
+        self.tol, self.max_iter, self.block, self.steps, self.max_passes = (
+            tol,
+            max_iter,
+            block,
+            sample_steps,
+            max_passes,
+        )
         self.reduce = reduce  # data-parallel: sums over processes (every rank then takes the same steps)
-        if reduce is not None: self.steps = 0  # a first-batch start block would differ between ranks: seeded random blocks
+        if reduce is not None:
+            self.steps = 0  # a first-batch start block would differ between ranks: seeded random blocks
         self.dev = next(model.parameters()).device
-        self.dense, self.caps, used = _plan(groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim)
-        self.reserved, self.allow, self.kry = used, max_bytes - used, [g for g in groups if g.name not in self.dense]
+        self.dense, self.caps, used = _plan(
+            groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim
+        )
+        self.reserved, self.allow, self.kry = (
+            used,
+            max_bytes - used,
+            [g for g in groups if g.name not in self.dense],
+        )
         self.one_shot = isinstance(batches, Iterator)
         if method == 'stream' and self.one_shot and self.kry:
-            raise TypeError("method='stream' passes over the batches several times but got a one-shot iterator: "
-                            "pass a list or a re-iterable such as a DataLoader")
+            raise TypeError(
+                "method='stream' passes over the batches several times but got a one-shot iterator: "
+                "pass a list or a re-iterable such as a DataLoader"
+            )
         self.gen = torch.Generator().manual_seed(seed)
         self.stats = dict(method=None, passes=0, cache_bytes=0, workspace_bytes=0, groups={})
         self._reset()
@@ -309,8 +498,14 @@ class _FastEigen:
         "One eval-mode forward+backward over the batches for `groups`."
         N = collect_batches(self.model, groups, self.loss_fn, self.batches, on_batch, self.beta)
         if self.n_here is not None and N != self.n_here:
-            raise ValueError(f"the batches gave {N} samples on this pass and {self.n_here} on the first: streaming needs the same samples on every pass")
-        self.n_here, self.N = N, self._sum(torch.tensor([float(N)], dtype=torch.float64)).round().long().item(); self.stats['passes'] += 1
+            raise ValueError(
+                f"the batches gave {N} samples on this pass and {self.n_here} on the first: streaming needs the same samples on every pass"
+            )
+        self.n_here, self.N = (
+            N,
+            self._sum(torch.tensor([float(N)], dtype=torch.float64)).round().long().item(),
+        )
+        self.stats['passes'] += 1
 
     def _sum(self, t):
         "`t` summed over processes (itself without `reduce`)."
@@ -319,43 +514,86 @@ class _FastEigen:
 # %% ../nbs/05_eigen.ipynb #3d40ef3f
 def _choose(self, stats: dict, B: int) -> str:
     "At the first batch: 'cached' if the projected cache fits the budget (or only one pass is possible), else 'stream'."
-    if self.method != 'fast': return self.method
+    if self.method != 'fast':
+        return self.method
     if self.reduce is not None:  # one choice for every rank: stream if any rank's cache would not fit
-        return 'stream' if self._sum(torch.tensor([float(self._choose_here(stats, B) == 'stream')])).item() > 0 else 'cached'
+        return (
+            'stream'
+            if self._sum(torch.tensor([float(self._choose_here(stats, B) == 'stream')])).item() > 0
+            else 'cached'
+        )
     return self._choose_here(stats, B)
+
 
 def _choose_here(self, stats: dict, B: int) -> str:
     "This process's choice from its own projected cache."
-    per = sum(_one_batch(g, stats[g.name], B, 0).nbytes for g in self.kry)  # this batch's cache, one group at a time
+    per = sum(
+        _one_batch(g, stats[g.name], B, 0).nbytes for g in self.kry
+    )  # this batch's cache, one group at a time
     nb = len(self.batches) if hasattr(self.batches, '__len__') else None
-    if nb is None: return 'cached'  # unknown length: cache until it overflows, then stream (if re-iterable)
-    if per * nb <= self.allow: return 'cached'
-    if self.one_shot: raise ValueError(f"the cache would need about {per * nb / 2**20:.1f} MiB, over the {self.allow / 2**20:.1f} MiB "
-                                       "left of max_bytes, and a one-shot iterator cannot be streamed: pass a list or a re-iterable")
+    if nb is None:
+        return 'cached'  # unknown length: cache until it overflows, then stream (if re-iterable)
+    if per * nb <= self.allow:
+        return 'cached'
+    if self.one_shot:
+        raise ValueError(
+            f"the cache would need about {per * nb / 2**20:.1f} MiB, over the {self.allow / 2**20:.1f} MiB "
+            "left of max_bytes, and a one-shot iterator cannot be streamed: pass a list or a re-iterable"
+        )
     return 'stream'
+
 
 def _first_batch(self, i: int, B: int, stats: dict):
     "First pass: dense sums; the cache, or the sampled start block (at batch 0) and its products."
-    if self.mode is None and self.kry: self.mode = self._choose(stats, B)
+    if self.mode is None and self.kry:
+        self.mode = self._choose(stats, B)
     for g in self.groups:  # one group's one-batch operator at a time: the working set stays about one batch
-        if g.name in self.dense: self.sums[g.name] = self.sums.get(g.name, 0) + _one_batch(g, stats[g.name], B, i).dense_sum(); continue
-        if self.mode == 'cached': self.cache[g.name].add(stats[g.name].x, stats[g.name].c, B, i, stats[g.name].path); continue
+        if g.name in self.dense:
+            self.sums[g.name] = self.sums.get(g.name, 0) + _one_batch(g, stats[g.name], B, i).dense_sum()
+            continue
+        if self.mode == 'cached':
+            self.cache[g.name].add(stats[g.name].x, stats[g.name].c, B, i, stats[g.name].path)
+            continue
         op = _one_batch(g, stats[g.name], B, i)
         if i == 0:
-            start = _sample_basis(op, min(self.steps, self.caps[g.name]), self.gen, device=self.dev) if self.steps > 0 else None
-            self.solver[g.name] = BlockKrylov(g.n_neurons, g.dim, block=self.block, max_dim=self.caps[g.name], tol=self.tol,
-                                              max_iter=self.max_iter, start=start, device=self.dev, generator=self.gen)
+            start = (
+                _sample_basis(op, min(self.steps, self.caps[g.name]), self.gen, device=self.dev)
+                if self.steps > 0
+                else None
+            )
+            self.solver[g.name] = BlockKrylov(
+                g.n_neurons,
+                g.dim,
+                block=self.block,
+                max_dim=self.caps[g.name],
+                tol=self.tol,
+                max_iter=self.max_iter,
+                start=start,
+                device=self.dev,
+                generator=self.gen,
+            )
         self.acc[g.name] = self.acc.get(g.name, 0) + op.products(self.solver[g.name].P).double()
         del op
-    used = sum(o.nbytes for o in self.cache.values()); self.stats['cache_bytes'] = max(self.stats['cache_bytes'], used)
+    used = sum(o.nbytes for o in self.cache.values())
+    self.stats['cache_bytes'] = max(self.stats['cache_bytes'], used)
     over = used > self.allow
     if self.reduce is not None and self.mode == 'cached':  # every rank overflows together, or none does
         over = self._sum(torch.tensor([float(over)])).item() > 0
     if over:
-        if self.method == 'fast' and not self.one_shot: raise _Overflow()
+        if self.method == 'fast' and not self.one_shot:
+            raise _Overflow()
         msg = f"cached statistics reached {used / 2**20:.1f} MiB after batch {i}, over the {self.allow / 2**20:.1f} MiB left of max_bytes"
-        if self.one_shot: raise ValueError(msg + ", and a one-shot iterator cannot be streamed: pass a list or a re-iterable, or raise max_bytes")
-        raise ValueError(msg + ": raise max_bytes or use method='stream' (or 'fast', which streams when the cache does not fit)")
+        if self.one_shot:
+            raise ValueError(
+                msg
+                + ", and a one-shot iterator cannot be streamed: pass a list or a re-iterable, or raise max_bytes"
+            )
+        raise ValueError(
+            msg
+            + ": raise max_bytes or use method='stream' (or 'fast', which streams when the cache does not fit)"
+        )
+
+
 _FastEigen._choose, _FastEigen._choose_here, _FastEigen._first_batch = _choose, _choose_here, _first_batch
 
 # %% ../nbs/05_eigen.ipynb #c324fec2
@@ -363,46 +601,78 @@ def _stream_more(self):
     "Further passes: each one multiplies every unconverged neuron's next block by S and updates its Rayleigh-Ritz."
     while self.stats['passes'] < self.max_passes:
         act = [g for g in self.kry if not self.solver[g.name].done]
-        if not act: return
+        if not act:
+            return
         acc = {}
+
         def on_batch(i, B, stats):
             for g in act:
                 bk = self.solver[g.name]
-                SP = _one_batch(g, stats[g.name], B, i).products(bk.P, None if len(bk.idx) == bk.n else bk.idx)
+                SP = _one_batch(g, stats[g.name], B, i).products(
+                    bk.P, None if len(bk.idx) == bk.n else bk.idx
+                )
                 acc[g.name] = acc.get(g.name, 0) + SP.double()
+
         self._pass(on_batch, act)
-        for g in act: self.solver[g.name].update(self._sum(acc[g.name]) / self.N)
+        for g in act:
+            self.solver[g.name].update(self._sum(acc[g.name]) / self.N)
+
 
 def _restrict(op: SplitOperator, rows: Tensor) -> SplitOperator:
     "The same operator for its neurons `rows` only (coefficients copied, inputs shared)."
-    sub = SplitOperator.__new__(SplitOperator); sub.__dict__.update(op.__dict__)
+    sub = SplitOperator.__new__(SplitOperator)
+    sub.__dict__.update(op.__dict__)
     sub.cs, sub.n = [torch.index_select(c, 1, rows) for c in op.cs], len(rows)
-    sub.rows = rows if op.rows is None else op.rows[rows]   # the private-path statistics stay those of all neurons  # index_select: ~6x faster than c[:, rows] on CPU
+    sub.rows = (
+        rows if op.rows is None else op.rows[rows]
+    )  # the private-path statistics stay those of all neurons  # index_select: ~6x faster than c[:, rows] on CPU
     return sub
+
 
 def _lanczos_cached(self):
     "Cached statistics: restarted Lanczos per group on the cache, which is freed group by group."
     for g in self.kry:
-        op, bk = self.cache[g.name], BlockKrylov(g.n_neurons, g.dim, block=1, max_dim=self.caps[g.name], tol=self.tol,
-                                                 max_iter=self.max_iter, device=self.dev, generator=self.gen)
-        sub = [bk.idx, op]  # the operator of the active neurons: re-sliced only when some retire, not at every product
+        op, bk = self.cache[g.name], BlockKrylov(
+            g.n_neurons,
+            g.dim,
+            block=1,
+            max_dim=self.caps[g.name],
+            tol=self.tol,
+            max_iter=self.max_iter,
+            device=self.dev,
+            generator=self.gen,
+        )
+        sub = [
+            bk.idx,
+            op,
+        ]  # the operator of the active neurons: re-sliced only when some retire, not at every product
+
         def prod(P):
-            if len(sub[0]) != len(bk.idx): sub[:] = [bk.idx, _restrict(sub[1], torch.searchsorted(sub[0], bk.idx))]
+            if len(sub[0]) != len(bk.idx):
+                sub[:] = [bk.idx, _restrict(sub[1], torch.searchsorted(sub[0], bk.idx))]
             return self._sum(sub[1].products(P).double()) / self.N
+
         bk.lanczos(prod)
         self.solver[g.name], self.cache[g.name] = bk, None
 
+
 def _run(self) -> dict:
     "All passes, then {group name: EigenPairs}; fills self.stats."
-    try: self._pass(self._first_batch, self.groups)
-    except _Overflow:  # the cache did not fit after all: start again, streaming
-        self._reset(); self.mode, self.stats['cache_overflow'] = 'stream', True
+    try:
         self._pass(self._first_batch, self.groups)
-    if self.mode == 'cached': self._lanczos_cached()
+    except _Overflow:  # the cache did not fit after all: start again, streaming
+        self._reset()
+        self.mode, self.stats['cache_overflow'] = 'stream', True
+        self._pass(self._first_batch, self.groups)
+    if self.mode == 'cached':
+        self._lanczos_cached()
     elif self.kry:
-        for g in self.kry: self.solver[g.name].update(self._sum(self.acc.pop(g.name)) / self.N)
+        for g in self.kry:
+            self.solver[g.name].update(self._sum(self.acc.pop(g.name)) / self.N)
         self._stream_more()
     return self._results()
+
+
 _FastEigen._stream_more, _FastEigen._lanczos_cached, _FastEigen.run = _stream_more, _lanczos_cached, _run
 
 # %% ../nbs/05_eigen.ipynb #2c2c3f6c
@@ -413,48 +683,101 @@ def _results(self) -> dict:
     for g in self.groups:
         if g.name in self.dense:
             out[g.name] = eigh_extremes(self._sum(self.sums[g.name]) / self.N)
-            st['groups'][g.name] = dict(solver='dense', products=0, unconverged=0, bytes=16 * g.n_neurons * g.dim ** 2)
+            st['groups'][g.name] = dict(
+                solver='dense', products=0, unconverged=0, bytes=16 * g.n_neurons * g.dim**2
+            )
         else:
-            bk = self.solver[g.name]; out[g.name] = bk.result(); u = int((~bk.converged).sum()); left += u
-            st['groups'][g.name] = dict(solver='krylov', products=bk.products, unconverged=u, bytes=bk.peak_bytes,
-                                        max_dim=bk.max_dim, restarts=bk.restarts)
-    st['workspace_bytes'], st['reserved_bytes'] = sum(v['bytes'] for v in st['groups'].values()), self.reserved
-    if left: warnings.warn(f"fast eigenpairs: {left} neuron(s) did not reach tol={self.tol:g} within max_iter / max_passes="
-                           f"{self.max_passes}; their current Ritz estimates are returned", stacklevel=3)
+            bk = self.solver[g.name]
+            out[g.name] = bk.result()
+            u = int((~bk.converged).sum())
+            left += u
+            st['groups'][g.name] = dict(
+                solver='krylov',
+                products=bk.products,
+                unconverged=u,
+                bytes=bk.peak_bytes,
+                max_dim=bk.max_dim,
+                restarts=bk.restarts,
+            )
+    st['workspace_bytes'], st['reserved_bytes'] = (
+        sum(v['bytes'] for v in st['groups'].values()),
+        self.reserved,
+    )
+    if left:
+        warnings.warn(
+            f"fast eigenpairs: {left} neuron(s) did not reach tol={self.tol:g} within max_iter / max_passes="
+            f"{self.max_passes}; their current Ritz estimates are returned",
+            stacklevel=3,
+        )
     return out
+
+
 _FastEigen._results = _results
 
 # %% ../nbs/05_eigen.ipynb #0960c509
-def extreme_eigenpairs(model: nn.Module,  # network
-                       groups,            # a SplitGroup or a list of them
-                       loss_fn: Callable, # loss_fn(output, target) -> mean-reduced scalar loss
-                       batches: Iterable, # (input, target) batches, the same samples on every pass; S averages over all of them
-                       method: str = 'exact', # 'exact', 'fast' (cached if it fits max_bytes, else stream), 'cached' or 'stream'
-                       *,
-                       tol: float = 1e-2,  # fast: residual tolerance relative to each spectral radius
-                       max_iter: int | None = None, # fast: at most this many products per neuron (default d)
-                       max_bytes: int | None = None, # memory budget (default 1 GiB exact, 4 GiB fast: cache + workspaces)
-                       beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
-                       seed: int = 0,      # fast: seed of the random start vectors
-                       block: int = 2,     # stream: vectors per unconverged neuron added on each pass after the first
-                       max_dim: int = 32,  # fast: Krylov basis vectors kept per neuron (thick restarts beyond)
-                       sample_steps: int = 6, # stream: first block = Krylov basis of the first batch's S of this size (0: random block)
-                       dense_dim: int = 32, # fast: groups with d <= dense_dim get their dense S in the first pass
-                       max_passes: int = 10, # stream: at most this many passes over the batches
-                       stats: dict | None = None, # filled with the method used, passes, cache and workspace bytes, per-group counts
-                       reduce: Callable | None = None, # data-parallel: sums statistics and S·v products over processes (`s3d.distributed`)
-                      ) -> dict:
+def extreme_eigenpairs(
+    model: nn.Module,  # network
+    groups,  # a SplitGroup or a list of them
+    loss_fn: Callable,  # loss_fn(output, target) -> mean-reduced scalar loss
+    batches: Iterable,  # (input, target) batches, the same samples on every pass; S averages over all of them
+    method: str = 'exact',  # 'exact', 'fast' (cached if it fits max_bytes, else stream), 'cached' or 'stream'
+    *,
+    tol: float = 1e-2,  # fast: residual tolerance relative to each spectral radius
+    max_iter: int | None = None,  # fast: at most this many products per neuron (default d)
+    max_bytes: int | None = None,  # memory budget (default 1 GiB exact, 4 GiB fast: cache + workspaces)
+    beta: float = SURROGATE_BETA,  # surrogate sharpness for piecewise-linear activations
+    seed: int = 0,  # fast: seed of the random start vectors
+    block: int = 2,  # stream: vectors per unconverged neuron added on each pass after the first
+    max_dim: int = 32,  # fast: Krylov basis vectors kept per neuron (thick restarts beyond)
+    sample_steps: int = 6,  # stream: first block = Krylov basis of the first batch's S of this size (0: random block)
+    dense_dim: int = 32,  # fast: groups with d <= dense_dim get their dense S in the first pass
+    max_passes: int = 10,  # stream: at most this many passes over the batches
+    stats: (
+        dict | None
+    ) = None,  # filled with the method used, passes, cache and workspace bytes, per-group counts
+    reduce: (
+        Callable | None
+    ) = None,  # data-parallel: sums statistics and S·v products over processes (`s3d.distributed`)
+) -> dict:
     "Extreme eigenpairs {group name: EigenPairs} of every neuron's splitting matrix, for all groups together."
     groups = [groups] if isinstance(groups, SplitGroup) else list(groups)
-    if not groups: raise ValueError("groups is empty")
-    if len({g.name for g in groups}) != len(groups): raise ValueError("group names must be unique")
+    if not groups:
+        raise ValueError("groups is empty")
+    if len({g.name for g in groups}) != len(groups):
+        raise ValueError("group names must be unique")
     if method == 'exact':
-        S = dense_matrices(model, groups, loss_fn, batches, max_bytes=max_bytes or 2**30, beta=beta, reduce=reduce)
-        if stats is not None: stats.update(method='exact', passes=1, cache_bytes=0, workspace_bytes=sum(8 * v.numel() for v in S.values()))
+        S = dense_matrices(
+            model, groups, loss_fn, batches, max_bytes=max_bytes or 2**30, beta=beta, reduce=reduce
+        )
+        if stats is not None:
+            stats.update(
+                method='exact',
+                passes=1,
+                cache_bytes=0,
+                workspace_bytes=sum(8 * v.numel() for v in S.values()),
+            )
         return {k: eigh_extremes(v) for k, v in S.items()}
-    if method not in ('fast', 'cached', 'stream'): raise ValueError(f"method must be 'exact', 'fast', 'cached' or 'stream', got {method!r}")
-    fe = _FastEigen(model, groups, loss_fn, batches, method, tol=tol, max_iter=max_iter, max_bytes=max_bytes or 2**32, beta=beta,
-                    seed=seed, block=block, max_dim=max_dim, sample_steps=sample_steps, dense_dim=dense_dim, max_passes=max_passes, reduce=reduce)
+    if method not in ('fast', 'cached', 'stream'):
+        raise ValueError(f"method must be 'exact', 'fast', 'cached' or 'stream', got {method!r}")
+    fe = _FastEigen(
+        model,
+        groups,
+        loss_fn,
+        batches,
+        method,
+        tol=tol,
+        max_iter=max_iter,
+        max_bytes=max_bytes or 2**32,
+        beta=beta,
+        seed=seed,
+        block=block,
+        max_dim=max_dim,
+        sample_steps=sample_steps,
+        dense_dim=dense_dim,
+        max_passes=max_passes,
+        reduce=reduce,
+    )
     out = fe.run()
-    if stats is not None: stats.update(fe.stats)
+    if stats is not None:
+        stats.update(fe.stats)
     return out

@@ -14,8 +14,23 @@ import math
 import torch
 from torch import nn
 import torch.fx as fx
-from .kinds import (Refusal, layer_kind, activation_kind, is_activation, is_depthwise, register_activation, stateless,
-                       flatten_flow, ACTIVATIONS, PASS_THROUGH, POOLS, FUNCTIONAL_OPS, COMBINE_REASONS, SHAPE_OPS, GraphValue)
+from s3d.kinds import (
+    Refusal,
+    layer_kind,
+    activation_kind,
+    is_activation,
+    is_depthwise,
+    register_activation,
+    stateless,
+    flatten_flow,
+    ACTIVATIONS,
+    PASS_THROUGH,
+    POOLS,
+    FUNCTIONAL_OPS,
+    COMBINE_REASONS,
+    SHAPE_OPS,
+    GraphValue,
+)
 
 # %% auto #0
 __all__ = ['Consumer', 'PathStep', 'SplitGroup', 'is_producer', 'model_device', 'model_dtype', 'to_model_device',
@@ -25,34 +40,42 @@ __all__ = ['Consumer', 'PathStep', 'SplitGroup', 'is_producer', 'model_device', 
 @dataclass(eq=False)
 class Consumer:
     "A layer that reads a split group's outputs."
-    name: str            # qualified name in `model.named_modules()`
-    module: nn.Module    # a layer whose kind consumes channels (`nn.Linear`, a conv with `groups == 1`, ...)
-    repeat: int = 1      # consumer inputs per neuron: channel j owns input columns j*repeat ... (j+1)*repeat-1
+
+    name: str  # qualified name in `model.named_modules()`
+    module: nn.Module  # a layer whose kind consumes channels (`nn.Linear`, a conv with `groups == 1`, ...)
+    repeat: int = 1  # consumer inputs per neuron: channel j owns input columns j*repeat ... (j+1)*repeat-1
 
 # %% ../nbs/02_graph.ipynb #22c8cbad
 @dataclass
 class PathStep:
     "One per-channel operation on a neuron's private path; it reads the output of step `src` (-1: the pre-activation z)."
-    src: int                # index of the step it reads, or -1 for the pre-activation z (producer, then BatchNorm)
-    fn: Callable | None     # the operation on one tensor (a module or a function); None for a consumer's input
-    name: str               # module name, fx node name, or the consumer's name
-    cdim: int               # the dim of its output that holds the channels
-    repeat: int = 1         # entries per channel along `cdim` (after a flatten)
-    role: str = 'op'        # 'op', 'act' (an activation), 'own' (the group's own activation), 'consumer', 'opaque'
+
+    src: int  # index of the step it reads, or -1 for the pre-activation z (producer, then BatchNorm)
+    fn: Callable | None  # the operation on one tensor (a module or a function); None for a consumer's input
+    name: str  # module name, fx node name, or the consumer's name
+    cdim: int  # the dim of its output that holds the channels
+    repeat: int = 1  # entries per channel along `cdim` (after a flatten)
+    role: str = 'op'  # 'op', 'act' (an activation), 'own' (the group's own activation), 'consumer', 'opaque'
+
 
 @dataclass(eq=False)
 class SplitGroup:
     "One producer's neurons, with what follows them per channel and what consumes them."
-    name: str                                      # producer's qualified name
-    producer: nn.Module                            # a layer whose kind can produce (`nn.Linear`, a conv with `groups == 1`, ...)
-    bn: nn.Module | None = None                    # BatchNorm directly after the producer
-    act: nn.Module | None = None                   # activation applied to the (BN-ed) pre-activation
+
+    name: str  # producer's qualified name
+    producer: nn.Module  # a layer whose kind can produce (`nn.Linear`, a conv with `groups == 1`, ...)
+    bn: nn.Module | None = None  # BatchNorm directly after the producer
+    act: nn.Module | None = None  # activation applied to the (BN-ed) pre-activation
     followers: list = field(default_factory=list)  # [(name, module)] further per-channel modules
     consumers: list = field(default_factory=list)  # [Consumer]
-    act_name: str | None = None                    # qualified name of `act` (the fx node name for a functional one)
-    bn_name: str | None = None                     # qualified name of `bn`
-    act_fn: Callable | None = None                 # the functional form called in forward (F.gelu, ...); `act` is then an equivalent module
-    path: list | None = field(default=None, repr=False)  # [PathStep] the private path from the pre-activation z (None: not traced)
+    act_name: str | None = None  # qualified name of `act` (the fx node name for a functional one)
+    bn_name: str | None = None  # qualified name of `bn`
+    act_fn: Callable | None = (
+        None  # the functional form called in forward (F.gelu, ...); `act` is then an equivalent module
+    )
+    path: list | None = field(
+        default=None, repr=False
+    )  # [PathStep] the private path from the pre-activation z (None: not traced)
 
     @property
     def n_neurons(self) -> int:
@@ -68,27 +91,35 @@ class SplitGroup:
 def is_producer(m: nn.Module) -> bool:
     "True when the kind of `m` can produce split channels (`nn.Linear`, a conv with `groups == 1`, ...)."
     k = layer_kind(m)
-    try: return k is not None and k.produce(m) is not None
-    except Refusal: return False
+    try:
+        return k is not None and k.produce(m) is not None
+    except Refusal:
+        return False
 
 # %% ../nbs/02_graph.ipynb #105f807b
 def model_device(model: nn.Module) -> torch.device:
     "The device of the first parameter (or buffer) of `model`; the CPU for a model without tensors."
     t = next(model.parameters(), None)
-    if t is None: t = next(model.buffers(), None)
+    if t is None:
+        t = next(model.buffers(), None)
     return t.device if t is not None else torch.device('cpu')
+
 
 def model_dtype(model: nn.Module) -> torch.dtype:
     "The floating dtype of the first floating parameter (or buffer) of `model`; the default dtype without one."
     t = next((t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()), None)
     return t.dtype if t is not None else torch.get_default_dtype()
 
+
 def to_model_device(model: nn.Module, x):
     "`x` (a tensor, or a tuple/list/dict of them) moved to the device of `model`, floating tensors cast to its dtype; other values unchanged."
     dev = model_device(model)
-    if torch.is_tensor(x): return x.to(dev, model_dtype(model)) if x.is_floating_point() else x.to(dev)
-    if isinstance(x, (tuple, list)): return type(x)(to_model_device(model, v) for v in x)
-    if isinstance(x, dict): return {k: to_model_device(model, v) for k, v in x.items()}
+    if torch.is_tensor(x):
+        return x.to(dev, model_dtype(model)) if x.is_floating_point() else x.to(dev)
+    if isinstance(x, (tuple, list)):
+        return type(x)(to_model_device(model, v) for v in x)
+    if isinstance(x, dict):
+        return {k: to_model_device(model, v) for k, v in x.items()}
     return x
 
 # %% ../nbs/02_graph.ipynb #07d51418
@@ -96,11 +127,14 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m, qualname):
         return layer_kind(m) is not None or super().is_leaf_module(m, qualname)
 
+
 class _ShapeRecorder(fx.Interpreter):
     def run_node(self, n):
         r = super().run_node(n)
-        if isinstance(r, torch.Tensor): self.shapes[n] = tuple(r.shape)
+        if isinstance(r, torch.Tensor):
+            self.shapes[n] = tuple(r.shape)
         return r
+
 
 def _trace(model, example_input):
     "fx graph of `model` (traced in eval mode) and the shapes of its tensors on `example_input`."
@@ -109,46 +143,81 @@ def _trace(model, example_input):
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        try: gm = fx.GraphModule(model, _Tracer().trace(model))
+        try:
+            gm = fx.GraphModule(model, _Tracer().trace(model))
         except Exception as e:
-            raise ValueError(f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
-                             "declare its groups by hand with SplitGroup(name, producer, bn, act, followers, consumers) "
-                             "and check them with validate_group") from e
-        rec = _ShapeRecorder(gm); rec.shapes = {}
-        with torch.no_grad(): rec.run(*args)
+            raise ValueError(
+                f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
+                "declare its groups by hand with SplitGroup(name, producer, bn, act, followers, consumers) "
+                "and check them with validate_group"
+            ) from e
+        rec = _ShapeRecorder(gm)
+        rec.shapes = {}
+        with torch.no_grad():
+            rec.run(*args)
     finally:
-        for m, t in modes.items(): m.training = t
+        for m, t in modes.items():
+            m.training = t
     return gm, rec.shapes
 
 # %% ../nbs/02_graph.ipynb #84c452cb
 class UnsupportedStructure(ValueError):
     "A model structure that `split_groups` cannot turn into a correct split group."
 
-def _op_name(n): return n.target if isinstance(n.target, str) else getattr(n.target, '__name__', str(n.target))
+
+def _op_name(n):
+    return n.target if isinstance(n.target, str) else getattr(n.target, '__name__', str(n.target))
+
 
 def _data_users(n):
     "Users of `n` that read its values (not only its shape)."
-    return [u for u in n.users if not (u.op in ('call_method', 'call_function') and
-            (_op_name(u) in SHAPE_OPS or (_op_name(u) == 'getattr' and u.args[1] in ('shape', 'dtype', 'device'))))]
+    return [
+        u
+        for u in n.users
+        if not (
+            u.op in ('call_method', 'call_function')
+            and (
+                _op_name(u) in SHAPE_OPS
+                or (_op_name(u) == 'getattr' and u.args[1] in ('shape', 'dtype', 'device'))
+            )
+        )
+    ]
+
 
 def _combine_reason(name):
-    return next((why for names, why in COMBINE_REASONS if name in names),
-                "it combines this output with other tensors, which splitting cannot follow")
+    return next(
+        (why for names, why in COMBINE_REASONS if name in names),
+        "it combines this output with other tensors, which splitting cannot follow",
+    )
 
 # %% ../nbs/02_graph.ipynb #04c00763
 class _Walk:
     "Collects followers and consumers reachable per channel from one producer node."
+
     def __init__(self, gm, shapes, calls, pnode, n):
-        self.mods, self.shapes, self.calls, self.pname, self.n = dict(gm.named_modules()), shapes, calls, pnode.target, n
+        self.mods, self.shapes, self.calls, self.pname, self.n = (
+            dict(gm.named_modules()),
+            shapes,
+            calls,
+            pnode.target,
+            n,
+        )
         self.followers, self.consumers, self.to_output, self.path = [], [], False, []
 
     def fail(self, node, why):
-        what = f"'{node.target}' ({type(self.mods[node.target]).__name__})" if node.op == 'call_module' else f"'{_op_name(node)}' (node {node.name})"
-        raise UnsupportedStructure(f"split_groups: the output of producer '{self.pname}' reaches {what}: {why}")
+        what = (
+            f"'{node.target}' ({type(self.mods[node.target]).__name__})"
+            if node.op == 'call_module'
+            else f"'{_op_name(node)}' (node {node.name})"
+        )
+        raise UnsupportedStructure(
+            f"split_groups: the output of producer '{self.pname}' reaches {what}: {why}"
+        )
 
     def run(self, node, cdim, repeat, at=-1):
         "Follow every reader of `node`, whose value is path step `at` (-1: the producer's output)."
-        for u in _data_users(node): self.step(u, node, cdim, repeat, at)
+        for u in _data_users(node):
+            self.step(u, node, cdim, repeat, at)
 
     def emit(self, at, fn, name, cdim, repeat, role='op') -> int:
         "Record a path step reading step `at`; returns its index."
@@ -165,90 +234,144 @@ def _op_args(u):
     mark = lambda a: GraphValue() if isinstance(a, fx.Node) else a
     return tuple(mark(a) for a in u.args[1:]), {k: mark(v) for k, v in u.kwargs.items()}
 
+
 def _step(self, u, src, cdim, repeat, at=-1):
-    if u.op == 'output': self.to_output = True; return
-    if u.op == 'call_module': return self.module_step(u, self.mods[u.target], src, cdim, repeat, at)
+    if u.op == 'output':
+        self.to_output = True
+        return
+    if u.op == 'call_module':
+        return self.module_step(u, self.mods[u.target], src, cdim, repeat, at)
     name = _op_name(u)
-    if [a for a in u.all_input_nodes if a in self.shapes] != [src] or u.args[0] is not src: self.fail(u, _combine_reason(name))
+    if [a for a in u.all_input_nodes if a in self.shapes] != [src] or u.args[0] is not src:
+        self.fail(u, _combine_reason(name))
     shp, out = self.shapes[src], self.shapes.get(u)
     fn = u.target if u.op == 'call_function' else getattr(torch.Tensor, u.target, None)
     act = activation_kind(fn) if fn is not None and out is not None else None
     if act is not None:
-        try: mod = act.module_for(u.args[1:], u.kwargs)
-        except Exception as e: self.fail(u, f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})")
-        self.followers.append((u.name, mod, u, fn)); return self.pass_on(u, mod, cdim, repeat, at, 'act')
+        try:
+            mod = act.module_for(u.args[1:], u.kwargs)
+        except Exception as e:
+            self.fail(u, f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})")
+        self.followers.append((u.name, mod, u, fn))
+        return self.pass_on(u, mod, cdim, repeat, at, 'act')
     op = FUNCTIONAL_OPS.get(name)
-    if op is None: self.fail(u, "this operation is not known to act on each channel separately")
-    try: f, c2, r2 = op.flow(name, u.target, *_op_args(u), self.n, cdim, repeat, shp, out)
-    except Refusal as e: self.fail(u, str(e))
-    if out is None: return self.values_of(u, f, c2, r2, at)
+    if op is None:
+        self.fail(u, "this operation is not known to act on each channel separately")
+    try:
+        f, c2, r2 = op.flow(name, u.target, *_op_args(u), self.n, cdim, repeat, shp, out)
+    except Refusal as e:
+        self.fail(u, str(e))
+    if out is None:
+        return self.values_of(u, f, c2, r2, at)
     return self.pass_on(u, f, c2, r2, at, 'op' if f is not None else 'opaque')
-_Walk.step = _step
 
+
+_Walk.step = _step
 
 # %% ../nbs/02_graph.ipynb #04b316e3
 def _values_of(self, u, fn, cdim, repeat, at):
     "An op returning a (values, indices) pair (`x.max(dim)`), read only through `.values` or `[0]`: `fn` on its values."
     readers = _data_users(u)
     vals = [w for w in readers if _op_name(w) in ('getattr', 'getitem') and w.args[1] in ('values', 0)]
-    if len(vals) != len(readers) or not vals: self.fail(u, "its indices are used, which splitting cannot follow")
-    for w in vals: self.pass_on(w, fn, cdim, repeat, at, name=u.name)
+    if len(vals) != len(readers) or not vals:
+        self.fail(u, "its indices are used, which splitting cannot follow")
+    for w in vals:
+        self.pass_on(w, fn, cdim, repeat, at, name=u.name)
+
+
 _Walk.values_of = _values_of
+
 
 def _module_step(self, u, m, src, cdim, repeat, at=-1):
     if self.calls[u.target] > 1 and not stateless(m):
-        self.fail(u, f"this module instance holds state and is called {self.calls[u.target]} times in forward; use a separate instance per call")
-    if len([a for a in u.all_input_nodes if a in self.shapes]) > 1: self.fail(u, "it takes several tensor inputs (e.g. a concat or a residual add)")
+        self.fail(
+            u,
+            f"this module instance holds state and is called {self.calls[u.target]} times in forward; use a separate instance per call",
+        )
+    if len([a for a in u.all_input_nodes if a in self.shapes]) > 1:
+        self.fail(u, "it takes several tensor inputs (e.g. a concat or a residual add)")
     k = layer_kind(m)
-    if k is None: self.fail(u, "this module is not known to act on each channel separately (declare it with s3d.register_layer, "
-                            "or s3d.register_activation for an elementwise one)")
-    try: r = k.route(m, self.n, cdim, repeat, self.shapes[src], self.shapes.get(u, ()))
-    except Refusal as e: self.fail(u, str(e))
+    if k is None:
+        self.fail(
+            u,
+            "this module is not known to act on each channel separately (declare it with s3d.register_layer, "
+            "or s3d.register_activation for an elementwise one)",
+        )
+    try:
+        r = k.route(m, self.n, cdim, repeat, self.shapes[src], self.shapes.get(u, ()))
+    except Refusal as e:
+        self.fail(u, str(e))
     if r[0] == 'consumer':
         self.consumers.append(Consumer(u.target, m, r[1]))
         self.emit(at, None, u.target, cdim, repeat, 'consumer')
         return
     self.followers.append((u.target, m, u, None))
     self.pass_on(u, m, r[1], r[2], at, 'act' if is_activation(m) else 'op', name=u.target)
-_Walk.module_step = _module_step
 
+
+_Walk.module_step = _module_step
 
 # %% ../nbs/02_graph.ipynb #48799e73
 @dataclass
 class Skipped:
     "A producer `split_groups` left out, and why."
-    name: str    # the producer's qualified name
+
+    name: str  # the producer's qualified name
     reason: str  # what its channels reach and why splitting cannot follow
+
 
 class SkipReport(list):
     "The producers `split_groups` skipped: a list of `Skipped` that prints as a table."
+
     def __str__(self):
-        if not self: return "no producer skipped"
+        if not self:
+            return "no producer skipped"
         w = max(len(s.name) for s in self)
-        return '\n'.join([f"{len(self)} producer(s) skipped:"] + [f"  {s.name:<{w}}  {s.reason}" for s in self])
+        return '\n'.join(
+            [f"{len(self)} producer(s) skipped:"] + [f"  {s.name:<{w}}  {s.reason}" for s in self]
+        )
+
     __repr__ = __str__
+
     def _repr_markdown_(self):
-        return "| skipped producer | reason |\n|---|---|\n" + '\n'.join(f"| `{s.name}` | {s.reason} |" for s in self) if self else str(self)
+        return (
+            "| skipped producer | reason |\n|---|---|\n"
+            + '\n'.join(f"| `{s.name}` | {s.reason} |" for s in self)
+            if self
+            else str(self)
+        )
+
 
 class SplitGroups(list):
     "The split groups of a model (a list of `SplitGroup`), with the `skipped` report."
-    def __init__(self, groups=(), skipped=()): super().__init__(groups); self.skipped = SkipReport(skipped)
+
+    def __init__(self, groups=(), skipped=()):
+        super().__init__(groups)
+        self.skipped = SkipReport(skipped)
 
 # %% ../nbs/02_graph.ipynb #a1b2c3d4
 def _group_from(walk, pnode, cdim):
     name, prod = pnode.target, walk.mods[pnode.target]
-    if walk.calls[name] > 1: walk.fail(pnode, f"the producer is called {walk.calls[name]} times in forward; use a separate instance per call")
+    if walk.calls[name] > 1:
+        walk.fail(
+            pnode,
+            f"the producer is called {walk.calls[name]} times in forward; use a separate instance per call",
+        )
     walk.run(pnode, cdim % len(walk.shapes[pnode]), 1)
-    if walk.to_output and walk.consumers: walk.fail(pnode, "its channels are both returned by the model and consumed by a layer")
-    if not walk.consumers: return None
+    if walk.to_output and walk.consumers:
+        walk.fail(pnode, "its channels are both returned by the model and consumed by a layer")
+    if not walk.consumers:
+        return None
     g = SplitGroup(name, prod, consumers=walk.consumers)
     fol, prev, path = list(walk.followers), pnode, walk.path
     if fol and fol[0][3] is None and _data_users(pnode) == [fol[0][2]]:
-        try: a = layer_kind(fol[0][1]).affine_scale(fol[0][1])
-        except Refusal as e: walk.fail(fol[0][2], str(e))
+        try:
+            a = layer_kind(fol[0][1]).affine_scale(fol[0][1])
+        except Refusal as e:
+            walk.fail(fol[0][2], str(e))
         if a is not None:
             (g.bn_name, g.bn, prev, _), fol = fol[0], fol[1:]
-            path = [replace(s, src=s.src - 1) for s in path[1:]]   # the path starts after the BatchNorm
+            path = [replace(s, src=s.src - 1) for s in path[1:]]  # the path starts after the BatchNorm
     if fol and is_activation(fol[0][1]) and _data_users(prev) == [fol[0][2]]:
         (g.act_name, g.act, _, g.act_fn), fol = fol[0], fol[1:]
         path[0].role = 'own'
@@ -256,55 +379,96 @@ def _group_from(walk, pnode, cdim):
     g.path = path
     return g
 
-
 # %% ../nbs/02_graph.ipynb #47df5393
-def split_groups(model: nn.Module,        # the network (nn.Sequential or any fx-traceable module)
-                 example_input,           # a batch (tensor or tuple of tensors) used to record shapes
-                 strict: bool = False,    # raise if any candidate producer cannot be split (else skip it, see `.skipped`)
-                ) -> SplitGroups:
+def split_groups(
+    model: nn.Module,  # the network (nn.Sequential or any fx-traceable module)
+    example_input,  # a batch (tensor or tuple of tensors) used to record shapes
+    strict: bool = False,  # raise if any candidate producer cannot be split (else skip it, see `.skipped`)
+) -> SplitGroups:
     "The split groups of `model` in forward order; `.skipped` lists the producers left out and why."
     gm, shapes = _trace(model, example_input)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == 'call_module')
     groups, skipped = [], []
     for n in gm.graph.nodes:
-        if n.op != 'call_module' or (k := layer_kind(m := gm.get_submodule(n.target))) is None: continue
+        if n.op != 'call_module' or (k := layer_kind(m := gm.get_submodule(n.target))) is None:
+            continue
         walk = _Walk(gm, shapes, calls, n, 0)
         try:
             cdim = k.produce(m)
-            if cdim is None: continue
+            if cdim is None:
+                continue
             walk.n = k.n_out(m)
             g = _group_from(walk, n, cdim)
-        except Refusal as e: skipped.append(Skipped(n.target, f"'{n.target}' ({type(m).__name__}) itself: {e}")); continue
-        except UnsupportedStructure as e: skipped.append(Skipped(n.target, str(e).split(f"producer '{n.target}' ", 1)[-1])); continue
-        if g is not None: groups.append(g)
+        except Refusal as e:
+            skipped.append(Skipped(n.target, f"'{n.target}' ({type(m).__name__}) itself: {e}"))
+            continue
+        except UnsupportedStructure as e:
+            skipped.append(Skipped(n.target, str(e).split(f"producer '{n.target}' ", 1)[-1]))
+            continue
+        if g is not None:
+            groups.append(g)
     if strict and skipped:
-        raise UnsupportedStructure("split_groups(strict=True): " + '; '.join(f"producer '{s.name}' {s.reason}" for s in skipped))
+        raise UnsupportedStructure(
+            "split_groups(strict=True): " + '; '.join(f"producer '{s.name}' {s.reason}" for s in skipped)
+        )
     return SplitGroups(groups, skipped)
 
 # %% ../nbs/02_graph.ipynb #ae25589b
 def _check(cond, group, msg):
-    if not cond: raise ValueError(f"split group '{group.name}': {msg}")
+    if not cond:
+        raise ValueError(f"split group '{group.name}': {msg}")
 
-def validate_group(model: nn.Module,  # the network the group belongs to
-                   group: SplitGroup, # the group to check
-                  ) -> SplitGroup:
+
+def validate_group(
+    model: nn.Module,  # the network the group belongs to
+    group: SplitGroup,  # the group to check
+) -> SplitGroup:
     "Check that `group` is consistent with `model`; raises ValueError naming the layer, else returns `group`."
     mods = dict(model.named_modules())
     _check(isinstance(group, SplitGroup), group, f"expected a SplitGroup, got {type(group).__name__}")
-    _check(mods.get(group.name) is group.producer, group, f"model has no module '{group.name}' that is this producer")
-    _check(is_producer(group.producer), group, f"producer must be a layer that can produce split channels (nn.Linear, or a conv with groups == 1), got {group.producer}")
+    _check(
+        mods.get(group.name) is group.producer,
+        group,
+        f"model has no module '{group.name}' that is this producer",
+    )
+    _check(
+        is_producer(group.producer),
+        group,
+        f"producer must be a layer that can produce split channels (nn.Linear, or a conv with groups == 1), got {group.producer}",
+    )
     n = group.n_neurons
-    named = [(group.bn_name, group.bn)] + ([] if group.act_fn is not None else [(group.act_name, group.act)]) + list(group.followers)
+    named = (
+        [(group.bn_name, group.bn)]
+        + ([] if group.act_fn is not None else [(group.act_name, group.act)])
+        + list(group.followers)
+    )
     for nm, m in named:
-        if m is None: continue
-        _check(nm is None or mods.get(nm) is m, group, f"model has no module '{nm}' that is this {type(m).__name__}")
+        if m is None:
+            continue
+        _check(
+            nm is None or mods.get(nm) is m,
+            group,
+            f"model has no module '{nm}' that is this {type(m).__name__}",
+        )
         k = layer_kind(m)
-        why = k.follower_check(m, n) if k is not None else (None if stateless(m) else "it is not a registered per-channel module")
+        why = (
+            k.follower_check(m, n)
+            if k is not None
+            else (None if stateless(m) else "it is not a registered per-channel module")
+        )
         _check(why is None, group, f"follower '{nm}': {why}")
     _check(len(group.consumers) > 0, group, "has no consumers")
     for c in group.consumers:
-        _check(isinstance(c, Consumer) and mods.get(c.name) is c.module, group, f"model has no consumer module '{getattr(c, 'name', c)}'")
+        _check(
+            isinstance(c, Consumer) and mods.get(c.name) is c.module,
+            group,
+            f"model has no consumer module '{getattr(c, 'name', c)}'",
+        )
         k = layer_kind(c.module)
-        why = k.consumer_check(c.module, n, c.repeat) if k is not None else "must be nn.Linear or nn.Conv2d with groups == 1 (or a type registered with s3d.register_layer)"
+        why = (
+            k.consumer_check(c.module, n, c.repeat)
+            if k is not None
+            else "must be nn.Linear or nn.Conv2d with groups == 1 (or a type registered with s3d.register_layer)"
+        )
         _check(why is None, group, f"consumer '{c.name}' {why}")
     return group

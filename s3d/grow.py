@@ -20,9 +20,19 @@ from .select import score_neurons, select_neurons
 from .surgery import split_neurons, remap_channels, apply_splits, _snapshot, _restore
 from .cost import count_params_flops
 from .atomic import atomic_write_csv
-from .checkpoint import (Checkpoint, CheckpointError, TrainState, takes_state, load_checkpoint,
-                            read_checkpoint, restore_checkpoint, load_grown_state, rng_state,
-                            atomic_torch_save, CKPT_FORMAT)
+from s3d.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    TrainState,
+    takes_state,
+    load_checkpoint,
+    read_checkpoint,
+    restore_checkpoint,
+    load_grown_state,
+    rng_state,
+    atomic_torch_save,
+    CKPT_FORMAT,
+)
 from .controls import CONTROLS, Control, GradMax, get_control
 
 # %% auto #0
@@ -32,35 +42,39 @@ __all__ = ['GROWTHS', 'ALLOCATIONS', 'PRESETS', 'GrowConfig', 'NeuronCosts', 'ne
            'grow']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
-def _check(ok:bool, msg:str):
-    if not ok: raise ValueError(msg)
+def _check(ok: bool, msg: str):
+    if not ok:
+        raise ValueError(msg)
+
 
 GROWTHS = {'split': 'S2D/S3D', **{k: c.method for k, c in CONTROLS.items()}}  # labels of the built-in methods
 ALLOCATIONS = ('targets', 'gain', 'random')
 _LATER = ('allocation', 'eigen_max_bytes')  # fields added after checkpoint format 2: keyed only when set
 
+
 @dataclass
 class GrowConfig:
     "Settings of one S2D/S3D growth run (or of a control grown the same way)."
-    rounds: int = 3                   # splitting rounds after the initial training
-    m: int = 2                        # maximal copies per split (2 binary, 3 triplet, 4 quartet)
-    c: float = 1.0                    # weight budget sum|w| <= c (1 = S2D)
-    eps: float = 1e-2                 # split step: the fixed step, or the smallest the line search tries
-    ratio: float | None = 0.3         # growth ratio per round (new neurons / current neurons)
-    max_count: int | None = None      # at most this many neurons split per round
-    threshold: float = 0.0            # split only neurons with gain < -threshold
+
+    rounds: int = 3  # splitting rounds after the initial training
+    m: int = 2  # maximal copies per split (2 binary, 3 triplet, 4 quartet)
+    c: float = 1.0  # weight budget sum|w| <= c (1 = S2D)
+    eps: float = 1e-2  # split step: the fixed step, or the smallest the line search tries
+    ratio: float | None = 0.3  # growth ratio per round (new neurons / current neurons)
+    max_count: int | None = None  # at most this many neurons split per round
+    threshold: float = 0.0  # split only neurons with gain < -threshold
     per_layer_cap: int | float | None = None  # per-layer cap: count (int) or fraction (float)
-    budget: float | None = None       # energy-aware: max added cost per round (see `cost`)
-    cost: str = 'flops'               # 'flops' or 'params': the unit of `budget`
-    eigen: str = 'fast'               # 'exact', 'fast', 'cached' or 'stream' (see `extreme_eigenpairs`)
-    seed: int = 0                     # seed of the eigen-solver start vectors and of the controls' draws
-    growth: str | Control = 'split'   # 'split' (S2D/S3D) or a control: a name in `CONTROLS` or an instance
-    step: str = 'fixed'               # 'fixed' (eps) or 'line_search' (best held loss on eps..eps_max)
-    eps_max: float = 1.0              # line search: largest step tried
-    eps_grid: int = 9                 # line search: number of grid steps from eps to eps_max
-    held: int | None = 512            # scoring samples on which a step's loss change is measured (None: all)
-    widths: tuple | None = None       # per-round target widths (an int for all groups, or one per group)
-    allocation: str | None = None     # where new neurons go: 'targets', 'gain', 'random' (see `allocate`)
+    budget: float | None = None  # energy-aware: max added cost per round (see `cost`)
+    cost: str = 'flops'  # 'flops' or 'params': the unit of `budget`
+    eigen: str = 'fast'  # 'exact', 'fast', 'cached' or 'stream' (see `extreme_eigenpairs`)
+    seed: int = 0  # seed of the eigen-solver start vectors and of the controls' draws
+    growth: str | Control = 'split'  # 'split' (S2D/S3D) or a control: a name in `CONTROLS` or an instance
+    step: str = 'fixed'  # 'fixed' (eps) or 'line_search' (best held loss on eps..eps_max)
+    eps_max: float = 1.0  # line search: largest step tried
+    eps_grid: int = 9  # line search: number of grid steps from eps to eps_max
+    held: int | None = 512  # scoring samples on which a step's loss change is measured (None: all)
+    widths: tuple | None = None  # per-round target widths (an int for all groups, or one per group)
+    allocation: str | None = None  # where new neurons go: 'targets', 'gain', 'random' (see `allocate`)
     eigen_max_bytes: int | None = None  # memory budget of the eigen solver (None: its default)
 
     @property
@@ -71,23 +85,26 @@ class GrowConfig:
     @property
     def method(self) -> str:
         ctl = self.control
-        if ctl is not None: name = ctl.method
+        if ctl is not None:
+            name = ctl.method
         else:
             name = ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
         return name if self.allocation is None else f'{name} [{self.allocation}]'
 
     @classmethod
-    def preset(cls, name:str, **overrides) -> GrowConfig:
+    def preset(cls, name: str, **overrides) -> GrowConfig:
         "The named configuration `PRESETS[name]`, with `overrides` (e.g. `widths`, `rounds`, `seed`) on top."
-        if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; the presets are {list(PRESETS)}")
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; the presets are {list(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides}).validate()
 
-    def key(self, label:dict|None=None) -> str:
+    def key(self, label: dict | None = None) -> str:
         "The run's configuration as JSON: a checkpoint written under another key is not resumed."
         d = asdict(self)
         d['growth'] = self.growth if isinstance(self.growth, str) else self.control.params()
         for k in _LATER:
-            if d[k] is None: del d[k]
+            if d[k] is None:
+                del d[k]
         return json.dumps(dict(d, label=label or {}), sort_keys=True, default=str)
 
     def validate(self) -> GrowConfig:
@@ -97,57 +114,77 @@ class GrowConfig:
         _check(self.c >= 1, f"c must be >= 1, got {self.c}")
         _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
         _check(self.cost in ('flops', 'params'), f"cost must be 'flops' or 'params', got {self.cost!r}")
-        _check(self.eigen in ('exact', 'fast', 'cached', 'stream'),
-               f"eigen must be 'exact', 'fast', 'cached' or 'stream', got {self.eigen!r}")
-        ctl = self.control                                      # raises on an unknown growth
-        _check(self.step in ('fixed', 'line_search'),
-               f"step must be 'fixed' or 'line_search', got {self.step!r}")
-        _check(self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2),
-               f"line search needs eps_max > eps and eps_grid >= 2, got eps_max={self.eps_max}, "
-               f"eps_grid={self.eps_grid}")
+        _check(
+            self.eigen in ('exact', 'fast', 'cached', 'stream'),
+            f"eigen must be 'exact', 'fast', 'cached' or 'stream', got {self.eigen!r}",
+        )
+        ctl = self.control  # raises on an unknown growth
+        _check(
+            self.step in ('fixed', 'line_search'), f"step must be 'fixed' or 'line_search', got {self.step!r}"
+        )
+        _check(
+            self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2),
+            f"line search needs eps_max > eps and eps_grid >= 2, got eps_max={self.eps_max}, "
+            f"eps_grid={self.eps_grid}",
+        )
         _check(self.held is None or self.held >= 1, f"held must be >= 1 or None, got {self.held}")
-        _check(self.widths is None or len(self.widths) >= self.rounds,
-               f"widths gives targets for {len(self.widths or ())} rounds, fewer than rounds={self.rounds}")
-        _check(self.allocation in (None, *ALLOCATIONS),
-               f"allocation must be None or one of {ALLOCATIONS}, got {self.allocation!r}")
+        _check(
+            self.widths is None or len(self.widths) >= self.rounds,
+            f"widths gives targets for {len(self.widths or ())} rounds, fewer than rounds={self.rounds}",
+        )
+        _check(
+            self.allocation in (None, *ALLOCATIONS),
+            f"allocation must be None or one of {ALLOCATIONS}, got {self.allocation!r}",
+        )
         counted = self.ratio is not None or self.widths is not None
-        _check(not (ctl is not None and ctl.grows) or counted,
-               f"growth={ctl and ctl.name!r} adds neurons by `ratio` or `widths`; give one of them")
-        _check(self.allocation is None or counted,
-               f"allocation={self.allocation!r} needs `ratio` or `widths`")
-        _check(counted or self.budget is not None or self.max_count is not None or self.threshold != 0,
-               "give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with "
-               "a gain is split")
+        _check(
+            not (ctl is not None and ctl.grows) or counted,
+            f"growth={ctl and ctl.name!r} adds neurons by `ratio` or `widths`; give one of them",
+        )
+        _check(
+            self.allocation is None or counted, f"allocation={self.allocation!r} needs `ratio` or `widths`"
+        )
+        _check(
+            counted or self.budget is not None or self.max_count is not None or self.threshold != 0,
+            "give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with "
+            "a gain is split",
+        )
         return self
 
 # %% ../nbs/08_grow.ipynb #cd5ce955
 PRESETS = {
-    'S2D': dict(m=2, c=1.),                                  # the paper's S2D (binary, positive weights)
-    'S3D': dict(m=2, c=3.),                                  # the paper's S3D (binary signed splits)
-    'S3D line search': dict(m=2, c=3., step='line_search'),  # S3D with the finite, line-searched step
-    'recommended': dict(growth='random'),                    # best growth on the benchmark (see the outcome)
-    'gradmax': dict(growth=GradMax(fallback='random')),   # deep tanh/GELU/SiLU nets
+    'S2D': dict(m=2, c=1.0),  # the paper's S2D (binary, positive weights)
+    'S3D': dict(m=2, c=3.0),  # the paper's S3D (binary signed splits)
+    'S3D line search': dict(m=2, c=3.0, step='line_search'),  # S3D with the finite, line-searched step
+    'recommended': dict(growth='random'),  # best growth on the benchmark (see the outcome)
+    'gradmax': dict(growth=GradMax(fallback='random')),  # deep tanh/GELU/SiLU nets
 }
 
 # %% ../nbs/08_grow.ipynb #6133f2f6
 class NeuronCosts(dict):
     "Group name -> added cost of one more neuron (the knapsack's linear price); `added` counts the real cost of a grown copy."
-    def __init__(self, prices:dict, model:nn.Module, example_input, what:str, base:int):
+
+    def __init__(self, prices: dict, model: nn.Module, example_input, what: str, base: int):
         super().__init__(prices)
         self.model, self.example_input, self.what, self.base = model, example_input, what, base
 
-    def added(self, counts:dict) -> int:
+    def added(self, counts: dict) -> int:
         "Added FLOPs or params of the network with `counts[name]` more neurons per group (adjacent layers' growth multiplies)."
         twin = copy.deepcopy(self.model)
         for g in split_groups(twin, self.example_input):
             n = int(counts.get(g.name, 0))
-            if n > 0: remap_channels(twin, g, torch.cat([torch.arange(g.n_neurons), torch.zeros(n, dtype=torch.long)]))
+            if n > 0:
+                remap_channels(
+                    twin, g, torch.cat([torch.arange(g.n_neurons), torch.zeros(n, dtype=torch.long)])
+                )
         return count_params_flops(twin, self.example_input)[{'params': 0, 'flops': 1}[self.what]] - self.base
 
-def neuron_costs(model:nn.Module,   # the network
-                 example_input,     # one batch, for shapes and FLOPs
-                 what:str='flops',  # 'flops' or 'params'
-                ) -> NeuronCosts:
+
+def neuron_costs(
+    model: nn.Module,  # the network
+    example_input,  # one batch, for shapes and FLOPs
+    what: str = 'flops',  # 'flops' or 'params'
+) -> NeuronCosts:
     "Added FLOPs (per sample) or parameters of one more neuron, per split group name (and `.added` for several)."
     k = {'params': 0, 'flops': 1}[what]
     base = count_params_flops(model, example_input)[k]
@@ -160,9 +197,10 @@ def neuron_costs(model:nn.Module,   # the network
     return NeuronCosts(out, model, example_input, what, base)
 
 # %% ../nbs/08_grow.ipynb #0d3880d5
-def round_targets(cfg:GrowConfig, groups, rnd:int|None) -> dict|None:
+def round_targets(cfg: GrowConfig, groups, rnd: int | None) -> dict | None:
     "Target width per group name in round `rnd` from `cfg.widths`; None when growth goes by ratio etc."
-    if cfg.widths is None: return None
+    if cfg.widths is None:
+        return None
     if rnd is None or not 1 <= rnd <= len(cfg.widths):
         raise ValueError(f"cfg.widths needs the round number in [1, {len(cfg.widths)}], got {rnd}")
     t = cfg.widths[rnd - 1]
@@ -171,129 +209,180 @@ def round_targets(cfg:GrowConfig, groups, rnd:int|None) -> dict|None:
         raise ValueError(f"widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups")
     return {g.name: max(int(w), g.n_neurons) for g, w in zip(groups, t)}
 
-def new_counts(cfg:GrowConfig, groups, rnd:int|None) -> dict:
+
+def new_counts(cfg: GrowConfig, groups, rnd: int | None) -> dict:
     "New neurons per group name in round `rnd` by the targets: up to the target width, else `ratio * n`."
     ctl = cfg.control
-    if ctl is not None and not ctl.grows: return {g.name: 0 for g in groups}
+    if ctl is not None and not ctl.grows:
+        return {g.name: 0 for g in groups}
     tg = round_targets(cfg, groups, rnd)
-    if tg is not None: return {g.name: tg[g.name] - g.n_neurons for g in groups}
+    if tg is not None:
+        return {g.name: tg[g.name] - g.n_neurons for g in groups}
     return {g.name: int(round(cfg.ratio * g.n_neurons)) for g in groups}
 
 # %% ../nbs/08_grow.ipynb #3ab010f1
-def select_round(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None=None) -> dict:
+def select_round(schemes: dict, cfg: GrowConfig, costs, groups, rnd: int | None = None) -> dict:
     "Neurons to split: `select_neurons` with `cfg`'s rule, or per group the best ones up to this round's target width."
     tg = round_targets(cfg, groups, rnd)
     if tg is None:
-        return select_neurons(schemes, ratio=cfg.ratio, max_count=cfg.max_count, threshold=cfg.threshold,
-                              per_layer_cap=cfg.per_layer_cap, budget=cfg.budget, costs=costs,
-                              realised=getattr(costs, 'added', None))   # the grown network must fit, not the sum
+        return select_neurons(
+            schemes,
+            ratio=cfg.ratio,
+            max_count=cfg.max_count,
+            threshold=cfg.threshold,
+            per_layer_cap=cfg.per_layer_cap,
+            budget=cfg.budget,
+            costs=costs,
+            realised=getattr(costs, 'added', None),
+        )  # the grown network must fit, not the sum
     out = {}
     for g in groups:
         new = tg[g.name] - g.n_neurons
-        out[g.name] = (select_neurons({g.name: schemes[g.name]}, ratio=new / g.n_neurons, threshold=cfg.threshold)[g.name]
-                       if new > 0 else torch.zeros(0, dtype=torch.long))
+        out[g.name] = (
+            select_neurons({g.name: schemes[g.name]}, ratio=new / g.n_neurons, threshold=cfg.threshold)[
+                g.name
+            ]
+            if new > 0
+            else torch.zeros(0, dtype=torch.long)
+        )
     return out
 
-
 # %% ../nbs/08_grow.ipynb #398e6b80
-def gain_selection(schemes:dict, cfg:GrowConfig, groups, total:int) -> dict:
+def gain_selection(schemes: dict, cfg: GrowConfig, groups, total: int) -> dict:
     "The neurons with the best gains over all groups, adding `total` neurons in all."
     n = sum(g.n_neurons for g in groups)
-    if total <= 0: return {g.name: torch.zeros(0, dtype=torch.long) for g in groups}
+    if total <= 0:
+        return {g.name: torch.zeros(0, dtype=torch.long) for g in groups}
     return select_neurons(schemes, ratio=total / n, threshold=cfg.threshold)
 
-def round_total(cfg:GrowConfig, groups, rnd:int|None) -> int:
+
+def round_total(cfg: GrowConfig, groups, rnd: int | None) -> int:
     "New neurons in round `rnd` over all groups: the targets' sum minus the current sum (never negative)."
     counts = new_counts(cfg, groups, rnd)
     tg = round_targets(cfg, groups, rnd)
-    if tg is None or not sum(counts.values()): return sum(max(v, 0) for v in counts.values())
+    if tg is None or not sum(counts.values()):
+        return sum(max(v, 0) for v in counts.values())
     t = cfg.widths[rnd - 1]
     raw = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
     return max(sum(int(w) for w in raw) - sum(g.n_neurons for g in groups), 0)
 
-def allocate(cfg:GrowConfig, groups, rnd:int|None, schemes:dict|None=None,
-             gen:torch.Generator|None=None) -> dict:
+
+def allocate(
+    cfg: GrowConfig, groups, rnd: int | None, schemes: dict | None = None, gen: torch.Generator | None = None
+) -> dict:
     "New neurons per group name in round `rnd` under `cfg.allocation` ('targets' when None)."
     counts = new_counts(cfg, groups, rnd)
     how = cfg.allocation or 'targets'
-    if how == 'targets': return counts
-    total = round_total(cfg, groups, rnd)     # the same total however it is spread
-    if total == 0: return {g.name: 0 for g in groups}
+    if how == 'targets':
+        return counts
+    total = round_total(cfg, groups, rnd)  # the same total however it is spread
+    if total == 0:
+        return {g.name: 0 for g in groups}
     if how == 'gain':
-        if schemes is None: raise ValueError("allocation='gain' needs the round's split schemes")
+        if schemes is None:
+            raise ValueError("allocation='gain' needs the round's split schemes")
         sel = gain_selection(schemes, cfg, groups, total)
         return {g.name: int((schemes[g.name].k[sel[g.name]] - 1).sum()) for g in groups}
-    n = sum(g.n_neurons for g in groups)     # random: `total` neurons drawn without repeats while possible
+    n = sum(g.n_neurons for g in groups)  # random: `total` neurons drawn without repeats while possible
     pick = torch.randperm(n, generator=gen).repeat(-(-total // n))[:total]
     owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.n_neurons for g in groups]))
     return {g.name: int((owner[pick] == i).sum()) for i, g in enumerate(groups)}
 
-def split_selection(schemes:dict, cfg:GrowConfig, costs, groups, rnd:int|None, gen=None) -> dict:
+
+def split_selection(schemes: dict, cfg: GrowConfig, costs, groups, rnd: int | None, gen=None) -> dict:
     "Neurons a signed split takes this round: `select_round`, or by `cfg.allocation` when it is set."
-    if cfg.allocation is None: return select_round(schemes, cfg, costs, groups, rnd)
-    if cfg.allocation == 'gain': return gain_selection(schemes, cfg, groups, round_total(cfg, groups, rnd))
+    if cfg.allocation is None:
+        return select_round(schemes, cfg, costs, groups, rnd)
+    if cfg.allocation == 'gain':
+        return gain_selection(schemes, cfg, groups, round_total(cfg, groups, rnd))
     counts = allocate(cfg, groups, rnd, schemes, gen)
-    return {g.name: (select_neurons({g.name: schemes[g.name]}, ratio=counts[g.name] / g.n_neurons,
-                                    threshold=cfg.threshold)[g.name]
-                     if counts[g.name] > 0 else torch.zeros(0, dtype=torch.long)) for g in groups}
+    return {
+        g.name: (
+            select_neurons(
+                {g.name: schemes[g.name]}, ratio=counts[g.name] / g.n_neurons, threshold=cfg.threshold
+            )[g.name]
+            if counts[g.name] > 0
+            else torch.zeros(0, dtype=torch.long)
+        )
+        for g in groups
+    }
 
 # %% ../nbs/08_grow.ipynb #39800022
-def control_round(model:nn.Module, example_input, cfg:GrowConfig, rnd:int|None=None,
-                  counts:dict|None=None,  # new neurons per group (default: `allocate` without scores)
-                  data=None,              # (loss_fn, batches) for controls that read data (gradmax)
-                  gen:torch.Generator|None=None,
-                 ) -> dict:
+def control_round(
+    model: nn.Module,
+    example_input,
+    cfg: GrowConfig,
+    rnd: int | None = None,
+    counts: dict | None = None,  # new neurons per group (default: `allocate` without scores)
+    data=None,  # (loss_fn, batches) for controls that read data (gradmax)
+    gen: torch.Generator | None = None,
+) -> dict:
     "One round of the control `cfg.growth`: add neurons to every group in place; a `split_round` summary."
     ctl = cfg.control
     groups = split_groups(model, example_input)
-    if not groups: raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
+    if not groups:
+        raise ValueError("the model has no splittable layer (see `s3d.split_groups`)")
     gen = torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0)) if gen is None else gen
     counts = allocate(cfg, groups, rnd, gen=gen) if counts is None else counts
     parents = {}
-    for g in reversed(groups):   # later groups first, as in `split_round`
-        if counts[g.name] > 0: parents[g.name] = ctl.add(model, g, counts[g.name], gen, data)
+    for g in reversed(groups):  # later groups first, as in `split_round`
+        if counts[g.name] > 0:
+            parents[g.name] = ctl.add(model, g, counts[g.name], gen, data)
     added = sum(max(v, 0) for v in counts.values())
-    return dict(split=added, added=added, predicted_dloss=float('nan'),
-                kinds=f'{ctl.name}:{added}' if added else '', parents=parents, stable=float('nan'))
+    return dict(
+        split=added,
+        added=added,
+        predicted_dloss=float('nan'),
+        kinds=f'{ctl.name}:{added}' if added else '',
+        parents=parents,
+        stable=float('nan'),
+    )
 
 # %% ../nbs/08_grow.ipynb #20e1f5d3
-def scratch_model(model:nn.Module,  # a network of the right kind (the seed or a grown one); not modified
-                  example_input,    # one batch, for tracing
-                  widths,           # one width per split group in forward order, or a history's `widths` JSON
-                  seed:int=0,       # initialisation seed
-                 ) -> nn.Module:
+def scratch_model(
+    model: nn.Module,  # a network of the right kind (the seed or a grown one); not modified
+    example_input,  # one batch, for tracing
+    widths,  # one width per split group in forward order, or a history's `widths` JSON
+    seed: int = 0,  # initialisation seed
+) -> nn.Module:
     "A re-initialised copy of `model` with every split group resized to `widths`."
     m = copy.deepcopy(model)
     widths = json.loads(widths) if isinstance(widths, str) else list(widths)
     groups = split_groups(m, example_input)
     if len(widths) != len(groups):
         raise ValueError(f"widths has {len(widths)} entries for {len(groups)} split groups")
-    for g, w in reversed(list(zip(groups, widths))): remap_channels(m, g, torch.arange(int(w)) % g.n_neurons)
+    for g, w in reversed(list(zip(groups, widths))):
+        remap_channels(m, g, torch.arange(int(w)) % g.n_neurons)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for mod in m.modules():
-            if hasattr(mod, 'reset_parameters'): mod.reset_parameters()
+            if hasattr(mod, 'reset_parameters'):
+                mod.reset_parameters()
     return m
 
 # %% ../nbs/08_grow.ipynb #a8e7a6ab
-def held_batches(batches, n:int|None) -> list:
+def held_batches(batches, n: int | None) -> list:
     "The first `n` samples (all when None) of an iterable of `(input, target)` batches, as a list."
     out, seen = [], 0
     for x, y in batches:
-        if n is not None and seen >= n: break
+        if n is not None and seen >= n:
+            break
         k = len(y) if n is None else min(len(y), n - seen)
         out.append((x[:k], y[:k]))
         seen += k
     return out
 
-def held_loss(model:nn.Module, loss_fn, held:list, reduce=None) -> float:
+
+def held_loss(model: nn.Module, loss_fn, held: list, reduce=None) -> float:
     "Mean `loss_fn` over the samples of `held` (eval mode, no gradients); `reduce`: over all processes."
     was = model.training
     model.eval()
     dev = lambda t: to_model_device(model, t)
     try:
-        with torch.no_grad(): tot = sum(float(loss_fn(model(dev(x)), dev(y))) * len(y) for x, y in held)
-    finally: model.train(was)
+        with torch.no_grad():
+            tot = sum(float(loss_fn(model(dev(x)), dev(y))) * len(y) for x, y in held)
+    finally:
+        model.train(was)
     n = sum(len(y) for _, y in held)
     if reduce is not None:
         t = reduce(torch.tensor([tot, float(n)], dtype=torch.float64, device=next(model.parameters()).device))
@@ -301,72 +390,102 @@ def held_loss(model:nn.Module, loss_fn, held:list, reduce=None) -> float:
     return tot / n
 
 # %% ../nbs/08_grow.ipynb #6adee120
-def pick_step(trial,              # trial(eps) -> held loss after a split with step eps
-              grid,               # candidate steps
-              f0:float,           # held loss before the split
-              shrink:int=8,       # halvings of the smallest step tried when the whole grid raises the loss
-             ) -> tuple:
+def pick_step(
+    trial,  # trial(eps) -> held loss after a split with step eps
+    grid,  # candidate steps
+    f0: float,  # held loss before the split
+    shrink: int = 8,  # halvings of the smallest step tried when the whole grid raises the loss
+) -> tuple:
     "The step `(eps, loss)` with the lowest trial loss on `grid`; never one that raises the loss above `f0`."
     losses = [trial(e) for e in grid]
     i = int(np.argmin(losses))
-    if losses[i] <= f0: return float(grid[i]), losses[i]
+    if losses[i] <= f0:
+        return float(grid[i]), losses[i]
     e = float(min(grid))
     for _ in range(shrink):
         e /= 2
         f = trial(e)
-        if f <= f0: return e, f
+        if f <= f0:
+            return e, f
     return 0.0, f0
 
 # %% ../nbs/08_grow.ipynb #8c98c893
 class _Trials:
     "trial(eps) -> held loss after the split with step eps, on one copy restored before each surgery."
+
     def __init__(self, model, groups, sel, schemes, loss_fn, held, reduce=None):
-        self.model, g2 = copy.deepcopy((model, groups))   # one memo: the copied groups use the copied modules
+        self.model, g2 = copy.deepcopy((model, groups))  # one memo: the copied groups use the copied modules
         self.plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in g2 if len(sel[g.name])]
         self.snap = _snapshot(list(self.model.modules()))  # surgery replaces tensors, never mutates them
         self.args = (loss_fn, held, reduce)
 
     def __call__(self, eps: float) -> float:
-        _restore(self.snap)                                # the copy as it was before any split
+        _restore(self.snap)  # the copy as it was before any split
         apply_splits(self.model, self.plan, eps)
         return held_loss(self.model, *self.args)
 
-def choose_step(model:nn.Module, groups, loss_fn, batches, sel:dict, schemes:dict, cfg:GrowConfig,
-                reduce=None,
-                split=None,  # split(eps) splits `model` itself: a fixed step is then measured on it, no copy
-               ) -> tuple:
+
+def choose_step(
+    model: nn.Module,
+    groups,
+    loss_fn,
+    batches,
+    sel: dict,
+    schemes: dict,
+    cfg: GrowConfig,
+    reduce=None,
+    split=None,  # split(eps) splits `model` itself: a fixed step is then measured on it, no copy
+) -> tuple:
     "The round's step (`cfg.eps`, or line-searched on held scoring data) and its measured effect."
-    if not any(len(v) for v in sel.values()): return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.)
+    if not any(len(v) for v in sel.values()):
+        return cfg.eps, dict(eps=cfg.eps, measured_dloss=0.0)
     held = held_batches(batches, cfg.held if reduce is None else None)  # data-parallel: every process's share
     if not held and reduce is None:
         if cfg.step == 'line_search':
-            raise ValueError("the line search needs re-iterable scoring batches (a list, a DataLoader or a "
-                             "callable returning one)")
+            raise ValueError(
+                "the line search needs re-iterable scoring batches (a list, a DataLoader or a "
+                "callable returning one)"
+            )
         return cfg.eps, dict(eps=cfg.eps, measured_dloss=float('nan'))
     f0 = held_loss(model, loss_fn, held, reduce)
-    trials = lambda: _Trials(model, groups, sel, schemes, loss_fn, held, reduce)   # one copy for all steps
+    trials = lambda: _Trials(model, groups, sel, schemes, loss_fn, held, reduce)  # one copy for all steps
     if cfg.step == 'line_search':
         eps, f = pick_step(trials(), np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid), f0)
     elif split is not None:
         split(cfg.eps)
         eps, f = cfg.eps, held_loss(model, loss_fn, held, reduce)
-    else: eps, f = cfg.eps, trials()(cfg.eps)
+    else:
+        eps, f = cfg.eps, trials()(cfg.eps)
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
 
 # %% ../nbs/08_grow.ipynb #4047cdb4
 def _metrics(prefix, d):
     "Scalar metrics of a dict (or the last dict of a list) with `prefix` on their names."
-    if d is None: return {}
-    if isinstance(d, list): d = d[-1] if d else {}
-    return {f'{prefix}{k}': float(v) for k, v in dict(d).items()
-            if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1}
+    if d is None:
+        return {}
+    if isinstance(d, list):
+        d = d[-1] if d else {}
+    return {
+        f'{prefix}{k}': float(v)
+        for k, v in dict(d).items()
+        if isinstance(v, (int, float, np.floating)) or torch.is_tensor(v) and v.numel() == 1
+    }
 
 # %% ../nbs/08_grow.ipynb #339df010
 def _scores(model, groups, loss_fn, batches, cfg, reduce):
     "Every neuron's optimal scheme and gain for `(cfg.m, cfg.c)`."
-    eigs = extreme_eigenpairs(model, groups, loss_fn, batches, method=cfg.eigen, seed=cfg.seed,
-                              reduce=reduce, max_bytes=cfg.eigen_max_bytes)
+    eigs = extreme_eigenpairs(
+        model,
+        groups,
+        loss_fn,
+        batches,
+        method=cfg.eigen,
+        seed=cfg.seed,
+        reduce=reduce,
+        max_bytes=cfg.eigen_max_bytes,
+    )
     return score_neurons(eigs, cfg.m, cfg.c)
+
 
 def _summary(plan, schemes, eps, sel, step, parents) -> dict:
     "What a round of signed splits did: counts, schemes used, predicted and measured loss change."
@@ -377,19 +496,32 @@ def _summary(plan, schemes, eps, sel, step, parents) -> dict:
         added += int((s.k - 1).sum())
     n_all = sum(len(s) for s in schemes.values())
     stable = sum(int((s.gain >= 0).sum()) for s in schemes.values()) / n_all
-    return dict(split=sum(len(v) for v in sel.values()), added=added, predicted_dloss=0.5 * eps ** 2 * gain,
-                **step, kinds=';'.join(f'{k}:{v}' for k, v in sorted(kinds.items())), parents=parents,
-                stable=float(stable))
+    return dict(
+        split=sum(len(v) for v in sel.values()),
+        added=added,
+        predicted_dloss=0.5 * eps**2 * gain,
+        **step,
+        kinds=';'.join(f'{k}:{v}' for k, v in sorted(kinds.items())),
+        parents=parents,
+        stable=float(stable),
+    )
 
-def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig, rnd:int|None=None,
-                reduce=None,  # sums statistics over data-parallel processes (`s3d.distributed`)
-               ) -> dict:
+
+def split_round(
+    model: nn.Module,
+    loss_fn,
+    batches,
+    example_input,
+    cfg: GrowConfig,
+    rnd: int | None = None,
+    reduce=None,  # sums statistics over data-parallel processes (`s3d.distributed`)
+) -> dict:
     "One architecture step (round `rnd`): score, select, grow in place (all groups or none); a summary."
     groups = split_groups(model, example_input)
     if not groups:
         raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
     ctl, gen = cfg.control, torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
-    if ctl is not None:                                   # a control: same counts, its own initialisation
+    if ctl is not None:  # a control: same counts, its own initialisation
         schemes = _scores(model, groups, loss_fn, batches, cfg, reduce) if cfg.allocation == 'gain' else None
         counts = allocate(cfg, groups, rnd, schemes, gen)
         data = (loss_fn, batches) if ctl.needs_data else None
@@ -408,72 +540,101 @@ def split_round(model:nn.Module, loss_fn, batches, example_input, cfg:GrowConfig
 @dataclass
 class GrowResult:
     "The grown model and its per-round history."
+
     model: nn.Module
     history: pd.DataFrame
 
 # %% ../nbs/08_grow.ipynb #b9c0ffe9
 def _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce) -> dict:
     "Round `r`'s architecture step (none in round 0), as the history's columns."
-    if r == 0: return dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan'))
+    if r == 0:
+        return dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan'))
     batches = score_batches() if callable(score_batches) else score_batches
     info = split_round(model, loss_fn, batches, example_input, cfg, r, reduce)
     return {k: v for k, v in info.items() if k != 'parents'}
+
 
 def _row(model, example_input, base, r, info, tr, ev, t0) -> dict:
     "One history row: architecture, cost, what the step did, training and test metrics."
     params, flops = count_params_flops(model, example_input)
     widths = [g.n_neurons for g in split_groups(model, example_input)]
-    row = dict(base, round=r, neurons=sum(widths), widths=json.dumps(widths), params=params, flops=flops,
-               **info, **_metrics('train_', tr), **_metrics('test_', ev), seconds=time.time() - t0)
+    row = dict(
+        base,
+        round=r,
+        neurons=sum(widths),
+        widths=json.dumps(widths),
+        params=params,
+        flops=flops,
+        **info,
+        **_metrics('train_', tr),
+        **_metrics('test_', ev),
+        seconds=time.time() - t0,
+    )
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}  # weights_only
+
 
 def _bar(cfg, start, progress):
     "The rounds still to run, with a progress bar when asked for."
-    if progress: from tqdm.auto import tqdm
-    else: from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns without ipywidgets even when off
+    if progress:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm  # a disabled plain bar: tqdm.auto warns without ipywidgets even when off
     desc = f'{cfg.method} m={cfg.m} c={cfg.c:g}'
-    return tqdm(range(start, cfg.rounds + 1), desc=desc, disable=not progress, initial=start, total=cfg.rounds + 1)
+    return tqdm(
+        range(start, cfg.rounds + 1), desc=desc, disable=not progress, initial=start, total=cfg.rounds + 1
+    )
 
 # %% ../nbs/08_grow.ipynb #897ae977
-def grow(model:nn.Module,         # seed network (grown in place, unless resumed from a checkpoint)
-         train_fn,                # train_fn(model, round[, state]) -> metrics dict(s); trains in place
-         loss_fn,                 # loss_fn(output, target), mean-reduced: the loss the splits descend
-         score_batches,           # iterable of (input, target) (or a callable returning one) for scoring
-         example_input,           # one input batch (shapes, FLOPs)
-         cfg:GrowConfig,          # the run's settings
-         evaluate=None,           # evaluate(model) -> dict of metrics, logged with a 'test_' prefix
-         out_dir=None,            # folder for history.csv and checkpoint.pt (resume from it)
-         progress:bool=True,      # tqdm progress bar over rounds
-         label:dict|None=None,    # extra constant columns for the history (e.g. run name)
-         is_writer:bool=True,     # whether this process writes files (False on DDP ranks > 0)
-         dist=None,               # data-parallel hooks (`s3d.distributed.DistContext`)
-        ) -> GrowResult:
+def grow(
+    model: nn.Module,  # seed network (grown in place, unless resumed from a checkpoint)
+    train_fn,  # train_fn(model, round[, state]) -> metrics dict(s); trains in place
+    loss_fn,  # loss_fn(output, target), mean-reduced: the loss the splits descend
+    score_batches,  # iterable of (input, target) (or a callable returning one) for scoring
+    example_input,  # one input batch (shapes, FLOPs)
+    cfg: GrowConfig,  # the run's settings
+    evaluate=None,  # evaluate(model) -> dict of metrics, logged with a 'test_' prefix
+    out_dir=None,  # folder for history.csv and checkpoint.pt (resume from it)
+    progress: bool = True,  # tqdm progress bar over rounds
+    label: dict | None = None,  # extra constant columns for the history (e.g. run name)
+    is_writer: bool = True,  # whether this process writes files (False on DDP ranks > 0)
+    dist=None,  # data-parallel hooks (`s3d.distributed.DistContext`)
+) -> GrowResult:
     "Algorithm 1 (S2D / S3D): alternate training and growth for `cfg.rounds` rounds."
     cfg.validate()
     reduce = dist.reduce if dist is not None else None
-    if dist is not None: is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
+    if dist is not None:
+        is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
     ckpt = Checkpoint(out_dir, cfg.key(label), is_writer)
     st = ckpt.resume(model)
     rows, run = (list(st['history']), st['run']) if st else ([], {})
+
     def save(phase, r, info, data):
         if phase == 'done' and ckpt.path is not None and is_writer:
             atomic_write_csv(ckpt.path.parent / 'history.csv', pd.DataFrame(rows))
         ckpt.save(model, phase=phase, round=r, info=info, train=data, history=rows, run=run)
+
     base = dict(method=cfg.method, m=cfg.m, c=cfg.c, **(label or {}))
     bar = _bar(cfg, st['round'] + (st['phase'] == 'done') if st else 0, progress)
     for r in bar:
         t0 = time.time()
-        if st is not None and st['phase'] == 'train' and r == st['round']:   # resumed inside round r
+        if st is not None and st['phase'] == 'train' and r == st['round']:  # resumed inside round r
             info, data = st['info'], st['train']
         else:
             info, data = _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce), {}
-            if dist is not None: dist.check(model, r)  # every process ends with the same architecture
+            if dist is not None:
+                dist.check(model, r)  # every process ends with the same architecture
         if takes_state(train_fn):
             state = TrainState(data, lambda s, r=r, info=info: save('train', r, info, s.data), r, run)
             tr = train_fn(model, r, state)
-        else: tr = train_fn(model, r)
+        else:
+            tr = train_fn(model, r)
         rows.append(_row(model, example_input, base, r, info, tr, evaluate(model) if evaluate else None, t0))
-        bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in rows[-1].items()
-                         if k in ('neurons', 'train_loss', 'test_acc')})
+        bar.set_postfix(
+            {
+                k: (f'{v:.4g}' if isinstance(v, float) else v)
+                for k, v in rows[-1].items()
+                if k in ('neurons', 'train_loss', 'test_acc')
+            }
+        )
         save('done', r, {}, {})
     return GrowResult(model, pd.DataFrame(rows))

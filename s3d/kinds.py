@@ -30,11 +30,15 @@ __all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'FUNC
 class Refusal(ValueError):
     "A module cannot take the place asked of it in a split group; the message says why."
 
-_ORIGIN = WeakIdKeyDictionary()   # new param -> list of (weakref to ancestor, {dim: index into the ancestor})
+
+_ORIGIN = WeakIdKeyDictionary()  # new param -> list of (weakref to ancestor, {dim: index into the ancestor})
+
 
 def _compose(imap, dim, index):
-    out = dict(imap); out[dim] = imap[dim][index] if dim in imap else index
+    out = dict(imap)
+    out[dim] = imap[dim][index] if dim in imap else index
     return out
+
 
 def set_param(module: nn.Module, name: str, value: Tensor, dim: int, index: Tensor):
     "Replace parameter `module.<name>` by `value`, taken along `dim` at `index` from the old one (provenance kept for optimizers)."
@@ -47,32 +51,68 @@ def set_param(module: nn.Module, name: str, value: Tensor, dim: int, index: Tens
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d0
 class LayerKind:
     "How s3d treats one module type; subclass it, override what applies, and `register_layer` it."
-    def n_out(self, m) -> int: raise Refusal(f"{type(m).__name__} has no output channels s3d knows of")
-    def n_in(self, m) -> int: raise Refusal(f"{type(m).__name__} has no input channels s3d knows of")
+
+    def n_out(self, m) -> int:
+        raise Refusal(f"{type(m).__name__} has no output channels s3d knows of")
+
+    def n_in(self, m) -> int:
+        raise Refusal(f"{type(m).__name__} has no input channels s3d knows of")
+
     def produce(self, m) -> int | None:
         "The dim (1 or -1) of its output holding the channels if it can be a producer; None if it is not one; Refusal if it cannot be."
         return None
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
         "('consumer', repeat) or ('follower', cdim, repeat) for `m` reading `n` channels at dim `cdim` of its input."
-        raise Refusal("this module is not known to act on each channel separately (s3d.register_layer / register_activation declare one)")
-    def consumer_check(self, m, n, repeat) -> str | None: return f"{type(m).__name__} is not a consumer type"
-    def follower_check(self, m, n) -> str | None: return f"{type(m).__name__} is not a per-channel follower"
-    def theta_dim(self, m) -> int: return m.weight[0].numel() + (m.bias is not None)
-    def inputs(self, m, x) -> Tensor: raise Refusal(f"{type(m).__name__}: no input patches")
-    def rows(self, m, c) -> Tensor: raise Refusal(f"{type(m).__name__}: no output rows")
-    def affine_scale(self, m): return None
-    def select_out(self, m, index, delta): raise Refusal(f"{type(m).__name__}: no producer edit")
-    def select_in(self, m, index, scale, repeat): raise Refusal(f"{type(m).__name__}: no consumer edit")
-    def channel_edit(self, m): return None
-    def resize(self, m): pass
-    def flops(self, m, inp, out, macs) -> int: return 0
-    producer_edit = follower_edit = consumer_edit = None   # per-class overrides of the edits below (`register_edit`)
+        raise Refusal(
+            "this module is not known to act on each channel separately (s3d.register_layer / register_activation declare one)"
+        )
+
+    def consumer_check(self, m, n, repeat) -> str | None:
+        return f"{type(m).__name__} is not a consumer type"
+
+    def follower_check(self, m, n) -> str | None:
+        return f"{type(m).__name__} is not a per-channel follower"
+
+    def theta_dim(self, m) -> int:
+        return m.weight[0].numel() + (m.bias is not None)
+
+    def inputs(self, m, x) -> Tensor:
+        raise Refusal(f"{type(m).__name__}: no input patches")
+
+    def rows(self, m, c) -> Tensor:
+        raise Refusal(f"{type(m).__name__}: no output rows")
+
+    def affine_scale(self, m):
+        return None
+
+    def select_out(self, m, index, delta):
+        raise Refusal(f"{type(m).__name__}: no producer edit")
+
+    def select_in(self, m, index, scale, repeat):
+        raise Refusal(f"{type(m).__name__}: no consumer edit")
+
+    def channel_edit(self, m):
+        return None
+
+    def resize(self, m):
+        pass
+
+    def flops(self, m, inp, out, macs) -> int:
+        return 0
+
+    producer_edit = follower_edit = consumer_edit = (
+        None  # per-class overrides of the edits below (`register_edit`)
+    )
+
     def edit_out(self, m) -> Callable:
         "Surgery's producer edit fn(m, index, delta): the override, else `select_out`."
         return self.producer_edit or self.select_out
+
     def edit_follower(self, m) -> Callable | None:
         "Surgery's follower edit fn(m, index): the override, else `channel_edit(m)` (None: the module has no edit)."
         return self.follower_edit or self.channel_edit(m)
+
     def edit_in(self, m) -> Callable:
         "Surgery's consumer edit fn(m, index, scale, repeat): the override, else `select_in`."
         return self.consumer_edit or self.select_in
@@ -85,61 +125,82 @@ def edit_producer_rows(m: nn.Module, index: Tensor, delta: Tensor | None):
     if delta is not None:
         k = w[0].numel()
         w = w + delta[:, :k].reshape(w.shape)
-        if b is not None: b = b + delta[:, k]
+        if b is not None:
+            b = b + delta[:, k]
     set_param(m, 'weight', w, 0, index)
-    if b is not None: set_param(m, 'bias', b, 0, index)
+    if b is not None:
+        set_param(m, 'bias', b, 0, index)
     layer_kind(m).resize(m)
+
 
 def edit_consumer_columns(m: nn.Module, index: Tensor, scale: Tensor | None, repeat: int = 1):
     "Keep input channels `index` of `weight` (each `repeat` columns wide), times `scale` (n_new,)."
     w = m.weight.detach()
     v = w.reshape(w.shape[0], -1, repeat, *w.shape[2:])[:, index]
-    if scale is not None: v = v * scale.reshape(1, -1, *([1] * (v.dim() - 2)))
+    if scale is not None:
+        v = v * scale.reshape(1, -1, *([1] * (v.dim() - 2)))
     cols = (index[:, None] * repeat + torch.arange(repeat, device=index.device)).reshape(-1)
     set_param(m, 'weight', v.reshape(w.shape[0], len(index) * repeat, *w.shape[2:]), 1, cols)
     layer_kind(m).resize(m)
+
 
 def edit_batchnorm(m: nn.Module, index: Tensor):
     "Keep channels `index` of a BatchNorm: affine parameters and running statistics."
     edit_channels(m, index)
 
+
 def edit_depthwise(m: nn.Module, index: Tensor):
     "Keep channels `index` of a depthwise convolution (its filters and bias)."
-    if not is_depthwise(m): raise ValueError(f"follower {m} is a convolution that is not depthwise")
+    if not is_depthwise(m):
+        raise ValueError(f"follower {m} is a convolution that is not depthwise")
     edit_channels(m, index)
+
 
 def edit_channels(m: nn.Module, index: Tensor):
     "Keep channels `index` of every per-channel parameter and buffer (dim 0) of a follower."
-    for name, p in list(m.named_parameters(recurse=False)): set_param(m, name, p.detach()[index], 0, index)
+    for name, p in list(m.named_parameters(recurse=False)):
+        set_param(m, name, p.detach()[index], 0, index)
     for name, b in list(m.named_buffers(recurse=False)):
-        if b is not None and b.dim() > 0: setattr(m, name, b[index].clone())
+        if b is not None and b.dim() > 0:
+            setattr(m, name, b[index].clone())
     layer_kind(m).resize(m)
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d3
-LAYERS: dict = {}   # module class -> LayerKind
+LAYERS: dict = {}  # module class -> LayerKind
 
-def register_layer(cls: type,        # an nn.Module class (its subclasses get the same kind)
-                   kind: LayerKind,  # how s3d treats it (an instance, or a LayerKind subclass to instantiate)
-                  ) -> LayerKind:
+
+def register_layer(
+    cls: type,  # an nn.Module class (its subclasses get the same kind)
+    kind: LayerKind,  # how s3d treats it (an instance, or a LayerKind subclass to instantiate)
+) -> LayerKind:
     "Declare how s3d treats modules of type `cls`; returns the kind."
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise TypeError(f"register_layer: {cls!r} is not an nn.Module class")
-    if isinstance(kind, type): kind = kind()
-    if not isinstance(kind, LayerKind): raise TypeError(f"register_layer: kind must be a LayerKind, got {type(kind).__name__}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_layer: {cls!r} is not an nn.Module class")
+    if isinstance(kind, type):
+        kind = kind()
+    if not isinstance(kind, LayerKind):
+        raise TypeError(f"register_layer: kind must be a LayerKind, got {type(kind).__name__}")
     LAYERS[cls] = kind
     return kind
+
 
 def layer_kind(m) -> LayerKind | None:
     "The kind registered for the nearest class of module `m` (or class `m`) in its MRO, or None."
     for c in (m if isinstance(m, type) else type(m)).__mro__:
-        if c in LAYERS: return LAYERS[c]
+        if c in LAYERS:
+            return LAYERS[c]
     return None
+
 
 def stateless(m: nn.Module) -> bool:
     "No parameters and no buffers: calling it twice, or copying a channel through it, needs no edit."
-    return not any(True for _ in m.parameters(recurse=False)) and not any(b is not None for b in m.buffers(recurse=False))
+    return not any(True for _ in m.parameters(recurse=False)) and not any(
+        b is not None for b in m.buffers(recurse=False)
+    )
 
 # %% ../nbs/01a_kinds.ipynb #ed000002
 _ROLES = {'producer': 'producer_edit', 'follower': 'follower_edit', 'consumer': 'consumer_edit'}
+
 
 def _own_kind(cls: type) -> LayerKind:
     "The kind registered for exactly `cls`: a copy of its inherited kind (or a bare LayerKind) registered if it has none."
@@ -150,52 +211,76 @@ def _own_kind(cls: type) -> LayerKind:
         LAYERS[cls] = kind
     return LAYERS[cls]
 
-def register_edit(cls: type,      # an nn.Module class
-                  producer=None,  # fn(m, index, delta): keep output rows `index`, plus `delta` (n_new, d) or None
-                  follower=None,  # fn(m, index): keep per-channel state along `index`
-                  consumer=None,  # fn(m, index, scale, repeat): keep input channels `index`, times `scale`
-                 ) -> LayerKind:
+
+def register_edit(
+    cls: type,  # an nn.Module class
+    producer=None,  # fn(m, index, delta): keep output rows `index`, plus `delta` (n_new, d) or None
+    follower=None,  # fn(m, index): keep per-channel state along `index`
+    consumer=None,  # fn(m, index, scale, repeat): keep input channels `index`, times `scale`
+) -> LayerKind:
     "Override surgery's edits of modules of type `cls` on its kind; returns the kind."
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise TypeError(f"expected an nn.Module class, got {cls!r}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"expected an nn.Module class, got {cls!r}")
     kind = _own_kind(cls)
     for role, fn in [('producer', producer), ('follower', follower), ('consumer', consumer)]:
-        if fn is not None: setattr(kind, _ROLES[role], fn)
+        if fn is not None:
+            setattr(kind, _ROLES[role], fn)
     return kind
+
 
 class _Edits(MutableMapping):
     "Live view {module class: edit} of one role's overrides registered with `register_edit`."
-    def __init__(self, role): self.role, self.attr = role, _ROLES[role]
+
+    def __init__(self, role):
+        self.role, self.attr = role, _ROLES[role]
+
     def __getitem__(self, cls):
         fn = vars(LAYERS[cls]).get(self.attr) if cls in LAYERS else None
-        if fn is None: raise KeyError(cls)
+        if fn is None:
+            raise KeyError(cls)
         return fn
-    def __setitem__(self, cls, fn): register_edit(cls, **{self.role: fn})
+
+    def __setitem__(self, cls, fn):
+        register_edit(cls, **{self.role: fn})
+
     def __delitem__(self, cls):
         self[cls]
         kind = LAYERS[cls]
         delattr(kind, self.attr)
-        if vars(kind).get('_copied_for_edit') and not any(a in vars(kind) for a in _ROLES.values()): del LAYERS[cls]
-    def __iter__(self): return iter([c for c, k in LAYERS.items() if self.attr in vars(k)])
-    def __len__(self): return len(list(iter(self)))
+        if vars(kind).get('_copied_for_edit') and not any(a in vars(kind) for a in _ROLES.values()):
+            del LAYERS[cls]
+
+    def __iter__(self):
+        return iter([c for c, k in LAYERS.items() if self.attr in vars(k)])
+
+    def __len__(self):
+        return len(list(iter(self)))
+
 
 PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS = _Edits('producer'), _Edits('follower'), _Edits('consumer')
 
+
 def _decorator(role, cls, fn):
-    if fn is None: return lambda f: _decorator(role, cls, f)
+    if fn is None:
+        return lambda f: _decorator(role, cls, f)
     register_edit(cls, **{role: fn})
     return fn
+
 
 def register_producer_edit(cls, fn=None):
     "Register `fn(module, index, delta)` as the producer edit of `cls`; usable as a decorator."
     return _decorator('producer', cls, fn)
 
+
 def register_follower_edit(cls, fn=None):
     "Register `fn(module, index)` as the follower edit of `cls`; usable as a decorator."
     return _decorator('follower', cls, fn)
 
+
 def register_consumer_edit(cls, fn=None):
     "Register `fn(module, index, scale, repeat)` as the consumer edit of `cls`; usable as a decorator."
     return _decorator('consumer', cls, fn)
+
 
 def find_edit(table, m):
     "The edit in `table` (a class -> edit mapping) for the nearest class of `m` in its MRO, or None."
@@ -204,21 +289,44 @@ def find_edit(table, m):
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d5
 class LinearKind(LayerKind):
     "nn.Linear on inputs with any number of leading dims."
-    def n_out(self, m): return m.out_features
-    def n_in(self, m): return m.in_features
-    def produce(self, m): return -1
+
+    def n_out(self, m):
+        return m.out_features
+
+    def n_in(self, m):
+        return m.in_features
+
+    def produce(self, m):
+        return -1
+
     def consumer_check(self, m, n, repeat):
         return None if m.in_features == n * repeat else f"has {m.in_features} inputs, not {n}*{repeat}"
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
-        if cdim != len(shp_in) - 1: raise Refusal("a Linear applied with the split channels not in the last dim mixes positions; flatten or permute first")
+        if cdim != len(shp_in) - 1:
+            raise Refusal(
+                "a Linear applied with the split channels not in the last dim mixes positions; flatten or permute first"
+            )
         why = self.consumer_check(m, n, repeat)
-        if why: raise Refusal(f"it expects {m.in_features} inputs, not {n}*{repeat}")
+        if why:
+            raise Refusal(f"it expects {m.in_features} inputs, not {n}*{repeat}")
         return ('consumer', repeat)
-    def inputs(self, m, x): return x.reshape(x.shape[0], -1, m.in_features)
-    def rows(self, m, c): return c.reshape(-1, c.shape[-1])
-    def select_out(self, m, index, delta): edit_producer_rows(m, index, delta)
-    def select_in(self, m, index, scale, repeat): edit_consumer_columns(m, index, scale, repeat)
-    def resize(self, m): m.out_features, m.in_features = m.weight.shape
+
+    def inputs(self, m, x):
+        return x.reshape(x.shape[0], -1, m.in_features)
+
+    def rows(self, m, c):
+        return c.reshape(-1, c.shape[-1])
+
+    def select_out(self, m, index, delta):
+        edit_producer_rows(m, index, delta)
+
+    def select_in(self, m, index, scale, repeat):
+        edit_consumer_columns(m, index, scale, repeat)
+
+    def resize(self, m):
+        m.out_features, m.in_features = m.weight.shape
+
     def flops(self, m, inp, out, macs):
         n = out.numel()
         return n * m.in_features if macs else 2 * n * m.in_features + (n if m.bias is not None else 0)
@@ -228,54 +336,96 @@ def is_depthwise(m: nn.Module) -> bool:
     "A convolution with `groups == in_channels == out_channels > 1` (one filter per channel)."
     return isinstance(layer_kind(m), ConvKind) and 1 < m.groups == m.in_channels == m.out_channels
 
+
 def conv_padded(p: nn.Module, x: Tensor) -> Tensor:
     "Zero-pad `x` as the convolution `p` would (numeric or string padding)."
     pad = p._reversed_padding_repeated_twice
     return F.pad(x, pad) if any(pad) else x
 
+
 def _as2d(p):
     "kernel, dilation, stride of a Conv1d/Conv2d as 2-d tuples."
-    if p.weight.dim() == 3: return (1, *p.kernel_size), (1, *p.dilation), (1, *p.stride)
+    if p.weight.dim() == 3:
+        return (1, *p.kernel_size), (1, *p.dilation), (1, *p.stride)
     return p.kernel_size, p.dilation, p.stride
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d8
 class ConvKind(LayerKind):
     "nn.Conv1d / nn.Conv2d: producer and consumer with groups == 1, per-channel follower when depthwise."
-    def n_out(self, m): return m.out_channels
-    def n_in(self, m): return m.in_channels
+
+    def n_out(self, m):
+        return m.out_channels
+
+    def n_in(self, m):
+        return m.in_channels
+
     def produce(self, m):
-        if is_depthwise(m): return None
-        if m.groups != 1: raise Refusal(f"a grouped {type(m).__name__} (groups={m.groups}) cannot be split: a copy of a neuron would unbalance its group")
-        if m.padding_mode != 'zeros': raise Refusal(f"padding_mode={m.padding_mode!r}: splitting matrices need zero padding")
+        if is_depthwise(m):
+            return None
+        if m.groups != 1:
+            raise Refusal(
+                f"a grouped {type(m).__name__} (groups={m.groups}) cannot be split: a copy of a neuron would unbalance its group"
+            )
+        if m.padding_mode != 'zeros':
+            raise Refusal(f"padding_mode={m.padding_mode!r}: splitting matrices need zero padding")
         return 1
+
     def consumer_check(self, m, n, repeat):
-        if m.groups != 1: return f"must be nn.Linear or nn.Conv2d with groups == 1, not groups={m.groups}"
+        if m.groups != 1:
+            return f"must be nn.Linear or nn.Conv2d with groups == 1, not groups={m.groups}"
         return None if m.in_channels == n and repeat == 1 else f"has {m.in_channels} input channels, not {n}"
+
     def follower_check(self, m, n):
-        return None if is_depthwise(m) and m.in_channels == n else f"must be a depthwise {type(m).__name__} with {n} channels"
+        return (
+            None
+            if is_depthwise(m) and m.in_channels == n
+            else f"must be a depthwise {type(m).__name__} with {n} channels"
+        )
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
-        if cdim != 1 or repeat != 1 or len(shp_in) != m.weight.dim(): raise Refusal(f"a {type(m).__name__} needs the producer's channels in dim 1 of its input")
+        if cdim != 1 or repeat != 1 or len(shp_in) != m.weight.dim():
+            raise Refusal(f"a {type(m).__name__} needs the producer's channels in dim 1 of its input")
         if m.groups == 1:
-            if m.in_channels != n: raise Refusal(f"it has {m.in_channels} input channels, not {n}")
+            if m.in_channels != n:
+                raise Refusal(f"it has {m.in_channels} input channels, not {n}")
             return ('consumer', 1)
-        if is_depthwise(m) and m.in_channels == n: return ('follower', 1, 1)
-        raise Refusal(f"a grouped {type(m).__name__} (groups={m.groups}) that is not depthwise with {n} channels mixes channels")
+        if is_depthwise(m) and m.in_channels == n:
+            return ('follower', 1, 1)
+        raise Refusal(
+            f"a grouped {type(m).__name__} (groups={m.groups}) that is not depthwise with {n} channels mixes channels"
+        )
+
     def inputs(self, m, x, padded=False):
         k, d, s = _as2d(m)
-        if math.prod(k) == 1 and math.prod(s) == 1 and not any(m._reversed_padding_repeated_twice):   # pointwise: no unfold needed
+        if (
+            math.prod(k) == 1 and math.prod(s) == 1 and not any(m._reversed_padding_repeated_twice)
+        ):  # pointwise: no unfold needed
             return x.flatten(2).transpose(1, 2)
         x = x if padded else conv_padded(m, x)
-        if x.dim() == 3: x = x.unsqueeze(2)
+        if x.dim() == 3:
+            x = x.unsqueeze(2)
         return F.unfold(x, k, dilation=d, stride=s).transpose(1, 2)
-    def rows(self, m, c): return c.flatten(2).transpose(1, 2).reshape(-1, c.shape[1])
-    def select_out(self, m, index, delta): edit_producer_rows(m, index, delta)
-    def select_in(self, m, index, scale, repeat): edit_consumer_columns(m, index, scale, repeat)
-    def channel_edit(self, m): return edit_depthwise if is_depthwise(m) else None
+
+    def rows(self, m, c):
+        return c.flatten(2).transpose(1, 2).reshape(-1, c.shape[1])
+
+    def select_out(self, m, index, delta):
+        edit_producer_rows(m, index, delta)
+
+    def select_in(self, m, index, scale, repeat):
+        edit_consumer_columns(m, index, scale, repeat)
+
+    def channel_edit(self, m):
+        return edit_depthwise if is_depthwise(m) else None
+
     def resize(self, m):
         dw = 1 < m.groups == m.in_channels == m.out_channels
         m.out_channels = m.weight.shape[0]
-        if dw: m.groups = m.in_channels = m.out_channels
-        else: m.in_channels = m.weight.shape[1] * m.groups
+        if dw:
+            m.groups = m.in_channels = m.out_channels
+        else:
+            m.in_channels = m.weight.shape[1] * m.groups
+
     def flops(self, m, inp, out, macs):
         n, k = out.numel(), (m.in_channels // m.groups) * math.prod(m.kernel_size)
         return n * k if macs else 2 * n * k + (n if m.bias is not None else 0)
@@ -283,140 +433,232 @@ class ConvKind(LayerKind):
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e0
 class BatchNormKind(LayerKind):
     "Any _BatchNorm: a per-channel affine map of dim 1 in eval mode."
-    def n_out(self, m): return m.num_features
-    def n_in(self, m): return m.num_features
-    def follower_check(self, m, n): return None if m.num_features == n else f"BatchNorm has {m.num_features} features, not {n}"
+
+    def n_out(self, m):
+        return m.num_features
+
+    def n_in(self, m):
+        return m.num_features
+
+    def follower_check(self, m, n):
+        return None if m.num_features == n else f"BatchNorm has {m.num_features} features, not {n}"
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
         if cdim != 1 or repeat != 1 or shp_in[1] != n or m.num_features != n:
             raise Refusal("this BatchNorm does not normalise the producer's channels one by one")
         return ('follower', 1, 1)
+
     def affine_scale(self, m):
-        if getattr(m, 'running_var', None) is None: raise Refusal("BatchNorm without running statistics is not supported")
+        if getattr(m, 'running_var', None) is None:
+            raise Refusal("BatchNorm without running statistics is not supported")
         a = torch.rsqrt(m.running_var + m.eps)
         return (a * m.weight if m.weight is not None else a).detach()
-    def channel_edit(self, m): return edit_batchnorm
+
+    def channel_edit(self, m):
+        return edit_batchnorm
+
     def resize(self, m):
         t = m.weight if m.weight is not None else m.running_mean
-        if t is not None: m.num_features = t.shape[0]
-    def flops(self, m, inp, out, macs): return 0 if macs else 2 * out.numel()
+        if t is not None:
+            m.num_features = t.shape[0]
+
+    def flops(self, m, inp, out, macs):
+        return 0 if macs else 2 * out.numel()
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e1
 class LayerNormKind(LayerKind):
     "nn.LayerNorm: a follower only when the split channels are outside its normalised dims."
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
         k = len(m.normalized_shape)
         if cdim >= len(shp_in) - k:
-            raise Refusal(f"a LayerNorm normalising across the split features (normalized_shape={tuple(m.normalized_shape)}) is not "
-                          "function-preserving: a copy of a neuron changes the mean and variance every feature is normalised with")
+            raise Refusal(
+                f"a LayerNorm normalising across the split features (normalized_shape={tuple(m.normalized_shape)}) is not "
+                "function-preserving: a copy of a neuron changes the mean and variance every feature is normalised with"
+            )
         return ('follower', cdim, repeat)
-    def follower_check(self, m, n): return None
-    def channel_edit(self, m): return lambda m, index: None   # its parameters do not run along the split channels
-    def flops(self, m, inp, out, macs): return 0 if macs else 5 * out.numel()
+
+    def follower_check(self, m, n):
+        return None
+
+    def channel_edit(self, m):
+        return lambda m, index: None  # its parameters do not run along the split channels
+
+    def flops(self, m, inp, out, macs):
+        return 0 if macs else 5 * out.numel()
+
 
 class GroupNormKind(LayerKind):
     "nn.GroupNorm: a follower only with one channel per group."
+
     def follower_check(self, m, n):
-        if m.num_channels != n: return f"GroupNorm has {m.num_channels} channels, not {n}"
+        if m.num_channels != n:
+            return f"GroupNorm has {m.num_channels} channels, not {n}"
         if m.num_groups != m.num_channels:
-            return (f"a GroupNorm with {m.num_groups} group(s) of {m.num_channels // m.num_groups} channels is not function-preserving under "
-                    "splitting: a copy of a neuron would enlarge its group, changing the group's statistics (and GroupNorm needs equal groups)")
+            return (
+                f"a GroupNorm with {m.num_groups} group(s) of {m.num_channels // m.num_groups} channels is not function-preserving under "
+                "splitting: a copy of a neuron would enlarge its group, changing the group's statistics (and GroupNorm needs equal groups)"
+            )
         return None
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
-        why = self.follower_check(m, n) if cdim == 1 and repeat == 1 else "this GroupNorm does not normalise the producer's channels"
-        if why: raise Refusal(why)
+        why = (
+            self.follower_check(m, n)
+            if cdim == 1 and repeat == 1
+            else "this GroupNorm does not normalise the producer's channels"
+        )
+        if why:
+            raise Refusal(why)
         return ('follower', 1, 1)
-    def channel_edit(self, m): return edit_channels
+
+    def channel_edit(self, m):
+        return edit_channels
+
     def resize(self, m):
-        if m.weight is not None: m.num_channels = m.num_groups = m.weight.shape[0]
-    def flops(self, m, inp, out, macs): return 0 if macs else 5 * out.numel()
+        if m.weight is not None:
+            m.num_channels = m.num_groups = m.weight.shape[0]
+
+    def flops(self, m, inp, out, macs):
+        return 0 if macs else 5 * out.numel()
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e3
 class PassThroughKind(LayerKind):
     "Dropout, Identity: the output is the input, channel by channel."
-    def follower_check(self, m, n): return None
+
+    def follower_check(self, m, n):
+        return None
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
-        if tuple(shp_out) != tuple(shp_in): raise Refusal("it changes the shape of its input")
+        if tuple(shp_out) != tuple(shp_in):
+            raise Refusal("it changes the shape of its input")
         return ('follower', cdim, repeat)
+
 
 class PoolKind(LayerKind):
     "Max/average pooling (plain or adaptive) over the dims after the channel dim 1."
-    def follower_check(self, m, n): return None
+
+    def follower_check(self, m, n):
+        return None
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
-        if cdim != 1 or repeat != 1 or len(shp_out) != len(shp_in) or shp_out[1] != n: raise Refusal("pooling that does not keep the channels in dim 1")
+        if cdim != 1 or repeat != 1 or len(shp_out) != len(shp_in) or shp_out[1] != n:
+            raise Refusal("pooling that does not keep the channels in dim 1")
         return ('follower', 1, 1)
-    def flops(self, m, inp, out, macs): return 0 if macs else inp[0].numel()
+
+    def flops(self, m, inp, out, macs):
+        return 0 if macs else inp[0].numel()
+
 
 def flatten_flow(cdim: int, repeat: int, shp_in, start: int, end: int):
     "New (cdim, repeat) after merging dims start..end of a tensor of shape `shp_in`; Refusal if a channel stops being contiguous."
-    nd = len(shp_in); start, end = start % nd, end % nd
-    if start == 0: raise Refusal("it merges the batch dim with the channels")
-    if cdim < start: return cdim, repeat
-    if cdim > end: return cdim - (end - start), repeat
-    if math.prod(shp_in[start:cdim]) != 1: raise Refusal("it merges dims before the channel dim, so a channel's entries are no longer contiguous")
-    return start, repeat * math.prod(shp_in[cdim + 1:end + 1])
+    nd = len(shp_in)
+    start, end = start % nd, end % nd
+    if start == 0:
+        raise Refusal("it merges the batch dim with the channels")
+    if cdim < start:
+        return cdim, repeat
+    if cdim > end:
+        return cdim - (end - start), repeat
+    if math.prod(shp_in[start:cdim]) != 1:
+        raise Refusal(
+            "it merges dims before the channel dim, so a channel's entries are no longer contiguous"
+        )
+    return start, repeat * math.prod(shp_in[cdim + 1 : end + 1])
+
 
 class FlattenKind(LayerKind):
     "nn.Flatten."
-    def follower_check(self, m, n): return None
+
+    def follower_check(self, m, n):
+        return None
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
         return ('follower', *flatten_flow(cdim, repeat, shp_in, m.start_dim, m.end_dim))
 
 # %% ../nbs/01a_kinds.ipynb #op000002
 class OpKind:
     "How a functional op passes a producer's channels on; subclass it and `register_op` it under the op's names."
+
     def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out) -> tuple:
         "(fn of one tensor or None, new cdim, new repeat) for op `name` called as target(x, *args, **kwargs); Refusal if it mixes channels."
         raise Refusal("this operation is not known to act on each channel separately")
 
+
 class GraphValue:
     "An argument of a traced op computed elsewhere in the graph: its value is not known when the op is looked at."
-    def __repr__(self): return 'GraphValue()'
+
+    def __repr__(self):
+        return 'GraphValue()'
+
 
 def _replay(target, args, kwargs):
     "`target` with its other arguments bound, or None when one of them is a `GraphValue`."
-    if any(isinstance(a, GraphValue) for a in (*args, *kwargs.values())): return None
+    if any(isinstance(a, GraphValue) for a in (*args, *kwargs.values())):
+        return None
     return partial(target, *args, **kwargs)
 
-def _identity(t): return t
+
+def _identity(t):
+    return t
+
 
 class SameOp(OpKind):
     "Dropout, contiguous, clone, dtype casts: the output has the input's shape and channels."
+
     def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
-        if tuple(out) != tuple(shp): raise Refusal("it changes the shape of its input")
+        if tuple(out) != tuple(shp):
+            raise Refusal("it changes the shape of its input")
         return _identity, cdim, repeat
+
 
 class PoolOp(OpKind):
     "Functional max/average pooling over the dims after the channel dim 1."
+
     def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
-        if cdim != 1 or repeat != 1 or len(out) != len(shp) or out[1] != n: raise Refusal("pooling that does not keep the channels in dim 1")
+        if cdim != 1 or repeat != 1 or len(out) != len(shp) or out[1] != n:
+            raise Refusal("pooling that does not keep the channels in dim 1")
         return _replay(target, args, kwargs), 1, 1
 
 # %% ../nbs/01a_kinds.ipynb #op000003
 def merge_range(shp, out):
     "(start, end) such that `out` is `shp` with dims start..end merged (the batch dim kept), or None."
-    if tuple(out) == tuple(shp): return 1, 1
+    if tuple(out) == tuple(shp):
+        return 1, 1
     for s in range(1, len(shp)):
         for e in range(s, len(shp)):
-            if tuple(out) == tuple(shp[:s]) + (math.prod(shp[s:e + 1]),) + tuple(shp[e + 1:]): return s, e
+            if tuple(out) == tuple(shp[:s]) + (math.prod(shp[s : e + 1]),) + tuple(shp[e + 1 :]):
+                return s, e
     return None
+
 
 class ReshapeOp(OpKind):
     "flatten, view, reshape, squeeze that merge neighbouring dims (the split channels stay contiguous)."
+
     def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
         r = merge_range(shp, out)
-        if r is None: raise Refusal("this reshape does not merge neighbouring dims")
+        if r is None:
+            raise Refusal("this reshape does not merge neighbouring dims")
         return partial(torch.flatten, start_dim=r[0], end_dim=r[1]), *flatten_flow(cdim, repeat, shp, *r)
+
 
 class PermuteOp(OpKind):
     "permute, transpose: the channels move with their dim (the batch dim stays first)."
+
     def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
         nd = len(shp)
-        if any(isinstance(a, GraphValue) for a in args): raise Refusal("its dims are computed in the graph")
+        if any(isinstance(a, GraphValue) for a in args):
+            raise Refusal("its dims are computed in the graph")
         if name == 'transpose':
             i, j = (d % nd for d in args[:2])
-            p = list(range(nd)); p[i], p[j] = p[j], p[i]
-        else: p = [d % nd for d in (list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)]
-        if p[0] != 0: raise Refusal("it moves the batch dim")
+            p = list(range(nd))
+            p[i], p[j] = p[j], p[i]
+        else:
+            p = [
+                d % nd
+                for d in (list(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else args)
+            ]
+        if p[0] != 0:
+            raise Refusal("it moves the batch dim")
         return partial(torch.permute, dims=p), p.index(cdim), repeat
 
 # %% ../nbs/01a_kinds.ipynb #op000004
@@ -424,187 +666,337 @@ def reduced_dims(args, kwargs, nd):
     "The dims a reduction reduces over (normalised, a set) and keepdim; None if not given as ints."
     d = args[0] if args else kwargs.get('dim')
     keep = args[1] if len(args) > 1 else kwargs.get('keepdim', False)
-    if d is None: return None
+    if d is None:
+        return None
     d = [d] if isinstance(d, int) else list(d)
     return ({i % nd for i in d}, keep) if all(isinstance(i, int) for i in d) else None
 
-def _reduce_values(t, name, dim, keepdim): return getattr(torch, name)(t, dim, keepdim).values
+
+def _reduce_values(t, name, dim, keepdim):
+    return getattr(torch, name)(t, dim, keepdim).values
+
 
 class ReduceOp(OpKind):
     "mean, sum, amax, amin over dims other than the channel and batch dims; with `values`: max, min (a (values, indices) pair)."
-    def __init__(self, values=False): self.values = values
+
+    def __init__(self, values=False):
+        self.values = values
+
     def flow(self, name, target, args, kwargs, n, cdim, repeat, shp, out):
         r = reduced_dims(args, kwargs, len(shp))
-        if r is None or cdim in r[0]: raise Refusal("it reduces over the channel dim (or over all dims)")
-        if 0 in r[0]: raise Refusal("it reduces over the batch dim")
+        if r is None or cdim in r[0]:
+            raise Refusal("it reduces over the channel dim (or over all dims)")
+        if 0 in r[0]:
+            raise Refusal("it reduces over the batch dim")
         dims, keep = r
         if self.values:
-            if len(dims) != 1: raise Refusal("a max/min over several dims")
+            if len(dims) != 1:
+                raise Refusal("a max/min over several dims")
             fn = partial(_reduce_values, name=name, dim=next(iter(dims)), keepdim=keep)
-        else: fn = partial(getattr(torch, name), dim=tuple(sorted(dims)), keepdim=keep)
+        else:
+            fn = partial(getattr(torch, name), dim=tuple(sorted(dims)), keepdim=keep)
         return fn, cdim if keep else cdim - sum(d < cdim for d in dims), repeat
 
 # %% ../nbs/01a_kinds.ipynb #op000005
-FUNCTIONAL_OPS: dict = {}   # op name (function or method) -> OpKind
+FUNCTIONAL_OPS: dict = {}  # op name (function or method) -> OpKind
+
 
 def register_op(names, kind: OpKind) -> OpKind:
     "Declare how the functional ops `names` (a name or a list of them) pass split channels on; returns the kind."
-    if not isinstance(kind, OpKind): raise TypeError(f"register_op: kind must be an OpKind, got {type(kind).__name__}")
-    for nm in [names] if isinstance(names, str) else names: FUNCTIONAL_OPS[nm] = kind
+    if not isinstance(kind, OpKind):
+        raise TypeError(f"register_op: kind must be an OpKind, got {type(kind).__name__}")
+    for nm in [names] if isinstance(names, str) else names:
+        FUNCTIONAL_OPS[nm] = kind
     return kind
 
-register_op(['dropout', 'dropout1d', 'dropout2d', 'alpha_dropout', 'feature_alpha_dropout', 'contiguous', 'clone', 'to',
-             'float', 'double'], SameOp())
-register_op(['max_pool1d', 'max_pool2d', '_max_pool2d', 'avg_pool1d', 'avg_pool2d', 'adaptive_avg_pool1d', 'adaptive_avg_pool2d',
-             'adaptive_max_pool1d', 'adaptive_max_pool2d', '_adaptive_max_pool2d'], PoolOp())
+
+register_op(
+    [
+        'dropout',
+        'dropout1d',
+        'dropout2d',
+        'alpha_dropout',
+        'feature_alpha_dropout',
+        'contiguous',
+        'clone',
+        'to',
+        'float',
+        'double',
+    ],
+    SameOp(),
+)
+register_op(
+    [
+        'max_pool1d',
+        'max_pool2d',
+        '_max_pool2d',
+        'avg_pool1d',
+        'avg_pool2d',
+        'adaptive_avg_pool1d',
+        'adaptive_avg_pool2d',
+        'adaptive_max_pool1d',
+        'adaptive_max_pool2d',
+        '_adaptive_max_pool2d',
+    ],
+    PoolOp(),
+)
 register_op(['flatten', 'view', 'reshape', 'squeeze'], ReshapeOp())
 register_op(['permute', 'transpose'], PermuteOp())
 register_op(['mean', 'sum', 'amax', 'amin'], ReduceOp())
 register_op(['max', 'min'], ReduceOp(values=True))
 
-COMBINE_REASONS = [   # ops reading several tensors, with why the split cannot follow
-    ({'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'}, "it is summed with another tensor (a residual add): the summed channels are "
-     "coupled to the other operand's producers (a residual stream), which s3d does not split"),
-    ({'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'}, "it is concatenated with other tensors: the joint channels are "
-     "read together with other producers' channels, which s3d does not split"),
-    ({'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'}, "it is multiplied with another tensor "
-     "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split")]
-SHAPE_OPS = {'size', 'dim', 'numel'}   # read only the shape: not a use of the values
+COMBINE_REASONS = [  # ops reading several tensors, with why the split cannot follow
+    (
+        {'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'},
+        "it is summed with another tensor (a residual add): the summed channels are "
+        "coupled to the other operand's producers (a residual stream), which s3d does not split",
+    ),
+    (
+        {'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'},
+        "it is concatenated with other tensors: the joint channels are "
+        "read together with other producers' channels, which s3d does not split",
+    ),
+    (
+        {'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'},
+        "it is multiplied with another tensor "
+        "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split",
+    ),
+]
+SHAPE_OPS = {'size', 'dim', 'numel'}  # read only the shape: not a use of the values
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e5
 class ActivationKind(LayerKind):
     "An elementwise activation with its curvature, smoothness and functional forms."
+
     def __init__(self, cls, curvature=None, smooth=False, functional=(), params=()):
-        self.cls, self.curvature, self.smooth, self.functional, self.params = cls, curvature, smooth, tuple(functional), tuple(params)
-    def follower_check(self, m, n): return None
-    def route(self, m, n, cdim, repeat, shp_in, shp_out): return ('follower', cdim, repeat)
-    def channel_edit(self, m): return (lambda m, index: None) if stateless(m) else None
-    def flops(self, m, inp, out, macs): return 0 if macs else out.numel()
+        self.cls, self.curvature, self.smooth, self.functional, self.params = (
+            cls,
+            curvature,
+            smooth,
+            tuple(functional),
+            tuple(params),
+        )
+
+    def follower_check(self, m, n):
+        return None
+
+    def route(self, m, n, cdim, repeat, shp_in, shp_out):
+        return ('follower', cdim, repeat)
+
+    def channel_edit(self, m):
+        return (lambda m, index: None) if stateless(m) else None
+
+    def flops(self, m, inp, out, macs):
+        return 0 if macs else out.numel()
+
     def module_for(self, args, kwargs) -> nn.Module:
         "An equivalent module for a functional call with these arguments after the input."
         kw = {k: v for k, v in zip(self.params, args)}
         kw.update({k: v for k, v in kwargs.items() if k in self.params})
         return self.cls(**kw)
-    def __repr__(self): return f"ActivationKind({self.cls.__name__}, smooth={self.smooth}, curvature={'yes' if self.curvature else 'no'})"
 
-ACTIVATIONS: dict = {}   # activation class -> ActivationKind
-FUNCTIONAL: dict = {}    # functional form (F.relu, torch.tanh, torch.Tensor.relu, ...) -> ActivationKind
+    def __repr__(self):
+        return f"ActivationKind({self.cls.__name__}, smooth={self.smooth}, curvature={'yes' if self.curvature else 'no'})"
+
+
+ACTIVATIONS: dict = {}  # activation class -> ActivationKind
+FUNCTIONAL: dict = {}  # functional form (F.relu, torch.tanh, torch.Tensor.relu, ...) -> ActivationKind
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e6
-def register_activation(cls: type,               # activation module class (elementwise, parameter-free)
-                        curvature: Callable | None = None, # fn(act, z, beta) -> act''(z); None keeps the registered one
-                        smooth: bool | None = None, # twice differentiable (None keeps the registered value, else False)
-                        functional=(),            # functional forms: callables, or names of Tensor methods ('relu')
-                        params=(),                # constructor argument names the functional forms take after the input
-                       ) -> type:
+def register_activation(
+    cls: type,  # activation module class (elementwise, parameter-free)
+    curvature: Callable | None = None,  # fn(act, z, beta) -> act''(z); None keeps the registered one
+    smooth: bool | None = None,  # twice differentiable (None keeps the registered value, else False)
+    functional=(),  # functional forms: callables, or names of Tensor methods ('relu')
+    params=(),  # constructor argument names the functional forms take after the input
+) -> type:
     "Declare `cls` an elementwise activation (one entry for discovery, tracing, curvature and FLOPs); returns `cls`."
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)): raise TypeError(f"register_activation: {cls!r} is not an nn.Module class")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_activation: {cls!r} is not an nn.Module class")
     old = ACTIVATIONS.get(cls)
     fns = [getattr(torch.Tensor, f) if isinstance(f, str) else f for f in functional]
-    k = ActivationKind(cls, curvature or (old.curvature if old else None),
-                       bool(smooth) if smooth is not None else (old.smooth if old else False),
-                       (old.functional if old else ()) + tuple(fns), tuple(params) or (old.params if old else ()))
-    ACTIVATIONS[cls] = k; LAYERS[cls] = k
-    for f in k.functional: FUNCTIONAL[f] = k
+    k = ActivationKind(
+        cls,
+        curvature or (old.curvature if old else None),
+        bool(smooth) if smooth is not None else (old.smooth if old else False),
+        (old.functional if old else ()) + tuple(fns),
+        tuple(params) or (old.params if old else ()),
+    )
+    ACTIVATIONS[cls] = k
+    LAYERS[cls] = k
+    for f in k.functional:
+        FUNCTIONAL[f] = k
     return cls
+
 
 def unregister_activation(cls: type):
     "Remove an activation registered with `register_activation` (and its functional forms)."
-    k = ACTIVATIONS.pop(cls); LAYERS.pop(cls, None)
+    k = ACTIVATIONS.pop(cls)
+    LAYERS.pop(cls, None)
     for f in k.functional:
-        if FUNCTIONAL.get(f) is k: del FUNCTIONAL[f]
+        if FUNCTIONAL.get(f) is k:
+            del FUNCTIONAL[f]
+
 
 def activation_kind(m) -> ActivationKind | None:
     "The activation entry of a module, class or functional form, or None."
     if not isinstance(m, (nn.Module, type)):
-        try: return FUNCTIONAL.get(m)
-        except TypeError: return None
+        try:
+            return FUNCTIONAL.get(m)
+        except TypeError:
+            return None
     k = layer_kind(m)
     return k if isinstance(k, ActivationKind) else None
+
 
 def is_activation(m) -> bool:
     "A registered elementwise activation (module, class or functional form)."
     return activation_kind(m) is not None
 
 # %% ../nbs/01a_kinds.ipynb #cv000002
-SURROGATE_BETA = 3.0  # default sharpness of the piecewise-linear surrogate (the public S2D code's softplus beta)
+SURROGATE_BETA = (
+    3.0  # default sharpness of the piecewise-linear surrogate (the public S2D code's softplus beta)
+)
 
-def softplus_dd(z: Tensor, # points
-                beta: float = SURROGATE_BETA, # sharpness
-               ) -> Tensor:
+
+def softplus_dd(
+    z: Tensor,  # points
+    beta: float = SURROGATE_BETA,  # sharpness
+) -> Tensor:
     "Second derivative of softplus with sharpness `beta` (a logistic density of scale 1/beta)."
-    s = torch.sigmoid(beta * z); return beta * s * (1 - s)
+    s = torch.sigmoid(beta * z)
+    return beta * s * (1 - s)
+
 
 class RBF(nn.Module):
     "Radial-basis activation exp(-z^2/2)."
-    def forward(self, z): return torch.exp(-0.5 * z * z)
+
+    def forward(self, z):
+        return torch.exp(-0.5 * z * z)
+
 
 def _tanh_dd(act, z, beta):
-    t = torch.tanh(z); return -2 * t * (1 - t * t)
+    t = torch.tanh(z)
+    return -2 * t * (1 - t * t)
+
 
 def _sigmoid_dd(act, z, beta):
-    s = torch.sigmoid(z); return s * (1 - s) * (1 - 2 * s)
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (1 - 2 * s)
+
 
 def _softplus_dd(act, z, beta):
     s = torch.sigmoid(act.beta * z)
     return torch.where(act.beta * z > act.threshold, torch.zeros_like(z), act.beta * s * (1 - s))
 
+
 def _silu_dd(act, z, beta):
-    s = torch.sigmoid(z); return s * (1 - s) * (2 + z * (1 - 2 * s))
+    s = torch.sigmoid(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
 
 def _gelu_dd(act, z, beta):
-    if act.approximate == 'none': return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
+    if act.approximate == 'none':
+        return torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) * (2 - z * z)
     k, c = math.sqrt(2 / math.pi), 0.044715
-    t = torch.tanh(k * (z + c * z ** 3))
+    t = torch.tanh(k * (z + c * z**3))
     du, ddu = k * (1 + 3 * c * z * z), 6 * k * c * z
     return (1 - t * t) * (du + 0.5 * z * (ddu - 2 * t * du * du))
 
-def _elu_dd(act, z, beta): return torch.where(z > 0, torch.zeros_like(z), act.alpha * torch.exp(z.clamp(max=0)))
 
-def _rbf_dd(act, z, beta): return (z * z - 1) * torch.exp(-0.5 * z * z)
+def _elu_dd(act, z, beta):
+    return torch.where(z > 0, torch.zeros_like(z), act.alpha * torch.exp(z.clamp(max=0)))
 
-def _relu_dd(act, z, beta): return softplus_dd(z, beta)
 
-def _relu6_dd(act, z, beta): return softplus_dd(z, beta) - softplus_dd(z - 6, beta)
+def _rbf_dd(act, z, beta):
+    return (z * z - 1) * torch.exp(-0.5 * z * z)
 
-def _leaky_dd(act, z, beta): return (1 - act.negative_slope) * softplus_dd(z, beta)
+
+def _relu_dd(act, z, beta):
+    return softplus_dd(z, beta)
+
+
+def _relu6_dd(act, z, beta):
+    return softplus_dd(z, beta) - softplus_dd(z - 6, beta)
+
+
+def _leaky_dd(act, z, beta):
+    return (1 - act.negative_slope) * softplus_dd(z, beta)
+
 
 def _hardswish_dd(act, z, beta):
     box = torch.sigmoid(beta * (z + 3)) - torch.sigmoid(beta * (z - 3))
     return box / 3 - 0.5 * (softplus_dd(z + 3, beta) + softplus_dd(z - 3, beta))
 
-def _hardtanh_dd(act, z, beta): return softplus_dd(z - act.min_val, beta) - softplus_dd(z - act.max_val, beta)
 
-def _hardsigmoid_dd(act, z, beta): return (softplus_dd(z + 3, beta) - softplus_dd(z - 3, beta)) / 6
+def _hardtanh_dd(act, z, beta):
+    return softplus_dd(z - act.min_val, beta) - softplus_dd(z - act.max_val, beta)
+
+
+def _hardsigmoid_dd(act, z, beta):
+    return (softplus_dd(z + 3, beta) - softplus_dd(z - 3, beta)) / 6
+
 
 def _prelu_dd(act, z, beta):
-    if act.weight.numel() != 1: raise TypeError("PReLU with one slope per channel: its curvature needs the channel layout; use num_parameters=1")
+    if act.weight.numel() != 1:
+        raise TypeError(
+            "PReLU with one slope per channel: its curvature needs the channel layout; use num_parameters=1"
+        )
     return (1 - act.weight.detach().to(z)) * softplus_dd(z, beta)
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e8
 register_layer(nn.Linear, LinearKind())
-for _c in (nn.Conv1d, nn.Conv2d): register_layer(_c, ConvKind())
+for _c in (nn.Conv1d, nn.Conv2d):
+    register_layer(_c, ConvKind())
 register_layer(nn.modules.batchnorm._BatchNorm, BatchNormKind())
-register_layer(nn.LayerNorm, LayerNormKind()); register_layer(nn.GroupNorm, GroupNormKind())
-PASS_THROUGH = [nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout, nn.Identity]
-POOLS = [nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d]
-for _c in PASS_THROUGH: register_layer(_c, PassThroughKind())
-for _c in POOLS: register_layer(_c, PoolKind())
+register_layer(nn.LayerNorm, LayerNormKind())
+register_layer(nn.GroupNorm, GroupNormKind())
+PASS_THROUGH = [
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+    nn.Identity,
+]
+POOLS = [
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+]
+for _c in PASS_THROUGH:
+    register_layer(_c, PassThroughKind())
+for _c in POOLS:
+    register_layer(_c, PoolKind())
 register_layer(nn.Flatten, FlattenKind())
 
 T = torch.Tensor
-for _cls, _smooth, _fns, _params, _dd in [   # class, smooth, functional forms, their argument names, curvature
+for _cls, _smooth, _fns, _params, _dd in [  # class, smooth, functional forms, their argument names, curvature
     (nn.ReLU, False, (F.relu, F.relu_, torch.relu, torch.relu_, 'relu', 'relu_'), (), _relu_dd),
-    (nn.ReLU6, False, (F.relu6,), (), _relu6_dd), (nn.LeakyReLU, False, (F.leaky_relu, F.leaky_relu_), ('negative_slope',), _leaky_dd),
-    (nn.PReLU, False, (), (), _prelu_dd), (nn.Hardtanh, False, (F.hardtanh, F.hardtanh_), ('min_val', 'max_val'), _hardtanh_dd),
-    (nn.Hardswish, False, (F.hardswish,), (), _hardswish_dd), (nn.Hardsigmoid, False, (F.hardsigmoid,), (), _hardsigmoid_dd),
-    (nn.ELU, True, (F.elu, F.elu_), ('alpha',), _elu_dd), (nn.CELU, True, (F.celu,), ('alpha',), None),
-    (nn.SELU, True, (F.selu, torch.selu), (), None), (nn.GELU, True, (F.gelu,), ('approximate',), _gelu_dd),
-    (nn.SiLU, True, (F.silu,), (), _silu_dd), (nn.Mish, True, (F.mish,), (), None),
+    (nn.ReLU6, False, (F.relu6,), (), _relu6_dd),
+    (nn.LeakyReLU, False, (F.leaky_relu, F.leaky_relu_), ('negative_slope',), _leaky_dd),
+    (nn.PReLU, False, (), (), _prelu_dd),
+    (nn.Hardtanh, False, (F.hardtanh, F.hardtanh_), ('min_val', 'max_val'), _hardtanh_dd),
+    (nn.Hardswish, False, (F.hardswish,), (), _hardswish_dd),
+    (nn.Hardsigmoid, False, (F.hardsigmoid,), (), _hardsigmoid_dd),
+    (nn.ELU, True, (F.elu, F.elu_), ('alpha',), _elu_dd),
+    (nn.CELU, True, (F.celu,), ('alpha',), None),
+    (nn.SELU, True, (F.selu, torch.selu), (), None),
+    (nn.GELU, True, (F.gelu,), ('approximate',), _gelu_dd),
+    (nn.SiLU, True, (F.silu,), (), _silu_dd),
+    (nn.Mish, True, (F.mish,), (), None),
     (nn.Tanh, True, (torch.tanh, torch.tanh_, 'tanh', 'tanh_'), (), _tanh_dd),
     (nn.Sigmoid, True, (torch.sigmoid, torch.sigmoid_, 'sigmoid', 'sigmoid_'), (), _sigmoid_dd),
-    (nn.Softplus, True, (F.softplus,), ('beta', 'threshold'), _softplus_dd), (nn.LogSigmoid, True, (F.logsigmoid,), (), None),
-    (nn.Softsign, True, (F.softsign,), (), None), (nn.Tanhshrink, True, (F.tanhshrink,), (), None), (RBF, True, (), (), _rbf_dd)]:
+    (nn.Softplus, True, (F.softplus,), ('beta', 'threshold'), _softplus_dd),
+    (nn.LogSigmoid, True, (F.logsigmoid,), (), None),
+    (nn.Softsign, True, (F.softsign,), (), None),
+    (nn.Tanhshrink, True, (F.tanhshrink,), (), None),
+    (RBF, True, (), (), _rbf_dd),
+]:
     register_activation(_cls, curvature=_dd, smooth=_smooth, functional=_fns, params=_params)
-

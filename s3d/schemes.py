@@ -17,64 +17,102 @@ __all__ = ['SCHEME_KINDS', 'SCHEME_COPIES', 'scheme_gains', 'scheme_parts', 'spl
            'plot_split_schemes']
 
 # %% ../nbs/01_schemes.ipynb #6c7cf5bc
-SCHEME_KINDS = ('none', 'positive binary', 'negative binary', 'positive triplet', 'negative triplet',
-                'mixed triplet', 'quartet')
+SCHEME_KINDS = (
+    'none',
+    'positive binary',
+    'negative binary',
+    'positive triplet',
+    'negative triplet',
+    'mixed triplet',
+    'quartet',
+)
 SCHEME_COPIES = dict(zip(SCHEME_KINDS, (1, 2, 2, 3, 3, 3, 4)))
+
 
 def scheme_gains(lam_min, lam_max, c) -> Tensor:
     "Gain of each candidate scheme in `SCHEME_KINDS` order, shape (..., 7)."
     f64 = lambda x: x if torch.is_tensor(x) else torch.as_tensor(x, dtype=torch.float64)
     lmin, lmax = f64(lam_min), f64(lam_max)
     u, r = (c + 1) / 2, (c - 1) / (c + 1)
-    return torch.stack([torch.zeros_like(lmin), lmin, -r * lmax, u * lmin, -(u - 1) * lmax,
-                        lmin - r * (lmax - lmin), u * lmin - (u - 1) * lmax], -1)
+    return torch.stack(
+        [
+            torch.zeros_like(lmin),
+            lmin,
+            -r * lmax,
+            u * lmin,
+            -(u - 1) * lmax,
+            lmin - r * (lmax - lmin),
+            u * lmin - (u - 1) * lmax,
+        ],
+        -1,
+    )
 
 # %% ../nbs/01_schemes.ipynb #269a62a1
-def scheme_parts(kind:str, v_min:Tensor, v_max:Tensor, c:float):
+def scheme_parts(kind: str, v_min: Tensor, v_max: Tensor, c: float):
     "Weights (k,) and displacements (..., k, d) of the scheme `kind` for unit eigenvectors `v_min`, `v_max` (..., d)."
     u, z = (c + 1) / 2, torch.zeros_like(v_min)
-    if kind == 'none': w, D = [1.], [z]
-    elif kind == 'positive binary': w, D = [.5, .5], [v_min, -v_min]
-    elif kind == 'negative binary': w, D = [u, 1 - u], [(c - 1) / (c + 1) * v_max, v_max]
-    elif kind == 'positive triplet': w, D = [u / 2, u / 2, 1 - u], [v_min, -v_min, z]
-    elif kind == 'negative triplet': w, D = [u, (1 - u) / 2, (1 - u) / 2], [z, v_max, -v_max]
+    if kind == 'none':
+        w, D = [1.0], [z]
+    elif kind == 'positive binary':
+        w, D = [0.5, 0.5], [v_min, -v_min]
+    elif kind == 'negative binary':
+        w, D = [u, 1 - u], [(c - 1) / (c + 1) * v_max, v_max]
+    elif kind == 'positive triplet':
+        w, D = [u / 2, u / 2, 1 - u], [v_min, -v_min, z]
+    elif kind == 'negative triplet':
+        w, D = [u, (1 - u) / 2, (1 - u) / 2], [z, v_max, -v_max]
     elif kind == 'mixed triplet':
         s, x = (u - 1) / u, math.sqrt(2 * u - 1) / u
         w, D = [u / 2, u / 2, 1 - u], [x * v_min + s * v_max, -x * v_min + s * v_max, v_max]
-    elif kind == 'quartet': w, D = [u / 2, u / 2, (1 - u) / 2, (1 - u) / 2], [v_min, -v_min, v_max, -v_max]
-    else: raise ValueError(f"unknown scheme kind {kind!r}; expected one of {SCHEME_KINDS}")
+    elif kind == 'quartet':
+        w, D = [u / 2, u / 2, (1 - u) / 2, (1 - u) / 2], [v_min, -v_min, v_max, -v_max]
+    else:
+        raise ValueError(f"unknown scheme kind {kind!r}; expected one of {SCHEME_KINDS}")
     return torch.tensor(w, dtype=v_min.dtype, device=v_min.device), torch.stack(D, -2)
 
 # %% ../nbs/01_schemes.ipynb #892aba73
-def split_value(S:Tensor, weights:Tensor, deltas:Tensor) -> Tensor:
+def split_value(S: Tensor, weights: Tensor, deltas: Tensor) -> Tensor:
     "The quadratic form sum_i w_i delta_i^T S delta_i."
     return torch.einsum('i,id,de,ie->', weights.to(S), deltas.to(S), S, deltas.to(S))
 
-def check_split(S:Tensor, weights:Tensor, deltas:Tensor, c:float, tol:float|None=None) -> float:
+
+def check_split(S: Tensor, weights: Tensor, deltas: Tensor, c: float, tol: float | None = None) -> float:
     "Raise `ValueError` unless (weights, deltas) is feasible for `c`; return its value for `S`."
-    if tol is None: tol = 1e-9 if weights.dtype == deltas.dtype == torch.float64 else 1e-5
+    if tol is None:
+        tol = 1e-9 if weights.dtype == deltas.dtype == torch.float64 else 1e-5
     w, D = weights.double(), deltas.double()
     problems = []
-    if abs(w.sum().item() - 1) > tol: problems.append(f"sum(w) = {w.sum().item():.6g} != 1")
-    if w.abs().sum().item() > c + tol: problems.append(f"sum|w| = {w.abs().sum().item():.6g} > c = {c}")
-    if D.norm(dim=-1).max().item() > 1 + tol: problems.append(f"max |delta_i| = {D.norm(dim=-1).max().item():.6g} > 1")
-    if (w[:, None] * D).sum(0).norm().item() > tol: problems.append("sum_i w_i delta_i != 0")
-    if problems: raise ValueError("infeasible split: " + "; ".join(problems))
+    if abs(w.sum().item() - 1) > tol:
+        problems.append(f"sum(w) = {w.sum().item():.6g} != 1")
+    if w.abs().sum().item() > c + tol:
+        problems.append(f"sum|w| = {w.abs().sum().item():.6g} > c = {c}")
+    if D.norm(dim=-1).max().item() > 1 + tol:
+        problems.append(f"max |delta_i| = {D.norm(dim=-1).max().item():.6g} > 1")
+    if (w[:, None] * D).sum(0).norm().item() > tol:
+        problems.append("sum_i w_i delta_i != 0")
+    if problems:
+        raise ValueError("infeasible split: " + "; ".join(problems))
     return split_value(S.double(), w, D).item()
 
 # %% ../nbs/01_schemes.ipynb #b51950be
 def _check_mc(m, c):
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1: raise ValueError(f"m must be an integer >= 1, got {m!r}")
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be an integer >= 1, got {m!r}")
     if not isinstance(c, (int, float)) or isinstance(c, bool) or not math.isfinite(c) or c < 1:
         raise ValueError(f"c must be a finite number >= 1, got {c!r}")
 
-def _check_lams(lmin:Tensor, lmax:Tensor):
-    if lmin.shape != lmax.shape: raise ValueError(f"lam_min and lam_max shapes differ: {tuple(lmin.shape)} vs {tuple(lmax.shape)}")
-    if not (torch.isfinite(lmin).all() and torch.isfinite(lmax).all()): raise ValueError("eigenvalues must be finite (got NaN or inf)")
-    bad = lmin > lmax + 1e-6 * (lmin.abs() + lmax.abs() + 1)
-    if bad.any(): raise ValueError(f"lam_min > lam_max for {int(bad.sum())} neuron(s)")
 
-def _best_kind(gains:Tensor, m:int) -> Tensor:
+def _check_lams(lmin: Tensor, lmax: Tensor):
+    if lmin.shape != lmax.shape:
+        raise ValueError(f"lam_min and lam_max shapes differ: {tuple(lmin.shape)} vs {tuple(lmax.shape)}")
+    if not (torch.isfinite(lmin).all() and torch.isfinite(lmax).all()):
+        raise ValueError("eigenvalues must be finite (got NaN or inf)")
+    bad = lmin > lmax + 1e-6 * (lmin.abs() + lmax.abs() + 1)
+    if bad.any():
+        raise ValueError(f"lam_min > lam_max for {int(bad.sum())} neuron(s)")
+
+
+def _best_kind(gains: Tensor, m: int) -> Tensor:
     "Index of the best scheme with at most m copies; ties (to rounding) go to fewer copies."
     allowed = torch.tensor([SCHEME_COPIES[k] <= m for k in SCHEME_KINDS], device=gains.device)
     g = gains.masked_fill(~allowed, float('inf'))
@@ -83,11 +121,12 @@ def _best_kind(gains:Tensor, m:int) -> Tensor:
     return (g <= best + tol).int().argmax(-1)  # first kind in table order, i.e. fewest copies
 
 # %% ../nbs/01_schemes.ipynb #ab112e36
-def split_gain(lam_min, # smallest eigenvalue(s) of the splitting matrix: float or tensor (n,)
-               lam_max, # largest eigenvalue(s), same shape
-               m:int,   # maximal number of copies (1 = no split, 2 binary, 3 triplet, >=4 quartet)
-               c:float, # weight budget: sum|w_i| <= c (c = 1 is S2D)
-              ):
+def split_gain(
+    lam_min,  # smallest eigenvalue(s) of the splitting matrix: float or tensor (n,)
+    lam_max,  # largest eigenvalue(s), same shape
+    m: int,  # maximal number of copies (1 = no split, 2 binary, 3 triplet, >=4 quartet)
+    c: float,  # weight budget: sum|w_i| <= c (c = 1 is S2D)
+):
     "Optimal value G_m <= 0 of sum_i w_i delta_i^T S delta_i over splits into at most `m` copies with w in W_m^c."
     _check_mc(m, c)
     scalar = not torch.is_tensor(lam_min) and not torch.is_tensor(lam_max)
@@ -102,28 +141,41 @@ def split_gain(lam_min, # smallest eigenvalue(s) of the splitting matrix: float 
 @dataclass
 class SplitScheme:
     "The optimal split of one neuron: copy weights, displacements and the predicted gain."
-    weights: Tensor  # (k,) copy weights, sum 1; copy 0 keeps the neuron's slot
-    deltas: Tensor   # (k, d) displacements, each of norm <= 1, sum_i w_i delta_i = 0
-    gain: float      # sum_i w_i delta_i^T S delta_i (<= 0)
-    kind: str        # one of `SCHEME_KINDS`
 
-def _unit_pair(v_min:Tensor, v_max:Tensor):
+    weights: Tensor  # (k,) copy weights, sum 1; copy 0 keeps the neuron's slot
+    deltas: Tensor  # (k, d) displacements, each of norm <= 1, sum_i w_i delta_i = 0
+    gain: float  # sum_i w_i delta_i^T S delta_i (<= 0)
+    kind: str  # one of `SCHEME_KINDS`
+
+
+def _unit_pair(v_min: Tensor, v_max: Tensor):
     "Normalise the eigenvectors and make v_max orthogonal to v_min (rows of (n, d) tensors)."
-    if v_min.shape != v_max.shape: raise ValueError(f"v_min and v_max shapes differ: {tuple(v_min.shape)} vs {tuple(v_max.shape)}")
-    if not (torch.isfinite(v_min).all() and torch.isfinite(v_max).all()): raise ValueError("eigenvectors must be finite")
+    if v_min.shape != v_max.shape:
+        raise ValueError(f"v_min and v_max shapes differ: {tuple(v_min.shape)} vs {tuple(v_max.shape)}")
+    if not (torch.isfinite(v_min).all() and torch.isfinite(v_max).all()):
+        raise ValueError("eigenvectors must be finite")
     nmin, nmax = v_min.norm(dim=-1, keepdim=True), v_max.norm(dim=-1, keepdim=True)
-    if (nmin == 0).any() or (nmax == 0).any(): raise ValueError("eigenvectors must be nonzero")
+    if (nmin == 0).any() or (nmax == 0).any():
+        raise ValueError("eigenvectors must be nonzero")
     a, b = v_min / nmin, v_max / nmax
     b2 = b - (a * b).sum(-1, keepdim=True) * a
     nb2 = b2.norm(dim=-1, keepdim=True)
     return a, torch.where(nb2 > 1e-6, b2 / nb2.clamp_min(1e-30), b)
 
-def split_scheme(lam_min:float, v_min:Tensor, lam_max:float, v_max:Tensor, m:int, c:float) -> SplitScheme:
+
+def split_scheme(
+    lam_min: float, v_min: Tensor, lam_max: float, v_max: Tensor, m: int, c: float
+) -> SplitScheme:
     "The optimal split into at most `m` copies with weights in W_m^c for one neuron."
     _check_mc(m, c)
     v_min, v_max = torch.as_tensor(v_min), torch.as_tensor(v_max)
-    if v_min.ndim != 1: raise ValueError(f"v_min must be a vector (d,), got shape {tuple(v_min.shape)}; use `split_schemes` for many neurons")
-    lmin, lmax = torch.as_tensor(float(lam_min), dtype=torch.float64), torch.as_tensor(float(lam_max), dtype=torch.float64)
+    if v_min.ndim != 1:
+        raise ValueError(
+            f"v_min must be a vector (d,), got shape {tuple(v_min.shape)}; use `split_schemes` for many neurons"
+        )
+    lmin, lmax = torch.as_tensor(float(lam_min), dtype=torch.float64), torch.as_tensor(
+        float(lam_max), dtype=torch.float64
+    )
     _check_lams(lmin, lmax)
     a, b = _unit_pair(v_min[None], v_max[None])
     g = scheme_gains(lmin, lmax, c)
@@ -135,25 +187,40 @@ def split_scheme(lam_min:float, v_min:Tensor, lam_max:float, v_max:Tensor, m:int
 @dataclass
 class SplitSchemes:
     "Optimal splits of n neurons, zero-padded to m copies."
-    weights: Tensor  # (n, m) copy weights; unused copies have weight 0
-    deltas: Tensor   # (n, m, d) displacements; unused copies are 0
-    k: Tensor        # (n,) number of copies used (1 = no split)
-    gain: Tensor     # (n,) predicted gains sum_i w_i delta_i^T S_j delta_i
-    kind: list       # n scheme names from `SCHEME_KINDS`
 
-    def __len__(self): return len(self.k)
+    weights: Tensor  # (n, m) copy weights; unused copies have weight 0
+    deltas: Tensor  # (n, m, d) displacements; unused copies are 0
+    k: Tensor  # (n,) number of copies used (1 = no split)
+    gain: Tensor  # (n,) predicted gains sum_i w_i delta_i^T S_j delta_i
+    kind: list  # n scheme names from `SCHEME_KINDS`
+
+    def __len__(self):
+        return len(self.k)
+
     def __getitem__(self, idx):
         "The schemes of the neurons `idx` (int, slice, list or LongTensor)."
-        if isinstance(idx, int): idx = [idx]
+        if isinstance(idx, int):
+            idx = [idx]
         sel = torch.arange(len(self))[idx]
-        return SplitSchemes(self.weights[sel], self.deltas[sel], self.k[sel], self.gain[sel], [self.kind[i] for i in sel.tolist()])
+        return SplitSchemes(
+            self.weights[sel],
+            self.deltas[sel],
+            self.k[sel],
+            self.gain[sel],
+            [self.kind[i] for i in sel.tolist()],
+        )
 
-def split_schemes(lam_min:Tensor, v_min:Tensor, lam_max:Tensor, v_max:Tensor, m:int, c:float) -> SplitSchemes:
+
+def split_schemes(
+    lam_min: Tensor, v_min: Tensor, lam_max: Tensor, v_max: Tensor, m: int, c: float
+) -> SplitSchemes:
     "Batched `split_scheme`: eigenpairs of n neurons (lam (n,), v (n, d)) -> `SplitSchemes`."
     _check_mc(m, c)
     lmin, lmax, v_min, v_max = map(torch.as_tensor, (lam_min, lam_max, v_min, v_max))
     if lmin.ndim != 1 or v_min.ndim != 2 or v_min.shape[0] != lmin.shape[0]:
-        raise ValueError(f"expected lam (n,) and v (n, d); got lam_min {tuple(lmin.shape)}, v_min {tuple(v_min.shape)}")
+        raise ValueError(
+            f"expected lam (n,) and v (n, d); got lam_min {tuple(lmin.shape)}, v_min {tuple(v_min.shape)}"
+        )
     _check_lams(lmin, lmax)
     a, b = _unit_pair(v_min, v_max)
     g = scheme_gains(lmin, lmax, c)
@@ -163,100 +230,168 @@ def split_schemes(lam_min:Tensor, v_min:Tensor, lam_max:Tensor, v_max:Tensor, m:
     k = torch.tensor([SCHEME_COPIES[SCHEME_KINDS[i]] for i in best.tolist()], dtype=torch.long)
     for j, kind in enumerate(SCHEME_KINDS):
         rows = (best == j).nonzero()[:, 0]
-        if len(rows) == 0: continue
+        if len(rows) == 0:
+            continue
         w, dl = scheme_parts(kind, a[rows], b[rows], c)
-        W[rows, :len(w)], D[rows, :len(w)] = w, dl
-    return SplitSchemes(W, D, k.to(a.device), g.gather(-1, best[:, None])[:, 0], [SCHEME_KINDS[i] for i in best.tolist()])
+        W[rows, : len(w)], D[rows, : len(w)] = w, dl
+    return SplitSchemes(
+        W, D, k.to(a.device), g.gather(-1, best[:, None])[:, 0], [SCHEME_KINDS[i] for i in best.tolist()]
+    )
 
 # %% ../nbs/01_schemes.ipynb #8e35573b
 def _polish(S, w0, D0, c, m):
     "Refine one split with SLSQP (scipy) from (w0, D0); returns (value, w, D) or None if it fails."
     import numpy as np
     from scipy.optimize import minimize
-    d, S = D0.shape[-1], S.numpy()
-    def unpack(x): return x[:m] - x[m:2 * m], x[2 * m:].reshape(m, d)
-    def f(x):
-        w, D = unpack(x); return float(np.einsum('i,id,de,ie->', w, D, S, D))
-    cons = [dict(type='eq', fun=lambda x: unpack(x)[0].sum() - 1),
-            dict(type='eq', fun=lambda x: (unpack(x)[0][:, None] * unpack(x)[1]).sum(0)),
-            dict(type='ineq', fun=lambda x: c - x[:2 * m].sum()),
-            dict(type='ineq', fun=lambda x: 1 - (unpack(x)[1] ** 2).sum(1))]
-    x0 = np.concatenate([w0.clamp_min(0).numpy(), (-w0).clamp_min(0).numpy(), D0.numpy().ravel()])
-    r = minimize(f, x0, method='SLSQP', constraints=cons, bounds=[(0, None)] * (2 * m) + [(-1, 1)] * (m * d),
-                 options=dict(maxiter=300, ftol=1e-13))
-    w, D = (torch.as_tensor(a, dtype=torch.float64) for a in unpack(r.x))
-    try: return check_split(torch.as_tensor(S), w, D, c, tol=1e-7), w, D
-    except ValueError: return None
 
-def search_split(S:Tensor,       # (d, d) or (P, d, d) symmetric matrices
-                 m:int,           # number of copies
-                 c:float,         # weight budget
-                 starts:int=128,  # random starts per problem
-                 steps:int=200,   # Adam steps
-                 lr:float=0.05,   # Adam learning rate
-                 polish:int=2,    # best starts per problem refined by SLSQP (needs scipy; 0 = none)
-                 seed:int=0):
+    d, S = D0.shape[-1], S.numpy()
+
+    def unpack(x):
+        return x[:m] - x[m : 2 * m], x[2 * m :].reshape(m, d)
+
+    def f(x):
+        w, D = unpack(x)
+        return float(np.einsum('i,id,de,ie->', w, D, S, D))
+
+    cons = [
+        dict(type='eq', fun=lambda x: unpack(x)[0].sum() - 1),
+        dict(type='eq', fun=lambda x: (unpack(x)[0][:, None] * unpack(x)[1]).sum(0)),
+        dict(type='ineq', fun=lambda x: c - x[: 2 * m].sum()),
+        dict(type='ineq', fun=lambda x: 1 - (unpack(x)[1] ** 2).sum(1)),
+    ]
+    x0 = np.concatenate([w0.clamp_min(0).numpy(), (-w0).clamp_min(0).numpy(), D0.numpy().ravel()])
+    r = minimize(
+        f,
+        x0,
+        method='SLSQP',
+        constraints=cons,
+        bounds=[(0, None)] * (2 * m) + [(-1, 1)] * (m * d),
+        options=dict(maxiter=300, ftol=1e-13),
+    )
+    w, D = (torch.as_tensor(a, dtype=torch.float64) for a in unpack(r.x))
+    try:
+        return check_split(torch.as_tensor(S), w, D, c, tol=1e-7), w, D
+    except ValueError:
+        return None
+
+
+def search_split(
+    S: Tensor,  # (d, d) or (P, d, d) symmetric matrices
+    m: int,  # number of copies
+    c: float,  # weight budget
+    starts: int = 128,  # random starts per problem
+    steps: int = 200,  # Adam steps
+    lr: float = 0.05,  # Adam learning rate
+    polish: int = 2,  # best starts per problem refined by SLSQP (needs scipy; 0 = none)
+    seed: int = 0,
+):
     "Minimise sum_i w_i delta_i^T S delta_i over feasible splits numerically: (values (P,), weights (P, m), deltas (P, m, d))."
     _check_mc(m, c)
     S = torch.as_tensor(S, dtype=torch.float64)
     single = S.ndim == 2
-    if single: S = S[None]
+    if single:
+        S = S[None]
     P, d = S.shape[0], S.shape[-1]
     gen = torch.Generator().manual_seed(seed)
-    scale = torch.linspace(0.5, 4, starts, dtype=torch.float64)[None, :, None]  # from spread-out to peaked weights
+    scale = torch.linspace(0.5, 4, starts, dtype=torch.float64)[
+        None, :, None
+    ]  # from spread-out to peaked weights
     al, be = (scale * torch.randn(P, starts, m, generator=gen, dtype=torch.float64) for _ in range(2))
-    ga, U = 1 + 2 * torch.randn(P, starts, generator=gen, dtype=torch.float64), torch.randn(P, starts, m, d, generator=gen, dtype=torch.float64)
+    ga, U = 1 + 2 * torch.randn(P, starts, generator=gen, dtype=torch.float64), torch.randn(
+        P, starts, m, d, generator=gen, dtype=torch.float64
+    )
     params = [p.requires_grad_() for p in (al, be, ga, U)]
+
     def point():
         C = (1 + (c - 1) * torch.sigmoid(ga))[..., None]
         w = (C + 1) / 2 * torch.softmax(al, -1) - (C - 1) / 2 * torch.softmax(be, -1)
         D = U - (w[..., None] * U).sum(-2, keepdim=True)
-        D = D / D.norm(dim=-1).amax(-1).clamp_min(1.)[..., None, None]
+        D = D / D.norm(dim=-1).amax(-1).clamp_min(1.0)[..., None, None]
         return w, D, torch.einsum('psi,psid,pde,psie->ps', w, D, S, D)
+
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
-        opt.zero_grad(); point()[2].sum().backward(); opt.step(); sched.step()
-    with torch.no_grad(): w, D, val = point()
+        opt.zero_grad()
+        point()[2].sum().backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        w, D, val = point()
     best = val.argmin(-1)
-    out_v, out_w, out_D = val[torch.arange(P), best].clone(), w[torch.arange(P), best].clone(), D[torch.arange(P), best].clone()
+    out_v, out_w, out_D = (
+        val[torch.arange(P), best].clone(),
+        w[torch.arange(P), best].clone(),
+        D[torch.arange(P), best].clone(),
+    )
     for p in range(P):
         for s_ in val[p].argsort()[:polish].tolist():
             r = _polish(S[p], w[p, s_], D[p, s_], c, m)
-            if r is not None and r[0] < out_v[p]: out_v[p], out_w[p], out_D[p] = r
+            if r is not None and r[0] < out_v[p]:
+                out_v[p], out_w[p], out_D[p] = r
     return (out_v[0], out_w[0], out_D[0]) if single else (out_v, out_w, out_D)
 
 # %% ../nbs/01_schemes.ipynb #a520d38d
-def random_spectra(seed:int=0, d:int=4) -> dict:
+def random_spectra(seed: int = 0, d: int = 4) -> dict:
     "Named test matrices (d, d): definite, indefinite, semidefinite, repeated eigenvalues, zero."
     g = torch.Generator().manual_seed(seed)
     Q = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0]
-    def mat(ev): return Q @ torch.diag(torch.as_tensor(ev, dtype=torch.float64)) @ Q.T
+
+    def mat(ev):
+        return Q @ torch.diag(torch.as_tensor(ev, dtype=torch.float64)) @ Q.T
+
     r = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64)
     A = torch.randn(d, d, generator=g, dtype=torch.float64)
-    return {'positive definite': mat(0.2 + r(d)), 'negative definite': mat(-0.2 - r(d)),
-            'indefinite': (A + A.T) / 2, 'indefinite, small negative': mat(torch.cat([-0.1 * r(1), 0.5 + r(d - 1)])),
-            'psd with zero': mat(torch.cat([torch.zeros(1), r(d - 1)])), 'repeated min': mat([-1., -1.] + [1.] * (d - 2)),
-            'repeated max': mat([-0.5] + [2.] * (d - 1)), 'zero': torch.zeros(d, d, dtype=torch.float64)}
+    return {
+        'positive definite': mat(0.2 + r(d)),
+        'negative definite': mat(-0.2 - r(d)),
+        'indefinite': (A + A.T) / 2,
+        'indefinite, small negative': mat(torch.cat([-0.1 * r(1), 0.5 + r(d - 1)])),
+        'psd with zero': mat(torch.cat([torch.zeros(1), r(d - 1)])),
+        'repeated min': mat([-1.0, -1.0] + [1.0] * (d - 2)),
+        'repeated max': mat([-0.5] + [2.0] * (d - 1)),
+        'zero': torch.zeros(d, d, dtype=torch.float64),
+    }
 
 # %% ../nbs/01_schemes.ipynb #69f7db33
-def plot_split_schemes(c:float=2.0, # weight budget used for the signed schemes
-                       kinds=('positive binary', 'negative binary', 'positive triplet', 'negative triplet', 'quartet', 'mixed triplet')):
+def plot_split_schemes(
+    c: float = 2.0,  # weight budget used for the signed schemes
+    kinds=(
+        'positive binary',
+        'negative binary',
+        'positive triplet',
+        'negative triplet',
+        'quartet',
+        'mixed triplet',
+    ),
+):
     "Figure 1: the split schemes drawn in the (v_min, v_max) plane; returns the matplotlib Figure."
     import matplotlib.pyplot as plt
+
     fig, axs = plt.subplots(1, len(kinds), figsize=(2.6 * len(kinds), 2.9))
-    e1, e2 = torch.tensor([1., 0.], dtype=torch.float64), torch.tensor([0., 1.], dtype=torch.float64)
+    e1, e2 = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0], dtype=torch.float64)
     for ax, kind in zip(axs, kinds):
         w, D = scheme_parts(kind, e1, e2, c)
         ax.add_patch(plt.Circle((0, 0), 1, fill=False, ls=':', color='0.7'))
         ax.scatter([0], [0], s=500, facecolors='none', edgecolors='0.4', lw=1.5, zorder=2)
         for wi, (x, y) in zip(w.tolist(), D.tolist()):
             col = 'tab:blue' if wi > 0 else 'tab:red'
-            if x or y: ax.annotate('', (x, y), (0, 0), arrowprops=dict(arrowstyle='->', color=col, lw=1.2))
+            if x or y:
+                ax.annotate('', (x, y), (0, 0), arrowprops=dict(arrowstyle='->', color=col, lw=1.2))
             ax.scatter([x], [y], s=420 * abs(wi), color=col, alpha=0.75, zorder=3)
             ax.text(x + 0.08, y + 0.1, f'{wi:+.2g}', fontsize=8, color=col)
-        ax.set(xlim=(-1.4, 1.4), ylim=(-1.4, 1.4), aspect='equal', xticks=[], yticks=[], xlabel='$v_{\\min}$', ylabel='$v_{\\max}$')
+        ax.set(
+            xlim=(-1.4, 1.4),
+            ylim=(-1.4, 1.4),
+            aspect='equal',
+            xticks=[],
+            yticks=[],
+            xlabel='$v_{\\min}$',
+            ylabel='$v_{\\max}$',
+        )
         ax.set_title(kind + ('\n(not in the paper)' if kind == 'mixed triplet' else ''), fontsize=9)
-    fig.suptitle(f'Split schemes (signed ones drawn with c = {c:g}); blue: positive weight, red: negative', fontsize=10)
+    fig.suptitle(
+        f'Split schemes (signed ones drawn with c = {c:g}); blue: positive weight, red: negative', fontsize=10
+    )
     fig.tight_layout()
     return fig

@@ -16,98 +16,132 @@ from .schemes import SplitSchemes, split_schemes
 __all__ = ['score_neurons', 'select_neurons']
 
 # %% ../nbs/06_select.ipynb #077bc07c
-def score_neurons(eigs:dict, # group name -> eigenpairs with `lam_min` (n,), `v_min` (n, d), `lam_max`, `v_max`
-                  m:int,     # maximal copies per neuron (S2D: 2 with c = 1)
-                  c:float,   # weight budget (c = 1 is S2D)
-                 ) -> dict:
+def score_neurons(
+    eigs: dict,  # group name -> eigenpairs with `lam_min` (n,), `v_min` (n, d), `lam_max`, `v_max`
+    m: int,  # maximal copies per neuron (S2D: 2 with c = 1)
+    c: float,  # weight budget (c = 1 is S2D)
+) -> dict:
     "Optimal `SplitSchemes` for every neuron of every group."
     return {name: split_schemes(e.lam_min, e.v_min, e.lam_max, e.v_max, m, c) for name, e in eigs.items()}
 
 # %% ../nbs/06_select.ipynb #d1cec207
-def _candidates(schemes:dict, threshold:float, per_layer_cap):
+def _candidates(schemes: dict, threshold: float, per_layer_cap):
     "Flat arrays (group, index, gain, new neurons) of the candidates passing threshold and per-layer caps."
     out = []
     for name, s in schemes.items():
         ok = ((s.gain < -threshold) & (s.k > 1)).nonzero()[:, 0]
-        ok = ok[s.gain[ok].argsort()]                       # most negative first
+        ok = ok[s.gain[ok].argsort()]  # most negative first
         if per_layer_cap is not None:
             cap = per_layer_cap if isinstance(per_layer_cap, int) else math.floor(per_layer_cap * len(s))
             ok = ok[:cap]
         out += [(name, int(i), float(s.gain[i]), int(s.k[i]) - 1) for i in ok]
     return out
 
+
 def _knapsack(values, sizes, budget, max_bins=20000):
     "Indices maximising sum(values) with sum(sizes) <= budget: exact for integer sizes (FLOPs, params), else on a grid."
     sizes = np.asarray(sizes, dtype=float)
-    if len(sizes) == 0: return []
+    if len(sizes) == 0:
+        return []
     if np.all(sizes == np.round(sizes)) and float(budget) == round(budget):
-        unit = float(np.gcd.reduce(sizes.astype(np.int64)) or 1)     # exact: count in multiples of the gcd
-    else: unit = 0.0
-    if unit == 0.0 or budget / unit > max_bins: unit = budget / max_bins   # grid: sizes rounded up, never over budget
+        unit = float(np.gcd.reduce(sizes.astype(np.int64)) or 1)  # exact: count in multiples of the gcd
+    else:
+        unit = 0.0
+    if unit == 0.0 or budget / unit > max_bins:
+        unit = budget / max_bins  # grid: sizes rounded up, never over budget
     bins = int(budget // unit)
     w = np.ceil(sizes / unit - 1e-9).astype(np.int64)
     best, take = np.zeros(bins + 1), np.zeros((len(values), bins + 1), dtype=bool)
     for i, (v, s) in enumerate(zip(values, w)):
-        if s > bins: continue
-        cand = np.full(bins + 1, -np.inf); cand[s:] = best[:bins + 1 - s] + v
+        if s > bins:
+            continue
+        cand = np.full(bins + 1, -np.inf)
+        cand[s:] = best[: bins + 1 - s] + v
         take[i] = cand > best
         best = np.maximum(best, cand)
     chosen, b = [], int(best.argmax())
     for i in range(len(values) - 1, -1, -1):
-        if take[i, b]: chosen.append(i); b -= w[i]
+        if take[i, b]:
+            chosen.append(i)
+            b -= w[i]
     return chosen[::-1]
 
 # %% ../nbs/06_select.ipynb #39e674ca
-def _fit_realised(cand:list, costs:dict, budget:float, realised) -> list:
+def _fit_realised(cand: list, costs: dict, budget: float, realised) -> list:
     "The longest prefix of `cand` (best gain per linear cost first) whose `realised(new neurons per group)` fits `budget`."
-    order = sorted(cand, key=lambda t: t[2] / max(costs[t[0]] * t[3], 1e-300))   # most gain per cost first
+    order = sorted(cand, key=lambda t: t[2] / max(costs[t[0]] * t[3], 1e-300))  # most gain per cost first
+
     def fits(n):
         counts = {}
-        for name, _, _, k in order[:n]: counts[name] = counts.get(name, 0) + k
+        for name, _, _, k in order[:n]:
+            counts[name] = counts.get(name, 0) + k
         return realised(counts) <= budget
-    if fits(len(order)): return cand
-    lo, hi = 0, len(order)     # fits(lo), not fits(hi): realised cost only grows with more neurons
+
+    if fits(len(order)):
+        return cand
+    lo, hi = 0, len(order)  # fits(lo), not fits(hi): realised cost only grows with more neurons
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if fits(mid): lo = mid
-        else: hi = mid
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
     return order[:lo]
 
 # %% ../nbs/06_select.ipynb #0a8c11a3
-def select_neurons(schemes:dict,              # group name -> `SplitSchemes` (from `score_neurons`)
-                   ratio:float|None=None,      # grow by this fraction of the current neuron count (new neurons)
-                   max_count:int|None=None,    # split at most this many neurons
-                   threshold:float=0.0,        # only split neurons with gain < -threshold
-                   per_layer_cap:int|float|None=None, # at most this many (int) or fraction (float) of a layer's neurons
-                   budget:float|None=None,     # energy-aware: maximal added cost (FLOPs or params)
-                   costs:dict|None=None,       # group name -> cost of one new neuron in that group (same units as budget)
-                   realised=None,              # callable(new neurons per group name) -> the grown network's added cost
-                  ) -> dict:
+def select_neurons(
+    schemes: dict,  # group name -> `SplitSchemes` (from `score_neurons`)
+    ratio: float | None = None,  # grow by this fraction of the current neuron count (new neurons)
+    max_count: int | None = None,  # split at most this many neurons
+    threshold: float = 0.0,  # only split neurons with gain < -threshold
+    per_layer_cap: (
+        int | float | None
+    ) = None,  # at most this many (int) or fraction (float) of a layer's neurons
+    budget: float | None = None,  # energy-aware: maximal added cost (FLOPs or params)
+    costs: dict | None = None,  # group name -> cost of one new neuron in that group (same units as budget)
+    realised=None,  # callable(new neurons per group name) -> the grown network's added cost
+) -> dict:
     "Choose neurons to split: group name -> sorted LongTensor of neuron indices."
-    if threshold < 0: raise ValueError(f"threshold must be >= 0, got {threshold}")
-    if ratio is not None and not ratio > 0: raise ValueError(f"ratio must be > 0, got {ratio}")
-    if max_count is not None and max_count < 0: raise ValueError(f"max_count must be >= 0, got {max_count}")
-    if per_layer_cap is not None and not (isinstance(per_layer_cap, int) and per_layer_cap >= 0 or
-                                          isinstance(per_layer_cap, float) and 0 < per_layer_cap <= 1):
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if ratio is not None and not ratio > 0:
+        raise ValueError(f"ratio must be > 0, got {ratio}")
+    if max_count is not None and max_count < 0:
+        raise ValueError(f"max_count must be >= 0, got {max_count}")
+    if per_layer_cap is not None and not (
+        isinstance(per_layer_cap, int)
+        and per_layer_cap >= 0
+        or isinstance(per_layer_cap, float)
+        and 0 < per_layer_cap <= 1
+    ):
         raise ValueError(f"per_layer_cap must be an int >= 0 or a fraction in (0, 1], got {per_layer_cap!r}")
-    if (budget is None) != (costs is None): raise ValueError("energy-aware selection needs both `budget` and `costs`")
-    if realised is not None and budget is None: raise ValueError("`realised` prices an energy budget: give `budget` and `costs` too")
-    if budget is not None and not budget > 0: raise ValueError(f"budget must be > 0, got {budget}")
-    if costs is not None and set(schemes) - set(costs): raise ValueError(f"no cost given for groups {sorted(set(schemes) - set(costs))}")
+    if (budget is None) != (costs is None):
+        raise ValueError("energy-aware selection needs both `budget` and `costs`")
+    if realised is not None and budget is None:
+        raise ValueError("`realised` prices an energy budget: give `budget` and `costs` too")
+    if budget is not None and not budget > 0:
+        raise ValueError(f"budget must be > 0, got {budget}")
+    if costs is not None and set(schemes) - set(costs):
+        raise ValueError(f"no cost given for groups {sorted(set(schemes) - set(costs))}")
     cand = _candidates(schemes, threshold, per_layer_cap)
     if budget is not None:
         keep = _knapsack([-g for _, _, g, _ in cand], [costs[n] * k for n, _, _, k in cand], budget)
         cand = [cand[i] for i in keep]
-        if realised is not None: cand = _fit_realised(cand, costs, budget, realised)   # adjacent layers' growth multiplies
+        if realised is not None:
+            cand = _fit_realised(cand, costs, budget, realised)  # adjacent layers' growth multiplies
     else:
         cand.sort(key=lambda t: t[2])
-        if max_count is not None: cand = cand[:max_count]
+        if max_count is not None:
+            cand = cand[:max_count]
         if ratio is not None:
             limit, added, kept = ratio * sum(len(s) for s in schemes.values()), 0, []
             for t in cand:
-                if added + t[3] > limit + 1e-9: break
-                kept.append(t); added += t[3]
+                if added + t[3] > limit + 1e-9:
+                    break
+                kept.append(t)
+                added += t[3]
             cand = kept
     out = {name: [] for name in schemes}
-    for name, i, _, _ in cand: out[name].append(i)
+    for name, i, _, _ in cand:
+        out[name].append(i)
     return {name: torch.tensor(sorted(ix), dtype=torch.long) for name, ix in out.items()}

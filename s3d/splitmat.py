@@ -29,13 +29,18 @@ __all__ = ['RunningSum', 'reduce_sum', 'check_group', 'bn_scale', 'producer_patc
 # %% ../nbs/04_splitmat.ipynb #1922d615
 class RunningSum:
     "Sum of per-batch statistics and the number of samples behind it; a batch can be added only once."
-    def __init__(self): self.total, self.count, self._seen = None, 0, set()
 
-    def add(self, value: Tensor, # statistic summed over the batch's samples
-            count: int,          # number of samples in the batch
-            batch,               # hashable id of the batch (refused if already counted)
-           ):
-        if batch in self._seen: raise ValueError(f"batch {batch!r} was already counted")
+    def __init__(self):
+        self.total, self.count, self._seen = None, 0, set()
+
+    def add(
+        self,
+        value: Tensor,  # statistic summed over the batch's samples
+        count: int,  # number of samples in the batch
+        batch,  # hashable id of the batch (refused if already counted)
+    ):
+        if batch in self._seen:
+            raise ValueError(f"batch {batch!r} was already counted")
         self._seen.add(batch)
         self.total = value.clone() if self.total is None else self.total.add_(value)
         self.count += count
@@ -43,66 +48,93 @@ class RunningSum:
     @property
     def mean(self) -> Tensor:
         "The average per sample."
-        if not self.count: raise ValueError("no samples were accumulated (are the batches empty?)")
+        if not self.count:
+            raise ValueError("no samples were accumulated (are the batches empty?)")
         return self.total / self.count
 
 # %% ../nbs/04_splitmat.ipynb #e2c0ffe2
-def reduce_sum(reduce: Callable | None, # reduce(tensor) -> tensor summed over processes, or None
-               total: Tensor | None,     # this process's sum (None: nothing seen here)
-               count: int,               # this process's number of samples
-               like: Callable = None,    # like() -> a zero tensor of the total's shape, used when `total` is None
-              ) -> tuple:
+def reduce_sum(
+    reduce: Callable | None,  # reduce(tensor) -> tensor summed over processes, or None
+    total: Tensor | None,  # this process's sum (None: nothing seen here)
+    count: int,  # this process's number of samples
+    like: Callable = None,  # like() -> a zero tensor of the total's shape, used when `total` is None
+) -> tuple:
     "`(total, count)` summed over processes by `reduce` (identity when None)."
-    if total is None: total = like() if like is not None else None
-    if reduce is None: return total, count
-    if total is None: raise ValueError("reduce_sum: no total here and no `like` to make zeros of its shape")
+    if total is None:
+        total = like() if like is not None else None
+    if reduce is None:
+        return total, count
+    if total is None:
+        raise ValueError("reduce_sum: no total here and no `like` to make zeros of its shape")
     n = reduce(torch.tensor([float(count)], dtype=torch.float64, device=total.device))
     return reduce(total), int(round(float(n[0])))
-
 
 # %% ../nbs/04_splitmat.ipynb #7e39008e
 def _producer_kind(group):
     k = layer_kind(group.producer)
-    try: ok = k is not None and k.produce(group.producer) is not None
-    except Refusal as e: raise ValueError(f"group {group.name!r}: {e}") from None
-    if not ok: raise TypeError(f"group {group.name!r}: producer must be a layer that produces split channels (nn.Linear, a conv with groups=1, ...), got {group.producer}")
+    try:
+        ok = k is not None and k.produce(group.producer) is not None
+    except Refusal as e:
+        raise ValueError(f"group {group.name!r}: {e}") from None
+    if not ok:
+        raise TypeError(
+            f"group {group.name!r}: producer must be a layer that produces split channels (nn.Linear, a conv with groups=1, ...), got {group.producer}"
+        )
     return k
+
 
 def check_group(model: nn.Module, group: SplitGroup):
     "Raise a clear error if `group` cannot be used with `model`."
     _producer_kind(group)
     mods = {id(m) for m in model.modules()}
-    for what, m in [('producer', group.producer), ('bn', group.bn)] + ([] if group.act_fn is not None else [('act', group.act)]):
+    for what, m in [('producer', group.producer), ('bn', group.bn)] + (
+        [] if group.act_fn is not None else [('act', group.act)]
+    ):
         if m is not None and id(m) not in mods:
-            raise ValueError(f"group {group.name!r}: its {what} {type(m).__name__} is not a module of the model")
+            raise ValueError(
+                f"group {group.name!r}: its {what} {type(m).__name__} is not a module of the model"
+            )
     if group.bn is not None:
         k = layer_kind(group.bn)
-        try: a = k.affine_scale(group.bn) if k is not None else None
-        except Refusal as e: raise ValueError(f"group {group.name!r}: {e}") from None
-        if a is None: raise ValueError(f"group {group.name!r}: its bn {type(group.bn).__name__} is not a per-channel affine map in eval mode")
+        try:
+            a = k.affine_scale(group.bn) if k is not None else None
+        except Refusal as e:
+            raise ValueError(f"group {group.name!r}: {e}") from None
+        if a is None:
+            raise ValueError(
+                f"group {group.name!r}: its bn {type(group.bn).__name__} is not a per-channel affine map in eval mode"
+            )
         if len(a) != group.n_neurons:
-            raise ValueError(f"group {group.name!r}: BatchNorm has {len(a)} features, producer {group.n_neurons}")
+            raise ValueError(
+                f"group {group.name!r}: BatchNorm has {len(a)} features, producer {group.n_neurons}"
+            )
     smooth = [n for n, m in group.followers if (k := activation_kind(m)) is not None and k.smooth]
-    if smooth and group.path is None:   # a traced group (split_groups) knows its private path: see `_curved`
-        warnings.warn(f"group {group.name!r}: the smooth activation(s) {smooth} after the neuron's own activation are "
-                      "treated as fixed; their curvature is not in S, so predicted gains are approximate", stacklevel=3)
+    if smooth and group.path is None:  # a traced group (split_groups) knows its private path: see `_curved`
+        warnings.warn(
+            f"group {group.name!r}: the smooth activation(s) {smooth} after the neuron's own activation are "
+            "treated as fixed; their curvature is not in S, so predicted gains are approximate",
+            stacklevel=3,
+        )
 
 # %% ../nbs/04_splitmat.ipynb #f2026a71
 def bn_scale(group: SplitGroup) -> Tensor:
     "Per-neuron factor a_j = gamma_j / sqrt(running_var_j + eps) of the group's eval-mode BatchNorm (ones without one)."
     bn, p = group.bn, group.producer
-    if bn is None: return torch.ones(group.n_neurons, device=p.weight.device, dtype=p.weight.dtype)
+    if bn is None:
+        return torch.ones(group.n_neurons, device=p.weight.device, dtype=p.weight.dtype)
     return layer_kind(bn).affine_scale(bn)
 
 # %% ../nbs/04_splitmat.ipynb #40fe81ad
-def producer_patches(p: nn.Module, # producer: a layer whose kind produces (nn.Linear, nn.Conv1d/2d, ...)
-                     x: Tensor,    # its input
-                     padded: bool = False, # conv input already zero-padded (by `conv_padded`)
-                    ) -> Tensor:
+def producer_patches(
+    p: nn.Module,  # producer: a layer whose kind produces (nn.Linear, nn.Conv1d/2d, ...)
+    x: Tensor,  # its input
+    padded: bool = False,  # conv input already zero-padded (by `conv_padded`)
+) -> Tensor:
     "The producer's inputs x~ per sample and position, (B, P, d), with a trailing 1 when it has a bias."
     k = layer_kind(p)
     X = k.inputs(p, x, padded=True) if padded else k.inputs(p, x)
-    if getattr(p, 'bias', None) is not None: X = torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1)
+    if getattr(p, 'bias', None) is not None:
+        X = torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1)
     return X
 
 # %% ../nbs/04_splitmat.ipynb #pp000002
@@ -111,12 +143,18 @@ def _curved(group: SplitGroup) -> list:
     path = group.path or []
     acts = [i for i, s in enumerate(path) if s.role == 'act']
     if acts and any(s.role == 'opaque' for s in path):
-        warnings.warn(f"group {group.name!r}: a step of its private path cannot be replayed, so the curvature of the "
-                      f"activation(s) {[path[i].name for i in acts]} after the neuron's own is not in S", stacklevel=4)
+        warnings.warn(
+            f"group {group.name!r}: a step of its private path cannot be replayed, so the curvature of the "
+            f"activation(s) {[path[i].name for i in acts]} after the neuron's own is not in S",
+            stacklevel=4,
+        )
         return []
     return acts
 
-def _run(fn, v): return fn(v.clone() if getattr(fn, 'inplace', False) else v)
+
+def _run(fn, v):
+    return fn(v.clone() if getattr(fn, 'inplace', False) else v)
+
 
 def _path_values(path: list, z: Tensor) -> list:
     "The output of every path step for the pre-activation `z` (for a consumer's step: its input)."
@@ -126,41 +164,60 @@ def _path_values(path: list, z: Tensor) -> list:
         vals.append(v if s.fn is None else _run(s.fn, v))
     return vals
 
+
 def _value_fn(path: list, i: int) -> Callable:
     "The map from the pre-activation z to the output of step `i` (-1: z itself)."
     chain = []
-    while i >= 0: chain.append(path[i].fn); i = path[i].src
+    while i >= 0:
+        chain.append(path[i].fn)
+        i = path[i].src
+
     def f(z):
-        for fn in reversed(chain): z = _run(fn, z)
+        for fn in reversed(chain):
+            z = _run(fn, z)
         return z
+
     return f
 
 # %% ../nbs/04_splitmat.ipynb #pp000003
 @dataclass
 class PathStats:
     "One batch's statistics for the activations further along a group's private path."
-    z: Tensor      # the pre-activation (B, ...), the point the path is differentiated at
-    terms: list    # [(fn, C, cdim)]: fn maps z to an activation's input y, C = B dl/d(its output) act''(y), channels at cdim
-    a: Tensor      # (n,) BatchNorm scale of z (ones without one)
-    chan: int      # the dim of z holding the channels
+
+    z: Tensor  # the pre-activation (B, ...), the point the path is differentiated at
+    terms: list  # [(fn, C, cdim)]: fn maps z to an activation's input y, C = B dl/d(its output) act''(y), channels at cdim
+    a: Tensor  # (n,) BatchNorm scale of z (ones without one)
+    chan: int  # the dim of z holding the channels
 
     @property
-    def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in [self.z] + [C for _, C, _ in self.terms])
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [self.z] + [C for _, C, _ in self.terms])
+
 
 class BatchStats(NamedTuple):
     "What `collect_batches` reports per group and batch."
-    x: Tensor                  # the producer's input
-    c: Tensor                  # B dl/dh act''(z) a^2, shaped like the producer's output
-    path: PathStats | None     # the further activations' statistics, None without any
+
+    x: Tensor  # the producer's input
+    c: Tensor  # B dl/dh act''(z) a^2, shaped like the producer's output
+    path: PathStats | None  # the further activations' statistics, None without any
+
 
 def _path_stats(group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: float, B: int) -> PathStats:
     "`PathStats` of one batch from z and {consumer name: dL/d(its input)}."
     path, zl = group.path, z.detach().requires_grad_(True)
     with torch.enable_grad():
         vals = _path_values(path, zl)
-        parts = [(grads[s.name] * vals[i]).sum() for i, s in enumerate(path) if s.role == 'consumer' and grads.get(s.name) is not None]
+        parts = [
+            (grads[s.name] * vals[i]).sum()
+            for i, s in enumerate(path)
+            if s.role == 'consumer' and grads.get(s.name) is not None
+        ]
         phi = sum(parts) if parts else None
-        gs = torch.autograd.grad(phi, [vals[i] for i in curved], allow_unused=True) if phi is not None else [None] * len(curved)
+        gs = (
+            torch.autograd.grad(phi, [vals[i] for i in curved], allow_unused=True)
+            if phi is not None
+            else [None] * len(curved)
+        )
     terms = []
     for i, g in zip(curved, gs):
         s = path[i]
@@ -176,43 +233,62 @@ def _rows_to_z(U: Tensor, shape, chan: int) -> Tensor:
     t = U.permute(3, 0, 2, 1) if chan == 1 else U.permute(3, 0, 1, 2)
     return t.reshape(U.shape[-1] * shape[0], *shape[1:])
 
+
 def _z_to_rows(T: Tensor, shape, chan: int, k: int) -> Tensor:
     "The inverse of `_rows_to_z`: (k*B, *shape[1:]) -> (B, P, n, k)."
     B, n = shape[0], shape[chan]
-    if chan == 1: return T.reshape(k, B, n, -1).permute(1, 3, 2, 0)
+    if chan == 1:
+        return T.reshape(k, B, n, -1).permute(1, 3, 2, 0)
     return T.reshape(k, B, -1, n).permute(1, 2, 3, 0)
+
 
 def _per_neuron(t: Tensor, cdim: int, n: int) -> Tensor:
     "(K, ...) with the channels at `cdim` -> (K, n, R), each channel's entries last."
     return t.movedim(cdim % t.dim(), 1).reshape(t.shape[0], n, -1)
 
-def _tile(t: Tensor, k: int) -> Tensor: return t.repeat(k, *([1] * (t.dim() - 1)))
+
+def _tile(t: Tensor, k: int) -> Tensor:
+    return t.repeat(k, *([1] * (t.dim() - 1)))
+
 
 def _forward_jvp(fn: Callable, z: Tensor, t: Tensor) -> Tensor:
     "The derivative of `fn` at `z` along `t` by forward-mode autograd (one pass with tangents)."
-    with warnings.catch_warnings():   # its first use registers decompositions through the deprecated torch.jit.script
+    with warnings.catch_warnings():  # its first use registers decompositions through the deprecated torch.jit.script
         warnings.filterwarnings('ignore', message='.*torch.jit.script', category=FutureWarning)
         with torch.no_grad(), fwAD.dual_level():
             return fwAD.unpack_dual(fn(fwAD.make_dual(z, t))).tangent
 
+
 def _linearised(fn: Callable, z: Tensor) -> tuple:
     "Forward and transposed derivatives of `fn` at `z`: `(jvp(t), vjp(w))`."
     graph = {}
+
     def build():
         if not graph:
             zr = z.detach().requires_grad_(True)
-            with torch.enable_grad(): graph.update(z=zr, y=fn(zr))
+            with torch.enable_grad():
+                graph.update(z=zr, y=fn(zr))
         return graph
-    def double_backward(t):   # for ops without forward-mode formulas: the derivative of a backward pass by its input
+
+    def double_backward(
+        t,
+    ):  # for ops without forward-mode formulas: the derivative of a backward pass by its input
         g = build()
         u = torch.zeros_like(g['y'], requires_grad=True)
-        with torch.enable_grad(): gz, = torch.autograd.grad(g['y'], g['z'], u, create_graph=True)
-        d, = torch.autograd.grad(gz, u, t, allow_unused=True)
+        with torch.enable_grad():
+            (gz,) = torch.autograd.grad(g['y'], g['z'], u, create_graph=True)
+        (d,) = torch.autograd.grad(gz, u, t, allow_unused=True)
         return torch.zeros_like(g['y']) if d is None else d
+
     def jvp(t):
-        try: return _forward_jvp(fn, z, t)
-        except (NotImplementedError, RuntimeError): return double_backward(t)
-    def vjp(w): return torch.autograd.grad(build()['y'], build()['z'], w, retain_graph=True)[0]
+        try:
+            return _forward_jvp(fn, z, t)
+        except (NotImplementedError, RuntimeError):
+            return double_backward(t)
+
+    def vjp(w):
+        return torch.autograd.grad(build()['y'], build()['z'], w, retain_graph=True)[0]
+
     return jvp, vjp
 
 # %% ../nbs/04_splitmat.ipynb #pp000005
@@ -220,17 +296,20 @@ def _path_dense(ps: PathStats, X: Tensor, chunk_bytes: int = 2**26) -> Tensor:
     "sum over samples and positions of C J J^T for every further activation, (n, d, d); X the (B, P, d) patches."
     n, d = ps.a.shape[0], X.shape[-1]
     S, a = X.new_zeros(n, d, d), ps.a.view(1, 1, -1, 1)
-    b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size() * 3))   # samples per chunk
+    b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size() * 3))  # samples per chunk
     for s in range(0, X.shape[0], b):
-        z = ps.z[s:s + b]
-        T = _rows_to_z(X[s:s + b, :, None, :] * a, z.shape, ps.chan)   # d tangents: theta_j moved along each axis
+        z = ps.z[s : s + b]
+        T = _rows_to_z(
+            X[s : s + b, :, None, :] * a, z.shape, ps.chan
+        )  # d tangents: theta_j moved along each axis
         zr = _tile(z, d)
         for fn, C, cdim in ps.terms:
             J = _per_neuron(_linearised(fn, zr)[0](T), cdim, n)
             J = J.view(d, len(z), n, -1).permute(2, 1, 3, 0).reshape(n, -1, d)
-            c = _per_neuron(C[s:s + b], cdim, n).transpose(0, 1).reshape(n, -1)
+            c = _per_neuron(C[s : s + b], cdim, n).transpose(0, 1).reshape(n, -1)
             S += (J * c[..., None]).transpose(1, 2) @ J
     return S
+
 
 def _path_apply(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
     "sum over samples and positions of J^T C J V for every further activation, (n, d, k) for V (n, d, k)."
@@ -246,6 +325,7 @@ def _path_apply(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
 # %% ../nbs/04_splitmat.ipynb #ee509f3f
 class _GroupHooks:
     "Forward hooks recording one group's producer input x, pre-activation z and output h."
+
     def __init__(self, group: SplitGroup):
         self.group, self.handles = group, []
         pre = group.bn if group.bn is not None else group.producer
@@ -254,31 +334,54 @@ class _GroupHooks:
         if group.act is not None and group.act_fn is None:
             self.handles.append(group.act.register_forward_pre_hook(self._on_act_in))
             self.handles.append(group.act.register_forward_hook(self._on_act_out))
-        self.curved = _curved(group)   # further activations on the private path: their curvature needs the consumers' inputs
+        self.curved = _curved(
+            group
+        )  # further activations on the private path: their curvature needs the consumers' inputs
         for c in group.consumers if self.curved else []:
             self.handles.append(c.module.register_forward_pre_hook(partial(self._on_consumer, c.name)))
         self.reset()
 
-    def reset(self): self.x = self.pre = self.z = self.h = None; self._matched = False; self.u = {}
-    def _on_consumer(self, name, m, args): self.u[name] = args[0]
+    def reset(self):
+        self.x = self.pre = self.z = self.h = None
+        self._matched = False
+        self.u = {}
+
+    def _on_consumer(self, name, m, args):
+        self.u[name] = args[0]
+
     def _on_producer(self, m, inp, out):
-        if self.x is not None: raise ValueError(f"group {self.group.name!r}: producer called twice in one forward (shared modules are not supported)")
+        if self.x is not None:
+            raise ValueError(
+                f"group {self.group.name!r}: producer called twice in one forward (shared modules are not supported)"
+            )
         self.x = inp[0].detach()
+
     def _on_pre(self, m, inp, out):
         self.pre = out
-        if self.group.act is None: self.z, self.h = out.detach(), out
+        if self.group.act is None:
+            self.z, self.h = out.detach(), out
+
     def _on_act_in(self, m, inp):
         self._matched = self.pre is not None and inp[0] is self.pre
-        if self._matched: self.z = inp[0].detach().clone() if getattr(m, 'inplace', False) else inp[0].detach()
+        if self._matched:
+            self.z = inp[0].detach().clone() if getattr(m, 'inplace', False) else inp[0].detach()
+
     def _on_act_out(self, m, inp, out):
-        if self._matched: self.h, self._matched = out, False
+        if self._matched:
+            self.h, self._matched = out, False
+
     def remove(self):
-        for h in self.handles: h.remove()
+        for h in self.handles:
+            h.remove()
+
 
 class _FunctionalActs(TorchFunctionMode):
     "Records z and h around functional activations applied to a group's pre-activation."
+
     def __init__(self, hooks):
-        super().__init__(); self.hooks = [h for h in hooks if h.group.act_fn is not None]
+        super().__init__()
+        self.hooks = [h for h in hooks if h.group.act_fn is not None]
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         k = activation_kind(func) if args else None
@@ -293,28 +396,36 @@ class _FunctionalActs(TorchFunctionMode):
 # %% ../nbs/04_splitmat.ipynb #dc438942
 def _coefficients(group: SplitGroup, z: Tensor, g: Tensor | None, beta: float) -> Tensor:
     "c = dl/dh * act''(z) * a^2 in the layout of the producer output."
-    if g is None: return torch.zeros_like(z)
+    if g is None:
+        return torch.zeros_like(z)
     a2 = bn_scale(group).to(z) ** 2
-    if layer_kind(group.producer).produce(group.producer) % z.dim() == 1: a2 = a2.view(-1, *([1] * (z.dim() - 2)))
+    if layer_kind(group.producer).produce(group.producer) % z.dim() == 1:
+        a2 = a2.view(-1, *([1] * (z.dim() - 2)))
     return (g * a2).mul_(act_curvature(group.act, z, beta))
+
 
 def _batch_stats(h, g, at: dict, beta: float, B: int) -> BatchStats:
     "One group's `BatchStats` from its hooks `h`, dL/dh `g` and {consumer name: dL/d(its input)} `at`."
     c = _coefficients(h.group, h.z, g, beta).mul_(B)
-    if not h.curved: return BatchStats(h.x, c, None)
+    if not h.curved:
+        return BatchStats(h.x, c, None)
     missing = [c.name for c in h.group.consumers if c.name not in h.u]
-    if missing: raise ValueError(f"group {h.group.name!r}: its consumer(s) {missing} were not called in forward")
+    if missing:
+        raise ValueError(f"group {h.group.name!r}: its consumer(s) {missing} were not called in forward")
     return BatchStats(h.x, c, _path_stats(h.group, h.curved, h.z, at, beta, B))
 
-def collect_batches(model: nn.Module,   # network
-                    groups: list,       # [SplitGroup] of `model`
-                    loss_fn: Callable,  # loss_fn(output, target) -> mean-reduced scalar loss
-                    batches: Iterable,  # iterable of (input, target)
-                    on_batch: Callable, # on_batch(i, B, {group name: BatchStats(x, c, path)})
-                    beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
-                   ) -> int:
+
+def collect_batches(
+    model: nn.Module,  # network
+    groups: list,  # [SplitGroup] of `model`
+    loss_fn: Callable,  # loss_fn(output, target) -> mean-reduced scalar loss
+    batches: Iterable,  # iterable of (input, target)
+    on_batch: Callable,  # on_batch(i, B, {group name: BatchStats(x, c, path)})
+    beta: float = SURROGATE_BETA,  # surrogate sharpness for piecewise-linear activations
+) -> int:
     "One eval-mode forward+backward per batch, reporting producer inputs and curvature coefficients; returns N."
-    for g in groups: check_group(model, g)
+    for g in groups:
+        check_group(model, g)
     dev = next(model.parameters()).device
     modes = [(m, m.training) for m in model.modules()]
     hooks = [_GroupHooks(g) for g in groups]
@@ -324,37 +435,55 @@ def collect_batches(model: nn.Module,   # network
         model.eval()
         with torch.enable_grad():
             for i, (inp, tgt) in enumerate(batches):
-                for h in hooks: h.reset()
-                inp = to_model_device(model, inp); tgt = tgt.to(dev) if torch.is_tensor(tgt) else tgt
-                if functional is None: out = model(inp)
+                for h in hooks:
+                    h.reset()
+                inp = to_model_device(model, inp)
+                tgt = tgt.to(dev) if torch.is_tensor(tgt) else tgt
+                if functional is None:
+                    out = model(inp)
                 else:
-                    with functional: out = model(inp)
+                    with functional:
+                        out = model(inp)
                 loss = loss_fn(out, tgt)
                 if not torch.is_tensor(loss) or loss.dim() != 0:
                     raise ValueError("loss_fn must return a scalar (mean-reduced) loss tensor")
                 for h in hooks:
                     if h.x is None or h.h is None:
-                        raise ValueError(f"group {h.group.name!r}: the activation {type(h.group.act).__name__} was not applied to the "
-                                         "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
-                                         "build the group with split_groups, which records the functional call in act_fn)")
-                if not loss.requires_grad: raise ValueError("the loss does not require grad: are all parameters frozen?")
-                us = [(h, name, u) for h in hooks for name, u in h.u.items()]   # consumers' inputs, for further activations
-                grads = torch.autograd.grad(loss, [h.h for h in hooks] + [u for *_, u in us], allow_unused=True)
+                        raise ValueError(
+                            f"group {h.group.name!r}: the activation {type(h.group.act).__name__} was not applied to the "
+                            "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
+                            "build the group with split_groups, which records the functional call in act_fn)"
+                        )
+                if not loss.requires_grad:
+                    raise ValueError("the loss does not require grad: are all parameters frozen?")
+                us = [
+                    (h, name, u) for h in hooks for name, u in h.u.items()
+                ]  # consumers' inputs, for further activations
+                grads = torch.autograd.grad(
+                    loss, [h.h for h in hooks] + [u for *_, u in us], allow_unused=True
+                )
                 at = {h: {} for h in hooks}
-                for (h, name, _), gr in zip(us, grads[len(hooks):]): at[h][name] = gr
+                for (h, name, _), gr in zip(us, grads[len(hooks) :]):
+                    at[h][name] = gr
                 B = inp.shape[0]
-                on_batch(i, B, {h.group.name: _batch_stats(h, gr, at[h], beta, B) for h, gr in zip(hooks, grads)})
+                on_batch(
+                    i, B, {h.group.name: _batch_stats(h, gr, at[h], beta, B) for h, gr in zip(hooks, grads)}
+                )
                 n_seen += B
     finally:
-        for h in hooks: h.remove()
-        for m, t in modes: m.training = t
-    if n_seen == 0: raise ValueError("batches is empty: at least one (input, target) batch is needed")
+        for h in hooks:
+            h.remove()
+        for m, t in modes:
+            m.training = t
+    if n_seen == 0:
+        raise ValueError("batches is empty: at least one (input, target) batch is needed")
     return n_seen
 
 # %% ../nbs/04_splitmat.ipynb #dc4b6b25
 def _rows(p: nn.Module, c: Tensor) -> Tensor:
     "Coefficients in the producer-output layout as (M, n) rows matching the patches."
     return layer_kind(p).rows(p, c)
+
 
 def _dense_rows(X: Tensor, C: Tensor, chunk_bytes: int = 2**26) -> Tensor:
     "sum_m C_mj X_m X_m^T as (n, d, d), for rows X (M, d) and coefficients C (M, n)."
@@ -363,179 +492,256 @@ def _dense_rows(X: Tensor, C: Tensor, chunk_bytes: int = 2**26) -> Tensor:
     tri = X.new_zeros(n, iu.numel())
     step = max(1, chunk_bytes // (iu.numel() * X.element_size()))
     for s in range(0, X.shape[0], step):
-        Xs = X[s:s + step]
-        tri += C[s:s + step].T @ (Xs[:, iu] * Xs[:, ju])
+        Xs = X[s : s + step]
+        tri += C[s : s + step].T @ (Xs[:, iu] * Xs[:, ju])
     S = X.new_zeros(n, d, d)
-    S[:, iu, ju] = tri; S[:, ju, iu] = tri
+    S[:, iu, ju] = tri
+    S[:, ju, iu] = tri
     return S
 
 # %% ../nbs/04_splitmat.ipynb #4342214b
-def dense_matrices(model: nn.Module, groups: list, loss_fn: Callable, batches: Iterable, *,
-                   max_bytes: int = 2**30, beta: float = SURROGATE_BETA, reduce: Callable | None = None) -> dict:
+def dense_matrices(
+    model: nn.Module,
+    groups: list,
+    loss_fn: Callable,
+    batches: Iterable,
+    *,
+    max_bytes: int = 2**30,
+    beta: float = SURROGATE_BETA,
+    reduce: Callable | None = None,
+) -> dict:
     "Exact splitting matrices {group name: (n, d, d) float64} of several groups from one pass over the batches."
-    for g in groups: check_group(model, g)
-    need = sum(g.n_neurons * g.dim ** 2 * 8 for g in groups)
+    for g in groups:
+        check_group(model, g)
+    need = sum(g.n_neurons * g.dim**2 * 8 for g in groups)
     if need > max_bytes:
         sizes = ', '.join(f"{g.name!r}: n={g.n_neurons}, d={g.dim}" for g in groups)
-        raise ValueError(f"exact splitting matrices need {need / 2**20:.1f} MiB ({sizes}), over max_bytes="
-                         f"{max_bytes / 2**20:.1f} MiB; raise max_bytes or use the matrix-free `split_operators`")
+        raise ValueError(
+            f"exact splitting matrices need {need / 2**20:.1f} MiB ({sizes}), over max_bytes="
+            f"{max_bytes / 2**20:.1f} MiB; raise max_bytes or use the matrix-free `split_operators`"
+        )
     sums = {g.name: RunningSum() for g in groups}
     prods = {g.name: g.producer for g in groups}
+
     def on_batch(i, B, stats):
         for name, s in stats.items():
             X = producer_patches(prods[name], s.x)
             S = _dense_rows(X.reshape(-1, X.shape[-1]), _rows(prods[name], s.c)).double()
-            if s.path is not None: S += _path_dense(s.path, X).double()
+            if s.path is not None:
+                S += _path_dense(s.path, X).double()
             sums[name].add(S, B, i)
+
     collect_batches(model, groups, loss_fn, batches, on_batch, beta)
     out = {}
     for g in groups:  # the same order on every process
         dev = g.producer.weight.device
-        tot, n = reduce_sum(reduce, sums[g.name].total, sums[g.name].count, lambda: torch.zeros(g.n_neurons, g.dim, g.dim, dtype=torch.float64, device=dev))
-        if not n: raise ValueError("no samples were accumulated (are the batches empty?)")
+        tot, n = reduce_sum(
+            reduce,
+            sums[g.name].total,
+            sums[g.name].count,
+            lambda: torch.zeros(g.n_neurons, g.dim, g.dim, dtype=torch.float64, device=dev),
+        )
+        if not n:
+            raise ValueError("no samples were accumulated (are the batches empty?)")
         out[g.name] = tot / n
     return out
 
 # %% ../nbs/04_splitmat.ipynb #1dc77a29
-def splitting_matrices(model: nn.Module,  # network
-                       group: SplitGroup, # split group of `model`
-                       loss_fn: Callable, # loss_fn(output, target) -> mean-reduced scalar
-                       batches: Iterable, # iterable of (input, target); S is averaged over all their samples
-                       *,
-                       max_bytes: int = 2**30, # refuse if the (n, d, d) float64 result would be larger
-                       beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
-                      ) -> Tensor:
+def splitting_matrices(
+    model: nn.Module,  # network
+    group: SplitGroup,  # split group of `model`
+    loss_fn: Callable,  # loss_fn(output, target) -> mean-reduced scalar
+    batches: Iterable,  # iterable of (input, target); S is averaged over all their samples
+    *,
+    max_bytes: int = 2**30,  # refuse if the (n, d, d) float64 result would be larger
+    beta: float = SURROGATE_BETA,  # surrogate sharpness for piecewise-linear activations
+) -> Tensor:
     "Exact splitting matrices S_j of all neurons of `group`, (n, d, d) float64; memory O(n d^2)."
     return dense_matrices(model, [group], loss_fn, batches, max_bytes=max_bytes, beta=beta)[group.name]
 
 # %% ../nbs/04_splitmat.ipynb #e6964e3a
-def quadratic_form_autograd(model: nn.Module, group: SplitGroup, loss_fn: Callable, batches: Iterable,
-                            delta: Tensor, # (n, d) one direction per neuron
-                           ) -> Tensor:
+def quadratic_form_autograd(
+    model: nn.Module,
+    group: SplitGroup,
+    loss_fn: Callable,
+    batches: Iterable,
+    delta: Tensor,  # (n, d) one direction per neuron
+) -> Tensor:
     "delta_j^T S_j delta_j for every neuron j by double autograd differentiation (a reference for checks)."
     p, hk = group.producer, _GroupHooks(group)
     functional = _FunctionalActs([hk]) if group.act_fn is not None else None
-    modes = [(m, m.training) for m in model.modules()]; model.eval()
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     delta = delta.to(p.weight)
-    dW, db = delta[:, :p.weight[0].numel()].reshape(p.weight.shape), delta[:, p.weight[0].numel():]
+    dW, db = delta[:, : p.weight[0].numel()].reshape(p.weight.shape), delta[:, p.weight[0].numel() :]
     chan = layer_kind(p).produce(p)
-    total, N = 0., 0
+    total, N = 0.0, 0
     try:
         for inp, tgt in batches:
             hk.reset()
-            if functional is None: out = model(inp)
+            if functional is None:
+                out = model(inp)
             else:
-                with functional: out = model(inp)
-            g, = torch.autograd.grad(loss_fn(out, tgt), hk.h)
-            x = hk.x; hk.reset()                          # the calls below run the hooked modules again
+                with functional:
+                    out = model(inp)
+            (g,) = torch.autograd.grad(loss_fn(out, tgt), hk.h)
+            x = hk.x
+            hk.reset()  # the calls below run the hooked modules again
             t = torch.zeros(group.n_neurons, dtype=delta.dtype, requires_grad=True)
             ts = t.view(-1, *([1] * (p.weight.dim() - 1)))
             params = {'weight': p.weight.detach() + ts * dW}
-            if p.bias is not None: params['bias'] = p.bias.detach() + t * db[:, 0]
+            if p.bias is not None:
+                params['bias'] = p.bias.detach() + t * db[:, 0]
             z = torch.func.functional_call(p, params, (x,))
-            if group.bn is not None: z = group.bn(z)
+            if group.bn is not None:
+                z = group.bn(z)
             h = group.act(z) if group.act is not None else z
             f = (g * h).movedim(chan, 0).reshape(group.n_neurons, -1).sum(1)
-            d1, = torch.autograd.grad(f.sum(), t, create_graph=True)
+            (d1,) = torch.autograd.grad(f.sum(), t, create_graph=True)
             d2 = torch.autograd.grad(d1.sum(), t, allow_unused=True)[0] if d1.requires_grad else None
             B = inp.shape[0]
-            total = total + B * (d2 if d2 is not None else torch.zeros_like(t)); N += B
+            total = total + B * (d2 if d2 is not None else torch.zeros_like(t))
+            N += B
     finally:
         hk.remove()
-        for m, tr in modes: m.training = tr
+        for m, tr in modes:
+            m.training = tr
     return total / N
 
 # %% ../nbs/04_splitmat.ipynb #c7413c48
 class SplitOperator:
     "Matrix-free S_j v products for all neurons of one group, from cached producer inputs and coefficients."
+
     def __init__(self, group: SplitGroup, mode: str = 'auto'):
         p = group.producer
-        if mode not in ('auto', 'flat', 'conv'): raise ValueError(f"mode must be 'auto', 'flat' or 'conv', got {mode!r}")
-        conv2d = isinstance(layer_kind(p), ConvKind) and p.weight.dim() == 4   # the 'conv' mode runs conv2d and its weight gradient
-        if mode == 'conv' and not conv2d: mode = 'flat'
-        flat_ok = not conv2d or (p.kernel_size == (1, 1) and p.stride == (1, 1) and p.padding in ((0, 0), 'valid'))
+        if mode not in ('auto', 'flat', 'conv'):
+            raise ValueError(f"mode must be 'auto', 'flat' or 'conv', got {mode!r}")
+        conv2d = (
+            isinstance(layer_kind(p), ConvKind) and p.weight.dim() == 4
+        )  # the 'conv' mode runs conv2d and its weight gradient
+        if mode == 'conv' and not conv2d:
+            mode = 'flat'
+        flat_ok = not conv2d or (
+            p.kernel_size == (1, 1) and p.stride == (1, 1) and p.padding in ((0, 0), 'valid')
+        )
         self.group, self.mode = group, ('flat' if flat_ok else 'conv') if mode == 'auto' else mode
         self.n, self.d, self.bias = group.n_neurons, group.dim, p.bias is not None
         self.xs, self.cs, self.paths, self.count, self._seen = [], [], [], 0, set()
-        self.rows = None   # the neurons of the group this operator acts on (None: all); see `s3d.eigen`
-        self.reduce, self._total = None, None  # reduce: sums products and counts over processes (see `reduce_sum`)
+        self.rows = None  # the neurons of the group this operator acts on (None: all); see `s3d.eigen`
+        self.reduce, self._total = (
+            None,
+            None,
+        )  # reduce: sums products and counts over processes (see `reduce_sum`)
 
     def total_count(self) -> int:
         "Samples behind the operator over all processes (one reduction, then cached)."
-        if self._total is None: self._total = reduce_sum(self.reduce, torch.zeros(1, dtype=torch.float64), self.count)[1]
+        if self._total is None:
+            self._total = reduce_sum(self.reduce, torch.zeros(1, dtype=torch.float64), self.count)[1]
         return self._total
 
     def add(self, x: Tensor, c: Tensor, B: int, batch, path: PathStats | None = None):
         "Store one batch's producer input `x`, coefficients `c` (already times B) and private-path statistics."
-        if batch in self._seen: raise ValueError(f"batch {batch!r} was already counted")
-        self._seen.add(batch); self.count += B
+        if batch in self._seen:
+            raise ValueError(f"batch {batch!r} was already counted")
+        self._seen.add(batch)
+        self.count += B
         p = self.group.producer
         if self.mode == 'flat':
-            k = layer_kind(p); X = k.inputs(p, x)
+            k = layer_kind(p)
+            X = k.inputs(p, x)
             self.xs.append(X.reshape(-1, X.shape[-1]).contiguous())
             self.cs.append(k.rows(p, c).contiguous())
         else:
-            self.xs.append(conv_padded(p, x).contiguous()); self.cs.append(c.contiguous())
+            self.xs.append(conv_padded(p, x).contiguous())
+            self.cs.append(c.contiguous())
         self.paths.append(path)
 
     def patches(self, i: int) -> Tensor:
         "The (B, P, d) patches (with the bias column) of held batch `i`."
         x, p = self.xs[i], self.group.producer
-        if self.mode == 'conv': return producer_patches(p, x, padded=True)
+        if self.mode == 'conv':
+            return producer_patches(p, x, padded=True)
         X = x.view(self.paths[i].z.shape[0] if self.paths[i] is not None else 1, -1, x.shape[-1])
         return torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1) if self.bias else X
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.xs + self.cs) + sum(p.nbytes for p in self.paths if p is not None)
+        return sum(t.numel() * t.element_size() for t in self.xs + self.cs) + sum(
+            p.nbytes for p in self.paths if p is not None
+        )
 
 # %% ../nbs/04_splitmat.ipynb #2ac386d6
 def _apply_flat(X, C, Vw, vb, n, k):
     Vm = Vw.permute(1, 0, 2).reshape(X.shape[1], n * k)
-    U = X @ Vm if vb is None else torch.addmm(vb.reshape(1, n * k), X, Vm)  # addmm: no separate pass to add the bias
+    U = (
+        X @ Vm if vb is None else torch.addmm(vb.reshape(1, n * k), X, Vm)
+    )  # addmm: no separate pass to add the bias
     W = (U.view(-1, n, k) * C.unsqueeze(-1)).view(-1, n * k)
     Rw = (X.T @ W).view(X.shape[1], n, k).permute(1, 0, 2)
     return Rw, (W.sum(0).view(n, k) if vb is not None else None)
+
 
 def _apply_conv(p, x, C, Vw, vb, n, k):
     filt = Vw.permute(0, 2, 1).reshape(n * k, *p.weight.shape[1:])
     U = F.conv2d(x, filt, vb.reshape(n * k) if vb is not None else None, p.stride, 0, p.dilation)
     W = (U.view(U.shape[0], n, k, *U.shape[2:]) * C.unsqueeze(2)).view(U.shape)
-    Rw = torch.nn.grad.conv2d_weight(x, filt.shape, W, p.stride, 0, p.dilation).view(n, k, -1).permute(0, 2, 1)
+    Rw = (
+        torch.nn.grad.conv2d_weight(x, filt.shape, W, p.stride, 0, p.dilation).view(n, k, -1).permute(0, 2, 1)
+    )
     return Rw, (W.sum((0, 2, 3)).view(n, k) if vb is not None else None)
+
 
 @patch
 @torch.no_grad()
-def __call__(self:SplitOperator, V: Tensor) -> Tensor:
+def __call__(self: SplitOperator, V: Tensor) -> Tensor:
     "(S V)_j = S_j V_j for all neurons j; V is (n, d) or (n, d, k)."
     total = self.total_count()
-    if not total: raise ValueError(f"group {self.group.name!r}: no batches collected")
+    if not total:
+        raise ValueError(f"group {self.group.name!r}: no batches collected")
     vec = V.dim() == 2
-    if vec: V = V.unsqueeze(-1)
-    if V.shape[:2] != (self.n, self.d): raise ValueError(f"group {self.group.name!r}: V must be ({self.n}, {self.d}[, k]), got {tuple(V.shape)}")
-    dt = self.xs[0].dtype if self.xs else V.dtype; k = V.shape[2]
-    Vw, vb = V[:, :self.d - self.bias].to(dt), (V[:, -1].to(dt) if self.bias else None)
+    if vec:
+        V = V.unsqueeze(-1)
+    if V.shape[:2] != (self.n, self.d):
+        raise ValueError(
+            f"group {self.group.name!r}: V must be ({self.n}, {self.d}[, k]), got {tuple(V.shape)}"
+        )
+    dt = self.xs[0].dtype if self.xs else V.dtype
+    k = V.shape[2]
+    Vw, vb = V[:, : self.d - self.bias].to(dt), (V[:, -1].to(dt) if self.bias else None)
     Rw, Rb = 0, 0
     for x, c in zip(self.xs, self.cs):
-        rw, rb = _apply_flat(x, c, Vw, vb, self.n, k) if self.mode == 'flat' else _apply_conv(self.group.producer, x, c, Vw, vb, self.n, k)
+        rw, rb = (
+            _apply_flat(x, c, Vw, vb, self.n, k)
+            if self.mode == 'flat'
+            else _apply_conv(self.group.producer, x, c, Vw, vb, self.n, k)
+        )
         Rw = Rw + rw
-        if self.bias: Rb = Rb + rb
-    if not self.xs: Rw, Rb = V.new_zeros(self.n, self.d - self.bias, k, dtype=dt), V.new_zeros(self.n, k, dtype=dt)  # no batch here
+        if self.bias:
+            Rb = Rb + rb
+    if not self.xs:
+        Rw, Rb = V.new_zeros(self.n, self.d - self.bias, k, dtype=dt), V.new_zeros(
+            self.n, k, dtype=dt
+        )  # no batch here
     R = torch.cat([Rw, Rb.unsqueeze(1)], 1) if self.bias else Rw
     E = self.path_products(V.to(dt))
-    if E is not None: R = R + E
-    if self.reduce is not None: R = self.reduce(R)
+    if E is not None:
+        R = R + E
+    if self.reduce is not None:
+        R = self.reduce(R)
     R = R.to(V.dtype) / total
     return R.squeeze(-1) if vec else R
 
+
 @patch
 @torch.no_grad()
-def path_products(self:SplitOperator, V: Tensor, neurons: Tensor | None = None) -> Tensor | None:
+def path_products(self: SplitOperator, V: Tensor, neurons: Tensor | None = None) -> Tensor | None:
     "Unnormalised sum over the held batches of the further activations' terms for V (len(neurons), d, k); None without any."
     held = [(i, ps) for i, ps in enumerate(self.paths) if ps is not None]
-    if not held: return None
+    if not held:
+        return None
     idx = torch.arange(self.n, device=V.device) if neurons is None else neurons.to(V.device)
-    if self.rows is not None: idx = self.rows.to(V.device)[idx]
+    if self.rows is not None:
+        idx = self.rows.to(V.device)[idx]
     Vf = V.new_zeros(held[0][1].a.shape[0], *V.shape[1:])
     Vf[idx] = V
     return sum(_path_apply(ps, self.patches(i), Vf)[idx] for i, ps in held)
@@ -543,88 +749,125 @@ def path_products(self:SplitOperator, V: Tensor, neurons: Tensor | None = None) 
 # %% ../nbs/04_splitmat.ipynb #3b38a991
 @patch
 @torch.no_grad()
-def dense(self:SplitOperator) -> Tensor:
+def dense(self: SplitOperator) -> Tensor:
     "The exact (n, d, d) float64 splitting matrices from the cached statistics."
     S, p = 0, self.group.producer
     for x, c in zip(self.xs, self.cs):
-        if self.mode == 'flat': X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
-        else: X, C = producer_patches(p, x, padded=True), _rows(p, c)
+        if self.mode == 'flat':
+            X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
+        else:
+            X, C = producer_patches(p, x, padded=True), _rows(p, c)
         S = S + _dense_rows(X.reshape(-1, X.shape[-1]), C).double()
     S = S + self.path_dense()
-    S = reduce_sum(self.reduce, S if self.xs else None, self.count,
-                   lambda: torch.zeros(self.n, self.d, self.d, dtype=torch.float64, device=p.weight.device))[0]
+    S = reduce_sum(
+        self.reduce,
+        S if self.xs else None,
+        self.count,
+        lambda: torch.zeros(self.n, self.d, self.d, dtype=torch.float64, device=p.weight.device),
+    )[0]
     return S / self.total_count()
+
 
 @patch
 @torch.no_grad()
-def path_dense(self:SplitOperator):
+def path_dense(self: SplitOperator):
     "Unnormalised sum over the held batches of the further activations' terms, (n, d, d) float64 (0 without any)."
-    if self.rows is not None: raise ValueError("path_dense: the operator is restricted to some neurons")
-    return sum((_path_dense(ps, self.patches(i)).double() for i, ps in enumerate(self.paths) if ps is not None), 0)
+    if self.rows is not None:
+        raise ValueError("path_dense: the operator is restricted to some neurons")
+    return sum(
+        (_path_dense(ps, self.patches(i)).double() for i, ps in enumerate(self.paths) if ps is not None), 0
+    )
 
 # %% ../nbs/04_splitmat.ipynb #e3141c55
-def split_operators(model: nn.Module,  # network
-                    groups: list,      # [SplitGroup] of `model`
-                    loss_fn: Callable, # loss_fn(output, target) -> mean-reduced scalar
-                    batches: Iterable, # iterable of (input, target)
-                    *,
-                    max_bytes: int = 2**32, # refuse to cache more than this many bytes in total
-                    beta: float = SURROGATE_BETA, # surrogate sharpness for piecewise-linear activations
-                    mode: str = 'auto', # 'auto', 'flat' (matrix products on rows/patches) or 'conv'
-                    reduce: Callable | None = None, # sums over processes (data-parallel); None: this process only
-                   ) -> dict:
+def split_operators(
+    model: nn.Module,  # network
+    groups: list,  # [SplitGroup] of `model`
+    loss_fn: Callable,  # loss_fn(output, target) -> mean-reduced scalar
+    batches: Iterable,  # iterable of (input, target)
+    *,
+    max_bytes: int = 2**32,  # refuse to cache more than this many bytes in total
+    beta: float = SURROGATE_BETA,  # surrogate sharpness for piecewise-linear activations
+    mode: str = 'auto',  # 'auto', 'flat' (matrix products on rows/patches) or 'conv'
+    reduce: Callable | None = None,  # sums over processes (data-parallel); None: this process only
+) -> dict:
     "Matrix-free splitting operators {group name: SplitOperator} for all groups from one pass over the batches."
     ops = {g.name: SplitOperator(g, mode) for g in groups}
-    if len(ops) != len(groups): raise ValueError("group names must be unique")
+    if len(ops) != len(groups):
+        raise ValueError("group names must be unique")
+
     def on_batch(i, B, stats):
-        for name, s in stats.items(): ops[name].add(s.x, s.c, B, i, s.path)
+        for name, s in stats.items():
+            ops[name].add(s.x, s.c, B, i, s.path)
         used = sum(o.nbytes for o in ops.values())
         if used > max_bytes:
-            raise ValueError(f"split_operators: cached statistics reached {used / 2**20:.1f} MiB after batch {i}, over "
-                             f"max_bytes={max_bytes / 2**20:.1f} MiB; use fewer/smaller batches or raise max_bytes")
+            raise ValueError(
+                f"split_operators: cached statistics reached {used / 2**20:.1f} MiB after batch {i}, over "
+                f"max_bytes={max_bytes / 2**20:.1f} MiB; use fewer/smaller batches or raise max_bytes"
+            )
+
     collect_batches(model, groups, loss_fn, batches, on_batch, beta)
-    for o in ops.values(): o.reduce = reduce
+    for o in ops.values():
+        o.reduce = reduce
     return ops
 
 # %% ../nbs/04_splitmat.ipynb #d6a1eba2
 @patch
 @torch.no_grad()
-def products(self:SplitOperator, V: Tensor, # (len(neurons), d, k): k vectors per neuron
-                 neurons: Tensor | None = None, # indices of the neurons to apply (default: all n)
-                 chunk_bytes: int | None = None, # bound on per-batch temporaries, splitting the k columns (default 8 MiB CPU, 256 MiB GPU)
-                ) -> Tensor:
+def products(
+    self: SplitOperator,
+    V: Tensor,  # (len(neurons), d, k): k vectors per neuron
+    neurons: Tensor | None = None,  # indices of the neurons to apply (default: all n)
+    chunk_bytes: (
+        int | None
+    ) = None,  # bound on per-batch temporaries, splitting the k columns (default 8 MiB CPU, 256 MiB GPU)
+) -> Tensor:
     "Unnormalised sum over the held samples of c_j x x^T V_j for the given neurons, (len(neurons), d, k)."
-    if not self.count: raise ValueError(f"group {self.group.name!r}: no batches collected")
+    if not self.count:
+        raise ValueError(f"group {self.group.name!r}: no batches collected")
     n = self.n if neurons is None else len(neurons)
-    if V.dim() != 3 or V.shape[:2] != (n, self.d): raise ValueError(f"group {self.group.name!r}: V must be ({n}, {self.d}, k), got {tuple(V.shape)}")
+    if V.dim() != 3 or V.shape[:2] != (n, self.d):
+        raise ValueError(f"group {self.group.name!r}: V must be ({n}, {self.d}, k), got {tuple(V.shape)}")
     X0, p = self.xs[0], self.group.producer
-    chunk_bytes = chunk_bytes or (2**23 if X0.device.type == 'cpu' else 2**28)  # CPU caches favour small temporaries
+    chunk_bytes = chunk_bytes or (
+        2**23 if X0.device.type == 'cpu' else 2**28
+    )  # CPU caches favour small temporaries
     kc = max(1, chunk_bytes // max(1, max(c.numel() // self.n for c in self.cs) * n * X0.element_size()))
     out = []
     for s in range(0, V.shape[2], kc):
-        Vc = V[:, :, s:s + kc].to(X0.dtype); k = Vc.shape[2]
-        Vw, vb, R = Vc[:, :self.d - self.bias], (Vc[:, -1] if self.bias else None), 0
+        Vc = V[:, :, s : s + kc].to(X0.dtype)
+        k = Vc.shape[2]
+        Vw, vb, R = Vc[:, : self.d - self.bias], (Vc[:, -1] if self.bias else None), 0
         for x, c in zip(self.xs, self.cs):
-            c = c if neurons is None else torch.index_select(c, 1, neurons.to(c.device))  # ~6x faster than c[:, neurons] on CPU
-            rw, rb = _apply_flat(x, c, Vw, vb, n, k) if self.mode == 'flat' else _apply_conv(p, x, c, Vw, vb, n, k)
+            c = (
+                c if neurons is None else torch.index_select(c, 1, neurons.to(c.device))
+            )  # ~6x faster than c[:, neurons] on CPU
+            rw, rb = (
+                _apply_flat(x, c, Vw, vb, n, k) if self.mode == 'flat' else _apply_conv(p, x, c, Vw, vb, n, k)
+            )
             R = R + (torch.cat([rw, rb.unsqueeze(1)], 1) if self.bias else rw)
         E = self.path_products(Vc, neurons)
         out.append(R if E is None else R + E)
     return torch.cat(out, 2)
 
+
 @patch
 @torch.no_grad()
-def dense_sum(self:SplitOperator, rows: int = 4096, cols: int = 8) -> Tensor:
+def dense_sum(self: SplitOperator, rows: int = 4096, cols: int = 8) -> Tensor:
     "Unnormalised sum over the held samples of c_j x x^T for every neuron, (n, d, d) float64, upper blocks by matrix products."
     p, d, n = self.group.producer, self.d, self.n
     S = torch.zeros(n, d, d, dtype=torch.float64, device=self.xs[0].device)
     for x, c in zip(self.xs, self.cs):
-        if self.mode == 'flat': X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
-        else: X, C = producer_patches(p, x, padded=True).reshape(-1, d), _rows(p, c)
+        if self.mode == 'flat':
+            X, C = (torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if self.bias else x), c
+        else:
+            X, C = producer_patches(p, x, padded=True).reshape(-1, d), _rows(p, c)
         for a in range(0, d, cols):  # rows a:b of the upper triangle, summed over chunks of samples
-            b = min(d, a + cols); acc = X.new_zeros(n, (b - a) * (d - a))
+            b = min(d, a + cols)
+            acc = X.new_zeros(n, (b - a) * (d - a))
             for s in range(0, X.shape[0], rows):
-                acc.addmm_(C[s:s + rows].T, (X[s:s + rows, a:b, None] * X[s:s + rows, None, a:]).flatten(1))
+                acc.addmm_(
+                    C[s : s + rows].T, (X[s : s + rows, a:b, None] * X[s : s + rows, None, a:]).flatten(1)
+                )
             S[:, a:b, a:] += acc.view(n, b - a, d - a)
     i, j = torch.triu_indices(d, d, 1, device=S.device)
     S[:, j, i] = S[:, i, j]

@@ -9,11 +9,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 from .graph import SplitGroup, Consumer, validate_group
-from .kinds import (layer_kind, is_depthwise, stateless, set_param, _ORIGIN, edit_producer_rows, edit_consumer_columns,
-                       edit_channels, Refusal)
+from s3d.kinds import (
+    layer_kind,
+    is_depthwise,
+    stateless,
+    set_param,
+    _ORIGIN,
+    edit_producer_rows,
+    edit_consumer_columns,
+    edit_channels,
+    Refusal,
+)
+
 # the edits live with the layer kinds; re-exported here, where surgery applies them
-from .kinds import (PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS, register_edit, register_producer_edit,
-                       register_follower_edit, register_consumer_edit, find_edit, edit_batchnorm, edit_depthwise)
+from s3d.kinds import (
+    PRODUCER_EDITS,
+    FOLLOWER_EDITS,
+    CONSUMER_EDITS,
+    register_edit,
+    register_producer_edit,
+    register_follower_edit,
+    register_consumer_edit,
+    find_edit,
+    edit_batchnorm,
+    edit_depthwise,
+)
 
 # %% auto #0
 __all__ = ['remap_channels', 'split_plan', 'split_neurons', 'apply_splits', 'remap_optimizer']
@@ -23,77 +43,128 @@ def _producer_edit(m):
     k = layer_kind(m)
     return k.edit_out(m) if k is not None else None
 
+
 def _consumer_edit(m):
     k = layer_kind(m)
     return k.edit_in(m) if k is not None else None
 
 # %% ../nbs/07_surgery.ipynb #7510b9c6
-def _noop(m, index): pass
+def _noop(m, index):
+    pass
+
 
 def _follower_edit(m):
     k = layer_kind(m)
     fn = k.edit_follower(m) if k is not None else None
-    if fn is None and stateless(m): fn = _noop
+    if fn is None and stateless(m):
+        fn = _noop
     return fn
 
 # %% ../nbs/07_surgery.ipynb #cf5227fa
 def _as_index(index, n, what, group):
-    if isinstance(index, (list, tuple)): index = torch.tensor(index, dtype=torch.long) if len(index) else torch.zeros(0, dtype=torch.long)
-    if not isinstance(index, torch.Tensor): raise TypeError(f"split group '{group.name}': {what} must be a LongTensor or a list of ints, got {type(index).__name__}")
+    if isinstance(index, (list, tuple)):
+        index = torch.tensor(index, dtype=torch.long) if len(index) else torch.zeros(0, dtype=torch.long)
+    if not isinstance(index, torch.Tensor):
+        raise TypeError(
+            f"split group '{group.name}': {what} must be a LongTensor or a list of ints, got {type(index).__name__}"
+        )
     if index.dtype in (torch.bool,) or index.dtype.is_floating_point or index.dtype.is_complex:
         raise TypeError(f"split group '{group.name}': {what} must hold integers, got {index.dtype}")
-    if index.dim() != 1 or len(index) == 0: raise ValueError(f"split group '{group.name}': {what} must be a non-empty 1-d index, got shape {tuple(index.shape)}")
-    if index.device.type != 'meta' and (index.min() < 0 or index.max() >= n):   # values are unknown on meta
-        raise ValueError(f"split group '{group.name}': {what} out of range [0, {n}) for producer '{group.name}': min {int(index.min())}, max {int(index.max())}")
+    if index.dim() != 1 or len(index) == 0:
+        raise ValueError(
+            f"split group '{group.name}': {what} must be a non-empty 1-d index, got shape {tuple(index.shape)}"
+        )
+    if index.device.type != 'meta' and (index.min() < 0 or index.max() >= n):  # values are unknown on meta
+        raise ValueError(
+            f"split group '{group.name}': {what} out of range [0, {n}) for producer '{group.name}': min {int(index.min())}, max {int(index.max())}"
+        )
     return index.long()
 
+
 def _as_float(t, shape, what, group, like):
-    if t is None: return None
+    if t is None:
+        return None
     t = torch.as_tensor(t)
-    if tuple(t.shape) != shape: raise ValueError(f"split group '{group.name}': {what} must have shape {shape}, got {tuple(t.shape)}")
-    if not torch.isfinite(t).all(): raise ValueError(f"split group '{group.name}': {what} has non-finite entries")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"split group '{group.name}': {what} must have shape {shape}, got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"split group '{group.name}': {what} has non-finite entries")
     return t.to(dtype=like.dtype, device=like.device)
 
 # %% ../nbs/07_surgery.ipynb #393a8594
 def _plan(group):
     "The (module, edit) pairs of a group, checked to exist."
     p = _producer_edit(group.producer)
-    if p is None: raise ValueError(f"split group '{group.name}': no producer edit for {type(group.producer).__name__} (s3d.register_layer)")
+    if p is None:
+        raise ValueError(
+            f"split group '{group.name}': no producer edit for {type(group.producer).__name__} (s3d.register_layer)"
+        )
     fol = [(nm, m) for nm, m in [(group.bn_name, group.bn)] if m is not None] + list(group.followers)
-    if group.act is not None and group.act_fn is None: fol.insert(len(fol) - len(group.followers), (group.act_name, group.act))
+    if group.act is not None and group.act_fn is None:
+        fol.insert(len(fol) - len(group.followers), (group.act_name, group.act))
     fs = []
     for nm, m in fol:
         f = _follower_edit(m)
-        if f is None: raise ValueError(f"split group '{group.name}': follower '{nm}' ({type(m).__name__}) has state but no follower edit (register_follower_edit)")
+        if f is None:
+            raise ValueError(
+                f"split group '{group.name}': follower '{nm}' ({type(m).__name__}) has state but no follower edit (register_follower_edit)"
+            )
         fs.append((m, f))
     cs = []
     for c in group.consumers:
         f = _consumer_edit(c.module)
-        if f is None: raise ValueError(f"split group '{group.name}': no consumer edit for '{c.name}' ({type(c.module).__name__})")
+        if f is None:
+            raise ValueError(
+                f"split group '{group.name}': no consumer edit for '{c.name}' ({type(c.module).__name__})"
+            )
         cs.append((c, f))
     return p, fs, cs
 
+
 def _snapshot(mods):
-    return [(m, dict(m._parameters), dict(m._buffers), {k: v for k, v in vars(m).items() if not k.startswith('_')}) for m in mods]
+    return [
+        (
+            m,
+            dict(m._parameters),
+            dict(m._buffers),
+            {k: v for k, v in vars(m).items() if not k.startswith('_')},
+        )
+        for m in mods
+    ]
+
 
 def _restore(snap):
     for m, ps, bs, attrs in snap:
-        m._parameters.clear(); m._parameters.update(ps); m._buffers.clear(); m._buffers.update(bs)
-        for k, v in attrs.items(): object.__setattr__(m, k, v)
+        m._parameters.clear()
+        m._parameters.update(ps)
+        m._buffers.clear()
+        m._buffers.update(bs)
+        for k, v in attrs.items():
+            object.__setattr__(m, k, v)
 
 # %% ../nbs/07_surgery.ipynb #cf033807
 def _apply(jobs):
     "Apply [(group, index, delta, scale, edits)] all or nothing: producer and follower edits first, then consumer edits."
-    mods = list({id(m): m for g, *_, (pe, fe, ce) in jobs for m in [g.producer] + [m for m, _ in fe] + [c.module for c, _ in ce]}.values())
+    mods = list(
+        {
+            id(m): m
+            for g, *_, (pe, fe, ce) in jobs
+            for m in [g.producer] + [m for m, _ in fe] + [c.module for c, _ in ce]
+        }.values()
+    )
     snap = _snapshot(mods)
     try:
         for g, index, delta, scale, (pe, fe, ce) in jobs:
             pe(g.producer, index, delta)
-            for m, f in fe: f(m, index)
+            for m, f in fe:
+                f(m, index)
         for g, index, delta, scale, (pe, fe, ce) in jobs:
-            for c, f in ce: f(c.module, index, scale, c.repeat)
+            for c, f in ce:
+                f(c.module, index, scale, c.repeat)
     except Exception:
-        _restore(snap); raise
+        _restore(snap)
+        raise
+
 
 def _job(model, group, index, delta, scale):
     "Validate one group's remap before anything changes."
@@ -104,13 +175,15 @@ def _job(model, group, index, delta, scale):
     scale = _as_float(scale, (len(index),), 'consumer_scale', group, w)
     return group, index, delta, scale, _plan(group)
 
-def remap_channels(model: nn.Module,         # the network holding the group
-                   group: SplitGroup,        # which producer / followers / consumers to edit
-                   index,                    # (n_new,) new neuron r copies old neuron index[r]
-                   *,
-                   producer_delta=None,      # (n_new, d) added to new neuron r's theta (weight row, then bias)
-                   consumer_scale=None,      # (n_new,) multiplies new neuron r's consumer columns
-                  ) -> torch.Tensor:
+
+def remap_channels(
+    model: nn.Module,  # the network holding the group
+    group: SplitGroup,  # which producer / followers / consumers to edit
+    index,  # (n_new,) new neuron r copies old neuron index[r]
+    *,
+    producer_delta=None,  # (n_new, d) added to new neuron r's theta (weight row, then bias)
+    consumer_scale=None,  # (n_new,) multiplies new neuron r's consumer columns
+) -> torch.Tensor:
     "Rebuild `group` in place with neurons `index` (copies, displaced and re-weighted); returns the index."
     job = _job(model, group, index, producer_delta, consumer_scale)
     _apply([job])
@@ -118,15 +191,26 @@ def remap_channels(model: nn.Module,         # the network holding the group
 
 # %% ../nbs/07_surgery.ipynb #7dca6c6d
 def _scheme_rows(schemes, neurons, group):
-    try: W, D, K = (torch.as_tensor(t).detach().cpu() for t in (schemes.weights, schemes.deltas, schemes.k))
-    except AttributeError as e: raise TypeError(f"split group '{group.name}': schemes needs .weights, .deltas and .k ({e})") from None
+    try:
+        W, D, K = (torch.as_tensor(t).detach().cpu() for t in (schemes.weights, schemes.deltas, schemes.k))
+    except AttributeError as e:
+        raise TypeError(f"split group '{group.name}': schemes needs .weights, .deltas and .k ({e})") from None
     if K.dim() != 1 or W.dim() != 2 or D.dim() != 3 or W.shape[0] != K.shape[0] or D.shape[:2] != W.shape:
-        raise ValueError(f"split group '{group.name}': schemes shapes weights {tuple(W.shape)}, deltas {tuple(D.shape)}, k {tuple(K.shape)} do not fit (n, m), (n, m, d), (n,)")
+        raise ValueError(
+            f"split group '{group.name}': schemes shapes weights {tuple(W.shape)}, deltas {tuple(D.shape)}, k {tuple(K.shape)} do not fit (n, m), (n, m, d), (n,)"
+        )
     if len(K) != len(neurons):
-        if len(K) != group.n_neurons: raise ValueError(f"split group '{group.name}': schemes has {len(K)} rows, not one per neuron to split ({len(neurons)}) nor per neuron of the group ({group.n_neurons})")
+        if len(K) != group.n_neurons:
+            raise ValueError(
+                f"split group '{group.name}': schemes has {len(K)} rows, not one per neuron to split ({len(neurons)}) nor per neuron of the group ({group.n_neurons})"
+            )
         W, D, K = W[neurons], D[neurons], K[neurons]
-    if D.shape[2] != group.dim: raise ValueError(f"split group '{group.name}': scheme deltas have d = {D.shape[2]}, the producer's theta has d = {group.dim}")
-    if (K < 1).any() or (K > W.shape[1]).any(): raise ValueError(f"split group '{group.name}': schemes.k must lie in [1, {W.shape[1]}]")
+    if D.shape[2] != group.dim:
+        raise ValueError(
+            f"split group '{group.name}': scheme deltas have d = {D.shape[2]}, the producer's theta has d = {group.dim}"
+        )
+    if (K < 1).any() or (K > W.shape[1]).any():
+        raise ValueError(f"split group '{group.name}': schemes.k must lie in [1, {W.shape[1]}]")
     return W, D, K.long()
 
 # %% ../nbs/07_surgery.ipynb #c69e385a
@@ -134,72 +218,93 @@ def split_plan(group: SplitGroup, neurons, schemes, eps: float):
     "The `(index, producer_delta, consumer_scale)` that `split_neurons` passes to `remap_channels`."
     n, dev = group.n_neurons, group.producer.weight.device
     neurons = _as_index(neurons, n, 'neurons', group).cpu()
-    if len(neurons.unique()) != len(neurons): raise ValueError(f"split group '{group.name}': neurons has repeated entries")
+    if len(neurons.unique()) != len(neurons):
+        raise ValueError(f"split group '{group.name}': neurons has repeated entries")
     W, D, K = _scheme_rows(schemes, neurons, group)
     W, D = W.to(torch.float64), D.to(torch.float64)
     mask = torch.arange(W.shape[1]) < K[:, None]
     bad = ((W * mask).sum(1) - 1).abs() > 1e-6 * (1 + (W * mask).abs().sum(1))
-    if bad.any(): raise ValueError(f"split group '{group.name}': weights of neuron(s) {neurons[bad].tolist()} do not sum to 1 over their k copies")
+    if bad.any():
+        raise ValueError(
+            f"split group '{group.name}': weights of neuron(s) {neurons[bad].tolist()} do not sum to 1 over their k copies"
+        )
     index = torch.cat([torch.arange(n), neurons.repeat_interleave(K - 1)])
     delta = torch.zeros(len(index), group.dim, dtype=torch.float64)
     scale = torch.ones(len(index), dtype=torch.float64)
     delta[neurons], scale[neurons] = eps * D[:, 0], W[:, 0]
-    extra = mask.clone(); extra[:, 0] = False
+    extra = mask.clone()
+    extra[:, 0] = False
     delta[n:], scale[n:] = eps * D[extra], W[extra]
     return index.to(dev), delta, scale
 
-def split_neurons(model: nn.Module,    # the network holding the group
-                  group: SplitGroup,   # the group whose neurons are split
-                  neurons,             # (s,) distinct neuron indices to split
-                  schemes,             # .weights (s, m), .deltas (s, m, d), .k (s,): one scheme per neuron in `neurons`
-                  eps: float,          # step size: copy r gets theta + eps * deltas[r]
-                 ) -> torch.Tensor:
+
+def split_neurons(
+    model: nn.Module,  # the network holding the group
+    group: SplitGroup,  # the group whose neurons are split
+    neurons,  # (s,) distinct neuron indices to split
+    schemes,  # .weights (s, m), .deltas (s, m, d), .k (s,): one scheme per neuron in `neurons`
+    eps: float,  # step size: copy r gets theta + eps * deltas[r]
+) -> torch.Tensor:
     "Split `neurons` of `group` in place; returns the parent of every neuron of the new producer."
     validate_group(model, group)
-    if len(neurons) == 0: return torch.arange(group.n_neurons, device=group.producer.weight.device)  # nothing to split
+    if len(neurons) == 0:
+        return torch.arange(group.n_neurons, device=group.producer.weight.device)  # nothing to split
     index, delta, scale = split_plan(group, neurons, schemes, eps)
     return remap_channels(model, group, index, producer_delta=delta, consumer_scale=scale)
 
-def apply_splits(model: nn.Module,  # the network holding the groups
-                 plan,              # [(group, neurons, schemes)]: one entry per group, in any order
-                 eps: float,        # step size: copy r gets theta + eps * deltas[r]
-                ) -> dict:
+
+def apply_splits(
+    model: nn.Module,  # the network holding the groups
+    plan,  # [(group, neurons, schemes)]: one entry per group, in any order
+    eps: float,  # step size: copy r gets theta + eps * deltas[r]
+) -> dict:
     "Split several groups in place, all or nothing; returns {group name: parent of every new neuron}."
     plan = [(g, nr, sc) for g, nr, sc in plan]
     names = [g.name for g, _, _ in plan]
-    if len(set(names)) != len(names): raise ValueError(f"apply_splits: a group appears twice in the plan: {names}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"apply_splits: a group appears twice in the plan: {names}")
     jobs, parents = [], {}
-    for g, neurons, schemes in plan:                       # every index/delta/scale from the model before any change
+    for g, neurons, schemes in plan:  # every index/delta/scale from the model before any change
         validate_group(model, g)
-        if len(neurons) == 0: parents[g.name] = torch.arange(g.n_neurons, device=g.producer.weight.device); continue
+        if len(neurons) == 0:
+            parents[g.name] = torch.arange(g.n_neurons, device=g.producer.weight.device)
+            continue
         jobs.append(_job(model, g, *split_plan(g, neurons, schemes, eps)))
         parents[g.name] = jobs[-1][1]
     _apply(jobs)
     return parents
 
 # %% ../nbs/07_surgery.ipynb #8fd448e3
-def remap_optimizer(optimizer: torch.optim.Optimizer,  # optimizer built on the model's parameters before surgery
-                    model: nn.Module,                  # the model after surgery
-                   ) -> torch.optim.Optimizer:
+def remap_optimizer(
+    optimizer: torch.optim.Optimizer,  # optimizer built on the model's parameters before surgery
+    model: nn.Module,  # the model after surgery
+) -> torch.optim.Optimizer:
     "Point `optimizer` at the model's current parameters, carrying state over through the surgery index; returns it."
     current = {id(p) for p in model.parameters()}
     heir = {}
     for q in model.parameters():
         for r, imap in _ORIGIN.get(q, []):
             p = r()
-            if p is not None and id(p) not in current: heir[id(p)] = (q, imap)
+            if p is not None and id(p) not in current:
+                heir[id(p)] = (q, imap)
     for grp in optimizer.param_groups:
         new = []
         for p in grp['params']:
-            if id(p) not in heir: new.append(p); continue
+            if id(p) not in heir:
+                new.append(p)
+                continue
             q, imap = heir[id(p)]
             st = optimizer.state.pop(p, None)
-            if st: optimizer.state[q] = {k: _take(v, p.shape, imap) for k, v in st.items()}
+            if st:
+                optimizer.state[q] = {k: _take(v, p.shape, imap) for k, v in st.items()}
             new.append(q)
         grp['params'] = new
     return optimizer
 
+
 def _take(v, shape, imap):
-    if not (isinstance(v, torch.Tensor) and v.shape == shape): return v
-    for d, i in imap.items(): v = v.index_select(d, i.to(v.device))
+    if not (isinstance(v, torch.Tensor) and v.shape == shape):
+        return v
+    for d, i in imap.items():
+        v = v.index_select(d, i.to(v.device))
     return v

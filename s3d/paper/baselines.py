@@ -21,17 +21,26 @@ __all__ = ['l1_filter_scores', 'bn_scale_scores', 'keep_by_ratio', 'keep_global'
            'pruned_cost', 'bn_l1_penalty', 'morphnet_penalty', 'expand_widths', 'kept_widths']
 
 # %% ../../nbs/paper/03_baselines.ipynb #f9445127
-def _n_out(m): return layer_kind(m).n_out(m)
-def _n_in(m): return layer_kind(m).n_in(m)
+def _n_out(m):
+    return layer_kind(m).n_out(m)
+
+
+def _n_in(m):
+    return layer_kind(m).n_in(m)
+
 
 def l1_filter_scores(groups) -> dict:
     "L1 norm of each producer filter (Li et al. 2017), per group, on the producer's device."
     return {g.name: g.producer.weight.detach().abs().flatten(1).sum(1).float() for g in groups}
 
+
 def _bn_of(g):
     if g.bn is None or getattr(g.bn, 'weight', None) is None:
-        raise ValueError(f"group {g.name!r} has no affine BatchNorm after its producer; BN-scale methods need one")
+        raise ValueError(
+            f"group {g.name!r} has no affine BatchNorm after its producer; BN-scale methods need one"
+        )
     return g.bn
+
 
 def bn_scale_scores(groups) -> dict:
     "|gamma| of the BatchNorm after each producer (network slimming), per group, on the BN's device."
@@ -43,90 +52,120 @@ def _top(s, k):
     k = max(0, min(int(k), len(s)))
     return torch.sort(torch.argsort(s, descending=True, stable=True)[:k]).values
 
-def keep_by_ratio(scores: dict,      # {group: scores (n,)}
-                  ratio: float,      # fraction of each layer's channels to keep, in (0, 1]
-                  min_keep: int = 1, # never keep fewer channels in a layer
-                 ) -> dict:
+
+def keep_by_ratio(
+    scores: dict,  # {group: scores (n,)}
+    ratio: float,  # fraction of each layer's channels to keep, in (0, 1]
+    min_keep: int = 1,  # never keep fewer channels in a layer
+) -> dict:
     "Keep the top `ratio` of channels in every layer (rounded, at least `min_keep`)."
-    if not 0 < ratio <= 1: raise ValueError(f"keep_by_ratio: ratio must be in (0, 1], got {ratio}")
+    if not 0 < ratio <= 1:
+        raise ValueError(f"keep_by_ratio: ratio must be in (0, 1], got {ratio}")
     return {n: _top(s, max(min_keep, round(ratio * len(s)))) for n, s in scores.items()}
 
 # %% ../../nbs/paper/03_baselines.ipynb #48124a9c
-def keep_global(scores: dict,               # {group: scores (n,)}
-                prune_fraction: float = None, # fraction of all channels to prune (lowest scores)
-                threshold: float = None,    # or: prune channels with score <= threshold
-                min_keep: int = 1,          # never keep fewer channels in a layer
-               ) -> dict:
+def keep_global(
+    scores: dict,  # {group: scores (n,)}
+    prune_fraction: float = None,  # fraction of all channels to prune (lowest scores)
+    threshold: float = None,  # or: prune channels with score <= threshold
+    min_keep: int = 1,  # never keep fewer channels in a layer
+) -> dict:
     "Prune globally by fraction or threshold; each layer keeps at least `min_keep` of its best channels."
-    if (prune_fraction is None) == (threshold is None): raise ValueError("keep_global: give exactly one of prune_fraction, threshold")
+    if (prune_fraction is None) == (threshold is None):
+        raise ValueError("keep_global: give exactly one of prune_fraction, threshold")
     names = list(scores)
     allv = torch.cat([scores[n].float() for n in names])
     if prune_fraction is not None:
-        if not 0 <= prune_fraction < 1: raise ValueError(f"keep_global: prune_fraction must be in [0, 1), got {prune_fraction}")
+        if not 0 <= prune_fraction < 1:
+            raise ValueError(f"keep_global: prune_fraction must be in [0, 1), got {prune_fraction}")
         k = int(round(prune_fraction * len(allv)))
         order = torch.argsort(allv, stable=True)
-        alive = torch.ones(len(allv), dtype=torch.bool, device=allv.device); alive[order[:k]] = False
+        alive = torch.ones(len(allv), dtype=torch.bool, device=allv.device)
+        alive[order[:k]] = False
         parts = dict(zip(names, alive.split([len(scores[n]) for n in names])))
-    else: parts = {n: scores[n].float() > threshold for n in names}
+    else:
+        parts = {n: scores[n].float() > threshold for n in names}
     out = {}
     for n in names:
         keep = parts[n].nonzero().flatten()
-        if len(keep) < min(min_keep, len(scores[n])): keep = _top(scores[n], min_keep)
+        if len(keep) < min(min_keep, len(scores[n])):
+            keep = _top(scores[n], min_keep)
         out[n] = keep
     return out
 
 # %% ../../nbs/paper/03_baselines.ipynb #5bb3d7a5
-def keep_for_budget(scores: dict,        # {group: scores (n,)}
-                    cost_fn,             # callable({group: n_keep}) -> cost of the pruned model
-                    target: float,       # largest acceptable cost
-                    scope: str = 'global', # 'global' (one threshold) or 'layer' (one ratio per layer)
-                    min_keep: int = 1,   # never keep fewer channels in a layer
-                    iters: int = 30,     # bisection steps
-                   ) -> dict:
+def keep_for_budget(
+    scores: dict,  # {group: scores (n,)}
+    cost_fn,  # callable({group: n_keep}) -> cost of the pruned model
+    target: float,  # largest acceptable cost
+    scope: str = 'global',  # 'global' (one threshold) or 'layer' (one ratio per layer)
+    min_keep: int = 1,  # never keep fewer channels in a layer
+    iters: int = 30,  # bisection steps
+) -> dict:
     "The least pruning (global fraction or uniform ratio) whose kept architecture costs at most `target`."
-    if scope not in ('global', 'layer'): raise ValueError(f"keep_for_budget: scope must be 'global' or 'layer', got {scope!r}")
-    sel = (lambda f: keep_global(scores, prune_fraction=f, min_keep=min_keep)) if scope == 'global' else \
-          (lambda f: keep_by_ratio(scores, 1 - f, min_keep=min_keep))
+    if scope not in ('global', 'layer'):
+        raise ValueError(f"keep_for_budget: scope must be 'global' or 'layer', got {scope!r}")
+    sel = (
+        (lambda f: keep_global(scores, prune_fraction=f, min_keep=min_keep))
+        if scope == 'global'
+        else (lambda f: keep_by_ratio(scores, 1 - f, min_keep=min_keep))
+    )
     cost = lambda keep: cost_fn({n: len(v) for n, v in keep.items()})
-    if cost(sel(0.0)) <= target: return sel(0.0)
+    if cost(sel(0.0)) <= target:
+        return sel(0.0)
     lo, hi = 0.0, 1 - 1e-6  # cost(sel(lo)) > target; find the smallest feasible fraction
-    if cost(sel(hi)) > target: raise ValueError(f"keep_for_budget: even maximal pruning costs {cost(sel(hi)):.4g} > target {target:.4g}")
+    if cost(sel(hi)) > target:
+        raise ValueError(
+            f"keep_for_budget: even maximal pruning costs {cost(sel(hi)):.4g} > target {target:.4g}"
+        )
     for _ in range(iters):
         mid = (lo + hi) / 2
-        if cost(sel(mid)) <= target: hi = mid
-        else: lo = mid
+        if cost(sel(mid)) <= target:
+            hi = mid
+        else:
+            lo = mid
     return sel(hi)
 
 # %% ../../nbs/paper/03_baselines.ipynb #a8d04416
-def prune_channels(model: nn.Module,   # the network, pruned in place
-                   example_input,      # one batch, to find the split groups
-                   keep: dict,         # {group name: sorted LongTensor of channels to keep}
-                  ) -> nn.Module:
+def prune_channels(
+    model: nn.Module,  # the network, pruned in place
+    example_input,  # one batch, to find the split groups
+    keep: dict,  # {group name: sorted LongTensor of channels to keep}
+) -> nn.Module:
     "Keep only the channels `keep[name]` of each listed split group (later groups first); returns `model`."
     for g in reversed(split_groups(model, example_input)):
-        if g.name in keep and len(keep[g.name]) < g.n_neurons: remap_channels(model, g, keep[g.name])
+        if g.name in keep and len(keep[g.name]) < g.n_neurons:
+            remap_channels(model, g, keep[g.name])
     return model
 
-def pruned_cost(model: nn.Module,   # the unpruned network
-                example_input,      # one batch, e.g. torch.zeros(1, 3, 32, 32)
-                what: str = 'flops' # 'flops' or 'params'
-               ):
+
+def pruned_cost(
+    model: nn.Module,  # the unpruned network
+    example_input,  # one batch, e.g. torch.zeros(1, 3, 32, 32)
+    what: str = 'flops',  # 'flops' or 'params'
+):
     "A `cost_fn` for `keep_for_budget`: params or FLOPs of `model` with each group cut to its kept count (on a copy)."
-    if what not in ('params', 'flops'): raise ValueError(f"pruned_cost: what must be 'params' or 'flops', got {what!r}")
+    if what not in ('params', 'flops'):
+        raise ValueError(f"pruned_cost: what must be 'params' or 'flops', got {what!r}")
     k = {'params': 0, 'flops': 1}[what]
     shape, memo = copy.deepcopy(model).to('meta'), {}  # shapes are all the count needs
-    def f(counts):  # keep-lists on the CPU: remap_channels checks them there and moves them to the model's device
+
+    def f(
+        counts,
+    ):  # keep-lists on the CPU: remap_channels checks them there and moves them to the model's device
         key = tuple(sorted((n, int(c)) for n, c in counts.items()))
         if key not in memo:  # bisections ask for the same architecture again and again
             twin = prune_channels(copy.deepcopy(shape), example_input, {n: torch.arange(c) for n, c in key})
             memo[key] = count_params_flops(twin, example_input)[k]
         return memo[key]
+
     return f
 
 # %% ../../nbs/paper/03_baselines.ipynb #70a6680f
-def bn_l1_penalty(groups,           # split groups whose BN scales are penalised
-                  strength: float,  # s: weight of the L1 penalty
-                 ):
+def bn_l1_penalty(
+    groups,  # split groups whose BN scales are penalised
+    strength: float,  # s: weight of the L1 penalty
+):
     "A regulariser `f(model) -> s * sum |gamma|` over the groups' BatchNorm scales."
     bns = [_bn_of(g) for g in groups]
     return lambda model=None: strength * sum(bn.weight.abs().sum() for bn in bns)
@@ -138,18 +177,23 @@ def _named_flops(model, example_input):
     mods = dict(model.named_modules())
     return {id(mods[n]): f for n, f in byname.items()}
 
-def morphnet_penalty(model: nn.Module,       # the model being shrunk
-                     groups,                 # its split groups (every one needs a BN after the producer)
-                     example_input,          # a batch to measure FLOPs per layer
-                     strength: float,        # s: weight of the penalty
-                     alive_threshold: float = 1e-2, # |gamma| above this counts as alive
-                    ):
+
+def morphnet_penalty(
+    model: nn.Module,  # the model being shrunk
+    groups,  # its split groups (every one needs a BN after the producer)
+    example_input,  # a batch to measure FLOPs per layer
+    strength: float,  # s: weight of the penalty
+    alive_threshold: float = 1e-2,  # |gamma| above this counts as alive
+):
     "MorphNet's FLOP regulariser `f(model) -> s * sum_j c_j |gamma_j| / FLOPs`, with alive-count weights."
     fl = _named_flops(model, example_input)
     total = sum(fl.values())
     by_prod = {id(g.producer): g for g in groups}
     feeds = {id(c.module): g for g in groups for c in g.consumers}  # consumer module -> group feeding it
-    def alive_frac(g): return (_bn_of(g).weight.detach().abs() > alive_threshold).float().mean()
+
+    def alive_frac(g):
+        return (_bn_of(g).weight.detach().abs() > alive_threshold).float().mean()
+
     def coef(g):
         n, p = _n_out(g.producer), g.producer
         n_in = _n_in(p)
@@ -162,35 +206,46 @@ def morphnet_penalty(model: nn.Module,       # the model being shrunk
             a_out = alive_frac(by_prod[id(m)]) if id(m) in by_prod else 1.0
             c = c + fl.get(id(m), 0) * cons.repeat / c_in * a_out
         return c
-    for g in groups: _bn_of(g)
+
+    for g in groups:
+        _bn_of(g)
+
     def penalty(model=None):
         return strength / total * sum(coef(g) * _bn_of(g).weight.abs().sum() for g in groups)
+
     return penalty
 
 # %% ../../nbs/paper/03_baselines.ipynb #a676ab4f
-def expand_widths(widths,              # widths after shrinking
-                  flops_fn,            # callable(list[int]) -> cost
-                  target: float,       # budget for the cost
-                  max_mult: float = 64.0, # largest multiplier tried
-                  iters: int = 40,     # bisection steps
-                 ) -> tuple:
+def expand_widths(
+    widths,  # widths after shrinking
+    flops_fn,  # callable(list[int]) -> cost
+    target: float,  # budget for the cost
+    max_mult: float = 64.0,  # largest multiplier tried
+    iters: int = 40,  # bisection steps
+) -> tuple:
     "Largest uniform multiplier of `widths` whose cost fits `target`: (new widths, multiplier)."
     scale = lambda w: [max(1, int(round(v * w))) for v in widths]
     lo, hi = 0.0, max_mult
-    if flops_fn(scale(hi)) <= target: return scale(hi), hi
-    if flops_fn(scale(1e-9)) > target: raise ValueError(f"expand_widths: even width 1 everywhere costs more than target {target:.4g}")
+    if flops_fn(scale(hi)) <= target:
+        return scale(hi), hi
+    if flops_fn(scale(1e-9)) > target:
+        raise ValueError(f"expand_widths: even width 1 everywhere costs more than target {target:.4g}")
     for _ in range(iters):
         mid = (lo + hi) / 2
-        if flops_fn(scale(mid)) <= target: lo = mid
-        else: hi = mid
+        if flops_fn(scale(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
     return scale(lo), lo
 
 # %% ../../nbs/paper/03_baselines.ipynb #f7696bcb
-def kept_widths(model: MobileNetV1, # the model the keep-lists refer to
-                keep: dict,         # {group: LongTensor keep}
-               ) -> list:
+def kept_widths(
+    model: MobileNetV1,  # the model the keep-lists refer to
+    keep: dict,  # {group: LongTensor keep}
+) -> list:
     "Per-layer widths of `model` after keeping `keep` (groups not listed keep all channels)."
     names = model.producer_names
     unknown = set(keep) - set(names)
-    if unknown: raise ValueError(f"kept_widths: unknown groups {sorted(unknown)}")
+    if unknown:
+        raise ValueError(f"kept_widths: unknown groups {sorted(unknown)}")
     return [len(keep[n]) if n in keep else w for n, w in zip(names, model.widths)]

@@ -11,9 +11,26 @@ from collections.abc import Mapping
 from pathlib import Path
 from ..grow import CheckpointError
 from .runs import Experiment, EXPERIMENTS, register_experiment
-from .runs import (DataError, OutputError, DeviceError, Interrupted, EXIT_CODES, atomic_save_figure, is_done,
-                            resolve_device, check_out_dir, default_jobs, stop_on_signals, read_fingerprint,
-                            start_distributed, stop_distributed, dist_context, writer_first, check_shared_out, is_writer)
+from s3d.paper.runs import (
+    DataError,
+    OutputError,
+    DeviceError,
+    Interrupted,
+    EXIT_CODES,
+    atomic_save_figure,
+    is_done,
+    resolve_device,
+    check_out_dir,
+    default_jobs,
+    stop_on_signals,
+    read_fingerprint,
+    start_distributed,
+    stop_distributed,
+    dist_context,
+    writer_first,
+    check_shared_out,
+    is_writer,
+)
 
 # %% auto #0
 __all__ = ['ABOUT', 'DEFAULT_OUT', 'experiment_runner', 'experiment_checker', 'import_experiments', 'check_fig1', 'run_fig1',
@@ -22,123 +39,229 @@ __all__ = ['ABOUT', 'DEFAULT_OUT', 'experiment_runner', 'experiment_checker', 'i
 # %% ../../nbs/paper/06_cli.ipynb #c6b82d67
 class _About(Mapping):
     "Read-only view: name -> (about, time) of every registered experiment."
-    def __getitem__(self, name): return EXPERIMENTS[name].about, EXPERIMENTS[name].time
-    def __iter__(self): return iter(EXPERIMENTS)
-    def __len__(self): return len(EXPERIMENTS)
+
+    def __getitem__(self, name):
+        return EXPERIMENTS[name].about, EXPERIMENTS[name].time
+
+    def __iter__(self):
+        return iter(EXPERIMENTS)
+
+    def __len__(self):
+        return len(EXPERIMENTS)
+
 
 ABOUT = _About()
 
-def _experiment(name:str) -> Experiment:
+
+def _experiment(name: str) -> Experiment:
     if name not in EXPERIMENTS:
         raise ValueError(f'unknown experiment {name!r}; choose one of {", ".join(EXPERIMENTS)}')
     return EXPERIMENTS[name]
 
-def experiment_runner(name:str):
+
+def experiment_runner(name: str):
     "The run function of experiment `name`, or None when it is not implemented yet."
     return _experiment(name).run
 
-def experiment_checker(name:str):
+
+def experiment_checker(name: str):
     "The argument check of experiment `name`, or None."
     return _experiment(name).check
 
-def import_experiments(package:str='s3d.paper.experiments') -> list:
+
+def import_experiments(package: str = 's3d.paper.experiments') -> list:
     "Import every module of `package` (each registers its experiment); their names."
     pkg = importlib.import_module(package)
     names = [f'{package}.{m.name}' for m in pkgutil.iter_modules(pkg.__path__)]
-    for n in names: importlib.import_module(n)
+    for n in names:
+        importlib.import_module(n)
     return names
 
 # %% ../../nbs/paper/06_cli.ipynb #33edb113
-def check_fig1(scale:str='cpu', device='auto', data=None, out=None, fake_data:bool=False, download:bool=False) -> list:
+def check_fig1(
+    scale: str = 'cpu', device='auto', data=None, out=None, fake_data: bool = False, download: bool = False
+) -> list:
     "Figure 1 needs nothing: warn about the options it ignores."
-    ignored = [o for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download)) if v]
+    ignored = [
+        o
+        for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download))
+        if v
+    ]
     return [f'fig1 is drawn from closed forms: {", ".join(ignored)} ignored'] if ignored else []
 
-def run_fig1(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:bool=False, **ignored) -> list:
+
+def run_fig1(
+    scale: str = 'cpu', device='auto', data=None, out='data/reproduced', force: bool = False, **ignored
+) -> list:
     "Draw Figure 1 (the split schemes) to fig1.png and fig1.pdf under `out`."
     from s3d.schemes import plot_split_schemes
-    out = check_out_dir(out); paths = [out / 'fig1.png', out / 'fig1.pdf']
+
+    out = check_out_dir(out)
+    paths = [out / 'fig1.png', out / 'fig1.pdf']
     if is_done(paths, force=force):
-        print(f'fig1: {paths[0]} exists, skipping (use --force to redraw)'); return paths
-    import matplotlib; matplotlib.use('Agg', force=False)
+        print(f'fig1: {paths[0]} exists, skipping (use --force to redraw)')
+        return paths
+    import matplotlib
+
+    matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
+
     fig = plot_split_schemes()
-    for p in paths: atomic_save_figure(p, fig)
+    for p in paths:
+        atomic_save_figure(p, fig)
     plt.close(fig)
     return paths
 
-register_experiment(Experiment(
-    'fig1', 'Figure 1: the binary, triplet and quartet split schemes, drawn from their closed forms',
-    'seconds at any scale', run=run_fig1, check=check_fig1))
-_modules = import_experiments()   # fig2, table1, table2, table3 register themselves
+
+register_experiment(
+    Experiment(
+        'fig1',
+        'Figure 1: the binary, triplet and quartet split schemes, drawn from their closed forms',
+        'seconds at any scale',
+        run=run_fig1,
+        check=check_fig1,
+    )
+)
+_modules = import_experiments()  # fig2, table1, table2, table3 register themselves
 
 # %% ../../nbs/paper/06_cli.ipynb #fff1b8f2
 DEFAULT_OUT = 'data/reproduced'
 
+
 def _epilog() -> str:
     w = max(map(len, EXPERIMENTS))
-    exps = [f'  {e.name:<{w}}  {e.about}' + (f'\n  {"":<{w}}  time: {e.time}' if e.time else '')
-            for e in EXPERIMENTS.values()]
+    exps = [
+        f'  {e.name:<{w}}  {e.about}' + (f'\n  {"":<{w}}  time: {e.time}' if e.time else '')
+        for e in EXPERIMENTS.values()
+    ]
     codes = [f'  {c:>3}  {d}' for c, d in EXIT_CODES.items()]
-    return '\n'.join(['experiments:', *exps, f'  {"all":<{w}}  every implemented experiment (the others are skipped with a note)',
-                      f'  {"list":<{w}}  which results exist under --out and whether they are current', '', 'exit codes:', *codes])
+    return '\n'.join(
+        [
+            'experiments:',
+            *exps,
+            f'  {"all":<{w}}  every implemented experiment (the others are skipped with a note)',
+            f'  {"list":<{w}}  which results exist under --out and whether they are current',
+            '',
+            'exit codes:',
+            *codes,
+        ]
+    )
+
 
 def make_parser() -> argparse.ArgumentParser:
     "The argument parser of the `s3d` command."
-    p = argparse.ArgumentParser(prog='s3d', description='Signed splitting steepest descent (S3D): reproduce the paper.')
+    p = argparse.ArgumentParser(
+        prog='s3d', description='Signed splitting steepest descent (S3D): reproduce the paper.'
+    )
     sub = p.add_subparsers(dest='command')
-    r = sub.add_parser('reproduce', help='rerun an experiment of the paper and write its results', epilog=_epilog(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description='Rerun an experiment of the paper and write its results (CSV, figure, summary).')
-    r.add_argument('experiment', choices=[*EXPERIMENTS, 'all', 'list'], metavar='EXPERIMENT', help='see the list below')
-    r.add_argument('--scale', choices=['smoke', 'cpu', 'paper'], default='cpu',
-                   help='smoke: seconds (tests); cpu: minutes on a CPU; paper: the full setting (default cpu)')
+    r = sub.add_parser(
+        'reproduce',
+        help='rerun an experiment of the paper and write its results',
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description='Rerun an experiment of the paper and write its results (CSV, figure, summary).',
+    )
+    r.add_argument(
+        'experiment', choices=[*EXPERIMENTS, 'all', 'list'], metavar='EXPERIMENT', help='see the list below'
+    )
+    r.add_argument(
+        '--scale',
+        choices=['smoke', 'cpu', 'paper'],
+        default='cpu',
+        help='smoke: seconds (tests); cpu: minutes on a CPU; paper: the full setting (default cpu)',
+    )
     r.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N (default auto)')
-    r.add_argument('--jobs', type=int, default=None, help='worker processes for independent runs (default: every core on CPU, 1 on GPU)')
-    r.add_argument('--out', default=DEFAULT_OUT, help=f'folder for results (default {DEFAULT_OUT}/, ignored by git)')
-    r.add_argument('--data', default=None, help='folder holding the datasets, e.g. cifar-100-python/ (default data/)')
-    r.add_argument('--download', action='store_true', help='download missing datasets first (torchvision, with a progress bar)')
-    r.add_argument('--fake-data', action='store_true', help='use small generated images instead of a dataset (tests; results are labelled FAKE)')
+    r.add_argument(
+        '--jobs',
+        type=int,
+        default=None,
+        help='worker processes for independent runs (default: every core on CPU, 1 on GPU)',
+    )
+    r.add_argument(
+        '--out', default=DEFAULT_OUT, help=f'folder for results (default {DEFAULT_OUT}/, ignored by git)'
+    )
+    r.add_argument(
+        '--data', default=None, help='folder holding the datasets, e.g. cifar-100-python/ (default data/)'
+    )
+    r.add_argument(
+        '--download',
+        action='store_true',
+        help='download missing datasets first (torchvision, with a progress bar)',
+    )
+    r.add_argument(
+        '--fake-data',
+        action='store_true',
+        help='use small generated images instead of a dataset (tests; results are labelled FAKE)',
+    )
     r.add_argument('--force', action='store_true', help='recompute even if finished results exist')
     r.add_argument('--debug', action='store_true', help='print full tracebacks')
     return p
 
 # %% ../../nbs/paper/06_cli.ipynb #4b140b4a
-def _code(e:BaseException, phase:str) -> int:
-    if isinstance(e, Interrupted): return e.code
-    if isinstance(e, KeyboardInterrupt): return 130
-    if isinstance(e, OutputError): return 3
-    if isinstance(e, DataError): return 4
-    if isinstance(e, DeviceError): return 5
-    if isinstance(e, NotImplementedError): return 6
-    if isinstance(e, CheckpointError): return 7
-    if isinstance(e, (ValueError, TypeError)) and phase == 'check': return 2
+def _code(e: BaseException, phase: str) -> int:
+    if isinstance(e, Interrupted):
+        return e.code
+    if isinstance(e, KeyboardInterrupt):
+        return 130
+    if isinstance(e, OutputError):
+        return 3
+    if isinstance(e, DataError):
+        return 4
+    if isinstance(e, DeviceError):
+        return 5
+    if isinstance(e, NotImplementedError):
+        return 6
+    if isinstance(e, CheckpointError):
+        return 7
+    if isinstance(e, (ValueError, TypeError)) and phase == 'check':
+        return 2
     return 1
 
-def kept_on_disk(name:str, scale:str, out) -> str:
+
+def kept_on_disk(name: str, scale: str, out) -> str:
     "What a rerun of `name` at `scale` will reuse: finished runs (`rows.csv` + `config.json`, written last) or jobs (`*.job.json`)."
     folder = Path(out) / f'{name}_{scale}_runs'
-    runs = [p for p in folder.rglob('rows.csv') if (p.parent / 'config.json').exists()] if folder.is_dir() else []
+    runs = (
+        [p for p in folder.rglob('rows.csv') if (p.parent / 'config.json').exists()]
+        if folder.is_dir()
+        else []
+    )
     n = len(runs) + (sum(1 for _ in folder.rglob('*.job.json')) if folder.is_dir() else 0)
     return f'{n} finished run(s) in {folder}' if n else 'no finished run yet'
 
-def _line(name:str, e:BaseException, code:int, kept=None) -> str:
+
+def _line(name: str, e: BaseException, code: int, kept=None) -> str:
     "One line for error `e` of experiment `name`; an interruption says what is kept (`e.kept`, else `kept()`)."
     if isinstance(e, KeyboardInterrupt):
         how = 'interrupted (Ctrl-C)' if code == 130 else 'terminated (SIGTERM)'
         kept = getattr(e, 'kept', '') or (kept() if kept else 'no finished work to keep yet')
         return f'{name}: {how}; kept: {kept}; rerun the same command to resume'
-    what = {3: 'output error', 4: 'data error', 5: 'device error', 6: 'not implemented yet', 7: 'checkpoint error', 2: 'error'}.get(code)
+    what = {
+        3: 'output error',
+        4: 'data error',
+        5: 'device error',
+        6: 'not implemented yet',
+        7: 'checkpoint error',
+        2: 'error',
+    }.get(code)
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return f'{name}: {what}: {msg}' if what else f'{name}: failed: {type(e).__name__}: {msg} (rerun with --debug for the traceback)'
+    return (
+        f'{name}: {what}: {msg}'
+        if what
+        else f'{name}: failed: {type(e).__name__}: {msg} (rerun with --debug for the traceback)'
+    )
 
-def _guard(name:str, phase:str, debug:bool, fn, *a, _kept=None, **kw):
+
+def _guard(name: str, phase: str, debug: bool, fn, *a, _kept=None, **kw):
     "(result, 0) of fn(*a, **kw), or (None, exit code) after printing the error as one line (`_kept`: see `_line`)."
-    try: return fn(*a, **kw), 0
+    try:
+        return fn(*a, **kw), 0
     except (Exception, KeyboardInterrupt) as e:
         code = _code(e, phase)
-        if debug: traceback.print_exc()
-        if not getattr(e, 'from_rank0', False): print(_line(name, e, code, _kept), file=sys.stderr, flush=True)   # torchrun: printed by rank 0
+        if debug:
+            traceback.print_exc()
+        if not getattr(e, 'from_rank0', False):
+            print(_line(name, e, code, _kept), file=sys.stderr, flush=True)  # torchrun: printed by rank 0
         return None, code
 
 # %% ../../nbs/paper/06_cli.ipynb #dc80e1f5
@@ -146,34 +269,56 @@ def _list(out) -> int:
     "Print which results exist under `out` and whether they are current."
     print(f'results under {out}:')
     for name, e in EXPERIMENTS.items():
-        if e.run is None: print(f'  {name:<7} not implemented yet'); continue
-        if e.files is None: print(f'  {name:<7} (no per-scale results)'); continue
+        if e.run is None:
+            print(f'  {name:<7} not implemented yet')
+            continue
+        if e.files is None:
+            print(f'  {name:<7} (no per-scale results)')
+            continue
         for scale in ('smoke', 'cpu', 'paper'):
-            fs = [Path(p) for p in e.files(scale, out) if Path(p).suffix != '.pdf']   # PDFs are not committed
+            fs = [Path(p) for p in e.files(scale, out) if Path(p).suffix != '.pdf']  # PDFs are not committed
             have = sum(p.exists() for p in fs)
-            if not have: state = 'missing'
-            elif have < len(fs): state = f'incomplete ({have} of {len(fs)} files)'
+            if not have:
+                state = 'missing'
+            elif have < len(fs):
+                state = f'incomplete ({have} of {len(fs)} files)'
             elif e.fingerprint is None or read_fingerprint(fs[-1]) is None:
                 state = 'present (its summary records no config fingerprint, so whether it is current is not known)'
-            else: state = 'current' if read_fingerprint(fs[-1]) == e.fingerprint(scale) else 'stale (config changed: rerun with --force)'
+            else:
+                state = (
+                    'current'
+                    if read_fingerprint(fs[-1]) == e.fingerprint(scale)
+                    else 'stale (config changed: rerun with --force)'
+                )
             fake = ' (FAKE DATA)' if have and fs[-1].exists() and 'FAKE DATA' in fs[-1].read_text() else ''
             print(f'  {name:<7} {scale:<6} {state}{fake}')
     return 0
 
+
 def _accepted(name, fn, kw, given=()):
     "`fn` and the options it accepts; an option it cannot take but that was set is a one-line warning."
     import inspect
+
     ps = inspect.signature(fn).parameters
-    if any(p.kind == p.VAR_KEYWORD for p in ps.values()): return fn, kw
+    if any(p.kind == p.VAR_KEYWORD for p in ps.values()):
+        return fn, kw
     for k in [k for k in kw if k not in ps]:
-        if k in given: print(f'{name}: warning: --{k.replace("_", "-")} is not supported by this experiment yet: ignored', file=sys.stderr)
+        if k in given:
+            print(
+                f'{name}: warning: --{k.replace("_", "-")} is not supported by this experiment yet: ignored',
+                file=sys.stderr,
+            )
     return fn, {k: v for k, v in kw.items() if k in ps}
+
 
 def _new_folders(path) -> list:
     "The folders of `path` that do not exist yet, deepest first (what `check_out_dir` would create)."
     new, p = [], Path(path).absolute()
-    while not p.exists(): new.append(p); p = p.parent
+    while not p.exists():
+        new.append(p)
+        p = p.parent
     return new
+
 
 def _reproduce(args) -> int:
     "Run `args.experiment`; on an error, remove the output folders it created while they are still empty."
@@ -184,65 +329,120 @@ def _reproduce(args) -> int:
     finally:
         if code and is_writer():
             for p in new:
-                if p.is_dir() and not any(p.iterdir()): p.rmdir()
+                if p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
+
 
 def _reproduce_checked(args) -> int:
     if args.fake_data and args.data is not None:
-        print(f'{args.experiment}: error: --fake-data generates its own small dataset and cannot be combined with --data '
-              f'{args.data}: drop one of them', file=sys.stderr)
+        print(
+            f'{args.experiment}: error: --fake-data generates its own small dataset and cannot be combined with --data '
+            f'{args.data}: drop one of them',
+            file=sys.stderr,
+        )
         return 2
     names = [n for n, e in EXPERIMENTS.items() if e.run] if args.experiment == 'all' else [args.experiment]
     for n in EXPERIMENTS:
-        if args.experiment == 'all' and not EXPERIMENTS[n].run: print(f'{n}: not implemented yet, skipped', file=sys.stderr)
+        if args.experiment == 'all' and not EXPERIMENTS[n].run:
+            print(f'{n}: not implemented yet, skipped', file=sys.stderr)
     if args.experiment in EXPERIMENTS and EXPERIMENTS[args.experiment].run is None:
-        print(f'{args.experiment}: not implemented yet', file=sys.stderr); return 6
+        print(f'{args.experiment}: not implemented yet', file=sys.stderr)
+        return 6
     name = args.experiment
-    started, code = _guard(name, 'check', args.debug, start_distributed, args.device)   # joins torchrun's group when launched by it
-    if code: return code
+    started, code = _guard(
+        name, 'check', args.debug, start_distributed, args.device
+    )  # joins torchrun's group when launched by it
+    if code:
+        return code
     dist, device = started
-    if args.jobs is not None and args.jobs < 1: print(f'{name}: error: --jobs must be >= 1, got {args.jobs}', file=sys.stderr); return 2
+    if args.jobs is not None and args.jobs < 1:
+        print(f'{name}: error: --jobs must be >= 1, got {args.jobs}', file=sys.stderr)
+        return 2
     if dist is not None and args.jobs not in (None, 1):
-        if is_writer(): print(f'{name}: error: under torchrun every process is one rank: --jobs must be 1 (got {args.jobs})', file=sys.stderr)
+        if is_writer():
+            print(
+                f'{name}: error: under torchrun every process is one rank: --jobs must be 1 (got {args.jobs})',
+                file=sys.stderr,
+            )
         return 2
     jobs = 1 if dist is not None else args.jobs or default_jobs(device)
-    if dist is not None and dist.world_size > 1:   # the toy figures run in one process
+    if dist is not None and dist.world_size > 1:  # the toy figures run in one process
         if args.experiment != 'all' and not EXPERIMENTS[name].data_parallel:
-            if is_writer(): print(f'{name}: error: it does not run data-parallel; run it without torchrun (or with --nproc-per-node 1)', file=sys.stderr)
+            if is_writer():
+                print(
+                    f'{name}: error: it does not run data-parallel; run it without torchrun (or with --nproc-per-node 1)',
+                    file=sys.stderr,
+                )
             return 2
         for n in [n for n in names if not EXPERIMENTS[n].data_parallel]:
-            if is_writer(): print(f'{n}: skipped under torchrun with {dist.world_size} processes (run it without torchrun)', file=sys.stderr)
+            if is_writer():
+                print(
+                    f'{n}: skipped under torchrun with {dist.world_size} processes (run it without torchrun)',
+                    file=sys.stderr,
+                )
         names = [n for n in names if EXPERIMENTS[n].data_parallel]
-    out, code = _guard(name, 'check', args.debug, lambda: check_shared_out(writer_first(check_out_dir, args.out)))
-    if code: return code
-    opts = dict(scale=args.scale, device=str(device), data=args.data, out=out, fake_data=args.fake_data, download=args.download)
-    for n in names:   # phase 1: every check before any computing
+    out, code = _guard(
+        name, 'check', args.debug, lambda: check_shared_out(writer_first(check_out_dir, args.out))
+    )
+    if code:
+        return code
+    opts = dict(
+        scale=args.scale,
+        device=str(device),
+        data=args.data,
+        out=out,
+        fake_data=args.fake_data,
+        download=args.download,
+    )
+    for n in names:  # phase 1: every check before any computing
         check = experiment_checker(n)
         warnings, code = _guard(n, 'check', args.debug, writer_first, check, **opts) if check else ([], 0)
-        if code: return code
-        for w in warnings if is_writer() else []: print(f'{n}: warning: {w}', file=sys.stderr)
-    for n in names:   # phase 2: run
+        if code:
+            return code
+        for w in warnings if is_writer() else []:
+            print(f'{n}: warning: {w}', file=sys.stderr)
+    for n in names:  # phase 2: run
         t0 = time.time()
-        given = [k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)]
+        given = [
+            k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)
+        ]
         fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs), given)
         paths, code = _guard(n, 'run', args.debug, fn, _kept=lambda: kept_on_disk(n, args.scale, out), **kw)
-        if code: return code
-        if not is_writer(): continue
-        print(f'{n}: done in {time.time() - t0:.1f} s wall time' + (f' ({dist.world_size} processes)' if dist else '') + '; files:')
-        for p in paths: print(f'  {p}')
+        if code:
+            return code
+        if not is_writer():
+            continue
+        print(
+            f'{n}: done in {time.time() - t0:.1f} s wall time'
+            + (f' ({dist.world_size} processes)' if dist else '')
+            + '; files:'
+        )
+        for p in paths:
+            print(f'  {p}')
     return 0
+
 
 def main(argv=None) -> int:
     "Entry point of the `s3d` command; returns the exit code."
     parser = make_parser()
-    try: args = parser.parse_args(argv)
-    except SystemExit as e: return int(e.code or 0)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
     if args.command is None:
-        parser.print_help(); return 2
-    if args.experiment == 'list': return _list(args.out)
+        parser.print_help()
+        return 2
+    if args.experiment == 'list':
+        return _list(args.out)
     with stop_on_signals():
-        try: return _reproduce(args)
-        except KeyboardInterrupt as e:   # between the guarded steps
+        try:
+            return _reproduce(args)
+        except KeyboardInterrupt as e:  # between the guarded steps
             code = _code(e, 'run')
-            print(_line(args.experiment, e, code, lambda: kept_on_disk(args.experiment, args.scale, args.out)), file=sys.stderr)
+            print(
+                _line(args.experiment, e, code, lambda: kept_on_disk(args.experiment, args.scale, args.out)),
+                file=sys.stderr,
+            )
             return code
-        finally: stop_distributed()
+        finally:
+            stop_distributed()

@@ -26,131 +26,215 @@ class DataError(Exception):
 @dataclass
 class ImageData:
     "Train and test images (uint8, N x C x H x W) with labels and the augmentation that suits them."
+
     name: str
-    x_train: torch.Tensor        # uint8 (N, C, H, W)
-    y_train: torch.Tensor        # int64 (N,)
-    x_test: torch.Tensor         # uint8 (M, C, H, W)
-    y_test: torch.Tensor         # int64 (M,)
-    classes: list                # class names
-    mean: tuple                  # per-channel mean in [0, 1] units
-    std: tuple                   # per-channel std in [0, 1] units
-    pad: int = 0                 # random-crop padding for training batches (0: no crop)
-    flip: bool = False           # random horizontal flips for training batches
+    x_train: torch.Tensor  # uint8 (N, C, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor  # uint8 (M, C, H, W)
+    y_test: torch.Tensor  # int64 (M,)
+    classes: list  # class names
+    mean: tuple  # per-channel mean in [0, 1] units
+    std: tuple  # per-channel std in [0, 1] units
+    pad: int = 0  # random-crop padding for training batches (0: no crop)
+    flip: bool = False  # random horizontal flips for training batches
 
     @property
-    def num_classes(self) -> int: return len(self.classes)
+    def num_classes(self) -> int:
+        return len(self.classes)
+
     @property
-    def shape(self) -> tuple: return tuple(self.x_train.shape[1:])
+    def shape(self) -> tuple:
+        return tuple(self.x_train.shape[1:])
 
     def subset(self, n_train: int = None, n_test: int = None) -> ImageData:
         "The first `n_train` training and `n_test` test images (None keeps all)."
-        return ImageData(self.name, self.x_train[:n_train], self.y_train[:n_train], self.x_test[:n_test],
-                         self.y_test[:n_test], self.classes, self.mean, self.std, self.pad, self.flip)
+        return ImageData(
+            self.name,
+            self.x_train[:n_train],
+            self.y_train[:n_train],
+            self.x_test[:n_test],
+            self.y_test[:n_test],
+            self.classes,
+            self.mean,
+            self.std,
+            self.pad,
+            self.flip,
+        )
 
 # %% ../../nbs/paper/02_data.ipynb #af7cde0c
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 CIFAR100_FOLDER = 'cifar-100-python'
 
+
 class _CifarUnpickler(pickle.Unpickler):
     "Reads what the CIFAR pickles hold (dicts, lists, numbers, bytes, numpy arrays) and refuses every other object: no code runs."
-    _OK = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
-           ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'), ('_codecs', 'encode')}
+
+    _OK = {
+        ('numpy.core.multiarray', '_reconstruct'),
+        ('numpy._core.multiarray', '_reconstruct'),
+        ('numpy', 'ndarray'),
+        ('numpy', 'dtype'),
+        ('numpy.core.multiarray', 'scalar'),
+        ('numpy._core.multiarray', 'scalar'),
+        ('_codecs', 'encode'),
+    }
+
     def find_class(self, module, name):
-        if (module, name) in self._OK: return super().find_class(module, name)
+        if (module, name) in self._OK:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-100 file")
+
 
 def _unpickle(path: Path) -> dict:
     "Load one CIFAR pickle with string keys, or raise `DataError` naming the file."
-    if not path.is_file(): raise DataError(f"missing CIFAR-100 file {path} (run with --download or download=True to fetch it, or put torchvision's '{CIFAR100_FOLDER}' folder under {path.parent.parent})")
+    if not path.is_file():
+        raise DataError(
+            f"missing CIFAR-100 file {path} (run with --download or download=True to fetch it, or put torchvision's '{CIFAR100_FOLDER}' folder under {path.parent.parent})"
+        )
     try:
-        with open(path, 'rb') as f: d = _CifarUnpickler(f, encoding='latin1').load()
-    except Exception as e: raise DataError(f"corrupt CIFAR-100 file {path}: cannot unpickle ({type(e).__name__}: {str(e)[:120]})") from None
-    if not isinstance(d, dict): raise DataError(f"corrupt CIFAR-100 file {path}: expected a dict, got {type(d).__name__}")
+        with open(path, 'rb') as f:
+            d = _CifarUnpickler(f, encoding='latin1').load()
+    except Exception as e:
+        raise DataError(
+            f"corrupt CIFAR-100 file {path}: cannot unpickle ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
+    if not isinstance(d, dict):
+        raise DataError(f"corrupt CIFAR-100 file {path}: expected a dict, got {type(d).__name__}")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 # %% ../../nbs/paper/02_data.ipynb #ef88b64f
 def _read_split(path: Path, n_classes: int):
     "Images (N,3,32,32) uint8 and fine labels from one CIFAR-100 split file."
     d = _unpickle(path)
-    if 'data' not in d or 'fine_labels' not in d: raise DataError(f"corrupt CIFAR-100 file {path}: needs keys 'data' and 'fine_labels', has {sorted(d)}")
+    if 'data' not in d or 'fine_labels' not in d:
+        raise DataError(
+            f"corrupt CIFAR-100 file {path}: needs keys 'data' and 'fine_labels', has {sorted(d)}"
+        )
     x, y = np.asarray(d['data']), np.asarray(d['fine_labels'])
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
-        raise DataError(f"corrupt CIFAR-100 file {path}: 'data' should be uint8 (N, 3072), is {x.dtype} {x.shape}")
+        raise DataError(
+            f"corrupt CIFAR-100 file {path}: 'data' should be uint8 (N, 3072), is {x.dtype} {x.shape}"
+        )
     if y.shape != (x.shape[0],) or (len(y) and (y.min() < 0 or y.max() >= n_classes)):
-        raise DataError(f"corrupt CIFAR-100 file {path}: 'fine_labels' should be {x.shape[0]} labels in 0..{n_classes - 1}")
+        raise DataError(
+            f"corrupt CIFAR-100 file {path}: 'fine_labels' should be {x.shape[0]} labels in 0..{n_classes - 1}"
+        )
     return torch.from_numpy(x.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(y.astype(np.int64))
 
 # %% ../../nbs/paper/02_data.ipynb #5a2d881d
 _CIFAR100_FILES = ('meta', 'train', 'test')
 
+
 def download_cifar100(root) -> Path:
     "Fetch CIFAR-100 into `root` with torchvision's downloader (checksum-verified, with a progress bar) unless it is there."
-    root = Path(root); folder = root / CIFAR100_FOLDER
-    if all((folder / f).is_file() for f in _CIFAR100_FILES): return folder
+    root = Path(root)
+    folder = root / CIFAR100_FOLDER
+    if all((folder / f).is_file() for f in _CIFAR100_FILES):
+        return folder
     try:
         from torchvision.datasets import CIFAR100
+
         CIFAR100(str(root), train=True, download=True)
-    except Exception as e: raise DataError(f"could not download CIFAR-100 into {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except Exception as e:
+        raise DataError(
+            f"could not download CIFAR-100 into {root}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     return folder
+
 
 def check_cifar100(root) -> Path:
     "Check, in milliseconds, that every CIFAR-100 file under `root` is there, readable and a pickle; raises `DataError`."
     folder = Path(root) / CIFAR100_FOLDER
     for f in _CIFAR100_FILES:
         path = folder / f
-        if not path.is_file(): _unpickle(path)   # raises the 'missing' error
+        if not path.is_file():
+            _unpickle(path)  # raises the 'missing' error
         try:
-            with open(path, 'rb') as fh: head = fh.read(2)
-        except OSError as e: raise DataError(f"unreadable CIFAR-100 file {path}: {e.strerror or type(e).__name__}") from None
-        if len(head) < 2 or head[0] != 0x80: raise DataError(f"corrupt CIFAR-100 file {path}: not a pickle")
+            with open(path, 'rb') as fh:
+                head = fh.read(2)
+        except OSError as e:
+            raise DataError(f"unreadable CIFAR-100 file {path}: {e.strerror or type(e).__name__}") from None
+        if len(head) < 2 or head[0] != 0x80:
+            raise DataError(f"corrupt CIFAR-100 file {path}: not a pickle")
     return folder
 
-def load_cifar100(root,                 # folder that holds (or will hold) `cifar-100-python/`
-                  download: bool = False, # fetch with torchvision's downloader if files are missing
-                 ) -> ImageData:
+
+def load_cifar100(
+    root,  # folder that holds (or will hold) `cifar-100-python/`
+    download: bool = False,  # fetch with torchvision's downloader if files are missing
+) -> ImageData:
     "CIFAR-100 (fine labels) from torchvision's on-disk layout, as uint8 tensors in memory."
-    root = Path(root); folder = download_cifar100(root) if download else root / CIFAR100_FOLDER
+    root = Path(root)
+    folder = download_cifar100(root) if download else root / CIFAR100_FOLDER
     meta = _unpickle(folder / 'meta')
     names = meta.get('fine_label_names')
-    if not isinstance(names, (list, tuple)) or not names: raise DataError(f"corrupt CIFAR-100 file {folder / 'meta'}: no 'fine_label_names' list")
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DataError(f"corrupt CIFAR-100 file {folder / 'meta'}: no 'fine_label_names' list")
     xtr, ytr = _read_split(folder / 'train', len(names))
     xte, yte = _read_split(folder / 'test', len(names))
-    return ImageData('cifar100', xtr, ytr, xte, yte, list(names), CIFAR100_MEAN, CIFAR100_STD, pad=4, flip=True)
+    return ImageData(
+        'cifar100', xtr, ytr, xte, yte, list(names), CIFAR100_MEAN, CIFAR100_STD, pad=4, flip=True
+    )
 
 # %% ../../nbs/paper/02_data.ipynb #cf932d65
-def make_fake_cifar100(root,               # folder to create `cifar-100-python/` in
-                       n_train: int = 20,  # training images
-                       n_test: int = 10,   # test images
-                       seed: int = 0,      # random seed for the pixels
-                      ) -> Path:
+def make_fake_cifar100(
+    root,  # folder to create `cifar-100-python/` in
+    n_train: int = 20,  # training images
+    n_test: int = 10,  # test images
+    seed: int = 0,  # random seed for the pixels
+) -> Path:
     "Write a tiny CIFAR-100 in torchvision's on-disk format; returns the `cifar-100-python` folder."
-    folder = Path(root) / CIFAR100_FOLDER; folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(root) / CIFAR100_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for split, n in (('train', n_train), ('test', n_test)):
-        d = {'batch_label': f'fake {split}', 'filenames': [f'{split}_{i}.png' for i in range(n)],
-             'fine_labels': [i % 100 for i in range(n)], 'coarse_labels': [i % 20 for i in range(n)],
-             'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
-        with open(folder / split, 'wb') as f: pickle.dump(d, f, protocol=2)
-    meta = {'fine_label_names': [f'class{i}' for i in range(100)], 'coarse_label_names': [f'super{i}' for i in range(20)]}
-    with open(folder / 'meta', 'wb') as f: pickle.dump(meta, f, protocol=2)
+        d = {
+            'batch_label': f'fake {split}',
+            'filenames': [f'{split}_{i}.png' for i in range(n)],
+            'fine_labels': [i % 100 for i in range(n)],
+            'coarse_labels': [i % 20 for i in range(n)],
+            'data': rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
+        with open(folder / split, 'wb') as f:
+            pickle.dump(d, f, protocol=2)
+    meta = {
+        'fine_label_names': [f'class{i}' for i in range(100)],
+        'coarse_label_names': [f'super{i}' for i in range(20)],
+    }
+    with open(folder / 'meta', 'wb') as f:
+        pickle.dump(meta, f, protocol=2)
     return folder
 
 # %% ../../nbs/paper/02_data.ipynb #13c30034
-def load_digits_data(test_size: int = 360, # number of test images
-                     seed: int = 0,         # seed of the fixed stratified split
-                     pad: int = 0,          # random-crop padding for training batches
-                    ) -> ImageData:
+def load_digits_data(
+    test_size: int = 360,  # number of test images
+    seed: int = 0,  # seed of the fixed stratified split
+    pad: int = 0,  # random-crop padding for training batches
+) -> ImageData:
     "scikit-learn's digits as 1x8x8 uint8 images with a fixed train/test split."
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     d = load_digits()
     x = np.rint(d.images * (255 / 16)).clip(0, 255).astype(np.uint8)[:, None]
-    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=test_size, random_state=seed, stratify=d.target)
+    xtr, xte, ytr, yte = train_test_split(
+        x, d.target, test_size=test_size, random_state=seed, stratify=d.target
+    )
     m, s = float(xtr.mean() / 255), float(xtr.std() / 255)
     t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(dt)
-    return ImageData('digits', t(xtr, torch.uint8), t(ytr, torch.int64), t(xte, torch.uint8), t(yte, torch.int64),
-                     [str(i) for i in range(10)], (m,), (s,), pad=pad, flip=False)
+    return ImageData(
+        'digits',
+        t(xtr, torch.uint8),
+        t(ytr, torch.int64),
+        t(xte, torch.uint8),
+        t(yte, torch.int64),
+        [str(i) for i in range(10)],
+        (m,),
+        (s,),
+        pad=pad,
+        flip=False,
+    )
 
 # %% ../../nbs/paper/02_data.ipynb #6d42cae8
 def _draw(B: int, pad: int, flip: bool, gen: torch.Generator):
@@ -160,62 +244,79 @@ def _draw(B: int, pad: int, flip: bool, gen: torch.Generator):
     fl = torch.rand(B, generator=gen) < 0.5 if flip else torch.zeros(B, dtype=torch.bool)
     return oy, ox, fl
 
+
 def _crop_flip_index(oy, ox, fl, H: int, W: int):
     "Source rows (B, H) and columns (B, W) in the padded image, on the device of `oy`."
     j = torch.arange(W, device=oy.device)
-    return oy[:, None] + torch.arange(H, device=oy.device), ox[:, None] + torch.where(fl[:, None], W - 1 - j, j)
+    return oy[:, None] + torch.arange(H, device=oy.device), ox[:, None] + torch.where(
+        fl[:, None], W - 1 - j, j
+    )
+
 
 def _gather(xp, b, rows, cols):
     "Images `b` (B,) of the padded stack `xp` at source `rows` (B, H) and `cols` (B, W): one gather."
     c = torch.arange(xp.shape[1], device=xp.device)[None, :, None, None]
     return xp[b[:, None, None, None], c, rows[:, None, :, None], cols[:, None, None, :]]
 
-def augment_batch(x: torch.Tensor,   # uint8 (B, C, H, W) on any device
-                  pad: int,          # crop padding (0: no crop)
-                  flip: bool,        # random horizontal flips
-                  gen: torch.Generator, # CPU generator
-                 ) -> torch.Tensor:
+
+def augment_batch(
+    x: torch.Tensor,  # uint8 (B, C, H, W) on any device
+    pad: int,  # crop padding (0: no crop)
+    flip: bool,  # random horizontal flips
+    gen: torch.Generator,  # CPU generator
+) -> torch.Tensor:
     "Random crop (zero padding `pad`) and horizontal flip of a batch, in one gather on `x`'s device."
     B, C, H, W = x.shape
-    if B == 0 or (pad == 0 and not flip): return x
+    if B == 0 or (pad == 0 and not flip):
+        return x
     oy, ox, fl = _draw(B, pad, flip, gen)
     rows, cols = _crop_flip_index(oy, ox, fl, H, W)
     rows, cols = rows.to(x.device, non_blocking=True), cols.to(x.device, non_blocking=True)
     xp = F.pad(x, (pad,) * 4) if pad else x
     return _gather(xp, torch.arange(B, device=x.device), rows, cols)
 
-
 # %% ../../nbs/paper/02_data.ipynb #e61279c1
 class BatchLoader:
     "Iterates over in-memory uint8 images in (optionally shuffled, augmented) normalised batches on a device."
-    def __init__(self, x, y,                 # uint8 images (N, C, H, W) and int64 labels (N,)
-                 batch_size: int,            # images per batch
-                 device='cpu',               # where batches are produced
-                 shuffle: bool = False,      # reshuffle every epoch
-                 pad: int = 0,               # random-crop padding (0: no crop)
-                 flip: bool = False,         # random horizontal flips
-                 mean=None, std=None,        # per-channel normalisation in [0, 1] units (None: only /255)
-                 seed: int = 0,              # seed for shuffling and augmentation
-                 drop_last: bool = False,    # drop a last incomplete batch
-                 preload: bool = True,       # keep the whole dataset on `device`
-                 pin_memory: bool = False,   # pin host batches before copying (when not preloaded)
-                 channels_last: bool = False,# return images in channels_last memory format
-                 padded: bool = None):       # keep a padded copy and gather crops from it (default: off the CPU)
-        if x.dtype != torch.uint8 or x.ndim != 4: raise TypeError(f"BatchLoader: images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-        if len(x) != len(y): raise ValueError(f"BatchLoader: {len(x)} images but {len(y)} labels")
-        if batch_size < 1: raise ValueError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
+
+    def __init__(
+        self,
+        x,
+        y,  # uint8 images (N, C, H, W) and int64 labels (N,)
+        batch_size: int,  # images per batch
+        device='cpu',  # where batches are produced
+        shuffle: bool = False,  # reshuffle every epoch
+        pad: int = 0,  # random-crop padding (0: no crop)
+        flip: bool = False,  # random horizontal flips
+        mean=None,
+        std=None,  # per-channel normalisation in [0, 1] units (None: only /255)
+        seed: int = 0,  # seed for shuffling and augmentation
+        drop_last: bool = False,  # drop a last incomplete batch
+        preload: bool = True,  # keep the whole dataset on `device`
+        pin_memory: bool = False,  # pin host batches before copying (when not preloaded)
+        channels_last: bool = False,  # return images in channels_last memory format
+        padded: bool = None,
+    ):  # keep a padded copy and gather crops from it (default: off the CPU)
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise TypeError(f"BatchLoader: images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+        if len(x) != len(y):
+            raise ValueError(f"BatchLoader: {len(x)} images but {len(y)} labels")
+        if batch_size < 1:
+            raise ValueError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.preload = preload
         self.x, self.y = (x.to(self.device), y.to(self.device)) if preload else (x, y)
         self.batch_size, self.shuffle, self.pad, self.flip = batch_size, shuffle, pad, flip
         self.seed, self.drop_last, self.channels_last, self.epoch = seed, drop_last, channels_last, 0
         self.pin_memory = pin_memory and self.device.type == 'cuda' and not preload
-        if padded is None: padded = self.device.type != 'cpu'
+        if padded is None:
+            padded = self.device.type != 'cpu'
         self.xpad = F.pad(self.x, (pad,) * 4) if padded and preload and pad > 0 else None
         C = x.shape[1]
-        m = torch.tensor(mean if mean is not None else (0.,) * C, dtype=torch.float32)
-        s = torch.tensor(std if std is not None else (1.,) * C, dtype=torch.float32)
-        if m.numel() != C or s.numel() != C: raise ValueError(f"BatchLoader: mean/std need {C} entries")
+        m = torch.tensor(mean if mean is not None else (0.0,) * C, dtype=torch.float32)
+        s = torch.tensor(std if std is not None else (1.0,) * C, dtype=torch.float32)
+        if m.numel() != C or s.numel() != C:
+            raise ValueError(f"BatchLoader: mean/std need {C} entries")
         self.scale = (1 / (255 * s)).view(1, C, 1, 1).to(self.device)
         self.shift = (-m / s).view(1, C, 1, 1).to(self.device)
 
@@ -224,16 +325,19 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _to_device(self, t):
-        if self.preload: return t
-        if self.pin_memory: t = t.pin_memory()
+        if self.preload:
+            return t
+        if self.pin_memory:
+            t = t.pin_memory()
         return t.to(self.device, non_blocking=True)
 
     def _draws(self, gen, n):
         "The epoch's crop offsets and flips for every batch (as `augment_batch` draws them), on the batch device."
         aug = self.pad > 0 or self.flip
-        sizes = [len(range(n)[i * self.batch_size:(i + 1) * self.batch_size]) for i in range(len(self))]
+        sizes = [len(range(n)[i * self.batch_size : (i + 1) * self.batch_size]) for i in range(len(self))]
         d = [_draw(B, self.pad, self.flip, gen) if aug and B else None for B in sizes]
-        if not aug or not any(v is not None for v in d): return None
+        if not aug or not any(v is not None for v in d):
+            return None
         oy, ox, fl = (torch.cat([v[k] for v in d if v is not None]) for k in range(3))
         H, W = self.x.shape[2:]
         rows, cols = _crop_flip_index(oy, ox, fl, H, W)
@@ -244,46 +348,67 @@ class BatchLoader:
         self.epoch += 1
         n = len(self.y)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if self.preload: order = order.to(self.device)
+        if self.preload:
+            order = order.to(self.device)
         rc, p = self._draws(gen, n), self.pad
         for i in range(len(self)):
             sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[sl]
             yb = self._to_device(self.y[idx])
-            if rc is None: xb = self._to_device(self.x[idx])
-            elif self.xpad is not None: xb = _gather(self.xpad, idx, rc[0][sl], rc[1][sl])
+            if rc is None:
+                xb = self._to_device(self.x[idx])
+            elif self.xpad is not None:
+                xb = _gather(self.xpad, idx, rc[0][sl], rc[1][sl])
             else:
                 xb = self._to_device(self.x[idx])
-                xb = _gather(F.pad(xb, (p,) * 4) if p else xb, torch.arange(len(idx), device=xb.device), rc[0][sl], rc[1][sl])
+                xb = _gather(
+                    F.pad(xb, (p,) * 4) if p else xb,
+                    torch.arange(len(idx), device=xb.device),
+                    rc[0][sl],
+                    rc[1][sl],
+                )
             xb = xb.float() * self.scale + self.shift
-            if self.channels_last: xb = xb.contiguous(memory_format=torch.channels_last)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             yield xb, yb
 
-
 # %% ../../nbs/paper/02_data.ipynb #6271a693
-def loaders(data: ImageData,            # dataset in memory
-            batch_size: int = 128,      # training batch size
-            device='cpu',               # where batches are produced
-            seed: int = 0,              # shuffling and augmentation seed
-            test_batch_size: int = None,# test batch size (default: 2 x batch_size)
-            augment: bool = True,       # use the dataset's crop/flip for training batches
-            **kwargs,                   # passed to both `BatchLoader`s (preload, pin_memory, channels_last)
-           ) -> tuple:
+def loaders(
+    data: ImageData,  # dataset in memory
+    batch_size: int = 128,  # training batch size
+    device='cpu',  # where batches are produced
+    seed: int = 0,  # shuffling and augmentation seed
+    test_batch_size: int = None,  # test batch size (default: 2 x batch_size)
+    augment: bool = True,  # use the dataset's crop/flip for training batches
+    **kwargs,  # passed to both `BatchLoader`s (preload, pin_memory, channels_last)
+) -> tuple:
     "Training and test `BatchLoader`s for `data`."
     norm = dict(mean=data.mean, std=data.std, device=device, **kwargs)
-    train = BatchLoader(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed,
-                        pad=data.pad if augment else 0, flip=data.flip and augment, **norm)
+    train = BatchLoader(
+        data.x_train,
+        data.y_train,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        pad=data.pad if augment else 0,
+        flip=data.flip and augment,
+        **norm,
+    )
     test = BatchLoader(data.x_test, data.y_test, test_batch_size or 2 * batch_size, **norm)
     return train, test
 
 # %% ../../nbs/paper/02_data.ipynb #6d31191f
 DATASETS = ('cifar100', 'digits')
 
-def load_dataset(name: str,              # 'cifar100' or 'digits'
-                 root='data',            # folder holding `cifar-100-python/` (CIFAR-100 only)
-                 download: bool = False, # allow downloading CIFAR-100
-                ) -> ImageData:
+
+def load_dataset(
+    name: str,  # 'cifar100' or 'digits'
+    root='data',  # folder holding `cifar-100-python/` (CIFAR-100 only)
+    download: bool = False,  # allow downloading CIFAR-100
+) -> ImageData:
     "Load a dataset by name."
-    if name == 'cifar100': return load_cifar100(root, download)
-    if name == 'digits': return load_digits_data()
+    if name == 'cifar100':
+        return load_cifar100(root, download)
+    if name == 'digits':
+        return load_digits_data()
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")

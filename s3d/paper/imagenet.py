@@ -19,8 +19,11 @@ from .models import MobileNetV1, MOBILENET_WIDTHS
 from .runs import DataError
 from ..cost import count_params_flops
 import warnings
+
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec (not installed here); they still work
-warnings.filterwarnings('ignore', message='The image decoding and encoding capabilities of TorchVision are deprecated')
+warnings.filterwarnings(
+    'ignore', message='The image decoding and encoding capabilities of TorchVision are deprecated'
+)
 
 # %% auto #0
 __all__ = ['IMAGENET_STRIDES', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_EXTENSIONS', 'mobilenet_imagenet', 'widths_for_macs',
@@ -33,28 +36,35 @@ IMAGENET_STRIDES = (2, 1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)  # stem, then bloc
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-def mobilenet_imagenet(num_classes:int=1000,      # classifier outputs
-                       width_mult:float=1.0,      # multiplies the standard widths (ignored when `widths` is given)
-                       widths=None,               # per-layer widths (stem, then each block's pointwise conv)
-                       strides=IMAGENET_STRIDES,  # per-layer strides
-                      ) -> MobileNetV1:
+
+def mobilenet_imagenet(
+    num_classes: int = 1000,  # classifier outputs
+    width_mult: float = 1.0,  # multiplies the standard widths (ignored when `widths` is given)
+    widths=None,  # per-layer widths (stem, then each block's pointwise conv)
+    strides=IMAGENET_STRIDES,  # per-layer strides
+) -> MobileNetV1:
     "MobileNetV1 in the ImageNet layout (stride-2 stem, 224x224 -> 7x7 before pooling)."
-    if widths is None: widths = [max(1, int(round(w * width_mult))) for w in MOBILENET_WIDTHS]
+    if widths is None:
+        widths = [max(1, int(round(w * width_mult))) for w in MOBILENET_WIDTHS]
     return MobileNetV1(num_classes, widths=list(widths), strides=tuple(strides))
 
 # %% ../../nbs/paper/07_imagenet.ipynb #fd72ae5c
-def widths_for_macs(target:float,                # MACs per image to reach
-                    image:int=224,               # input side
-                    num_classes:int=1000,        # classifier outputs
-                    base=MOBILENET_WIDTHS,       # widths at multiplier 1
-                    strides=IMAGENET_STRIDES,    # per-layer strides
-                   ) -> tuple:
+def widths_for_macs(
+    target: float,  # MACs per image to reach
+    image: int = 224,  # input side
+    num_classes: int = 1000,  # classifier outputs
+    base=MOBILENET_WIDTHS,  # widths at multiplier 1
+    strides=IMAGENET_STRIDES,  # per-layer strides
+) -> tuple:
     "Widths `round(mult * base)` whose MACs are closest to `target` (bisection on the multiplier)."
     ex = torch.zeros(1, 3, image, image)
     ws = lambda m: tuple(max(1, int(round(w * m))) for w in base)
-    cost = lambda m: count_params_flops(MobileNetV1(num_classes, widths=ws(m), strides=tuple(strides)), ex, macs=True)[1]
+    cost = lambda m: count_params_flops(
+        MobileNetV1(num_classes, widths=ws(m), strides=tuple(strides)), ex, macs=True
+    )[1]
     lo, hi = 1e-3, 1.0
-    while cost(hi) < target: hi *= 2
+    while cost(hi) < target:
+        hi *= 2
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cost(mid) < target else (lo, mid)
@@ -62,37 +72,56 @@ def widths_for_macs(target:float,                # MACs per image to reach
 
 # %% ../../nbs/paper/07_imagenet.ipynb #e49b02e4
 @torch.no_grad()
-def evaluate_topk(model:nn.Module,   # model to evaluate (its train/eval mode is restored)
-                  loader,            # iterable of (images, labels)
-                  device='cpu',      # where to run
-                  ks=(1, 5),         # accuracies to report
-                  amp:bool=None,     # bf16 autocast (default: on for CUDA)
-                 ) -> dict:
+def evaluate_topk(
+    model: nn.Module,  # model to evaluate (its train/eval mode is restored)
+    loader,  # iterable of (images, labels)
+    device='cpu',  # where to run
+    ks=(1, 5),  # accuracies to report
+    amp: bool = None,  # bf16 autocast (default: on for CUDA)
+) -> dict:
     "Mean loss, `acc` (top-1, %) and `top{k}` accuracies (%) of `model` over `loader`."
-    device = torch.device(device); amp = device.type == 'cuda' if amp is None else amp
-    was = model.training; model.to(device).eval()
+    device = torch.device(device)
+    amp = device.type == 'cuda' if amp is None else amp
+    was = model.training
+    model.to(device).eval()
     loss, n, hits = 0.0, 0, {k: 0 for k in ks}
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp): out = model(x).float()
-            loss += F.cross_entropy(out, y, reduction='sum').item(); n += len(y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = model(x).float()
+            loss += F.cross_entropy(out, y, reduction='sum').item()
+            n += len(y)
             top = out.topk(min(max(ks), out.shape[1]), 1).indices
-            for k in ks: hits[k] += (top[:, :k] == y[:, None]).any(1).sum().item()
-    finally: model.train(was)
-    if n == 0: raise ValueError("evaluate_topk: the loader yielded no batches")
+            for k in ks:
+                hits[k] += (top[:, :k] == y[:, None]).any(1).sum().item()
+    finally:
+        model.train(was)
+    if n == 0:
+        raise ValueError("evaluate_topk: the loader yielded no batches")
     return dict(loss=loss / n, acc=100 * hits[ks[0]] / n, **{f'top{k}': 100 * hits[k] / n for k in ks}, n=n)
 
 # %% ../../nbs/paper/07_imagenet.ipynb #7537abb9
 class LabelSmoothing:
     "A `regularizer` for `train` that turns its cross-entropy into label-smoothed cross-entropy (use as a context manager)."
-    def __init__(self, model:nn.Module, loader, alpha:float=0.1):
-        if not 0 <= alpha < 1: raise ValueError(f"LabelSmoothing: alpha must be in [0, 1), got {alpha}")
+
+    def __init__(self, model: nn.Module, loader, alpha: float = 0.1):
+        if not 0 <= alpha < 1:
+            raise ValueError(f"LabelSmoothing: alpha must be in [0, 1), got {alpha}")
         self.model, self.loader, self.alpha, self.out, self.handle = model, loader, alpha, None, None
+
     def _hook(self, m, inp, out):
-        if m.training: self.out = out
-    def __enter__(self): self.handle = self.model.register_forward_hook(self._hook); return self
-    def __exit__(self, *a): self.handle.remove(); self.out = None
+        if m.training:
+            self.out = out
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *a):
+        self.handle.remove()
+        self.out = None
+
     def __call__(self, model) -> torch.Tensor:
         logp = self.out.float().log_softmax(1)
         return self.alpha * (F.nll_loss(logp, self.loader.last_labels) * -1 - logp.mean(1).mean())
@@ -100,46 +129,67 @@ class LabelSmoothing:
 # %% ../../nbs/paper/07_imagenet.ipynb #934f0f7f
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 
+
 @dataclass
 class ImageFolderFiles:
     "The image files of one split of an ImageFolder, with integer labels."
-    root: Path                 # the split folder (e.g. DIR/train)
-    files: list                # file paths (str)
-    labels: torch.Tensor       # int64 (N,)
-    classes: list              # class folder names; label i is classes[i]
-    def __len__(self): return len(self.files)
 
-def scan_imagefolder(root,               # the dataset folder holding `train/` and `val/`
-                     split:str='train',  # sub-folder to list
-                     classes=None,       # class names (default: the folders of this split)
-                    ) -> ImageFolderFiles:
+    root: Path  # the split folder (e.g. DIR/train)
+    files: list  # file paths (str)
+    labels: torch.Tensor  # int64 (N,)
+    classes: list  # class folder names; label i is classes[i]
+
+    def __len__(self):
+        return len(self.files)
+
+
+def scan_imagefolder(
+    root,  # the dataset folder holding `train/` and `val/`
+    split: str = 'train',  # sub-folder to list
+    classes=None,  # class names (default: the folders of this split)
+) -> ImageFolderFiles:
     "The images under `root/split/<class>/`, or a `DataError` naming what is missing or empty."
     d = Path(root) / split
-    if not d.is_dir(): raise DataError(f"missing ImageFolder split {d} (expected {Path(root)}/{split}/<class>/<image>.JPEG)")
+    if not d.is_dir():
+        raise DataError(f"missing ImageFolder split {d} (expected {Path(root)}/{split}/<class>/<image>.JPEG)")
     found = sorted(p.name for p in d.iterdir() if p.is_dir())
-    if not found: raise DataError(f"empty ImageFolder split {d}: no class folders")
+    if not found:
+        raise DataError(f"empty ImageFolder split {d}: no class folders")
     classes = found if classes is None else list(classes)
-    if extra := sorted(set(found) - set(classes)): raise DataError(f"ImageFolder split {d} has class folders unknown to the training split: {extra[:5]}")
+    if extra := sorted(set(found) - set(classes)):
+        raise DataError(f"ImageFolder split {d} has class folders unknown to the training split: {extra[:5]}")
     files, labels = [], []
     for i, c in enumerate(classes):
-        if not (d / c).is_dir(): continue
+        if not (d / c).is_dir():
+            continue
         fs = sorted(str(p) for p in (d / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not fs and split == 'train': raise DataError(f"empty class folder {d / c}: no .jpg/.jpeg/.png files")
-        files += fs; labels += [i] * len(fs)
-    if not files: raise DataError(f"empty ImageFolder split {d}: no .jpg/.jpeg/.png files")
+        if not fs and split == 'train':
+            raise DataError(f"empty class folder {d / c}: no .jpg/.jpeg/.png files")
+        files += fs
+        labels += [i] * len(fs)
+    if not files:
+        raise DataError(f"empty ImageFolder split {d}: no .jpg/.jpeg/.png files")
     return ImageFolderFiles(d, files, torch.tensor(labels, dtype=torch.int64), classes)
 
 # %% ../../nbs/paper/07_imagenet.ipynb #4fe3769c
-def write_imagefolder(root, split:str, images, labels, classes, quality:int=90) -> Path:
+def write_imagefolder(root, split: str, images, labels, classes, quality: int = 90) -> Path:
     "Write uint8 images (each C x H x W, C in {1, 3}) as JPEGs to `root/split/<class>/<i>.JPEG`."
     from torchvision.io import encode_jpeg, write_file
+
     d = Path(root) / split
-    for c in classes: (d / c).mkdir(parents=True, exist_ok=True)
+    for c in classes:
+        (d / c).mkdir(parents=True, exist_ok=True)
     for i, (im, y) in enumerate(zip(images, labels)):
-        write_file(str(d / classes[int(y)] / f'{split}_{i:06d}.JPEG'), encode_jpeg(torch.as_tensor(im).contiguous(), quality=quality))
+        write_file(
+            str(d / classes[int(y)] / f'{split}_{i:06d}.JPEG'),
+            encode_jpeg(torch.as_tensor(im).contiguous(), quality=quality),
+        )
     return d
 
-def make_fake_imagefolder(root, n_classes:int=3, per_class:int=4, val_per_class:int=2, size:int=40, seed:int=0) -> Path:
+
+def make_fake_imagefolder(
+    root, n_classes: int = 3, per_class: int = 4, val_per_class: int = 2, size: int = 40, seed: int = 0
+) -> Path:
     "A tiny learnable ImageFolder of real JPEGs (colour + stripes per class, sizes near `size`); returns `root`."
     g = torch.Generator().manual_seed(seed)
     for split, n in (('train', per_class), ('val', val_per_class)):
@@ -151,70 +201,107 @@ def make_fake_imagefolder(root, n_classes:int=3, per_class:int=4, val_per_class:
                 yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
                 stripes = (((yy if c % 2 else xx) // 3) % 2).to(torch.int64) * 60
                 noise = torch.randint(0, 40, (3, h, w), generator=g)
-                ims.append((col + stripes + noise).clamp(0, 255).to(torch.uint8)); ys.append(c)
+                ims.append((col + stripes + noise).clamp(0, 255).to(torch.uint8))
+                ys.append(c)
         write_imagefolder(root, split, ims, ys, [f'class{c:02d}' for c in range(n_classes)])
     return Path(root)
 
 # %% ../../nbs/paper/07_imagenet.ipynb #3b825284
 def read_image_bytes(path) -> torch.Tensor:
     "The bytes of an image file as a uint8 tensor, or a `DataError` naming an unreadable or empty file."
-    try: data = Path(path).read_bytes()
-    except OSError as e: raise DataError(f"cannot read image file {path}: {e.strerror or type(e).__name__}") from None
-    if not data: raise DataError(f"empty image file {path}")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read image file {path}: {e.strerror or type(e).__name__}") from None
+    if not data:
+        raise DataError(f"empty image file {path}")
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
-def _decode_cpu(data, path):
-    try: return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as e:
-        raise DataError(f"corrupt image file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
-def decode_images(datas:list, paths:list, device='cpu') -> list:
+def _decode_cpu(data, path):
+    try:
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as e:
+        raise DataError(
+            f"corrupt image file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+
+
+def decode_images(datas: list, paths: list, device='cpu') -> list:
     "Decode encoded images (uint8 tensors) to RGB uint8 (3, H, W) tensors on `device` (nvJPEG batch on CUDA)."
     device = torch.device(device)
-    if device.type != 'cuda': return [_decode_cpu(d, p) for d, p in zip(datas, paths)]
-    try: return decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
-    except RuntimeError: pass
+    if device.type != 'cuda':
+        return [_decode_cpu(d, p) for d, p in zip(datas, paths)]
+    try:
+        return decode_jpeg(list(datas), mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
     out = []
     for d, p in zip(datas, paths):
-        try: out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError: out.append(_decode_cpu(d, p).to(device))
+        try:
+            out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            out.append(_decode_cpu(d, p).to(device))
     return out
 
 # %% ../../nbs/paper/07_imagenet.ipynb #2abfc0de
-def rrc_box(h:int, w:int, rng:np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple:
+def rrc_box(h: int, w: int, rng: np.random.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple:
     "A RandomResizedCrop box (top, left, height, width) inside an h x w image."
     area, lr = h * w, np.log(ratio)
     for _ in range(10):
-        a = area * rng.uniform(*scale); r = np.exp(rng.uniform(*lr))
+        a = area * rng.uniform(*scale)
+        r = np.exp(rng.uniform(*lr))
         cw, ch = int(round(np.sqrt(a * r))), int(round(np.sqrt(a / r)))
-        if 0 < cw <= w and 0 < ch <= h: return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
     r = w / h
-    cw, ch = (w, int(round(w / ratio[0]))) if r < ratio[0] else (int(round(h * ratio[1])), h) if r > ratio[1] else (w, h)
+    cw, ch = (
+        (w, int(round(w / ratio[0])))
+        if r < ratio[0]
+        else (int(round(h * ratio[1])), h) if r > ratio[1] else (w, h)
+    )
     ch, cw = min(ch, h), min(cw, w)
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
-def center_box(h:int, w:int, crop_frac:float=0.875) -> tuple:
+
+def center_box(h: int, w: int, crop_frac: float = 0.875) -> tuple:
     "The central square of side `crop_frac` x the shorter side, as (top, left, height, width)."
     s = max(1, int(round(min(h, w) * crop_frac)))
     return (h - s) // 2, (w - s) // 2, s, s
 
-def view_params(h:int, w:int, index:int, epoch:int, seed:int, train:bool, crop_frac:float=0.875, scale=(0.08, 1.0)) -> tuple:
+
+def view_params(
+    h: int,
+    w: int,
+    index: int,
+    epoch: int,
+    seed: int,
+    train: bool,
+    crop_frac: float = 0.875,
+    scale=(0.08, 1.0),
+) -> tuple:
     "(box, flip) of image `index` at `epoch`: random crop + flip when `train`, else the centre crop."
-    if not train: return center_box(h, w, crop_frac), False
+    if not train:
+        return center_box(h, w, crop_frac), False
     rng = np.random.default_rng([seed, epoch, index])
     return rrc_box(h, w, rng, scale), bool(rng.random() < 0.5)
 
 # %% ../../nbs/paper/07_imagenet.ipynb #567bfc3f
-def crop_resize(images:list,  # uint8 (3, H, W) tensors on one device
-                boxes,        # (top, left, height, width) per image
-                flips,        # bool per image
-                size:int,     # output side
-               ) -> torch.Tensor:
+def crop_resize(
+    images: list,  # uint8 (3, H, W) tensors on one device
+    boxes,  # (top, left, height, width) per image
+    flips,  # bool per image
+    size: int,  # output side
+) -> torch.Tensor:
     "Crop each box, resize it to size x size (antialiased bilinear), flip where asked: uint8 (B, 3, size, size)."
     out = []
     for im, (t, l, h, w) in zip(images, boxes):
-        c = im[None, :, t:t + h, l:l + w].float()
-        out.append(c if (h, w) == (size, size) else F.interpolate(c, (size, size), mode='bilinear', antialias=True, align_corners=False))
+        c = im[None, :, t : t + h, l : l + w].float()
+        out.append(
+            c
+            if (h, w) == (size, size)
+            else F.interpolate(c, (size, size), mode='bilinear', antialias=True, align_corners=False)
+        )
     x = torch.cat(out).round_().clamp_(0, 255).to(torch.uint8)
     fl = torch.as_tensor(list(flips), dtype=torch.bool, device=x.device)
     return torch.where(fl[:, None, None, None], x.flip(-1), x)
@@ -225,26 +312,46 @@ def default_workers() -> int:
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
     return max(0, min(16, n - 1))
 
+
 class _Reader(torch.utils.data.Dataset):
     "Item (index, epoch, seed) -> encoded bytes (decode on device) or a uint8 crop (decode in the worker)."
+
     def __init__(self, files, decode_here, size, train, crop_frac, scale):
-        self.files, self.decode_here, self.size, self.train, self.crop_frac, self.scale = files, decode_here, size, train, crop_frac, scale
-    def __len__(self): return len(self.files)
+        self.files, self.decode_here, self.size, self.train, self.crop_frac, self.scale = (
+            files,
+            decode_here,
+            size,
+            train,
+            crop_frac,
+            scale,
+        )
+
+    def __len__(self):
+        return len(self.files)
+
     def __getitem__(self, item):
-        i, epoch, seed = item; path = self.files.files[i]
+        i, epoch, seed = item
+        path = self.files.files[i]
         try:
             data = read_image_bytes(path)
-            if not self.decode_here: return data, i
+            if not self.decode_here:
+                return data, i
             im = _decode_cpu(data, path)
-            box, flip = view_params(im.shape[1], im.shape[2], i, epoch, seed, self.train, self.crop_frac, self.scale)
+            box, flip = view_params(
+                im.shape[1], im.shape[2], i, epoch, seed, self.train, self.crop_frac, self.scale
+            )
             return crop_resize([im], [box], [flip], self.size)[0], i
-        except DataError as e: return str(e), i
+        except DataError as e:
+            return str(e), i
+
 
 def _collate(items):
     "(crops stacked into one (B, 3, S, S) tensor, so `pin_memory` pins the batch itself; or the list of encoded images), indices."
     xs, idx = [a for a, _ in items], torch.tensor([i for _, i in items])
-    if all(isinstance(a, torch.Tensor) and a.dim() == 3 for a in xs): xs = torch.stack(xs)   # decoded in the worker
+    if all(isinstance(a, torch.Tensor) and a.dim() == 3 for a in xs):
+        xs = torch.stack(xs)  # decoded in the worker
     return xs, idx
+
 
 def _reader_init(worker_id):
     "In a reader process: loader iterators inherited through fork belong to the parent; never shut them down here."
@@ -253,34 +360,63 @@ def _reader_init(worker_id):
 # %% ../../nbs/paper/07_imagenet.ipynb #64d4c339
 class _Order(torch.utils.data.Sampler):
     "Yields (index, epoch, seed) in the loader's current order (workers stay stateless, so `seed` may change)."
-    def __init__(self, loader): self.loader = loader
-    def __len__(self): return len(self.loader._order)
-    def __iter__(self): return ((int(i), self.loader.epoch, int(self.loader.seed)) for i in self.loader._order)
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader._order)
+
+    def __iter__(self):
+        return ((int(i), self.loader.epoch, int(self.loader.seed)) for i in self.loader._order)
+
 
 class JpegLoader:
     "Batches of normalised images (on `device`) and labels from an ImageFolder split; crops and flips when `train`."
-    def __init__(self, files:ImageFolderFiles,  # the split (from `scan_imagefolder`)
-                 batch_size:int,                # images per batch
-                 size:int=224,                  # output side
-                 device='cpu',                  # where batches are produced
-                 train:bool=True,               # shuffle + RandomResizedCrop + flip (else centre crop, fixed order)
-                 seed:int=0,                    # shuffling and augmentation seed
-                 workers:int|None=None,         # reader processes (None: `default_workers()`; 0: in this process)
-                 decode:str='auto',             # 'device' (nvJPEG on CUDA), 'worker' (CPU in the readers) or 'auto'
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD,  # normalisation in [0, 1] units
-                 crop_frac:float=0.875,         # centre crop of the shorter side (evaluation)
-                 scale=(0.08, 1.0),             # RandomResizedCrop area range
-                 drop_last:bool=False,          # drop a last incomplete batch
-                 rank:int=0, world_size:int=1,  # under torchrun: this process reads samples rank, rank + w, ... of every global batch
-                 channels_last:bool|None=None): # channels_last output (default: on CUDA)
-        if world_size < 1 or not 0 <= rank < world_size: raise ValueError(f"JpegLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-        if batch_size % world_size: raise ValueError(f"JpegLoader: batch_size {batch_size} is not a multiple of world_size {world_size}")
+
+    def __init__(
+        self,
+        files: ImageFolderFiles,  # the split (from `scan_imagefolder`)
+        batch_size: int,  # images per batch
+        size: int = 224,  # output side
+        device='cpu',  # where batches are produced
+        train: bool = True,  # shuffle + RandomResizedCrop + flip (else centre crop, fixed order)
+        seed: int = 0,  # shuffling and augmentation seed
+        workers: int | None = None,  # reader processes (None: `default_workers()`; 0: in this process)
+        decode: str = 'auto',  # 'device' (nvJPEG on CUDA), 'worker' (CPU in the readers) or 'auto'
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,  # normalisation in [0, 1] units
+        crop_frac: float = 0.875,  # centre crop of the shorter side (evaluation)
+        scale=(0.08, 1.0),  # RandomResizedCrop area range
+        drop_last: bool = False,  # drop a last incomplete batch
+        rank: int = 0,
+        world_size: int = 1,  # under torchrun: this process reads samples rank, rank + w, ... of every global batch
+        channels_last: bool | None = None,
+    ):  # channels_last output (default: on CUDA)
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"JpegLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
+        if batch_size % world_size:
+            raise ValueError(
+                f"JpegLoader: batch_size {batch_size} is not a multiple of world_size {world_size}"
+            )
         self.global_batch, self.rank, self.world_size = int(batch_size), rank, world_size
-        self.files, self.batch_size, self.size, self.train, self.seed = files, int(batch_size) // world_size, int(size), train, seed
-        self.device = torch.device(device); cuda = self.device.type == 'cuda'
-        if decode == 'auto': decode = 'device' if cuda else 'worker'
-        if decode not in ('device', 'worker'): raise ValueError(f"JpegLoader: decode must be 'auto', 'device' or 'worker', got {decode!r}")
-        if self.batch_size < 1: raise ValueError(f"JpegLoader: batch_size must be >= 1, got {batch_size}")
+        self.files, self.batch_size, self.size, self.train, self.seed = (
+            files,
+            int(batch_size) // world_size,
+            int(size),
+            train,
+            seed,
+        )
+        self.device = torch.device(device)
+        cuda = self.device.type == 'cuda'
+        if decode == 'auto':
+            decode = 'device' if cuda else 'worker'
+        if decode not in ('device', 'worker'):
+            raise ValueError(f"JpegLoader: decode must be 'auto', 'device' or 'worker', got {decode!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"JpegLoader: batch_size must be >= 1, got {batch_size}")
         self.decode, self.drop_last, self.epoch, self.last_labels = decode, drop_last, 0, None
         self.channels_last = cuda if channels_last is None else channels_last
         self.workers = default_workers() if workers is None else int(workers)
@@ -288,9 +424,18 @@ class JpegLoader:
         self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
         self._order = torch.arange(len(files))
         reader = _Reader(files, decode == 'worker', self.size, train, crop_frac, scale)
-        self._dl = torch.utils.data.DataLoader(reader, self.batch_size, sampler=_Order(self), num_workers=self.workers,
-                                               collate_fn=_collate, drop_last=drop_last, worker_init_fn=_reader_init, pin_memory=cuda and decode == 'worker',
-                                               persistent_workers=self.workers > 0, prefetch_factor=4 if self.workers else None)
+        self._dl = torch.utils.data.DataLoader(
+            reader,
+            self.batch_size,
+            sampler=_Order(self),
+            num_workers=self.workers,
+            collate_fn=_collate,
+            drop_last=drop_last,
+            worker_init_fn=_reader_init,
+            pin_memory=cuda and decode == 'worker',
+            persistent_workers=self.workers > 0,
+            prefetch_factor=4 if self.workers else None,
+        )
         self._reader = reader
 
     def __len__(self):
@@ -300,34 +445,65 @@ class JpegLoader:
 # %% ../../nbs/paper/07_imagenet.ipynb #b8f47cb4
 def _batch(self, items, idx):
     "Decode (if needed), crop, normalise one batch on the device."
-    if not torch.is_tensor(items) and (err := next((a for a in items if isinstance(a, str)), None)): raise DataError(err)
-    if self.decode == 'worker': x = items.to(self.device, non_blocking=True)   # the pinned batch itself: an asynchronous copy
+    if not torch.is_tensor(items) and (err := next((a for a in items if isinstance(a, str)), None)):
+        raise DataError(err)
+    if self.decode == 'worker':
+        x = items.to(self.device, non_blocking=True)  # the pinned batch itself: an asynchronous copy
     else:
         paths = [self.files.files[i] for i in idx.tolist()]
         ims = decode_images(items, paths, self.device)
-        views = [view_params(im.shape[1], im.shape[2], i, self.epoch, self.seed, self.train, self._reader.crop_frac, self._reader.scale)
-                 for im, i in zip(ims, idx.tolist())]
+        views = [
+            view_params(
+                im.shape[1],
+                im.shape[2],
+                i,
+                self.epoch,
+                self.seed,
+                self.train,
+                self._reader.crop_frac,
+                self._reader.scale,
+            )
+            for im, i in zip(ims, idx.tolist())
+        ]
         x = crop_resize(ims, [v[0] for v in views], [v[1] for v in views], self.size)
     x = x.float() * self.scale_ + self.shift
-    if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
+    if self.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     return x, self.files.labels[idx].to(self.device, non_blocking=True)
 
+
 @patch
-def __iter__(self:JpegLoader):
+def __iter__(self: JpegLoader):
     n, B, w = len(self.files), self.global_batch, self.world_size
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)) \
-            if self.train else torch.arange(n)
+    order = (
+        torch.randperm(n, generator=torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch))
+        if self.train
+        else torch.arange(n)
+    )
     # one process: the whole order; under torchrun: this rank's share of every global batch (the same global order on every rank)
-    self._order = order if w == 1 else torch.cat([order[s:s + B][self.rank::w] for s in range(0, len(self) * B, B)] or [order[:0]])
+    self._order = (
+        order
+        if w == 1
+        else torch.cat([order[s : s + B][self.rank :: w] for s in range(0, len(self) * B, B)] or [order[:0]])
+    )
     try:
         for items, idx in self._dl:
             x, y = _batch(self, items, idx)
             self.last_labels = y
             yield x, y
-    finally: self.epoch += 1
+    finally:
+        self.epoch += 1
 
 # %% ../../nbs/paper/07_imagenet.ipynb #3a4d6e81
-def score_batches(files:ImageFolderFiles, n:int, batch_size:int, size:int, device='cpu', seed:int=0, workers:int|None=0) -> list:
+def score_batches(
+    files: ImageFolderFiles,
+    n: int,
+    batch_size: int,
+    size: int,
+    device='cpu',
+    seed: int = 0,
+    workers: int | None = 0,
+) -> list:
     "A fixed random subset of `n` training images (centre crops) as a list of (images, labels) batches on `device`."
     pick = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:n].sort().values
     sub = ImageFolderFiles(files.root, [files.files[i] for i in pick], files.labels[pick], files.classes)

@@ -18,39 +18,68 @@ __all__ = ['MOBILENET_WIDTHS', 'MOBILENET_STRIDES', 'DIGITS_WIDTHS', 'DIGITS_STR
 MOBILENET_WIDTHS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 MOBILENET_STRIDES = (1, 1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1)  # stem, then blocks 1..13
 
+
 def _cba(cin, cout, k, stride, groups, act):
     "Conv (no bias), BatchNorm, activation as an ordered list of (name, module)."
-    return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout), act()]
+    return [
+        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        act(),
+    ]
 
 # %% ../../nbs/paper/01_models.ipynb #85ad8dd0
 class MobileNetV1(nn.Sequential):
     "MobileNetV1 (depthwise-separable blocks) in `nn.Sequential` form, strides chosen for small inputs."
-    def __init__(self,
-                 num_classes: int = 100,   # classifier outputs
-                 width_mult: float = 1.0,  # multiplies the default widths (ignored when `widths` is given)
-                 widths=None,              # per-layer widths: stem, then each block's pointwise conv
-                 in_channels: int = 3,     # input image channels
-                 act=nn.ReLU,              # activation class; a fresh instance per layer
-                 strides=None,             # per-layer strides, same length as `widths` (default: 32x32 layout)
-                ):
+
+    def __init__(
+        self,
+        num_classes: int = 100,  # classifier outputs
+        width_mult: float = 1.0,  # multiplies the default widths (ignored when `widths` is given)
+        widths=None,  # per-layer widths: stem, then each block's pointwise conv
+        in_channels: int = 3,  # input image channels
+        act=nn.ReLU,  # activation class; a fresh instance per layer
+        strides=None,  # per-layer strides, same length as `widths` (default: 32x32 layout)
+    ):
         strides = tuple(MOBILENET_STRIDES if strides is None else strides)
         if widths is None:
             if len(strides) != len(MOBILENET_WIDTHS):
-                raise ValueError(f"MobileNetV1: custom `strides` of length {len(strides)} need `widths` of the same length")
+                raise ValueError(
+                    f"MobileNetV1: custom `strides` of length {len(strides)} need `widths` of the same length"
+                )
             widths = [max(1, int(round(w * width_mult))) for w in MOBILENET_WIDTHS]
         widths = [int(w) for w in widths]
         if len(widths) != len(strides) or len(widths) < 1:
-            raise ValueError(f"MobileNetV1: `widths` has {len(widths)} entries but `strides` has {len(strides)}")
-        if any(w < 1 for w in widths): raise ValueError(f"MobileNetV1: every width must be >= 1, got {widths}")
+            raise ValueError(
+                f"MobileNetV1: `widths` has {len(widths)} entries but `strides` has {len(strides)}"
+            )
+        if any(w < 1 for w in widths):
+            raise ValueError(f"MobileNetV1: every width must be >= 1, got {widths}")
         if not (isinstance(act, type) and issubclass(act, nn.Module)):
             raise TypeError(f"MobileNetV1: `act` must be an nn.Module class such as nn.ReLU, got {act!r}")
-        layers = [('stem', nn.Sequential(OrderedDict(zip(('conv', 'bn', 'act'), _cba(in_channels, widths[0], 3, strides[0], 1, act)))))]
+        layers = [
+            (
+                'stem',
+                nn.Sequential(
+                    OrderedDict(
+                        zip(('conv', 'bn', 'act'), _cba(in_channels, widths[0], 3, strides[0], 1, act))
+                    )
+                ),
+            )
+        ]
         for i in range(1, len(widths)):
             c, co = widths[i - 1], widths[i]
             mods = _cba(c, c, 3, strides[i], c, act) + _cba(c, co, 1, 1, 1, act)
-            layers.append((f'block{i}', nn.Sequential(OrderedDict(zip(('dw', 'dw_bn', 'dw_act', 'pw', 'pw_bn', 'pw_act'), mods)))))
-        layers += [('pool', nn.AdaptiveAvgPool2d(1)), ('flatten', nn.Flatten()), ('classifier', nn.Linear(widths[-1], num_classes))]
+            layers.append(
+                (
+                    f'block{i}',
+                    nn.Sequential(OrderedDict(zip(('dw', 'dw_bn', 'dw_act', 'pw', 'pw_bn', 'pw_act'), mods))),
+                )
+            )
+        layers += [
+            ('pool', nn.AdaptiveAvgPool2d(1)),
+            ('flatten', nn.Flatten()),
+            ('classifier', nn.Linear(widths[-1], num_classes)),
+        ]
         super().__init__(OrderedDict(layers))
 
     @property
@@ -68,34 +97,40 @@ class MobileNetV1(nn.Sequential):
         "Qualified names of the layers whose output channels `widths` counts (`stem.conv`, `block1.pw`, ...)."
         return ['stem.conv'] + [f'{n}.pw' for n, _ in self.named_children() if n.startswith('block')]
 
-    def _blocks(self): return [b for n, b in self.named_children() if n.startswith('block')]
+    def _blocks(self):
+        return [b for n, b in self.named_children() if n.startswith('block')]
 
 # %% ../../nbs/paper/01_models.ipynb #7b98a915
 DIGITS_WIDTHS = (8, 16, 16, 32)
 DIGITS_STRIDES = (1, 1, 2, 2)
 
-def mobilenet_digits(widths=DIGITS_WIDTHS,  # stem and pointwise widths
-                     strides=DIGITS_STRIDES, # stem and block strides (8x8 -> 2x2)
-                     act=nn.ReLU,            # activation class
-                     num_classes: int = 10,  # classifier outputs
-                    ) -> MobileNetV1:
+
+def mobilenet_digits(
+    widths=DIGITS_WIDTHS,  # stem and pointwise widths
+    strides=DIGITS_STRIDES,  # stem and block strides (8x8 -> 2x2)
+    act=nn.ReLU,  # activation class
+    num_classes: int = 10,  # classifier outputs
+) -> MobileNetV1:
     "A small MobileNetV1 for 1x8x8 digits."
     return MobileNetV1(num_classes, widths=widths, in_channels=1, act=act, strides=strides)
 
 # %% ../../nbs/paper/01_models.ipynb #54da738e
-def mlp(sizes,               # layer sizes: input features, hidden widths..., outputs
-        act=nn.ReLU,         # activation class, one instance per hidden layer
-        bn: bool = False,    # BatchNorm1d after each hidden Linear
-       ) -> nn.Sequential:
+def mlp(
+    sizes,  # layer sizes: input features, hidden widths..., outputs
+    act=nn.ReLU,  # activation class, one instance per hidden layer
+    bn: bool = False,  # BatchNorm1d after each hidden Linear
+) -> nn.Sequential:
     "A flatten + Linear/act stack in `nn.Sequential` form (no activation after the last layer)."
     sizes = [int(s) for s in sizes]
-    if len(sizes) < 2 or any(s < 1 for s in sizes): raise ValueError(f"mlp: `sizes` needs >= 2 positive entries, got {sizes}")
+    if len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise ValueError(f"mlp: `sizes` needs >= 2 positive entries, got {sizes}")
     if not (isinstance(act, type) and issubclass(act, nn.Module)):
         raise TypeError(f"mlp: `act` must be an nn.Module class such as nn.ReLU, got {act!r}")
     layers = [('flatten', nn.Flatten())]
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         layers.append((f'fc{i}', nn.Linear(a, b)))
         if i < len(sizes) - 2:
-            if bn: layers.append((f'bn{i}', nn.BatchNorm1d(b)))
+            if bn:
+                layers.append((f'bn{i}', nn.BatchNorm1d(b)))
             layers.append((f'act{i}', act()))
     return nn.Sequential(OrderedDict(layers))

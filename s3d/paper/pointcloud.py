@@ -25,125 +25,199 @@ __all__ = ['MODELNET_DIR', 'SHAPES', 'ACTIVATIONS', 'DGCNN_WIDTHS', 'PointSet', 
 # %% ../../nbs/paper/08_pointcloud.ipynb #542f94fc
 MODELNET_DIR = 'modelnet40_ply_hdf5_2048'
 
+
 @dataclass
 class PointSet:
     "Point clouds of one split: `points` (n, P, 3) float32, `labels` (n,) int64, class names and the files read."
+
     points: np.ndarray
     labels: np.ndarray
     classes: list
     files: list
-    def __len__(self): return len(self.labels)
 
-def _one_line(e): return ' '.join(str(e).split())
+    def __len__(self):
+        return len(self.labels)
+
+
+def _one_line(e):
+    return ' '.join(str(e).split())
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #c0cb5d9e
-def read_h5(path,                  # one HDF5 shard with datasets `data` (n, P, 3) and `label` (n, 1)
-            num_points:int|None=None, # keep the first `num_points` points of each shape
-           ) -> tuple:
+def read_h5(
+    path,  # one HDF5 shard with datasets `data` (n, P, 3) and `label` (n, 1)
+    num_points: int | None = None,  # keep the first `num_points` points of each shape
+) -> tuple:
     "(points (n, P, 3) float32, labels (n,) int64) of one shard; a one-line `DataError` naming the file on any problem."
     import h5py
+
     path = Path(path)
-    if not path.is_file(): raise DataError(f"missing HDF5 file {path}")
-    if path.stat().st_size == 0: raise DataError(f"empty HDF5 file {path} (0 bytes)")
+    if not path.is_file():
+        raise DataError(f"missing HDF5 file {path}")
+    if path.stat().st_size == 0:
+        raise DataError(f"empty HDF5 file {path} (0 bytes)")
     try:
         with h5py.File(path, 'r') as f:
             missing = [k for k in ('data', 'label') if k not in f]
-            if missing: raise DataError(f"HDF5 file {path} has no dataset {' or '.join(map(repr, missing))} (expected 'data' (n, points, 3) and 'label' (n, 1))")
+            if missing:
+                raise DataError(
+                    f"HDF5 file {path} has no dataset {' or '.join(map(repr, missing))} (expected 'data' (n, points, 3) and 'label' (n, 1))"
+                )
             x, y = np.asarray(f['data'][...], dtype=np.float32), np.asarray(f['label'][...])
-    except DataError: raise
-    except Exception as e: raise DataError(f"corrupt HDF5 file {path}: {_one_line(e)}") from None
-    if x.ndim != 3 or x.shape[2] != 3 or len(x) == 0: raise DataError(f"HDF5 file {path}: 'data' has shape {x.shape}, expected (n > 0, points, 3)")
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"corrupt HDF5 file {path}: {_one_line(e)}") from None
+    if x.ndim != 3 or x.shape[2] != 3 or len(x) == 0:
+        raise DataError(f"HDF5 file {path}: 'data' has shape {x.shape}, expected (n > 0, points, 3)")
     y = y.reshape(len(y), -1) if y.size else y.reshape(0, 1)
-    if len(y) != len(x) or y.shape[1] != 1: raise DataError(f"HDF5 file {path}: 'label' has shape {y.shape}, expected ({len(x)}, 1)")
+    if len(y) != len(x) or y.shape[1] != 1:
+        raise DataError(f"HDF5 file {path}: 'label' has shape {y.shape}, expected ({len(x)}, 1)")
     if num_points is not None:
-        if x.shape[1] < num_points: raise DataError(f"HDF5 file {path}: {x.shape[1]} points per shape, fewer than the {num_points} asked for")
+        if x.shape[1] < num_points:
+            raise DataError(
+                f"HDF5 file {path}: {x.shape[1]} points per shape, fewer than the {num_points} asked for"
+            )
         x = x[:, :num_points]
-    if not np.isfinite(x).all(): raise DataError(f"HDF5 file {path}: non-finite coordinates")
+    if not np.isfinite(x).all():
+        raise DataError(f"HDF5 file {path}: non-finite coordinates")
     return np.ascontiguousarray(x), y[:, 0].astype(np.int64)
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #3f81e386
-def load_modelnet(root,                  # the --data folder holding `modelnet40_ply_hdf5_2048/`
-                  split:str='train',     # 'train' or 'test'
-                  num_points:int=1024,   # points kept per shape (the first ones, as DGCNN does)
-                 ) -> PointSet:
+def load_modelnet(
+    root,  # the --data folder holding `modelnet40_ply_hdf5_2048/`
+    split: str = 'train',  # 'train' or 'test'
+    num_points: int = 1024,  # points kept per shape (the first ones, as DGCNN does)
+) -> PointSet:
     "One split of the ModelNet40 HDF5 release under `root`; file-list entries are resolved by name in `root/modelnet40_ply_hdf5_2048/`."
     d = Path(root) / MODELNET_DIR
     listing = d / f'{split}_files.txt'
-    if not listing.is_file(): raise DataError(f"missing file list {listing} (give --data DIR with DIR/{MODELNET_DIR}/{split}_files.txt)")
+    if not listing.is_file():
+        raise DataError(
+            f"missing file list {listing} (give --data DIR with DIR/{MODELNET_DIR}/{split}_files.txt)"
+        )
     lines = [l.strip() for l in listing.read_text().splitlines() if l.strip()]
-    if not lines: raise DataError(f"empty file list {listing}")
+    if not lines:
+        raise DataError(f"empty file list {listing}")
     files = [d / Path(l.replace('\\', '/')).name for l in lines]
     parts = [read_h5(f, num_points) for f in files]
     x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     names = d / 'shape_names.txt'
-    classes = ([l.strip() for l in names.read_text().splitlines() if l.strip()] if names.is_file()
-               else [f'class{i:02d}' for i in range(int(y.max()) + 1)])
+    classes = (
+        [l.strip() for l in names.read_text().splitlines() if l.strip()]
+        if names.is_file()
+        else [f'class{i:02d}' for i in range(int(y.max()) + 1)]
+    )
     if y.min() < 0 or y.max() >= len(classes):
-        raise DataError(f"labels of the files in {listing} run {y.min()}..{y.max()}, outside the {len(classes)} classes of {names}")
+        raise DataError(
+            f"labels of the files in {listing} run {y.min()}..{y.max()}, outside the {len(classes)} classes of {names}"
+        )
     return PointSet(x, y, classes, [str(f) for f in files])
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #ea11fbdb
-def write_modelnet_h5(root,            # the --data folder to write `modelnet40_ply_hdf5_2048/` into
-                      split:str,       # 'train' or 'test'
-                      points,          # (n, P, 3) coordinates
-                      labels,          # (n,) class indices
-                      classes=None,    # class names for shape_names.txt
-                      shards:int=1,    # number of .h5 files
-                      prefix:str='data/', # prefix of the file-list entries (as in the public release)
-                     ) -> list:
+def write_modelnet_h5(
+    root,  # the --data folder to write `modelnet40_ply_hdf5_2048/` into
+    split: str,  # 'train' or 'test'
+    points,  # (n, P, 3) coordinates
+    labels,  # (n,) class indices
+    classes=None,  # class names for shape_names.txt
+    shards: int = 1,  # number of .h5 files
+    prefix: str = 'data/',  # prefix of the file-list entries (as in the public release)
+) -> list:
     "Write `points`/`labels` as the standard HDF5 release under `root`; returns the shard paths."
     import h5py
-    d = Path(root) / MODELNET_DIR; d.mkdir(parents=True, exist_ok=True)
+
+    d = Path(root) / MODELNET_DIR
+    d.mkdir(parents=True, exist_ok=True)
     points, labels = np.asarray(points, np.float32), np.asarray(labels)
     paths = []
     for s, idx in enumerate(np.array_split(np.arange(len(labels)), shards)):
         p = d / f'ply_data_{split}{s}.h5'
         with h5py.File(p, 'w') as f:
-            f.create_dataset('data', data=points[idx]); f.create_dataset('label', data=labels[idx].reshape(-1, 1).astype(np.uint8))
+            f.create_dataset('data', data=points[idx])
+            f.create_dataset('label', data=labels[idx].reshape(-1, 1).astype(np.uint8))
         paths.append(p)
     (d / f'{split}_files.txt').write_text(''.join(f'{prefix}{MODELNET_DIR}/{p.name}\n' for p in paths))
-    if classes is not None: (d / 'shape_names.txt').write_text(''.join(f'{c}\n' for c in classes))
+    if classes is not None:
+        (d / 'shape_names.txt').write_text(''.join(f'{c}\n' for c in classes))
     return paths
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #27cd1a4f
 SHAPES = ('sphere', 'cube', 'cylinder', 'cone', 'torus', 'octahedron')
 
+
 def _surface(kind, n, rng):
     "n points on the surface of a unit-size `kind`."
-    u, v = rng.random(n), rng.random(n); t = 2 * np.pi * u
-    if kind == 'sphere': z = 2 * v - 1; r = np.sqrt(1 - z * z); return np.stack([r * np.cos(t), r * np.sin(t), z], 1)
+    u, v = rng.random(n), rng.random(n)
+    t = 2 * np.pi * u
+    if kind == 'sphere':
+        z = 2 * v - 1
+        r = np.sqrt(1 - z * z)
+        return np.stack([r * np.cos(t), r * np.sin(t), z], 1)
     if kind == 'cube':
-        p = rng.uniform(-1, 1, (n, 3)); p[np.arange(n), rng.integers(0, 3, n)] = np.where(rng.random(n) < .5, -1., 1.); return p
-    if kind == 'cylinder': return np.stack([np.cos(t), np.sin(t), 2 * v - 1], 1)
-    if kind == 'cone': h = np.sqrt(v); return np.stack([h * np.cos(t), h * np.sin(t), 1 - 2 * h], 1)
-    if kind == 'torus': s = 2 * np.pi * v; return np.stack([(.7 + .3 * np.cos(s)) * np.cos(t), (.7 + .3 * np.cos(s)) * np.sin(t), .3 * np.sin(s)], 1)
-    if kind == 'octahedron': p = rng.normal(size=(n, 3)); return p / np.abs(p).sum(1, keepdims=True)
+        p = rng.uniform(-1, 1, (n, 3))
+        p[np.arange(n), rng.integers(0, 3, n)] = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+        return p
+    if kind == 'cylinder':
+        return np.stack([np.cos(t), np.sin(t), 2 * v - 1], 1)
+    if kind == 'cone':
+        h = np.sqrt(v)
+        return np.stack([h * np.cos(t), h * np.sin(t), 1 - 2 * h], 1)
+    if kind == 'torus':
+        s = 2 * np.pi * v
+        return np.stack(
+            [(0.7 + 0.3 * np.cos(s)) * np.cos(t), (0.7 + 0.3 * np.cos(s)) * np.sin(t), 0.3 * np.sin(s)], 1
+        )
+    if kind == 'octahedron':
+        p = rng.normal(size=(n, 3))
+        return p / np.abs(p).sum(1, keepdims=True)
     raise ValueError(f"unknown shape {kind!r}; choose from {SHAPES}")
 
-def synthetic_shapes(n_per_class:int,   # shapes per class
-                     num_points:int=1024, # points per shape
-                     seed:int=0,        # the generator's seed (same seed, same clouds)
-                     shapes=SHAPES,     # class names, from SHAPES
-                    ) -> tuple:
+
+def synthetic_shapes(
+    n_per_class: int,  # shapes per class
+    num_points: int = 1024,  # points per shape
+    seed: int = 0,  # the generator's seed (same seed, same clouds)
+    shapes=SHAPES,  # class names, from SHAPES
+) -> tuple:
     "Deterministic (points (n, P, 3) float32, labels (n,)) of simple stretched, rotated, jittered shapes in the unit sphere."
-    rng = np.random.default_rng(seed); xs, ys = [], []
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
     for c, kind in enumerate(shapes):
         for _ in range(n_per_class):
             p = _surface(kind, num_points, rng) * rng.uniform(0.5, 1.5, 3)
-            a = rng.uniform(0, 2 * np.pi); R = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+            a = rng.uniform(0, 2 * np.pi)
+            R = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
             p = p @ R.T + rng.normal(0, 0.02, p.shape)
-            p = p - p.mean(0); xs.append(p / np.linalg.norm(p, axis=1).max()); ys.append(c)
+            p = p - p.mean(0)
+            xs.append(p / np.linalg.norm(p, axis=1).max())
+            ys.append(c)
     return np.stack(xs).astype(np.float32), np.array(ys, np.int64)
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #2f84a812
 class PointLoader:
     "Batches (x (B, 3, P), labels) of a `PointSet`; training batches shuffled and augmented (anisotropic scale, translation, point order)."
-    def __init__(self, data:PointSet, batch_size:int, train:bool=False, seed:int=0,
-                 scale=(2 / 3, 3 / 2),  # range of the random per-axis scale
-                 shift:float=0.2,       # range of the random translation
-                 device='cpu'):
-        if len(data) == 0: raise ValueError("PointLoader: no point clouds")
-        self.data, self.batch_size, self.train, self.seed, self.scale, self.shift, self.device = data, batch_size, train, seed, scale, shift, device
+
+    def __init__(
+        self,
+        data: PointSet,
+        batch_size: int,
+        train: bool = False,
+        seed: int = 0,
+        scale=(2 / 3, 3 / 2),  # range of the random per-axis scale
+        shift: float = 0.2,  # range of the random translation
+        device='cpu',
+    ):
+        if len(data) == 0:
+            raise ValueError("PointLoader: no point clouds")
+        self.data, self.batch_size, self.train, self.seed, self.scale, self.shift, self.device = (
+            data,
+            batch_size,
+            train,
+            seed,
+            scale,
+            shift,
+            device,
+        )
         self.epoch = 0
 
     def __len__(self):
@@ -151,168 +225,286 @@ class PointLoader:
         return max(1, n // b) if self.train else math.ceil(n / b)
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch]); self.epoch += 1
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
         n, b = len(self.data), self.batch_size
         order = rng.permutation(n) if self.train else np.arange(n)
         for i in range(len(self)):
-            idx = order[i * b:(i + 1) * b]
+            idx = order[i * b : (i + 1) * b]
             x = self.data.points[idx]
             if self.train:
-                x = x * rng.uniform(*self.scale, (len(idx), 1, 3)) + rng.uniform(-self.shift, self.shift, (len(idx), 1, 3))
-                x = np.take_along_axis(x, rng.permuted(np.tile(np.arange(x.shape[1]), (len(idx), 1)), axis=1)[..., None], 1)
-            yield (torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32)).to(self.device),
-                   torch.from_numpy(self.data.labels[idx]).to(self.device))
+                x = x * rng.uniform(*self.scale, (len(idx), 1, 3)) + rng.uniform(
+                    -self.shift, self.shift, (len(idx), 1, 3)
+                )
+                x = np.take_along_axis(
+                    x, rng.permuted(np.tile(np.arange(x.shape[1]), (len(idx), 1)), axis=1)[..., None], 1
+                )
+            yield (
+                torch.from_numpy(np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32)).to(
+                    self.device
+                ),
+                torch.from_numpy(self.data.labels[idx]).to(self.device),
+            )
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #290a1a8f
-def no_autocast(device:torch.device|str):
+def no_autocast(device: torch.device | str):
     "A context in which autocast is off on `device`'s type (nothing to do when it is not on)."
     t = torch.device(device).type
     return torch.autocast(t, enabled=False) if torch.is_autocast_enabled(t) else contextlib.nullcontext()
 
-def knn(x:Tensor,                  # features (B, C, P)
-        k:int,                     # neighbours per point (the point itself included)
-        weight:Tensor|None=None,   # (C,) per-channel distance weights (None: all ones)
-       ) -> Tensor:
+
+def knn(
+    x: Tensor,  # features (B, C, P)
+    k: int,  # neighbours per point (the point itself included)
+    weight: Tensor | None = None,  # (C,) per-channel distance weights (None: all ones)
+) -> Tensor:
     "Indices (B, P, k) of each point's k nearest points under sum_c weight_c (x_ca - x_cb)^2, in float32 or wider, never under autocast."
-    with torch.no_grad(), no_autocast(x.device):   # a bf16 distance matrix would pick another graph than fp32 evaluation
-        if x.dtype in (torch.float16, torch.bfloat16): x = x.float()
+    with torch.no_grad(), no_autocast(
+        x.device
+    ):  # a bf16 distance matrix would pick another graph than fp32 evaluation
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         xw = x if weight is None else x * weight.to(x).view(1, -1, 1)
         sq = (xw * x).sum(1)
         d = sq.unsqueeze(2) + sq.unsqueeze(1) - 2 * xw.transpose(1, 2) @ x
         return d.topk(k, dim=-1, largest=False).indices
 
+
 class EdgeFeatures(nn.Module):
     "EdgeConv's input: [x_j - x_i, x_i] for each point i and its k nearest neighbours j, channel c at columns 2c, 2c+1: (B, C, P) -> (B, 2C, P, k)."
-    def __init__(self, channels:int, k:int):
-        super().__init__(); self.channels, self.k = channels, k
-        self.register_buffer('dist_weight', torch.ones(channels))   # per-channel weight of the kNN distance
+
+    def __init__(self, channels: int, k: int):
+        super().__init__()
+        self.channels, self.k = channels, k
+        self.register_buffer('dist_weight', torch.ones(channels))  # per-channel weight of the kNN distance
+
     def forward(self, x):
         B, C, P = x.shape
-        if C != self.channels: raise ValueError(f"EdgeFeatures: expected {self.channels} channels, got {C}")
-        if self.k > P: raise ValueError(f"EdgeFeatures: k = {self.k} neighbours but only {P} points")
+        if C != self.channels:
+            raise ValueError(f"EdgeFeatures: expected {self.channels} channels, got {C}")
+        if self.k > P:
+            raise ValueError(f"EdgeFeatures: k = {self.k} neighbours but only {P} points")
         idx = knn(x, self.k, self.dist_weight)
-        xj = x.transpose(1, 2)[torch.arange(B, device=x.device).view(B, 1, 1), idx].permute(0, 3, 1, 2)   # (B, C, P, k)
+        xj = x.transpose(1, 2)[torch.arange(B, device=x.device).view(B, 1, 1), idx].permute(
+            0, 3, 1, 2
+        )  # (B, C, P, k)
         xi = x.unsqueeze(-1).expand_as(xj)
         return torch.stack([xj - xi, xi], 2).reshape(B, 2 * C, P, self.k)
-    def extra_repr(self): return f'channels={self.channels}, k={self.k}'
+
+    def extra_repr(self):
+        return f'channels={self.channels}, k={self.k}'
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #a122208d
-def edit_distance_weights(m:EdgeFeatures, index:Tensor):
+def edit_distance_weights(m: EdgeFeatures, index: Tensor):
     "Keep channels `index` of `m`; the copies of a channel share its distance weight equally (their weights sum to the original's)."
     w = m.dist_weight
     counts = torch.bincount(index, minlength=len(w)).to(w)
     m.dist_weight = w[index] / counts[index]
     m.channels = len(index)
 
+
 class EdgeFeaturesKind(LayerKind):
     "EdgeFeatures follows its input's channels: channel c becomes its output columns 2c and 2c+1."
-    def n_in(self, m): return m.channels
-    def n_out(self, m): return 2 * m.channels
-    def follower_check(self, m, n): return None if m.channels == n else f"EdgeFeatures has {m.channels} channels, not {n}"
+
+    def n_in(self, m):
+        return m.channels
+
+    def n_out(self, m):
+        return 2 * m.channels
+
+    def follower_check(self, m, n):
+        return None if m.channels == n else f"EdgeFeatures has {m.channels} channels, not {n}"
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
-        if cdim != 1 or repeat != 1 or len(shp_in) != 3: raise Refusal("EdgeFeatures needs the split channels in dim 1 of a (B, C, P) input")
-        if m.channels != n: raise Refusal(f"EdgeFeatures has {m.channels} channels, not {n}")
+        if cdim != 1 or repeat != 1 or len(shp_in) != 3:
+            raise Refusal("EdgeFeatures needs the split channels in dim 1 of a (B, C, P) input")
+        if m.channels != n:
+            raise Refusal(f"EdgeFeatures has {m.channels} channels, not {n}")
         return ('follower', 1, 2)
-    def channel_edit(self, m): return edit_distance_weights
-    def resize(self, m): m.channels = m.dist_weight.shape[0]
+
+    def channel_edit(self, m):
+        return edit_distance_weights
+
+    def resize(self, m):
+        m.channels = m.dist_weight.shape[0]
+
     def flops(self, m, inp, out, macs):
         B, C, P = inp[0].shape
-        return 0 if macs else 3 * B * P * P * C   # the weighted distance matrix (MACs count only conv/linear layers)
+        return (
+            0 if macs else 3 * B * P * P * C
+        )  # the weighted distance matrix (MACs count only conv/linear layers)
+
 
 class EdgeConv2d(nn.Conv2d):
     "A 1x1 Conv2d over edge features: it may read a producer's channels several adjacent input columns each; fp32 under autocast."
-    def forward(self, x):   # its output (after BN, activation, max) is what the next kNN graph is built on
-        with no_autocast(x.device): return super().forward(x)
+
+    def forward(self, x):  # its output (after BN, activation, max) is what the next kNN graph is built on
+        with no_autocast(x.device):
+            return super().forward(x)
+
 
 class EdgeConvKind(ConvKind):
     "ConvKind; as a consumer it also takes `repeat` adjacent input columns per producer channel (1x1 kernels)."
+
     def consumer_check(self, m, n, repeat):
-        if m.groups != 1 or m.kernel_size != (1, 1): return "must be a 1x1 EdgeConv2d with groups == 1"
-        return None if m.in_channels == n * repeat else f"has {m.in_channels} input channels, not {n}*{repeat}"
+        if m.groups != 1 or m.kernel_size != (1, 1):
+            return "must be a 1x1 EdgeConv2d with groups == 1"
+        return (
+            None if m.in_channels == n * repeat else f"has {m.in_channels} input channels, not {n}*{repeat}"
+        )
+
     def route(self, m, n, cdim, repeat, shp_in, shp_out):
-        if cdim != 1 or len(shp_in) != 4: raise Refusal("an EdgeConv2d needs the producer's channels in dim 1 of a (B, C, P, k) input")
+        if cdim != 1 or len(shp_in) != 4:
+            raise Refusal("an EdgeConv2d needs the producer's channels in dim 1 of a (B, C, P, k) input")
         why = self.consumer_check(m, n, repeat)
-        if why: raise Refusal(why)
+        if why:
+            raise Refusal(why)
         return ('consumer', repeat)
+
 
 class FixedLinear(nn.Linear):
     "An nn.Linear whose width s3d leaves alone: it reads split channels but is never split itself."
 
+
 class FixedLinearKind(LinearKind):
     "LinearKind that never produces split channels."
-    def produce(self, m): return None
 
-register_layer(EdgeFeatures, EdgeFeaturesKind()); register_layer(EdgeConv2d, EdgeConvKind()); register_layer(FixedLinear, FixedLinearKind())
+    def produce(self, m):
+        return None
+
+
+register_layer(EdgeFeatures, EdgeFeaturesKind())
+register_layer(EdgeConv2d, EdgeConvKind())
+register_layer(FixedLinear, FixedLinearKind())
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #976e0799
 ACTIVATIONS = {'leaky': lambda: nn.LeakyReLU(0.2), 'relu': nn.ReLU, 'tanh': nn.Tanh, 'silu': nn.SiLU}
 DGCNN_WIDTHS = (64, 64, 128, 256)
 
+
 class DGCNN(nn.Module):
     "DGCNN classifier: EdgeConvs on the kNN graph of the current features, 1x1 fuse to `emb`, global max+avg pool, MLP head."
-    def __init__(self, num_classes:int=40, widths=DGCNN_WIDTHS, k:int=20, emb:int=1024, head=(512, 256),
-                 dropout:float=0.5, act:str='leaky', in_dim:int=3):
+
+    def __init__(
+        self,
+        num_classes: int = 40,
+        widths=DGCNN_WIDTHS,
+        k: int = 20,
+        emb: int = 1024,
+        head=(512, 256),
+        dropout: float = 0.5,
+        act: str = 'leaky',
+        in_dim: int = 3,
+    ):
         super().__init__()
-        if act not in ACTIVATIONS: raise ValueError(f"DGCNN: act must be one of {list(ACTIVATIONS)}, got {act!r}")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"DGCNN: act must be one of {list(ACTIVATIONS)}, got {act!r}")
         ins = [in_dim] + list(widths[:-1])
         self.k = k
         self.edge = nn.ModuleList(EdgeFeatures(c, k) for c in ins)
         self.conv = nn.ModuleList(EdgeConv2d(2 * c, w, 1, bias=False) for c, w in zip(ins, widths))
         self.bn = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
         self.act = nn.ModuleList(ACTIVATIONS[act]() for _ in widths)
-        self.fuse = nn.ModuleList(nn.Conv1d(w, emb, 1, bias=False) for w in widths)   # the conv on the concatenation, block by block
+        self.fuse = nn.ModuleList(
+            nn.Conv1d(w, emb, 1, bias=False) for w in widths
+        )  # the conv on the concatenation, block by block
         self.fuse_bn, self.fuse_act = nn.BatchNorm1d(emb), ACTIVATIONS[act]()
         layers, d = [], 2 * emb
-        for i, h in enumerate(head): layers += [FixedLinear(d, h, bias=i > 0), nn.BatchNorm1d(h), ACTIVATIONS[act](), nn.Dropout(dropout)]; d = h
+        for i, h in enumerate(head):
+            layers += [
+                FixedLinear(d, h, bias=i > 0),
+                nn.BatchNorm1d(h),
+                ACTIVATIONS[act](),
+                nn.Dropout(dropout),
+            ]
+            d = h
         self.head = nn.Sequential(*layers, FixedLinear(d, num_classes))
 
     @property
-    def widths(self) -> list: return [c.out_channels for c in self.conv]
+    def widths(self) -> list:
+        return [c.out_channels for c in self.conv]
 
-    def forward(self, x):   # (B, 3, P)
+    def forward(self, x):  # (B, 3, P)
         z = None
         for e, c, b, a, f in zip(self.edge, self.conv, self.bn, self.act, self.fuse):
-            x = a(b(c(e(x)))).amax(dim=-1)   # max over the k neighbours
-            y = f(x); z = y if z is None else z + y
+            x = a(b(c(e(x)))).amax(dim=-1)  # max over the k neighbours
+            y = f(x)
+            z = y if z is None else z + y
         z = self.fuse_act(self.fuse_bn(z))
         return self.head(torch.cat([z.amax(dim=-1), z.mean(dim=-1)], 1))
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #3c9df9e3
 class PointNet(nn.Module):
     "Vanilla PointNet classifier without T-nets: shared MLP over points, global max pool, MLP head."
-    def __init__(self, num_classes:int=40, widths=(64, 64, 64, 128), emb:int=1024, head=(512, 256), dropout:float=0.3, in_dim:int=3):
+
+    def __init__(
+        self,
+        num_classes: int = 40,
+        widths=(64, 64, 64, 128),
+        emb: int = 1024,
+        head=(512, 256),
+        dropout: float = 0.3,
+        in_dim: int = 3,
+    ):
         super().__init__()
         layers, d = [], in_dim
-        for w in [*widths, emb]: layers += [nn.Conv1d(d, w, 1, bias=False), nn.BatchNorm1d(w), nn.ReLU()]; d = w
+        for w in [*widths, emb]:
+            layers += [nn.Conv1d(d, w, 1, bias=False), nn.BatchNorm1d(w), nn.ReLU()]
+            d = w
         self.feat = nn.Sequential(*layers)
         layers = []
-        for h in head: layers += [nn.Linear(d, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]; d = h
+        for h in head:
+            layers += [nn.Linear(d, h, bias=False), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
+            d = h
         self.head = nn.Sequential(*layers, nn.Linear(d, num_classes))
-    def forward(self, x): return self.head(self.feat(x).amax(dim=-1))
+
+    def forward(self, x):
+        return self.head(self.feat(x).amax(dim=-1))
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #d77277b6
 @torch.no_grad()
-def evaluate_points(model:nn.Module, loader, device='cpu') -> dict:
+def evaluate_points(model: nn.Module, loader, device='cpu') -> dict:
     "Mean loss, overall accuracy (%) and mean per-class accuracy (%) of `model` over `loader`."
-    was = model.training; model.eval(); model.to(device)
+    was = model.training
+    model.eval()
+    model.to(device)
     loss, ys, ps = 0.0, [], []
     try:
         for x, y in loader:
-            x, y = x.to(device), y.to(device); out = model(x).float()
-            loss += F.cross_entropy(out, y, reduction='sum').item(); ys.append(y.cpu()); ps.append(out.argmax(1).cpu())
-    finally: model.train(was)
-    if not ys: raise ValueError("evaluate_points: the loader yielded no batches")
+            x, y = x.to(device), y.to(device)
+            out = model(x).float()
+            loss += F.cross_entropy(out, y, reduction='sum').item()
+            ys.append(y.cpu())
+            ps.append(out.argmax(1).cpu())
+    finally:
+        model.train(was)
+    if not ys:
+        raise ValueError("evaluate_points: the loader yielded no batches")
     y, p = torch.cat(ys), torch.cat(ps)
     per = [float((p[y == c] == c).float().mean()) for c in y.unique().tolist()]
-    return dict(loss=loss / len(y), acc=100 * float((p == y).float().mean()), mean_class_acc=100 * float(np.mean(per)), n=len(y))
+    return dict(
+        loss=loss / len(y),
+        acc=100 * float((p == y).float().mean()),
+        mean_class_acc=100 * float(np.mean(per)),
+        n=len(y),
+    )
 
-def forward_ms(model:nn.Module, batch:int=16, points:int=1024, device='cpu', repeats:int=5, warmup:int=2) -> float:
+
+def forward_ms(
+    model: nn.Module, batch: int = 16, points: int = 1024, device='cpu', repeats: int = 5, warmup: int = 2
+) -> float:
     "Median wall time (ms) of one eval-mode forward pass on a random batch (B, 3, points) on `device`."
-    device = torch.device(device); model = model.to(device).eval()
-    x = torch.randn(batch, 3, points, device=device); ts = []
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.randn(batch, 3, points, device=device)
+    ts = []
     sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     with torch.no_grad():
         for i in range(warmup + repeats):
-            sync(); t0 = time.perf_counter(); model(x); sync()
-            if i >= warmup: ts.append(time.perf_counter() - t0)
+            sync()
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            if i >= warmup:
+                ts.append(time.perf_counter() - t0)
     return 1e3 * float(np.median(ts))

@@ -23,81 +23,120 @@ __all__ = ['EXIT_CODES', 'RECORD_ONLY', 'STAGE_FORMAT', 'EXPERIMENTS', 'OutputEr
 # %% ../../nbs/paper/05_runs.ipynb #af5ae92d
 from .data import DataError
 
+
 class OutputError(RuntimeError):
     "The output folder cannot be created or written (exit code 3)."
+
 
 class DeviceError(ValueError):
     "The requested device is not available on this machine (exit code 5)."
 
+
 class Interrupted(KeyboardInterrupt):
     "SIGINT or SIGTERM arrived; `kept` says which finished work is on disk."
-    def __init__(self, signum:int=signal.SIGINT, kept:str=''):
-        super().__init__(int(signum), kept); self.signum, self.kept = int(signum), kept
-    @property
-    def code(self) -> int: return 128 + self.signum
 
-EXIT_CODES = {0: 'every requested experiment finished',
-              1: 'an experiment failed with an unexpected error (rerun with --debug for the traceback)',
-              2: 'bad command-line arguments',
-              3: 'the output folder cannot be created or written',
-              4: 'a data file is missing, unreadable or malformed',
-              5: 'the requested device is not available',
-              6: 'the experiment is not implemented yet',
-              7: 'a checkpoint in the output folder is truncated, corrupt or from another configuration (it is named; nothing was overwritten)',
-              130: 'interrupted by Ctrl-C (SIGINT): finished work is kept, rerun the same command to resume',
-              143: 'terminated by SIGTERM: finished work is kept, rerun the same command to resume'}
+    def __init__(self, signum: int = signal.SIGINT, kept: str = ''):
+        super().__init__(int(signum), kept)
+        self.signum, self.kept = int(signum), kept
+
+    @property
+    def code(self) -> int:
+        return 128 + self.signum
+
+
+EXIT_CODES = {
+    0: 'every requested experiment finished',
+    1: 'an experiment failed with an unexpected error (rerun with --debug for the traceback)',
+    2: 'bad command-line arguments',
+    3: 'the output folder cannot be created or written',
+    4: 'a data file is missing, unreadable or malformed',
+    5: 'the requested device is not available',
+    6: 'the experiment is not implemented yet',
+    7: 'a checkpoint in the output folder is truncated, corrupt or from another configuration (it is named; nothing was overwritten)',
+    130: 'interrupted by Ctrl-C (SIGINT): finished work is kept, rerun the same command to resume',
+    143: 'terminated by SIGTERM: finished work is kept, rerun the same command to resume',
+}
 
 # %% ../../nbs/paper/05_runs.ipynb #3247ca46
 from ..atomic import atomic_write_bytes, atomic_write_text, atomic_write_json, atomic_write_csv, _umask
 
 # %% ../../nbs/paper/05_runs.ipynb #e5480012
-_NO_STAMPS = {'png': {'Software': None}, 'pdf': {'Creator': None, 'Producer': None, 'CreationDate': None},
-              'svg': {'Creator': None, 'Date': None}}
+_NO_STAMPS = {
+    'png': {'Software': None},
+    'pdf': {'Creator': None, 'Producer': None, 'CreationDate': None},
+    'svg': {'Creator': None, 'Date': None},
+}
 
-def atomic_save_figure(path, fig, dpi:int=150) -> Path:
+
+def atomic_save_figure(path, fig, dpi: int = 150) -> Path:
     "Save the matplotlib figure `fig` to `path` atomically and reproducibly (format from the suffix)."
     import io, matplotlib
-    path = Path(path); buf = io.BytesIO(); fmt = path.suffix.lstrip('.') or 'png'
+
+    path = Path(path)
+    buf = io.BytesIO()
+    fmt = path.suffix.lstrip('.') or 'png'
     with matplotlib.rc_context({'svg.hashsalt': 's3d'}):
         fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches='tight', metadata=_NO_STAMPS.get(fmt))
     return atomic_write_bytes(path, buf.getvalue())
 
 # %% ../../nbs/paper/05_runs.ipynb #93c69fc6
-def markdown_table(df, # pandas DataFrame
-                   digits:int=3, # significant digits of floats
-                  ) -> str:
+def markdown_table(
+    df,  # pandas DataFrame
+    digits: int = 3,  # significant digits of floats
+) -> str:
     "A GitHub markdown table of `df` (floats with `digits` significant digits, NaN blank)."
     import math
+
     fmt = lambda v: (f'{v:.{digits}g}' if math.isfinite(v) else '') if isinstance(v, float) else str(v)
-    rows = [list(map(str, df.columns)), ['---'] * len(df.columns)] + [[fmt(v) for v in r] for r in df.itertuples(index=False)]
+    rows = [list(map(str, df.columns)), ['---'] * len(df.columns)] + [
+        [fmt(v) for v in r] for r in df.itertuples(index=False)
+    ]
     return '\n'.join('| ' + ' | '.join(r) + ' |' for r in rows)
 
 # %% ../../nbs/paper/05_runs.ipynb #6cc028dd
-def resolve_device(device:str|torch.device='auto') -> torch.device:
+def resolve_device(device: str | torch.device = 'auto') -> torch.device:
     "Turn `auto|cpu|cuda|cuda:N` (or a `torch.device`) into a `torch.device`, checking CUDA is there when asked for."
-    if isinstance(device, torch.device): device = str(device)
-    if not isinstance(device, str): raise TypeError(f'device must be a string or torch.device, got {type(device).__name__}')
-    if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try: d = torch.device(device)
-    except RuntimeError: raise ValueError(f'device must be auto, cpu or cuda[:N], got {device!r}') from None
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(f'device must be a string or torch.device, got {type(device).__name__}')
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f'device must be auto, cpu or cuda[:N], got {device!r}') from None
     if d.type == 'cuda' and not torch.cuda.is_available():
-        raise DeviceError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+        raise DeviceError(
+            f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto"
+        )
     if d.type == 'cuda' and d.index is not None and d.index >= torch.cuda.device_count():
-        raise DeviceError(f"device {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if d.type not in ('cpu', 'cuda'): raise ValueError(f'device must be auto, cpu or cuda[:N], got {device!r}')
+        raise DeviceError(
+            f"device {device!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    if d.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device must be auto, cpu or cuda[:N], got {device!r}')
     return d
 
 # %% ../../nbs/paper/05_runs.ipynb #14b03676
-RECORD_ONLY = {'world_size'}   # keys a run's config.json records but a finished run is not matched on
+RECORD_ONLY = {'world_size'}  # keys a run's config.json records but a finished run is not matched on
 
-def is_done(paths, config_path=None, config:dict|None=None, force:bool=False) -> bool:
+
+def is_done(paths, config_path=None, config: dict | None = None, force: bool = False) -> bool:
     "True when all `paths` exist and the JSON at `config_path` (if given) equals `config`; always False with `force`."
-    if force or not all(Path(p).exists() for p in paths): return False
-    if config_path is None: return True
-    try: stored = json.loads(Path(config_path).read_text())
-    except (OSError, ValueError): return False
-    if isinstance(stored, dict) and isinstance(config, dict):   # recorded, not compared: a run may resume on another process count
-        for k in RECORD_ONLY - set(config): stored.pop(k, None)
+    if force or not all(Path(p).exists() for p in paths):
+        return False
+    if config_path is None:
+        return True
+    try:
+        stored = json.loads(Path(config_path).read_text())
+    except (OSError, ValueError):
+        return False
+    if isinstance(stored, dict) and isinstance(
+        config, dict
+    ):  # recorded, not compared: a run may resume on another process count
+        for k in RECORD_ONLY - set(config):
+            stored.pop(k, None)
     return stored == json.loads(json.dumps(config, sort_keys=True, default=str))
 
 # %% ../../nbs/paper/05_runs.ipynb #7b74a806
@@ -105,51 +144,82 @@ def check_out_dir(out) -> Path:
     "Create the folder `out` if needed and check a file can be written there; raises `OutputError` otherwise."
     out = Path(out)
     try:
-        if out.exists() and not out.is_dir(): raise OutputError(f'output folder {out} exists and is not a folder')
+        if out.exists() and not out.is_dir():
+            raise OutputError(f'output folder {out} exists and is not a folder')
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix='.s3d-write-check.', dir=out); os.close(fd); os.unlink(probe)
-    except OutputError: raise
+        fd, probe = tempfile.mkstemp(prefix='.s3d-write-check.', dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OutputError:
+        raise
     except OSError as e:
-        why = 'a parent is not a folder' if isinstance(e, (NotADirectoryError, FileExistsError)) else (e.strerror or type(e).__name__)
+        why = (
+            'a parent is not a folder'
+            if isinstance(e, (NotADirectoryError, FileExistsError))
+            else (e.strerror or type(e).__name__)
+        )
         raise OutputError(f'output folder {out} cannot be created or written: {why}') from None
     return out
 
 # %% ../../nbs/paper/05_runs.ipynb #f5f7f213
-_NONDET = re.compile(r"(\S+) does not have a deterministic implementation")   # torch's warn-only determinism alert
-_NONDETERMINISTIC = set()   # ops this process ran without a deterministic implementation (recorded while pinned)
+_NONDET = re.compile(
+    r"(\S+) does not have a deterministic implementation"
+)  # torch's warn-only determinism alert
+_NONDETERMINISTIC = (
+    set()
+)  # ops this process ran without a deterministic implementation (recorded while pinned)
+
 
 def nondeterministic_ops() -> list:
     "Names of the ops that ran nondeterministically in this process (or its workers) while numerics were pinned."
     return sorted(_NONDETERMINISTIC)
 
+
 def _record_alerts():
     "Record torch's warn-only determinism alerts in `_NONDETERMINISTIC` (each shown once); returns a function that undoes it."
     ctx, show = warnings.catch_warnings(), warnings.showwarning
+
     def record(message, category, filename, lineno, file=None, line=None):
         m = _NONDET.search(str(message))
-        if m and m.group(1) in _NONDETERMINISTIC: return
-        if m: _NONDETERMINISTIC.add(m.group(1))
+        if m and m.group(1) in _NONDETERMINISTIC:
+            return
+        if m:
+            _NONDETERMINISTIC.add(m.group(1))
         show(message, category, filename, lineno, file, line)
-    ctx.__enter__()   # filters and showwarning come back on undo
-    warnings.filterwarnings('always', message=r'.*does not have a deterministic implementation')   # not once per place
+
+    ctx.__enter__()  # filters and showwarning come back on undo
+    warnings.filterwarnings(
+        'always', message=r'.*does not have a deterministic implementation'
+    )  # not once per place
     warnings.showwarning = record
     return lambda: ctx.__exit__(None, None, None)
 
-def _pin(threads:int):
+
+def _pin(threads: int):
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-    torch.set_num_threads(threads); torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
 
+
 @contextlib.contextmanager
-def pinned_numerics(threads:int=1):
+def pinned_numerics(threads: int = 1):
     "Inside the block: `threads` torch threads, deterministic algorithms (ops without one are recorded); the previous settings come back after."
-    old = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-           torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    _pin(threads); undo = _record_alerts()
-    try: yield
+    old = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    _pin(threads)
+    undo = _record_alerts()
+    try:
+        yield
     finally:
         undo()
-        torch.set_num_threads(old[0]); torch.use_deterministic_algorithms(old[1], warn_only=old[2])
+        torch.set_num_threads(old[0])
+        torch.use_deterministic_algorithms(old[1], warn_only=old[2])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old[3], old[4]
 
 # %% ../../nbs/paper/05_runs.ipynb #592c8009
@@ -159,97 +229,159 @@ def run_info(device='cpu') -> dict:
     name = torch.cuda.get_device_name(d) if d.type == 'cuda' else (platform.machine() or 'cpu')
     on = torch.are_deterministic_algorithms_enabled()
     from s3d.distributed import world_size
-    return dict(torch=torch.__version__, device=f'{d.type} ({name})', threads=torch.get_num_threads(),
-                deterministic=on and not _NONDETERMINISTIC, nondeterministic=nondeterministic_ops() if on else [],
-                world_size=world_size())
 
-def run_info_line(info:dict) -> str:
+    return dict(
+        torch=torch.__version__,
+        device=f'{d.type} ({name})',
+        threads=torch.get_num_threads(),
+        deterministic=on and not _NONDETERMINISTIC,
+        nondeterministic=nondeterministic_ops() if on else [],
+        world_size=world_size(),
+    )
+
+
+def run_info_line(info: dict) -> str:
     "`run_info` as one sentence for a markdown summary; it claims determinism only when no op ran without it."
     bad = info.get('nondeterministic') or []
-    how = (', deterministic algorithms' if info['deterministic'] else
-           f", deterministic algorithms except {', '.join(bad)} (no deterministic kernel on this device: not bit-reproducible)" if bad else '')
+    how = (
+        ', deterministic algorithms'
+        if info['deterministic']
+        else (
+            f", deterministic algorithms except {', '.join(bad)} (no deterministic kernel on this device: not bit-reproducible)"
+            if bad
+            else ''
+        )
+    )
     w = info.get('world_size', 1)
-    par = ('' if w == 1 else f" Data-parallel over {w} processes (torchrun): BatchNorm statistics synchronised, so the numbers "
-           "are one process's up to floating-point reduction order, except random draws inside the model (dropout), which "
-           "each process takes from its own stream.")
+    par = (
+        ''
+        if w == 1
+        else f" Data-parallel over {w} processes (torchrun): BatchNorm statistics synchronised, so the numbers "
+        "are one process's up to floating-point reduction order, except random draws inside the model (dropout), which "
+        "each process takes from its own stream."
+    )
     return f"Computed with torch {info['torch']} on {info['device']}, {info['threads']} thread(s) per run{how}.{par}"
+
 
 def fingerprint(config) -> str:
     "A short stable hash of a JSON-able configuration."
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+
 _FP = re.compile(r'Config fingerprint: `([0-9a-f]+)`')
 
-def fingerprint_line(config) -> str: return f'Config fingerprint: `{fingerprint(config)}`.'
 
-def read_fingerprint(path) -> str|None:
+def fingerprint_line(config) -> str:
+    return f'Config fingerprint: `{fingerprint(config)}`.'
+
+
+def read_fingerprint(path) -> str | None:
     "The config fingerprint recorded in the summary at `path`, or None."
-    try: m = _FP.search(Path(path).read_text())
-    except OSError: return None
+    try:
+        m = _FP.search(Path(path).read_text())
+    except OSError:
+        return None
     return m.group(1) if m else None
 
 # %% ../../nbs/paper/05_runs.ipynb #dcd614c1
 def default_jobs(device='cpu') -> int:
     "Worker processes by default: every usable core for CPU runs, one process for a GPU."
-    if torch.device(device).type != 'cpu': return 1
+    if torch.device(device).type != 'cpu':
+        return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1))
 
-class _Stop(BaseException): pass
+
+class _Stop(BaseException):
+    pass
+
+
 _IN_TASK = False
+
 
 def _leave(signum):
     "Release what this worker's finalizers hold (e.g. the semaphores of tqdm's lock), then leave at once."
     from multiprocessing import util
+
     util._run_finalizers(0)
     os._exit(128 + signum)
 
-def _on_sigterm(signum, frame):
-    if _IN_TASK: raise _Stop()   # inside a task: unwind it first (see `_call`)
-    _leave(signum)               # between tasks: a lock made by an earlier task must not leak either
 
-def _worker_init(threads:int):
-    signal.signal(signal.SIGINT, signal.SIG_IGN); signal.signal(signal.SIGTERM, _on_sigterm)
-    _pin(threads); _record_alerts()
+def _on_sigterm(signum, frame):
+    if _IN_TASK:
+        raise _Stop()  # inside a task: unwind it first (see `_call`)
+    _leave(signum)  # between tasks: a lock made by an earlier task must not leak either
+
+
+def _worker_init(threads: int):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _pin(threads)
+    _record_alerts()
+
 
 def _call(fn, args):
     global _IN_TASK
     _IN_TASK = True
-    try: return fn(*args), nondeterministic_ops()   # the parent merges the ops this worker recorded
-    except _Stop: _leave(signal.SIGTERM)
-    finally: _IN_TASK = False
+    try:
+        return fn(*args), nondeterministic_ops()  # the parent merges the ops this worker recorded
+    except _Stop:
+        _leave(signal.SIGTERM)
+    finally:
+        _IN_TASK = False
 
 # %% ../../nbs/paper/05_runs.ipynb #a587ebd7
 def _stop_pool(ex):
     "Terminate the pool's workers at once and wait (briefly) until they are gone."
     procs = list((getattr(ex, '_processes', None) or {}).values())
     for p in procs:
-        if p.is_alive(): p.terminate()
-    for p in procs: p.join(10)
-    ex.shutdown(wait=True, cancel_futures=True)   # the workers are gone: this only releases the pool's queues
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(10)
+    ex.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this only releases the pool's queues
 
-def run_tasks(fn, tasks:list, jobs:int=1, needs:dict|None=None, on_done=None, threads:int=1) -> list:
+
+def run_tasks(
+    fn, tasks: list, jobs: int = 1, needs: dict | None = None, on_done=None, threads: int = 1
+) -> list:
     "`[fn(*t) for t in tasks]`, in `jobs` worker processes when jobs > 1; task i waits for the indices `needs[i]`."
     needs = {i: set((needs or {}).get(i, ())) for i in range(len(tasks))}
     results, done = [None] * len(tasks), set()
+
     def finish(i, r):
-        results[i] = r; done.add(i)
-        if on_done: on_done(i, r)
+        results[i] = r
+        done.add(i)
+        if on_done:
+            on_done(i, r)
+
     if jobs <= 1 or len(tasks) <= 1:
         for i, t in enumerate(tasks):
-            if not needs[i] <= done: raise ValueError(f'run_tasks: task {i} needs {sorted(needs[i] - done)}, which come later')
+            if not needs[i] <= done:
+                raise ValueError(f'run_tasks: task {i} needs {sorted(needs[i] - done)}, which come later')
             finish(i, fn(*t))
         return results
-    ex = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=multiprocessing.get_context('spawn'),
-                             initializer=_worker_init, initargs=(threads,))
+    ex = ProcessPoolExecutor(
+        min(jobs, len(tasks)),
+        mp_context=multiprocessing.get_context('spawn'),
+        initializer=_worker_init,
+        initargs=(threads,),
+    )
     pending, running = list(range(len(tasks))), {}
     try:
         while pending or running:
-            for i in [i for i in pending if needs[i] <= done]: pending.remove(i); running[ex.submit(_call, fn, tasks[i])] = i
-            if not running: raise ValueError(f'run_tasks: tasks {pending} need tasks that never run')
+            for i in [i for i in pending if needs[i] <= done]:
+                pending.remove(i)
+                running[ex.submit(_call, fn, tasks[i])] = i
+            if not running:
+                raise ValueError(f'run_tasks: tasks {pending} need tasks that never run')
             for f in wait(running, return_when=FIRST_COMPLETED)[0]:
-                r, ops = f.result(); _NONDETERMINISTIC.update(ops); finish(running.pop(f), r)
+                r, ops = f.result()
+                _NONDETERMINISTIC.update(ops)
+                finish(running.pop(f), r)
     except BaseException:
-        _stop_pool(ex); ex = running = None; gc.collect()   # release the pool's semaphores now, not at exit
+        _stop_pool(ex)
+        ex = running = None
+        gc.collect()  # release the pool's semaphores now, not at exit
         raise
     ex.shutdown()
     return results
@@ -258,47 +390,74 @@ def run_tasks(fn, tasks:list, jobs:int=1, needs:dict|None=None, on_done=None, th
 @contextlib.contextmanager
 def stop_on_signals():
     "Inside the block, SIGINT and SIGTERM raise `Interrupted` in the main thread (a second one is ignored)."
-    if threading.current_thread() is not threading.main_thread(): yield; return
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     sigs = (signal.SIGINT, signal.SIGTERM)
-    def handler(signum, frame):
-        for s in sigs: signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
-    old = {s: signal.getsignal(s) for s in sigs}
-    for s in sigs: signal.signal(s, handler)
-    try: yield
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
 
-def interrupted(e:BaseException, kept:str) -> Interrupted:
+    def handler(signum, frame):
+        for s in sigs:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    old = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def interrupted(e: BaseException, kept: str) -> Interrupted:
     "An `Interrupted` with `e`'s signal (SIGINT for a plain KeyboardInterrupt) and the sentence `kept`."
     return Interrupted(getattr(e, 'signum', signal.SIGINT), kept)
 
 # %% ../../nbs/paper/05_runs.ipynb #967b8bd0
-def run_all(runs:list, one, desc:str, progress:bool=True):
+def run_all(runs: list, one, desc: str, progress: bool = True):
     "Rows of every run (`one(run)` returns a DataFrame), under one progress bar, without timings so files regenerate byte for byte."
     import pandas as pd
     from tqdm.auto import tqdm
+
     dfs = []
-    with tqdm(runs, desc=desc, disable=not progress, leave=False) as bar:   # cleared on exit, errors included
-        for r in bar: bar.set_postfix_str(r['key']); dfs.append(one(r))
+    with tqdm(runs, desc=desc, disable=not progress, leave=False) as bar:  # cleared on exit, errors included
+        for r in bar:
+            bar.set_postfix_str(r['key'])
+            dfs.append(one(r))
     return pd.concat(dfs, ignore_index=True).drop(columns='seconds', errors='ignore')
 
-def reproduce_command(name:str, scale:str, device, data=None, fake_data:bool=False) -> str:
+
+def reproduce_command(name: str, scale: str, device, data=None, fake_data: bool = False) -> str:
     "The command line that regenerates `name`'s committed results at `scale` (written into its report)."
     device = torch.device(device)
-    return (('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '') + f'python -m s3d reproduce {name} --scale {scale} --device {device.type}'
-            + (f' --data {data}' if data is not None else '') + (' --fake-data' if fake_data and data is None else '') + ' --out data/results')
+    return (
+        ('OMP_NUM_THREADS=1 ' if device.type == 'cpu' else '')
+        + f'python -m s3d reproduce {name} --scale {scale} --device {device.type}'
+        + (f' --data {data}' if data is not None else '')
+        + (' --fake-data' if fake_data and data is None else '')
+        + ' --out data/results'
+    )
 
-def write_results(name:str, scale:str, out, df, plot, report:str, device, fake:str|None=None) -> list:
+
+def write_results(name: str, scale: str, out, df, plot, report: str, device, fake: str | None = None) -> list:
     "Write `{name}_{scale}.csv`, the figure `plot(csv frame)` as .png/.pdf and the report (+ run info; FAKE DATA title when `fake`)."
     import pandas as pd
-    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib
+
+    matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
+
     out = Path(out)
-    csv, md, figs = out / f'{name}_{scale}.csv', out / f'{name}_{scale}.md', [out / f'{name}_{scale}.png', out / f'{name}_{scale}.pdf']
+    csv, md, figs = (
+        out / f'{name}_{scale}.csv',
+        out / f'{name}_{scale}.md',
+        [out / f'{name}_{scale}.png', out / f'{name}_{scale}.pdf'],
+    )
     atomic_write_csv(csv, df)
     fig = plot(pd.read_csv(csv))
-    for p in figs: atomic_save_figure(p, fig)
+    for p in figs:
+        atomic_save_figure(p, fig)
     plt.close(fig)
     report = report + '\n' + run_info_line(run_info(device)) + '\n'
     atomic_write_text(md, (f'# FAKE DATA: generated {fake}, not a benchmark\n\n' if fake else '') + report)
@@ -306,106 +465,158 @@ def write_results(name:str, scale:str, out, df, plot, report:str, device, fake:s
 
 # %% ../../nbs/paper/05_runs.ipynb #a7b128f3
 import torch.distributed as tdist
-_DIST = None   # this process's `s3d.distributed.DistContext` once `start_distributed` joined torchrun's group
+
+_DIST = None  # this process's `s3d.distributed.DistContext` once `start_distributed` joined torchrun's group
+
 
 def start_distributed(device='auto') -> tuple:
     "Join torchrun's process group when started by it (NCCL on GPU, gloo on CPU): (DistContext or None, this process's device)."
     global _DIST
     from s3d.distributed import init_distributed
-    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ: return None, resolve_device(device)
+
+    if 'RANK' not in os.environ or 'WORLD_SIZE' not in os.environ:
+        return None, resolve_device(device)
     world, local = int(os.environ['WORLD_SIZE']), int(os.environ.get('LOCAL_RANK', 0))
     if world > 1 and ':' in str(device):
-        raise ValueError(f"--device {device} picks one GPU, but under torchrun each process uses cuda:LOCAL_RANK: pass --device cuda or auto")
+        raise ValueError(
+            f"--device {device} picks one GPU, but under torchrun each process uses cuda:LOCAL_RANK: pass --device cuda or auto"
+        )
     dev = resolve_device(device)
     if dev.type == 'cuda':
         if local >= torch.cuda.device_count():
-            raise DeviceError(f"torchrun started local rank {local} but this machine has {torch.cuda.device_count()} GPU(s): lower --nproc-per-node")
+            raise DeviceError(
+                f"torchrun started local rank {local} but this machine has {torch.cuda.device_count()} GPU(s): lower --nproc-per-node"
+            )
         dev = torch.device('cuda', local)
-    if _DIST is None: _DIST = init_distributed('nccl' if dev.type == 'cuda' else 'gloo')
+    if _DIST is None:
+        _DIST = init_distributed('nccl' if dev.type == 'cuda' else 'gloo')
     return _DIST, dev
+
 
 def stop_distributed():
     "Leave the process group (at the end of the command)."
     global _DIST
-    if _DIST is not None and tdist.is_initialized(): tdist.destroy_process_group()
+    if _DIST is not None and tdist.is_initialized():
+        tdist.destroy_process_group()
     _DIST = None
 
-def dist_context(): return _DIST   # the DistContext of this process, or None when not started by torchrun
-def is_writer() -> bool: return _DIST is None or _DIST.rank == 0   # only rank 0 writes files
+
+def dist_context():
+    return _DIST  # the DistContext of this process, or None when not started by torchrun
+
+
+def is_writer() -> bool:
+    return _DIST is None or _DIST.rank == 0  # only rank 0 writes files
+
+
 def barrier():
     "Wait for every process (a no-op without torchrun)."
-    if _DIST is not None: tdist.barrier()
+    if _DIST is not None:
+        tdist.barrier()
+
 
 def agree(value):
     "Rank 0's `value` on every process (picklable); `value` itself without torchrun."
-    if _DIST is None: return value
-    box = [value]; tdist.broadcast_object_list(box, src=0); return box[0]
+    if _DIST is None:
+        return value
+    box = [value]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
 
 def gather(value) -> list:
     "Every process's `value`, in rank order (`[value]` without torchrun)."
-    if _DIST is None: return [value]
-    out = [None] * _DIST.world_size; tdist.all_gather_object(out, value); return out
+    if _DIST is None:
+        return [value]
+    out = [None] * _DIST.world_size
+    tdist.all_gather_object(out, value)
+    return out
 
-def data_parallel(model, channels_last:bool|None=None):
+
+def data_parallel(model, channels_last: bool | None = None):
     "`model` in DDP under torchrun, built after its channels_last conversion (default: as training decides); unchanged otherwise."
     from torch.nn.parallel import DistributedDataParallel
     from s3d.distributed import ddp_model
-    if _DIST is None or isinstance(model, DistributedDataParallel): return model
+
+    if _DIST is None or isinstance(model, DistributedDataParallel):
+        return model
     return ddp_model(model, _DIST.device, channels_last)
+
 
 def shard(loader):
     "This process's slice of every global batch of `loader` under torchrun (see `s3d.distributed.ShardedLoader`); `loader` otherwise."
     return loader if _DIST is None else _DIST.shard(loader)
 
+
 def shard_batches(batches) -> list:
     "This process's slice of each (input, target) batch of a list (scoring batches); the list itself without torchrun."
-    if _DIST is None: return list(batches)
+    if _DIST is None:
+        return list(batches)
     r, w = _DIST.rank, _DIST.world_size
     return [(x[r::w], y[r::w]) for x, y in batches]
 
 # %% ../../nbs/paper/05_runs.ipynb #9f48d702
 def writer_first(fn, *args, **kwargs):
     "`fn(*args, **kwargs)` on rank 0, then on the other processes (so they find what rank 0 created); rank 0's error is raised everywhere."
-    if _DIST is None: return fn(*args, **kwargs)
+    if _DIST is None:
+        return fn(*args, **kwargs)
     err, res = None, None
     if is_writer():
-        try: res = fn(*args, **kwargs)
-        except Exception as e: err = e
+        try:
+            res = fn(*args, **kwargs)
+        except Exception as e:
+            err = e
     err = agree(err)
     if err is not None:
-        if not is_writer(): err.from_rank0 = True   # the command line prints it once, on rank 0
+        if not is_writer():
+            err.from_rank0 = True  # the command line prints it once, on rank 0
         raise err
     return res if is_writer() else fn(*args, **kwargs)
+
 
 def check_shared_out(out) -> Path:
     "Under torchrun, check every process sees rank 0's files in `out`; `OutputError` on every rank otherwise."
     out = Path(out)
-    if _DIST is None: return out
+    if _DIST is None:
+        return out
     import secrets
-    token = agree(secrets.token_hex(8)); probe = out / f'.s3d-shared-check.{token}'
-    if is_writer(): atomic_write_text(probe, token)
+
+    token = agree(secrets.token_hex(8))
+    probe = out / f'.s3d-shared-check.{token}'
+    if is_writer():
+        atomic_write_text(probe, token)
     barrier()
     seen = gather(probe.exists() and probe.read_text() == token)
     barrier()
-    if is_writer(): probe.unlink()
+    if is_writer():
+        probe.unlink()
     bad = [r for r, s in enumerate(seen) if not s]
-    if bad: raise OutputError(f"output folder {out} is not shared: ranks {bad} cannot see rank 0's files there; on several machines "
-                              "--out must be on a filesystem every machine mounts")
+    if bad:
+        raise OutputError(
+            f"output folder {out} is not shared: ranks {bad} cannot see rank 0's files there; on several machines "
+            "--out must be on a filesystem every machine mounts"
+        )
     return out
 
 # %% ../../nbs/paper/05_runs.ipynb #6fea10de
-def run_once(folder, config:dict, compute, force:bool=False):
+def run_once(folder, config: dict, compute, force: bool = False):
     "Rows of the run in `folder`: reused when finished for `config`, else `compute()` (a DataFrame) written by rank 0; same on every rank."
     import pandas as pd, time
-    folder = Path(folder); rows_csv, cfg_json, run_json = folder / 'rows.csv', folder / 'config.json', folder / 'run.json'
-    if agree(is_done([rows_csv], cfg_json, config, force)): return pd.read_csv(rows_csv)
+
+    folder = Path(folder)
+    rows_csv, cfg_json, run_json = folder / 'rows.csv', folder / 'config.json', folder / 'run.json'
+    if agree(is_done([rows_csv], cfg_json, config, force)):
+        return pd.read_csv(rows_csv)
     if is_writer():
-        if force or not is_done([run_json], run_json, config):   # stale or forced: this run starts afresh
+        if force or not is_done([run_json], run_json, config):  # stale or forced: this run starts afresh
             for f in [rows_csv, cfg_json, *folder.glob('*.pt'), folder / 'history.csv']:
-                if f.exists(): f.unlink()
-        folder.mkdir(parents=True, exist_ok=True); atomic_write_json(run_json, config)
+                if f.exists():
+                    f.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_json, config)
     barrier()
-    t0 = time.time(); df = compute().assign(seconds=time.time() - t0)
+    t0 = time.time()
+    df = compute().assign(seconds=time.time() - t0)
     if is_writer():
         atomic_write_csv(rows_csv, df)
         atomic_write_json(cfg_json, dict(config, world_size=1 if _DIST is None else _DIST.world_size))
@@ -413,45 +624,91 @@ def run_once(folder, config:dict, compute, force:bool=False):
     return df
 
 # %% ../../nbs/paper/05_runs.ipynb #94b342ee
-def reproduce_table(name:str, scale:str, scales:dict, load, trainer, runs, one, report, plot, fake, *,
-                    device='auto', data=None, out='data/results', force:bool=False, progress:bool=True, fake_data:bool=False) -> list:
+def reproduce_table(
+    name: str,
+    scale: str,
+    scales: dict,
+    load,
+    trainer,
+    runs,
+    one,
+    report,
+    plot,
+    fake,
+    *,
+    device='auto',
+    data=None,
+    out='data/results',
+    force: bool = False,
+    progress: bool = True,
+    fake_data: bool = False,
+) -> list:
     "The entry point of a table: data (`load`), a `trainer`, every run (`one`), then `report`, `plot` and the files (see `write_results`)."
     import time
     from dataclasses import replace
-    if scale not in scales: raise ValueError(f'{name}: unknown scale {scale!r}; choose one of {", ".join(scales)}')
-    with pinned_numerics(1):   # one torch thread, deterministic algorithms
+
+    if scale not in scales:
+        raise ValueError(f'{name}: unknown scale {scale!r}; choose one of {", ".join(scales)}')
+    with pinned_numerics(1):  # one torch thread, deterministic algorithms
         cfg, t0 = scales[scale], time.time()
         out, device = check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
-        tr, te = writer_first(load, cfg, data, out, fake_data)   # rank 0 writes generated data first
+        tr, te = writer_first(load, cfg, data, out, fake_data)  # rank 0 writes generated data first
         cfg = replace(cfg, num_classes=len(tr.classes))
         T, root = trainer(cfg, tr, te, device), out / f'{name}_{scale}_runs'
-        df = run_all(runs(cfg), lambda r: one(r, cfg, T, root, force), f'{name} {scale}', progress and is_writer())
+        df = run_all(
+            runs(cfg), lambda r: one(r, cfg, T, root, force), f'{name} {scale}', progress and is_writer()
+        )
         text = report(df, cfg, reproduce_command(name, scale, device, data, fake_data), time.time() - t0)
-        return write_results(name, scale, out, df, lambda d: plot(d, scale), text, device, fake=fake(cfg, data))
+        return write_results(
+            name, scale, out, df, lambda d: plot(d, scale), text, device, fake=fake(cfg, data)
+        )
 
 # %% ../../nbs/paper/05_runs.ipynb #cedb51ad
 STAGE_FORMAT = 1
 
-def _load_stage(path:Path, name:str) -> dict:
+
+def _load_stage(path: Path, name: str) -> dict:
     from s3d.grow import read_checkpoint, CheckpointError
-    st = read_checkpoint(path, STAGE_FORMAT, {'name', 'model', 'done', 'train', 'rng'}, f'stage {name!r} checkpoint')
-    if st['name'] != name: raise CheckpointError(f"{path} holds stage {st['name']!r}, not {name!r}; it was not touched. Delete it or use --force.")
+
+    st = read_checkpoint(
+        path, STAGE_FORMAT, {'name', 'model', 'done', 'train', 'rng'}, f'stage {name!r} checkpoint'
+    )
+    if st['name'] != name:
+        raise CheckpointError(
+            f"{path} holds stage {st['name']!r}, not {name!r}; it was not touched. Delete it or use --force."
+        )
     return st
 
-def train_stage(folder, name:str, model, fit, writer:bool|None=None) -> dict:
+
+def train_stage(folder, name: str, model, fit, writer: bool | None = None) -> dict:
     "`fit(model, state)` (a `TrainState`) resumable at every epoch in `folder/stage-<name>.pt`; a finished stage is loaded, not retrained."
     from s3d.checkpoint import TrainState, restore_checkpoint, rng_states, atomic_torch_save
+
     path, writer = Path(folder) / f'stage-{name}.pt', is_writer() if writer is None else writer
     data = {}
     if path.exists():
         st = _load_stage(path, name)
-        restore_checkpoint(model, st, path)   # weights (resized) and each process's own RNG streams
-        if st['done']: return dict(st['metrics'])
+        restore_checkpoint(model, st, path)  # weights (resized) and each process's own RNG streams
+        if st['done']:
+            return dict(st['metrics'])
         data = st['train']
+
     def save(done, train, metrics=None):
-        rng = rng_states()   # every rank takes part; rank 0 writes them all
-        if writer: atomic_torch_save(dict(format=STAGE_FORMAT, name=name, done=done, model=model.state_dict(), train=train,
-                                           rng=rng, metrics=metrics or {}), path)
+        rng = rng_states()  # every rank takes part; rank 0 writes them all
+        if writer:
+            atomic_torch_save(
+                dict(
+                    format=STAGE_FORMAT,
+                    name=name,
+                    done=done,
+                    model=model.state_dict(),
+                    train=train,
+                    rng=rng,
+                    metrics=metrics or {},
+                ),
+                path,
+            )
+
     out = fit(model, TrainState(data, lambda s: save(False, s.data)))
     out = {k: float(v) for k, v in dict(out or {}).items() if isinstance(v, (int, float))}
     save(True, {}, out)
@@ -461,15 +718,17 @@ def train_stage(folder, name:str, model, fit, writer:bool|None=None) -> dict:
 import dataclasses, importlib
 from typing import Callable
 
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
     "One experiment of `s3d reproduce`: what it regenerates and the callables that do it."
-    name: str                    # the EXPERIMENT argument of `s3d reproduce`
-    about: str                   # one line for `--help`
-    time: str = ''               # expected time per scale and device, for `--help`
+
+    name: str  # the EXPERIMENT argument of `s3d reproduce`
+    about: str  # one line for `--help`
+    time: str = ''  # expected time per scale and device, for `--help`
     run: Callable | None = None  # run(scale, device, data, out, force, ...) -> paths; None: not implemented
-    check: Callable | None = None        # check(scale, device, data, out, fake_data, download) -> warnings
-    files: Callable | None = None        # files(scale, out) -> result files, the summary last
+    check: Callable | None = None  # check(scale, device, data, out, fake_data, download) -> warnings
+    files: Callable | None = None  # files(scale, out) -> result files, the summary last
     fingerprint: Callable | None = None  # fingerprint(scale) -> the config fingerprint its summary records
     data_parallel: bool = False  # runs under torchrun with several processes
 
@@ -478,22 +737,30 @@ class Experiment:
             raise ValueError(f'experiment name must be an identifier other than all/list, got {self.name!r}')
         for k in ('run', 'check', 'files', 'fingerprint'):
             if getattr(self, k) is not None and not callable(getattr(self, k)):
-                raise TypeError(f'experiment {self.name!r}: {k} must be callable or None, got {getattr(self, k)!r}')
+                raise TypeError(
+                    f'experiment {self.name!r}: {k} must be callable or None, got {getattr(self, k)!r}'
+                )
 
-EXPERIMENTS: dict[str, Experiment] = {}   # name -> Experiment, sorted by name
 
-def register_experiment(experiment:Experiment, target=None):
+EXPERIMENTS: dict[str, Experiment] = {}  # name -> Experiment, sorted by name
+
+
+def register_experiment(experiment: Experiment, target=None):
     """Register (or replace) `experiment`. The older form `register_experiment(name, target)`, with `target` an
     `Experiment`, a `'module:function'` run function or None (not implemented), replaces the run of `name`."""
     if isinstance(experiment, str):
         old = EXPERIMENTS.get(experiment) or Experiment(experiment, '')
         if isinstance(target, str):
             if ':' not in target:
-                raise ValueError(f"experiment {experiment!r}: target must look like 'package.module:function', "
-                                 f"got {target!r}")
+                raise ValueError(
+                    f"experiment {experiment!r}: target must look like 'package.module:function', "
+                    f"got {target!r}"
+                )
             mod, fn = target.split(':')
             target = getattr(importlib.import_module(mod), fn)
         experiment = target if isinstance(target, Experiment) else dataclasses.replace(old, run=target)
-    if not isinstance(experiment, Experiment): raise TypeError(f'expected an Experiment, got {experiment!r}')
+    if not isinstance(experiment, Experiment):
+        raise TypeError(f'expected an Experiment, got {experiment!r}')
     EXPERIMENTS[experiment.name] = experiment
-    for name in sorted(EXPERIMENTS): EXPERIMENTS[name] = EXPERIMENTS.pop(name)   # one order, however imported
+    for name in sorted(EXPERIMENTS):
+        EXPERIMENTS[name] = EXPERIMENTS.pop(name)  # one order, however imported

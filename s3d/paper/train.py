@@ -25,32 +25,43 @@ def _setup(model, device, amp, channels_last):
     device = model_device(model) if device is None else torch.device(device)
     cuda = device.type == 'cuda'
     amp = cuda if amp is None else amp
-    channels_last = prefers_channels_last(model, device) if channels_last is None else channels_last   # 2-d convs on CUDA
+    channels_last = (
+        prefers_channels_last(model, device) if channels_last is None else channels_last
+    )  # 2-d convs on CUDA
     if channels_last and isinstance(model, DistributedDataParallel) and not _is_channels_last(model):
-        raise ValueError("channels_last training of a DistributedDataParallel model built before the conversion (its gradient "
-                         "buckets have the old strides): wrap it with s3d.distributed.ddp_model or after model.to(memory_format=torch.channels_last)")
+        raise ValueError(
+            "channels_last training of a DistributedDataParallel model built before the conversion (its gradient "
+            "buckets have the old strides): wrap it with s3d.distributed.ddp_model or after model.to(memory_format=torch.channels_last)"
+        )
     model.to(device)
-    if channels_last: model.to(memory_format=torch.channels_last)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     return device, amp, channels_last
+
 
 def _is_channels_last(model):
     "Whether every 2-d conv weight of `model` is laid out channels_last."
     return all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4)
 
+
 def _float_dtype(model):
     "The dtype of the model's first floating parameter (float32 if none)."
     return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
 
 def _prep(x, y, device, dtype, channels_last):
     "Move a batch to the device (floating inputs in `dtype`) in the right memory format."
     x = x.to(device, dtype, non_blocking=True) if x.is_floating_point() else x.to(device, non_blocking=True)
     y = y.to(device, non_blocking=True)
-    if channels_last and x.ndim == 4: x = x.contiguous(memory_format=torch.channels_last)
+    if channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     return x, y
+
 
 def _autocast(device, amp):
     "bf16 autocast on `device` when `amp`, else nothing (autocast refuses some device types even when disabled)."
     return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
 
 def _host(t):
     "A device scalar as a Python number: the one host synchronisation; NaN on the shape-only `meta` device."
@@ -58,101 +69,154 @@ def _host(t):
 
 # %% ../../nbs/paper/04_train.ipynb #9389f196
 @torch.no_grad()
-def evaluate(model: nn.Module,           # model to evaluate (left in its previous train/eval mode)
-             loader,                     # iterable of (images, labels)
-             device=None,                # where to run (None: where the model is)
-             amp: bool = None,           # bf16 autocast (default: on for CUDA)
-             channels_last: bool = None, # channels_last for conv models (default: on for CUDA)
-            ) -> dict:
+def evaluate(
+    model: nn.Module,  # model to evaluate (left in its previous train/eval mode)
+    loader,  # iterable of (images, labels)
+    device=None,  # where to run (None: where the model is)
+    amp: bool = None,  # bf16 autocast (default: on for CUDA)
+    channels_last: bool = None,  # channels_last for conv models (default: on for CUDA)
+) -> dict:
     "Mean loss and accuracy (%) of `model` over `loader`."
     device, amp, cl = _setup(model, device, amp, channels_last)
-    dt, was = _float_dtype(model), model.training; model.eval()
-    loss = torch.zeros((), device=device, dtype=torch.float64); correct = torch.zeros((), device=device, dtype=torch.long); n = 0
+    dt, was = _float_dtype(model), model.training
+    model.eval()
+    loss = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    n = 0
     try:
         for x, y in loader:
             x, y = _prep(x, y, device, dt, cl)
             with _autocast(device, amp):
                 out = model(x)
-            loss += F.cross_entropy(out.float(), y, reduction='sum'); correct += (out.argmax(1) == y).sum(); n += len(y)
-    finally: model.train(was)
-    if n == 0: raise ValueError("evaluate: the loader yielded no batches")
+            loss += F.cross_entropy(out.float(), y, reduction='sum')
+            correct += (out.argmax(1) == y).sum()
+            n += len(y)
+    finally:
+        model.train(was)
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no batches")
     return dict(loss=_host(loss) / n, acc=100 * _host(correct) / n, n=n)
 
 # %% ../../nbs/paper/04_train.ipynb #b1041bcb
 def _compiled(model, compile):
     "The module to call in the step: `model`, or `torch.compile(model)` freshly (each split changes the shapes)."
-    if not compile: return model
-    if compile is not True and compile not in ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'):
+    if not compile:
+        return model
+    if compile is not True and compile not in (
+        'default',
+        'reduce-overhead',
+        'max-autotune',
+        'max-autotune-no-cudagraphs',
+    ):
         raise ValueError(f"train: compile must be False, True or a torch.compile mode, got {compile!r}")
     torch._dynamo.reset()  # a fresh cache per model, so growing runs never hit dynamo's recompile limit
     return torch.compile(model, mode=None if compile is True else compile, dynamic=False)
 
-def train(model: nn.Module,           # model to train in place
-          loader,                     # iterable of (images, labels) batches with len()
-          epochs: int,                # passes over `loader`
-          lr: float = 0.1,            # peak learning rate (cosine-decayed to 0)
-          momentum: float = 0.9,      # SGD momentum
-          weight_decay: float = 5e-4, # L2 weight decay
-          device=None,                # where to train (None: where the model is)
-          regularizer=None,           # callable(model) -> scalar tensor added to the loss
-          nesterov: bool = False,     # Nesterov momentum
-          test_loader=None,           # evaluated after every epoch when given
-          amp: bool = None,           # bf16 autocast (default: on for CUDA)
-          channels_last: bool = None, # channels_last for conv models (default: on for CUDA)
-          progress: bool = True,      # tqdm progress bar
-          desc: str = 'train',        # progress bar label
-          log_every: int = 50,        # steps between progress-bar updates (each one waits for the device)
-          fused: bool = None,         # fused SGD kernel (default: on for CUDA)
-          compile=False,              # torch.compile the model: False, True or a mode ('reduce-overhead': CUDA graphs)
-         state=None,                 # a `s3d.grow.TrainState`: resume from its data, and `save()` after every epoch
-          seed: int = None,           # seeds torch and the loader's data order (`loader.seed`, from epoch 0), unless resuming from `state`
-         ) -> list:
+
+def train(
+    model: nn.Module,  # model to train in place
+    loader,  # iterable of (images, labels) batches with len()
+    epochs: int,  # passes over `loader`
+    lr: float = 0.1,  # peak learning rate (cosine-decayed to 0)
+    momentum: float = 0.9,  # SGD momentum
+    weight_decay: float = 5e-4,  # L2 weight decay
+    device=None,  # where to train (None: where the model is)
+    regularizer=None,  # callable(model) -> scalar tensor added to the loss
+    nesterov: bool = False,  # Nesterov momentum
+    test_loader=None,  # evaluated after every epoch when given
+    amp: bool = None,  # bf16 autocast (default: on for CUDA)
+    channels_last: bool = None,  # channels_last for conv models (default: on for CUDA)
+    progress: bool = True,  # tqdm progress bar
+    desc: str = 'train',  # progress bar label
+    log_every: int = 50,  # steps between progress-bar updates (each one waits for the device)
+    fused: bool = None,  # fused SGD kernel (default: on for CUDA)
+    compile=False,  # torch.compile the model: False, True or a mode ('reduce-overhead': CUDA graphs)
+    state=None,  # a `s3d.grow.TrainState`: resume from its data, and `save()` after every epoch
+    seed: int = None,  # seeds torch and the loader's data order (`loader.seed`, from epoch 0), unless resuming from `state`
+) -> list:
     "Train with SGD + cosine schedule; returns one dict per epoch (loss, acc, lr, test metrics)."
-    if epochs < 0: raise ValueError(f"train: epochs must be >= 0, got {epochs}")
+    if epochs < 0:
+        raise ValueError(f"train: epochs must be >= 0, got {epochs}")
     device, amp, cl = _setup(model, device, amp, channels_last)
     fused = device.type == 'cuda' if fused is None else fused
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                          **({'fused': True} if fused else {}))
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        **({'fused': True} if fused else {}),
+    )
     net, dt, graphs = _compiled(model, compile), _float_dtype(model), compile == 'reduce-overhead'
-    ddp = isinstance(model, DistributedDataParallel)   # trained by `s3d.distributed`: metrics are summed over processes
+    ddp = isinstance(
+        model, DistributedDataParallel
+    )  # trained by `s3d.distributed`: metrics are summed over processes
     total, step, history, first = max(1, epochs * len(loader)), 0, [], 0
-    if seed is not None:   # a resumed run keeps the RNG states and data position its checkpoint restored
+    if seed is not None:  # a resumed run keeps the RNG states and data position its checkpoint restored
         loader.seed = seed
-        if state is None or not state.resumed: torch.manual_seed(seed); loader.epoch = 0
-    if state is not None and state.data:  # resume after the last finished epoch: optimizer, schedule position, data order
+        if state is None or not state.resumed:
+            torch.manual_seed(seed)
+            loader.epoch = 0
+    if (
+        state is not None and state.data
+    ):  # resume after the last finished epoch: optimizer, schedule position, data order
         d = state.data
-        opt.load_state_dict(d['optimizer']); first, step, history = d['epoch'], d['step'], list(d['history'])
-        if d.get('loader_epoch') is not None: loader.epoch = d['loader_epoch']
+        opt.load_state_dict(d['optimizer'])
+        first, step, history = d['epoch'], d['step'], list(d['history'])
+        if d.get('loader_epoch') is not None:
+            loader.epoch = d['loader_epoch']
     bar = tqdm(total=epochs * len(loader), desc=desc, disable=not progress, leave=False)
     model.train()
     for ep in range(first, epochs):
-        tl = torch.zeros((), device=device); tc = torch.zeros((), device=device, dtype=torch.long); tn = 0
+        tl = torch.zeros((), device=device)
+        tc = torch.zeros((), device=device, dtype=torch.long)
+        tn = 0
         for i, (x, y) in enumerate(loader):
-            for g in opt.param_groups: g['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            for g in opt.param_groups:
+                g['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
             x, y = _prep(x, y, device, dt, cl)
-            if graphs: torch.compiler.cudagraph_mark_step_begin()
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with _autocast(device, amp):
                 out = net(x)
             loss = F.cross_entropy(out.float(), y)
             full = loss + regularizer(model) if regularizer is not None else loss
-            opt.zero_grad(set_to_none=True); full.backward(); opt.step()
-            tl += loss.detach() * len(y); tc += (out.detach().argmax(1) == y).sum(); tn += len(y)
+            opt.zero_grad(set_to_none=True)
+            full.backward()
+            opt.step()
+            tl += loss.detach() * len(y)
+            tc += (out.detach().argmax(1) == y).sum()
+            tn += len(y)
             step += 1
             if progress:
                 bar.update(1)
-                if (i + 1) % log_every == 0: bar.set_postfix(loss=f'{_host(tl) / max(tn, 1):.3f}')
+                if (i + 1) % log_every == 0:
+                    bar.set_postfix(loss=f'{_host(tl) / max(tn, 1):.3f}')
         if ddp:  # data-parallel: the epoch's loss and accuracy over every process's samples
-            tot = torch.stack([tl.double(), tc.double(), torch.tensor(float(tn), device=device, dtype=torch.float64)])
-            tdist.all_reduce(tot); tl, tc, tn = tot[0], tot[1], int(tot[2].item())
+            tot = torch.stack(
+                [tl.double(), tc.double(), torch.tensor(float(tn), device=device, dtype=torch.float64)]
+            )
+            tdist.all_reduce(tot)
+            tl, tc, tn = tot[0], tot[1], int(tot[2].item())
         tl, tc = _host(tl), _host(tc)  # the one wait for the device per epoch
-        if device.type != 'meta' and not math.isfinite(tl): raise FloatingPointError(f"train: non-finite loss in epoch {ep + 1} (by step {step})")
-        row = dict(epoch=ep + 1, loss=tl / max(tn, 1), acc=100 * tc / max(tn, 1), lr=opt.param_groups[0]['lr'])
+        if device.type != 'meta' and not math.isfinite(tl):
+            raise FloatingPointError(f"train: non-finite loss in epoch {ep + 1} (by step {step})")
+        row = dict(
+            epoch=ep + 1, loss=tl / max(tn, 1), acc=100 * tc / max(tn, 1), lr=opt.param_groups[0]['lr']
+        )
         if test_loader is not None:
-            r = evaluate(model, test_loader, device, amp, cl); model.train()
+            r = evaluate(model, test_loader, device, amp, cl)
+            model.train()
             row.update(test_loss=r['loss'], test_acc=r['acc'])
         history.append(row)
         if state is not None:
-            state.data.update(epoch=ep + 1, step=step, optimizer=opt.state_dict(), history=history, loader_epoch=getattr(loader, 'epoch', None))
+            state.data.update(
+                epoch=ep + 1,
+                step=step,
+                optimizer=opt.state_dict(),
+                history=history,
+                loader_epoch=getattr(loader, 'epoch', None),
+            )
             state.save()
     bar.close()
     return history

@@ -15,9 +15,24 @@ import torch
 from torch.func import vmap, hessian
 from ...schemes import split_scheme
 from ...grow import GROWTHS
-from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure,
-                            is_done, resolve_device, markdown_table, pinned_numerics, run_info, run_info_line, run_tasks,
-                            fingerprint, fingerprint_line, read_fingerprint, interrupted, check_out_dir)
+from s3d.paper.runs import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_save_figure,
+    is_done,
+    resolve_device,
+    markdown_table,
+    pinned_numerics,
+    run_info,
+    run_info_line,
+    run_tasks,
+    fingerprint,
+    fingerprint_line,
+    read_fingerprint,
+    interrupted,
+    check_out_dir,
+)
 
 # %% auto #0
 __all__ = ['SCALES', 'CONTROLS', 'JOB_FORMAT', 'FIG2_TABLES', 'rbf', 'rbf_hidden', 'rbf_predict', 'make_target',
@@ -27,56 +42,68 @@ __all__ = ['SCALES', 'CONTROLS', 'JOB_FORMAT', 'FIG2_TABLES', 'rbf', 'rbf_hidden
            'summarize_fig2', 'fig2_paired', 'fig2_report', 'fig2_files', 'files', 'config_fingerprint', 'check', 'run']
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #50218a06
-def rbf(z:torch.Tensor) -> torch.Tensor:
+def rbf(z: torch.Tensor) -> torch.Tensor:
     "The RBF activation exp(-z^2/2)."
     return torch.exp(-0.5 * z * z)
 
-def rbf_hidden(theta:torch.Tensor, # (n, 2) neuron parameters, rows (a, b)
-               x:torch.Tensor,     # (N,) inputs
-              ) -> torch.Tensor:   # (N, n) neuron outputs
+
+def rbf_hidden(
+    theta: torch.Tensor,  # (n, 2) neuron parameters, rows (a, b)
+    x: torch.Tensor,  # (N,) inputs
+) -> torch.Tensor:  # (N, n) neuron outputs
     "Neuron outputs h_ij = rbf(a_j x_i + b_j)."
-    if theta.ndim != 2 or theta.shape[1] != 2: raise ValueError(f'theta must have shape (n, 2), got {tuple(theta.shape)}')
+    if theta.ndim != 2 or theta.shape[1] != 2:
+        raise ValueError(f'theta must have shape (n, 2), got {tuple(theta.shape)}')
     return rbf(x[:, None] * theta[:, 0] + theta[:, 1])
+
 
 def rbf_predict(theta, u, x):
     "Network output f(x) = sum_j u_j rbf(a_j x + b_j)."
     return rbf_hidden(theta, x) @ u
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #7aab11eb
-def make_target(seed:int, k:int=5, lo:float=-3., hi:float=3., dtype=torch.float64):
+def make_target(seed: int, k: int = 5, lo: float = -3.0, hi: float = 3.0, dtype=torch.float64):
     "A random k-neuron RBF target (theta (k, 2), u (k,)) with mixed-sign output weights summing to 1."
-    if k < 2: raise ValueError(f'make_target needs k >= 2 neurons for mixed signs, got k={k}')
+    if k < 2:
+        raise ValueError(f'make_target needs k >= 2 neurons for mixed signs, got k={k}')
     g = torch.Generator().manual_seed(10_000 + seed)
     while True:
-        sign = torch.where(torch.rand(k, generator=g, dtype=dtype) < 0.5, -1., 1.).to(dtype)
+        sign = torch.where(torch.rand(k, generator=g, dtype=dtype) < 0.5, -1.0, 1.0).to(dtype)
         u = sign * (0.5 + torch.rand(k, generator=g, dtype=dtype))
-        if u.sum() < 0: u = -u
-        if sign.min() < 0 < sign.max() and u.sum() >= 0.3 * u.abs().sum(): break
+        if u.sum() < 0:
+            u = -u
+        if sign.min() < 0 < sign.max() and u.sum() >= 0.3 * u.abs().sum():
+            break
     centre = lo + (hi - lo) * torch.rand(k, generator=g, dtype=dtype)
     a = 1 + 2 * torch.rand(k, generator=g, dtype=dtype)
     return torch.stack([a, -a * centre], 1), u / u.sum()
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #f079edc1
-def splitting_matrices(theta:torch.Tensor, # (n, 2) neuron parameters
-                       u:torch.Tensor,     # (n,) output weights
-                       x:torch.Tensor,     # (N,) inputs
-                       y:torch.Tensor,     # (N,) targets
-                      ) -> torch.Tensor:   # (n, 2, 2)
+def splitting_matrices(
+    theta: torch.Tensor,  # (n, 2) neuron parameters
+    u: torch.Tensor,  # (n,) output weights
+    x: torch.Tensor,  # (N,) inputs
+    y: torch.Tensor,  # (N,) targets
+) -> torch.Tensor:  # (n, 2, 2)
     "Exact S_j = sum_i dL/dh_ij * Hessian_theta h_ij of every neuron for the mean squared error L."
     theta = theta.detach()
     h = rbf_hidden(theta, x).requires_grad_(True)
     loss = (h @ u.detach() - y).pow(2).mean()
-    g, = torch.autograd.grad(loss, h)  # dL/dh, held fixed below
-    def surrogate(th, gj): return (gj * rbf(th[0] * x + th[1])).sum()
+    (g,) = torch.autograd.grad(loss, h)  # dL/dh, held fixed below
+
+    def surrogate(th, gj):
+        return (gj * rbf(th[0] * x + th[1])).sum()
+
     return vmap(hessian(surrogate))(theta, g.T)
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #f64df32a
-def extreme_eigs(S:torch.Tensor):
+def extreme_eigs(S: torch.Tensor):
     "(lam_min, v_min, lam_max, v_max) of a batch of symmetric matrices (n, d, d)."
     ev, V = torch.linalg.eigh(S)
     return ev[:, 0], V[:, :, 0], ev[:, -1], V[:, :, -1]
 
-def choose_split(S:torch.Tensor, m:int, c:float):
+
+def choose_split(S: torch.Tensor, m: int, c: float):
     "Index of the neuron with the most negative optimal gain for (m, c), and its `SplitScheme`."
     lmin, vmin, lmax, vmax = extreme_eigs(S)
     schemes = [split_scheme(float(lmin[j]), vmin[j], float(lmax[j]), vmax[j], m, c) for j in range(len(S))]
@@ -84,400 +111,706 @@ def choose_split(S:torch.Tensor, m:int, c:float):
     return j, schemes[j]
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #230e2259
-def apply_split(theta:torch.Tensor, u:torch.Tensor, j:int, scheme, eps:float):
+def apply_split(theta: torch.Tensor, u: torch.Tensor, j: int, scheme, eps: float):
     "Split neuron j with `scheme` (weights (k,), deltas (k, 2)) at step eps; returns new (theta, u)."
     w = torch.as_tensor(scheme.weights).to(theta)
     d = torch.as_tensor(scheme.deltas).to(theta).reshape(len(w), -1)
-    if not 0 <= j < len(u): raise ValueError(f'neuron index j={j} out of range for {len(u)} neurons')
-    if len(w) < 2: return theta.clone(), u.clone()
+    if not 0 <= j < len(u):
+        raise ValueError(f'neuron index j={j} out of range for {len(u)} neurons')
+    if len(w) < 2:
+        return theta.clone(), u.clone()
     copies = theta[j] + eps * d
-    theta2 = torch.cat([theta, copies[1:]]); theta2[j] = copies[0]
-    u2 = torch.cat([u, u[j] * w[1:]]); u2[j] = u[j] * w[0]
+    theta2 = torch.cat([theta, copies[1:]])
+    theta2[j] = copies[0]
+    u2 = torch.cat([u, u[j] * w[1:]])
+    u2[j] = u[j] * w[0]
     return theta2, u2
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #9f8ce9a6
-def loss_and_grad(P:torch.Tensor, # (n, 3) rows (a, b, u)
-                  x, y):
+def loss_and_grad(P: torch.Tensor, x, y):  # (n, 3) rows (a, b, u)
     "Mean squared error of the RBF network with parameters P and its closed-form gradient (n, 3)."
-    z = x[:, None] * P[:, 0] + P[:, 1]; e = rbf(z)
-    r = e @ P[:, 2] - y; g = (2 / len(x)) * r
+    z = x[:, None] * P[:, 0] + P[:, 1]
+    e = rbf(z)
+    r = e @ P[:, 2] - y
+    g = (2 / len(x)) * r
     gz = -(g[:, None] * P[:, 2]) * z * e
     return (r * r).mean(), torch.stack([x @ gz, gz.sum(0), g @ e], 1)
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #934e86c8
-def train_round(theta, u, x, y, steps:int, lr:float, train_out:bool, betas=(0.9, 0.999), eps:float=1e-8):
+def train_round(
+    theta, u, x, y, steps: int, lr: float, train_out: bool, betas=(0.9, 0.999), eps: float = 1e-8
+):
     "Train theta (and u if `train_out`) by full-batch Adam with cosine decay; returns theta, u, per-step losses."
     P = torch.cat([theta, u[:, None]], 1).detach().clone()
     M, V, mask = torch.zeros_like(P), torch.zeros_like(P), torch.ones_like(P)
-    if not train_out: mask[:, 2] = 0
+    if not train_out:
+        mask[:, 2] = 0
     (b1, b2), losses = betas, torch.empty(steps, dtype=P.dtype, device=P.device)
     for t in range(1, steps + 1):
-        L, G = loss_and_grad(P, x, y); losses[t - 1] = L; G = G * mask
-        M.mul_(b1).add_(G, alpha=1 - b1); V.mul_(b2).addcmul_(G, G, value=1 - b2)
+        L, G = loss_and_grad(P, x, y)
+        losses[t - 1] = L
+        G = G * mask
+        M.mul_(b1).add_(G, alpha=1 - b1)
+        V.mul_(b2).addcmul_(G, G, value=1 - b2)
         lr_t = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
-        P.addcdiv_(M, V.div(1 - b2 ** t).sqrt_().add_(eps), value=-lr_t / (1 - b1 ** t))
+        P.addcdiv_(M, V.div(1 - b2**t).sqrt_().add_(eps), value=-lr_t / (1 - b1**t))
     return P[:, :2].clone(), P[:, 2].clone(), losses.tolist()
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #93a512bb
 @dataclass
 class Fig2Config:
     "Setting of the Figure 2 experiment; see the notebook for why."
+
     scale: str = 'cpu'
-    version: int = 4          # bump when the code changes the results: a rerun then recomputes
+    version: int = 4  # bump when the code changes the results: a rerun then recomputes
     formulations: tuple = ('free', 'mixture')  # free: output weights trained; mixture: only theta trained
-    targets: int = 5          # random targets 0..targets-1
-    seeds: int = 2            # initialisations 0..seeds-1 of the first neuron
-    target_neurons: int = 5   # neurons in each random target
-    n_points: int = 200       # even grid on [-x_range, x_range]
-    x_range: float = 4.
-    steps: int = 500          # Adam steps per round
+    targets: int = 5  # random targets 0..targets-1
+    seeds: int = 2  # initialisations 0..seeds-1 of the first neuron
+    target_neurons: int = 5  # neurons in each random target
+    n_points: int = 200  # even grid on [-x_range, x_range]
+    x_range: float = 4.0
+    steps: int = 500  # Adam steps per round
     lr: float = 0.02
-    rounds: int = 6           # split attempts (a network is trained rounds+1 times at most)
-    max_neurons: int = 10     # stop growing beyond this size
-    eps: float = 0.1          # split step
-    c: float = 3.             # c of S3D in panel (a) and the table
-    ms: tuple = (2, 3, 4)     # S3D split sizes
-    cs: tuple = (1.5, 2., 3., 5.)  # c values of panel (b) (c = 1 is S2D)
-    c_sweep_all: bool = False # run the c sweep on every replicate, not only the example
-    rtol: float = 1e-3        # stuck when no neuron has -gain > rtol * loss
-    log_every: int = 25       # loss rows every this many steps
+    rounds: int = 6  # split attempts (a network is trained rounds+1 times at most)
+    max_neurons: int = 10  # stop growing beyond this size
+    eps: float = 0.1  # split step
+    c: float = 3.0  # c of S3D in panel (a) and the table
+    ms: tuple = (2, 3, 4)  # S3D split sizes
+    cs: tuple = (1.5, 2.0, 3.0, 5.0)  # c values of panel (b) (c = 1 is S2D)
+    c_sweep_all: bool = False  # run the c sweep on every replicate, not only the example
+    rtol: float = 1e-3  # stuck when no neuron has -gain > rtol * loss
+    log_every: int = 25  # loss rows every this many steps
     example: tuple = ('mixture', 0, 0)  # (formulation, target, seed) drawn in panels (a)-(d)
 
+
 SCALES = {
-    'smoke': Fig2Config(scale='smoke', formulations=('mixture',), targets=1, seeds=1, n_points=60, steps=40, rounds=3,
-                        max_neurons=6, cs=(2.,), log_every=5),
+    'smoke': Fig2Config(
+        scale='smoke',
+        formulations=('mixture',),
+        targets=1,
+        seeds=1,
+        n_points=60,
+        steps=40,
+        rounds=3,
+        max_neurons=6,
+        cs=(2.0,),
+        log_every=5,
+    ),
     'cpu': Fig2Config(),
-    'paper': Fig2Config(scale='paper', targets=20, seeds=3, steps=2000, rounds=8, max_neurons=12, c_sweep_all=True),
+    'paper': Fig2Config(
+        scale='paper', targets=20, seeds=3, steps=2000, rounds=8, max_neurons=12, c_sweep_all=True
+    ),
 }
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #cf49580b
-def _draw_thetas(k:int, g:torch.Generator, dtype) -> torch.Tensor:
+def _draw_thetas(k: int, g: torch.Generator, dtype) -> torch.Tensor:
     "k neuron parameters (a, b) from `g`: a uniform on [1, 2], centre -b/a uniform on [-3, 3]."
     a, centre = 1 + torch.rand(k, generator=g, dtype=dtype), -3 + 6 * torch.rand(k, generator=g, dtype=dtype)
     return torch.stack([a, -a * centre], 1)
 
+
 def _init_neuron(seed, dtype, device):
     "The first neuron of every run with seed `seed`: (a, b) from `_draw_thetas`, output weight 1."
-    return _draw_thetas(1, torch.Generator().manual_seed(seed), dtype).to(device), torch.ones(1, dtype=dtype, device=device)
+    return _draw_thetas(1, torch.Generator().manual_seed(seed), dtype).to(device), torch.ones(
+        1, dtype=dtype, device=device
+    )
+
 
 def _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons):
     "Train round r; log its losses to `curve` and its neurons to `neurons`; returns theta, u, loss, S, lam_min, lam_max, it."
     theta, u, losses = train_round(theta, u, x, y, cfg.steps, cfg.lr, train_out)
     for t, l in enumerate(losses, 1):
-        if t % cfg.log_every == 0 or t == len(losses): curve.append(dict(labels, round=r, neurons=len(u), iteration=it + t, loss=l))
-    with torch.no_grad(): loss = (rbf_predict(theta, u, x) - y).pow(2).mean().item()
-    S = splitting_matrices(theta, u, x, y); lmin, _, lmax, _ = extreme_eigs(S)
+        if t % cfg.log_every == 0 or t == len(losses):
+            curve.append(dict(labels, round=r, neurons=len(u), iteration=it + t, loss=l))
+    with torch.no_grad():
+        loss = (rbf_predict(theta, u, x) - y).pow(2).mean().item()
+    S = splitting_matrices(theta, u, x, y)
+    lmin, _, lmax, _ = extreme_eigs(S)
     for k in range(len(u)):
         a, b = theta[k].tolist()
-        neurons.append(dict(labels, round=r, neuron=k, a=a, b=b, u=u[k].item(), centre=-b / a, lam_min=lmin[k].item(), lam_max=lmax[k].item()))
+        neurons.append(
+            dict(
+                labels,
+                round=r,
+                neuron=k,
+                a=a,
+                b=b,
+                u=u[k].item(),
+                centre=-b / a,
+                lam_min=lmin[k].item(),
+                lam_max=lmax[k].item(),
+            )
+        )
     return theta, u, loss, S, lmin, lmax, it + len(losses)
 
-def grow_rbf(x, y, m:int, c:float, cfg:Fig2Config, train_out:bool, seed:int=0, labels:dict|None=None,
-             escape_c:float|None=None): # when stuck, try a signed binary split with this c (method 'S2D+S3D')
+
+def grow_rbf(
+    x,
+    y,
+    m: int,
+    c: float,
+    cfg: Fig2Config,
+    train_out: bool,
+    seed: int = 0,
+    labels: dict | None = None,
+    escape_c: float | None = None,
+):  # when stuck, try a signed binary split with this c (method 'S2D+S3D')
     "Grow an RBF network from one neuron with splits of size <= m in W_m^c; returns (curve, rounds, neurons) DataFrames."
     method = 'S2D+S3D' if escape_c else 'S2D' if c == 1 else 'S3D'
     labels = dict(labels or {}, method=method, c=float(escape_c or c), m=int(m))
     theta, u = _init_neuron(seed, x.dtype, x.device)
     curve, rounds, neurons, it = [], [], [], 0
     for r in range(cfg.rounds + 1):
-        theta, u, loss, S, lmin, lmax, it = _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons)
+        theta, u, loss, S, lmin, lmax, it = _train_logged(
+            theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons
+        )
         j, sc = choose_split(S, m, c)
         budget = r == cfg.rounds or len(u) >= cfg.max_neurons
         stuck = not budget and -float(sc.gain) <= cfg.rtol * loss
         escaped = False
         if stuck and escape_c:
             j2, sc2 = choose_split(S, 2, escape_c)
-            if -float(sc2.gain) > cfg.rtol * loss: j, sc, stuck, escaped = j2, sc2, False, True
+            if -float(sc2.gain) > cfg.rtol * loss:
+                j, sc, stuck, escaped = j2, sc2, False, True
         split = not (budget or stuck)
-        rounds.append(dict(labels, round=r, neurons=len(u), iteration=it, loss=loss, min_lam_min=lmin.min().item(),
-                           max_lam_max=lmax.max().item(), psd=bool((lmin >= 0).all()), best_neuron=j, best_kind=sc.kind,
-                           best_gain=float(sc.gain), split=split, stuck=stuck, escaped=escaped))
-        if not split: break
+        rounds.append(
+            dict(
+                labels,
+                round=r,
+                neurons=len(u),
+                iteration=it,
+                loss=loss,
+                min_lam_min=lmin.min().item(),
+                max_lam_max=lmax.max().item(),
+                psd=bool((lmin >= 0).all()),
+                best_neuron=j,
+                best_kind=sc.kind,
+                best_gain=float(sc.gain),
+                split=split,
+                stuck=stuck,
+                escaped=escaped,
+            )
+        )
+        if not split:
+            break
         theta, u = apply_split(theta, u, j, sc, cfg.eps)
     return pd.DataFrame(curve), pd.DataFrame(rounds), pd.DataFrame(neurons)
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #e4ef9447
-CONTROLS = ('random', 'net2net', 'scratch')   # `s3d.grow.GROWTHS` keys; methods 'random growth', 'Net2Net', 'scratch'
+CONTROLS = (
+    'random',
+    'net2net',
+    'scratch',
+)  # `s3d.grow.GROWTHS` keys; methods 'random growth', 'Net2Net', 'scratch'
 
-def random_growth(theta, u, new:int, gen:torch.Generator):
+
+def random_growth(theta, u, new: int, gen: torch.Generator):
     "Append `new` neurons with (a, b) drawn like the first neuron's and output weight 0: the function is unchanged."
     return torch.cat([theta, _draw_thetas(new, gen, theta.dtype).to(theta)]), torch.cat([u, u.new_zeros(new)])
 
-def net2net_split(theta, u, new:int, eps:float, gen:torch.Generator):
+
+def net2net_split(theta, u, new: int, eps: float, gen: torch.Generator):
     "Split `new` random neurons into equal halves (u/2) at (a, b) +- eps*v, v a random unit direction: f kept to first order."
     theta, u = theta.clone(), u.clone()
     for j in torch.randperm(len(u), generator=gen).repeat(math.ceil(new / len(u)))[:new].tolist():
-        v = torch.randn(2, generator=gen, dtype=theta.dtype).to(theta); v = eps * v / v.norm()
-        theta = torch.cat([theta, (theta[j] - v)[None]]); theta[j] = theta[j] + v
-        u = torch.cat([u, u[j:j + 1] / 2]); u[j] = u[j] / 2
+        v = torch.randn(2, generator=gen, dtype=theta.dtype).to(theta)
+        v = eps * v / v.norm()
+        theta = torch.cat([theta, (theta[j] - v)[None]])
+        theta[j] = theta[j] + v
+        u = torch.cat([u, u[j : j + 1] / 2])
+        u[j] = u[j] / 2
     return theta, u
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #7d583645
-def _control_gen(seed:int, r:int) -> torch.Generator:
+def _control_gen(seed: int, r: int) -> torch.Generator:
     "The draws of a control's growth before round r (seeds apart from those of the targets and first neurons)."
     return torch.Generator().manual_seed(1_000_003 * (seed + 1) + r)
 
-def grow_control(x, y, counts:list, growth:str, cfg:Fig2Config, train_out:bool, seed:int=0, labels:dict|None=None,
-                 m:int=2, c:float|None=None): # the S3D run matched (labels only; c defaults to cfg.c)
+
+def grow_control(
+    x,
+    y,
+    counts: list,
+    growth: str,
+    cfg: Fig2Config,
+    train_out: bool,
+    seed: int = 0,
+    labels: dict | None = None,
+    m: int = 2,
+    c: float | None = None,
+):  # the S3D run matched (labels only; c defaults to cfg.c)
     "A control with counts[r] neurons in round r (the matched S3D run's); returns (curve, rounds, neurons) like `grow_rbf`."
-    if growth not in CONTROLS: raise ValueError(f'growth must be one of {CONTROLS}, got {growth!r}')
+    if growth not in CONTROLS:
+        raise ValueError(f'growth must be one of {CONTROLS}, got {growth!r}')
     if not counts or counts[0] != 1 or any(b < a for a, b in zip(counts, counts[1:])):
         raise ValueError(f'counts must start at 1 neuron and never decrease, got {list(counts)}')
     labels = dict(labels or {}, method=GROWTHS[growth], c=float(cfg.c if c is None else c), m=int(m))
     if growth == 'scratch':
-        n = counts[-1]; theta = _draw_thetas(n, torch.Generator().manual_seed(seed), x.dtype).to(x.device)
+        n = counts[-1]
+        theta = _draw_thetas(n, torch.Generator().manual_seed(seed), x.dtype).to(x.device)
         u = torch.full((n,), 1 / n, dtype=x.dtype, device=x.device)
-    else: theta, u = _init_neuron(seed, x.dtype, x.device)
+    else:
+        theta, u = _init_neuron(seed, x.dtype, x.device)
     curve, rounds, neurons, it = [], [], [], 0
     for r, n in enumerate(counts):
         kind = 'none'
         if n > len(u):
             g = _control_gen(seed, r)
-            theta, u = random_growth(theta, u, n - len(u), g) if growth == 'random' else net2net_split(theta, u, n - len(u), cfg.eps, g)
+            theta, u = (
+                random_growth(theta, u, n - len(u), g)
+                if growth == 'random'
+                else net2net_split(theta, u, n - len(u), cfg.eps, g)
+            )
             kind = growth
-        theta, u, loss, S, lmin, lmax, it = _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons)
-        rounds.append(dict(labels, round=r, neurons=len(u), iteration=it, loss=loss, min_lam_min=lmin.min().item(),
-                           max_lam_max=lmax.max().item(), psd=bool((lmin >= 0).all()), best_neuron=-1, best_kind=kind,
-                           best_gain=float('nan'), split=r + 1 < len(counts) and counts[r + 1] > len(u), stuck=False, escaped=False))
+        theta, u, loss, S, lmin, lmax, it = _train_logged(
+            theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons
+        )
+        rounds.append(
+            dict(
+                labels,
+                round=r,
+                neurons=len(u),
+                iteration=it,
+                loss=loss,
+                min_lam_min=lmin.min().item(),
+                max_lam_max=lmax.max().item(),
+                psd=bool((lmin >= 0).all()),
+                best_neuron=-1,
+                best_kind=kind,
+                best_gain=float('nan'),
+                split=r + 1 < len(counts) and counts[r + 1] > len(u),
+                stuck=False,
+                escaped=False,
+            )
+        )
     return pd.DataFrame(curve), pd.DataFrame(rounds), pd.DataFrame(neurons)
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #2b89e5e6
-def fig2_jobs(cfg:Fig2Config):
+def fig2_jobs(cfg: Fig2Config):
     "All (formulation, target, seed, m, c, escape_c, growth) runs of the grid, without duplicates; the controls come last."
     jobs, controls = [], []
     for f in cfg.formulations:
         for t in range(cfg.targets):
             for s in range(cfg.seeds):
-                mc = [(2, 1., None), (2, float(cfg.c), None)] + [(m, float(cfg.c), None) for m in cfg.ms] + [(2, 1., float(cfg.c))]
-                if cfg.c_sweep_all or (f, t, s) == tuple(cfg.example): mc += [(2, float(c), None) for c in cfg.cs]
+                mc = (
+                    [(2, 1.0, None), (2, float(cfg.c), None)]
+                    + [(m, float(cfg.c), None) for m in cfg.ms]
+                    + [(2, 1.0, float(cfg.c))]
+                )
+                if cfg.c_sweep_all or (f, t, s) == tuple(cfg.example):
+                    mc += [(2, float(c), None) for c in cfg.cs]
                 jobs += [(f, t, s, *k, 'split') for k in dict.fromkeys(mc)]
                 controls += [(f, t, s, 2, float(cfg.c), None, g) for g in CONTROLS]
     return jobs + controls
+
 
 def matched_job(job):
     "The S3D job a control job is matched to (its per-round neuron counts); the job itself for a split job."
     return (*job[:5], None, 'split')
 
+
 def job_key(job) -> str:
     "File-name-safe name of one job of the grid."
     f, t, s, m, c, e, g = job
-    return f'{f}-t{t}-s{s}' + (f'-{g}' if g != 'split' else '') + f'-m{m}-c{c:g}' + (f'-esc{e:g}' if e else '')
+    return (
+        f'{f}-t{t}-s{s}' + (f'-{g}' if g != 'split' else '') + f'-m{m}-c{c:g}' + (f'-esc{e:g}' if e else '')
+    )
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #682a3584
 JOB_FORMAT = 's3d fig2 job, v1'
 _JOB_TABLES = ('curve', 'rounds', 'neurons')
 
-def save_job(path, key:str, dfs) -> Path:
+
+def save_job(path, key: str, dfs) -> Path:
     "Write the (curve, rounds, neurons) DataFrames of job `key` to `path` as JSON text (floats exact, dtypes kept)."
-    tables = {n: dict(columns=list(d.columns), dtypes=[str(t) for t in d.dtypes], data=d.to_dict('split')['data'])
-              for n, d in zip(_JOB_TABLES, dfs)}
+    tables = {
+        n: dict(columns=list(d.columns), dtypes=[str(t) for t in d.dtypes], data=d.to_dict('split')['data'])
+        for n, d in zip(_JOB_TABLES, dfs)
+    }
     return atomic_write_text(path, json.dumps(dict(format=JOB_FORMAT, key=key, tables=tables)) + '\n')
 
-def load_job(path, key:str):
+
+def load_job(path, key: str):
     """The DataFrames `save_job` wrote for job `key`, or None when `path` is missing. A file that is not such a job
     (unreadable, truncated, corrupt, another job) counts as unfinished: a warning naming it goes to stderr, None is
-    returned and the job is recomputed. Only JSON is parsed: loading a results folder never runs code from it."""
+    returned and the job is recomputed. Only JSON is parsed: loading a results folder never runs code from it.
+    """
     path = Path(path)
-    if not path.exists(): return None
+    if not path.exists():
+        return None
     try:
         d = json.loads(path.read_text())
         if not isinstance(d, dict) or d.get('format') != JOB_FORMAT or d.get('key') != key:
             raise ValueError(f'not the job file of {key!r}')
-        return tuple(pd.DataFrame(t['data'], columns=t['columns']).astype(dict(zip(t['columns'], t['dtypes'])))
-                     for t in (d['tables'][n] for n in _JOB_TABLES))
+        return tuple(
+            pd.DataFrame(t['data'], columns=t['columns']).astype(dict(zip(t['columns'], t['dtypes'])))
+            for t in (d['tables'][n] for n in _JOB_TABLES)
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f'fig2: cached job file {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); recomputing that job',
-              file=sys.stderr, flush=True)
+        print(
+            f'fig2: cached job file {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); recomputing that job',
+            file=sys.stderr,
+            flush=True,
+        )
         return None
 
-def fig2_job(job, cfg:Fig2Config, device='cpu', path=None, # save the result there (JSON, see `save_job`)
-             after=None): # a control: the matched S3D job's file, read for its neuron counts (None: recompute that run)
+
+def fig2_job(
+    job, cfg: Fig2Config, device='cpu', path=None, after=None  # save the result there (JSON, see `save_job`)
+):  # a control: the matched S3D job's file, read for its neuron counts (None: recompute that run)
     "Grow one job of the grid (a split run or a control matched to S3D); returns (curve, rounds, neurons) DataFrames."
-    warnings.filterwarnings('ignore', message='.*torch.jit.script.*deprecated')  # raised inside torch.func on new torch
-    f, t, s, m, c, e, g = job; device = resolve_device(device)
+    warnings.filterwarnings(
+        'ignore', message='.*torch.jit.script.*deprecated'
+    )  # raised inside torch.func on new torch
+    f, t, s, m, c, e, g = job
+    device = resolve_device(device)
     x = torch.linspace(-cfg.x_range, cfg.x_range, cfg.n_points, dtype=torch.float64, device=device)
     tth, tu = (v.to(device) for v in make_target(t, cfg.target_neurons))
     y, labels = rbf_predict(tth, tu, x), dict(formulation=f, target=t, seed=s)
-    if g == 'split': dfs = grow_rbf(x, y, m, c, cfg, train_out=f == 'free', seed=s, labels=labels, escape_c=e)
+    if g == 'split':
+        dfs = grow_rbf(x, y, m, c, cfg, train_out=f == 'free', seed=s, labels=labels, escape_c=e)
     else:
         s3d = load_job(after, job_key(matched_job(job))) if after is not None else None
-        if s3d is None: s3d = fig2_job(matched_job(job), cfg, device)
-        dfs = grow_control(x, y, s3d[1].neurons.tolist(), g, cfg, train_out=f == 'free', seed=s, labels=labels, m=m, c=c)
-    if path is not None: save_job(path, job_key(job), dfs)
+        if s3d is None:
+            s3d = fig2_job(matched_job(job), cfg, device)
+        dfs = grow_control(
+            x, y, s3d[1].neurons.tolist(), g, cfg, train_out=f == 'free', seed=s, labels=labels, m=m, c=c
+        )
+    if path is not None:
+        save_job(path, job_key(job), dfs)
     return dfs
+
 
 def _job_folder(cfg, folder, force):
     "The job folder of `cfg`: emptied when it holds jobs of another configuration (or with `force`)."
-    folder = Path(folder); config = asdict(cfg)
+    folder = Path(folder)
+    config = asdict(cfg)
     if force or not is_done([], folder / 'config.json', config):
-        for p in [*folder.glob('*.pkl'), *folder.glob('*.job.json')]: p.unlink()   # *.pkl: job files of versions < 4
+        for p in [*folder.glob('*.pkl'), *folder.glob('*.job.json')]:
+            p.unlink()  # *.pkl: job files of versions < 4
         atomic_write_json(folder / 'config.json', config)
     return folder
 
-def run_fig2_grid(cfg:Fig2Config, device='cpu', progress:bool=True, jobs:int=1, folder=None, force:bool=False):
+
+def run_fig2_grid(
+    cfg: Fig2Config, device='cpu', progress: bool = True, jobs: int = 1, folder=None, force: bool = False
+):
     "Run every job of the grid (resuming the jobs finished in `folder`); returns dict of tidy DataFrames."
     from tqdm.auto import tqdm
-    grid = fig2_jobs(cfg); keys = [job_key(j) for j in grid]
+
+    grid = fig2_jobs(cfg)
+    keys = [job_key(j) for j in grid]
     paths = [None] * len(grid)
-    if folder is not None: folder = _job_folder(cfg, folder, force); paths = [folder / f'{k}.job.json' for k in keys]
+    if folder is not None:
+        folder = _job_folder(cfg, folder, force)
+        paths = [folder / f'{k}.job.json' for k in keys]
     after = {i: keys.index(job_key(matched_job(j))) for i, j in enumerate(grid) if j[-1] != 'split'}
     done = {}
-    for i, p in enumerate(paths):   # a control whose S3D run is recomputed is recomputed too (controls come last)
-        if p is None or (i in after and after[i] not in done): continue
+    for i, p in enumerate(
+        paths
+    ):  # a control whose S3D run is recomputed is recomputed too (controls come last)
+        if p is None or (i in after and after[i] not in done):
+            continue
         d = load_job(p, keys[i])
-        if d is not None: done[i] = d
+        if d is not None:
+            done[i] = d
     todo = [i for i in range(len(grid)) if i not in done]
-    if done: print(f'fig2: resuming: reused {len(done)} of {len(grid)} finished jobs from {folder}', flush=True)
+    if done:
+        print(f'fig2: resuming: reused {len(done)} of {len(grid)} finished jobs from {folder}', flush=True)
     pos = {i: k for k, i in enumerate(todo)}
-    needs = {k: [pos[after[i]]] for k, i in enumerate(todo) if after.get(i) in pos}   # a control waits for its S3D run
+    needs = {
+        k: [pos[after[i]]] for k, i in enumerate(todo) if after.get(i) in pos
+    }  # a control waits for its S3D run
     tasks = [(grid[i], cfg, str(device), paths[i], paths[after[i]] if i in after else None) for i in todo]
     bar = tqdm(total=len(grid), initial=len(done), desc='fig2', disable=not progress)
-    try: new = run_tasks(fig2_job, tasks, jobs, needs, on_done=lambda i, r: bar.update())
+    try:
+        new = run_tasks(fig2_job, tasks, jobs, needs, on_done=lambda i, r: bar.update())
     except KeyboardInterrupt as e:
-        kept = sum(p.exists() for p in paths) if folder else 0   # counted on disk: a worker may have saved a job just now
-        raise interrupted(e, f'{kept} of {len(grid)} jobs finished and kept in {folder}' if folder else 'nothing (no job folder)') from None
-    finally: bar.close()
+        kept = (
+            sum(p.exists() for p in paths) if folder else 0
+        )  # counted on disk: a worker may have saved a job just now
+        raise interrupted(
+            e,
+            (
+                f'{kept} of {len(grid)} jobs finished and kept in {folder}'
+                if folder
+                else 'nothing (no job folder)'
+            ),
+        ) from None
+    finally:
+        bar.close()
     done.update(zip(todo, new))
-    out = {k: pd.concat([done[i][n] for i in range(len(grid))], ignore_index=True) for n, k in enumerate(_JOB_TABLES)}
+    out = {
+        k: pd.concat([done[i][n] for i in range(len(grid))], ignore_index=True)
+        for n, k in enumerate(_JOB_TABLES)
+    }
     targets = {t: make_target(t, cfg.target_neurons) for t in range(cfg.targets)}
-    out['targets'] = pd.DataFrame([dict(target=t, neuron=k, a=th[k, 0].item(), b=th[k, 1].item(), u=u[k].item())
-                                   for t, (th, u) in targets.items() for k in range(len(u))])
+    out['targets'] = pd.DataFrame(
+        [
+            dict(target=t, neuron=k, a=th[k, 0].item(), b=th[k, 1].item(), u=u[k].item())
+            for t, (th, u) in targets.items()
+            for k in range(len(u))
+        ]
+    )
     return out
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #64cd8c50
 def _run_rows(df, f, t, s, c, m, method=None):
     method = method or ('S2D' if c == 1 else 'S3D')
-    return df[(df.formulation == f) & (df.target == t) & (df.seed == s) & np.isclose(df.c, c) & (df.m == m) & (df.method == method)]
+    return df[
+        (df.formulation == f)
+        & (df.target == t)
+        & (df.seed == s)
+        & np.isclose(df.c, c)
+        & (df.m == m)
+        & (df.method == method)
+    ]
 
-def first_divergence(rounds:pd.DataFrame, f, t, s, c:float, m:int=2):
+
+def first_divergence(rounds: pd.DataFrame, f, t, s, c: float, m: int = 2):
     "First round where S3D (m, c) and S2D split differently on replicate (f, t, s), or None."
-    def decisions(df): return [(r.best_neuron, r.best_kind) if r.split else None for r in df.itertuples()]
-    a, b = decisions(_run_rows(rounds, f, t, s, 1., 2)), decisions(_run_rows(rounds, f, t, s, c, m))
+
+    def decisions(df):
+        return [(r.best_neuron, r.best_kind) if r.split else None for r in df.itertuples()]
+
+    a, b = decisions(_run_rows(rounds, f, t, s, 1.0, 2)), decisions(_run_rows(rounds, f, t, s, c, m))
     for r, (da, db) in enumerate(zip(a, b)):
-        if da != db: return r
+        if da != db:
+            return r
     return None
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #9d3dba66
 def _fit_curve(neurons, xs):
-    th = torch.tensor(neurons[['a', 'b']].to_numpy()); u = torch.tensor(neurons['u'].to_numpy())
+    th = torch.tensor(neurons[['a', 'b']].to_numpy())
+    u = torch.tensor(neurons['u'].to_numpy())
     return rbf_predict(th, u, torch.as_tensor(xs)).numpy()
 
+
 def _panel_losses(ax, curve, rounds, ex, runs, title):
-    f, t, s = ex; xmax = curve.iteration.max()
+    f, t, s = ex
+    xmax = curve.iteration.max()
     for (c, m, *meth), label in runs:
         cu, ro = _run_rows(curve, f, t, s, c, m, *meth), _run_rows(rounds, f, t, s, c, m, *meth)
-        if cu.empty: continue
-        line, = ax.plot(cu.iteration, cu.loss, label=label, lw=1.2, ls='--' if meth else '-')
-        for r in ro[ro.escaped].itertuples(): ax.plot(r.iteration, r.loss, 'o', mfc='none', color=line.get_color())
+        if cu.empty:
+            continue
+        (line,) = ax.plot(cu.iteration, cu.loss, label=label, lw=1.2, ls='--' if meth else '-')
+        for r in ro[ro.escaped].itertuples():
+            ax.plot(r.iteration, r.loss, 'o', mfc='none', color=line.get_color())
         if ro.stuck.iloc[-1]:
             ax.plot([cu.iteration.iloc[-1], xmax], [cu.loss.iloc[-1]] * 2, ls=':', color=line.get_color())
             ax.plot(cu.iteration.iloc[-1], cu.loss.iloc[-1], 'x', color=line.get_color())
-    ax.set_yscale('log'); ax.set_xlabel('iterations'); ax.set_ylabel('loss'); ax.set_title(title, fontsize=9)
+    ax.set_yscale('log')
+    ax.set_xlabel('iterations')
+    ax.set_ylabel('loss')
+    ax.set_title(title, fontsize=9)
+
 
 def _state(neurons, ex, c, m, r, method=None):
     "Neuron rows of one run at round r (the last round if the run stopped before)."
     ne = _run_rows(neurons, *ex, c, m, method)
     return ne[ne['round'] == min(r, int(ne['round'].max()))]
 
+
 def _panel_fits(ax, neurons, targets, ex, runs, xs):
     ax.plot(xs, _fit_curve(targets[targets.target == ex[1]], xs), 'k', lw=2.5, alpha=0.35, label='target')
     for (c, m, *meth), label in runs:
         ne = _run_rows(neurons, *ex, c, m, *meth)
-        sizes = ne.groupby('round').size(); small = sizes[sizes <= 5]
-        if len(small): ax.plot(xs, _fit_curve(ne[ne['round'] == small.index.max()], xs), lw=1.2, label=f'{label} ({small.iloc[-1]} neurons)')
-    ax.set_title('(c) fitted curves at <= 5 neurons', fontsize=9); ax.legend(fontsize=7); ax.set_xlabel('x')
+        sizes = ne.groupby('round').size()
+        small = sizes[sizes <= 5]
+        if len(small):
+            ax.plot(
+                xs,
+                _fit_curve(ne[ne['round'] == small.index.max()], xs),
+                lw=1.2,
+                label=f'{label} ({small.iloc[-1]} neurons)',
+            )
+    ax.set_title('(c) fitted curves at <= 5 neurons', fontsize=9)
+    ax.legend(fontsize=7)
+    ax.set_xlabel('x')
+
 
 def _panel_eigs(ax, rounds, neurons, targets, ex, c0, xs):
     r = first_divergence(rounds, *ex, c0)
-    ro3, ro2 = _run_rows(rounds, *ex, c0, 2), _run_rows(rounds, *ex, 1., 2)
-    if r is None: r = int(ro3['round'].max())
+    ro3, ro2 = _run_rows(rounds, *ex, c0, 2), _run_rows(rounds, *ex, 1.0, 2)
+    if r is None:
+        r = int(ro3['round'].max())
     nr, w = _state(neurons, ex, c0, 2, r), 0.12
     ax.bar(nr.centre - w / 2, nr.lam_max, width=w, color='tab:blue', label=r'$\lambda_{\max}$')
     ax.bar(nr.centre + w / 2, nr.lam_min, width=w, color='tab:red', label=r'$\lambda_{\min}$')
     ax.axhline(0, color='k', lw=0.6)
     tw = ax.twinx()  # the curves one round later: after S3D's and after S2D's choice
-    for ro, name, col, lam, dy in [(ro3, 'S3D', 'tab:blue', 'lam_max', 25), (ro2, 'S2D', 'tab:red', 'lam_min', -25)]:
+    for ro, name, col, lam, dy in [
+        (ro3, 'S3D', 'tab:blue', 'lam_max', 25),
+        (ro2, 'S2D', 'tab:red', 'lam_min', -25),
+    ]:
         row = ro[ro['round'] == r]
         if len(row) and row.iloc[0].split:
             j = int(row.iloc[0].best_neuron)
-            tw.annotate(name, (nr.centre.iloc[j], nr[lam].iloc[j]), xytext=(0, dy), textcoords='offset points', ha='center',
-                        xycoords=ax.transData, va='bottom' if dy > 0 else 'top', color=col, fontsize=8, zorder=5,
-                        bbox=dict(fc='white', ec='none', pad=1), arrowprops=dict(arrowstyle='->', color=col))
-    lo, hi = float(nr.lam_min.min()), float(nr.lam_max.max()); span = max(hi, 0.) - min(lo, 0.) or 1.
-    ax.set_ylim(min(lo, 0.) - 0.45 * span, max(hi, 0.) + 0.45 * span)   # head room: the arrows and labels stay inside
+            tw.annotate(
+                name,
+                (nr.centre.iloc[j], nr[lam].iloc[j]),
+                xytext=(0, dy),
+                textcoords='offset points',
+                ha='center',
+                xycoords=ax.transData,
+                va='bottom' if dy > 0 else 'top',
+                color=col,
+                fontsize=8,
+                zorder=5,
+                bbox=dict(fc='white', ec='none', pad=1),
+                arrowprops=dict(arrowstyle='->', color=col),
+            )
+    lo, hi = float(nr.lam_min.min()), float(nr.lam_max.max())
+    span = max(hi, 0.0) - min(lo, 0.0) or 1.0
+    ax.set_ylim(
+        min(lo, 0.0) - 0.45 * span, max(hi, 0.0) + 0.45 * span
+    )  # head room: the arrows and labels stay inside
     tw.plot(xs, _fit_curve(targets[targets.target == ex[1]], xs), 'k', lw=2, alpha=0.25)
-    tw.plot(xs, _fit_curve(_state(neurons, ex, c0, 2, r + 1), xs), '--', color='tab:blue', lw=1, label='S3D, next round')
-    tw.plot(xs, _fit_curve(_state(neurons, ex, 1., 2, r + 1), xs), '--', color='tab:orange', lw=1, label='S2D, next round')
+    tw.plot(
+        xs,
+        _fit_curve(_state(neurons, ex, c0, 2, r + 1), xs),
+        '--',
+        color='tab:blue',
+        lw=1,
+        label='S3D, next round',
+    )
+    tw.plot(
+        xs,
+        _fit_curve(_state(neurons, ex, 1.0, 2, r + 1), xs),
+        '--',
+        color='tab:orange',
+        lw=1,
+        label='S2D, next round',
+    )
     tw.set_ylabel('f(x)', fontsize=8)
     handles = [h for a in (ax, tw) for h in a.get_legend_handles_labels()[0]]
-    tw.legend(handles, [h.get_label() for h in handles], fontsize=7, loc='upper left')   # one legend, clear of the arrows
-    ax.set_xlim(xs[0] - 1, xs[-1] + 1); ax.set_xlabel('neuron centre / x')
+    tw.legend(
+        handles, [h.get_label() for h in handles], fontsize=7, loc='upper left'
+    )  # one legend, clear of the arrows
+    ax.set_xlim(xs[0] - 1, xs[-1] + 1)
+    ax.set_xlabel('neuron centre / x')
     ax.set_title(f'(d) round {r}: eigenvalues per neuron\narrows = neuron each method splits', fontsize=9)
+
 
 def _panel_controls(ax, rounds, c0):
     "Final loss of every replicate for S2D, S3D m=2 and the controls matched to it; one colour per formulation, bar = median."
     last = rounds.groupby(['formulation', 'target', 'seed', 'method', 'c', 'm'], sort=False).tail(1)
-    meths = [('S2D', 1., 'S2D'), ('S3D', c0, 'S3D m=2')] + [(GROWTHS[g], c0, GROWTHS[g]) for g in CONTROLS]
+    meths = [('S2D', 1.0, 'S2D'), ('S3D', c0, 'S3D m=2')] + [(GROWTHS[g], c0, GROWTHS[g]) for g in CONTROLS]
     forms = list(dict.fromkeys(last.formulation))
     for k, f in enumerate(forms):
         off = (k - (len(forms) - 1) / 2) * 0.36
         for i, (meth, c, _) in enumerate(meths):
             d = last[(last.formulation == f) & (last.method == meth) & np.isclose(last.c, c) & (last.m == 2)]
-            if d.empty: continue
-            ax.plot(i + off + np.linspace(-0.1, 0.1, len(d)), d.loss, 'o', ms=3, alpha=0.6, color=f'C{k}', label=None if i else f)
+            if d.empty:
+                continue
+            ax.plot(
+                i + off + np.linspace(-0.1, 0.1, len(d)),
+                d.loss,
+                'o',
+                ms=3,
+                alpha=0.6,
+                color=f'C{k}',
+                label=None if i else f,
+            )
             ax.plot([i + off - 0.15, i + off + 0.15], [d.loss.median()] * 2, color=f'C{k}', lw=2)
     ax.set_xticks(range(len(meths)), [m[2] for m in meths], fontsize=8)
-    ax.set_yscale('log'); ax.set_ylabel('final loss'); ax.legend(fontsize=7)
-    ax.set_title(f'(e) final loss of every replicate (bar = median); controls matched to S3D m=2, c={c0:g}', fontsize=9)
+    ax.set_yscale('log')
+    ax.set_ylabel('final loss')
+    ax.legend(fontsize=7)
+    ax.set_title(
+        f'(e) final loss of every replicate (bar = median); controls matched to S3D m=2, c={c0:g}', fontsize=9
+    )
 
-def plot_fig2(res:dict, cfg:Fig2Config):
+
+def plot_fig2(res: dict, cfg: Fig2Config):
     "Figure 2 (a)-(d) for the example replicate `cfg.example` and (e) the controls over all replicates, from `run_fig2_grid`'s tables."
     import matplotlib.pyplot as plt
+
     curve, rounds, neurons, targets = res['curve'], res['rounds'], res['neurons'], res['targets']
-    ex = f, t, s = tuple(cfg.example); c0 = float(cfg.c)
-    fig = plt.figure(figsize=(9, 10.5))   # a 2 x 2 grid of the example replicate, (e) across the bottom
+    ex = f, t, s = tuple(cfg.example)
+    c0 = float(cfg.c)
+    fig = plt.figure(figsize=(9, 10.5))  # a 2 x 2 grid of the example replicate, (e) across the bottom
     grid = fig.add_gridspec(3, 2, height_ratios=[1, 1, 0.9])
     axs = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(4)] + [fig.add_subplot(grid[2, :])]
-    runs_a = [((1., 2), 'S2D')] + [((c0, m), f'S3D m={m}') for m in cfg.ms]
-    _panel_losses(axs[0], curve, rounds, ex, runs_a + [((c0, 2, 'S2D+S3D'), 'S2D, signed split when stuck (o)')],
-                  f'(a) S2D vs S3D (c={c0:g})\nx = stuck (no split helps), dotted afterwards')
-    runs_b = [((1., 2), 'c=1 (S2D)')] + [((float(c), 2), f'c={c:g}') for c in cfg.cs]
-    _panel_losses(axs[1], curve, rounds, ex, runs_b, '(b) S3D m=2, several c\ntriangle = first split that differs from S2D')
+    runs_a = [((1.0, 2), 'S2D')] + [((c0, m), f'S3D m={m}') for m in cfg.ms]
+    _panel_losses(
+        axs[0],
+        curve,
+        rounds,
+        ex,
+        runs_a + [((c0, 2, 'S2D+S3D'), 'S2D, signed split when stuck (o)')],
+        f'(a) S2D vs S3D (c={c0:g})\nx = stuck (no split helps), dotted afterwards',
+    )
+    runs_b = [((1.0, 2), 'c=1 (S2D)')] + [((float(c), 2), f'c={c:g}') for c in cfg.cs]
+    _panel_losses(
+        axs[1],
+        curve,
+        rounds,
+        ex,
+        runs_b,
+        '(b) S3D m=2, several c\ntriangle = first split that differs from S2D',
+    )
     for c in cfg.cs:
         r, ro = first_divergence(rounds, f, t, s, float(c)), _run_rows(rounds, f, t, s, float(c), 2)
-        if r is not None and r < len(ro): axs[1].plot(ro.iteration.iloc[r], ro.loss.iloc[r], 'k^', ms=7)
-    axs[0].legend(fontsize=7); axs[1].legend(fontsize=7)
+        if r is not None and r < len(ro):
+            axs[1].plot(ro.iteration.iloc[r], ro.loss.iloc[r], 'k^', ms=7)
+    axs[0].legend(fontsize=7)
+    axs[1].legend(fontsize=7)
     xs = np.linspace(-cfg.x_range, cfg.x_range, 400)
     _panel_fits(axs[2], neurons, targets, ex, runs_a, xs)
     _panel_eigs(axs[3], rounds, neurons, targets, ex, c0, xs)
     _panel_controls(axs[4], rounds, c0)
-    fig.suptitle(f'RBF network. (a)-(d): formulation {f}, target {t}, seed {s}. (e): every replicate', fontsize=11)
+    fig.suptitle(
+        f'RBF network. (a)-(d): formulation {f}, target {t}, seed {s}. (e): every replicate', fontsize=11
+    )
     fig.tight_layout()
     return fig
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #694ee7b2
-def summarize_fig2(rounds:pd.DataFrame) -> pd.DataFrame:
+def summarize_fig2(rounds: pd.DataFrame) -> pd.DataFrame:
     "Per formulation and (method, c, m): final-loss statistics and stall counts over replicates."
     key = ['formulation', 'target', 'seed']
     last = rounds.groupby(key + ['method', 'c', 'm'], sort=False).tail(1).copy()
     at5 = rounds[rounds['neurons'] <= 5].groupby(key + ['method', 'c', 'm'], sort=False).tail(1)
-    last = last.merge(at5[key + ['method', 'c', 'm', 'loss']].rename(columns={'loss': 'loss5'}), on=key + ['method', 'c', 'm'], how='left')
-    esc = rounds.groupby(key + ['method', 'c', 'm'], sort=False).escaped.any().rename('escaped_any').reset_index()
+    last = last.merge(
+        at5[key + ['method', 'c', 'm', 'loss']].rename(columns={'loss': 'loss5'}),
+        on=key + ['method', 'c', 'm'],
+        how='left',
+    )
+    esc = (
+        rounds.groupby(key + ['method', 'c', 'm'], sort=False)
+        .escaped.any()
+        .rename('escaped_any')
+        .reset_index()
+    )
     last = last.drop(columns='escaped').merge(esc, on=key + ['method', 'c', 'm'], how='left')
     s2d = last[last.method == 'S2D'][key + ['loss']].rename(columns={'loss': 'loss_s2d'})
     last = last.merge(s2d, on=key, how='left')
     last['beats'] = last.loss < 0.5 * last.loss_s2d
     g = last.groupby(['formulation', 'method', 'c', 'm'], sort=False)
-    return pd.DataFrame({'runs': g.size(), 'final_loss_median': g.loss.median(), 'final_loss_min': g.loss.min(),
-                         'final_loss_max': g.loss.max(), 'loss_at_5_median': g.loss5.median(),
-                         'neurons_mean': g.neurons.mean(), 'stalled': g.stuck.sum(),
-                         'stalled_psd': g.apply(lambda d: int((d.stuck & d.psd).sum()), include_groups=False),
-                         'escaped': g.escaped_any.sum(), 'beats_S2D': g.beats.sum()}).reset_index()
+    return pd.DataFrame(
+        {
+            'runs': g.size(),
+            'final_loss_median': g.loss.median(),
+            'final_loss_min': g.loss.min(),
+            'final_loss_max': g.loss.max(),
+            'loss_at_5_median': g.loss5.median(),
+            'neurons_mean': g.neurons.mean(),
+            'stalled': g.stuck.sum(),
+            'stalled_psd': g.apply(lambda d: int((d.stuck & d.psd).sum()), include_groups=False),
+            'escaped': g.escaped_any.sum(),
+            'beats_S2D': g.beats.sum(),
+        }
+    ).reset_index()
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #912f76e7
-def fig2_paired(rounds:pd.DataFrame, c:float, m:int=2) -> pd.DataFrame:
+def fig2_paired(rounds: pd.DataFrame, c: float, m: int = 2) -> pd.DataFrame:
     "Per formulation: log10(final loss) of S3D (m, c) and of S2D minus each control, paired by (target, seed): mean, 95% interval, wins, verdict."
-    from s3d.paper.experiments.table1 import paired_diff, verdict   # here: importing table1 is not needed for the rest
+    from s3d.paper.experiments.table1 import (
+        paired_diff,
+        verdict,
+    )  # here: importing table1 is not needed for the rest
+
     key = ['formulation', 'target', 'seed', 'method', 'c', 'm']
     last = rounds.groupby(key, sort=False).tail(1)
     out = []
@@ -485,105 +818,199 @@ def fig2_paired(rounds:pd.DataFrame, c:float, m:int=2) -> pd.DataFrame:
         lg = lambda sel: np.log10(d[sel].set_index(['target', 'seed']).loss)
         for ctl in (GROWTHS[g] for g in CONTROLS):
             b = lg((d.method == ctl) & np.isclose(d.c, c) & (d.m == m))
-            for who, sel in (('S3D', (d.method == 'S3D') & np.isclose(d.c, c) & (d.m == m)), ('S2D', d.method == 'S2D')):
-                a = lg(sel); v = paired_diff(a, b)
-                if v['n']: out.append(dict(formulation=f, comparison=f'{who} - {ctl}', n=v['n'], method_gmean=10 ** v['a'],
-                                           control_gmean=10 ** v['b'], diff_log10=v['mean'], lo=v['lo'], hi=v['hi'],
-                                           wins=int(((a - b).dropna() < 0).sum()), verdict=verdict(v, f'{who} loss')))
+            for who, sel in (
+                ('S3D', (d.method == 'S3D') & np.isclose(d.c, c) & (d.m == m)),
+                ('S2D', d.method == 'S2D'),
+            ):
+                a = lg(sel)
+                v = paired_diff(a, b)
+                if v['n']:
+                    out.append(
+                        dict(
+                            formulation=f,
+                            comparison=f'{who} - {ctl}',
+                            n=v['n'],
+                            method_gmean=10 ** v['a'],
+                            control_gmean=10 ** v['b'],
+                            diff_log10=v['mean'],
+                            lo=v['lo'],
+                            hi=v['hi'],
+                            wins=int(((a - b).dropna() < 0).sum()),
+                            verdict=verdict(v, f'{who} loss'),
+                        )
+                    )
     return pd.DataFrame(out)
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #3e9124b8
-def fig2_report(tab:pd.DataFrame, cfg:Fig2Config, info:dict|None=None, paired:pd.DataFrame|None=None) -> str:
+def fig2_report(
+    tab: pd.DataFrame, cfg: Fig2Config, info: dict | None = None, paired: pd.DataFrame | None = None
+) -> str:
     "Markdown summary of the measured claim (S2D gets stuck, S3D escapes) and the controls, from `summarize_fig2` and `fig2_paired`."
-    lines = [f'# Figure 2 (toy RBF network): measured claim, scale `{cfg.scale}`', '',
-             f'Regenerate with `s3d reproduce fig2 --scale {cfg.scale} --out data/results --force` (files: '
-             f'`fig2_{cfg.scale}*.csv`, `fig2_{cfg.scale}.png`, `fig2_{cfg.scale}.pdf`); the figure shows (formulation, target, seed) '
-             f'= {tuple(cfg.example)}. ' + (run_info_line(info) + ' ' if info else '') + fingerprint_line(asdict(cfg)), '',
-             f'Setting: {cfg.targets} random {cfg.target_neurons}-neuron targets x {cfg.seeds} initial neurons, '
-             f'{cfg.n_points} points on [-{cfg.x_range:g}, {cfg.x_range:g}], Adam lr {cfg.lr:g} with cosine decay, '
-             f'{cfg.steps} steps per round, at most {cfg.rounds} splits of one neuron each (max {cfg.max_neurons} neurons), '
-             f'eps {cfg.eps:g}, stuck when no neuron has -gain > {cfg.rtol:g} * loss. S3D uses c = {cfg.c:g}.', '']
+    lines = [
+        f'# Figure 2 (toy RBF network): measured claim, scale `{cfg.scale}`',
+        '',
+        f'Regenerate with `s3d reproduce fig2 --scale {cfg.scale} --out data/results --force` (files: '
+        f'`fig2_{cfg.scale}*.csv`, `fig2_{cfg.scale}.png`, `fig2_{cfg.scale}.pdf`); the figure shows (formulation, target, seed) '
+        f'= {tuple(cfg.example)}. '
+        + (run_info_line(info) + ' ' if info else '')
+        + fingerprint_line(asdict(cfg)),
+        '',
+        f'Setting: {cfg.targets} random {cfg.target_neurons}-neuron targets x {cfg.seeds} initial neurons, '
+        f'{cfg.n_points} points on [-{cfg.x_range:g}, {cfg.x_range:g}], Adam lr {cfg.lr:g} with cosine decay, '
+        f'{cfg.steps} steps per round, at most {cfg.rounds} splits of one neuron each (max {cfg.max_neurons} neurons), '
+        f'eps {cfg.eps:g}, stuck when no neuron has -gain > {cfg.rtol:g} * loss. S3D uses c = {cfg.c:g}.',
+        '',
+    ]
     for f, d in tab.groupby('formulation', sort=False):
         s2 = d[d.method == 'S2D'].iloc[0]
         s3 = d[(d.method == 'S3D') & np.isclose(d.c, cfg.c) & (d.m == 2)]
         n = int(s2.runs)
-        lines.append(f'- **{f}**: S2D stopped growing in {int(s2.stalled)}/{n} runs, {int(s2.stalled_psd)}/{n} with every '
-                     f'splitting matrix positive semidefinite; median final loss {s2.final_loss_median:.3g}.')
+        lines.append(
+            f'- **{f}**: S2D stopped growing in {int(s2.stalled)}/{n} runs, {int(s2.stalled_psd)}/{n} with every '
+            f'splitting matrix positive semidefinite; median final loss {s2.final_loss_median:.3g}.'
+        )
         hy = d[d.method == 'S2D+S3D']
-        if len(hy): lines.append(f'  S2D with a signed binary split when stuck: took one in {int(hy.escaped.iloc[0])}/{n} runs and ended '
-                                 f'below half of S2D\'s final loss in {int(hy.beats_S2D.iloc[0])}/{n} (median final loss {hy.final_loss_median.iloc[0]:.3g}).')
+        if len(hy):
+            lines.append(
+                f'  S2D with a signed binary split when stuck: took one in {int(hy.escaped.iloc[0])}/{n} runs and ended '
+                f'below half of S2D\'s final loss in {int(hy.beats_S2D.iloc[0])}/{n} (median final loss {hy.final_loss_median.iloc[0]:.3g}).'
+            )
         for r in d[(d.method == 'S3D') & np.isclose(d.c, cfg.c)].itertuples():
-            lines.append(f'  S3D m={r.m}: final loss median {r.final_loss_median:.3g} (min {r.final_loss_min:.3g}, '
-                         f'max {r.final_loss_max:.3g}), below half of S2D\'s in {int(r.beats_S2D)}/{int(r.runs)} runs, '
-                         f'stopped in {int(r.stalled)}/{int(r.runs)}.')
+            lines.append(
+                f'  S3D m={r.m}: final loss median {r.final_loss_median:.3g} (min {r.final_loss_min:.3g}, '
+                f'max {r.final_loss_max:.3g}), below half of S2D\'s in {int(r.beats_S2D)}/{int(r.runs)} runs, '
+                f'stopped in {int(r.stalled)}/{int(r.runs)}.'
+            )
     if paired is not None and len(paired):
-        lines += ['', f'Controls, matched per replicate to S3D (m=2, c={cfg.c:g}): random growth (random (a, b), output weight 0) and '
-                  f'Net2Net (a random neuron split into equal halves at +-{cfg.eps:g} x a random unit direction) add neurons at the rounds '
-                  f'and in the numbers S3D did; scratch trains S3D\'s final size from random neurons (output weights 1/n) for the same '
-                  'rounds and steps. Paired difference of log10(final loss), method - control, over replicates (negative: method lower; '
-                  'wins: replicates where the method ended lower; 95% t-interval):']
+        lines += [
+            '',
+            f'Controls, matched per replicate to S3D (m=2, c={cfg.c:g}): random growth (random (a, b), output weight 0) and '
+            f'Net2Net (a random neuron split into equal halves at +-{cfg.eps:g} x a random unit direction) add neurons at the rounds '
+            f'and in the numbers S3D did; scratch trains S3D\'s final size from random neurons (output weights 1/n) for the same '
+            'rounds and steps. Paired difference of log10(final loss), method - control, over replicates (negative: method lower; '
+            'wins: replicates where the method ended lower; 95% t-interval):',
+        ]
         for p in paired.itertuples():
             ci = f', 95% interval [{p.lo:+.2f}, {p.hi:+.2f}]' if p.n > 1 else ''
-            lines.append(f'- {p.formulation}, {p.comparison}: {p.diff_log10:+.2f}{ci}, {p.wins}/{p.n} wins (geometric mean '
-                         f'final loss {p.method_gmean:.3g} vs {p.control_gmean:.3g}): **{p.verdict}**.')
+            lines.append(
+                f'- {p.formulation}, {p.comparison}: {p.diff_log10:+.2f}{ci}, {p.wins}/{p.n} wins (geometric mean '
+                f'final loss {p.method_gmean:.3g} vs {p.control_gmean:.3g}): **{p.verdict}**.'
+            )
     lines += ['', markdown_table(tab), '']
     return '\n'.join(lines)
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #180a7d8f
 FIG2_TABLES = {'curve': '', 'rounds': '_rounds', 'neurons': '_neurons', 'targets': '_targets'}
 
-def fig2_files(scale:str, out='data/results') -> dict:
+
+def fig2_files(scale: str, out='data/results') -> dict:
     "Result files of `scale` under `out`: the tidy CSVs by table name, the paired comparisons with the controls (`paired`), then `png`, `pdf` and the summary `md`."
     out = Path(out)
-    return {**{k: out / f'fig2_{scale}{s}.csv' for k, s in FIG2_TABLES.items()}, 'paired': out / f'fig2_{scale}_paired.csv',
-            **{e: out / f'fig2_{scale}.{e}' for e in ('png', 'pdf', 'md')}}
+    return {
+        **{k: out / f'fig2_{scale}{s}.csv' for k, s in FIG2_TABLES.items()},
+        'paired': out / f'fig2_{scale}_paired.csv',
+        **{e: out / f'fig2_{scale}.{e}' for e in ('png', 'pdf', 'md')},
+    }
 
-def files(scale:str, out='data/results') -> list:
+
+def files(scale: str, out='data/results') -> list:
     "The result files of `scale` under `out`, the summary last."
     return list(fig2_files(scale, out).values())
 
-def config_fingerprint(scale:str) -> str: return fingerprint(asdict(SCALES[scale]))
 
-def check(scale:str='cpu', device='auto', data=None, out=None, fake_data:bool=False, download:bool=False) -> list:
+def config_fingerprint(scale: str) -> str:
+    return fingerprint(asdict(SCALES[scale]))
+
+
+def check(
+    scale: str = 'cpu', device='auto', data=None, out=None, fake_data: bool = False, download: bool = False
+) -> list:
     "Check the arguments before any computing; returns one-line warnings about options fig2 ignores."
-    if scale not in SCALES: raise ValueError(f'fig2: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
-    ignored = [o for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download)) if v]
-    return [f'fig2 fits synthetic RBF targets and needs no dataset: {", ".join(ignored)} ignored'] if ignored else []
+    if scale not in SCALES:
+        raise ValueError(f'fig2: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
+    ignored = [
+        o
+        for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download))
+        if v
+    ]
+    return (
+        [f'fig2 fits synthetic RBF targets and needs no dataset: {", ".join(ignored)} ignored']
+        if ignored
+        else []
+    )
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #c055798c
-def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:bool=False, jobs:int=1,
-        fake_data:bool=False, download:bool=False, progress:bool=True) -> list:
+def run(
+    scale: str = 'cpu',
+    device='auto',
+    data=None,
+    out='data/reproduced',
+    force: bool = False,
+    jobs: int = 1,
+    fake_data: bool = False,
+    download: bool = False,
+    progress: bool = True,
+) -> list:
     "Reproduce Figure 2 at `scale` (smoke|cpu|paper), resuming finished jobs; returns the paths written or reused."
     check(scale, device, data, out, fake_data, download)
     cfg, out = SCALES[scale], check_out_dir(out)
-    files = fig2_files(scale, out); csvs = {k: files[k] for k in FIG2_TABLES}
+    files = fig2_files(scale, out)
+    csvs = {k: files[k] for k in FIG2_TABLES}
     # the network is tiny: per-step kernel launches make a GPU slower than the CPU, so `auto` means the CPU here
     device = resolve_device('cpu' if str(device) == 'auto' else device)
     with pinned_numerics(1):
-        if not force and all(p.exists() for p in [*csvs.values(), files['paired']]) and read_fingerprint(files['md']) == config_fingerprint(scale):
-            print(f'fig2: finished results for scale {scale!r} found in {out}, reusing them (use --force to recompute)')
+        if (
+            not force
+            and all(p.exists() for p in [*csvs.values(), files['paired']])
+            and read_fingerprint(files['md']) == config_fingerprint(scale)
+        ):
+            print(
+                f'fig2: finished results for scale {scale!r} found in {out}, reusing them (use --force to recompute)'
+            )
             res, fresh = {k: pd.read_csv(p) for k, p in csvs.items()}, False
         else:
-            res = run_fig2_grid(cfg, device=device, progress=progress, jobs=jobs, folder=out / f'fig2_{scale}_runs', force=force)
-            for k, p in csvs.items(): atomic_write_csv(p, res[k], float_format='%.6g')
+            res = run_fig2_grid(
+                cfg,
+                device=device,
+                progress=progress,
+                jobs=jobs,
+                folder=out / f'fig2_{scale}_runs',
+                force=force,
+            )
+            for k, p in csvs.items():
+                atomic_write_csv(p, res[k], float_format='%.6g')
             print(f'fig2: all {len(fig2_jobs(cfg))} jobs finished')
             fresh, info = True, run_info(device)
         if fresh or not (files['png'].exists() and files['pdf'].exists()):
-            import matplotlib; matplotlib.use('Agg', force=False)
+            import matplotlib
+
+            matplotlib.use('Agg', force=False)
             import matplotlib.pyplot as plt
-            res = {k: pd.read_csv(p) for k, p in csvs.items()}   # the figure is drawn from the files, as on a rerun
+
+            res = {
+                k: pd.read_csv(p) for k, p in csvs.items()
+            }  # the figure is drawn from the files, as on a rerun
             fig = plot_fig2(res, cfg)
-            for e in ('png', 'pdf'): atomic_save_figure(files[e], fig)
+            for e in ('png', 'pdf'):
+                atomic_save_figure(files[e], fig)
             plt.close(fig)
         if fresh:
             atomic_write_csv(files['paired'], fig2_paired(res['rounds'], cfg.c), float_format='%.6g')
-            paired = pd.read_csv(files['paired'])   # the report is written from the files, as on a rerun
+            paired = pd.read_csv(files['paired'])  # the report is written from the files, as on a rerun
             atomic_write_text(files['md'], fig2_report(summarize_fig2(res['rounds']), cfg, info, paired))
     return list(files.values())
 
 # %% ../../../nbs/experiments/fig2_rbf.ipynb #447f4003
 from ..runs import Experiment, register_experiment
-register_experiment(Experiment(
-    'fig2', 'Figure 2: toy RBF network grown from one neuron; S2D gets stuck, S3D escapes',
-    'smoke ~10 s; cpu ~1.5 min on 1 core (less with --jobs); paper ~1.5 h on 1 core (estimated); CPU only',
-    run=run, check=check, files=files, fingerprint=config_fingerprint))
+
+register_experiment(
+    Experiment(
+        'fig2',
+        'Figure 2: toy RBF network grown from one neuron; S2D gets stuck, S3D escapes',
+        'smoke ~10 s; cpu ~1.5 min on 1 core (less with --jobs); paper ~1.5 h on 1 core (estimated); CPU only',
+        run=run,
+        check=check,
+        files=files,
+        fingerprint=config_fingerprint,
+    )
+)

@@ -13,19 +13,59 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from ..data import (DataError, CIFAR100_FOLDER, load_cifar100, load_digits_data, make_fake_cifar100, loaders,
-                             check_cifar100, download_cifar100)
+from s3d.paper.data import (
+    DataError,
+    CIFAR100_FOLDER,
+    load_cifar100,
+    load_digits_data,
+    make_fake_cifar100,
+    loaders,
+    check_cifar100,
+    download_cifar100,
+)
 from ..models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
 from ...cost import count_params_flops
 from ..train import train, evaluate
 from ...graph import split_groups
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
-from ..baselines import (l1_filter_scores, bn_scale_scores, keep_for_budget, pruned_cost, prune_channels, bn_l1_penalty,
-                         morphnet_penalty, expand_widths)
-from ..runs import (atomic_write_csv, atomic_write_json, atomic_write_text, atomic_save_figure, is_done, resolve_device,
-                            markdown_table, pinned_numerics, run_info, run_info_line, run_tasks, fingerprint, fingerprint_line,
-                            read_fingerprint, interrupted, check_out_dir, run_once, train_stage,
-                            writer_first, check_shared_out, is_writer, barrier, dist_context, data_parallel, shard, shard_batches)
+from s3d.paper.baselines import (
+    l1_filter_scores,
+    bn_scale_scores,
+    keep_for_budget,
+    pruned_cost,
+    prune_channels,
+    bn_l1_penalty,
+    morphnet_penalty,
+    expand_widths,
+)
+from s3d.paper.runs import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_save_figure,
+    is_done,
+    resolve_device,
+    markdown_table,
+    pinned_numerics,
+    run_info,
+    run_info_line,
+    run_tasks,
+    fingerprint,
+    fingerprint_line,
+    read_fingerprint,
+    interrupted,
+    check_out_dir,
+    run_once,
+    train_stage,
+    writer_first,
+    check_shared_out,
+    is_writer,
+    barrier,
+    dist_context,
+    data_parallel,
+    shard,
+    shard_batches,
+)
 
 # %% auto #0
 __all__ = ['SCALES', 'CONTROLS', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer', 'run_is_done',
@@ -36,214 +76,434 @@ __all__ = ['SCALES', 'CONTROLS', 'Table1Config', 'table1_runs', 'data_root', 'ta
 @dataclass
 class Table1Config:
     "Every setting of the Table 1 / Figure 3 experiment at one scale."
+
     scale: str = 'cpu'
-    dataset: str = 'digits'        # 'cifar100' or 'digits'
-    in_channels: int = 1           # image channels
-    image: int = 8                 # image side
+    dataset: str = 'digits'  # 'cifar100' or 'digits'
+    in_channels: int = 1  # image channels
+    image: int = 8  # image side
     num_classes: int = 10
     strides: tuple = (1, 1, 2, 2)  # stem and block strides
-    full_widths: tuple = (16, 32, 32, 64)      # the full model
-    seed_widths: tuple = (4, 8, 8, 16)         # S2D / S3D start
-    energy_widths: tuple = (4, 4, 8, 8)        # energy-aware start
-    rounds: int = 5                # splitting rounds
-    ratio: float = 0.3             # growth ratio per round
-    energy_growth: float = 0.5     # energy-aware budget per round, as a fraction of the energy seed's FLOPs
+    full_widths: tuple = (16, 32, 32, 64)  # the full model
+    seed_widths: tuple = (4, 8, 8, 16)  # S2D / S3D start
+    energy_widths: tuple = (4, 4, 8, 8)  # energy-aware start
+    rounds: int = 5  # splitting rounds
+    ratio: float = 0.3  # growth ratio per round
+    energy_growth: float = 0.5  # energy-aware budget per round, as a fraction of the energy seed's FLOPs
     m: int = 2
-    c: float = 3.0                 # S3D's c in the table
-    cs: tuple = (1.5, 2.0, 5.0)    # extra c values for Fig 3c (S3D m=2, last split)
+    c: float = 3.0  # S3D's c in the table
+    cs: tuple = (1.5, 2.0, 5.0)  # extra c values for Fig 3c (S3D m=2, last split)
     eps: float = 1e-2
     eigen: str = 'fast'
-    score_images: int = 512        # training images (no augmentation) for the splitting matrices
+    score_images: int = 512  # training images (no augmentation) for the splitting matrices
     score_batch: int = 256
-    epochs: int = 10               # epochs per stage (after every split; full / pruned / MorphNet likewise)
+    epochs: int = 10  # epochs per stage (after every split; full / pruned / MorphNet likewise)
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    width_mults: tuple = (0.25, 0.5, 0.75)     # width multipliers besides the full model (1.0)
-    prune_flops: float = 0.5       # pruning / MorphNet target: this fraction of the full model's FLOPs
-    bn_sparsity: float = 1e-4      # network slimming: L1 weight on BN scales
-    morphnet_strength: float = 0.5   # MorphNet regulariser weight (the penalty is normalised by the model's FLOPs)
-    morphnet_alive: float = 1e-2   # |gamma| above this counts as alive
-    seeds: tuple = (0, 1, 2)       # replicates of every run
-    sweep_seeds: tuple = (0,)      # replicates of the c sweep and energy-aware runs
-    fake_train: int = 64           # smoke: images of the fake CIFAR-100 written when none is found
+    width_mults: tuple = (0.25, 0.5, 0.75)  # width multipliers besides the full model (1.0)
+    prune_flops: float = 0.5  # pruning / MorphNet target: this fraction of the full model's FLOPs
+    bn_sparsity: float = 1e-4  # network slimming: L1 weight on BN scales
+    morphnet_strength: float = (
+        0.5  # MorphNet regulariser weight (the penalty is normalised by the model's FLOPs)
+    )
+    morphnet_alive: float = 1e-2  # |gamma| above this counts as alive
+    seeds: tuple = (0, 1, 2)  # replicates of every run
+    sweep_seeds: tuple = (0,)  # replicates of the c sweep and energy-aware runs
+    fake_train: int = 64  # smoke: images of the fake CIFAR-100 written when none is found
     fake_test: int = 32
 
     def model(self, widths) -> MobileNetV1:
         "A MobileNetV1 of this setting with `widths`."
-        return MobileNetV1(self.num_classes, widths=list(widths), in_channels=self.in_channels, strides=self.strides)
+        return MobileNetV1(
+            self.num_classes, widths=list(widths), in_channels=self.in_channels, strides=self.strides
+        )
 
-    def example(self, device='cpu'): return torch.zeros(1, self.in_channels, self.image, self.image, device=device)
+    def example(self, device='cpu'):
+        return torch.zeros(1, self.in_channels, self.image, self.image, device=device)
+
 
 _E14 = (8, 8, 8, 8, 16, 16, 24, 24, 24, 24, 24, 24, 32, 32)
 SCALES = {
-    'paper': Table1Config(scale='paper', dataset='cifar100', in_channels=3, image=32, num_classes=100,
-                          strides=MOBILENET_STRIDES, full_widths=MOBILENET_WIDTHS, seed_widths=(32,) * 14,
-                          energy_widths=_E14, rounds=5, ratio=0.3, energy_growth=1.0, cs=(1.5, 2.0, 4.0, 5.0),
-                          score_images=4096, score_batch=256, epochs=160, batch_size=128, weight_decay=1e-4,
-                          width_mults=(0.25, 0.5, 0.75), prune_flops=0.8, seeds=(0,), sweep_seeds=(0,)),
-    'smoke': Table1Config(scale='smoke', dataset='cifar100', in_channels=3, image=32, num_classes=100,
-                          strides=(1, 2, 2, 2), full_widths=(8, 8, 16, 16), seed_widths=(4, 4, 8, 8),
-                          energy_widths=(2, 4, 4, 8), rounds=1, ratio=0.5, cs=(2.0,), score_images=32,
-                          score_batch=32, epochs=1, batch_size=32, width_mults=(0.5,), seeds=(0,), sweep_seeds=(0,)),
+    'paper': Table1Config(
+        scale='paper',
+        dataset='cifar100',
+        in_channels=3,
+        image=32,
+        num_classes=100,
+        strides=MOBILENET_STRIDES,
+        full_widths=MOBILENET_WIDTHS,
+        seed_widths=(32,) * 14,
+        energy_widths=_E14,
+        rounds=5,
+        ratio=0.3,
+        energy_growth=1.0,
+        cs=(1.5, 2.0, 4.0, 5.0),
+        score_images=4096,
+        score_batch=256,
+        epochs=160,
+        batch_size=128,
+        weight_decay=1e-4,
+        width_mults=(0.25, 0.5, 0.75),
+        prune_flops=0.8,
+        seeds=(0,),
+        sweep_seeds=(0,),
+    ),
+    'smoke': Table1Config(
+        scale='smoke',
+        dataset='cifar100',
+        in_channels=3,
+        image=32,
+        num_classes=100,
+        strides=(1, 2, 2, 2),
+        full_widths=(8, 8, 16, 16),
+        seed_widths=(4, 4, 8, 8),
+        energy_widths=(2, 4, 4, 8),
+        rounds=1,
+        ratio=0.5,
+        cs=(2.0,),
+        score_images=32,
+        score_batch=32,
+        epochs=1,
+        batch_size=32,
+        width_mults=(0.5,),
+        seeds=(0,),
+        sweep_seeds=(0,),
+    ),
     'cpu': Table1Config(seeds=tuple(range(10)), sweep_seeds=(0, 1, 2)),
 }
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #22627751
-CONTROLS = ('random', 'net2net', 'scratch')   # `GrowConfig.growth` of the controls, each matched to S3D (c = cfg.c) per seed
+CONTROLS = (
+    'random',
+    'net2net',
+    'scratch',
+)  # `GrowConfig.growth` of the controls, each matched to S3D (c = cfg.c) per seed
+
 
 def _grow_run(method, setting, c, seed, widths):
     tag = 'E-' if setting == 'energy' else ''
-    return dict(key=f'{tag}{method}-c{c:g}-s{seed}', method=method, setting=setting, c=float(c), seed=seed, widths=list(widths))
+    return dict(
+        key=f'{tag}{method}-c{c:g}-s{seed}',
+        method=method,
+        setting=setting,
+        c=float(c),
+        seed=seed,
+        widths=list(widths),
+    )
+
 
 def _control_run(growth, cfg, seed):
     s3d = _grow_run('S3D', 'params', cfg.c, seed, cfg.seed_widths)['key']
-    return dict(key=f'{growth}-{s3d}', method=GROWTHS[growth], setting='params', growth=growth, seed=seed,
-                widths=list(cfg.seed_widths), after=s3d)
+    return dict(
+        key=f'{growth}-{s3d}',
+        method=GROWTHS[growth],
+        setting='params',
+        growth=growth,
+        seed=seed,
+        widths=list(cfg.seed_widths),
+        after=s3d,
+    )
 
-def table1_runs(cfg:Table1Config) -> list:
+
+def table1_runs(cfg: Table1Config) -> list:
     "One dict per reported run (key, method, setting, c, seed, ...), in an order that respects dependencies."
     runs = []
     for s in cfg.seeds:
-        runs += [_grow_run('S2D', 'params', 1.0, s, cfg.seed_widths), _grow_run('S3D', 'params', cfg.c, s, cfg.seed_widths)]
+        runs += [
+            _grow_run('S2D', 'params', 1.0, s, cfg.seed_widths),
+            _grow_run('S3D', 'params', cfg.c, s, cfg.seed_widths),
+        ]
         for mult in (*cfg.width_mults, 1.0):
             w = [max(1, int(round(v * mult))) for v in cfg.full_widths]
-            runs.append(dict(key=f'width{mult:g}-s{s}', method='full' if mult == 1 else f'{mult:g}x', setting='baseline', seed=s, widths=w, mult=mult))
-        runs += [dict(key=f'l1-s{s}', method='L1 pruning', setting='baseline', seed=s, after=f'width1-s{s}'),
-                 dict(key=f'bn-s{s}', method='BN pruning', setting='baseline', seed=s),
-                 dict(key=f'morphnet-s{s}', method='MorphNet', setting='baseline', seed=s)]
+            runs.append(
+                dict(
+                    key=f'width{mult:g}-s{s}',
+                    method='full' if mult == 1 else f'{mult:g}x',
+                    setting='baseline',
+                    seed=s,
+                    widths=w,
+                    mult=mult,
+                )
+            )
+        runs += [
+            dict(key=f'l1-s{s}', method='L1 pruning', setting='baseline', seed=s, after=f'width1-s{s}'),
+            dict(key=f'bn-s{s}', method='BN pruning', setting='baseline', seed=s),
+            dict(key=f'morphnet-s{s}', method='MorphNet', setting='baseline', seed=s),
+        ]
     for s in cfg.sweep_seeds:
         runs += [_grow_run('S3D', 'params', c, s, cfg.seed_widths) for c in cfg.cs if c != cfg.c]
-        runs += [_grow_run('S2D', 'energy', 1.0, s, cfg.energy_widths), _grow_run('S3D', 'energy', cfg.c, s, cfg.energy_widths)]
-    runs += [_control_run(g, cfg, s) for s in cfg.seeds for g in CONTROLS]   # last: the rows of the other runs keep their order
+        runs += [
+            _grow_run('S2D', 'energy', 1.0, s, cfg.energy_widths),
+            _grow_run('S3D', 'energy', cfg.c, s, cfg.energy_widths),
+        ]
+    runs += [
+        _control_run(g, cfg, s) for s in cfg.seeds for g in CONTROLS
+    ]  # last: the rows of the other runs keep their order
     keys = [r['key'] for r in runs]
-    if len(set(keys)) != len(keys): raise ValueError(f'table1: duplicate run keys in {keys}')
+    if len(set(keys)) != len(keys):
+        raise ValueError(f'table1: duplicate run keys in {keys}')
     return runs
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #40e5f1fc
-def data_root(cfg:Table1Config, data=None, out='data/reproduced', fake_data:bool=False, download:bool=False) -> Path|None:
+def data_root(
+    cfg: Table1Config, data=None, out='data/reproduced', fake_data: bool = False, download: bool = False
+) -> Path | None:
     "Folder the dataset of `cfg` is read from (None for digits), after downloading, faking or checking it."
-    if cfg.dataset == 'digits': return None
+    if cfg.dataset == 'digits':
+        return None
     if fake_data:
         root = Path(out) / f'table1_{cfg.scale}_runs' / 'fake_data'
-        if not (root / CIFAR100_FOLDER / 'meta').exists(): make_fake_cifar100(root, cfg.fake_train, cfg.fake_test)
+        if not (root / CIFAR100_FOLDER / 'meta').exists():
+            make_fake_cifar100(root, cfg.fake_train, cfg.fake_test)
         return root
     root = Path(data if data is not None else 'data')
-    if download: download_cifar100(root)
+    if download:
+        download_cifar100(root)
     check_cifar100(root)
     return root
 
-def table1_data(cfg:Table1Config, root=None):
+
+def table1_data(cfg: Table1Config, root=None):
     "The `ImageData` of `cfg`: digits, or CIFAR-100 under `root` (from `data_root`)."
     return load_digits_data() if cfg.dataset == 'digits' else load_cifar100(root)
 
-def data_tag(cfg:Table1Config, fake_data:bool=False) -> str:
+
+def data_tag(cfg: Table1Config, fake_data: bool = False) -> str:
     "What the numbers were computed on: 'digits', 'cifar100' or 'fake' (part of every run's configuration)."
     return 'fake' if fake_data and cfg.dataset != 'digits' else cfg.dataset
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #8dbbdd25
 class Trainer:
     "Loaders, device and training recipe shared by every run of a scale (under torchrun: this process's slice of every batch)."
-    def __init__(self, cfg:Table1Config, data, device, progress:bool=False):
+
+    def __init__(self, cfg: Table1Config, data, device, progress: bool = False):
         self.cfg, self.device, self.progress = cfg, device, progress and is_writer()
         train_dl, self.test_dl = loaders(data, cfg.batch_size, device=device, seed=0)
-        self.train_dl = shard(train_dl)   # the same global batches whatever the number of processes
-        sx, sy = data.x_train[:cfg.score_images], data.y_train[:cfg.score_images]
-        self.score = shard_batches(loaders(replace(data, x_train=sx, y_train=sy), cfg.score_batch, device=device, augment=False)[0])
+        self.train_dl = shard(train_dl)  # the same global batches whatever the number of processes
+        sx, sy = data.x_train[: cfg.score_images], data.y_train[: cfg.score_images]
+        self.score = shard_batches(
+            loaders(replace(data, x_train=sx, y_train=sy), cfg.score_batch, device=device, augment=False)[0]
+        )
 
-    def fit(self, model, seed:int, regularizer=None, desc='train', state=None) -> dict:
+    def fit(self, model, seed: int, regularizer=None, desc='train', state=None) -> dict:
         "Train `model` in place for `cfg.epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
-        c = self.cfg   # the same seed gives the same batches
-        h = train(data_parallel(model), self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                  device=self.device, regularizer=regularizer, progress=self.progress, desc=desc, state=state, seed=seed)
+        c = self.cfg  # the same seed gives the same batches
+        h = train(
+            data_parallel(model),
+            self.train_dl,
+            c.epochs,
+            lr=c.lr,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            device=self.device,
+            regularizer=regularizer,
+            progress=self.progress,
+            desc=desc,
+            state=state,
+            seed=seed,
+        )
         return h[-1] if h else {}
 
-    def stage(self, folder, name:str, model, seed:int, regularizer=None, desc='train') -> dict:
+    def stage(self, folder, name: str, model, seed: int, regularizer=None, desc='train') -> dict:
         "`fit` as a stage of a run that resumes at the epoch (`s3d.paper.runs.train_stage`)."
         return train_stage(folder, name, model, lambda m, st: self.fit(m, seed, regularizer, desc, st))
 
-    def test(self, model) -> dict: return evaluate(model, self.test_dl, self.device)
+    def test(self, model) -> dict:
+        return evaluate(model, self.test_dl, self.device)
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #cc254828
 def _row(run, model, cfg, tr, te, rnd=0, **kw):
     p, f = count_params_flops(model, cfg.example(next(model.parameters()).device))
-    return dict(method=run['method'], setting=run['setting'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'),
-                seed=run['seed'], round=rnd, params=p, flops=f, acc=te['acc'], test_loss=te['loss'],
-                train_loss=tr.get('loss', float('nan')), widths=json.dumps(list(model.widths)), **kw)
+    return dict(
+        method=run['method'],
+        setting=run['setting'],
+        c=run.get('c', float('nan')),
+        m=cfg.m if 'c' in run else float('nan'),
+        seed=run['seed'],
+        round=rnd,
+        params=p,
+        flops=f,
+        acc=te['acc'],
+        test_loss=te['loss'],
+        train_loss=tr.get('loss', float('nan')),
+        widths=json.dumps(list(model.widths)),
+        **kw,
+    )
+
 
 def _grow(run, cfg, T, folder):
     ex = cfg.example(T.device)
     seed_flops = count_params_flops(cfg.model(run['widths']), cfg.example())[1]
     energy = run['setting'] == 'energy'
-    gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=None if energy else cfg.ratio,
-                    budget=cfg.energy_growth * seed_flops if energy else None, eigen=cfg.eigen, seed=run['seed'])
-    torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
-    res = grow(model, lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}", state=state),
-               nn.CrossEntropyLoss(), T.score, ex, gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']),
-               dist=dist_context())
+    gc = GrowConfig(
+        rounds=cfg.rounds,
+        m=cfg.m,
+        c=run['c'],
+        eps=cfg.eps,
+        ratio=None if energy else cfg.ratio,
+        budget=cfg.energy_growth * seed_flops if energy else None,
+        eigen=cfg.eigen,
+        seed=run['seed'],
+    )
+    torch.manual_seed(run['seed'])
+    model = cfg.model(run['widths']).to(T.device)
+    res = grow(
+        model,
+        lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}", state=state),
+        nn.CrossEntropyLoss(),
+        T.score,
+        ex,
+        gc,
+        evaluate=T.test,
+        out_dir=folder,
+        progress=T.progress,
+        label=dict(key=run['key']),
+        dist=dist_context(),
+    )
     h = res.history
-    return [dict(method=run['method'], setting=run['setting'], c=run['c'], m=cfg.m, seed=run['seed'], round=int(r['round']),
-                 params=int(r['params']), flops=int(r['flops']), acc=r['test_acc'], test_loss=r['test_loss'],
-                 train_loss=r.get('train_loss', float('nan')), widths=r['widths'], split=int(r['split']), kinds=r['kinds'])
-            for _, r in h.iterrows()]
+    return [
+        dict(
+            method=run['method'],
+            setting=run['setting'],
+            c=run['c'],
+            m=cfg.m,
+            seed=run['seed'],
+            round=int(r['round']),
+            params=int(r['params']),
+            flops=int(r['flops']),
+            acc=r['test_acc'],
+            test_loss=r['test_loss'],
+            train_loss=r.get('train_loss', float('nan')),
+            widths=r['widths'],
+            split=int(r['split']),
+            kinds=r['kinds'],
+        )
+        for _, r in h.iterrows()
+    ]
 
-def _matched_widths(run, root) -> list|None:
+
+def _matched_widths(run, root) -> list | None:
     "Per-round widths (JSON, rounds 0..R) of the run a control copies (`run['after']`); None until it has finished."
     p = Path(root) / run['after'] / 'rows.csv'
     return pd.read_csv(p).sort_values('round').widths.tolist() if p.exists() else None
+
 
 def _control(run, cfg, T, folder):
     "A control (`run['growth']`) through `s3d.grow`, grown to the per-round widths of S3D's run of the same seed."
     ex, s = cfg.example(T.device), run['seed']
     ws = _matched_widths(run, Path(folder).parent)
-    if ws is None: raise RuntimeError(f"table1: {run['key']} needs the finished run {run['after']} (its per-round widths)")
-    gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, eps=cfg.eps, ratio=None, widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
-                    growth=run['growth'], eigen=cfg.eigen, seed=s)
-    torch.manual_seed(s); model = cfg.model(run['widths']).to(T.device)            # the seed network of S2D / S3D
-    if run['growth'] == 'scratch': model = scratch_model(model, ex, ws[-1], seed=s)  # S3D's final widths, fresh weights
-    res = grow(model, lambda m, r, state: T.fit(m, s + 1000 * r, desc=f"{run['key']} r{r}", state=state), nn.CrossEntropyLoss(),
-               T.score, ex, gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']), dist=dist_context())
-    return [dict(method=run['method'], setting=run['setting'], c=float('nan'), m=float('nan'), seed=s, round=int(r['round']),
-                 params=int(r['params']), flops=int(r['flops']), acc=r['test_acc'], test_loss=r['test_loss'],
-                 train_loss=r.get('train_loss', float('nan')), widths=r['widths'], split=int(r['split']), kinds=r['kinds'])
-            for _, r in res.history.iterrows()]
+    if ws is None:
+        raise RuntimeError(
+            f"table1: {run['key']} needs the finished run {run['after']} (its per-round widths)"
+        )
+    gc = GrowConfig(
+        rounds=cfg.rounds,
+        m=cfg.m,
+        eps=cfg.eps,
+        ratio=None,
+        widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
+        growth=run['growth'],
+        eigen=cfg.eigen,
+        seed=s,
+    )
+    torch.manual_seed(s)
+    model = cfg.model(run['widths']).to(T.device)  # the seed network of S2D / S3D
+    if run['growth'] == 'scratch':
+        model = scratch_model(model, ex, ws[-1], seed=s)  # S3D's final widths, fresh weights
+    res = grow(
+        model,
+        lambda m, r, state: T.fit(m, s + 1000 * r, desc=f"{run['key']} r{r}", state=state),
+        nn.CrossEntropyLoss(),
+        T.score,
+        ex,
+        gc,
+        evaluate=T.test,
+        out_dir=folder,
+        progress=T.progress,
+        label=dict(key=run['key']),
+        dist=dist_context(),
+    )
+    return [
+        dict(
+            method=run['method'],
+            setting=run['setting'],
+            c=float('nan'),
+            m=float('nan'),
+            seed=s,
+            round=int(r['round']),
+            params=int(r['params']),
+            flops=int(r['flops']),
+            acc=r['test_acc'],
+            test_loss=r['test_loss'],
+            train_loss=r.get('train_loss', float('nan')),
+            widths=r['widths'],
+            split=int(r['split']),
+            kinds=r['kinds'],
+        )
+        for _, r in res.history.iterrows()
+    ]
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #7dffdf51
 from ...checkpoint import atomic_torch_save
+
+
 def _full_model(cfg, T, folder, run):
     "The trained full model of `run['after']` (its saved state)."
     st = torch.load(Path(folder).parent / run['after'] / 'model.pt', map_location=T.device, weights_only=True)
-    m = cfg.model(cfg.full_widths).to(T.device); m.load_state_dict(st); return m
+    m = cfg.model(cfg.full_widths).to(T.device)
+    m.load_state_dict(st)
+    return m
+
 
 def _baseline(run, cfg, T, folder):
     ex, s = cfg.example(T.device), run['seed']
     full_flops = count_params_flops(cfg.model(cfg.full_widths), cfg.example())[1]
     target = cfg.prune_flops * full_flops
-    if 'widths' in run:                      # full model and width multipliers
-        torch.manual_seed(s); m = cfg.model(run['widths']).to(T.device)
+    if 'widths' in run:  # full model and width multipliers
+        torch.manual_seed(s)
+        m = cfg.model(run['widths']).to(T.device)
         tr = T.stage(folder, 'train', m, s, desc=run['key'])
-        if is_writer(): atomic_torch_save(m.state_dict(), Path(folder) / 'model.pt')
+        if is_writer():
+            atomic_torch_save(m.state_dict(), Path(folder) / 'model.pt')
         return [_row(run, m, cfg, tr, T.test(m), mult=run['mult'])]
     if run['method'] == 'L1 pruning':
         m = _full_model(cfg, T, folder, run)
         groups = split_groups(m, ex)
         keep = keep_for_budget(l1_filter_scores(groups), pruned_cost(m, cfg.example()), target, scope='layer')
-        prune_channels(m, ex, keep); tr = T.stage(folder, 'finetune', m, s + 1, desc=run['key'])
+        prune_channels(m, ex, keep)
+        tr = T.stage(folder, 'finetune', m, s + 1, desc=run['key'])
         return [_row(run, m, cfg, tr, T.test(m))]
-    torch.manual_seed(s); m = cfg.model(cfg.full_widths).to(T.device)
+    torch.manual_seed(s)
+    m = cfg.model(cfg.full_widths).to(T.device)
     groups = split_groups(m, ex)
     if run['method'] == 'BN pruning':
-        T.stage(folder, 'sparse', m, s, regularizer=bn_l1_penalty(groups, cfg.bn_sparsity), desc=run['key'] + ' sparse')
+        T.stage(
+            folder,
+            'sparse',
+            m,
+            s,
+            regularizer=bn_l1_penalty(groups, cfg.bn_sparsity),
+            desc=run['key'] + ' sparse',
+        )
         keep = keep_for_budget(bn_scale_scores(groups), pruned_cost(m, cfg.example()), target, scope='global')
-        prune_channels(m, ex, keep); tr = T.stage(folder, 'finetune', m, s + 1, desc=run['key'])
+        prune_channels(m, ex, keep)
+        tr = T.stage(folder, 'finetune', m, s + 1, desc=run['key'])
         return [_row(run, m, cfg, tr, T.test(m))]
     if run['method'] == 'MorphNet':
-        T.stage(folder, 'shrink', m, s, regularizer=morphnet_penalty(m, groups, ex, cfg.morphnet_strength, cfg.morphnet_alive), desc=run['key'] + ' shrink')
+        T.stage(
+            folder,
+            'shrink',
+            m,
+            s,
+            regularizer=morphnet_penalty(m, groups, ex, cfg.morphnet_strength, cfg.morphnet_alive),
+            desc=run['key'] + ' shrink',
+        )
         alive = [max(1, int((g.bn.weight.detach().abs() > cfg.morphnet_alive).sum())) for g in groups]
         fl = lambda ws: count_params_flops(cfg.model(ws), cfg.example())[1]
         widths, mult = expand_widths(alive, fl, target)
-        torch.manual_seed(s); m2 = cfg.model(widths).to(T.device)
+        torch.manual_seed(s)
+        m2 = cfg.model(widths).to(T.device)
         tr = T.stage(folder, 'train', m2, s + 1, desc=run['key'])
         return [_row(run, m2, cfg, tr, T.test(m2), mult=mult, alive=json.dumps(alive))]
     raise ValueError(f"table1: unknown method {run['method']!r} in run {run['key']!r}")
@@ -251,180 +511,336 @@ def _baseline(run, cfg, T, folder):
 # %% ../../../nbs/experiments/table1_cifar.ipynb #4ecf2b4d
 def _run_config(run, cfg, tag, root=None):
     c = dict(run=run, cfg=asdict(cfg), data=tag)
-    if 'growth' in run: c['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
+    if 'growth' in run:
+        c['matched_widths'] = _matched_widths(run, root)  # a control is stale when S3D's widths change
     return c
 
-def run_is_done(run:dict, cfg:Table1Config, root, tag:str='') -> bool:
+
+def run_is_done(run: dict, cfg: Table1Config, root, tag: str = '') -> bool:
     "True when `root/<key>/rows.csv` holds this run's finished rows for this configuration."
     folder = Path(root) / run['key']
-    return is_done([folder / 'rows.csv'], folder / 'config.json', _run_config(run, cfg, tag or cfg.dataset, root))
+    return is_done(
+        [folder / 'rows.csv'], folder / 'config.json', _run_config(run, cfg, tag or cfg.dataset, root)
+    )
 
-def run_one(run:dict, cfg:Table1Config, T:Trainer, root, force:bool=False, tag:str='') -> pd.DataFrame:
+
+def run_one(
+    run: dict, cfg: Table1Config, T: Trainer, root, force: bool = False, tag: str = ''
+) -> pd.DataFrame:
     "Execute (or reuse) one run in `root/<key>/` (every process under torchrun; rank 0 writes); returns its rows."
     folder = Path(root) / run['key']
     fn = _control if 'growth' in run else _grow if run['method'] in ('S2D', 'S3D') else _baseline
-    return run_once(folder, _run_config(run, cfg, tag or cfg.dataset, root),
-                    lambda: pd.DataFrame(fn(run, cfg, T, folder)).assign(key=run['key']), force)
-
+    return run_once(
+        folder,
+        _run_config(run, cfg, tag or cfg.dataset, root),
+        lambda: pd.DataFrame(fn(run, cfg, T, folder)).assign(key=run['key']),
+        force,
+    )
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #decc8566
 def _label(df):
     tag = np.where(df.setting == 'energy', ' (energy)', '')
-    lab = np.where(df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net']), df.method + '-' + df['round'].astype(str), df.method)
+    lab = np.where(
+        df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net']),
+        df.method + '-' + df['round'].astype(str),
+        df.method,
+    )
     lab = np.where(df.method == 'S3D', lab + ' c=' + df.c.map('{:g}'.format), lab)
-    lab = np.where(df.method.isin(list(GROWTHS.values())) & (df.method != 'S2D/S3D'), lab + ' (S3D widths)', lab)
+    lab = np.where(
+        df.method.isin(list(GROWTHS.values())) & (df.method != 'S2D/S3D'), lab + ' (S3D widths)', lab
+    )
     return pd.Series(lab, index=df.index) + tag
 
-def table1_table(df:pd.DataFrame) -> pd.DataFrame:
+
+def table1_table(df: pd.DataFrame) -> pd.DataFrame:
     "Table 1: one row per method (grown runs at their last round): acc mean, std, runs, params (M), FLOPs (M)."
     last = df[df['round'] == df.groupby('key')['round'].transform('max')].copy()
     last['label'] = _label(last)
     g = last.groupby(['label', 'setting', 'method', 'c'], dropna=False, sort=False)
-    t = pd.DataFrame({'acc': g.acc.mean(), 'acc_std': g.acc.std(ddof=1), 'runs': g.size(),
-                      'params_M': g.params.mean() / 1e6, 'flops_M': g.flops.mean() / 1e6}).reset_index()
+    t = pd.DataFrame(
+        {
+            'acc': g.acc.mean(),
+            'acc_std': g.acc.std(ddof=1),
+            'runs': g.size(),
+            'params_M': g.params.mean() / 1e6,
+            'flops_M': g.flops.mean() / 1e6,
+        }
+    ).reset_index()
     order = {'baseline': 0, 'params': 1, 'energy': 2}
-    return t.sort_values(['setting', 'flops_M'], key=lambda s: s.map(order) if s.name == 'setting' else s).reset_index(drop=True)
+    return t.sort_values(
+        ['setting', 'flops_M'], key=lambda s: s.map(order) if s.name == 'setting' else s
+    ).reset_index(drop=True)
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #f74b17d0
 def _curve(ax, d, x, label, **kw):
     g = d.groupby('round').agg(x=(x, 'mean'), acc=('acc', 'mean'), sd=('acc', 'std')).reset_index()
-    line, = ax.plot(g.x, g.acc, marker='o', ms=3, label=label, **kw)
-    if g.sd.notna().any(): ax.fill_between(g.x, g.acc - g.sd.fillna(0), g.acc + g.sd.fillna(0), color=line.get_color(), alpha=0.15)
+    (line,) = ax.plot(g.x, g.acc, marker='o', ms=3, label=label, **kw)
+    if g.sd.notna().any():
+        ax.fill_between(
+            g.x, g.acc - g.sd.fillna(0), g.acc + g.sd.fillna(0), color=line.get_color(), alpha=0.15
+        )
+
 
 def _baseline_points(ax, df, x, fx=lambda v: v):
-    b = df[df.setting == 'baseline'].groupby('method', sort=False).agg(x=(x, 'mean'), acc=('acc', 'mean')).reset_index()
-    for i, r in enumerate(b.itertuples()): ax.plot(fx(r.x), r.acc, marker='sv^Dp*h'[i % 7], ls='', color='0.3', ms=5, label=r.method)
+    b = (
+        df[df.setting == 'baseline']
+        .groupby('method', sort=False)
+        .agg(x=(x, 'mean'), acc=('acc', 'mean'))
+        .reset_index()
+    )
+    for i, r in enumerate(b.itertuples()):
+        ax.plot(fx(r.x), r.acc, marker='sv^Dp*h'[i % 7], ls='', color='0.3', ms=5, label=r.method)
 
-def plot_fig3(df:pd.DataFrame, c:float):
+
+def plot_fig3(df: pd.DataFrame, c: float):
     "Figure 3 (a) acc vs params (with the controls), (b) acc vs log10 FLOPs (energy-aware), (c) acc vs c at the last split."
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 3, figsize=(15, 4))
     p = df[df.setting == 'params']
-    _curve(ax[0], p[p.c == 1], 'params', 'S2D'); _curve(ax[0], p[np.isclose(p.c, c)], 'params', f'S3D c={c:g}')
-    for meth in ('random growth', 'Net2Net'): 
-        if (p.method == meth).any(): _curve(ax[0], p[p.method == meth], 'params', f'{meth} (S3D widths)', ls='--')
+    _curve(ax[0], p[p.c == 1], 'params', 'S2D')
+    _curve(ax[0], p[np.isclose(p.c, c)], 'params', f'S3D c={c:g}')
+    for meth in ('random growth', 'Net2Net'):
+        if (p.method == meth).any():
+            _curve(ax[0], p[p.method == meth], 'params', f'{meth} (S3D widths)', ls='--')
     sc = p[(p.method == 'scratch') & (p['round'] == p['round'].max())]
-    if len(sc): ax[0].plot(sc.params.mean(), sc.acc.mean(), marker='*', ls='', ms=9, color='k', label='scratch (S3D final widths)')
-    _baseline_points(ax[0], df, 'params'); ax[0].set_xscale('log')
-    ax[0].set_xlabel('parameters'); ax[0].set_ylabel('test accuracy (%)'); ax[0].set_title('(a) accuracy vs parameters', fontsize=9)
+    if len(sc):
+        ax[0].plot(
+            sc.params.mean(),
+            sc.acc.mean(),
+            marker='*',
+            ls='',
+            ms=9,
+            color='k',
+            label='scratch (S3D final widths)',
+        )
+    _baseline_points(ax[0], df, 'params')
+    ax[0].set_xscale('log')
+    ax[0].set_xlabel('parameters')
+    ax[0].set_ylabel('test accuracy (%)')
+    ax[0].set_title('(a) accuracy vs parameters', fontsize=9)
     e = df[df.setting == 'energy'].assign(lf=lambda d: np.log10(d.flops))
-    for meth, d in e.groupby('method'): _curve(ax[1], d, 'lf', f'{meth} (energy-aware)')
+    for meth, d in e.groupby('method'):
+        _curve(ax[1], d, 'lf', f'{meth} (energy-aware)')
     _baseline_points(ax[1], df, 'flops', np.log10)
-    ax[1].set_xlabel('log10 FLOPs'); ax[1].set_title('(b) energy-aware: accuracy vs log10 FLOPs', fontsize=9)
+    ax[1].set_xlabel('log10 FLOPs')
+    ax[1].set_title('(b) energy-aware: accuracy vs log10 FLOPs', fontsize=9)
     last = p[p['round'] == p['round'].max()]
     g = last.groupby('c').acc.agg(['mean', 'std', 'size']).reset_index()
     ax[2].errorbar(g.c, g['mean'], yerr=g['std'].fillna(0), marker='o', capsize=3)
-    for r in g.itertuples(): ax[2].annotate(f'n={r.size}', (r.c, r.mean), fontsize=7, xytext=(3, 3), textcoords='offset points')
-    ax[2].set_xlabel('c (c = 1: S2D)'); ax[2].set_ylabel('test accuracy (%)')
-    ax[2].set_title(f"(c) S3D m=2 at split {int(p['round'].max()) if len(p) else 0}: accuracy vs c", fontsize=9)
-    for a in ax[:2]: a.legend(fontsize=7)
-    fig.tight_layout(); return fig
+    for r in g.itertuples():
+        ax[2].annotate(f'n={r.size}', (r.c, r.mean), fontsize=7, xytext=(3, 3), textcoords='offset points')
+    ax[2].set_xlabel('c (c = 1: S2D)')
+    ax[2].set_ylabel('test accuracy (%)')
+    ax[2].set_title(
+        f"(c) S3D m=2 at split {int(p['round'].max()) if len(p) else 0}: accuracy vs c", fontsize=9
+    )
+    for a in ax[:2]:
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #0c238b3c
-def paired_diff(a:pd.Series, b:pd.Series) -> dict:
+def paired_diff(a: pd.Series, b: pd.Series) -> dict:
     "Difference a - b of two accuracies indexed by seed, paired by seed: mean, std, n, wins, 95% t-interval (lo, hi)."
     from scipy import stats
-    diff = (a - b).dropna(); n = len(diff)
-    mean, std = (float(diff.mean()) if n else float('nan')), (float(diff.std(ddof=1)) if n > 1 else float('nan'))
+
+    diff = (a - b).dropna()
+    n = len(diff)
+    mean, std = (float(diff.mean()) if n else float('nan')), (
+        float(diff.std(ddof=1)) if n > 1 else float('nan')
+    )
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else float('nan')
-    return dict(mean=mean, std=std, n=n, wins=int((diff > 0).sum()), a=float(a[diff.index].mean()) if n else float('nan'),
-                b=float(b[diff.index].mean()) if n else float('nan'), lo=mean - half, hi=mean + half)
+    return dict(
+        mean=mean,
+        std=std,
+        n=n,
+        wins=int((diff > 0).sum()),
+        a=float(a[diff.index].mean()) if n else float('nan'),
+        b=float(b[diff.index].mean()) if n else float('nan'),
+        lo=mean - half,
+        hi=mean + half,
+    )
+
 
 def _last(df, setting):
-    d = df[df.setting == setting]; return d[d['round'] == d['round'].max()]
+    d = df[df.setting == setting]
+    return d[d['round'] == d['round'].max()]
 
-def s3d_vs_s2d(df:pd.DataFrame, c:float, setting:str='params') -> dict:
+
+def s3d_vs_s2d(df: pd.DataFrame, c: float, setting: str = 'params') -> dict:
     "Accuracy difference S3D(c) - S2D at the last round, paired by seed: mean, std, n, wins, 95% interval (lo, hi)."
     d = _last(df, setting)
-    v = paired_diff(d[np.isclose(d.c, c)].set_index('seed').acc, d[d.c == 1].set_index('seed').acc)   # controls have no c
+    v = paired_diff(
+        d[np.isclose(d.c, c)].set_index('seed').acc, d[d.c == 1].set_index('seed').acc
+    )  # controls have no c
     return dict(v, s3d=v['a'], s2d=v['b'])
 
-def vs_control(df:pd.DataFrame, method:str, control:str, c:float|None=None) -> dict:
+
+def vs_control(df: pd.DataFrame, method: str, control: str, c: float | None = None) -> dict:
     "Accuracy difference `method` (S2D, or S3D with `c`) - `control` at the last round of the params setting, paired by seed."
     d = _last(df, 'params')
     a = d[(d.method == method) & (np.isclose(d.c, c) if c is not None else True)].set_index('seed').acc
     return paired_diff(a, d[d.method == control].set_index('seed').acc)
 
-def verdict(v:dict, who:str='S3D') -> str:
+
+def verdict(v: dict, who: str = 'S3D') -> str:
     "'`who` higher', '`who` lower' or 'not resolved', from the 95% interval of a paired difference."
-    if v['n'] < 2: return 'not resolved (one seed: no interval)'
-    if v['lo'] > 0: return f'{who} higher (the 95% interval excludes 0)'
-    if v['hi'] < 0: return f'{who} lower (the 95% interval excludes 0)'
+    if v['n'] < 2:
+        return 'not resolved (one seed: no interval)'
+    if v['lo'] > 0:
+        return f'{who} higher (the 95% interval excludes 0)'
+    if v['hi'] < 0:
+        return f'{who} lower (the 95% interval excludes 0)'
     return 'not resolved (the 95% interval includes 0)'
 
-def vs_controls(df:pd.DataFrame, c:float, metric:str='acc') -> pd.DataFrame:
+
+def vs_controls(df: pd.DataFrame, c: float, metric: str = 'acc') -> pd.DataFrame:
     "At the last round of S3D: S3D (c) and S2D minus each control in `metric`, paired by seed (mean, 95% interval, wins, verdict)."
     last = df[df['round'] == df[df.method == 'S3D']['round'].max()]
     out = []
     for ctl in (GROWTHS[g] for g in CONTROLS):
         for who in ('S3D', 'S2D'):
-            a = last[(last.method == who) & (np.isclose(last.c, c) if who == 'S3D' else True)].set_index('seed')[metric]
+            a = last[(last.method == who) & (np.isclose(last.c, c) if who == 'S3D' else True)].set_index(
+                'seed'
+            )[metric]
             v = paired_diff(a, last[last.method == ctl].set_index('seed')[metric])
-            if v['n']: out.append(dict(comparison=f'{who} - {ctl}', method_acc=v['a'], control_acc=v['b'], diff=v['mean'], lo=v['lo'],
-                                       hi=v['hi'], wins=f"{v['wins']}/{v['n']}", verdict=verdict(v, who)))
+            if v['n']:
+                out.append(
+                    dict(
+                        comparison=f'{who} - {ctl}',
+                        method_acc=v['a'],
+                        control_acc=v['b'],
+                        diff=v['mean'],
+                        lo=v['lo'],
+                        hi=v['hi'],
+                        wins=f"{v['wins']}/{v['n']}",
+                        verdict=verdict(v, who),
+                    )
+                )
     return pd.DataFrame(out)
 
-def table1_report(df:pd.DataFrame, cfg:Table1Config, command:str, info:dict|None=None, fake:bool=False) -> str:
+
+def table1_report(
+    df: pd.DataFrame, cfg: Table1Config, command: str, info: dict | None = None, fake: bool = False
+) -> str:
     "Markdown with Table 1, the setting, the command, how it was computed, and the S3D-vs-S2D verdict."
     tab = table1_table(df)
     title = f'# Table 1 / Figure 3, scale `{cfg.scale}` ({cfg.dataset}, MobileNetV1 widths {list(cfg.full_widths)} full)'
-    if fake: title = f'# FAKE DATA (generated random images, accuracies meaningless): Table 1 / Figure 3, scale `{cfg.scale}`'
-    lines = [title, '', f'Regenerate with `{command}`. ' + (run_info_line(info) + ' ' if info else '')
-             + fingerprint_line(_report_config(cfg, fake)), '',
-             f'Recipe: SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}, cosine decay, '
-             f'batch {cfg.batch_size}, {cfg.epochs} epochs per stage. S2D/S3D: seed widths {list(cfg.seed_widths)}, '
-             f'{cfg.rounds} rounds, growth ratio {cfg.ratio:g}, m = {cfg.m}, eps = {cfg.eps:g}, {cfg.eigen} eigenpairs on '
-             f'{cfg.score_images} training images. Energy-aware: seed {list(cfg.energy_widths)}, budget {cfg.energy_growth:g} x seed FLOPs per round. '
-             f'Pruning and MorphNet target {cfg.prune_flops:g} x the full model\'s FLOPs. Seeds {list(cfg.seeds)} '
-             f'(c sweep and energy-aware: {list(cfg.sweep_seeds)}). Controls (seeds {list(cfg.seeds)}): random growth and Net2Net '
-             f'grown through `s3d.grow` to the per-round widths of S3D (c={cfg.c:g}) of the same seed; scratch: S3D\'s final '
-             f'architecture re-initialised and trained for the same {cfg.rounds + 1} stages.', '']
+    if fake:
+        title = f'# FAKE DATA (generated random images, accuracies meaningless): Table 1 / Figure 3, scale `{cfg.scale}`'
+    lines = [
+        title,
+        '',
+        f'Regenerate with `{command}`. '
+        + (run_info_line(info) + ' ' if info else '')
+        + fingerprint_line(_report_config(cfg, fake)),
+        '',
+        f'Recipe: SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}, cosine decay, '
+        f'batch {cfg.batch_size}, {cfg.epochs} epochs per stage. S2D/S3D: seed widths {list(cfg.seed_widths)}, '
+        f'{cfg.rounds} rounds, growth ratio {cfg.ratio:g}, m = {cfg.m}, eps = {cfg.eps:g}, {cfg.eigen} eigenpairs on '
+        f'{cfg.score_images} training images. Energy-aware: seed {list(cfg.energy_widths)}, budget {cfg.energy_growth:g} x seed FLOPs per round. '
+        f'Pruning and MorphNet target {cfg.prune_flops:g} x the full model\'s FLOPs. Seeds {list(cfg.seeds)} '
+        f'(c sweep and energy-aware: {list(cfg.sweep_seeds)}). Controls (seeds {list(cfg.seeds)}): random growth and Net2Net '
+        f'grown through `s3d.grow` to the per-round widths of S3D (c={cfg.c:g}) of the same seed; scratch: S3D\'s final '
+        f'architecture re-initialised and trained for the same {cfg.rounds + 1} stages.',
+        '',
+    ]
     for setting in ('params', 'energy'):
         v = s3d_vs_s2d(df, cfg.c, setting)
-        if v['n'] == 0: continue
+        if v['n'] == 0:
+            continue
         ci = f", 95% interval [{v['lo']:+.2f}, {v['hi']:+.2f}]" if v['n'] > 1 else ''
-        lines.append(f"- {setting} setting, last split, {v['n']} seeds: S3D (c={cfg.c:g}) {v['s3d']:.2f}% vs S2D {v['s2d']:.2f}%; "
-                     f"paired difference S3D - S2D {v['mean']:+.2f} points{ci}, S3D ahead in {v['wins']}/{v['n']} seeds: **{verdict(v)}**.")
+        lines.append(
+            f"- {setting} setting, last split, {v['n']} seeds: S3D (c={cfg.c:g}) {v['s3d']:.2f}% vs S2D {v['s2d']:.2f}%; "
+            f"paired difference S3D - S2D {v['mean']:+.2f} points{ci}, S3D ahead in {v['wins']}/{v['n']} seeds: **{verdict(v)}**."
+        )
     for ctl in ('random growth', 'Net2Net', 'scratch'):
         for who, c in (('S3D', cfg.c), ('S2D', None)):
             v = vs_control(df, who, ctl, c)
-            if v['n'] == 0: continue
+            if v['n'] == 0:
+                continue
             ci = f", 95% interval [{v['lo']:+.2f}, {v['hi']:+.2f}]" if v['n'] > 1 else ''
-            lines.append(f"- control, params setting, last split, {v['n']} seeds: {who} {v['a']:.2f}% vs {ctl} (S3D c={cfg.c:g}'s widths) "
-                         f"{v['b']:.2f}%; paired difference {who} - {ctl} {v['mean']:+.2f} points{ci}, {who} ahead in "
-                         f"{v['wins']}/{v['n']} seeds: **{verdict(v, who)}**.")
-    lines += ['', markdown_table(tab.drop(columns=['setting', 'method', 'c']), digits=4), '',
-              'Columns: acc = test accuracy (%) mean over runs, acc_std = its standard deviation, params/FLOPs per sample '
-              'from `s3d.cost.count_params_flops`. Paper (CIFAR-100): full 69.04 / 3.31M / 94.13M; S2D-5 69.69 / 0.31M / 79.94M; '
-              'S3D-5 70.19 / 0.30M / 73.69M.', '']
+            lines.append(
+                f"- control, params setting, last split, {v['n']} seeds: {who} {v['a']:.2f}% vs {ctl} (S3D c={cfg.c:g}'s widths) "
+                f"{v['b']:.2f}%; paired difference {who} - {ctl} {v['mean']:+.2f} points{ci}, {who} ahead in "
+                f"{v['wins']}/{v['n']} seeds: **{verdict(v, who)}**."
+            )
+    lines += [
+        '',
+        markdown_table(tab.drop(columns=['setting', 'method', 'c']), digits=4),
+        '',
+        'Columns: acc = test accuracy (%) mean over runs, acc_std = its standard deviation, params/FLOPs per sample '
+        'from `s3d.cost.count_params_flops`. Paper (CIFAR-100): full 69.04 / 3.31M / 94.13M; S2D-5 69.69 / 0.31M / 79.94M; '
+        'S3D-5 70.19 / 0.30M / 73.69M.',
+        '',
+    ]
     return '\n'.join(lines)
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #641209b4
-def _report_config(cfg, fake=False): return dict(cfg=asdict(cfg), data=data_tag(cfg, fake))
+def _report_config(cfg, fake=False):
+    return dict(cfg=asdict(cfg), data=data_tag(cfg, fake))
 
-def config_fingerprint(scale:str) -> str: return fingerprint(_report_config(SCALES[scale]))
 
-def files(scale:str, out='data/results') -> list:
+def config_fingerprint(scale: str) -> str:
+    return fingerprint(_report_config(SCALES[scale]))
+
+
+def files(scale: str, out='data/results') -> list:
     "Result files of `scale` under `out`; the summary (`.md`) last."
     out = Path(out)
-    return [out / f'table1_{scale}.csv', out / f'fig3_{scale}.png', out / f'fig3_{scale}.pdf', out / f'table1_{scale}.md']
+    return [
+        out / f'table1_{scale}.csv',
+        out / f'fig3_{scale}.png',
+        out / f'fig3_{scale}.pdf',
+        out / f'table1_{scale}.md',
+    ]
 
-def check(scale:str='cpu', device='auto', data=None, out='data/reproduced', fake_data:bool=False, download:bool=False) -> list:
+
+def check(
+    scale: str = 'cpu',
+    device='auto',
+    data=None,
+    out='data/reproduced',
+    fake_data: bool = False,
+    download: bool = False,
+) -> list:
     "Check the arguments and the data (downloading or faking it when asked) before any computing; returns warnings."
-    if scale not in SCALES: raise ValueError(f'table1: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
+    if scale not in SCALES:
+        raise ValueError(f'table1: unknown scale {scale!r}; choose one of {", ".join(SCALES)}')
     cfg = SCALES[scale]
     if cfg.dataset == 'digits':
-        ignored = [o for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download)) if v]
-        warn = [f"scale {scale} uses scikit-learn's digits (installed with it): {', '.join(ignored)} ignored"] if ignored else []
-    else: warn = ['--fake-data uses generated images: --data and --download ignored'] if fake_data and (data is not None or download) else []
+        ignored = [
+            o
+            for o, v in (('--data', data is not None), ('--fake-data', fake_data), ('--download', download))
+            if v
+        ]
+        warn = (
+            [f"scale {scale} uses scikit-learn's digits (installed with it): {', '.join(ignored)} ignored"]
+            if ignored
+            else []
+        )
+    else:
+        warn = (
+            ['--fake-data uses generated images: --data and --download ignored']
+            if fake_data and (data is not None or download)
+            else []
+        )
     data_root(cfg, data, out, fake_data, download)
     return warn
 
+
 _TRAINERS = {}
-def table1_task(run:dict, cfg:Table1Config, root, device:str, folder, force:bool, tag:str) -> pd.DataFrame:
+
+
+def table1_task(
+    run: dict, cfg: Table1Config, root, device: str, folder, force: bool, tag: str
+) -> pd.DataFrame:
     "`run_one` in any process; the process keeps its `Trainer` (data loaded once) for its next run."
     key = (fingerprint(asdict(cfg)), str(root), device)
-    if key not in _TRAINERS: _TRAINERS.clear(); _TRAINERS[key] = Trainer(cfg, table1_data(cfg, root), torch.device(device))
+    if key not in _TRAINERS:
+        _TRAINERS.clear()
+        _TRAINERS[key] = Trainer(cfg, table1_data(cfg, root), torch.device(device))
     return run_one(run, cfg, _TRAINERS[key], folder, force, tag)
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #1ec28c40
@@ -433,52 +849,94 @@ def _needs(runs, todo):
     pos = {runs[i]['key']: k for k, i in enumerate(todo)}
     return {k: [pos[runs[i]['after']]] for k, i in enumerate(todo) if runs[i].get('after') in pos}
 
-def run(scale:str='cpu', device='auto', data=None, out='data/reproduced', force:bool=False, jobs:int=1,
-        fake_data:bool=False, download:bool=False, progress:bool=True) -> list:
+
+def run(
+    scale: str = 'cpu',
+    device='auto',
+    data=None,
+    out='data/reproduced',
+    force: bool = False,
+    jobs: int = 1,
+    fake_data: bool = False,
+    download: bool = False,
+    progress: bool = True,
+) -> list:
     "Reproduce Table 1 and Figure 3 at `scale` (smoke|cpu|paper), resuming finished runs; returns the paths written."
     from tqdm.auto import tqdm
-    if dist_context() is not None and jobs > 1: raise ValueError('table1: under torchrun every process is one rank: --jobs must be 1')
+
+    if dist_context() is not None and jobs > 1:
+        raise ValueError('table1: under torchrun every process is one rank: --jobs must be 1')
     writer_first(check, scale, device, data, out, fake_data, download)
-    cfg, out, device = SCALES[scale], check_shared_out(writer_first(check_out_dir, out)), resolve_device(device)
+    cfg, out, device = (
+        SCALES[scale],
+        check_shared_out(writer_first(check_out_dir, out)),
+        resolve_device(device),
+    )
     root, tag = writer_first(data_root, cfg, data, out, fake_data), data_tag(cfg, fake_data)
     folder, runs = out / f'table1_{scale}_runs', table1_runs(cfg)
     with pinned_numerics(1):
-        table1_data(cfg, root)   # load (and validate) the data once here, in the first seconds
-        redo = set()   # a run whose `after` is redone is redone too (a pruned model, a control matched to S3D's widths)
+        table1_data(cfg, root)  # load (and validate) the data once here, in the first seconds
+        redo = (
+            set()
+        )  # a run whose `after` is redone is redone too (a pruned model, a control matched to S3D's widths)
         for r in runs:
-            if force or r.get('after') in redo or not run_is_done(r, cfg, folder, tag): redo.add(r['key'])
+            if force or r.get('after') in redo or not run_is_done(r, cfg, folder, tag):
+                redo.add(r['key'])
         todo = [i for i, r in enumerate(runs) if r['key'] in redo]
         reused = len(runs) - len(todo)
-        if reused and is_writer(): print(f'table1: resuming: reused {reused} of {len(runs)} finished runs from {folder}', flush=True)
-        bar = tqdm(total=len(runs), initial=reused, desc=f'table1 {scale}', disable=not (progress and is_writer()))
+        if reused and is_writer():
+            print(f'table1: resuming: reused {reused} of {len(runs)} finished runs from {folder}', flush=True)
+        bar = tqdm(
+            total=len(runs), initial=reused, desc=f'table1 {scale}', disable=not (progress and is_writer())
+        )
         tasks = [(runs[i], cfg, root, str(device), folder, force, tag) for i in todo]
-        try: run_tasks(table1_task, tasks, jobs, _needs(runs, todo), on_done=lambda k, r: bar.update())
-        except KeyboardInterrupt as e:   # counted on disk: a worker may have saved a run just now
+        try:
+            run_tasks(table1_task, tasks, jobs, _needs(runs, todo), on_done=lambda k, r: bar.update())
+        except KeyboardInterrupt as e:  # counted on disk: a worker may have saved a run just now
             kept = sum(run_is_done(r, cfg, folder, tag) for r in runs)
             raise interrupted(e, f'{kept} of {len(runs)} runs finished and kept in {folder}') from None
-        finally: bar.close()
-        df = pd.concat([pd.read_csv(folder / r['key'] / 'rows.csv') for r in runs], ignore_index=True).drop(columns='seconds')
+        finally:
+            bar.close()
+        df = pd.concat([pd.read_csv(folder / r['key'] / 'rows.csv') for r in runs], ignore_index=True).drop(
+            columns='seconds'
+        )
         csv, png, pdf, md = files(scale, out)
-        if is_writer():   # one writer under torchrun
-            atomic_write_csv(csv, df); df = pd.read_csv(csv)
-            import matplotlib; matplotlib.use('Agg', force=False)
+        if is_writer():  # one writer under torchrun
+            atomic_write_csv(csv, df)
+            df = pd.read_csv(csv)
+            import matplotlib
+
+            matplotlib.use('Agg', force=False)
             import matplotlib.pyplot as plt
+
             fig = plot_fig3(df, cfg.c)
-            for p in (png, pdf): atomic_save_figure(p, fig)
+            for p in (png, pdf):
+                atomic_save_figure(p, fig)
             plt.close(fig)
-            cmd = (f's3d reproduce table1 --scale {scale} --device {device.type} --out data/results --force'
-                   + (' --fake-data' if tag == 'fake' else ' --data DIR' if cfg.dataset == 'cifar100' else ''))
+            cmd = (
+                f's3d reproduce table1 --scale {scale} --device {device.type} --out data/results --force'
+                + (' --fake-data' if tag == 'fake' else ' --data DIR' if cfg.dataset == 'cifar100' else '')
+            )
             atomic_write_text(md, table1_report(df, cfg, cmd, run_info(device), fake=tag == 'fake'))
         barrier()
-    if is_writer(): print(f'table1: all {len(runs)} runs finished ({reused} reused)')
+    if is_writer():
+        print(f'table1: all {len(runs)} runs finished ({reused} reused)')
     return [csv, md, png, pdf]
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #729c6299
 from ..runs import Experiment, register_experiment
-register_experiment(Experiment(
-    'table1',
-    'Table 1 + Figure 3: MobileNetV1 grown by S2D/S3D vs full, width multipliers, L1/BN pruning, MorphNet',
-    f'smoke ~1 min (CPU, --fake-data); cpu (digits) {len(table1_runs(SCALES["cpu"]))} runs, '
-    '~800 s of CPU time over --jobs; '
-    'paper (CIFAR-100) ~10 h on 1 GPU (projected)',
-    run=run, check=check, files=files, fingerprint=config_fingerprint, data_parallel=True))
+
+register_experiment(
+    Experiment(
+        'table1',
+        'Table 1 + Figure 3: MobileNetV1 grown by S2D/S3D vs full, width multipliers, L1/BN pruning, MorphNet',
+        f'smoke ~1 min (CPU, --fake-data); cpu (digits) {len(table1_runs(SCALES["cpu"]))} runs, '
+        '~800 s of CPU time over --jobs; '
+        'paper (CIFAR-100) ~10 h on 1 GPU (projected)',
+        run=run,
+        check=check,
+        files=files,
+        fingerprint=config_fingerprint,
+        data_parallel=True,
+    )
+)

@@ -13,16 +13,31 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from ..imagenet import (IMAGENET_STRIDES, JpegLoader, LabelSmoothing, evaluate_topk, scan_imagefolder, score_batches,
-                                make_fake_imagefolder, write_imagefolder)
+from s3d.paper.imagenet import (
+    IMAGENET_STRIDES,
+    JpegLoader,
+    LabelSmoothing,
+    evaluate_topk,
+    scan_imagefolder,
+    score_batches,
+    make_fake_imagefolder,
+    write_imagefolder,
+)
 from ..models import MobileNetV1, MOBILENET_WIDTHS
 from ..train import train
 from ..runs import DataError, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, _matched_widths
-from ..runs import (reproduce_table, run_once, train_stage, is_writer, dist_context, data_parallel, shard_batches)
-
+from s3d.paper.runs import (
+    reproduce_table,
+    run_once,
+    train_stage,
+    is_writer,
+    dist_context,
+    data_parallel,
+    shard_batches,
+)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE2', 'SCALES', 'Table2Config', 'table2_runs', 'write_digits_imagefolder', 'table2_data', 'Trainer',
@@ -31,92 +46,174 @@ __all__ = ['PAPER_TABLE2', 'SCALES', 'Table2Config', 'table2_runs', 'write_digit
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #e070d678
 _SRC = 'S3D paper, Table 2'
 PAPER_TABLE2 = pd.DataFrame(
-    [('MobileNetV1 (1.0x)', 0.569, 72.93, 91.14), ('S2D-4', 0.561, 73.96, 91.49), ('S3D-4', 0.558, 74.12, 91.50),
-     ('MobileNetV1 (0.75x)', 0.317, 70.25, 89.49), ('AMC', 0.301, 70.50, 89.30), ('S2D-3', 0.292, 71.47, 89.67),
-     ('S3D-3', 0.291, 71.61, 89.83), ('MobileNetV1 (0.5x)', 0.150, 65.20, 86.34), ('S2D-2', 0.140, 68.26, 87.93),
-     ('S3D-2', 0.140, 68.72, 88.19), ('S2D-1', 0.082, 64.06, 85.30), ('S3D-1', 0.082, 64.37, 85.49), ('Seed', 0.059, 59.20, 81.82)],
-    columns=['model', 'macs_G', 'top1', 'top5']).assign(
-    source=lambda d: np.where(d.model == 'AMC', 'He et al. (2018), quoted in ' + _SRC + ' (not rerun)', _SRC))
+    [
+        ('MobileNetV1 (1.0x)', 0.569, 72.93, 91.14),
+        ('S2D-4', 0.561, 73.96, 91.49),
+        ('S3D-4', 0.558, 74.12, 91.50),
+        ('MobileNetV1 (0.75x)', 0.317, 70.25, 89.49),
+        ('AMC', 0.301, 70.50, 89.30),
+        ('S2D-3', 0.292, 71.47, 89.67),
+        ('S3D-3', 0.291, 71.61, 89.83),
+        ('MobileNetV1 (0.5x)', 0.150, 65.20, 86.34),
+        ('S2D-2', 0.140, 68.26, 87.93),
+        ('S3D-2', 0.140, 68.72, 88.19),
+        ('S2D-1', 0.082, 64.06, 85.30),
+        ('S3D-1', 0.082, 64.37, 85.49),
+        ('Seed', 0.059, 59.20, 81.82),
+    ],
+    columns=['model', 'macs_G', 'top1', 'top5'],
+).assign(
+    source=lambda d: np.where(d.model == 'AMC', 'He et al. (2018), quoted in ' + _SRC + ' (not rerun)', _SRC)
+)
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #ece6bb52
 @dataclass
 class Table2Config:
     "Every setting of the Table 2 experiment at one scale."
+
     scale: str = 'cpu'
-    dataset: str = 'digits'          # 'imagenet' (ImageFolder under --data), 'fake' (tiny JPEGs) or 'digits' (written as JPEGs)
-    num_classes: int = 10            # set from the data's class folders
-    image: int = 32                  # training / evaluation crop side
-    strides: tuple = (1, 2, 2, 2)    # stem and block strides
-    full_widths: tuple = (16, 32, 64, 64)   # the 1.0x model
-    seed_widths: tuple = (4, 8, 12, 12)     # S2D / S3D start
-    width_mults: tuple = (0.5, 0.75, 1.0)   # width-multiplier baselines
-    rounds: int = 4                  # splitting rounds
-    growth: float = 2.1              # energy budget per round, as a multiple of the seed's FLOPs
+    dataset: str = (
+        'digits'  # 'imagenet' (ImageFolder under --data), 'fake' (tiny JPEGs) or 'digits' (written as JPEGs)
+    )
+    num_classes: int = 10  # set from the data's class folders
+    image: int = 32  # training / evaluation crop side
+    strides: tuple = (1, 2, 2, 2)  # stem and block strides
+    full_widths: tuple = (16, 32, 64, 64)  # the 1.0x model
+    seed_widths: tuple = (4, 8, 12, 12)  # S2D / S3D start
+    width_mults: tuple = (0.5, 0.75, 1.0)  # width-multiplier baselines
+    rounds: int = 4  # splitting rounds
+    growth: float = 2.1  # energy budget per round, as a multiple of the seed's FLOPs
     m: int = 2
-    c: float = 3.0                   # S3D's c (c = 1 is S2D)
+    c: float = 3.0  # S3D's c (c = 1 is S2D)
     eps: float = 1e-2
     eigen: str = 'fast'
-    score_images: int = 512          # training images (centre crops) for the splitting matrices
+    score_images: int = 512  # training images (centre crops) for the splitting matrices
     score_batch: int = 128
-    epochs: int = 6                  # epochs per stage (seed, after every split, each baseline)
+    epochs: int = 6  # epochs per stage (seed, after every split, each baseline)
     batch_size: int = 64
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 4e-5
     label_smoothing: float = 0.1
-    min_crop: float = 0.35           # RandomResizedCrop's smallest area fraction
+    min_crop: float = 0.35  # RandomResizedCrop's smallest area fraction
     seeds: tuple = (0,)
-    workers: int | None = None       # reader processes (None: sized to the machine)
+    workers: int | None = None  # reader processes (None: sized to the machine)
 
     def model(self, widths) -> MobileNetV1:
         "A MobileNetV1 of this setting with `widths`."
         return MobileNetV1(self.num_classes, widths=list(widths), strides=tuple(self.strides))
 
-    def example(self, device='cpu'): return torch.zeros(1, 3, self.image, self.image, device=device)
+    def example(self, device='cpu'):
+        return torch.zeros(1, 3, self.image, self.image, device=device)
+
 
 _SEED224 = (10, 19, 39, 39, 78, 78, 156, 156, 156, 156, 156, 156, 311, 311)
 SCALES = {
-    'paper': Table2Config(scale='paper', dataset='imagenet', num_classes=1000, image=224, strides=IMAGENET_STRIDES,
-                          full_widths=MOBILENET_WIDTHS, seed_widths=_SEED224, rounds=4, growth=2.1, score_images=4096,
-                          score_batch=128, epochs=120, batch_size=256, min_crop=0.08),
-    'smoke': Table2Config(scale='smoke', dataset='fake', num_classes=3, image=32, strides=(2, 2, 2, 1), full_widths=(8, 16, 16, 32),
-                          seed_widths=(2, 4, 4, 8), rounds=2, score_images=12, score_batch=12, epochs=1, batch_size=6, workers=0),
+    'paper': Table2Config(
+        scale='paper',
+        dataset='imagenet',
+        num_classes=1000,
+        image=224,
+        strides=IMAGENET_STRIDES,
+        full_widths=MOBILENET_WIDTHS,
+        seed_widths=_SEED224,
+        rounds=4,
+        growth=2.1,
+        score_images=4096,
+        score_batch=128,
+        epochs=120,
+        batch_size=256,
+        min_crop=0.08,
+    ),
+    'smoke': Table2Config(
+        scale='smoke',
+        dataset='fake',
+        num_classes=3,
+        image=32,
+        strides=(2, 2, 2, 1),
+        full_widths=(8, 16, 16, 32),
+        seed_widths=(2, 4, 4, 8),
+        rounds=2,
+        score_images=12,
+        score_batch=12,
+        epochs=1,
+        batch_size=6,
+        workers=0,
+    ),
     'cpu': Table2Config(),
 }
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #b7ca2e10
-def table2_runs(cfg:Table2Config) -> list:
+def table2_runs(cfg: Table2Config) -> list:
     "One dict per run (key, method, setting, ...): the grown S2D and S3D runs, the width-multiplier baselines and the controls of S3D."
     runs = []
     for s in cfg.seeds:
-        runs += [dict(key=f'E-{meth}-c{c:g}-s{s}', method=meth, setting='energy', c=float(c), seed=s, widths=list(cfg.seed_widths))
-                 for meth, c in (('S2D', 1.0), ('S3D', cfg.c))]
-        runs += [dict(key=f'width{mult:g}-s{s}', method=f'{mult:g}x' if mult != 1 else '1.0x', setting='baseline', seed=s, mult=float(mult),
-                      widths=[max(1, int(round(w * mult))) for w in cfg.full_widths]) for mult in cfg.width_mults]
+        runs += [
+            dict(
+                key=f'E-{meth}-c{c:g}-s{s}',
+                method=meth,
+                setting='energy',
+                c=float(c),
+                seed=s,
+                widths=list(cfg.seed_widths),
+            )
+            for meth, c in (('S2D', 1.0), ('S3D', cfg.c))
+        ]
+        runs += [
+            dict(
+                key=f'width{mult:g}-s{s}',
+                method=f'{mult:g}x' if mult != 1 else '1.0x',
+                setting='baseline',
+                seed=s,
+                mult=float(mult),
+                widths=[max(1, int(round(w * mult))) for w in cfg.full_widths],
+            )
+            for mult in cfg.width_mults
+        ]
     s3d = lambda s: f'E-S3D-c{cfg.c:g}-s{s}'
-    runs += [dict(key=f'{g}-{s3d(s)}', method=GROWTHS[g], setting='energy', growth=g, seed=s, widths=list(cfg.seed_widths), after=s3d(s))
-             for s in cfg.seeds for g in CONTROLS]   # last: the other runs' rows keep their order
+    runs += [
+        dict(
+            key=f'{g}-{s3d(s)}',
+            method=GROWTHS[g],
+            setting='energy',
+            growth=g,
+            seed=s,
+            widths=list(cfg.seed_widths),
+            after=s3d(s),
+        )
+        for s in cfg.seeds
+        for g in CONTROLS
+    ]  # last: the other runs' rows keep their order
     return runs
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #1d3f9042
-def write_digits_imagefolder(root, upscale:int=4) -> Path:
+def write_digits_imagefolder(root, upscale: int = 4) -> Path:
     "scikit-learn's digits (fixed stratified split) as grey JPEGs in an ImageFolder under `root`."
     from s3d.paper.data import load_digits_data
+
     d = load_digits_data()
     up = lambda x: x.repeat_interleave(upscale, -1).repeat_interleave(upscale, -2)
     for split, x, y in (('train', d.x_train, d.y_train), ('val', d.x_test, d.y_test)):
         write_imagefolder(root, split, up(x), y, [f'digit{c}' for c in d.classes], quality=95)
     return Path(root)
 
-def table2_data(cfg:Table2Config, data=None, out='data/results', fake_data:bool=True) -> tuple:
+
+def table2_data(cfg: Table2Config, data=None, out='data/results', fake_data: bool = True) -> tuple:
     "(train files, val files) of `cfg`: the ImageFolder under `data`, else a generated one (smoke, cpu)."
     root = Path(data) if data is not None else None
     if root is None or not (root / 'train').exists():
         if cfg.dataset == 'imagenet':
-            raise DataError(f"missing ImageNet folder {Path(data or 'data') / 'train'} (give --data DIR with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG)")
-        if root is not None: raise DataError(f"missing ImageFolder split {root / 'train'} (--data DIR needs DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG)")
+            raise DataError(
+                f"missing ImageNet folder {Path(data or 'data') / 'train'} (give --data DIR with DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG)"
+            )
+        if root is not None:
+            raise DataError(
+                f"missing ImageFolder split {root / 'train'} (--data DIR needs DIR/train/<class>/*.JPEG and DIR/val/<class>/*.JPEG)"
+            )
         if cfg.dataset == 'fake' and not fake_data:
-            raise DataError(f"table2 --scale {cfg.scale} without --data trains on generated images: give --data DIR or pass --fake-data")
+            raise DataError(
+                f"table2 --scale {cfg.scale} without --data trains on generated images: give --data DIR or pass --fake-data"
+            )
         root = Path(out) / f'table2_{cfg.scale}_runs' / f'{cfg.dataset}_jpeg'
         if not (root / 'val').exists():
             make_fake_imagefolder(root) if cfg.dataset == 'fake' else write_digits_imagefolder(root)
@@ -126,21 +223,42 @@ def table2_data(cfg:Table2Config, data=None, out='data/results', fake_data:bool=
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #e8bfe20b
 class Trainer:
     "Loaders, device and training recipe shared by every run of a scale (under torchrun: this process's slice of every batch)."
-    def __init__(self, cfg:Table2Config, train_files, val_files, device, progress:bool=False):
+
+    def __init__(self, cfg: Table2Config, train_files, val_files, device, progress: bool = False):
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress and is_writer()
         dist = dist_context()
         kw = dict(size=cfg.image, device=device, workers=cfg.workers)
-        self.train_dl = JpegLoader(train_files, cfg.batch_size, train=True, scale=(cfg.min_crop, 1.0), **kw,   # decodes only its slice
-                                   **(dict(rank=dist.rank, world_size=dist.world_size) if dist else {}))
+        self.train_dl = JpegLoader(
+            train_files,
+            cfg.batch_size,
+            train=True,
+            scale=(cfg.min_crop, 1.0),
+            **kw,  # decodes only its slice
+            **(dict(rank=dist.rank, world_size=dist.world_size) if dist else {})
+        )
         self.test_dl = JpegLoader(val_files, 2 * cfg.batch_size, train=False, **kw)
-        self.score = shard_batches(score_batches(train_files, cfg.score_images, cfg.score_batch, cfg.image, device, workers=0))  # once per run
+        self.score = shard_batches(
+            score_batches(train_files, cfg.score_images, cfg.score_batch, cfg.image, device, workers=0)
+        )  # once per run
 
-    def fit(self, model, seed:int, desc='train', state=None) -> dict:
+    def fit(self, model, seed: int, desc='train', state=None) -> dict:
         "Train `model` in place for `cfg.epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
         c = self.cfg
         with LabelSmoothing(model, self.train_dl, c.label_smoothing) as ls:
-            h = train(data_parallel(model), self.train_dl, c.epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
-                      regularizer=ls if c.label_smoothing > 0 else None, progress=self.progress, desc=desc, state=state, seed=seed)
+            h = train(
+                data_parallel(model),
+                self.train_dl,
+                c.epochs,
+                lr=c.lr,
+                momentum=c.momentum,
+                weight_decay=c.weight_decay,
+                device=self.device,
+                regularizer=ls if c.label_smoothing > 0 else None,
+                progress=self.progress,
+                desc=desc,
+                state=state,
+                seed=seed,
+            )
         return h[-1] if h else {}
 
     def test(self, model) -> dict:
@@ -153,62 +271,148 @@ def _costs(cfg, widths):
     p, f = count_params_flops(net, ex)
     return dict(params=p, macs=count_params_flops(net, ex, macs=True)[1], flops=f)
 
+
 def _grow(run, cfg, T, folder):
     "Energy-aware S2D / S3D, or a control (`run['growth']`) grown to the per-round widths of S3D's run of the same seed."
     if 'growth' in run:
         ws = _matched_widths(run, Path(folder).parent)
-        if ws is None: raise RuntimeError(f"table2: {run['key']} needs the finished run {run['after']} (its per-round widths)")
-        gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, eps=cfg.eps, ratio=None, widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
-                        growth=run['growth'], eigen=cfg.eigen, seed=run['seed'])
+        if ws is None:
+            raise RuntimeError(
+                f"table2: {run['key']} needs the finished run {run['after']} (its per-round widths)"
+            )
+        gc = GrowConfig(
+            rounds=cfg.rounds,
+            m=cfg.m,
+            eps=cfg.eps,
+            ratio=None,
+            widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
+            growth=run['growth'],
+            eigen=cfg.eigen,
+            seed=run['seed'],
+        )
     else:
         seed_flops = count_params_flops(cfg.model(run['widths']), cfg.example())[1]
-        gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=None, budget=cfg.growth * seed_flops,
-                        cost='flops', eigen=cfg.eigen, seed=run['seed'])
-    torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
-    if run.get('growth') == 'scratch': model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
-    h = grow(model, lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}", state=state), nn.CrossEntropyLoss(),
-             T.score, cfg.example(T.device), gc, evaluate=T.test, out_dir=folder, progress=T.progress, label=dict(key=run['key']),
-             dist=dist_context()).history
-    return [dict(round=int(r['round']), **_costs(cfg, json.loads(r['widths'])), top1=r['test_acc'], top5=r['test_top5'],
-                 test_loss=r['test_loss'], train_loss=r.get('train_loss', float('nan')), widths=r['widths'], split=int(r['split']),
-                 kinds=r['kinds']) for _, r in h.iterrows()]
+        gc = GrowConfig(
+            rounds=cfg.rounds,
+            m=cfg.m,
+            c=run['c'],
+            eps=cfg.eps,
+            ratio=None,
+            budget=cfg.growth * seed_flops,
+            cost='flops',
+            eigen=cfg.eigen,
+            seed=run['seed'],
+        )
+    torch.manual_seed(run['seed'])
+    model = cfg.model(run['widths']).to(T.device)
+    if run.get('growth') == 'scratch':
+        model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
+    h = grow(
+        model,
+        lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}", state=state),
+        nn.CrossEntropyLoss(),
+        T.score,
+        cfg.example(T.device),
+        gc,
+        evaluate=T.test,
+        out_dir=folder,
+        progress=T.progress,
+        label=dict(key=run['key']),
+        dist=dist_context(),
+    ).history
+    return [
+        dict(
+            round=int(r['round']),
+            **_costs(cfg, json.loads(r['widths'])),
+            top1=r['test_acc'],
+            top5=r['test_top5'],
+            test_loss=r['test_loss'],
+            train_loss=r.get('train_loss', float('nan')),
+            widths=r['widths'],
+            split=int(r['split']),
+            kinds=r['kinds'],
+        )
+        for _, r in h.iterrows()
+    ]
+
 
 def _baseline(run, cfg, T, folder):
-    torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
-    tr = train_stage(folder, 'train', model, lambda m, st: T.fit(m, run['seed'], desc=run['key'], state=st)); te = T.test(model)
-    return [dict(round=0, **_costs(cfg, run['widths']), top1=te['acc'], top5=te['top5'], test_loss=te['loss'],
-                 train_loss=tr.get('loss', float('nan')), widths=json.dumps(list(model.widths)), mult=run['mult'])]
+    torch.manual_seed(run['seed'])
+    model = cfg.model(run['widths']).to(T.device)
+    tr = train_stage(folder, 'train', model, lambda m, st: T.fit(m, run['seed'], desc=run['key'], state=st))
+    te = T.test(model)
+    return [
+        dict(
+            round=0,
+            **_costs(cfg, run['widths']),
+            top1=te['acc'],
+            top5=te['top5'],
+            test_loss=te['loss'],
+            train_loss=tr.get('loss', float('nan')),
+            widths=json.dumps(list(model.widths)),
+            mult=run['mult'],
+        )
+    ]
 
-def run_one(run:dict, cfg:Table2Config, T:Trainer, root, force:bool=False) -> pd.DataFrame:
+
+def run_one(run: dict, cfg: Table2Config, T: Trainer, root, force: bool = False) -> pd.DataFrame:
     "Execute (or reuse) one run in `root/<key>/` (every process under torchrun; rank 0 writes); returns its rows."
     folder = Path(root) / run['key']
     config = dict(run=run, cfg=asdict(cfg))
-    if 'growth' in run: config['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
+    if 'growth' in run:
+        config['matched_widths'] = _matched_widths(run, root)  # a control is stale when S3D's widths change
+
     def compute():
-        rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
-        base = dict(method=run['method'], setting=run['setting'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
+        rows = (
+            _grow(run, cfg, T, folder)
+            if run['method'] in ('S2D', 'S3D') or 'growth' in run
+            else _baseline(run, cfg, T, folder)
+        )
+        base = dict(
+            method=run['method'],
+            setting=run['setting'],
+            c=run.get('c', float('nan')),
+            m=cfg.m if 'c' in run else float('nan'),
+            seed=run['seed'],
+        )
         return pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'])
+
     return run_once(folder, config, compute, force)
 
-
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #6e12094e
-def table2_table(df:pd.DataFrame) -> pd.DataFrame:
+def table2_table(df: pd.DataFrame) -> pd.DataFrame:
     "One row per model (baselines, and each round of S2D / S3D): MACs (M), params (M), top-1 and top-5 (%) means over seeds."
-    ctl = df.method.isin(['random growth', 'Net2Net'])   # their round 0 is S3D's seed; scratch: its final stage only
+    ctl = df.method.isin(
+        ['random growth', 'Net2Net']
+    )  # their round 0 is S3D's seed; scratch: its final stage only
     df = df[~(ctl & (df['round'] == 0)) & ((df.method != 'scratch') | (df['round'] == df['round'].max()))]
     ctl = df.method.isin(['random growth', 'Net2Net'])
-    lab = np.where(df.method.isin(['S2D', 'S3D']), np.where(df['round'] == 0, df.method + ' seed', df.method + '-' + df['round'].astype(str)),
-                   np.where(ctl, df.method + '-' + df['round'].astype(str) + ' (S3D widths)',
-                            np.where(df.method == 'scratch', 'scratch (S3D final widths)', 'MobileNetV1 (' + df.method + ')')))
+    lab = np.where(
+        df.method.isin(['S2D', 'S3D']),
+        np.where(df['round'] == 0, df.method + ' seed', df.method + '-' + df['round'].astype(str)),
+        np.where(
+            ctl,
+            df.method + '-' + df['round'].astype(str) + ' (S3D widths)',
+            np.where(df.method == 'scratch', 'scratch (S3D final widths)', 'MobileNetV1 (' + df.method + ')'),
+        ),
+    )
     g = df.assign(model=lab).groupby('model', sort=False)
-    t = pd.DataFrame({'macs_M': g.macs.mean() / 1e6, 'params_M': g.params.mean() / 1e6, 'top1': g.top1.mean(), 'top5': g.top5.mean(),
-                      'runs': g.size()}).reset_index()
+    t = pd.DataFrame(
+        {
+            'macs_M': g.macs.mean() / 1e6,
+            'params_M': g.params.mean() / 1e6,
+            'top1': g.top1.mean(),
+            'top5': g.top5.mean(),
+            'runs': g.size(),
+        }
+    ).reset_index()
     return t.sort_values('macs_M', ascending=False, kind='stable').reset_index(drop=True)
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #0d262062
-def plot_table2(df:pd.DataFrame, scale:str=''):
+def plot_table2(df: pd.DataFrame, scale: str = ''):
     "Top-1 vs MACs: (a) our runs (grown over rounds, width multipliers as points), (b) the paper's Table 2."
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for meth, d in df[df.method.isin(['S2D', 'S3D'])].groupby('method'):
         g = d.groupby('round')[['macs', 'top1']].mean()
@@ -218,77 +422,147 @@ def plot_table2(df:pd.DataFrame, scale:str=''):
             g = df[df.method == meth].groupby('round')[['macs', 'top1']].mean()
             ax[0].plot(g.macs / 1e6, g.top1, marker='o', ms=4, ls='--', label=f'{meth} (S3D widths)')
     sc = df[(df.method == 'scratch') & (df['round'] == df['round'].max())]
-    if len(sc): ax[0].plot(sc.macs.mean() / 1e6, sc.top1.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)')
+    if len(sc):
+        ax[0].plot(
+            sc.macs.mean() / 1e6, sc.top1.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)'
+        )
     b = df[df.setting == 'baseline'].groupby('method', sort=False)[['macs', 'top1']].mean()
-    ax[0].plot(b.macs / 1e6, b.top1, 's', color='0.3', label='MobileNetV1 width x'); 
-    for m, r in b.iterrows():   # labels left of the markers, clear of the growth curves to their right
-        ax[0].annotate(m, (r.macs / 1e6, r.top1), fontsize=7, xytext=(-5, 0), textcoords='offset points',
-                       ha='right', va='center')
-    ax[0].set_title(f'(a) this run ({scale})', fontsize=9); ax[0].set_xlabel('MACs (M) per image')
+    ax[0].plot(b.macs / 1e6, b.top1, 's', color='0.3', label='MobileNetV1 width x')
+    for m, r in b.iterrows():  # labels left of the markers, clear of the growth curves to their right
+        ax[0].annotate(
+            m,
+            (r.macs / 1e6, r.top1),
+            fontsize=7,
+            xytext=(-5, 0),
+            textcoords='offset points',
+            ha='right',
+            va='center',
+        )
+    ax[0].set_title(f'(a) this run ({scale})', fontsize=9)
+    ax[0].set_xlabel('MACs (M) per image')
     p = PAPER_TABLE2
     for meth in ('S2D', 'S3D'):
         d = pd.concat([p[p.model == 'Seed'], p[p.model.str.startswith(meth)].iloc[::-1]])
         ax[1].plot(d.macs_G * 1e3, d.top1, marker='o', ms=4, label=meth)
-    w = p[p.model.str.startswith('MobileNetV1')]; ax[1].plot(w.macs_G * 1e3, w.top1, 's', color='0.3', label='MobileNetV1 width x')
-    a = p[p.model == 'AMC']; ax[1].plot(a.macs_G * 1e3, a.top1, '^', color='C3', label='AMC (quoted)')
-    ax[1].set_title('(b) paper, ImageNet 224x224 (as printed)', fontsize=9); ax[1].set_xlabel('MACs (M) per image')
+    w = p[p.model.str.startswith('MobileNetV1')]
+    ax[1].plot(w.macs_G * 1e3, w.top1, 's', color='0.3', label='MobileNetV1 width x')
+    a = p[p.model == 'AMC']
+    ax[1].plot(a.macs_G * 1e3, a.top1, '^', color='C3', label='AMC (quoted)')
+    ax[1].set_title('(b) paper, ImageNet 224x224 (as printed)', fontsize=9)
+    ax[1].set_xlabel('MACs (M) per image')
     from matplotlib.ticker import NullFormatter
+
     for x in ax:
         x.set_xscale('log')
-        x.xaxis.set_minor_formatter(NullFormatter())   # minor-tick labels ran into each other
+        x.xaxis.set_minor_formatter(NullFormatter())  # minor-tick labels ran into each other
         x.set_ylabel('top-1 (%)')
         x.legend(fontsize=7)
-    fig.tight_layout(); return fig
+    fig.tight_layout()
+    return fig
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #6841caa4
-def s3d_vs_s2d(df:pd.DataFrame) -> pd.DataFrame:
+def s3d_vs_s2d(df: pd.DataFrame) -> pd.DataFrame:
     "Per round: S3D and S2D top-1 / top-5 and MACs (means over seeds) and the top-1 difference."
-    g = df[df.method.isin(['S2D', 'S3D'])].groupby(['round', 'method'])[['top1', 'top5', 'macs']].mean().unstack('method')
+    g = (
+        df[df.method.isin(['S2D', 'S3D'])]
+        .groupby(['round', 'method'])[['top1', 'top5', 'macs']]
+        .mean()
+        .unstack('method')
+    )
     g.columns = [f'{a}_{b}' for a, b in g.columns]
     return g.assign(d_top1=g.top1_S3D - g.top1_S2D).reset_index()
 
-def table2_report(df:pd.DataFrame, cfg:Table2Config, command:str, seconds:float) -> str:
+
+def table2_report(df: pd.DataFrame, cfg: Table2Config, command: str, seconds: float) -> str:
     "Markdown: our table, the paper's table with sources, the setting, the command, and S3D vs S2D per round."
-    v = s3d_vs_s2d(df); last = v.iloc[-1]
-    lines = [f"# Table 2, scale `{cfg.scale}` ({cfg.dataset}, {cfg.num_classes} classes, {cfg.image}x{cfg.image} crops)", '',
-             f'Command: `{command}`  ', '',
-             f'Setting: MobileNetV1 (strides {list(cfg.strides)}), seed widths {list(cfg.seed_widths)}, energy-aware S2D and S3D '
-             f'(m = {cfg.m}, c = {cfg.c:g}) for {cfg.rounds} rounds, budget {cfg.growth:g} x the seed\'s FLOPs per round, eps = {cfg.eps:g}, '
-             f'{cfg.eigen} eigenpairs on {cfg.score_images} training images; width multipliers {list(cfg.width_mults)} of {list(cfg.full_widths)}. '
-             f'Recipe: SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, '
-             f'{cfg.epochs} epochs per stage, label smoothing {cfg.label_smoothing:g}, RandomResizedCrop (area >= {cfg.min_crop:g}) + flip. '
-             f'Seeds {list(cfg.seeds)}.', '',
-             f"At the last round ({int(last['round'])}): S3D top-1 {last.top1_S3D:.2f}% at {last.macs_S3D / 1e6:.3g} M MACs, "
-             f"S2D {last.top1_S2D:.2f}% at {last.macs_S2D / 1e6:.3g} M MACs (S3D {'ahead' if last.d_top1 > 0 else 'not ahead'} "
-             f"by {last.d_top1:+.2f} points; {len(cfg.seeds)} seed(s), so no spread is measured).", '',
-             '## This run (MACs = multiply-accumulates of Conv2d and Linear per image)', '', markdown_table(table2_table(df), digits=4), '',
-             '## S3D vs S2D per round', '', markdown_table(v, digits=4), '',
-             '## Controls of S3D at the last round (paired by seed; top-1 in %)', '',
-             f'Random growth and Net2Net grow the seed to the per-round widths of energy-aware S3D (c = {cfg.c:g}) of the same seed '
-             f'with the same training; scratch trains S3D\'s final architecture from a fresh initialisation for the same '
-             f'{cfg.rounds + 1} stages. The verdict needs the paired 95% interval to exclude 0.', '',
-             markdown_table(vs_controls(df, cfg.c, 'top1'), digits=4), '',
-             '## The paper (ImageNet, 224x224; GMACs)', '', markdown_table(PAPER_TABLE2, digits=4), '']
+    v = s3d_vs_s2d(df)
+    last = v.iloc[-1]
+    lines = [
+        f"# Table 2, scale `{cfg.scale}` ({cfg.dataset}, {cfg.num_classes} classes, {cfg.image}x{cfg.image} crops)",
+        '',
+        f'Command: `{command}`  ',
+        '',
+        f'Setting: MobileNetV1 (strides {list(cfg.strides)}), seed widths {list(cfg.seed_widths)}, energy-aware S2D and S3D '
+        f'(m = {cfg.m}, c = {cfg.c:g}) for {cfg.rounds} rounds, budget {cfg.growth:g} x the seed\'s FLOPs per round, eps = {cfg.eps:g}, '
+        f'{cfg.eigen} eigenpairs on {cfg.score_images} training images; width multipliers {list(cfg.width_mults)} of {list(cfg.full_widths)}. '
+        f'Recipe: SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay {cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, '
+        f'{cfg.epochs} epochs per stage, label smoothing {cfg.label_smoothing:g}, RandomResizedCrop (area >= {cfg.min_crop:g}) + flip. '
+        f'Seeds {list(cfg.seeds)}.',
+        '',
+        f"At the last round ({int(last['round'])}): S3D top-1 {last.top1_S3D:.2f}% at {last.macs_S3D / 1e6:.3g} M MACs, "
+        f"S2D {last.top1_S2D:.2f}% at {last.macs_S2D / 1e6:.3g} M MACs (S3D {'ahead' if last.d_top1 > 0 else 'not ahead'} "
+        f"by {last.d_top1:+.2f} points; {len(cfg.seeds)} seed(s), so no spread is measured).",
+        '',
+        '## This run (MACs = multiply-accumulates of Conv2d and Linear per image)',
+        '',
+        markdown_table(table2_table(df), digits=4),
+        '',
+        '## S3D vs S2D per round',
+        '',
+        markdown_table(v, digits=4),
+        '',
+        '## Controls of S3D at the last round (paired by seed; top-1 in %)',
+        '',
+        f'Random growth and Net2Net grow the seed to the per-round widths of energy-aware S3D (c = {cfg.c:g}) of the same seed '
+        f'with the same training; scratch trains S3D\'s final architecture from a fresh initialisation for the same '
+        f'{cfg.rounds + 1} stages. The verdict needs the paired 95% interval to exclude 0.',
+        '',
+        markdown_table(vs_controls(df, cfg.c, 'top1'), digits=4),
+        '',
+        '## The paper (ImageNet, 224x224; GMACs)',
+        '',
+        markdown_table(PAPER_TABLE2, digits=4),
+        '',
+    ]
     return '\n'.join(lines)
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #1fc27fbf
-def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False, progress:bool=True,
-        fake_data:bool=False) -> list:
+def run(
+    scale: str = 'cpu',
+    device='auto',
+    data=None,
+    out='data/results',
+    force: bool = False,
+    progress: bool = True,
+    fake_data: bool = False,
+) -> list:
     "Reproduce Table 2 at `scale` (smoke|cpu|paper) with one torch thread and deterministic algorithms; returns the paths written."
-    return reproduce_table('table2', scale, SCALES, table2_data, Trainer, table2_runs, run_one, table2_report, plot_table2,
-                           lambda cfg, data: 'images' if cfg.dataset == 'fake' and data is None else None, device=device, data=data, out=out, force=force,
-                           progress=progress, fake_data=fake_data)
+    return reproduce_table(
+        'table2',
+        scale,
+        SCALES,
+        table2_data,
+        Trainer,
+        table2_runs,
+        run_one,
+        table2_report,
+        plot_table2,
+        lambda cfg, data: 'images' if cfg.dataset == 'fake' and data is None else None,
+        device=device,
+        data=data,
+        out=out,
+        force=force,
+        progress=progress,
+        fake_data=fake_data,
+    )
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #40b6ae43
-def files(scale:str, out='data/results') -> list:
+def files(scale: str, out='data/results') -> list:
     "Result files of `scale` under `out`, as `run` writes them (what `s3d reproduce list` looks for); the summary last."
     out = Path(out)
     return [out / f'table2_{scale}.{e}' for e in ('csv', 'png', 'pdf', 'md')]
 
 # %% ../../../nbs/experiments/table2_imagenet.ipynb #b7971bf8
 from ..runs import Experiment, register_experiment
-register_experiment(Experiment(
-    'table2', 'Table 2: ImageNet MobileNetV1 (224x224), energy-aware S2D/S3D vs width multipliers; AMC quoted',
-    'smoke ~1 min (CPU, --fake-data); cpu (digits as JPEGs) ~8 min on 1 core; '
-    'paper (ImageNet) days on 1 GPU (projected, see notebook)',
-    run=run, files=files, data_parallel=True))
+
+register_experiment(
+    Experiment(
+        'table2',
+        'Table 2: ImageNet MobileNetV1 (224x224), energy-aware S2D/S3D vs width multipliers; AMC quoted',
+        'smoke ~1 min (CPU, --fake-data); cpu (digits as JPEGs) ~8 min on 1 core; '
+        'paper (ImageNet) days on 1 GPU (projected, see notebook)',
+        run=run,
+        files=files,
+        data_parallel=True,
+    )
+)

@@ -13,15 +13,34 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from ..pointcloud import (DGCNN, DGCNN_WIDTHS, PointNet, PointLoader, PointSet, SHAPES, MODELNET_DIR, load_modelnet,
-                          synthetic_shapes, write_modelnet_h5, evaluate_points)
+from s3d.paper.pointcloud import (
+    DGCNN,
+    DGCNN_WIDTHS,
+    PointNet,
+    PointLoader,
+    PointSet,
+    SHAPES,
+    MODELNET_DIR,
+    load_modelnet,
+    synthetic_shapes,
+    write_modelnet_h5,
+    evaluate_points,
+)
 from ..train import train
 from ..runs import DataError, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from .table1 import CONTROLS, vs_controls, paired_diff, verdict, _matched_widths
-from ..runs import (reproduce_table, run_once, train_stage, is_writer, dist_context, data_parallel, shard, shard_batches)
-
+from s3d.paper.runs import (
+    reproduce_table,
+    run_once,
+    train_stage,
+    is_writer,
+    dist_context,
+    data_parallel,
+    shard,
+    shard_batches,
+)
 
 # %% auto #0
 __all__ = ['PAPER_TABLE3', 'SCALES', 'Table3Config', 'table3_runs', 'write_shapes_h5', 'table3_data', 'Trainer', 'run_one',
@@ -30,43 +49,57 @@ __all__ = ['PAPER_TABLE3', 'SCALES', 'Table3Config', 'table3_runs', 'write_shape
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #cb87217a
 _SRC = 'S3D paper, Table 3'
 PAPER_TABLE3 = pd.DataFrame(
-    [('PointNet', 89.2, 32.19, 2.85), ('PointNet++', 90.7, 331.4, 0.86), ('DGCNN (1.0x)', 92.6, 60.12, 1.81),
-     ('DGCNN (0.75x)', 92.4, 48.06, 1.64), ('DGCNN (0.5x)', 92.3, 38.90, 1.52), ('DGCNN-S2D-4', 92.7, 42.83, 1.52),
-     ('DGCNN-S3D-4', 92.9, 42.06, 1.51)], columns=['model', 'acc', 'forward_ms_2080Ti_b16', 'params_M']).assign(
-    source=lambda d: np.where(d.model.str.startswith('PointNet'), 'Qi et al. (2017), quoted in ' + _SRC, _SRC))
+    [
+        ('PointNet', 89.2, 32.19, 2.85),
+        ('PointNet++', 90.7, 331.4, 0.86),
+        ('DGCNN (1.0x)', 92.6, 60.12, 1.81),
+        ('DGCNN (0.75x)', 92.4, 48.06, 1.64),
+        ('DGCNN (0.5x)', 92.3, 38.90, 1.52),
+        ('DGCNN-S2D-4', 92.7, 42.83, 1.52),
+        ('DGCNN-S3D-4', 92.9, 42.06, 1.51),
+    ],
+    columns=['model', 'acc', 'forward_ms_2080Ti_b16', 'params_M'],
+).assign(
+    source=lambda d: np.where(d.model.str.startswith('PointNet'), 'Qi et al. (2017), quoted in ' + _SRC, _SRC)
+)
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #69e48d84
 @dataclass
 class Table3Config:
     "Every setting of the Table 3 experiment at one scale."
+
     scale: str = 'cpu'
-    dataset: str = 'synthetic'       # 'modelnet40' (HDF5 under --data), 'tiny' or 'synthetic' (shapes written as HDF5)
-    num_classes: int = 6             # set from the data
-    num_points: int = 128            # points per cloud
-    k: int = 10                      # neighbours in every EdgeConv
-    full_widths: tuple = (16, 16, 32, 64)   # DGCNN 1.0x EdgeConv widths
-    seed_widths: tuple = (4, 4, 8, 16)      # S2D / S3D start
-    width_mults: tuple = (1.0, 0.75, 0.5)   # width-multiplier baselines (EdgeConvs only)
-    emb: int = 256                   # channels of the fuse conv
-    head: tuple = (128, 64)          # hidden widths of the classifier
+    dataset: str = (
+        'synthetic'  # 'modelnet40' (HDF5 under --data), 'tiny' or 'synthetic' (shapes written as HDF5)
+    )
+    num_classes: int = 6  # set from the data
+    num_points: int = 128  # points per cloud
+    k: int = 10  # neighbours in every EdgeConv
+    full_widths: tuple = (16, 16, 32, 64)  # DGCNN 1.0x EdgeConv widths
+    seed_widths: tuple = (4, 4, 8, 16)  # S2D / S3D start
+    width_mults: tuple = (1.0, 0.75, 0.5)  # width-multiplier baselines (EdgeConvs only)
+    emb: int = 256  # channels of the fuse conv
+    head: tuple = (128, 64)  # hidden widths of the classifier
     pointnet_widths: tuple = (16, 16, 16, 32)  # PointNet's shared MLP before the fuse to `emb`
-    rounds: int = 4                  # splitting rounds
-    ratio: float = 0.2               # neurons added per round / EdgeConv neurons
+    rounds: int = 4  # splitting rounds
+    ratio: float = 0.2  # neurons added per round / EdgeConv neurons
     m: int = 2
-    c: float = 3.0                   # S3D's c (c = 1 is S2D)
+    c: float = 3.0  # S3D's c (c = 1 is S2D)
     eps: float = 1e-2
-    eigen: str = 'exact'             # 'exact' (dense S + eigh) or 'fast' (matrix-free Lanczos)
-    score_clouds: int = 80           # training clouds (unaugmented) for the splitting matrices
+    eigen: str = 'exact'  # 'exact' (dense S + eigh) or 'fast' (matrix-free Lanczos)
+    score_clouds: int = 80  # training clouds (unaugmented) for the splitting matrices
     score_batch: int = 40
-    epochs: int = 5                  # epochs for the seed and each baseline
-    finetune_epochs: int = 5         # epochs after each split
-    baseline_epochs: int | None = None  # epochs of each baseline (None: the grown runs' total, epochs + rounds * finetune_epochs)
+    epochs: int = 5  # epochs for the seed and each baseline
+    finetune_epochs: int = 5  # epochs after each split
+    baseline_epochs: int | None = (
+        None  # epochs of each baseline (None: the grown runs' total, epochs + rounds * finetune_epochs)
+    )
     batch_size: int = 32
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
     dropout: float = 0.5
-    train_per_class: int = 40        # generated data only
+    train_per_class: int = 40  # generated data only
     test_per_class: int = 25
     seeds: tuple = (0,)
 
@@ -77,40 +110,101 @@ class Table3Config:
     def pointnet(self) -> PointNet:
         return PointNet(self.num_classes, tuple(self.pointnet_widths), self.emb, tuple(self.head), 0.3)
 
-    def example(self, device='cpu'): return torch.zeros(1, 3, self.num_points, device=device)
+    def example(self, device='cpu'):
+        return torch.zeros(1, 3, self.num_points, device=device)
 
     @property
     def baseline_budget(self) -> int:
         "Epochs of each baseline."
-        return self.epochs + self.rounds * self.finetune_epochs if self.baseline_epochs is None else self.baseline_epochs
+        return (
+            self.epochs + self.rounds * self.finetune_epochs
+            if self.baseline_epochs is None
+            else self.baseline_epochs
+        )
+
 
 SCALES = {
-    'paper': Table3Config(scale='paper', dataset='modelnet40', num_classes=40, num_points=1024, k=20, full_widths=DGCNN_WIDTHS,
-                          seed_widths=(16, 16, 32, 64), emb=1024, head=(512, 256), pointnet_widths=(64, 64, 64, 128), eigen='fast',
-                          score_clouds=1024, score_batch=32, epochs=250, finetune_epochs=100, baseline_epochs=250),
-    'smoke': Table3Config(scale='smoke', dataset='tiny', num_classes=3, num_points=48, k=4, full_widths=(8, 8, 16, 16),
-                          seed_widths=(4, 4, 8, 8), emb=16, head=(16,), pointnet_widths=(8, 8, 8, 16), rounds=2, ratio=0.5,
-                          score_clouds=12, score_batch=12, epochs=1, finetune_epochs=1, batch_size=8, train_per_class=8, test_per_class=4),
+    'paper': Table3Config(
+        scale='paper',
+        dataset='modelnet40',
+        num_classes=40,
+        num_points=1024,
+        k=20,
+        full_widths=DGCNN_WIDTHS,
+        seed_widths=(16, 16, 32, 64),
+        emb=1024,
+        head=(512, 256),
+        pointnet_widths=(64, 64, 64, 128),
+        eigen='fast',
+        score_clouds=1024,
+        score_batch=32,
+        epochs=250,
+        finetune_epochs=100,
+        baseline_epochs=250,
+    ),
+    'smoke': Table3Config(
+        scale='smoke',
+        dataset='tiny',
+        num_classes=3,
+        num_points=48,
+        k=4,
+        full_widths=(8, 8, 16, 16),
+        seed_widths=(4, 4, 8, 8),
+        emb=16,
+        head=(16,),
+        pointnet_widths=(8, 8, 8, 16),
+        rounds=2,
+        ratio=0.5,
+        score_clouds=12,
+        score_batch=12,
+        epochs=1,
+        finetune_epochs=1,
+        batch_size=8,
+        train_per_class=8,
+        test_per_class=4,
+    ),
     'cpu': Table3Config(seeds=(0, 1, 2)),
 }
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #aa91980e
-def table3_runs(cfg:Table3Config) -> list:
+def table3_runs(cfg: Table3Config) -> list:
     "One dict per run (key, method, ...): grown S2D and S3D, the width-multiplier baselines, PointNet and the controls of S3D."
     runs = []
     for s in cfg.seeds:
-        runs += [dict(key=f'{meth}-c{c:g}-s{s}', method=meth, c=float(c), seed=s, widths=list(cfg.seed_widths))
-                 for meth, c in (('S2D', 1.0), ('S3D', cfg.c))]
-        runs += [dict(key=f'width{mult:g}-s{s}', method=f'{mult:.2g}x' if mult != 1 else '1.0x', seed=s, mult=float(mult),
-                      widths=[max(1, int(round(w * mult))) for w in cfg.full_widths]) for mult in cfg.width_mults]
+        runs += [
+            dict(key=f'{meth}-c{c:g}-s{s}', method=meth, c=float(c), seed=s, widths=list(cfg.seed_widths))
+            for meth, c in (('S2D', 1.0), ('S3D', cfg.c))
+        ]
+        runs += [
+            dict(
+                key=f'width{mult:g}-s{s}',
+                method=f'{mult:.2g}x' if mult != 1 else '1.0x',
+                seed=s,
+                mult=float(mult),
+                widths=[max(1, int(round(w * mult))) for w in cfg.full_widths],
+            )
+            for mult in cfg.width_mults
+        ]
         runs.append(dict(key=f'pointnet-s{s}', method='PointNet', seed=s))
     s3d = lambda s: f'S3D-c{cfg.c:g}-s{s}'
-    runs += [dict(key=f'{g}-{s3d(s)}', method=GROWTHS[g], growth=g, seed=s, widths=list(cfg.seed_widths), after=s3d(s))
-             for s in cfg.seeds for g in CONTROLS]   # last: the other runs' rows keep their order
+    runs += [
+        dict(
+            key=f'{g}-{s3d(s)}',
+            method=GROWTHS[g],
+            growth=g,
+            seed=s,
+            widths=list(cfg.seed_widths),
+            after=s3d(s),
+        )
+        for s in cfg.seeds
+        for g in CONTROLS
+    ]  # last: the other runs' rows keep their order
     return runs
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #7e967326
-def write_shapes_h5(root, n_classes:int, train_per_class:int, test_per_class:int, num_points:int, seed:int=0) -> Path:
+def write_shapes_h5(
+    root, n_classes: int, train_per_class: int, test_per_class: int, num_points: int, seed: int = 0
+) -> Path:
     "Synthetic shapes (the first `n_classes` of SHAPES) written as the ModelNet40 HDF5 release under `root`."
     shapes = SHAPES[:n_classes]
     for split, n, s in (('train', train_per_class, seed), ('test', test_per_class, seed + 1)):
@@ -118,37 +212,63 @@ def write_shapes_h5(root, n_classes:int, train_per_class:int, test_per_class:int
         write_modelnet_h5(root, split, x, y, shapes)
     return Path(root)
 
-def table3_data(cfg:Table3Config, data=None, out='data/results', fake_data:bool=True) -> tuple:
+
+def table3_data(cfg: Table3Config, data=None, out='data/results', fake_data: bool = True) -> tuple:
     "(train, test) PointSets of `cfg`: the HDF5 release under `data`, else generated files (smoke, cpu)."
     root = Path(data) if data is not None else None
     if root is None or not (root / MODELNET_DIR / 'train_files.txt').exists():
         if cfg.dataset == 'modelnet40':
-            raise DataError(f"missing ModelNet40 file list {Path(data or 'data') / MODELNET_DIR / 'train_files.txt'} "
-                            f"(give --data DIR with DIR/{MODELNET_DIR}/ from the HDF5 release)")
-        if root is not None: raise DataError(f"missing ModelNet40 file list {root / MODELNET_DIR / 'train_files.txt'} (--data DIR needs DIR/{MODELNET_DIR}/ from the HDF5 release)")
+            raise DataError(
+                f"missing ModelNet40 file list {Path(data or 'data') / MODELNET_DIR / 'train_files.txt'} "
+                f"(give --data DIR with DIR/{MODELNET_DIR}/ from the HDF5 release)"
+            )
+        if root is not None:
+            raise DataError(
+                f"missing ModelNet40 file list {root / MODELNET_DIR / 'train_files.txt'} (--data DIR needs DIR/{MODELNET_DIR}/ from the HDF5 release)"
+            )
         if cfg.dataset == 'tiny' and not fake_data:
-            raise DataError(f"table3 --scale {cfg.scale} without --data trains on generated point clouds: give --data DIR or pass --fake-data")
+            raise DataError(
+                f"table3 --scale {cfg.scale} without --data trains on generated point clouds: give --data DIR or pass --fake-data"
+            )
         root = Path(out) / f'table3_{cfg.scale}_runs' / f'{cfg.dataset}_h5'
         if not (root / MODELNET_DIR / 'test_files.txt').exists():
-            write_shapes_h5(root, cfg.num_classes, cfg.train_per_class, cfg.test_per_class, 2 * cfg.num_points)
+            write_shapes_h5(
+                root, cfg.num_classes, cfg.train_per_class, cfg.test_per_class, 2 * cfg.num_points
+            )
     return load_modelnet(root, 'train', cfg.num_points), load_modelnet(root, 'test', cfg.num_points)
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #a86d7b1f
 class Trainer:
     "Loaders, device and training recipe shared by every run of a scale (under torchrun: this process's slice of every batch)."
-    def __init__(self, cfg:Table3Config, train_set:PointSet, test_set:PointSet, device, progress:bool=False):
+
+    def __init__(
+        self, cfg: Table3Config, train_set: PointSet, test_set: PointSet, device, progress: bool = False
+    ):
         self.cfg, self.device, self.progress = cfg, torch.device(device), progress and is_writer()
-        self.train_dl = shard(PointLoader(train_set, cfg.batch_size, train=True, device=device))   # same global batches
+        self.train_dl = shard(
+            PointLoader(train_set, cfg.batch_size, train=True, device=device)
+        )  # same global batches
         self.test_dl = PointLoader(test_set, 2 * cfg.batch_size, device=device)
         n = min(cfg.score_clouds, len(train_set))
         sub = PointSet(train_set.points[:n], train_set.labels[:n], train_set.classes, train_set.files)
         self.score = shard_batches(PointLoader(sub, cfg.score_batch, device=device))
 
-    def fit(self, model, seed:int, epochs:int, desc='train', state=None) -> dict:
+    def fit(self, model, seed: int, epochs: int, desc='train', state=None) -> dict:
         "Train `model` in place for `epochs` epochs (resuming from `state`, a `TrainState`); returns the last epoch's metrics."
         c = self.cfg
-        h = train(data_parallel(model), self.train_dl, epochs, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, device=self.device,
-                  progress=self.progress, desc=desc, state=state, seed=seed)
+        h = train(
+            data_parallel(model),
+            self.train_dl,
+            epochs,
+            lr=c.lr,
+            momentum=c.momentum,
+            weight_decay=c.weight_decay,
+            device=self.device,
+            progress=self.progress,
+            desc=desc,
+            state=state,
+            seed=seed,
+        )
         return h[-1] if h else {}
 
     def test(self, model) -> dict:
@@ -160,133 +280,312 @@ def _grow(run, cfg, T, folder):
     "S2D / S3D, or a control (`run['growth']`) grown to the per-round widths of S3D's run of the same seed."
     if 'growth' in run:
         ws = _matched_widths(run, Path(folder).parent)
-        if ws is None: raise RuntimeError(f"table3: {run['key']} needs the finished run {run['after']} (its per-round widths)")
-        gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, eps=cfg.eps, ratio=None, widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
-                        growth=run['growth'], eigen=cfg.eigen, seed=run['seed'])
-    else: gc = GrowConfig(rounds=cfg.rounds, m=cfg.m, c=run['c'], eps=cfg.eps, ratio=cfg.ratio, eigen=cfg.eigen, seed=run['seed'])
-    torch.manual_seed(run['seed']); model = cfg.model(run['widths']).to(T.device)
-    if run.get('growth') == 'scratch': model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
-    fit = lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, cfg.epochs if r == 0 else cfg.finetune_epochs, desc=f"{run['key']} r{r}", state=state)
-    h = grow(model, fit, nn.CrossEntropyLoss(), T.score, cfg.example(T.device), gc, evaluate=T.test, out_dir=folder,
-             progress=T.progress, label=dict(key=run['key']), dist=dist_context()).history
-    return [dict(round=int(r['round']), params=int(r['params']), flops=int(r['flops']), acc=r['test_acc'],
-                 mean_class_acc=r['test_mean_class_acc'], test_loss=r['test_loss'], train_loss=r.get('train_loss', float('nan')),
-                 widths=r['widths'], split=int(r['split']), kinds=r['kinds']) for _, r in h.iterrows()]
+        if ws is None:
+            raise RuntimeError(
+                f"table3: {run['key']} needs the finished run {run['after']} (its per-round widths)"
+            )
+        gc = GrowConfig(
+            rounds=cfg.rounds,
+            m=cfg.m,
+            eps=cfg.eps,
+            ratio=None,
+            widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
+            growth=run['growth'],
+            eigen=cfg.eigen,
+            seed=run['seed'],
+        )
+    else:
+        gc = GrowConfig(
+            rounds=cfg.rounds,
+            m=cfg.m,
+            c=run['c'],
+            eps=cfg.eps,
+            ratio=cfg.ratio,
+            eigen=cfg.eigen,
+            seed=run['seed'],
+        )
+    torch.manual_seed(run['seed'])
+    model = cfg.model(run['widths']).to(T.device)
+    if run.get('growth') == 'scratch':
+        model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
+    fit = lambda m, r, state: T.fit(
+        m,
+        run['seed'] + 1000 * r,
+        cfg.epochs if r == 0 else cfg.finetune_epochs,
+        desc=f"{run['key']} r{r}",
+        state=state,
+    )
+    h = grow(
+        model,
+        fit,
+        nn.CrossEntropyLoss(),
+        T.score,
+        cfg.example(T.device),
+        gc,
+        evaluate=T.test,
+        out_dir=folder,
+        progress=T.progress,
+        label=dict(key=run['key']),
+        dist=dist_context(),
+    ).history
+    return [
+        dict(
+            round=int(r['round']),
+            params=int(r['params']),
+            flops=int(r['flops']),
+            acc=r['test_acc'],
+            mean_class_acc=r['test_mean_class_acc'],
+            test_loss=r['test_loss'],
+            train_loss=r.get('train_loss', float('nan')),
+            widths=r['widths'],
+            split=int(r['split']),
+            kinds=r['kinds'],
+        )
+        for _, r in h.iterrows()
+    ]
+
 
 def _baseline(run, cfg, T, folder):
     torch.manual_seed(run['seed'])
     model = (cfg.pointnet() if run['method'] == 'PointNet' else cfg.model(run['widths'])).to(T.device)
-    tr = train_stage(folder, 'train', model, lambda m, st: T.fit(m, run['seed'], cfg.baseline_budget, desc=run['key'], state=st))
+    tr = train_stage(
+        folder,
+        'train',
+        model,
+        lambda m, st: T.fit(m, run['seed'], cfg.baseline_budget, desc=run['key'], state=st),
+    )
     te = T.test(model)
     p, f = count_params_flops(model, cfg.example(T.device))
-    return [dict(round=0, params=p, flops=f, acc=te['acc'], mean_class_acc=te['mean_class_acc'], test_loss=te['loss'],
-                 train_loss=tr.get('loss', float('nan')), widths=json.dumps(run.get('widths', list(cfg.pointnet_widths))),
-                 mult=run.get('mult', float('nan')))]
+    return [
+        dict(
+            round=0,
+            params=p,
+            flops=f,
+            acc=te['acc'],
+            mean_class_acc=te['mean_class_acc'],
+            test_loss=te['loss'],
+            train_loss=tr.get('loss', float('nan')),
+            widths=json.dumps(run.get('widths', list(cfg.pointnet_widths))),
+            mult=run.get('mult', float('nan')),
+        )
+    ]
 
-def run_one(run:dict, cfg:Table3Config, T:Trainer, root, force:bool=False) -> pd.DataFrame:
+
+def run_one(run: dict, cfg: Table3Config, T: Trainer, root, force: bool = False) -> pd.DataFrame:
     "Execute (or reuse) one run in `root/<key>/` (every process under torchrun; rank 0 writes); returns its rows."
     folder = Path(root) / run['key']
     config = dict(run=run, cfg=asdict(cfg))
-    if 'growth' in run: config['matched_widths'] = _matched_widths(run, root)   # a control is stale when S3D's widths change
+    if 'growth' in run:
+        config['matched_widths'] = _matched_widths(run, root)  # a control is stale when S3D's widths change
+
     def compute():
-        rows = _grow(run, cfg, T, folder) if run['method'] in ('S2D', 'S3D') or 'growth' in run else _baseline(run, cfg, T, folder)
-        base = dict(method=run['method'], c=run.get('c', float('nan')), m=cfg.m if 'c' in run else float('nan'), seed=run['seed'])
+        rows = (
+            _grow(run, cfg, T, folder)
+            if run['method'] in ('S2D', 'S3D') or 'growth' in run
+            else _baseline(run, cfg, T, folder)
+        )
+        base = dict(
+            method=run['method'],
+            c=run.get('c', float('nan')),
+            m=cfg.m if 'c' in run else float('nan'),
+            seed=run['seed'],
+        )
         return pd.DataFrame([dict(base, **r) for r in rows]).assign(key=run['key'])
+
     return run_once(folder, config, compute, force)
 
-
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #43bb7cdf
-def table3_table(df:pd.DataFrame) -> pd.DataFrame:
+def table3_table(df: pd.DataFrame) -> pd.DataFrame:
     "One row per model: overall and mean per-class accuracy (%), params (M), MFLOPs per cloud; means over seeds."
-    df = df[(df.method != 'scratch') | (df['round'] == df['round'].max())]   # scratch: its final stage only
+    df = df[(df.method != 'scratch') | (df['round'] == df['round'].max())]  # scratch: its final stage only
     grown = df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net'])
     ctl = np.where(df.method.isin(['random growth', 'Net2Net']), ' (S3D widths)', '')
-    lab = np.where(grown, np.where(df['round'] == 0, 'DGCNN seed', 'DGCNN-' + df.method + '-' + df['round'].astype(str) + ctl),
-                   np.where(df.method == 'PointNet', 'PointNet (no T-nets)',
-                            np.where(df.method == 'scratch', 'DGCNN scratch (S3D final widths)', 'DGCNN (' + df.method + ')')))
+    lab = np.where(
+        grown,
+        np.where(df['round'] == 0, 'DGCNN seed', 'DGCNN-' + df.method + '-' + df['round'].astype(str) + ctl),
+        np.where(
+            df.method == 'PointNet',
+            'PointNet (no T-nets)',
+            np.where(df.method == 'scratch', 'DGCNN scratch (S3D final widths)', 'DGCNN (' + df.method + ')'),
+        ),
+    )
     g = df.assign(model=lab).groupby('model', sort=False)
-    t = pd.DataFrame({'acc': g.acc.mean(), 'mean_class_acc': g.mean_class_acc.mean(), 'params_M': g.params.mean() / 1e6,
-                      'mflops': g.flops.mean() / 1e6, 'runs': g.size()}).reset_index()
+    t = pd.DataFrame(
+        {
+            'acc': g.acc.mean(),
+            'mean_class_acc': g.mean_class_acc.mean(),
+            'params_M': g.params.mean() / 1e6,
+            'mflops': g.flops.mean() / 1e6,
+            'runs': g.size(),
+        }
+    ).reset_index()
     return t.sort_values('params_M', ascending=False, kind='stable').reset_index(drop=True)
 
-def plot_table3(df:pd.DataFrame, scale:str=''):
+
+def plot_table3(df: pd.DataFrame, scale: str = ''):
     "Accuracy vs parameters: (a) our runs (grown over rounds, baselines as points), (b) the paper's Table 3."
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     for meth in ('S2D', 'S3D', 'random growth', 'Net2Net'):
-        if not (df.method == meth).any(): continue
+        if not (df.method == meth).any():
+            continue
         g = df[df.method == meth].groupby('round')[['params', 'acc']].mean()
         ctl = meth not in ('S2D', 'S3D')
-        ax[0].plot(g.params / 1e6, g.acc, marker='o', ms=4, ls='--' if ctl else '-', label=f'DGCNN-{meth}' + (' (S3D widths)' if ctl else ''))
+        ax[0].plot(
+            g.params / 1e6,
+            g.acc,
+            marker='o',
+            ms=4,
+            ls='--' if ctl else '-',
+            label=f'DGCNN-{meth}' + (' (S3D widths)' if ctl else ''),
+        )
     sc = df[(df.method == 'scratch') & (df['round'] == df['round'].max())]
-    if len(sc): ax[0].plot(sc.params.mean() / 1e6, sc.acc.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)')
-    b = df[~df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net', 'scratch'])].groupby('method', sort=False)[['params', 'acc']].mean()
+    if len(sc):
+        ax[0].plot(
+            sc.params.mean() / 1e6, sc.acc.mean(), '*', ms=9, color='k', label='scratch (S3D final widths)'
+        )
+    b = (
+        df[~df.method.isin(['S2D', 'S3D', 'random growth', 'Net2Net', 'scratch'])]
+        .groupby('method', sort=False)[['params', 'acc']]
+        .mean()
+    )
     ax[0].plot(b.params / 1e6, b.acc, 's', color='0.3', label='baselines')
-    for i, (m, r) in enumerate(b.iterrows()):   # alternate above/below so neighbouring labels do not overlap
-        ax[0].annotate(m, (r.params / 1e6, r.acc), fontsize=7, xytext=(4, 5 if i % 2 else -10),
-                       textcoords='offset points')
+    for i, (m, r) in enumerate(b.iterrows()):  # alternate above/below so neighbouring labels do not overlap
+        ax[0].annotate(
+            m,
+            (r.params / 1e6, r.acc),
+            fontsize=7,
+            xytext=(4, 5 if i % 2 else -10),
+            textcoords='offset points',
+        )
     ax[0].set_title(f'(a) this run ({scale})', fontsize=9)
     p = PAPER_TABLE3
     ax[1].plot(p.params_M, p.acc, 's', color='0.3')
     for i, (_, r) in enumerate(p.sort_values('params_M').iterrows()):
-        ax[1].annotate(r.model, (r.params_M, r.acc), fontsize=7, xytext=(4, 5 if i % 2 else -10),
-                       textcoords='offset points')
+        ax[1].annotate(
+            r.model,
+            (r.params_M, r.acc),
+            fontsize=7,
+            xytext=(4, 5 if i % 2 else -10),
+            textcoords='offset points',
+        )
     ax[1].set_title('(b) paper, ModelNet40 (as printed)', fontsize=9)
-    for x in ax: x.set_xlabel('parameters (M)'); x.set_ylabel('overall accuracy (%)')
-    ax[0].legend(fontsize=7); fig.tight_layout(); return fig
+    for x in ax:
+        x.set_xlabel('parameters (M)')
+        x.set_ylabel('overall accuracy (%)')
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #0b01132d
-def s3d_vs_s2d(df:pd.DataFrame) -> pd.DataFrame:
+def s3d_vs_s2d(df: pd.DataFrame) -> pd.DataFrame:
     "Per round: S3D and S2D accuracy and parameters (means over seeds) and the accuracy difference."
-    g = df[df.method.isin(['S2D', 'S3D'])].groupby(['round', 'method'])[['acc', 'mean_class_acc', 'params']].mean().unstack('method')
+    g = (
+        df[df.method.isin(['S2D', 'S3D'])]
+        .groupby(['round', 'method'])[['acc', 'mean_class_acc', 'params']]
+        .mean()
+        .unstack('method')
+    )
     g.columns = [f'{a}_{b}' for a, b in g.columns]
     return g.assign(d_acc=g.acc_S3D - g.acc_S2D).reset_index()
 
-def table3_report(df:pd.DataFrame, cfg:Table3Config, command:str, seconds:float) -> str:
+
+def table3_report(df: pd.DataFrame, cfg: Table3Config, command: str, seconds: float) -> str:
     "Markdown: our table, the paper's table with sources, the setting, the command, and S3D vs S2D per round."
-    v = s3d_vs_s2d(df); last = v.iloc[-1]
+    v = s3d_vs_s2d(df)
+    last = v.iloc[-1]
     fin = df[df['round'] == last['round']]
-    pd_ = paired_diff(fin[fin.method == 'S3D'].set_index('seed').acc, fin[fin.method == 'S2D'].set_index('seed').acc)
-    lines = [f"# Table 3, scale `{cfg.scale}` ({cfg.dataset}, {cfg.num_classes} classes, {cfg.num_points} points, k = {cfg.k})", '',
-             f'Command: `{command}`  ', '',
-             f'Setting: DGCNN, EdgeConv seed widths {list(cfg.seed_widths)}, S2D and S3D (m = {cfg.m}, c = {cfg.c:g}) on the EdgeConv '
-             f'layers for {cfg.rounds} rounds, {cfg.ratio:g} of the neurons added per round, eps = {cfg.eps:g}, {cfg.eigen} eigenpairs on '
-             f'{cfg.score_clouds} training clouds; width multipliers {list(cfg.width_mults)} of {list(cfg.full_widths)}; fuse {cfg.emb}, head '
-             f'{list(cfg.head)}; PointNet without T-nets. Recipe: SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay '
-             f'{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, {cfg.epochs} epochs for the seed and {cfg.finetune_epochs} after each '
-             f'split, {cfg.baseline_budget} for each baseline; anisotropic scale, translation and point shuffling. Seeds {list(cfg.seeds)}.', '',
-             f"At the last round ({int(last['round'])}): S3D {last.acc_S3D:.2f}% at {last.params_S3D / 1e6:.3g} M parameters, "
-             f"S2D {last.acc_S2D:.2f}% at {last.params_S2D / 1e6:.3g} M; paired difference S3D - S2D {pd_['mean']:+.2f} points"
-             + (f", 95% interval [{pd_['lo']:+.2f}, {pd_['hi']:+.2f}]" if pd_['n'] > 1 else '')
-             + f", S3D ahead in {pd_['wins']}/{pd_['n']} seeds: **{verdict(pd_)}**.", '',
-             '## This run (FLOPs per cloud include the kNN distance matrices)', '', markdown_table(table3_table(df), digits=4), '',
-             '## S3D vs S2D per round', '', markdown_table(v, digits=4), '',
-             f'## Controls of S3D at the last round (paired by seed; accuracy in %)', '',
-             f'Random growth and Net2Net grow the seed to the per-round EdgeConv widths of S3D (c = {cfg.c:g}) of the same seed with '
-             f'the same training; scratch trains S3D\'s final architecture from a fresh initialisation for the same epochs. '
-             f'The verdict needs the paired 95% interval to exclude 0.', '',
-             markdown_table(vs_controls(df, cfg.c), digits=4), '',
-             '## The paper (ModelNet40; forward time at batch 16 on an RTX 2080Ti)', '', markdown_table(PAPER_TABLE3, digits=4), '']
+    pd_ = paired_diff(
+        fin[fin.method == 'S3D'].set_index('seed').acc, fin[fin.method == 'S2D'].set_index('seed').acc
+    )
+    lines = [
+        f"# Table 3, scale `{cfg.scale}` ({cfg.dataset}, {cfg.num_classes} classes, {cfg.num_points} points, k = {cfg.k})",
+        '',
+        f'Command: `{command}`  ',
+        '',
+        f'Setting: DGCNN, EdgeConv seed widths {list(cfg.seed_widths)}, S2D and S3D (m = {cfg.m}, c = {cfg.c:g}) on the EdgeConv '
+        f'layers for {cfg.rounds} rounds, {cfg.ratio:g} of the neurons added per round, eps = {cfg.eps:g}, {cfg.eigen} eigenpairs on '
+        f'{cfg.score_clouds} training clouds; width multipliers {list(cfg.width_mults)} of {list(cfg.full_widths)}; fuse {cfg.emb}, head '
+        f'{list(cfg.head)}; PointNet without T-nets. Recipe: SGD lr {cfg.lr:g}, momentum {cfg.momentum:g}, weight decay '
+        f'{cfg.weight_decay:g}, cosine, batch {cfg.batch_size}, {cfg.epochs} epochs for the seed and {cfg.finetune_epochs} after each '
+        f'split, {cfg.baseline_budget} for each baseline; anisotropic scale, translation and point shuffling. Seeds {list(cfg.seeds)}.',
+        '',
+        f"At the last round ({int(last['round'])}): S3D {last.acc_S3D:.2f}% at {last.params_S3D / 1e6:.3g} M parameters, "
+        f"S2D {last.acc_S2D:.2f}% at {last.params_S2D / 1e6:.3g} M; paired difference S3D - S2D {pd_['mean']:+.2f} points"
+        + (f", 95% interval [{pd_['lo']:+.2f}, {pd_['hi']:+.2f}]" if pd_['n'] > 1 else '')
+        + f", S3D ahead in {pd_['wins']}/{pd_['n']} seeds: **{verdict(pd_)}**.",
+        '',
+        '## This run (FLOPs per cloud include the kNN distance matrices)',
+        '',
+        markdown_table(table3_table(df), digits=4),
+        '',
+        '## S3D vs S2D per round',
+        '',
+        markdown_table(v, digits=4),
+        '',
+        f'## Controls of S3D at the last round (paired by seed; accuracy in %)',
+        '',
+        f'Random growth and Net2Net grow the seed to the per-round EdgeConv widths of S3D (c = {cfg.c:g}) of the same seed with '
+        f'the same training; scratch trains S3D\'s final architecture from a fresh initialisation for the same epochs. '
+        f'The verdict needs the paired 95% interval to exclude 0.',
+        '',
+        markdown_table(vs_controls(df, cfg.c), digits=4),
+        '',
+        '## The paper (ModelNet40; forward time at batch 16 on an RTX 2080Ti)',
+        '',
+        markdown_table(PAPER_TABLE3, digits=4),
+        '',
+    ]
     return '\n'.join(lines)
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #a9b519fa
-def run(scale:str='cpu', device='auto', data=None, out='data/results', force:bool=False, progress:bool=True,
-        fake_data:bool=False) -> list:
+def run(
+    scale: str = 'cpu',
+    device='auto',
+    data=None,
+    out='data/results',
+    force: bool = False,
+    progress: bool = True,
+    fake_data: bool = False,
+) -> list:
     "Reproduce Table 3 at `scale` (smoke|cpu|paper) with one torch thread and deterministic algorithms; returns the paths written."
-    return reproduce_table('table3', scale, SCALES, table3_data, Trainer, table3_runs, run_one, table3_report, plot_table3,
-                           lambda cfg, data: 'point clouds' if cfg.dataset == 'tiny' and data is None else None, device=device, data=data, out=out, force=force,
-                           progress=progress, fake_data=fake_data)
+    return reproduce_table(
+        'table3',
+        scale,
+        SCALES,
+        table3_data,
+        Trainer,
+        table3_runs,
+        run_one,
+        table3_report,
+        plot_table3,
+        lambda cfg, data: 'point clouds' if cfg.dataset == 'tiny' and data is None else None,
+        device=device,
+        data=data,
+        out=out,
+        force=force,
+        progress=progress,
+        fake_data=fake_data,
+    )
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #7a034e8a
-def files(scale:str, out='data/results') -> list:
+def files(scale: str, out='data/results') -> list:
     "Result files of `scale` under `out`, as `run` writes them (what `s3d reproduce list` looks for); the summary last."
     out = Path(out)
     return [out / f'table3_{scale}.{e}' for e in ('csv', 'png', 'pdf', 'md')]
 
 # %% ../../../nbs/experiments/table3_modelnet.ipynb #2ca9966a
 from ..runs import Experiment, register_experiment
-register_experiment(Experiment(
-    'table3', 'Table 3: ModelNet40 point clouds, DGCNN grown by S2D/S3D vs width multipliers and PointNet',
-    'smoke ~30 s (CPU, --fake-data); cpu (synthetic shapes, 3 seeds) ~17 min on a shared 2-core CPU; '
-    'paper (ModelNet40) ~49 GPU-hours (projected from the paper)',
-    run=run, files=files, data_parallel=True))
+
+register_experiment(
+    Experiment(
+        'table3',
+        'Table 3: ModelNet40 point clouds, DGCNN grown by S2D/S3D vs width multipliers and PointNet',
+        'smoke ~30 s (CPU, --fake-data); cpu (synthetic shapes, 3 seeds) ~17 min on a shared 2-core CPU; '
+        'paper (ModelNet40) ~49 GPU-hours (projected from the paper)',
+        run=run,
+        files=files,
+        data_parallel=True,
+    )
+)
