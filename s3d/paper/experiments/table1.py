@@ -68,9 +68,10 @@ from s3d.paper.runs import (
 )
 
 # %% auto #0
-__all__ = ['SCALES', 'CONTROLS', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer', 'run_is_done',
-           'run_one', 'table1_table', 'plot_fig3', 'paired_diff', 's3d_vs_s2d', 'vs_control', 'verdict', 'vs_controls',
-           'table1_report', 'config_fingerprint', 'files', 'check', 'table1_task', 'run']
+__all__ = ['SCALES', 'CONTROLS', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer',
+           'control_config', 'run_is_done', 'run_one', 'table1_table', 'plot_fig3', 'paired_diff', 's3d_vs_s2d',
+           'vs_control', 'verdict', 'vs_controls', 'table1_report', 'config_fingerprint', 'files', 'check',
+           'table1_task', 'run']
 
 # %% ../../../nbs/experiments/table1_cifar.ipynb #a79a0a06
 @dataclass
@@ -388,16 +389,12 @@ def _matched_widths(run, root) -> list | None:
     p = Path(root) / run['after'] / 'rows.csv'
     return pd.read_csv(p).sort_values('round').widths.tolist() if p.exists() else None
 
-
-def _control(run, cfg, T, folder):
-    "A control (`run['growth']`) through `s3d.grow`, grown to the per-round widths of S3D's run of the same seed."
-    ex, s = cfg.example(T.device), run['seed']
+def control_config(run, cfg, folder, table: str) -> GrowConfig:
+    "The `GrowConfig` of control `run['growth']`, grown to the per-round widths of S3D's run of the same seed."
     ws = _matched_widths(run, Path(folder).parent)
     if ws is None:
-        raise RuntimeError(
-            f"table1: {run['key']} needs the finished run {run['after']} (its per-round widths)"
-        )
-    gc = GrowConfig(
+        raise RuntimeError(f"{table}: {run['key']} needs the finished run {run['after']} (its per-round widths)")
+    return GrowConfig(
         rounds=cfg.rounds,
         m=cfg.m,
         eps=cfg.eps,
@@ -405,12 +402,18 @@ def _control(run, cfg, T, folder):
         widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
         growth=run['growth'],
         eigen=cfg.eigen,
-        seed=s,
+        seed=run['seed'],
     )
+
+
+def _control(run, cfg, T, folder):
+    "A control (`run['growth']`) through `s3d.grow`, grown to the per-round widths of S3D's run of the same seed."
+    ex, s = cfg.example(T.device), run['seed']
+    gc = control_config(run, cfg, folder, 'table1')
     torch.manual_seed(s)
     model = cfg.model(run['widths']).to(T.device)  # the seed network of S2D / S3D
     if run['growth'] == 'scratch':
-        model = scratch_model(model, ex, ws[-1], seed=s)  # S3D's final widths, fresh weights
+        model = scratch_model(model, ex, gc.widths[-1], seed=s)  # S3D's final widths, fresh weights
     res = grow(
         model,
         lambda m, r, state: T.fit(m, s + 1000 * r, desc=f"{run['key']} r{r}", state=state),

@@ -28,7 +28,7 @@ from ..train import train
 from ..runs import DataError, markdown_table
 from ...cost import count_params_flops
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
-from .table1 import CONTROLS, vs_controls, _matched_widths
+from .table1 import CONTROLS, vs_controls, _matched_widths, control_config
 from s3d.paper.runs import (
     reproduce_table,
     run_once,
@@ -275,21 +275,7 @@ def _costs(cfg, widths):
 def _grow(run, cfg, T, folder):
     "Energy-aware S2D / S3D, or a control (`run['growth']`) grown to the per-round widths of S3D's run of the same seed."
     if 'growth' in run:
-        ws = _matched_widths(run, Path(folder).parent)
-        if ws is None:
-            raise RuntimeError(
-                f"table2: {run['key']} needs the finished run {run['after']} (its per-round widths)"
-            )
-        gc = GrowConfig(
-            rounds=cfg.rounds,
-            m=cfg.m,
-            eps=cfg.eps,
-            ratio=None,
-            widths=tuple(tuple(json.loads(w)) for w in ws[1:]),
-            growth=run['growth'],
-            eigen=cfg.eigen,
-            seed=run['seed'],
-        )
+        gc = control_config(run, cfg, folder, 'table2')
     else:
         seed_flops = count_params_flops(cfg.model(run['widths']), cfg.example())[1]
         gc = GrowConfig(
@@ -306,7 +292,7 @@ def _grow(run, cfg, T, folder):
     torch.manual_seed(run['seed'])
     model = cfg.model(run['widths']).to(T.device)
     if run.get('growth') == 'scratch':
-        model = scratch_model(model, cfg.example(T.device), ws[-1], seed=run['seed'])
+        model = scratch_model(model, cfg.example(T.device), gc.widths[-1], seed=run['seed'])
     h = grow(
         model,
         lambda m, r, state: T.fit(m, run['seed'] + 1000 * r, desc=f"{run['key']} r{r}", state=state),
