@@ -522,7 +522,10 @@ def _main(argv=None):
     if 'agreement' not in skip: res['agreement'] = check_agreement(a, dev)
     if 'throughput' not in skip:   # at --tiny from tiny measurements: checks the arithmetic, not the hours
         (f1, i1), (f0, i0) = meas['full'], meas['seed']
-        b = (1 / i1 - 1 / i0) / max(f1 - f0, 1); a0 = 1 / i0 - b * f0
+        # seconds per image = a0 + b * FLOPs, through the two measured models; on a noisy machine the bigger model
+        # can measure faster (b < 0), which would make large networks free: never let time fall with FLOPs
+        b = max((1 / i1 - 1 / i0) / max(f1 - f0, 1), 0.0)
+        a0 = max(1 / i0 - b * f0, 0.0) or 1 / i0
         ips = lambda w: 1 / max(a0 + b * count_params_flops(MobileNetV1(100, widths=w), torch.zeros(1, 3, 32, 32))[1], 1e-9)
         paper = T1.SCALES['paper']
         parts = project_table1(ips, paper); hours = sum(parts.values())
