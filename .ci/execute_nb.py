@@ -1,0 +1,39 @@
+"""Execute notebooks in place so their stored outputs are current (notebooks are committed executed).
+
+    python .ci/execute_nb.py nbs/experiments/table1_cifar.ipynb [more.ipynb ...]
+
+Runs every code cell in the notebook's folder with execnb, as `nbdev-test` does, except cells flagged
+`slow`, `gpu` or `notest` (paper-scale work): those keep the outputs they have. Stops at the first error
+and leaves the file untouched then. Run `nbdev-clean` afterwards (it drops execution counts and metadata).
+"""
+import re, sys
+from pathlib import Path
+from fastcore.nbio import read_nb, write_nb
+from execnb.shell import CaptureShell
+
+SKIP = {'slow', 'gpu', 'notest'}
+_FLAG = re.compile(r'^\s*#\|\s*(\w+)\s*$')
+
+
+def skipped(cell) -> bool:
+    "True for cells that are not code or carry a flag in `SKIP` (their stored outputs are kept)."
+    if cell.cell_type != 'code':
+        return True
+    flags = {m.group(1) for m in map(_FLAG.match, cell.source.splitlines()) if m}
+    return bool(flags & SKIP)
+
+
+def execute(path: Path):
+    nb = read_nb(path)
+    shell = CaptureShell()
+    shell.set_path(path.parent.resolve())
+    shell.run_all(nb, exc_stop=True, preproc=skipped)
+    write_nb(nb, path)
+    print('executed', path)
+
+
+if __name__ == '__main__':
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    for p in sys.argv[1:]:
+        execute(Path(p))
