@@ -13,8 +13,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['SCHEME_KINDS', 'SCHEME_COPIES', 'scheme_gains', 'scheme_parts', 'split_value', 'check_split', 'split_gain',
-           'SplitScheme', 'split_scheme', 'SplitSchemes', 'split_schemes', 'search_split', 'random_spectra',
-           'plot_split_schemes']
+           'paper_triplet_gain', 'triplet_erratum_interval', 'SplitScheme', 'split_scheme', 'SplitSchemes',
+           'split_schemes', 'search_split', 'random_spectra', 'plot_split_schemes']
 
 # %% ../nbs/01_schemes.ipynb #6c7cf5bc
 SCHEME_KINDS = (
@@ -136,6 +136,22 @@ def split_gain(
     g = scheme_gains(lmin, lmax, c)
     out = g.gather(-1, _best_kind(g, m)[..., None])[..., 0]
     return out.item() if scalar else out
+
+# %% ../nbs/01_schemes.ipynb #71728856
+def paper_triplet_gain(lam_min, lam_max, c: float):
+    "The paper's Theorem 2.2 value min((c+1)/2 lam_min, -(c-1)/2 lam_max, 0): optimal only outside `triplet_erratum_interval`."
+    lmin = torch.as_tensor(lam_min, dtype=torch.float64)
+    lmax = torch.as_tensor(lam_max, dtype=torch.float64)
+    zero = torch.zeros_like(lmin)
+    return torch.minimum(torch.minimum((c + 1) / 2 * lmin, -(c - 1) / 2 * lmax), zero)
+
+
+def triplet_erratum_interval(c: float) -> tuple[float, float]:
+    "Open interval of lam_max/|lam_min| (indefinite S) where the paper's G_3 is above the optimum; empty (lo >= hi) when c >= 2 + sqrt(5)."
+    _check_mc(3, c)
+    if c == 1:
+        return (0.0, 0.0)
+    return ((c - 1) / 2, 4 * c / (c - 1) ** 2)
 
 # %% ../nbs/01_schemes.ipynb #fe394f3a
 @dataclass

@@ -105,3 +105,29 @@ def test_bad_input(call, msg):
 
 def test_kinds_cover_table():
     assert len(SCHEME_KINDS) == 7 and SCHEME_KINDS[0] == 'none'
+
+
+@pytest.mark.parametrize("c", [1.3, 2.0, 3.0, 4.0])
+def test_erratum_scope_against_search(c):
+    "The independent search goes below the paper's G3 exactly inside `triplet_erratum_interval(c)`."
+    from s3d.schemes import paper_triplet_gain, triplet_erratum_interval
+
+    lo, hi = triplet_erratum_interval(c)
+    ratios = [r for r in (0.2, 0.9, 1.5, 2.5, 6.0, 40.0) if min(abs(r - lo), abs(r - hi)) > 0.05]
+    S = torch.stack([torch.diag(torch.tensor([-1.0, 0.3, r], dtype=torch.float64)) for r in ratios])
+    found = search_split(S, 3, c, seed=5)[0]
+    paper = paper_triplet_gain(-1.0, torch.tensor(ratios, dtype=torch.float64), c)
+    below = (paper - found > 1e-6).tolist()
+    assert below == [lo < r < hi for r in ratios]
+    assert (found >= split_gain(-torch.ones(len(ratios), dtype=torch.float64),
+                                torch.tensor(ratios, dtype=torch.float64), 3, c) - 1e-6).all()
+
+
+def test_erratum_interval_edges():
+    from s3d.schemes import triplet_erratum_interval
+
+    lo, hi = triplet_erratum_interval(2 + 5 ** 0.5)
+    assert math.isclose(lo, hi, rel_tol=1e-12)  # the interval closes at c = 2 + sqrt(5)
+    assert triplet_erratum_interval(1.0) == (0.0, 0.0)
+    lo, hi = triplet_erratum_interval(3.0)
+    assert (lo, hi) == (1.0, 3.0)
