@@ -6,25 +6,26 @@ Docs: https://s3d-dev.github.io/s3d/kinds.html.md"""
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c5
 from __future__ import annotations
-import copy, math, weakref
+import contextlib, copy, math, weakref
 from functools import partial
 from collections.abc import MutableMapping
 from typing import Callable
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+import torch.nn.modules.transformer as _transformer
 from torch.utils.weak import WeakIdKeyDictionary
 
 # %% auto #0
-__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'FUNCTIONAL_OPS', 'COMBINE_REASONS', 'SHAPE_OPS',
-           'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param',
-           'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise',
+__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'FUNCTIONAL_OPS', 'STRUCTURAL', 'COMBINE_REASONS',
+           'SHAPE_OPS', 'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal',
+           'set_param', 'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise',
            'edit_channels', 'register_layer', 'layer_kind', 'stateless', 'register_edit', 'register_producer_edit',
            'register_follower_edit', 'register_consumer_edit', 'find_edit', 'LinearKind', 'is_depthwise', 'conv_padded',
            'ConvKind', 'BatchNormKind', 'LayerNormKind', 'GroupNormKind', 'PassThroughKind', 'PoolKind', 'flatten_flow',
            'FlattenKind', 'OpKind', 'GraphValue', 'SameOp', 'PoolOp', 'merge_range', 'ReshapeOp', 'PermuteOp',
-           'reduced_dims', 'ReduceOp', 'register_op', 'ActivationKind', 'register_activation', 'unregister_activation',
-           'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
+           'reduced_dims', 'ReduceOp', 'register_op', 'BlockKind', 'TransformerKind', 'WholeKind', 'ActivationKind',
+           'register_activation', 'unregister_activation', 'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c8
 class Refusal(ValueError):
@@ -745,24 +746,72 @@ register_op(['permute', 'transpose'], PermuteOp())
 register_op(['mean', 'sum', 'amax', 'amin'], ReduceOp())
 register_op(['max', 'min'], ReduceOp(values=True))
 
+STRUCTURAL = (  # the way forward when no registry entry helps
+    "a limit of the model's structure, not of the registry: no s3d.register_layer or "
+    "s3d.kinds.register_op rule lifts it"
+)
 COMBINE_REASONS = [  # ops reading several tensors, with why the split cannot follow
     (
         {'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'},
-        "it is summed with another tensor (a residual add): the summed channels are "
-        "coupled to the other operand's producers (a residual stream), which s3d does not split",
+        "it is summed with another tensor (a residual add): the summed channels are coupled to the other "
+        "operand's producers (a residual stream), which s3d does not split; the layers inside the branch are "
+        f"split instead ({STRUCTURAL})",
     ),
     (
         {'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'},
-        "it is concatenated with other tensors: the joint channels are "
-        "read together with other producers' channels, which s3d does not split",
+        "it is concatenated with other tensors: the joint channels are read together with other producers' "
+        f"channels, which s3d does not split ({STRUCTURAL})",
     ),
     (
         {'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'},
-        "it is multiplied with another tensor "
-        "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split",
+        "it is multiplied with another tensor (e.g. a squeeze-and-excitation gate, attention or a gated unit): "
+        f"the product couples it to the other factor, which s3d does not split ({STRUCTURAL})",
     ),
 ]
 SHAPE_OPS = {'size', 'dim', 'numel'}  # read only the shape: not a use of the values
+
+# %% ../nbs/01a_kinds.ipynb #48004ec4
+class BlockKind(LayerKind):
+    "A block torch.fx would keep whole that s3d traces into: its inner layers are found like any others."
+
+    def tracing(self):
+        "A context in which the block's forward traces (its fast paths off); none by default."
+        return contextlib.nullcontext()
+
+
+def _no_seq_len(src, batch_first):
+    return None  # only read to detect a causal mask from a mask tensor, which a trace does not need
+
+
+class TransformerKind(BlockKind):
+    "nn.TransformerEncoderLayer / DecoderLayer and their stacks: traced with the fused fast path off."
+
+    @contextlib.contextmanager
+    def tracing(self):
+        fast, seq_len = torch.backends.mha.get_fastpath_enabled(), _transformer._get_seq_len
+        torch.backends.mha.set_fastpath_enabled(False)  # its checks branch on the input's values
+        _transformer._get_seq_len = _no_seq_len  # branches on the input's shape
+        try:
+            yield
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fast)
+            _transformer._get_seq_len = seq_len
+
+# %% ../nbs/01a_kinds.ipynb #8c7dc837
+class WholeKind(LayerKind):
+    "A module s3d keeps whole and cannot split inside (attention, recurrence, lookup): every role refused with `why`."
+
+    def __init__(self, why: str):  # what the module does that a split cannot follow
+        self.why = why
+
+    def produce(self, m):
+        raise Refusal(self.why)
+
+    def route(self, m, n, cdim, repeat, shp_in, shp_out):
+        raise Refusal(self.why)
+
+    def __repr__(self):
+        return f"WholeKind({self.why!r})"
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e5
 class ActivationKind(LayerKind):
@@ -975,7 +1024,26 @@ for _c in PASS_THROUGH:
 for _c in POOLS:
     register_layer(_c, PoolKind())
 register_layer(nn.Flatten, FlattenKind())
+for _c in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder):
+    register_layer(_c, TransformerKind())
+register_layer(
+    nn.MultiheadAttention,
+    WholeKind(
+        "attention multiplies its projections together (queries with keys, weights with values), "
+        "so no projection's channels reach the output alone"
+    ),
+)
+register_layer(
+    nn.RNNBase,
+    WholeKind(
+        "a recurrent layer (LSTM, GRU, RNN) feeds its hidden units back into every gate at the next step, "
+        "so a copy of a unit changes what every other unit reads"
+    ),
+)
+for _c in (nn.Embedding, nn.EmbeddingBag):
+    register_layer(_c, WholeKind("an embedding looks its features up by index; no neuron computes them"))
 
+# %% ../nbs/01a_kinds.ipynb #k0a1b2e9x
 T = torch.Tensor
 for _cls, _smooth, _fns, _params, _dd in [  # class, smooth, functional forms, their argument names, curvature
     (nn.ReLU, False, (F.relu, F.relu_, torch.relu, torch.relu_, 'relu', 'relu_'), (), _relu_dd),
