@@ -227,10 +227,11 @@ def _extend(node, mods) -> str:
                 f"declare it with s3d.register_layer({_cls_name(m)}, kind), "
                 f"or s3d.register_activation({_cls_name(m)}) for an elementwise one"
             )
-        return f"s3d.register_layer({_cls_name(m)}, kind) replaces the rule of its {type(k).__name__}"
+        return f"a kind of your own, s3d.register_layer({_cls_name(m)}, kind), replaces its {type(k).__name__}"
     name = _op_name(node)
     if name in FUNCTIONAL_OPS:
-        return f"s3d.kinds.register_op('{name}', kind) replaces the rule of its {type(FUNCTIONAL_OPS[name]).__name__}"
+        op = type(FUNCTIONAL_OPS[name]).__name__
+        return f"an OpKind of your own, s3d.kinds.register_op('{name}', kind), replaces its {op}"
     return f"declare it with s3d.kinds.register_op('{name}', kind), an OpKind saying where its channels go"
 
 # %% ../nbs/02_graph.ipynb #04c00763
@@ -511,24 +512,8 @@ def _check(cond, group, msg):
         raise ValueError(f"split group '{group.name}': {msg}")
 
 
-def validate_group(
-    model: nn.Module,  # the network the group belongs to
-    group: SplitGroup,  # the group to check
-) -> SplitGroup:
-    "Check that `group` is consistent with `model`; raises ValueError naming the layer, else returns `group`."
-    mods = dict(model.named_modules())
-    _check(isinstance(group, SplitGroup), group, f"expected a SplitGroup, got {type(group).__name__}")
-    _check(
-        mods.get(group.name) is group.producer,
-        group,
-        f"model has no module '{group.name}' that is this producer",
-    )
-    _check(
-        is_producer(group.producer),
-        group,
-        f"producer must be a layer that can produce split channels (nn.Linear, or a conv with groups == 1), got {group.producer}",
-    )
-    n = group.n_neurons
+def _check_followers(mods, group, n):
+    "Each BatchNorm, activation module and follower of `group` is the model's module under its name, of a per-channel kind."
     named = (
         [(group.bn_name, group.bn)]
         + ([] if group.act_fn is not None else [(group.act_name, group.act)])
@@ -549,6 +534,10 @@ def validate_group(
             else (None if stateless(m) else "it is not a registered per-channel module")
         )
         _check(why is None, group, f"follower '{nm}': {why}")
+
+# %% ../nbs/02_graph.ipynb #9b51eaee
+def _check_consumers(mods, group, n):
+    "`group` has consumers, each the model's module under its name and of a kind that reads `n` channels."
     _check(len(group.consumers) > 0, group, "has no consumers")
     for c in group.consumers:
         _check(
@@ -563,4 +552,26 @@ def validate_group(
             else "must be nn.Linear or nn.Conv2d with groups == 1 (or a type registered with s3d.register_layer)"
         )
         _check(why is None, group, f"consumer '{c.name}' {why}")
+
+# %% ../nbs/02_graph.ipynb #0ceafc9a
+def validate_group(
+    model: nn.Module,  # the network the group belongs to
+    group: SplitGroup,  # the group to check
+) -> SplitGroup:
+    "Check that `group` is consistent with `model`; raises ValueError naming the layer, else returns `group`."
+    mods = dict(model.named_modules())
+    _check(isinstance(group, SplitGroup), group, f"expected a SplitGroup, got {type(group).__name__}")
+    _check(
+        mods.get(group.name) is group.producer,
+        group,
+        f"model has no module '{group.name}' that is this producer",
+    )
+    _check(
+        is_producer(group.producer),
+        group,
+        "producer must be a layer that can produce split channels (nn.Linear, or a conv with groups == 1), "
+        f"got {group.producer}",
+    )
+    _check_followers(mods, group, group.n_neurons)
+    _check_consumers(mods, group, group.n_neurons)
     return group
