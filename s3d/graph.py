@@ -211,7 +211,7 @@ def _combine_reason(name):
         "it combines this output with other tensors, which splitting cannot follow",
     )
 
-
+# %% ../nbs/02_graph.ipynb #14d28f46
 def _cls_name(m) -> str:
     "How a user spells the class of `m`: `nn.LSTM` for a torch.nn class, else its name."
     c = type(m)

@@ -228,7 +228,7 @@ def register_edit(
             setattr(kind, _ROLES[role], fn)
     return kind
 
-
+# %% ../nbs/01a_kinds.ipynb #9f2b1c15
 class _Edits(MutableMapping):
     "Live view {module class: edit} of one role's overrides registered with `register_edit`."
 
@@ -260,7 +260,7 @@ class _Edits(MutableMapping):
 
 PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS = _Edits('producer'), _Edits('follower'), _Edits('consumer')
 
-
+# %% ../nbs/01a_kinds.ipynb #157640f8
 def _decorator(role, cls, fn):
     if fn is None:
         return lambda f: _decorator(role, cls, f)
@@ -488,7 +488,7 @@ class LayerNormKind(LayerKind):
     def flops(self, m, inp, out, macs):
         return 0 if macs else 5 * out.numel()
 
-
+# %% ../nbs/01a_kinds.ipynb #bf5cf9e8
 class GroupNormKind(LayerKind):
     "nn.GroupNorm: a follower only with one channel per group."
 
@@ -549,7 +549,7 @@ class PoolKind(LayerKind):
     def flops(self, m, inp, out, macs):
         return 0 if macs else inp[0].numel()
 
-
+# %% ../nbs/01a_kinds.ipynb #4bccbba0
 def flatten_flow(cdim: int, repeat: int, shp_in, start: int, end: int):
     "New (cdim, repeat) after merging dims start..end of a tensor of shape `shp_in`; Refusal if a channel stops being contiguous."
     nd = len(shp_in)
@@ -746,6 +746,7 @@ register_op(['permute', 'transpose'], PermuteOp())
 register_op(['mean', 'sum', 'amax', 'amin'], ReduceOp())
 register_op(['max', 'min'], ReduceOp(values=True))
 
+# %% ../nbs/01a_kinds.ipynb #c48cbf1a
 STRUCTURAL = (  # the way forward when no registry entry helps
     "a limit of the model's structure, not of the registry: no s3d.register_layer or "
     "s3d.kinds.register_op rule lifts it"
@@ -925,7 +926,7 @@ class RBF(nn.Module):
     def forward(self, z):
         return torch.exp(-0.5 * z * z)
 
-
+# %% ../nbs/01a_kinds.ipynb #1ea447f0
 def _tanh_dd(act, z, beta):
     t = torch.tanh(z)
     return -2 * t * (1 - t * t)
@@ -962,7 +963,7 @@ def _elu_dd(act, z, beta):
 def _rbf_dd(act, z, beta):
     return (z * z - 1) * torch.exp(-0.5 * z * z)
 
-
+# %% ../nbs/01a_kinds.ipynb #e8681584
 def _relu_dd(act, z, beta):
     return softplus_dd(z, beta)
 
