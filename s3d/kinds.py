@@ -880,7 +880,7 @@ def register_activation(
         FUNCTIONAL[f] = k
     return cls
 
-
+# %% ../nbs/01a_kinds.ipynb #99070559
 def unregister_activation(cls: type):
     "Remove an activation registered with `register_activation` (and its functional forms)."
     k = ACTIVATIONS.pop(cls)
@@ -1027,6 +1027,8 @@ for _c in PASS_THROUGH:
 for _c in POOLS:
     register_layer(_c, PoolKind())
 register_layer(nn.Flatten, FlattenKind())
+
+# %% ../nbs/01a_kinds.ipynb #d404636e
 for _c in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder):
     register_layer(_c, TransformerKind())
 register_layer(

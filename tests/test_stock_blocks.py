@@ -18,11 +18,12 @@ from s3d.kinds import STRUCTURAL
 
 class EncoderClassifier(nn.Module):
     "Tokens (batch, seq, features) -> nn.TransformerEncoderLayer blocks -> mean over tokens -> classes."
-    def __init__(self, batch_first=True, activation='relu', d=8, ff=12, n_out=3, stack=False):
+    def __init__(self, batch_first=True, activation='relu', d=8, ff=12, n_out=3, stack=False, norm_first=False):
         super().__init__()
         self.batch_first = batch_first
         self.embed = nn.Linear(4, d)
-        layer = lambda: nn.TransformerEncoderLayer(d, 2, ff, dropout=0.1, activation=activation, batch_first=batch_first)
+        layer = lambda: nn.TransformerEncoderLayer(d, 2, ff, dropout=0.1, activation=activation, batch_first=batch_first,
+                                                   norm_first=norm_first)
         self.blocks = (nn.TransformerEncoder(layer(), 2, enable_nested_tensor=False) if stack
                        else nn.Sequential(layer(), layer()))
         self.head = nn.Linear(d, n_out)
@@ -108,6 +109,8 @@ def test_encoder_layers_grow_their_feed_forward(batch_first, activation):
 
 def test_encoder_stack_and_decoder_layer():
     torch.manual_seed(0)
+    gs = assert_preserved(EncoderClassifier(norm_first=True), tokens())
+    assert [g.name for g in gs] == ['blocks.0.linear1', 'blocks.1.linear1']
     gs = assert_preserved(EncoderClassifier(stack=True), tokens())
     assert [g.name for g in gs] == ['blocks.layers.0.linear1', 'blocks.layers.1.linear1']
     gs = assert_preserved(DecoderClassifier(), tokens())
