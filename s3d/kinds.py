@@ -766,9 +766,9 @@ COMBINE_REASONS = [  # ops reading several tensors, with why the split cannot fo
     (
         {'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'},
         "it is multiplied with another tensor (e.g. a squeeze-and-excitation gate, attention or a gated unit): "
-        f"the product couples it to the other factor, which s3d does not split ({STRUCTURAL}); an activation "
-        "written as a product of the input with a function of it, such as x * sigmoid(x), is declared a whole "
-        "module with s3d.register_activation(cls)",
+        f"the product couples it to the other factor, which s3d does not split ({STRUCTURAL}), unless the "
+        "product is an activation written out, such as x * sigmoid(x): s3d.register_activation(cls) declares "
+        "its module whole",
     ),
 ]
 SHAPE_OPS = {'size', 'dim', 'numel'}  # read only the shape: not a use of the values
