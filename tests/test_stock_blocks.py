@@ -35,10 +35,12 @@ class EncoderClassifier(nn.Module):
 
 
 class DecoderClassifier(nn.Module):
-    "A decoder layer reading the embedded tokens as target and memory."
-    def __init__(self, d=8, ff=10):
+    "A decoder layer (or a stack of two) reading the embedded tokens as target and memory."
+    def __init__(self, d=8, ff=10, stack=False):
         super().__init__()
-        self.embed, self.dec, self.head = nn.Linear(4, d), nn.TransformerDecoderLayer(d, 2, ff, batch_first=True), nn.Linear(d, 3)
+        layer = nn.TransformerDecoderLayer(d, 2, ff, batch_first=True)
+        self.embed, self.head = nn.Linear(4, d), nn.Linear(d, 3)
+        self.dec = nn.TransformerDecoder(layer, 2) if stack else layer
 
     def forward(self, x):
         h = self.embed(x)
@@ -116,6 +118,8 @@ def test_encoder_stack_and_decoder_layer():
     gs = assert_preserved(DecoderClassifier(), tokens())
     assert [g.name for g in gs] == ['dec.linear1']
     assert {'dec.self_attn', 'dec.multihead_attn'} <= {s.name for s in gs.skipped}
+    gs = assert_preserved(DecoderClassifier(stack=True), tokens())
+    assert [g.name for g in gs] == ['dec.layers.0.linear1', 'dec.layers.1.linear1']
 
 
 def test_fast_path_is_restored_after_tracing():
@@ -180,6 +184,11 @@ def test_one_growth_step_on_the_transformer_classifier():
     assert [b.linear1.out_features for b in model.blocks] == after
     assert [b.linear2.in_features for b in model.blocks] == after
     assert torch.isfinite(model(x)).all()
+    fresh = EncoderClassifier(True, 'gelu')                    # the grown checkpoint reloads into a fresh instance
+    s3d.load_grown_state(fresh, model.state_dict())
+    model.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+    assert [b.linear1.out_features for b in fresh.blocks] == after
 
 
 @pytest.mark.parametrize('rnn', [nn.LSTM, nn.GRU, nn.RNN])
