@@ -227,7 +227,9 @@ def _extend(node, mods) -> str:
                 f"declare it with s3d.register_layer({_cls_name(m)}, kind), "
                 f"or s3d.register_activation({_cls_name(m)}) for an elementwise one"
             )
-        return f"a kind of your own, s3d.register_layer({_cls_name(m)}, kind), replaces its {type(k).__name__}"
+        return (
+            f"a kind of your own, s3d.register_layer({_cls_name(m)}, kind), replaces its {type(k).__name__}"
+        )
     name = _op_name(node)
     if name in FUNCTIONAL_OPS:
         op = type(FUNCTIONAL_OPS[name]).__name__
@@ -502,7 +504,11 @@ def split_groups(
             outputs.add(n.target)
     if strict and skipped:
         raise UnsupportedStructure(
-            "split_groups(strict=True): " + '; '.join(f"producer '{s.name}' {s.reason}" for s in skipped.values())
+            "split_groups(strict=True): "
+            + '; '.join(
+                f"producer '{s.name}' {s.reason}" if s.reason.startswith('reaches') else s.reason
+                for s in skipped.values()
+            )
         )
     return SplitGroups(groups, skipped.values(), _outside(model, groups, outputs))
 

@@ -1029,7 +1029,12 @@ for _c in POOLS:
 register_layer(nn.Flatten, FlattenKind())
 
 # %% ../nbs/01a_kinds.ipynb #d404636e
-for _c in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder):
+for _c in (
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+):
     register_layer(_c, TransformerKind())
 register_layer(
     nn.MultiheadAttention,
