@@ -50,8 +50,8 @@ def set_param(module: nn.Module, name: str, value: Tensor, dim: int, index: Tens
     setattr(module, name, new)
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d0
-class LayerKind:
-    "How s3d treats one module type; subclass it, override what applies, and `register_layer` it."
+class _Discovery:
+    "What split-group discovery (`s3d.graph`) asks of a module type; `LayerKind` adds what the rest of s3d asks."
 
     def n_out(self, m) -> int:
         raise Refusal(f"{type(m).__name__} has no output channels s3d knows of")
@@ -74,6 +74,10 @@ class LayerKind:
 
     def follower_check(self, m, n) -> str | None:
         return f"{type(m).__name__} is not a per-channel follower"
+
+# %% ../nbs/01a_kinds.ipynb #7b2a25f2
+class LayerKind(_Discovery):
+    "How s3d treats one module type; subclass it, override what applies, and `register_layer` it."
 
     def theta_dim(self, m) -> int:
         return m.weight[0].numel() + (m.bias is not None)
@@ -335,7 +339,7 @@ class LinearKind(LayerKind):
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d7
 def is_depthwise(m: nn.Module) -> bool:
     "A convolution with `groups == in_channels == out_channels > 1` (one filter per channel)."
-    return isinstance(layer_kind(m), ConvKind) and 1 < m.groups == m.in_channels == m.out_channels
+    return isinstance(layer_kind(m), _ConvRoles) and 1 < m.groups == m.in_channels == m.out_channels
 
 
 def conv_padded(p: nn.Module, x: Tensor) -> Tensor:
@@ -351,8 +355,8 @@ def _as2d(p):
     return p.kernel_size, p.dilation, p.stride
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d8
-class ConvKind(LayerKind):
-    "nn.Conv1d / nn.Conv2d: producer and consumer with groups == 1, per-channel follower when depthwise."
+class _ConvRoles(LayerKind):
+    "A convolution's place in a split group: producer and consumer with groups == 1, per-channel follower when depthwise."
 
     def n_out(self, m):
         return m.out_channels
@@ -395,6 +399,10 @@ class ConvKind(LayerKind):
         raise Refusal(
             f"a grouped {type(m).__name__} (groups={m.groups}) that is not depthwise with {n} channels mixes channels"
         )
+
+# %% ../nbs/01a_kinds.ipynb #54ae1b24
+class ConvKind(_ConvRoles):
+    "nn.Conv1d / nn.Conv2d: their roles (above), input patches, channel edits, size and FLOPs."
 
     def inputs(self, m, x, padded=False):
         k, d, s = _as2d(m)
@@ -791,14 +799,17 @@ class TransformerKind(BlockKind):
 
     @contextlib.contextmanager
     def tracing(self):
-        fast, seq_len = torch.backends.mha.get_fastpath_enabled(), _transformer._get_seq_len
-        torch.backends.mha.set_fastpath_enabled(False)  # its checks branch on the input's values
-        _transformer._get_seq_len = _no_seq_len  # branches on the input's shape
+        mha, seq_len = torch.backends.mha, getattr(_transformer, '_get_seq_len', None)
+        fast = mha.get_fastpath_enabled()
+        mha.set_fastpath_enabled(False)  # its checks branch on the input's values
+        if seq_len is not None:
+            _transformer._get_seq_len = _no_seq_len  # branches on the input's shape
         try:
             yield
         finally:
-            torch.backends.mha.set_fastpath_enabled(fast)
-            _transformer._get_seq_len = seq_len
+            mha.set_fastpath_enabled(fast)
+            if seq_len is not None:
+                _transformer._get_seq_len = seq_len
 
 # %% ../nbs/01a_kinds.ipynb #8c7dc837
 class WholeKind(LayerKind):
