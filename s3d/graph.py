@@ -10,12 +10,14 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from collections import Counter
 from typing import Callable
-import math
+import contextlib, math
 import torch
 from torch import nn
 import torch.fx as fx
 from s3d.kinds import (
     Refusal,
+    BlockKind,
+    STRUCTURAL,
     layer_kind,
     activation_kind,
     is_activation,
@@ -124,8 +126,13 @@ def to_model_device(model: nn.Module, x):
 
 # %% ../nbs/02_graph.ipynb #07d51418
 class _Tracer(fx.Tracer):
+    "Keeps every module with a kind whole, except blocks (`BlockKind`), which it traces into."
+
     def is_leaf_module(self, m, qualname):
-        return layer_kind(m) is not None or super().is_leaf_module(m, qualname)
+        k = layer_kind(m)
+        if isinstance(k, BlockKind):
+            return False
+        return k is not None or super().is_leaf_module(m, qualname)
 
 
 class _ShapeRecorder(fx.Interpreter):
@@ -136,6 +143,27 @@ class _ShapeRecorder(fx.Interpreter):
         return r
 
 
+def _block_tracing(model) -> contextlib.ExitStack:
+    "The `tracing()` contexts of the blocks in `model`, one per kind, entered together."
+    stack = contextlib.ExitStack()
+    kinds = {id(k): k for m in model.modules() if isinstance(k := layer_kind(m), BlockKind)}
+    for k in kinds.values():
+        stack.enter_context(k.tracing())
+    return stack
+
+# %% ../nbs/02_graph.ipynb #84409941
+def _fx_graph(model) -> fx.GraphModule:
+    try:
+        with _block_tracing(model):
+            return fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as e:
+        raise ValueError(
+            f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
+            "declare its groups by hand with SplitGroup(name, producer, bn, act, followers, consumers) "
+            "and check them with validate_group"
+        ) from e
+
+
 def _trace(model, example_input):
     "fx graph of `model` (traced in eval mode) and the shapes of its tensors on `example_input`."
     args = to_model_device(model, example_input)
@@ -143,14 +171,7 @@ def _trace(model, example_input):
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        try:
-            gm = fx.GraphModule(model, _Tracer().trace(model))
-        except Exception as e:
-            raise ValueError(
-                f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
-                "declare its groups by hand with SplitGroup(name, producer, bn, act, followers, consumers) "
-                "and check them with validate_group"
-            ) from e
+        gm = _fx_graph(model)
         rec = _ShapeRecorder(gm)
         rec.shapes = {}
         with torch.no_grad():
@@ -190,6 +211,31 @@ def _combine_reason(name):
         "it combines this output with other tensors, which splitting cannot follow",
     )
 
+# %% ../nbs/02_graph.ipynb #14d28f46
+def _cls_name(m) -> str:
+    "How a user spells the class of `m`: `nn.LSTM` for a torch.nn class, else its name."
+    c = type(m)
+    return f"nn.{c.__name__}" if getattr(nn, c.__name__, None) is c else c.__name__
+
+
+def _extend(node, mods) -> str:
+    "How s3d learns to follow channels through `node`: the registry call that applies."
+    if node.op == 'call_module':
+        m, k = mods[node.target], layer_kind(mods[node.target])
+        if k is None:
+            return (
+                f"declare it with s3d.register_layer({_cls_name(m)}, kind), "
+                f"or s3d.register_activation({_cls_name(m)}) for an elementwise one"
+            )
+        return (
+            f"a kind of your own, s3d.register_layer({_cls_name(m)}, kind), replaces its {type(k).__name__}"
+        )
+    name = _op_name(node)
+    if name in FUNCTIONAL_OPS:
+        op = type(FUNCTIONAL_OPS[name]).__name__
+        return f"an OpKind of your own, s3d.kinds.register_op('{name}', kind), replaces its {op}"
+    return f"declare it with s3d.kinds.register_op('{name}', kind), an OpKind saying where its channels go"
+
 # %% ../nbs/02_graph.ipynb #04c00763
 class _Walk:
     "Collects followers and consumers reachable per channel from one producer node."
@@ -204,12 +250,15 @@ class _Walk:
         )
         self.followers, self.consumers, self.to_output, self.path = [], [], False, []
 
-    def fail(self, node, why):
+    def fail(self, node, why, extend=None):
+        "Stop: the channels reach `node`, `why` a split cannot follow, `extend` how s3d would learn to (default: the registry call)."
         what = (
             f"'{node.target}' ({type(self.mods[node.target]).__name__})"
             if node.op == 'call_module'
             else f"'{_op_name(node)}' (node {node.name})"
         )
+        if 'register_' not in why:
+            why = f"{why}; {extend or _extend(node, self.mods)}"
         raise UnsupportedStructure(
             f"split_groups: the output of producer '{self.pname}' reaches {what}: {why}"
         )
@@ -251,7 +300,11 @@ def _step(self, u, src, cdim, repeat, at=-1):
         try:
             mod = act.module_for(u.args[1:], u.kwargs)
         except Exception as e:
-            self.fail(u, f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})")
+            self.fail(
+                u,
+                f"cannot build an equivalent {act.cls.__name__} from its arguments ({e})",
+                f"s3d.register_activation({act.cls.__name__}, params=...) names the arguments it takes",
+            )
         self.followers.append((u.name, mod, u, fn))
         return self.pass_on(u, mod, cdim, repeat, at, 'act')
     op = FUNCTIONAL_OPS.get(name)
@@ -274,7 +327,7 @@ def _values_of(self, u, fn, cdim, repeat, at):
     readers = _data_users(u)
     vals = [w for w in readers if _op_name(w) in ('getattr', 'getitem') and w.args[1] in ('values', 0)]
     if len(vals) != len(readers) or not vals:
-        self.fail(u, "its indices are used, which splitting cannot follow")
+        self.fail(u, "its indices are used, which splitting cannot follow", STRUCTURAL)
     for w in vals:
         self.pass_on(w, fn, cdim, repeat, at, name=u.name)
 
@@ -286,17 +339,15 @@ def _module_step(self, u, m, src, cdim, repeat, at=-1):
     if self.calls[u.target] > 1 and not stateless(m):
         self.fail(
             u,
-            f"this module instance holds state and is called {self.calls[u.target]} times in forward; use a separate instance per call",
+            f"this module instance holds state and is called {self.calls[u.target]} times in forward; "
+            "use a separate instance per call",
+            STRUCTURAL,
         )
     if len([a for a in u.all_input_nodes if a in self.shapes]) > 1:
-        self.fail(u, "it takes several tensor inputs (e.g. a concat or a residual add)")
+        self.fail(u, "it takes several tensor inputs (e.g. a concat or a residual add)", STRUCTURAL)
     k = layer_kind(m)
     if k is None:
-        self.fail(
-            u,
-            "this module is not known to act on each channel separately (declare it with s3d.register_layer, "
-            "or s3d.register_activation for an elementwise one)",
-        )
+        self.fail(u, "this module is not known to act on each channel separately")
     try:
         r = k.route(m, self.n, cdim, repeat, self.shapes[src], self.shapes.get(u, ()))
     except Refusal as e:
@@ -314,40 +365,43 @@ _Walk.module_step = _module_step
 # %% ../nbs/02_graph.ipynb #48799e73
 @dataclass
 class Skipped:
-    "A producer `split_groups` left out, and why."
+    "A module `split_groups` left out (a producer it cannot split, or a module kept whole with parameters), and why."
 
-    name: str  # the producer's qualified name
-    reason: str  # what its channels reach and why splitting cannot follow
+    name: str  # the module's qualified name
+    reason: str  # what its channels reach and why splitting cannot follow, then how s3d would learn to
 
 
 class SkipReport(list):
-    "The producers `split_groups` skipped: a list of `Skipped` that prints as a table."
+    "The modules `split_groups` skipped: a list of `Skipped` that prints as a table."
+
+    def __init__(self, skipped=(), outside=()):
+        super().__init__(skipped)
+        self.outside = list(outside)  # 'name (Class)' of every module whose parameters are in no group
 
     def __str__(self):
         if not self:
-            return "no producer skipped"
+            if not self.outside:
+                return "nothing skipped"
+            return "nothing skipped; parameters outside every split group: " + ', '.join(self.outside)
         w = max(len(s.name) for s in self)
-        return '\n'.join(
-            [f"{len(self)} producer(s) skipped:"] + [f"  {s.name:<{w}}  {s.reason}" for s in self]
-        )
+        head = f"{len(self)} module(s) skipped:"
+        return '\n'.join([head] + [f"  {s.name:<{w}}  {s.reason}" for s in self])
 
     __repr__ = __str__
 
     def _repr_markdown_(self):
-        return (
-            "| skipped producer | reason |\n|---|---|\n"
-            + '\n'.join(f"| `{s.name}` | {s.reason} |" for s in self)
-            if self
-            else str(self)
-        )
+        if not self:
+            return str(self)
+        rows = '\n'.join(f"| `{s.name}` | {s.reason} |" for s in self)
+        return "| skipped module | reason |\n|---|---|\n" + rows
 
-
+# %% ../nbs/02_graph.ipynb #b5abf5bc
 class SplitGroups(list):
     "The split groups of a model (a list of `SplitGroup`), with the `skipped` report."
 
-    def __init__(self, groups=(), skipped=()):
+    def __init__(self, groups=(), skipped=(), outside=()):
         super().__init__(groups)
-        self.skipped = SkipReport(skipped)
+        self.skipped = SkipReport(skipped, outside)
 
 # %% ../nbs/02_graph.ipynb #a1b2c3d4
 def _group_from(walk, pnode, cdim):
@@ -356,10 +410,11 @@ def _group_from(walk, pnode, cdim):
         walk.fail(
             pnode,
             f"the producer is called {walk.calls[name]} times in forward; use a separate instance per call",
+            STRUCTURAL,
         )
     walk.run(pnode, cdim % len(walk.shapes[pnode]), 1)
     if walk.to_output and walk.consumers:
-        walk.fail(pnode, "its channels are both returned by the model and consumed by a layer")
+        walk.fail(pnode, "its channels are both returned by the model and consumed by a layer", STRUCTURAL)
     if not walk.consumers:
         return None
     g = SplitGroup(name, prod, consumers=walk.consumers)
@@ -379,39 +434,83 @@ def _group_from(walk, pnode, cdim):
     g.path = path
     return g
 
-# %% ../nbs/02_graph.ipynb #47df5393
+# %% ../nbs/02_graph.ipynb #c1859b8d
+def _kept_whole(name, m) -> Skipped | None:
+    "A module torch.fx kept whole that has no kind but holds parameters: skipped, with how to describe it."
+    n = sum(p.numel() for p in m.parameters())
+    if n == 0:
+        return None
+    return Skipped(
+        name,
+        f"'{name}' ({type(m).__name__}) itself: torch.fx keeps it whole and s3d has no layer kind for it, "
+        f"so its {n:,} parameters sit in no split group; declare one with s3d.register_layer({_cls_name(m)}, kind) "
+        "(a BlockKind traces into its forward)",
+    )
+
+
+def _producer(walk, n, m, k) -> SplitGroup | Skipped | None:
+    "The group of producer node `n` (module `m` of kind `k`), a `Skipped` saying why not, or None (not a producer)."
+    try:
+        cdim = k.produce(m)
+        if cdim is None:
+            return None
+        walk.n = k.n_out(m)
+        return _group_from(walk, n, cdim)
+    except Refusal as e:
+        why = str(e) if 'register_' in str(e) else f"{e}; {_extend(n, walk.mods)}"
+        return Skipped(n.target, f"'{n.target}' ({type(m).__name__}) itself: {why}")
+    except UnsupportedStructure as e:
+        return Skipped(n.target, str(e).split(f"producer '{n.target}' ", 1)[-1])
+
+# %% ../nbs/02_graph.ipynb #15e4f3c7
+def _outside(model, groups, outputs) -> list:
+    "'name (Class)' of every top-most module holding parameters that no group contains."
+    inside = set()
+    for g in groups:
+        inside |= {id(g.producer), id(g.bn), id(g.act), *(id(m) for _, m in g.followers)}
+        inside |= {id(c.module) for c in g.consumers}
+    out, seen = [], []
+    for name, m in model.named_modules():
+        if id(m) in inside or not any(True for _ in m.parameters(recurse=False)):
+            continue
+        if any(name.startswith(p + '.') for p in seen):
+            continue
+        seen.append(name)
+        what = f"{type(m).__name__}, an output layer" if name in outputs else type(m).__name__
+        out.append(f"{name or 'the model itself'} ({what})")
+    return out
+
+# %% ../nbs/02_graph.ipynb #01cff050
 def split_groups(
     model: nn.Module,  # the network (nn.Sequential or any fx-traceable module)
     example_input,  # a batch (tensor or tuple of tensors) used to record shapes
-    strict: bool = False,  # raise if any candidate producer cannot be split (else skip it, see `.skipped`)
+    strict: bool = False,  # raise if any module is skipped (else skip it, see `.skipped`)
 ) -> SplitGroups:
-    "The split groups of `model` in forward order; `.skipped` lists the producers left out and why."
+    "The split groups of `model` in forward order; `.skipped` lists the modules left out, why, and how to extend s3d."
     gm, shapes = _trace(model, example_input)
     calls = Counter(n.target for n in gm.graph.nodes if n.op == 'call_module')
-    groups, skipped = [], []
+    groups, skipped, outputs = [], {}, set()
     for n in gm.graph.nodes:
-        if n.op != 'call_module' or (k := layer_kind(m := gm.get_submodule(n.target))) is None:
+        if n.op != 'call_module' or n.target in skipped:
             continue
-        walk = _Walk(gm, shapes, calls, n, 0)
-        try:
-            cdim = k.produce(m)
-            if cdim is None:
-                continue
-            walk.n = k.n_out(m)
-            g = _group_from(walk, n, cdim)
-        except Refusal as e:
-            skipped.append(Skipped(n.target, f"'{n.target}' ({type(m).__name__}) itself: {e}"))
-            continue
-        except UnsupportedStructure as e:
-            skipped.append(Skipped(n.target, str(e).split(f"producer '{n.target}' ", 1)[-1]))
-            continue
-        if g is not None:
-            groups.append(g)
+        m = gm.get_submodule(n.target)
+        k = layer_kind(m)
+        r = _kept_whole(n.target, m) if k is None else _producer(_Walk(gm, shapes, calls, n, 0), n, m, k)
+        if isinstance(r, SplitGroup):
+            groups.append(r)
+        elif isinstance(r, Skipped):
+            skipped[n.target] = r
+        elif k is not None and k.produce(m) is not None:
+            outputs.add(n.target)
     if strict and skipped:
         raise UnsupportedStructure(
-            "split_groups(strict=True): " + '; '.join(f"producer '{s.name}' {s.reason}" for s in skipped)
+            "split_groups(strict=True): "
+            + '; '.join(
+                f"producer '{s.name}' {s.reason}" if s.reason.startswith('reaches') else s.reason
+                for s in skipped.values()
+            )
         )
-    return SplitGroups(groups, skipped)
+    return SplitGroups(groups, skipped.values(), _outside(model, groups, outputs))
 
 # %% ../nbs/02_graph.ipynb #ae25589b
 def _check(cond, group, msg):
@@ -419,24 +518,8 @@ def _check(cond, group, msg):
         raise ValueError(f"split group '{group.name}': {msg}")
 
 
-def validate_group(
-    model: nn.Module,  # the network the group belongs to
-    group: SplitGroup,  # the group to check
-) -> SplitGroup:
-    "Check that `group` is consistent with `model`; raises ValueError naming the layer, else returns `group`."
-    mods = dict(model.named_modules())
-    _check(isinstance(group, SplitGroup), group, f"expected a SplitGroup, got {type(group).__name__}")
-    _check(
-        mods.get(group.name) is group.producer,
-        group,
-        f"model has no module '{group.name}' that is this producer",
-    )
-    _check(
-        is_producer(group.producer),
-        group,
-        f"producer must be a layer that can produce split channels (nn.Linear, or a conv with groups == 1), got {group.producer}",
-    )
-    n = group.n_neurons
+def _check_followers(mods, group, n):
+    "Each BatchNorm, activation module and follower of `group` is the model's module under its name, of a per-channel kind."
     named = (
         [(group.bn_name, group.bn)]
         + ([] if group.act_fn is not None else [(group.act_name, group.act)])
@@ -457,6 +540,10 @@ def validate_group(
             else (None if stateless(m) else "it is not a registered per-channel module")
         )
         _check(why is None, group, f"follower '{nm}': {why}")
+
+# %% ../nbs/02_graph.ipynb #9b51eaee
+def _check_consumers(mods, group, n):
+    "`group` has consumers, each the model's module under its name and of a kind that reads `n` channels."
     _check(len(group.consumers) > 0, group, "has no consumers")
     for c in group.consumers:
         _check(
@@ -471,4 +558,26 @@ def validate_group(
             else "must be nn.Linear or nn.Conv2d with groups == 1 (or a type registered with s3d.register_layer)"
         )
         _check(why is None, group, f"consumer '{c.name}' {why}")
+
+# %% ../nbs/02_graph.ipynb #0ceafc9a
+def validate_group(
+    model: nn.Module,  # the network the group belongs to
+    group: SplitGroup,  # the group to check
+) -> SplitGroup:
+    "Check that `group` is consistent with `model`; raises ValueError naming the layer, else returns `group`."
+    mods = dict(model.named_modules())
+    _check(isinstance(group, SplitGroup), group, f"expected a SplitGroup, got {type(group).__name__}")
+    _check(
+        mods.get(group.name) is group.producer,
+        group,
+        f"model has no module '{group.name}' that is this producer",
+    )
+    _check(
+        is_producer(group.producer),
+        group,
+        "producer must be a layer that can produce split channels (nn.Linear, or a conv with groups == 1), "
+        f"got {group.producer}",
+    )
+    _check_followers(mods, group, group.n_neurons)
+    _check_consumers(mods, group, group.n_neurons)
     return group

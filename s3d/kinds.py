@@ -6,25 +6,26 @@ Docs: https://s3d-dev.github.io/s3d/kinds.html.md"""
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c5
 from __future__ import annotations
-import copy, math, weakref
+import contextlib, copy, math, weakref
 from functools import partial
 from collections.abc import MutableMapping
 from typing import Callable
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
+import torch.nn.modules.transformer as _transformer
 from torch.utils.weak import WeakIdKeyDictionary
 
 # %% auto #0
-__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'FUNCTIONAL_OPS', 'COMBINE_REASONS', 'SHAPE_OPS',
-           'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal', 'set_param',
-           'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise',
+__all__ = ['LAYERS', 'PRODUCER_EDITS', 'FOLLOWER_EDITS', 'CONSUMER_EDITS', 'FUNCTIONAL_OPS', 'STRUCTURAL', 'COMBINE_REASONS',
+           'SHAPE_OPS', 'ACTIVATIONS', 'FUNCTIONAL', 'SURROGATE_BETA', 'PASS_THROUGH', 'POOLS', 'T', 'Refusal',
+           'set_param', 'LayerKind', 'edit_producer_rows', 'edit_consumer_columns', 'edit_batchnorm', 'edit_depthwise',
            'edit_channels', 'register_layer', 'layer_kind', 'stateless', 'register_edit', 'register_producer_edit',
            'register_follower_edit', 'register_consumer_edit', 'find_edit', 'LinearKind', 'is_depthwise', 'conv_padded',
            'ConvKind', 'BatchNormKind', 'LayerNormKind', 'GroupNormKind', 'PassThroughKind', 'PoolKind', 'flatten_flow',
            'FlattenKind', 'OpKind', 'GraphValue', 'SameOp', 'PoolOp', 'merge_range', 'ReshapeOp', 'PermuteOp',
-           'reduced_dims', 'ReduceOp', 'register_op', 'ActivationKind', 'register_activation', 'unregister_activation',
-           'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
+           'reduced_dims', 'ReduceOp', 'register_op', 'BlockKind', 'TransformerKind', 'WholeKind', 'ActivationKind',
+           'register_activation', 'unregister_activation', 'activation_kind', 'is_activation', 'softplus_dd', 'RBF']
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2c8
 class Refusal(ValueError):
@@ -49,8 +50,8 @@ def set_param(module: nn.Module, name: str, value: Tensor, dim: int, index: Tens
     setattr(module, name, new)
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d0
-class LayerKind:
-    "How s3d treats one module type; subclass it, override what applies, and `register_layer` it."
+class _Discovery:
+    "What split-group discovery (`s3d.graph`) asks of a module type; `LayerKind` adds what the rest of s3d asks."
 
     def n_out(self, m) -> int:
         raise Refusal(f"{type(m).__name__} has no output channels s3d knows of")
@@ -73,6 +74,10 @@ class LayerKind:
 
     def follower_check(self, m, n) -> str | None:
         return f"{type(m).__name__} is not a per-channel follower"
+
+# %% ../nbs/01a_kinds.ipynb #7b2a25f2
+class LayerKind(_Discovery):
+    "How s3d treats one module type; subclass it, override what applies, and `register_layer` it."
 
     def theta_dim(self, m) -> int:
         return m.weight[0].numel() + (m.bias is not None)
@@ -227,7 +232,7 @@ def register_edit(
             setattr(kind, _ROLES[role], fn)
     return kind
 
-
+# %% ../nbs/01a_kinds.ipynb #9f2b1c15
 class _Edits(MutableMapping):
     "Live view {module class: edit} of one role's overrides registered with `register_edit`."
 
@@ -259,7 +264,7 @@ class _Edits(MutableMapping):
 
 PRODUCER_EDITS, FOLLOWER_EDITS, CONSUMER_EDITS = _Edits('producer'), _Edits('follower'), _Edits('consumer')
 
-
+# %% ../nbs/01a_kinds.ipynb #157640f8
 def _decorator(role, cls, fn):
     if fn is None:
         return lambda f: _decorator(role, cls, f)
@@ -334,7 +339,7 @@ class LinearKind(LayerKind):
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d7
 def is_depthwise(m: nn.Module) -> bool:
     "A convolution with `groups == in_channels == out_channels > 1` (one filter per channel)."
-    return isinstance(layer_kind(m), ConvKind) and 1 < m.groups == m.in_channels == m.out_channels
+    return isinstance(layer_kind(m), _ConvRoles) and 1 < m.groups == m.in_channels == m.out_channels
 
 
 def conv_padded(p: nn.Module, x: Tensor) -> Tensor:
@@ -350,8 +355,8 @@ def _as2d(p):
     return p.kernel_size, p.dilation, p.stride
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2d8
-class ConvKind(LayerKind):
-    "nn.Conv1d / nn.Conv2d: producer and consumer with groups == 1, per-channel follower when depthwise."
+class _ConvRoles(LayerKind):
+    "A convolution's place in a split group: producer and consumer with groups == 1, per-channel follower when depthwise."
 
     def n_out(self, m):
         return m.out_channels
@@ -394,6 +399,10 @@ class ConvKind(LayerKind):
         raise Refusal(
             f"a grouped {type(m).__name__} (groups={m.groups}) that is not depthwise with {n} channels mixes channels"
         )
+
+# %% ../nbs/01a_kinds.ipynb #54ae1b24
+class ConvKind(_ConvRoles):
+    "nn.Conv1d / nn.Conv2d: their roles (above), input patches, channel edits, size and FLOPs."
 
     def inputs(self, m, x, padded=False):
         k, d, s = _as2d(m)
@@ -487,7 +496,7 @@ class LayerNormKind(LayerKind):
     def flops(self, m, inp, out, macs):
         return 0 if macs else 5 * out.numel()
 
-
+# %% ../nbs/01a_kinds.ipynb #bf5cf9e8
 class GroupNormKind(LayerKind):
     "nn.GroupNorm: a follower only with one channel per group."
 
@@ -548,7 +557,7 @@ class PoolKind(LayerKind):
     def flops(self, m, inp, out, macs):
         return 0 if macs else inp[0].numel()
 
-
+# %% ../nbs/01a_kinds.ipynb #4bccbba0
 def flatten_flow(cdim: int, repeat: int, shp_in, start: int, end: int):
     "New (cdim, repeat) after merging dims start..end of a tensor of shape `shp_in`; Refusal if a channel stops being contiguous."
     nd = len(shp_in)
@@ -745,24 +754,78 @@ register_op(['permute', 'transpose'], PermuteOp())
 register_op(['mean', 'sum', 'amax', 'amin'], ReduceOp())
 register_op(['max', 'min'], ReduceOp(values=True))
 
+# %% ../nbs/01a_kinds.ipynb #c48cbf1a
+STRUCTURAL = (  # the way forward when no registry entry helps
+    "a limit of the model's structure, not of the registry: no s3d.register_layer or "
+    "s3d.kinds.register_op rule lifts it"
+)
 COMBINE_REASONS = [  # ops reading several tensors, with why the split cannot follow
     (
         {'add', 'iadd', 'add_', 'sub', 'isub', 'sub_'},
-        "it is summed with another tensor (a residual add): the summed channels are "
-        "coupled to the other operand's producers (a residual stream), which s3d does not split",
+        "it is summed with another tensor (a residual add): the summed channels are coupled to the other "
+        "operand's producers (a residual stream), which s3d does not split; the layers inside the branch are "
+        f"split instead ({STRUCTURAL})",
     ),
     (
         {'cat', 'concat', 'concatenate', 'stack', 'hstack', 'vstack'},
-        "it is concatenated with other tensors: the joint channels are "
-        "read together with other producers' channels, which s3d does not split",
+        "it is concatenated with other tensors: the joint channels are read together with other producers' "
+        f"channels, which s3d does not split ({STRUCTURAL})",
     ),
     (
         {'mul', 'imul', 'mul_', 'truediv', 'div', 'matmul', 'bmm', 'einsum', 'baddbmm'},
-        "it is multiplied with another tensor "
-        "(e.g. a squeeze-and-excitation gate, attention or a gated unit): the product couples it to the other factor, which s3d does not split",
+        "it is multiplied with another tensor (e.g. a squeeze-and-excitation gate, attention or a gated unit): "
+        f"the product couples it to the other factor, which s3d does not split ({STRUCTURAL}), unless the "
+        "product is an activation written out, such as x * sigmoid(x): s3d.register_activation(cls) declares "
+        "its module whole",
     ),
 ]
 SHAPE_OPS = {'size', 'dim', 'numel'}  # read only the shape: not a use of the values
+
+# %% ../nbs/01a_kinds.ipynb #48004ec4
+class BlockKind(LayerKind):
+    "A block torch.fx would keep whole that s3d traces into: its inner layers are found like any others."
+
+    def tracing(self):
+        "A context in which the block's forward traces (its fast paths off); none by default."
+        return contextlib.nullcontext()
+
+
+def _no_seq_len(src, batch_first):
+    return None  # only read to detect a causal mask from a mask tensor, which a trace does not need
+
+
+class TransformerKind(BlockKind):
+    "nn.TransformerEncoderLayer / DecoderLayer and their stacks: traced with the fused fast path off."
+
+    @contextlib.contextmanager
+    def tracing(self):
+        mha, seq_len = torch.backends.mha, getattr(_transformer, '_get_seq_len', None)
+        fast = mha.get_fastpath_enabled()
+        mha.set_fastpath_enabled(False)  # its checks branch on the input's values
+        if seq_len is not None:
+            _transformer._get_seq_len = _no_seq_len  # branches on the input's shape
+        try:
+            yield
+        finally:
+            mha.set_fastpath_enabled(fast)
+            if seq_len is not None:
+                _transformer._get_seq_len = seq_len
+
+# %% ../nbs/01a_kinds.ipynb #8c7dc837
+class WholeKind(LayerKind):
+    "A module s3d keeps whole and cannot split inside (attention, recurrence, lookup): every role refused with `why`."
+
+    def __init__(self, why: str):  # what the module does that a split cannot follow
+        self.why = why
+
+    def produce(self, m):
+        raise Refusal(self.why)
+
+    def route(self, m, n, cdim, repeat, shp_in, shp_out):
+        raise Refusal(self.why)
+
+    def __repr__(self):
+        return f"WholeKind({self.why!r})"
 
 # %% ../nbs/01a_kinds.ipynb #k0a1b2e5
 class ActivationKind(LayerKind):
@@ -828,7 +891,7 @@ def register_activation(
         FUNCTIONAL[f] = k
     return cls
 
-
+# %% ../nbs/01a_kinds.ipynb #99070559
 def unregister_activation(cls: type):
     "Remove an activation registered with `register_activation` (and its functional forms)."
     k = ACTIVATIONS.pop(cls)
@@ -874,7 +937,7 @@ class RBF(nn.Module):
     def forward(self, z):
         return torch.exp(-0.5 * z * z)
 
-
+# %% ../nbs/01a_kinds.ipynb #1ea447f0
 def _tanh_dd(act, z, beta):
     t = torch.tanh(z)
     return -2 * t * (1 - t * t)
@@ -911,7 +974,7 @@ def _elu_dd(act, z, beta):
 def _rbf_dd(act, z, beta):
     return (z * z - 1) * torch.exp(-0.5 * z * z)
 
-
+# %% ../nbs/01a_kinds.ipynb #e8681584
 def _relu_dd(act, z, beta):
     return softplus_dd(z, beta)
 
@@ -976,6 +1039,32 @@ for _c in POOLS:
     register_layer(_c, PoolKind())
 register_layer(nn.Flatten, FlattenKind())
 
+# %% ../nbs/01a_kinds.ipynb #d404636e
+for _c in (
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+):
+    register_layer(_c, TransformerKind())
+register_layer(
+    nn.MultiheadAttention,
+    WholeKind(
+        "attention multiplies its projections together (queries with keys, weights with values), "
+        "so no projection's channels reach the output alone"
+    ),
+)
+register_layer(
+    nn.RNNBase,
+    WholeKind(
+        "a recurrent layer (LSTM, GRU, RNN) feeds its hidden units back into every gate at the next step, "
+        "so a copy of a unit changes what every other unit reads"
+    ),
+)
+for _c in (nn.Embedding, nn.EmbeddingBag):
+    register_layer(_c, WholeKind("an embedding looks its features up by index; no neuron computes them"))
+
+# %% ../nbs/01a_kinds.ipynb #k0a1b2e9x
 T = torch.Tensor
 for _cls, _smooth, _fns, _params, _dd in [  # class, smooth, functional forms, their argument names, curvature
     (nn.ReLU, False, (F.relu, F.relu_, torch.relu, torch.relu_, 'relu', 'relu_'), (), _relu_dd),
