@@ -7,12 +7,14 @@ run, CPU, 1 thread) and checks that the two give the same splitting matrices.
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/functional_acts.py                    # writes benchmarks/out/
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/functional_acts.py --update-results   # the committed CSV + RESULTS.md
 """
-import argparse, csv, time
+import argparse, time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from _results import md_table, out_dir, read_csv, update_results_md, write_csv
 
 CSV = 'functional_acts.csv'
 
@@ -69,34 +71,23 @@ def measure() -> list[dict]:
 
 def results_sections(root: Path) -> dict:
     "The RESULTS.md block rendered from the committed CSV."
-    rows = list(csv.DictReader((Path(root) / 'benchmarks' / 'results' / CSV).open()))
-    lines = ['| activation | capture | one statistics pass (s) |', '|---|---|---|']
-    lines += [f"| `{r['activation']}` | {r['capture']} | {float(r['seconds']):.3f} |" for r in rows]
+    rows = read_csv(root, CSV)
+    table = md_table(['activation', 'capture', 'one statistics pass (s)'],
+                     [[f"`{r['activation']}`", r['capture'], f"{float(r['seconds']):.3f}"] for r in rows])
     ratio = float(rows[1]['seconds']) / float(rows[0]['seconds'])
-    lines.append(f'\nRatio functional / module: {ratio:.2f}.')
-    return {'functional-acts': '\n'.join(lines)}
+    return {'functional-acts': f'{table}\n\nRatio functional / module: {ratio:.2f}.'}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--update-results', action='store_true', help='write benchmarks/results/ and RESULTS.md')
     a = p.parse_args()
-    root = Path(__file__).resolve().parent.parent
-    out = root / 'benchmarks' / ('results' if a.update_results else 'out')
-    out.mkdir(parents=True, exist_ok=True)
     rows = measure()
-    with (out / CSV).open('w', newline='') as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_dir(a.update_results) / CSV, rows)
     for r in rows:
-        print(f"{r['activation']:<16} {r['capture']:<18} {r['seconds']:.3f} s")
+        print(f"{r['activation']:<8} {r['capture']:<32} {r['seconds']:.3f} s")
     if a.update_results:
-        from s3d.paper.report import sync_blocks
-
-        md = root / 'benchmarks' / 'RESULTS.md'
-        md.write_text(sync_blocks(md.read_text(), results_sections(root)))
-        print('wrote', out / CSV, 'and', md)
+        update_results_md(results_sections(out_dir(True).parent.parent))
 
 
 if __name__ == '__main__':
