@@ -126,6 +126,7 @@ _STRIP = [
     re.compile(r'<!-- begin: ([\w.-]+) -->.*?<!-- end: \1 -->', re.S),  # generated blocks
     re.compile(r'<!--.*?-->', re.S),
     re.compile(r'```.*?```', re.S),
+    re.compile(r'(?<=\n\n)(?:(?: {4}|\t)[^\n]*(?:\n|$))+'),  # indented code blocks
     re.compile(r'`[^`\n]*`'),
     re.compile(r'\$\$.*?\$\$', re.S),
     re.compile(r'\$[^$\n]*\$'),
