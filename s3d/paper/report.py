@@ -213,14 +213,14 @@ def prose_numbers(text: str) -> list[Claim]:
             out.append(Claim(tok, k, vals, decs, _stat(before), _sentence(text, *m.span())))
     return out
 
-# %% ../../nbs/paper/09_report.ipynb #1c314a0d
+# %% ../../nbs/paper/09_report.ipynb #f4ed6daa
 _NUMS = re.compile(r'\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?', re.I)
 
 
 def _floats(s: str) -> list[float]:
     return [abs(float(t.replace(',', ''))) for t in _NUMS.findall(s)]
 
-
+# %% ../../nbs/paper/09_report.ipynb #049ffc48
 class Backing:
     "The numbers of some result files, indexed for `backs`."
 
@@ -336,7 +336,7 @@ def unbacked(text: str, paths, cited=()) -> list[tuple[str, str]]:
             bad.append((c.token, c.sentence))
     return bad
 
-# %% ../../nbs/paper/09_report.ipynb #a9d78dab
+# %% ../../nbs/paper/09_report.ipynb #a3e2016c
 _RAW = {'seed', 'iteration', 'target'}  # a CSV with one of these columns is a per-run log, not a summary
 
 
@@ -364,7 +364,7 @@ def backing_for(doc: str, root: Path | str | None = None) -> tuple[list[Path], l
         return bench, cited
     return None
 
-
+# %% ../../nbs/paper/09_report.ipynb #5e69d504
 def doc_prose(path: Path | str) -> str:
     "The hand-written Markdown of a notebook (its markdown cells) or of a Markdown file."
     path = Path(path)
