@@ -1,6 +1,9 @@
 """What the benchmark scripts share for their committed results: one CSV per measurement under `benchmarks/results/`
 (written only with `--update-results`; otherwise under the ignored `benchmarks/out/`), and the generated blocks of
-`benchmarks/RESULTS.md` rewritten from those CSVs (`s3d.paper.report.sync_blocks`)."""
+`benchmarks/RESULTS.md` rewritten from those CSVs (`s3d.paper.report.sync_blocks`).
+
+    PYTHONPATH=. python benchmarks/_results.py   # re-render every block from the committed CSVs, measuring nothing
+"""
 import csv
 from pathlib import Path
 
@@ -40,3 +43,22 @@ def update_results_md(sections: dict):
     md = ROOT / 'benchmarks' / 'RESULTS.md'
     md.write_text(sync_blocks(md.read_text(), sections))
     print('updated', md, 'blocks', sorted(sections))
+
+
+def all_sections(root: Path = ROOT) -> dict:
+    "Every block that a benchmark script's `results_sections(root)` renders from the committed CSVs."
+    import importlib.util, re, sys
+
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    out = {}
+    for p in sorted((ROOT / 'benchmarks').glob('*.py')):
+        if re.search(r'^def results_sections\(', p.read_text(), re.M):
+            spec = importlib.util.spec_from_file_location(f'_bench_{p.stem}', p)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            out.update(mod.results_sections(Path(root)))
+    return out
+
+
+if __name__ == '__main__':  # re-render every block of RESULTS.md from the committed CSVs (measures nothing)
+    update_results_md(all_sections())

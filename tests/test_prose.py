@@ -67,7 +67,8 @@ def test_results_blocks_are_current():
     owned, text = results_sections(ROOT), RESULTS_MD.read_text()
     stale = sync_blocks(text, {n: md for n, (_, md) in owned.items()}, check=True)
     assert not stale, ('benchmarks/RESULTS.md blocks differ from their results: '
-                       + ', '.join(f'{n} (python benchmarks/{owned[n.split()[0]][0]} --update-results)' for n in stale))
+                       + ', '.join(f'{n} (python benchmarks/{owned[n.split()[0]][0]} --update-results)' for n in stale)
+                       + '; to re-render from the committed CSVs only: python benchmarks/_results.py')
     blocks = set(re.findall(r'<!-- begin: ([\w.-]+) -->', text))
     assert blocks <= set(owned), f'blocks no script renders (stale copies): {sorted(blocks - set(owned))}'
 
