@@ -40,6 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_bench as TB
+from _results import out_dir, update_results_md
 from s3d.cost import count_params_flops
 from s3d.graph import split_groups
 from s3d.splitmat import dense_matrices
@@ -488,6 +489,26 @@ def verdict_table(v) -> str:
     return markdown_table(v.astype(object).where(v.notna(), '–'), digits=4)
 
 
+VERDICT_CSV = 'gpu_check_verdict.csv'
+
+
+def save_verdict(a, dev, res):
+    "The verdict table as the committed CSV, with the device and scale it was measured at; then its RESULTS.md block."
+    import pandas as pd
+    name = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'
+    v = pd.DataFrame(res['verdict']).assign(device=name, tiny=bool(a.tiny))
+    v.to_csv(out_dir(True) / VERDICT_CSV, index=False)
+    update_results_md(results_sections(Path(__file__).resolve().parent.parent))
+
+
+def results_sections(root: Path) -> dict:
+    "The RESULTS.md block from the committed verdict CSV."
+    import pandas as pd
+    v = pd.read_csv(Path(root) / 'benchmarks' / 'results' / VERDICT_CSV)
+    where = f"Device: {v['device'].iloc[0]}, {'`--tiny` shapes' if v['tiny'].iloc[0] else 'paper shapes'}."
+    return {'gpu-check-verdict': verdict_table(v.drop(columns=['device', 'tiny'])) + '\n\n' + where}
+
+
 def main(argv=None):
     with pinned_numerics(1):   # the numerics `s3d reproduce` runs under: cudnn.benchmark off, deterministic algorithms
         return _main(argv)
@@ -502,6 +523,8 @@ def _main(argv=None):
     p.add_argument('--runs', default='', help='comma-separated Table 1 run keys to do (default: all; --tiny: one of each kind)')
     p.add_argument('--skip', default='',
                    help='comma-separated sections to skip: table1,fig2,tables23,throughput,eigen,agreement')
+    p.add_argument('--update-results', action='store_true',
+                   help='also write the verdict to benchmarks/results/gpu_check_verdict.csv and its RESULTS.md block')
     a = p.parse_args(argv)
     if a.compile == 'default': a.compile = True
     dist, dev = start_distributed(a.device)   # under torchrun: this process's GPU (gloo on CPU); else a.device
@@ -542,6 +565,7 @@ def _main(argv=None):
     res['numerics'] = dict(run_info(dev), cudnn_benchmark=torch.backends.cudnn.benchmark)
     if dist is not None: res['world_size'] = dist.world_size
     if is_writer(): report(a, dev, res, out)
+    if is_writer() and a.update_results: save_verdict(a, dev, res)
     barrier(); stop_distributed()
     return res
 

@@ -11,6 +11,9 @@ Reports input images/s / training images/s: a ratio >= 1 means the input keeps u
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/imagenet_input_bench.py --device cpu --images 64 --batch 16
     PYTHONPATH=. python benchmarks/imagenet_input_bench.py --device cuda --images 2048 --batch 256   # the GPU check
+
+`--update-results` writes the rates to the committed `benchmarks/results/imagenet_input_bench.csv` and its block of
+`benchmarks/RESULTS.md`; without it the CSV goes to the ignored `benchmarks/out/`.
 """
 from __future__ import annotations
 import argparse, tempfile, time
@@ -21,6 +24,9 @@ from s3d.paper.imagenet import JpegLoader, scan_imagefolder, write_imagefolder, 
 from s3d.paper.experiments.table2 import SCALES
 from s3d.paper.train import train
 from s3d.paper.runs import resolve_device
+from _results import md_table, out_dir, read_csv, update_results_md, write_csv
+
+CSV = 'imagenet_input_bench.csv'
 
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize()
@@ -62,6 +68,7 @@ def main():
     ap.add_argument('--device', default='auto'); ap.add_argument('--images', type=int, default=256)
     ap.add_argument('--batch', type=int, default=64); ap.add_argument('--epochs', type=int, default=2)
     ap.add_argument('--steps', type=int, default=5); ap.add_argument('--workers', type=int, default=None)
+    ap.add_argument('--update-results', action='store_true', help='write benchmarks/results/ and RESULTS.md')
     a = ap.parse_args()
     dev = resolve_device(a.device); workers = default_workers() if a.workers is None else a.workers
     print(f'device {dev} ({torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"}), torch threads {torch.get_num_threads()}, '
@@ -80,9 +87,24 @@ def main():
         _sync(dev); t = time.perf_counter()
         train(model, dl, a.epochs, device=dev, progress=False); _sync(dev)
         rates[f'train end to end, 1.0x, {decode} decode'] = a.epochs * len(files) / (time.perf_counter() - t)
-    best_in = max(v for k, v in rates.items() if k.startswith('input'))
-    print('| measurement | images/s | best input / this |'); print('|---|---|---|')
-    for k, v in rates.items(): print(f'| {k} | {v:.1f} | {best_in / v:.2f} |')
+    rows = [dict(measurement=k, img_s=round(v, 1), device=str(dev), images=a.images, batch=a.batch, epochs=a.epochs,
+                 steps=a.steps, readers=workers) for k, v in rates.items()]
+    write_csv(out_dir(a.update_results) / CSV, rows)
+    print(results_sections(out_dir(a.update_results).parent.parent, rows)['imagenet-input'])
+    if a.update_results:
+        update_results_md(results_sections(Path(__file__).resolve().parent.parent))
+
+
+def results_sections(root: Path, rows=None) -> dict:
+    "The RESULTS.md block from the committed CSV: images/s of each part, and how far the best input is above it."
+    rows = rows or read_csv(root, CSV)
+    best_in = max(float(r['img_s']) for r in rows if r['measurement'].startswith('input'))
+    table = md_table(['measurement', 'images/s', 'best input / this'],
+                     [[r['measurement'], f"{float(r['img_s']):.1f}", f"{best_in / float(r['img_s']):.2f}"] for r in rows])
+    r = rows[0]
+    return {'imagenet-input': f"{table}\n\nDevice `{r['device']}`, {r['images']} synthetic JPEGs, batch {r['batch']}, "
+                              f"{r['epochs']} measured epoch(s), {r['steps']} timed training steps, {r['readers']} reader process(es)."}
+
 
 if __name__ == '__main__':
     main()

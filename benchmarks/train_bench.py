@@ -8,6 +8,10 @@ Then projects the wall time of the whole paper-scale Table 1 schedule (`s3d.pape
 from the measured images/s (eigenpair computation and evaluation not counted).
 
     OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/train_bench.py --device auto --steps 30 --batch 128
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/train_bench.py --device cpu --steps 4 --batch 32 --update-results
+
+`--update-results` writes the throughput rows to the committed `benchmarks/results/train_bench.csv` and its block of
+`benchmarks/RESULTS.md`; without it the CSV goes to the ignored `benchmarks/out/`.
 """
 from __future__ import annotations
 import argparse, time
@@ -19,6 +23,10 @@ from s3d.paper.data import BatchLoader
 from s3d.paper.train import train
 from s3d.paper.runs import resolve_device
 from s3d.paper.experiments.table1 import SCALES, table1_runs
+from pathlib import Path
+from _results import md_table, out_dir, read_csv, update_results_md, write_csv
+
+CSV = 'train_bench.csv'
 
 def _sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize()
@@ -79,13 +87,14 @@ def main():
     p.add_argument('--device', default='auto'); p.add_argument('--steps', type=int, default=30)
     p.add_argument('--batch', type=int, default=128); p.add_argument('--repeats', type=int, default=2)
     p.add_argument('--compile', default='', help="also time train(compile=MODE): 'default' or 'reduce-overhead' (CUDA graphs)")
+    p.add_argument('--update-results', action='store_true', help='write benchmarks/results/ and RESULTS.md')
     a = p.parse_args()
     dev = resolve_device(a.device)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (a.steps * a.batch, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 100, (a.steps * a.batch,), generator=g)
     cfg = SCALES['paper']
-    meas = {}
+    meas, rows = {}, []
     for name, widths in (('full', list(cfg.full_widths)), ('seed', list(cfg.seed_widths))):
         mk = lambda: (torch.manual_seed(0), MobileNetV1(100, widths=widths))[1]
         ours = max(bench_ours(mk(), x, y, dev, a.batch, a.steps) for _ in range(a.repeats))
@@ -97,6 +106,8 @@ def main():
         plain = max(bench_plain(mk(), x, y, dev, a.batch, a.steps) for _ in range(a.repeats))
         fl = count_params_flops(mk(), torch.zeros(1, 3, 32, 32))[1]
         meas[name] = (fl, ours)
+        rows.append(dict(model=name, mflops=round(fl / 1e6, 1), ours_img_s=round(ours, 1), plain_img_s=round(plain, 1),
+                         device=str(dev), batch=a.batch, steps=a.steps, repeats=a.repeats))
         print(f'{name:5s} MobileNetV1 ({fl / 1e6:.1f} MFLOPs): ours {ours:8.1f} img/s, plain {plain:8.1f} img/s, ratio {ours / plain:.3f} '
               f'(device {dev}, batch {a.batch}, {a.steps} steps, best of {a.repeats})')
     (f1, i1), (f0, i0) = meas['full'], meas['seed']
@@ -105,5 +116,19 @@ def main():
     hours, parts = project(ips, cfg)
     print(f'projected paper-scale Table 1 training time on this device: {hours:.1f} h ({hours / 24:.1f} days); by method: '
           + ', '.join(f'{k} {v:.1f} h' for k, v in parts.items()))
+    write_csv(out_dir(a.update_results) / CSV, rows)
+    if a.update_results:
+        update_results_md(results_sections(Path(__file__).resolve().parent.parent))
+
+
+def results_sections(root: Path) -> dict:
+    "The RESULTS.md block rendered from the committed CSV: images/s of our loop and of a plain one, and their ratio."
+    rows = read_csv(root, CSV)
+    label = {'full': 'full MobileNetV1', 'seed': 'seed (width 32 everywhere)'}
+    table = md_table(['model (32x32, 100 classes)', 'MFLOPs', '`train` + `BatchLoader` (img/s)', 'plain loop (img/s)', 'ratio'],
+                     [[label.get(r['model'], r['model']), r['mflops'], r['ours_img_s'], r['plain_img_s'],
+                       f"{float(r['ours_img_s']) / float(r['plain_img_s']):.3f}"] for r in rows])
+    r = rows[0]
+    return {'train-bench': f"{table}\n\nDevice `{r['device']}`, batch {r['batch']}, {r['steps']} timed steps, best of {r['repeats']}."}
 
 if __name__ == '__main__': main()
