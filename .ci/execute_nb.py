@@ -35,5 +35,9 @@ def execute(path: Path):
 if __name__ == '__main__':
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    for p in sys.argv[1:]:
-        execute(Path(p))
+    if len(sys.argv) == 2:
+        execute(Path(sys.argv[1]))
+    else:  # one process per notebook, as nbdev-test does: no state leaks from one into the next
+        import subprocess
+        for p in sys.argv[1:]:
+            subprocess.run([sys.executable, __file__, p], check=True)

@@ -389,8 +389,10 @@ THEORY = [  # one row per theorem, from the checks of 00_splitting and 01_scheme
     ('Theorem 2.1, binary', 'G₂ = min(λmin, −(c−1)/(c+1)·λmax, 0)', 'proved',
      'an independent optimiser never beats it (`01_schemes`)', 'test bed of matrices', '–', 'reproduces'),
     ('Theorem 2.2, triplet', 'G₃ = min((c+1)/2·λmin, −(c−1)/2·λmax, 0)', 'proved',
-     'not always optimal when λmin < 0 < λmax: a mixed triplet can do better; the library uses it '
-     '(`01_schemes`)', 'test bed of matrices', '–', '**erratum**'),
+     'above the optimum exactly when λmin < 0 < λmax and (c−1)/2 < λmax/|λmin| < 4c/(c−1)² (an interval '
+     'that is empty once c ≥ 2+√5), where a mixed triplet does better; right everywhere else; the library '
+     'uses the mixed triplet (`01_schemes`, checked by the independent optimiser)', 'test bed of matrices',
+     '–', '**erratum** (in that interval)'),
     ('Theorem 2.3, quartet', 'G_m ≥ (c+1)/2·min(λmin, 0) − (c−1)/2·max(λmax, 0), met with four copies', 'proved',
      'met by the quartet; five copies gain nothing over four (`01_schemes`)', 'test bed of matrices', '–',
      'reproduces'),
