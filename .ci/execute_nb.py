@@ -6,7 +6,7 @@ Runs every code cell in the notebook's folder with execnb, as `nbdev-test` does,
 `slow`, `gpu` or `notest` (paper-scale work): those keep the outputs they have. Stops at the first error
 and leaves the file untouched then. Run `nbdev-clean` afterwards (it drops execution counts and metadata).
 """
-import re, sys
+import os, re, sys
 from pathlib import Path
 from fastcore.nbio import read_nb, write_nb
 from execnb.shell import CaptureShell
@@ -24,7 +24,9 @@ def skipped(cell) -> bool:
 
 
 def execute(path: Path):
+    path = path.resolve()
     nb = read_nb(path)
+    os.chdir(path.resolve().parent)  # cells read paths relative to their notebook, as under nbdev-test
     shell = CaptureShell()
     shell.set_path(path.parent.resolve())
     shell.run_all(nb, exc_stop=True, preproc=skipped)

@@ -130,6 +130,30 @@ def restore_rng_states(saved) -> list:
     "This process's RNG states from `saved` (`s3d.checkpoint.set_rng_states`); what was not restored."
     return set_rng_states(saved)
 
+# %% ../nbs/08b_distributed.ipynb #17642afe
+def _global_stats(xf, dims: list) -> tuple:
+    "(mean, sum of squared deviations, count) per channel over every process's samples of `xf` (Chan et al.: no cancellation)."
+    C = xf.shape[1]
+    n = torch.tensor([xf.numel() / C], device=xf.device, dtype=torch.float64)
+    mean = (
+        xf.mean(dims, dtype=torch.float64)
+        if n.item()
+        else torch.zeros(C, device=xf.device, dtype=torch.float64)
+    )
+    shape = [1, -1] + [1] * (xf.dim() - 2)
+    m2 = ((xf - mean.to(xf).view(shape)) ** 2).sum(dims, dtype=torch.float64)
+    parts = [
+        torch.zeros(1 + 2 * C, device=xf.device, dtype=torch.float64) for _ in range(tdist.get_world_size())
+    ]
+    tdist.all_gather(
+        parts, torch.cat([n, mean, m2])
+    )  # every rank's count, mean and sum of squared deviations
+    P = torch.stack(parts)
+    cnt, means, m2s = P[:, :1], P[:, 1 : 1 + C], P[:, 1 + C :]
+    N = cnt.sum()
+    gmean = (cnt * means).sum(0) / N
+    return gmean, m2s.sum(0) + (cnt * (means - gmean) ** 2).sum(0), N
+
 # %% ../nbs/08b_distributed.ipynb #4151d422
 class _SyncBN(torch.autograd.Function):
     "Batch normalisation with the batch statistics of all processes (`dims`: every dim but the channels)."
@@ -138,26 +162,7 @@ class _SyncBN(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps, dims):
         shape = [1, -1] + [1] * (x.dim() - 2)
         xf = x if x.dtype == torch.float64 else x.float()  # statistics in float32 at least
-        n = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float64)
-        mean = (
-            xf.mean(dims, dtype=torch.float64)
-            if n.item()
-            else torch.zeros(x.shape[1], device=x.device, dtype=torch.float64)
-        )
-        m2 = ((xf - mean.to(xf).view(shape)) ** 2).sum(dims, dtype=torch.float64)
-        parts = [
-            torch.zeros(1 + 2 * x.shape[1], device=x.device, dtype=torch.float64)
-            for _ in range(tdist.get_world_size())
-        ]
-        tdist.all_gather(
-            parts, torch.cat([n, mean, m2])
-        )  # every rank's count, mean and sum of squared deviations
-        P = torch.stack(parts)
-        C = x.shape[1]
-        cnt, means, m2s = P[:, :1], P[:, 1 : 1 + C], P[:, 1 + C :]
-        N = cnt.sum()
-        gmean = (cnt * means).sum(0) / N
-        gm2 = m2s.sum(0) + (cnt * (means - gmean) ** 2).sum(0)  # Chan et al.: no cancellation
+        gmean, gm2, N = _global_stats(xf, dims)
         invstd = torch.rsqrt(gm2 / N + eps)
         xhat = (xf - gmean.to(xf).view(shape)) * invstd.to(xf).view(shape)
         ctx.save_for_backward(xhat, invstd.to(xf), weight)

@@ -237,7 +237,7 @@ def split_plan(group: SplitGroup, neurons, schemes, eps: float):
     delta[n:], scale[n:] = eps * D[extra], W[extra]
     return index.to(dev), delta, scale
 
-
+# %% ../nbs/07_surgery.ipynb #4680540f
 def split_neurons(
     model: nn.Module,  # the network holding the group
     group: SplitGroup,  # the group whose neurons are split
@@ -252,7 +252,7 @@ def split_neurons(
     index, delta, scale = split_plan(group, neurons, schemes, eps)
     return remap_channels(model, group, index, producer_delta=delta, consumer_scale=scale)
 
-
+# %% ../nbs/07_surgery.ipynb #dbd54c53
 def apply_splits(
     model: nn.Module,  # the network holding the groups
     plan,  # [(group, neurons, schemes)]: one entry per group, in any order

@@ -147,7 +147,7 @@ def _epilog() -> str:
         ]
     )
 
-
+# %% ../../nbs/paper/06_cli.ipynb #c80cc0a7
 def make_parser() -> argparse.ArgumentParser:
     "The argument parser of the `s3d` command."
     p = argparse.ArgumentParser(
@@ -229,7 +229,7 @@ def kept_on_disk(name: str, scale: str, out) -> str:
     n = len(runs) + (sum(1 for _ in folder.rglob('*.job.json')) if folder.is_dir() else 0)
     return f'{n} finished run(s) in {folder}' if n else 'no finished run yet'
 
-
+# %% ../../nbs/paper/06_cli.ipynb #c2e1a15d
 def _line(name: str, e: BaseException, code: int, kept=None) -> str:
     "One line for error `e` of experiment `name`; an interruption says what is kept (`e.kept`, else `kept()`)."
     if isinstance(e, KeyboardInterrupt):
@@ -294,7 +294,7 @@ def _list(out) -> int:
             print(f'  {name:<7} {scale:<6} {state}{fake}')
     return 0
 
-
+# %% ../../nbs/paper/06_cli.ipynb #d2cfe569
 def _accepted(name, fn, kw, given=()):
     "`fn` and the options it accepts; an option it cannot take but that was set is a one-line warning."
     import inspect
@@ -319,7 +319,89 @@ def _new_folders(path) -> list:
         p = p.parent
     return new
 
+# %% ../../nbs/paper/06_cli.ipynb #33c368bc
+def _refused(args) -> int:
+    "The exit code of arguments refused before anything starts (2: bad combination, 6: not implemented), else 0."
+    if args.fake_data and args.data is not None:
+        print(
+            f'{args.experiment}: error: --fake-data generates its own small dataset and cannot be combined with --data '
+            f'{args.data}: drop one of them',
+            file=sys.stderr,
+        )
+        return 2
+    for n in EXPERIMENTS:
+        if args.experiment == 'all' and not EXPERIMENTS[n].run:
+            print(f'{n}: not implemented yet, skipped', file=sys.stderr)
+    if args.experiment in EXPERIMENTS and EXPERIMENTS[args.experiment].run is None:
+        print(f'{args.experiment}: not implemented yet', file=sys.stderr)
+        return 6
+    return 0
 
+# %% ../../nbs/paper/06_cli.ipynb #c53a219a
+def _parallel_plan(args, dist, device, names: list) -> tuple:
+    "(worker processes, experiments to run, exit code): `--jobs` checked; under torchrun only data-parallel ones."
+    name = args.experiment
+    if args.jobs is not None and args.jobs < 1:
+        print(f'{name}: error: --jobs must be >= 1, got {args.jobs}', file=sys.stderr)
+        return None, None, 2
+    if dist is not None and args.jobs not in (None, 1):
+        if is_writer():
+            print(
+                f'{name}: error: under torchrun every process is one rank: --jobs must be 1 (got {args.jobs})',
+                file=sys.stderr,
+            )
+        return None, None, 2
+    jobs = 1 if dist is not None else args.jobs or default_jobs(device)
+    if dist is None or dist.world_size == 1:  # the toy figures run in one process
+        return jobs, names, 0
+    if args.experiment != 'all' and not EXPERIMENTS[name].data_parallel:
+        if is_writer():
+            print(
+                f'{name}: error: it does not run data-parallel; run it without torchrun (or with --nproc-per-node 1)',
+                file=sys.stderr,
+            )
+        return None, None, 2
+    for n in [n for n in names if not EXPERIMENTS[n].data_parallel]:
+        if is_writer():
+            print(
+                f'{n}: skipped under torchrun with {dist.world_size} processes (run it without torchrun)',
+                file=sys.stderr,
+            )
+    return jobs, [n for n in names if EXPERIMENTS[n].data_parallel], 0
+
+# %% ../../nbs/paper/06_cli.ipynb #843b6933
+def _run_phases(names: list, args, opts: dict, jobs: int, dist) -> int:
+    "Every experiment's check, then every run (printing its files); 0, or the exit code of the first error."
+    for n in names:  # phase 1: every check before any computing
+        check = experiment_checker(n)
+        warnings, code = _guard(n, 'check', args.debug, writer_first, check, **opts) if check else ([], 0)
+        if code:
+            return code
+        for w in warnings if is_writer() else []:
+            print(f'{n}: warning: {w}', file=sys.stderr)
+    for n in names:  # phase 2: run
+        t0 = time.time()
+        given = [
+            k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)
+        ]
+        fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs), given)
+        paths, code = _guard(
+            n, 'run', args.debug, fn, _kept=lambda: kept_on_disk(n, args.scale, out=opts['out']), **kw
+        )
+        if code:
+            return code
+        if not is_writer():
+            continue
+        print(
+            f'{n}: done in {time.time() - t0:.1f} s wall time'
+            + (f' ({dist.world_size} processes)' if dist else '')
+            + '; files:'
+        )
+        for p in paths:
+            print(f'  {p}')
+    return 0
+
+# %% ../../nbs/paper/06_cli.ipynb #c18267ab
 def _reproduce(args) -> int:
     "Run `args.experiment`; on an error, remove the output folders it created while they are still empty."
     new, code = _new_folders(args.out), 1
@@ -334,20 +416,10 @@ def _reproduce(args) -> int:
 
 
 def _reproduce_checked(args) -> int:
-    if args.fake_data and args.data is not None:
-        print(
-            f'{args.experiment}: error: --fake-data generates its own small dataset and cannot be combined with --data '
-            f'{args.data}: drop one of them',
-            file=sys.stderr,
-        )
-        return 2
+    code = _refused(args)
+    if code:
+        return code
     names = [n for n, e in EXPERIMENTS.items() if e.run] if args.experiment == 'all' else [args.experiment]
-    for n in EXPERIMENTS:
-        if args.experiment == 'all' and not EXPERIMENTS[n].run:
-            print(f'{n}: not implemented yet, skipped', file=sys.stderr)
-    if args.experiment in EXPERIMENTS and EXPERIMENTS[args.experiment].run is None:
-        print(f'{args.experiment}: not implemented yet', file=sys.stderr)
-        return 6
     name = args.experiment
     started, code = _guard(
         name, 'check', args.debug, start_distributed, args.device
@@ -355,32 +427,9 @@ def _reproduce_checked(args) -> int:
     if code:
         return code
     dist, device = started
-    if args.jobs is not None and args.jobs < 1:
-        print(f'{name}: error: --jobs must be >= 1, got {args.jobs}', file=sys.stderr)
-        return 2
-    if dist is not None and args.jobs not in (None, 1):
-        if is_writer():
-            print(
-                f'{name}: error: under torchrun every process is one rank: --jobs must be 1 (got {args.jobs})',
-                file=sys.stderr,
-            )
-        return 2
-    jobs = 1 if dist is not None else args.jobs or default_jobs(device)
-    if dist is not None and dist.world_size > 1:  # the toy figures run in one process
-        if args.experiment != 'all' and not EXPERIMENTS[name].data_parallel:
-            if is_writer():
-                print(
-                    f'{name}: error: it does not run data-parallel; run it without torchrun (or with --nproc-per-node 1)',
-                    file=sys.stderr,
-                )
-            return 2
-        for n in [n for n in names if not EXPERIMENTS[n].data_parallel]:
-            if is_writer():
-                print(
-                    f'{n}: skipped under torchrun with {dist.world_size} processes (run it without torchrun)',
-                    file=sys.stderr,
-                )
-        names = [n for n in names if EXPERIMENTS[n].data_parallel]
+    jobs, names, code = _parallel_plan(args, dist, device, names)
+    if code:
+        return code
     out, code = _guard(
         name, 'check', args.debug, lambda: check_shared_out(writer_first(check_out_dir, args.out))
     )
@@ -394,34 +443,9 @@ def _reproduce_checked(args) -> int:
         fake_data=args.fake_data,
         download=args.download,
     )
-    for n in names:  # phase 1: every check before any computing
-        check = experiment_checker(n)
-        warnings, code = _guard(n, 'check', args.debug, writer_first, check, **opts) if check else ([], 0)
-        if code:
-            return code
-        for w in warnings if is_writer() else []:
-            print(f'{n}: warning: {w}', file=sys.stderr)
-    for n in names:  # phase 2: run
-        t0 = time.time()
-        given = [
-            k for k in ('jobs', 'fake_data', 'download', 'data') if getattr(args, k) not in (None, False)
-        ]
-        fn, kw = _accepted(n, experiment_runner(n), dict(opts, force=args.force, jobs=jobs), given)
-        paths, code = _guard(n, 'run', args.debug, fn, _kept=lambda: kept_on_disk(n, args.scale, out), **kw)
-        if code:
-            return code
-        if not is_writer():
-            continue
-        print(
-            f'{n}: done in {time.time() - t0:.1f} s wall time'
-            + (f' ({dist.world_size} processes)' if dist else '')
-            + '; files:'
-        )
-        for p in paths:
-            print(f'  {p}')
-    return 0
+    return _run_phases(names, args, opts, jobs, dist)
 
-
+# %% ../../nbs/paper/06_cli.ipynb #edc49520
 def main(argv=None) -> int:
     "Entry point of the `s3d` command; returns the exit code."
     parser = make_parser()

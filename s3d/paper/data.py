@@ -8,6 +8,7 @@ Docs: https://s3d-dev.github.io/s3d/paper/data.html.md"""
 from __future__ import annotations
 import os, pickle
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
@@ -142,7 +143,7 @@ def download_cifar100(root) -> Path:
         ) from None
     return folder
 
-
+# %% ../../nbs/paper/02_data.ipynb #455d4b1d
 def check_cifar100(root) -> Path:
     "Check, in milliseconds, that every CIFAR-100 file under `root` is there, readable and a pickle; raises `DataError`."
     folder = Path(root) / CIFAR100_FOLDER
@@ -275,6 +276,51 @@ def augment_batch(
     xp = F.pad(x, (pad,) * 4) if pad else x
     return _gather(xp, torch.arange(B, device=x.device), rows, cols)
 
+# %% ../../nbs/paper/02_data.ipynb #56c5d1b6
+def _check_images(x, y, batch_size: int):
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        raise TypeError(f"BatchLoader: images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    if len(x) != len(y) or batch_size < 1:
+        raise ValueError(
+            f"BatchLoader: {len(x)} images, {len(y)} labels, batch_size {batch_size} (must be >= 1)"
+        )
+
+
+def _normaliser(mean, std, C: int, device):
+    "(scale, shift), each (1, C, 1, 1) on `device`, that turn uint8 pixels into `(x / 255 - mean) / std`."
+    m = torch.tensor(mean if mean is not None else (0.0,) * C, dtype=torch.float32)
+    s = torch.tensor(std if std is not None else (1.0,) * C, dtype=torch.float32)
+    if m.numel() != C or s.numel() != C:
+        raise ValueError(f"BatchLoader: mean/std need {C} entries")
+    return (1 / (255 * s)).view(1, C, 1, 1).to(device), (-m / s).view(1, C, 1, 1).to(device)
+
+
+def _epoch_draws(n: int, b: int, batches: int, pad: int, flip: bool, gen, H: int, W: int, device):
+    "Source (rows, cols) of the crops and flips of an epoch's `batches` of `b` of `n` images (drawn as `augment_batch` does), or None."
+    sizes = [len(range(n)[i * b : (i + 1) * b]) for i in range(batches)]
+    d = [_draw(B, pad, flip, gen) for B in sizes if B] if pad > 0 or flip else []
+    if not d:
+        return None
+    rows, cols = _crop_flip_index(*(torch.cat([v[k] for v in d]) for k in range(3)), H, W)
+    return rows.to(device, non_blocking=True), cols.to(device, non_blocking=True)
+
+
+def _to_device(t, device, preload: bool, pin: bool):
+    "`t` itself when the data is preloaded; else copied asynchronously to `device` (pinned first when `pin`)."
+    return t if preload else (t.pin_memory() if pin else t).to(device, non_blocking=True)
+
+
+def _crop_batch(x, xpad, idx, rc, sl: slice, pad: int, to_device):
+    "Images `idx` of `x` on the device, cropped and flipped at rows/cols `rc[.][sl]` (rc None: as they are)."
+    if rc is None:
+        return to_device(x[idx])
+    if xpad is not None:
+        return _gather(xpad, idx, rc[0][sl], rc[1][sl])
+    xb = to_device(x[idx])
+    return _gather(
+        F.pad(xb, (pad,) * 4) if pad else xb, torch.arange(len(idx), device=xb.device), rc[0][sl], rc[1][sl]
+    )
+
 # %% ../../nbs/paper/02_data.ipynb #e61279c1
 class BatchLoader:
     "Iterates over in-memory uint8 images in (optionally shuffled, augmented) normalised batches on a device."
@@ -295,82 +341,36 @@ class BatchLoader:
         preload: bool = True,  # keep the whole dataset on `device`
         pin_memory: bool = False,  # pin host batches before copying (when not preloaded)
         channels_last: bool = False,  # return images in channels_last memory format
-        padded: bool = None,
-    ):  # keep a padded copy and gather crops from it (default: off the CPU)
-        if x.dtype != torch.uint8 or x.ndim != 4:
-            raise TypeError(f"BatchLoader: images must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-        if len(x) != len(y):
-            raise ValueError(f"BatchLoader: {len(x)} images but {len(y)} labels")
-        if batch_size < 1:
-            raise ValueError(f"BatchLoader: batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device)
-        self.preload = preload
+        padded: bool = None,  # keep a padded copy and gather crops from it (default: off the CPU)
+    ):
+        _check_images(x, y, batch_size)
+        self.device, self.preload = torch.device(device), preload
         self.x, self.y = (x.to(self.device), y.to(self.device)) if preload else (x, y)
         self.batch_size, self.shuffle, self.pad, self.flip = batch_size, shuffle, pad, flip
         self.seed, self.drop_last, self.channels_last, self.epoch = seed, drop_last, channels_last, 0
         self.pin_memory = pin_memory and self.device.type == 'cuda' and not preload
-        if padded is None:
-            padded = self.device.type != 'cpu'
+        padded = self.device.type != 'cpu' if padded is None else padded
         self.xpad = F.pad(self.x, (pad,) * 4) if padded and preload and pad > 0 else None
-        C = x.shape[1]
-        m = torch.tensor(mean if mean is not None else (0.0,) * C, dtype=torch.float32)
-        s = torch.tensor(std if std is not None else (1.0,) * C, dtype=torch.float32)
-        if m.numel() != C or s.numel() != C:
-            raise ValueError(f"BatchLoader: mean/std need {C} entries")
-        self.scale = (1 / (255 * s)).view(1, C, 1, 1).to(self.device)
-        self.shift = (-m / s).view(1, C, 1, 1).to(self.device)
+        self.scale, self.shift = _normaliser(mean, std, x.shape[1], self.device)
 
     def __len__(self):
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _to_device(self, t):
-        if self.preload:
-            return t
-        if self.pin_memory:
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=True)
-
-    def _draws(self, gen, n):
-        "The epoch's crop offsets and flips for every batch (as `augment_batch` draws them), on the batch device."
-        aug = self.pad > 0 or self.flip
-        sizes = [len(range(n)[i * self.batch_size : (i + 1) * self.batch_size]) for i in range(len(self))]
-        d = [_draw(B, self.pad, self.flip, gen) if aug and B else None for B in sizes]
-        if not aug or not any(v is not None for v in d):
-            return None
-        oy, ox, fl = (torch.cat([v[k] for v in d if v is not None]) for k in range(3))
-        H, W = self.x.shape[2:]
-        rows, cols = _crop_flip_index(oy, ox, fl, H, W)
-        return rows.to(self.device, non_blocking=True), cols.to(self.device, non_blocking=True)
-
     def __iter__(self):
         gen = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)
         self.epoch += 1
-        n = len(self.y)
+        n, b = len(self.y), self.batch_size
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        if self.preload:
-            order = order.to(self.device)
-        rc, p = self._draws(gen, n), self.pad
+        order = order.to(self.device) if self.preload else order
+        rc = _epoch_draws(n, b, len(self), self.pad, self.flip, gen, *self.x.shape[2:], self.device)
+        to = partial(_to_device, device=self.device, preload=self.preload, pin=self.pin_memory)
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = order[sl]
-            yb = self._to_device(self.y[idx])
-            if rc is None:
-                xb = self._to_device(self.x[idx])
-            elif self.xpad is not None:
-                xb = _gather(self.xpad, idx, rc[0][sl], rc[1][sl])
-            else:
-                xb = self._to_device(self.x[idx])
-                xb = _gather(
-                    F.pad(xb, (p,) * 4) if p else xb,
-                    torch.arange(len(idx), device=xb.device),
-                    rc[0][sl],
-                    rc[1][sl],
-                )
+            sl = slice(i * b, (i + 1) * b)
+            xb = _crop_batch(self.x, self.xpad, order[sl], rc, sl, self.pad, to)
             xb = xb.float() * self.scale + self.shift
-            if self.channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb, yb
+            xb = xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
+            yield xb, to(self.y[order[sl]])
 
 # %% ../../nbs/paper/02_data.ipynb #6271a693
 def loaders(

@@ -371,6 +371,36 @@ class _Order(torch.utils.data.Sampler):
         return ((int(i), self.loader.epoch, int(self.loader.seed)) for i in self.loader._order)
 
 
+def _loader_args(batch_size: int, rank: int, world_size: int, decode: str, cuda: bool) -> str:
+    "The decode mode ('device' or 'worker') after checking the arguments of a `JpegLoader` that depend on each other."
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"JpegLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if batch_size % world_size:
+        raise ValueError(f"JpegLoader: batch_size {batch_size} is not a multiple of world_size {world_size}")
+    decode = ('device' if cuda else 'worker') if decode == 'auto' else decode
+    if decode not in ('device', 'worker'):
+        raise ValueError(f"JpegLoader: decode must be 'auto', 'device' or 'worker', got {decode!r}")
+    if batch_size // world_size < 1:
+        raise ValueError(f"JpegLoader: batch_size must be >= 1, got {batch_size}")
+    return decode
+
+
+def _reader_loader(reader, batch_size: int, sampler, workers: int, drop_last: bool, pin: bool):
+    "The DataLoader of reader processes behind a `JpegLoader`: persistent, 4 batches ahead each (workers 0: in this process)."
+    return torch.utils.data.DataLoader(
+        reader,
+        batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=_collate,
+        drop_last=drop_last,
+        worker_init_fn=_reader_init,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+    )
+
+# %% ../../nbs/paper/07_imagenet.ipynb #f8053ee6
 class JpegLoader:
     "Batches of normalised images (on `device`) and labels from an ImageFolder split; crops and flips when `train`."
 
@@ -391,52 +421,23 @@ class JpegLoader:
         drop_last: bool = False,  # drop a last incomplete batch
         rank: int = 0,
         world_size: int = 1,  # under torchrun: this process reads samples rank, rank + w, ... of every global batch
-        channels_last: bool | None = None,
-    ):  # channels_last output (default: on CUDA)
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
-                f"JpegLoader: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
-            )
-        if batch_size % world_size:
-            raise ValueError(
-                f"JpegLoader: batch_size {batch_size} is not a multiple of world_size {world_size}"
-            )
-        self.global_batch, self.rank, self.world_size = int(batch_size), rank, world_size
-        self.files, self.batch_size, self.size, self.train, self.seed = (
-            files,
-            int(batch_size) // world_size,
-            int(size),
-            train,
-            seed,
-        )
+        channels_last: bool | None = None,  # channels_last output (default: on CUDA)
+    ):
         self.device = torch.device(device)
         cuda = self.device.type == 'cuda'
-        if decode == 'auto':
-            decode = 'device' if cuda else 'worker'
-        if decode not in ('device', 'worker'):
-            raise ValueError(f"JpegLoader: decode must be 'auto', 'device' or 'worker', got {decode!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"JpegLoader: batch_size must be >= 1, got {batch_size}")
-        self.decode, self.drop_last, self.epoch, self.last_labels = decode, drop_last, 0, None
+        decode = _loader_args(int(batch_size), rank, world_size, decode, cuda)
+        self.global_batch, self.rank, self.world_size = int(batch_size), rank, world_size
+        self.files, self.batch_size, self.size = files, int(batch_size) // world_size, int(size)
+        self.train, self.seed, self.decode, self.drop_last = train, seed, decode, drop_last
+        self.epoch, self.last_labels = 0, None
         self.channels_last = cuda if channels_last is None else channels_last
         self.workers = default_workers() if workers is None else int(workers)
         self.scale_ = (1 / (255 * torch.tensor(std))).view(1, 3, 1, 1).to(self.device)
         self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1).to(self.device)
         self._order = torch.arange(len(files))
-        reader = _Reader(files, decode == 'worker', self.size, train, crop_frac, scale)
-        self._dl = torch.utils.data.DataLoader(
-            reader,
-            self.batch_size,
-            sampler=_Order(self),
-            num_workers=self.workers,
-            collate_fn=_collate,
-            drop_last=drop_last,
-            worker_init_fn=_reader_init,
-            pin_memory=cuda and decode == 'worker',
-            persistent_workers=self.workers > 0,
-            prefetch_factor=4 if self.workers else None,
-        )
-        self._reader = reader
+        self._reader = _Reader(files, decode == 'worker', self.size, train, crop_frac, scale)
+        pin = cuda and decode == 'worker'
+        self._dl = _reader_loader(self._reader, self.batch_size, _Order(self), self.workers, drop_last, pin)
 
     def __len__(self):
         n, B = len(self.files), self.global_batch
@@ -452,17 +453,9 @@ def _batch(self, items, idx):
     else:
         paths = [self.files.files[i] for i in idx.tolist()]
         ims = decode_images(items, paths, self.device)
+        r = self._reader
         views = [
-            view_params(
-                im.shape[1],
-                im.shape[2],
-                i,
-                self.epoch,
-                self.seed,
-                self.train,
-                self._reader.crop_frac,
-                self._reader.scale,
-            )
+            view_params(im.shape[1], im.shape[2], i, self.epoch, self.seed, self.train, r.crop_frac, r.scale)
             for im, i in zip(ims, idx.tolist())
         ]
         x = crop_resize(ims, [v[0] for v in views], [v[1] for v in views], self.size)

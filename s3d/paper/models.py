@@ -27,6 +27,41 @@ def _cba(cin, cout, k, stride, groups, act):
         act(),
     ]
 
+# %% ../../nbs/paper/01_models.ipynb #891f8ce3
+def _mobilenet_widths(width_mult: float, widths, strides: tuple, act) -> list:
+    "The per-layer widths of a `MobileNetV1`, checked against `strides` and `act`."
+    if widths is None:
+        if len(strides) != len(MOBILENET_WIDTHS):
+            raise ValueError(
+                f"MobileNetV1: custom `strides` of length {len(strides)} need `widths` of the same length"
+            )
+        widths = [max(1, int(round(w * width_mult))) for w in MOBILENET_WIDTHS]
+    widths = [int(w) for w in widths]
+    if len(widths) != len(strides) or len(widths) < 1:
+        raise ValueError(f"MobileNetV1: `widths` has {len(widths)} entries but `strides` has {len(strides)}")
+    if any(w < 1 for w in widths):
+        raise ValueError(f"MobileNetV1: every width must be >= 1, got {widths}")
+    if not (isinstance(act, type) and issubclass(act, nn.Module)):
+        raise TypeError(f"MobileNetV1: `act` must be an nn.Module class such as nn.ReLU, got {act!r}")
+    return widths
+
+
+def _mobilenet_layers(widths: list, strides: tuple, in_channels: int, act, num_classes: int) -> list:
+    "(name, module) of the stem, the depthwise-separable blocks, pooling and classifier."
+    stem = _cba(in_channels, widths[0], 3, strides[0], 1, act)
+    layers = [('stem', nn.Sequential(OrderedDict(zip(('conv', 'bn', 'act'), stem))))]
+    for i in range(1, len(widths)):
+        c, co = widths[i - 1], widths[i]
+        mods = _cba(c, c, 3, strides[i], c, act) + _cba(c, co, 1, 1, 1, act)
+        names = ('dw', 'dw_bn', 'dw_act', 'pw', 'pw_bn', 'pw_act')
+        layers.append((f'block{i}', nn.Sequential(OrderedDict(zip(names, mods)))))
+    layers += [
+        ('pool', nn.AdaptiveAvgPool2d(1)),
+        ('flatten', nn.Flatten()),
+        ('classifier', nn.Linear(widths[-1], num_classes)),
+    ]
+    return layers
+
 # %% ../../nbs/paper/01_models.ipynb #85ad8dd0
 class MobileNetV1(nn.Sequential):
     "MobileNetV1 (depthwise-separable blocks) in `nn.Sequential` form, strides chosen for small inputs."
@@ -41,46 +76,8 @@ class MobileNetV1(nn.Sequential):
         strides=None,  # per-layer strides, same length as `widths` (default: 32x32 layout)
     ):
         strides = tuple(MOBILENET_STRIDES if strides is None else strides)
-        if widths is None:
-            if len(strides) != len(MOBILENET_WIDTHS):
-                raise ValueError(
-                    f"MobileNetV1: custom `strides` of length {len(strides)} need `widths` of the same length"
-                )
-            widths = [max(1, int(round(w * width_mult))) for w in MOBILENET_WIDTHS]
-        widths = [int(w) for w in widths]
-        if len(widths) != len(strides) or len(widths) < 1:
-            raise ValueError(
-                f"MobileNetV1: `widths` has {len(widths)} entries but `strides` has {len(strides)}"
-            )
-        if any(w < 1 for w in widths):
-            raise ValueError(f"MobileNetV1: every width must be >= 1, got {widths}")
-        if not (isinstance(act, type) and issubclass(act, nn.Module)):
-            raise TypeError(f"MobileNetV1: `act` must be an nn.Module class such as nn.ReLU, got {act!r}")
-        layers = [
-            (
-                'stem',
-                nn.Sequential(
-                    OrderedDict(
-                        zip(('conv', 'bn', 'act'), _cba(in_channels, widths[0], 3, strides[0], 1, act))
-                    )
-                ),
-            )
-        ]
-        for i in range(1, len(widths)):
-            c, co = widths[i - 1], widths[i]
-            mods = _cba(c, c, 3, strides[i], c, act) + _cba(c, co, 1, 1, 1, act)
-            layers.append(
-                (
-                    f'block{i}',
-                    nn.Sequential(OrderedDict(zip(('dw', 'dw_bn', 'dw_act', 'pw', 'pw_bn', 'pw_act'), mods))),
-                )
-            )
-        layers += [
-            ('pool', nn.AdaptiveAvgPool2d(1)),
-            ('flatten', nn.Flatten()),
-            ('classifier', nn.Linear(widths[-1], num_classes)),
-        ]
-        super().__init__(OrderedDict(layers))
+        widths = _mobilenet_widths(width_mult, widths, strides, act)
+        super().__init__(OrderedDict(_mobilenet_layers(widths, strides, in_channels, act, num_classes)))
 
     @property
     def widths(self) -> list:

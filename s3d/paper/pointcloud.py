@@ -172,7 +172,7 @@ def _surface(kind, n, rng):
         return p / np.abs(p).sum(1, keepdims=True)
     raise ValueError(f"unknown shape {kind!r}; choose from {SHAPES}")
 
-
+# %% ../../nbs/paper/08_pointcloud.ipynb #24db20c7
 def synthetic_shapes(
     n_per_class: int,  # shapes per class
     num_points: int = 1024,  # points per shape
@@ -209,15 +209,8 @@ class PointLoader:
     ):
         if len(data) == 0:
             raise ValueError("PointLoader: no point clouds")
-        self.data, self.batch_size, self.train, self.seed, self.scale, self.shift, self.device = (
-            data,
-            batch_size,
-            train,
-            seed,
-            scale,
-            shift,
-            device,
-        )
+        self.data, self.batch_size, self.train, self.seed = data, batch_size, train, seed
+        self.scale, self.shift, self.device = scale, shift, device
         self.epoch = 0
 
     def __len__(self):
@@ -335,6 +328,9 @@ class EdgeFeaturesKind(LayerKind):
         )  # the weighted distance matrix (MACs count only conv/linear layers)
 
 
+register_layer(EdgeFeatures, EdgeFeaturesKind())
+
+# %% ../../nbs/paper/08_pointcloud.ipynb #4fb5a3ad
 class EdgeConv2d(nn.Conv2d):
     "A 1x1 Conv2d over edge features: it may read a producer's channels several adjacent input columns each; fp32 under autocast."
 
@@ -362,6 +358,9 @@ class EdgeConvKind(ConvKind):
         return ('consumer', repeat)
 
 
+register_layer(EdgeConv2d, EdgeConvKind())
+
+# %% ../../nbs/paper/08_pointcloud.ipynb #aed74815
 class FixedLinear(nn.Linear):
     "An nn.Linear whose width s3d leaves alone: it reads split channels but is never split itself."
 
@@ -373,8 +372,6 @@ class FixedLinearKind(LinearKind):
         return None
 
 
-register_layer(EdgeFeatures, EdgeFeaturesKind())
-register_layer(EdgeConv2d, EdgeConvKind())
 register_layer(FixedLinear, FixedLinearKind())
 
 # %% ../../nbs/paper/08_pointcloud.ipynb #976e0799
@@ -405,18 +402,13 @@ class DGCNN(nn.Module):
         self.conv = nn.ModuleList(EdgeConv2d(2 * c, w, 1, bias=False) for c, w in zip(ins, widths))
         self.bn = nn.ModuleList(nn.BatchNorm2d(w) for w in widths)
         self.act = nn.ModuleList(ACTIVATIONS[act]() for _ in widths)
-        self.fuse = nn.ModuleList(
-            nn.Conv1d(w, emb, 1, bias=False) for w in widths
-        )  # the conv on the concatenation, block by block
+        # the conv on the concatenation, block by block
+        self.fuse = nn.ModuleList(nn.Conv1d(w, emb, 1, bias=False) for w in widths)
         self.fuse_bn, self.fuse_act = nn.BatchNorm1d(emb), ACTIVATIONS[act]()
         layers, d = [], 2 * emb
+        mk = ACTIVATIONS[act]
         for i, h in enumerate(head):
-            layers += [
-                FixedLinear(d, h, bias=i > 0),
-                nn.BatchNorm1d(h),
-                ACTIVATIONS[act](),
-                nn.Dropout(dropout),
-            ]
+            layers += [FixedLinear(d, h, bias=i > 0), nn.BatchNorm1d(h), mk(), nn.Dropout(dropout)]
             d = h
         self.head = nn.Sequential(*layers, FixedLinear(d, num_classes))
 

@@ -194,7 +194,7 @@ def _record_alerts():
     warnings.showwarning = record
     return lambda: ctx.__exit__(None, None, None)
 
-
+# %% ../../nbs/paper/05_runs.ipynb #a6f446e7
 def _pin(threads: int):
     os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     torch.set_num_threads(threads)
@@ -262,7 +262,7 @@ def run_info_line(info: dict) -> str:
     )
     return f"Computed with torch {info['torch']} on {info['device']}, {info['threads']} thread(s) per run{how}.{par}"
 
-
+# %% ../../nbs/paper/05_runs.ipynb #6561762c
 def fingerprint(config) -> str:
     "A short stable hash of a JSON-able configuration."
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -340,7 +340,7 @@ def _stop_pool(ex):
         p.join(10)
     ex.shutdown(wait=True, cancel_futures=True)  # the workers are gone: this only releases the pool's queues
 
-
+# %% ../../nbs/paper/05_runs.ipynb #ae510a5f
 def run_tasks(
     fn, tasks: list, jobs: int = 1, needs: dict | None = None, on_done=None, threads: int = 1
 ) -> list:
@@ -500,7 +500,7 @@ def stop_distributed():
         tdist.destroy_process_group()
     _DIST = None
 
-
+# %% ../../nbs/paper/05_runs.ipynb #bba941f8
 def dist_context():
     return _DIST  # the DistContext of this process, or None when not started by torchrun
 
@@ -532,7 +532,7 @@ def gather(value) -> list:
     tdist.all_gather_object(out, value)
     return out
 
-
+# %% ../../nbs/paper/05_runs.ipynb #b0bca25a
 def data_parallel(model, channels_last: bool | None = None):
     "`model` in DDP under torchrun, built after its channels_last conversion (default: as training decides); unchanged otherwise."
     from torch.nn.parallel import DistributedDataParallel

@@ -98,21 +98,94 @@ def evaluate(
     return dict(loss=_host(loss) / n, acc=100 * _host(correct) / n, n=n)
 
 # %% ../../nbs/paper/04_train.ipynb #b1041bcb
+_COMPILE_MODES = ('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
 def _compiled(model, compile):
     "The module to call in the step: `model`, or `torch.compile(model)` freshly (each split changes the shapes)."
     if not compile:
         return model
-    if compile is not True and compile not in (
-        'default',
-        'reduce-overhead',
-        'max-autotune',
-        'max-autotune-no-cudagraphs',
-    ):
+    if compile is not True and compile not in _COMPILE_MODES:
         raise ValueError(f"train: compile must be False, True or a torch.compile mode, got {compile!r}")
     torch._dynamo.reset()  # a fresh cache per model, so growing runs never hit dynamo's recompile limit
     return torch.compile(model, mode=None if compile is True else compile, dynamic=False)
 
 
+def _sgd(model, lr, momentum, weight_decay, nesterov, fused):
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        **({'fused': True} if fused else {}),
+    )
+
+
+def _resume(loader, state, opt, seed) -> tuple:
+    "(first epoch, step, history) to start from: `state`'s when it holds a finished epoch; seeds RNG and data order first."
+    first, step, history = 0, 0, []
+    if seed is not None:  # a resumed run keeps the RNG states and data position its checkpoint restored
+        loader.seed = seed
+        if state is None or not state.resumed:
+            torch.manual_seed(seed)
+            loader.epoch = 0
+    if (
+        state is not None and state.data
+    ):  # resume after the last finished epoch: optimizer, schedule position, data order
+        d = state.data
+        opt.load_state_dict(d['optimizer'])
+        first, step, history = d['epoch'], d['step'], list(d['history'])
+        if d.get('loader_epoch') is not None:
+            loader.epoch = d['loader_epoch']
+    return first, step, history
+
+# %% ../../nbs/paper/04_train.ipynb #0c29e1a5
+def _train_epoch(
+    model, net, loader, opt, lr, step, total, device, dt, cl, amp, graphs, regularizer, bar, log_every
+):
+    "One pass of SGD over `loader` from global step `step`: device sums of loss and correct, samples, the next step."
+    tl = torch.zeros((), device=device)
+    tc = torch.zeros((), device=device, dtype=torch.long)
+    tn = 0
+    for i, (x, y) in enumerate(loader):
+        for g in opt.param_groups:
+            g['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+        x, y = _prep(x, y, device, dt, cl)
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with _autocast(device, amp):
+            out = net(x)
+        loss = F.cross_entropy(out.float(), y)
+        full = loss + regularizer(model) if regularizer is not None else loss
+        opt.zero_grad(set_to_none=True)
+        full.backward()
+        opt.step()
+        tl += loss.detach() * len(y)
+        tc += (out.detach().argmax(1) == y).sum()
+        tn += len(y)
+        step += 1
+        if not bar.disable:
+            bar.update(1)
+            if (i + 1) % log_every == 0:
+                bar.set_postfix(loss=f'{_host(tl) / max(tn, 1):.3f}')
+    return tl, tc, tn, step
+
+
+def _epoch_row(tl, tc, tn: int, ddp: bool, device, ep: int, step: int, lr: float) -> dict:
+    "The epoch's row from the device sums (over every process when data-parallel); a non-finite loss is an error."
+    if ddp:  # data-parallel: the epoch's loss and accuracy over every process's samples
+        tot = torch.stack(
+            [tl.double(), tc.double(), torch.tensor(float(tn), device=device, dtype=torch.float64)]
+        )
+        tdist.all_reduce(tot)
+        tl, tc, tn = tot[0], tot[1], int(tot[2].item())
+    tl, tc = _host(tl), _host(tc)  # the one wait for the device per epoch
+    if device.type != 'meta' and not math.isfinite(tl):
+        raise FloatingPointError(f"train: non-finite loss in epoch {ep + 1} (by step {step})")
+    return dict(epoch=ep + 1, loss=tl / max(tn, 1), acc=100 * tc / max(tn, 1), lr=lr)
+
+# %% ../../nbs/paper/04_train.ipynb #33c27fec
 def train(
     model: nn.Module,  # model to train in place
     loader,  # iterable of (images, labels) batches with len()
@@ -138,85 +211,27 @@ def train(
     if epochs < 0:
         raise ValueError(f"train: epochs must be >= 0, got {epochs}")
     device, amp, cl = _setup(model, device, amp, channels_last)
-    fused = device.type == 'cuda' if fused is None else fused
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        nesterov=nesterov,
-        **({'fused': True} if fused else {}),
-    )
+    opt = _sgd(model, lr, momentum, weight_decay, nesterov, device.type == 'cuda' if fused is None else fused)
     net, dt, graphs = _compiled(model, compile), _float_dtype(model), compile == 'reduce-overhead'
     ddp = isinstance(
         model, DistributedDataParallel
-    )  # trained by `s3d.distributed`: metrics are summed over processes
-    total, step, history, first = max(1, epochs * len(loader)), 0, [], 0
-    if seed is not None:  # a resumed run keeps the RNG states and data position its checkpoint restored
-        loader.seed = seed
-        if state is None or not state.resumed:
-            torch.manual_seed(seed)
-            loader.epoch = 0
-    if (
-        state is not None and state.data
-    ):  # resume after the last finished epoch: optimizer, schedule position, data order
-        d = state.data
-        opt.load_state_dict(d['optimizer'])
-        first, step, history = d['epoch'], d['step'], list(d['history'])
-        if d.get('loader_epoch') is not None:
-            loader.epoch = d['loader_epoch']
+    )  # trained by `s3d.distributed`: metrics summed over processes
+    total, (first, step, history) = max(1, epochs * len(loader)), _resume(loader, state, opt, seed)
     bar = tqdm(total=epochs * len(loader), desc=desc, disable=not progress, leave=False)
     model.train()
     for ep in range(first, epochs):
-        tl = torch.zeros((), device=device)
-        tc = torch.zeros((), device=device, dtype=torch.long)
-        tn = 0
-        for i, (x, y) in enumerate(loader):
-            for g in opt.param_groups:
-                g['lr'] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            x, y = _prep(x, y, device, dt, cl)
-            if graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            with _autocast(device, amp):
-                out = net(x)
-            loss = F.cross_entropy(out.float(), y)
-            full = loss + regularizer(model) if regularizer is not None else loss
-            opt.zero_grad(set_to_none=True)
-            full.backward()
-            opt.step()
-            tl += loss.detach() * len(y)
-            tc += (out.detach().argmax(1) == y).sum()
-            tn += len(y)
-            step += 1
-            if progress:
-                bar.update(1)
-                if (i + 1) % log_every == 0:
-                    bar.set_postfix(loss=f'{_host(tl) / max(tn, 1):.3f}')
-        if ddp:  # data-parallel: the epoch's loss and accuracy over every process's samples
-            tot = torch.stack(
-                [tl.double(), tc.double(), torch.tensor(float(tn), device=device, dtype=torch.float64)]
-            )
-            tdist.all_reduce(tot)
-            tl, tc, tn = tot[0], tot[1], int(tot[2].item())
-        tl, tc = _host(tl), _host(tc)  # the one wait for the device per epoch
-        if device.type != 'meta' and not math.isfinite(tl):
-            raise FloatingPointError(f"train: non-finite loss in epoch {ep + 1} (by step {step})")
-        row = dict(
-            epoch=ep + 1, loss=tl / max(tn, 1), acc=100 * tc / max(tn, 1), lr=opt.param_groups[0]['lr']
+        tl, tc, tn, step = _train_epoch(
+            model, net, loader, opt, lr, step, total, device, dt, cl, amp, graphs, regularizer, bar, log_every
         )
+        row = _epoch_row(tl, tc, tn, ddp, device, ep, step, opt.param_groups[0]['lr'])
         if test_loader is not None:
             r = evaluate(model, test_loader, device, amp, cl)
             model.train()
             row.update(test_loss=r['loss'], test_acc=r['acc'])
         history.append(row)
         if state is not None:
-            state.data.update(
-                epoch=ep + 1,
-                step=step,
-                optimizer=opt.state_dict(),
-                history=history,
-                loader_epoch=getattr(loader, 'epoch', None),
-            )
+            state.data.update(epoch=ep + 1, step=step, optimizer=opt.state_dict(), history=history)
+            state.data.update(loader_epoch=getattr(loader, 'epoch', None))
             state.save()
     bar.close()
     return history
