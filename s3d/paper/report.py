@@ -389,7 +389,7 @@ THEORY = [  # one row per theorem, from the checks of 00_splitting and 01_scheme
     ('Theorem 2.1, binary', 'G₂ = min(λmin, −(c−1)/(c+1)·λmax, 0)', 'proved',
      'an independent optimiser never beats it (`01_schemes`)', 'test bed of matrices', '–', 'reproduces'),
     ('Theorem 2.2, triplet', 'G₃ = min((c+1)/2·λmin, −(c−1)/2·λmax, 0)', 'proved',
-     'above the optimum exactly when λmin < 0 < λmax and (c−1)/2 < λmax/|λmin| < 4c/(c−1)² (an interval '
+     'above the optimum exactly when λmin < 0 < λmax and (c−1)/2 < λmax/(−λmin) < 4c/(c−1)² (an interval '
      'that is empty once c ≥ 2+√5), where a mixed triplet does better; right everywhere else; the library '
      'uses the mixed triplet (`01_schemes`, checked by the independent optimiser)', 'test bed of matrices',
      '–', '**erratum** (in that interval)'),
