@@ -180,7 +180,7 @@ def restore_checkpoint(model: nn.Module, st: dict, path) -> dict:
     set_rng_states(st['rng'])
     return st
 
-# %% ../nbs/07a_checkpoint.ipynb #a43961a4
+# %% ../nbs/07a_checkpoint.ipynb #f5f0bf52
 def config_diff(old: str, new: str) -> str:
     "The fields where two configuration keys (JSON objects) differ, as 'field: old -> new'; else both texts."
     try:
@@ -210,9 +210,9 @@ class Checkpoint:
         st = load_checkpoint(self.path)
         if st['config'] != self.config:
             raise CheckpointError(
-                f"{self.path} was written with a different configuration ({config_diff(st['config'], self.config)}"
-                "; checkpoint -> this run); it was not touched. Use another out_dir, or move it away to start "
-                "this run afresh."
+                f"{self.path} was written with a different configuration "
+                f"({config_diff(st['config'], self.config)}; checkpoint -> this run); it was not touched. "
+                "Use another out_dir, or move it away to start this run afresh."
             )
         return restore_checkpoint(model, st, self.path)
 

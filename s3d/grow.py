@@ -74,7 +74,7 @@ class GrowConfig:
 
     @property
     def method(self) -> str:
-        "The method's label in the history: S2D, S3D (line search) or the control's name, with its allocation."
+        "The method's label in the history: S2D, S3D (line search) or the control, and its allocation."
         ctl = self.control
         if ctl is not None:
             name = ctl.method
@@ -82,15 +82,15 @@ class GrowConfig:
             name = ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
         return name if self.allocation is None else f'{name} [{self.allocation}]'
 
-# %% ../nbs/08_grow.ipynb #33e4bc02
+# %% ../nbs/08_grow.ipynb #5069b0de
 def _check(ok: bool, msg: str):
     if not ok:
         raise ValueError(msg)
 
 
-def _bad(field: str, value, need: str, todo: str = '') -> str:
-    "One message: the field, what it must be, what was given, what to do."
-    return f"GrowConfig.{field} must be {need}, got {field}={value!r}" + (f"; {todo}" if todo else '')
+def _need(ok: bool, field: str, value, need: str, todo: str = ''):
+    "Unless `ok`, raise one message: the field, what it must be, what was given, what to do."
+    _check(ok, f"GrowConfig.{field} must be {need}, got {field}={value!r}" + (f"; {todo}" if todo else ''))
 
 
 def _is_int(v) -> bool:
@@ -100,47 +100,55 @@ def _is_int(v) -> bool:
 @patch
 def _check_numbers(self: GrowConfig):
     "Every numeric field in its range."
-    _check(_is_int(self.rounds) and self.rounds >= 0, _bad('rounds', self.rounds, 'an int >= 0'))
-    _check(
-        self.m in (2, 3, 4) and _is_int(self.m),
-        _bad('m', self.m, '2, 3 or 4', 'no split into more than 4 copies lowers the loss further (Theorem 2.3)'),
+    cap, f, n = self.per_layer_cap, self.growth_factor, self.max_count
+    _need(_is_int(self.rounds) and self.rounds >= 0, 'rounds', self.rounds, 'an int >= 0')
+    no_more = 'no split into more than 4 copies lowers the loss further (Theorem 2.3)'
+    _need(_is_int(self.m) and self.m in (2, 3, 4), 'm', self.m, '2, 3 or 4', no_more)
+    _need(self.c >= 1, 'c', self.c, '>= 1', '1 is S2D, c > 1 (e.g. 3) allows signed splits')
+    _need(self.ratio is None or self.ratio > 0, 'ratio', self.ratio, '> 0 or None')
+    _need(n is None or _is_int(n) and n >= 1, 'max_count', n, 'an int >= 1 or None')
+    _need(self.threshold >= 0, 'threshold', self.threshold, '>= 0', 'a split is taken when gain < -threshold')
+    ok = cap is None or _is_int(cap) and cap >= 1 or isinstance(cap, float) and 0 < cap <= 1
+    _need(ok, 'per_layer_cap', cap, 'an int >= 1, a fraction in (0, 1] or None')
+    _need(self.budget is None or self.budget > 0, 'budget', self.budget, '> 0 or None')
+    _need(self.held is None or self.held >= 1, 'held', self.held, 'an int >= 1 or None')
+    mb = self.eigen_max_bytes
+    _need(mb is None or mb > 0, 'eigen_max_bytes', mb, '> 0 or None')
+    _need(
+        f is None or f > 1, 'growth_factor', f, '> 1 or None', 'each round grows every group by this factor'
     )
-    _check(self.c >= 1, _bad('c', self.c, '>= 1', '1 is S2D, c > 1 (e.g. 3) allows signed splits'))
-    _check(self.ratio is None or self.ratio > 0, _bad('ratio', self.ratio, '> 0 or None'))
-    _check(self.max_count is None or _is_int(self.max_count) and self.max_count >= 1,
-           _bad('max_count', self.max_count, 'an int >= 1 or None'))
-    _check(self.threshold >= 0, _bad('threshold', self.threshold, '>= 0', 'a split is taken when gain < -threshold'))
-    cap = self.per_layer_cap
-    _check(cap is None or _is_int(cap) and cap >= 1 or isinstance(cap, float) and 0 < cap <= 1,
-           _bad('per_layer_cap', cap, 'an int >= 1, a fraction in (0, 1] or None'))
-    _check(self.budget is None or self.budget > 0, _bad('budget', self.budget, '> 0 or None'))
-    _check(self.held is None or self.held >= 1, _bad('held', self.held, 'an int >= 1 or None'))
-    _check(self.eigen_max_bytes is None or self.eigen_max_bytes > 0,
-           _bad('eigen_max_bytes', self.eigen_max_bytes, '> 0 or None'))
-    f = self.growth_factor
-    _check(f is None or f > 1, _bad('growth_factor', f, '> 1 or None', 'each round grows every group by f'))
 
-
+# %% ../nbs/08_grow.ipynb #4336f197
 @patch
 def _check_choices(self: GrowConfig):
     "Every field that names a choice."
-    _check(self.cost in ('flops', 'params'), _bad('cost', self.cost, "'flops' or 'params'"))
-    _check(self.eigen in ('exact', 'fast', 'cached', 'stream'),
-           _bad('eigen', self.eigen, "'exact', 'fast', 'cached' or 'stream'"))
-    _check(self.step in ('fixed', 'line_search'), _bad('step', self.step, "'fixed' or 'line_search'"))
-    _check(self.allocation in (None, *ALLOCATIONS), _bad('allocation', self.allocation, f"None or one of {ALLOCATIONS}"))
+    _need(self.cost in ('flops', 'params'), 'cost', self.cost, "'flops' or 'params'")
+    _need(
+        self.eigen in ('exact', 'fast', 'cached', 'stream'),
+        'eigen',
+        self.eigen,
+        "'exact', 'fast', 'cached' or 'stream'",
+    )
+    _need(self.step in ('fixed', 'line_search'), 'step', self.step, "'fixed' or 'line_search'")
+    _need(
+        self.allocation in (None, *ALLOCATIONS),
+        'allocation',
+        self.allocation,
+        f"None or one of {ALLOCATIONS}",
+    )
     self.control  # raises on an unknown growth
 
-# %% ../nbs/08_grow.ipynb #338615aa
+# %% ../nbs/08_grow.ipynb #efa2b749
 def _entry_ok(t) -> bool:
     "Whether one round's `widths` entry is an int, a sequence of ints or a dict of ints, each >= 1."
-    vals = t.values() if isinstance(t, dict) else (t,) if _is_int(t) else t if isinstance(t, (tuple, list)) else ()
-    keys = all(isinstance(k, str) for k in t) if isinstance(t, dict) else True
-    return keys and len(vals) > 0 and all(_is_int(v) and v >= 1 for v in vals)
+    if isinstance(t, dict):
+        return len(t) > 0 and all(isinstance(k, str) and _is_int(v) and v >= 1 for k, v in t.items())
+    vals = [t] if _is_int(t) else list(t) if isinstance(t, (tuple, list)) else []
+    return len(vals) > 0 and all(_is_int(v) and v >= 1 for v in vals)
 
 
 def _pairs(a, b) -> list:
-    "(earlier, later) width of each group that two `widths` entries both give (an int stands for every group)."
+    "(earlier, later) width of each group two `widths` entries both give (an int stands for every group)."
     if isinstance(a, dict) or isinstance(b, dict):
         return [(a[k], b[k]) for k in a if k in b] if isinstance(a, dict) and isinstance(b, dict) else []
     n = max(1 if _is_int(v) else len(v) for v in (a, b))
@@ -150,68 +158,82 @@ def _pairs(a, b) -> list:
 
 @patch
 def _check_widths(self: GrowConfig):
-    "`widths`: one valid entry per round, no group shrinking, a split reaching each target from the one before."
-    w, ctl = self.widths, self.control
+    "`widths`: a valid entry per round; no group shrinks; a split reaches each target from the one before."
+    w, m = self.widths, self.m
     if w is None:
         return
     _check(self.growth_factor is None, "give GrowConfig.widths or growth_factor, not both")
-    _check(isinstance(w, (tuple, list)), _bad('widths', w, 'a tuple with one entry per round'))
-    _check(len(w) >= self.rounds, f"GrowConfig.widths gives targets for {len(w)} rounds, fewer than "
-           f"rounds={self.rounds}; give one entry per round")
+    _need(isinstance(w, (tuple, list)), 'widths', w, 'a tuple with one entry per round')
+    few = f"GrowConfig.widths gives targets for {len(w)} rounds, fewer than rounds={self.rounds}"
+    _check(len(w) >= self.rounds, few + "; give one entry per round")
     for i, t in enumerate(w):
-        _check(_entry_ok(t), _bad(f'widths[{i}]', t, 'an int, a sequence of ints (one per group) or a dict '
-               '{group name: int}, each >= 1'))
-    splits = (ctl is None or self.allocation == 'gain') and self.allocation != 'random'
+        _need(
+            _entry_ok(t),
+            f'widths[{i}]',
+            t,
+            'an int, one int per group or a dict {group name: int}, each >= 1',
+        )
+    splits = (self.control is None or self.allocation == 'gain') and self.allocation != 'random'
     for i in range(1, len(w)):
+        where = f"GrowConfig.widths[{i}]={w[i]!r}"
         for a, b in _pairs(w[i - 1], w[i]):
-            _check(b >= a, f"GrowConfig.widths[{i}]={w[i]!r} shrinks a group from widths[{i - 1}]={w[i - 1]!r} "
-                   f"({a} -> {b}); s3d never removes neurons: give targets that never decrease")
-            _check(not splits or b <= self.m * a, f"GrowConfig.widths[{i}]={w[i]!r} grows a group from {a} to "
-                   f"{b} neurons in one round, but a split makes at most m={self.m} copies of a neuron; give at "
-                   f"most {self.m * a}, more rounds, a larger m (<= 4), or a control (growth='random')")
+            shrink = f"{where} shrinks a group from widths[{i - 1}]={w[i - 1]!r} ({a} -> {b})"
+            _check(b >= a, shrink + "; s3d never removes neurons: give targets that never decrease")
+            far = f"{where} grows a group from {a} to {b} neurons in one round, but a split makes at most "
+            far += f"m={m} "
+            todo = f"copies of a neuron; give at most {m * a}, more rounds, a larger m (<= 4) or a control"
+            _check(not splits or b <= m * a, far + todo + " (growth='random')")
 
-# %% ../nbs/08_grow.ipynb #373dc05d
+# %% ../nbs/08_grow.ipynb #01a4e2b9
 @patch
 def _check_growth(self: GrowConfig):
-    "What the growth method uses: eps and the step for splits, how many neurons a split can add, a count rule."
-    ctl = self.control
-    splits = ctl is None or self.allocation == 'gain'  # counts a split can realise: at most m - 1 per neuron
+    "What the growth method uses: eps and the step for splits, the most a split can add, a rule for counts."
+    ctl, m, targets = self.control, self.m, self.widths is not None or self.growth_factor is not None
+    splits = ctl is None or self.allocation == 'gain'  # counts a split realises: at most m - 1 per neuron
     if ctl is None:
-        _check(self.eps > 0, _bad('eps', self.eps, '> 0', 'it is the step of the split copies'))
-        _check(self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2),
-               f"a line search needs eps_max > eps and eps_grid >= 2, got eps={self.eps}, eps_max={self.eps_max}, "
-               f"eps_grid={self.eps_grid}")
+        _need(self.eps > 0, 'eps', self.eps, '> 0', 'it is the step of the split copies')
+        ok = self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2)
+        _check(
+            ok,
+            f"a line search needs eps_max > eps and eps_grid >= 2, got eps={self.eps}, "
+            f"eps_max={self.eps_max}, eps_grid={self.eps_grid}",
+        )
     elif self.allocation != 'gain':
-        _check(self.threshold == 0, _bad('threshold', self.threshold, '0 with a control', f"growth={ctl.name!r} "
-               "adds neurons without scoring them (threshold is used by splits and allocation='gain')"))
-    targets = self.widths is not None or self.growth_factor is not None
+        todo = f"growth={ctl.name!r} adds neurons without scoring them (threshold: splits, allocation='gain')"
+        _need(self.threshold == 0, 'threshold', self.threshold, '0 with a control', todo)
     if splits and not targets and self.budget is None and self.ratio is not None:
-        _check(self.ratio <= self.m - 1, _bad('ratio', self.ratio, f'<= m - 1 = {self.m - 1} with splits',
-               f'a split adds at most m - 1 neurons per neuron; use ratio <= {self.m - 1}, a larger m (<= 4), '
-               "or a control (growth='random'), which adds any number"))
+        todo = (
+            f"a split adds at most m - 1 new neurons per neuron: use ratio <= {m - 1}, a larger m (<= 4), or "
+        )
+        todo += "a control (growth='random'), which adds any number"
+        _need(self.ratio <= m - 1, 'ratio', self.ratio, f'<= m - 1 = {m - 1} with splits', todo)
     if splits and self.growth_factor is not None:
-        _check(self.growth_factor <= self.m, _bad('growth_factor', self.growth_factor, f'<= m = {self.m} '
-               'with splits', 'a split turns a neuron into at most m copies; raise m (<= 4) or use a control'))
+        todo = 'a split turns a neuron into at most m copies; raise m (<= 4) or use a control'
+        _need(self.growth_factor <= m, 'growth_factor', self.growth_factor, f'<= m = {m} with splits', todo)
     counted = self.ratio is not None or targets
-    _check(not (ctl is not None and ctl.grows) or counted,
-           f"growth={ctl and ctl.name!r} adds neurons by `ratio`, `widths` or `growth_factor`; give one of them")
-    _check(self.allocation is None or counted,
-           f"allocation={self.allocation!r} needs `ratio`, `widths` or `growth_factor`")
-    _check(counted or self.budget is not None or self.max_count is not None or self.threshold != 0,
-           "give a growth ratio, widths, growth_factor, max_count, threshold or an energy budget: otherwise every "
-           "neuron with a gain is split")
+    how = "`ratio`, `widths` or `growth_factor`"
+    _check(
+        not (ctl is not None and ctl.grows) or counted, f"growth={ctl and ctl.name!r} adds neurons by {how}"
+    )
+    _check(self.allocation is None or counted, f"allocation={self.allocation!r} needs {how}")
+    rule = counted or self.budget is not None or self.max_count is not None or self.threshold != 0
+    _check(
+        rule,
+        "give a growth ratio, widths, growth_factor, max_count, threshold or an energy budget: "
+        "otherwise every neuron with a gain is split",
+    )
 
 
 @patch
 def validate(self: GrowConfig) -> GrowConfig:
-    "Raise `ValueError` (naming the field, its value and what to do) on a setting out of range; returns the config."
+    "Raise `ValueError` naming the field, its value and what to do on a setting out of range; returns `self`."
     self._check_numbers()
     self._check_choices()
     self._check_widths()
     self._check_growth()
     return self
 
-# %% ../nbs/08_grow.ipynb #7a65973e
+# %% ../nbs/08_grow.ipynb #8b238c65
 @patch(cls_method=True)
 def preset(cls: GrowConfig, name: str, **overrides) -> GrowConfig:
     "The named configuration `PRESETS[name]`, with `overrides` (e.g. `widths`, `rounds`, `seed`) on top."
@@ -392,7 +414,7 @@ def choose_step(
         eps, f = cfg.eps, trials()(cfg.eps)
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
 
-# %% ../nbs/08_grow.ipynb #3f93852d
+# %% ../nbs/08_grow.ipynb #7b3bd618
 def _describe(x) -> str:
     "What `x` is, for an error message: a tensor's shape, a container's length, else its type."
     if torch.is_tensor(x):
@@ -411,7 +433,7 @@ def _err(e: Exception) -> str:
 
 @contextmanager
 def _probe(model: nn.Module):
-    "Eval mode, no gradients, forked RNG streams: forwards that change nothing (every module's mode restored)."
+    "Eval mode, no gradients, forked RNG streams: forwards that change nothing (modes restored)."
     modes = [(m, m.training) for m in model.modules()]
     dev = model_device(model)
     with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []), torch.no_grad():
@@ -428,7 +450,7 @@ def _forward(model: nn.Module, x):
     x = to_model_device(model, x)
     return model(*x) if isinstance(x, (tuple, list)) else model(x)
 
-# %% ../nbs/08_grow.ipynb #a23a90fb
+# %% ../nbs/08_grow.ipynb #6a819c82
 def _check_forward(model: nn.Module, example_input):
     "One forward of `example_input`, or an error naming it."
     try:
@@ -437,7 +459,8 @@ def _check_forward(model: nn.Module, example_input):
     except Exception as e:
         raise ValueError(
             f"example_input: model(example_input) raised {_err(e)}; example_input is "
-            f"{_describe(example_input)}. Pass one input batch the model accepts, shaped like a training batch "
+            f"{_describe(example_input)}. Pass one input batch the model accepts, shaped like a training "
+            "batch "
             "(e.g. X[:1])"
         ) from e
 
@@ -445,16 +468,22 @@ def _check_forward(model: nn.Module, example_input):
 def _check_groups(model: nn.Module, example_input):
     "The split groups of `model`, or an error listing what `split_groups` skipped and why."
     groups = split_groups(model, example_input)
-    _check(len(groups) > 0, f"model: {type(model).__name__} has no split group, no layer s3d can grow. "
-           f"split_groups(model, example_input).skipped: {groups.skipped}. Teach s3d a layer type it does not "
-           "know with s3d.register_layer or s3d.register_activation (see the 01a_kinds notebook)")
+    _check(
+        len(groups) > 0,
+        f"model: {type(model).__name__} has no split group, no layer s3d can grow. "
+        f"split_groups(model, example_input).skipped: {groups.skipped}. Teach s3d a layer type it does not "
+        "know with s3d.register_layer or s3d.register_activation (see the 01a_kinds notebook)",
+    )
     return groups
 
-
+# %% ../nbs/08_grow.ipynb #ddf5248f
 def _check_train_fn(train_fn, evaluate=None):
     "`train_fn` callable as train_fn(model, round[, state]), `evaluate` as evaluate(model)."
-    _check(callable(train_fn), f"train_fn must be a function train_fn(model, round) (or train_fn(model, round, "
-           f"state) to resume mid-round), got {_describe(train_fn)}")
+    _check(
+        callable(train_fn),
+        f"train_fn must be a function train_fn(model, round) (or train_fn(model, round, "
+        f"state) to resume mid-round), got {_describe(train_fn)}",
+    )
     try:
         sig = inspect.signature(train_fn)
     except (TypeError, ValueError):
@@ -463,56 +492,82 @@ def _check_train_fn(train_fn, evaluate=None):
         try:
             sig.bind(None, 0, None) if takes_state(train_fn) else sig.bind(None, 0)
         except TypeError as e:
-            raise ValueError(f"train_fn{sig} cannot be called as train_fn(model, round) ({e}); give it the "
-                             "parameters (model, round), or (model, round, state) to resume mid-round") from e
-    _check(evaluate is None or callable(evaluate),
-           f"evaluate must be None or a function evaluate(model) -> dict, got {_describe(evaluate)}")
+            raise ValueError(
+                f"train_fn{sig} cannot be called as train_fn(model, round) ({e}); give it the "
+                "parameters (model, round), or (model, round, state) to resume mid-round"
+            ) from e
+    _check(
+        evaluate is None or callable(evaluate),
+        f"evaluate must be None or a function evaluate(model) -> dict, got {_describe(evaluate)}",
+    )
 
-# %% ../nbs/08_grow.ipynb #a0774931
+# %% ../nbs/08_grow.ipynb #b982494c
 def _check_batches(score_batches, passes: int, cfg):
     "The first (input, target) pair of `score_batches`, and the batches to score on (an iterator re-chained)."
     pair = "pass [(x, y)] (a list of batches), a DataLoader, or a callable returning one"
-    if isinstance(score_batches, (tuple, list)) and len(score_batches) == 2 and all(map(torch.is_tensor, score_batches)):
-        raise ValueError(f"score_batches is one (input, target) pair ({_describe(score_batches)}), not an "
-                         f"iterable of pairs; {pair}")
+    if (
+        isinstance(score_batches, (tuple, list))
+        and len(score_batches) == 2
+        and all(map(torch.is_tensor, score_batches))
+    ):
+        raise ValueError(
+            f"score_batches is one (input, target) pair ({_describe(score_batches)}), not an "
+            f"iterable of pairs; {pair}"
+        )
     b = score_batches() if callable(score_batches) else score_batches
-    _check(not torch.is_tensor(b) and isinstance(b, Iterable),
-           f"score_batches must be an iterable of (input, target) pairs, got {_describe(b)}; {pair}")
+    _check(
+        not torch.is_tensor(b) and isinstance(b, Iterable),
+        f"score_batches must be an iterable of (input, target) pairs, got {_describe(b)}; {pair}",
+    )
     one_shot = isinstance(b, Iterator)
     reads = passes > 1 or cfg.step == 'line_search' or cfg.eigen == 'stream'
-    _check(not (one_shot and reads), f"score_batches is a one-shot iterator ({type(b).__name__}) but is read "
-           f"more than once ({passes} round(s), step={cfg.step!r}, eigen={cfg.eigen!r}); {pair}")
+    _check(
+        not (one_shot and reads),
+        f"score_batches is a one-shot iterator ({type(b).__name__}) but is read "
+        f"more than once ({passes} round(s), step={cfg.step!r}, eigen={cfg.eigen!r}); {pair}",
+    )
     it = iter(b)
     first = next(it, None)
     _check(first is not None, f"score_batches is empty; {pair}")
-    _check(isinstance(first, (tuple, list)) and len(first) == 2,
-           f"score_batches must yield (input, target) pairs; its first item is {_describe(first)}; {pair}")
+    _check(
+        isinstance(first, (tuple, list)) and len(first) == 2,
+        f"score_batches must yield (input, target) pairs; its first item is {_describe(first)}; {pair}",
+    )
     return first, (itertools.chain([first], it) if one_shot else score_batches)
 
-
+# %% ../nbs/08_grow.ipynb #3605e408
 def _check_loss(model: nn.Module, loss_fn, first):
     "`model(input)` and `loss_fn(output, target)` on the first score batch: a scalar loss, or an error."
-    fix = "loss_fn(output, target) must return the mean loss as a scalar tensor, e.g. nn.CrossEntropyLoss() or F.mse_loss"
+    fix = "loss_fn(output, target) must return the mean loss as a scalar tensor"
+    fix += ", e.g. nn.CrossEntropyLoss() or F.mse_loss"
     _check(callable(loss_fn), f"loss_fn must be a function, got {_describe(loss_fn)}; {fix}")
     if isinstance(loss_fn, type):
-        raise ValueError(f"loss_fn is the class {loss_fn.__name__}, not an instance; pass {loss_fn.__name__}()")
+        raise ValueError(
+            f"loss_fn is the class {loss_fn.__name__}, not an instance; pass {loss_fn.__name__}()"
+        )
     x, y = first
     try:
         with _probe(model):
             out = _forward(model, x)
     except Exception as e:
-        raise ValueError(f"score_batches: model(input) raised {_err(e)} on the first batch's input "
-                         f"({_describe(x)}); its (input, target) pairs must hold inputs the model takes") from e
+        raise ValueError(
+            f"score_batches: model(input) raised {_err(e)} on the first batch's input "
+            f"({_describe(x)}); its (input, target) pairs must hold inputs the model takes"
+        ) from e
     try:
         with _probe(model):
             loss = loss_fn(out, y.to(out.device) if torch.is_tensor(y) and torch.is_tensor(out) else y)
     except Exception as e:
-        raise ValueError(f"loss_fn(output, target) raised {_err(e)} on the first score batch (output "
-                         f"{_describe(out)}, target {_describe(y)}); {fix}") from e
-    _check(torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point(),
-           f"loss_fn returned {_describe(loss)} on the first score batch; {fix} (reduction='mean')")
+        raise ValueError(
+            f"loss_fn(output, target) raised {_err(e)} on the first score batch (output "
+            f"{_describe(out)}, target {_describe(y)}); {fix}"
+        ) from e
+    _check(
+        torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point(),
+        f"loss_fn returned {_describe(loss)} on the first score batch; {fix} (reduction='mean')",
+    )
 
-# %% ../nbs/08_grow.ipynb #3760cc86
+# %% ../nbs/08_grow.ipynb #235956e2
 def _check_ratio(cfg: GrowConfig, gs, r: int):
     "Growth by `ratio` (no targets): round `r` adds at least one neuron."
     if cfg.ratio is None or cfg.budget is not None:
@@ -520,12 +575,12 @@ def _check_ratio(cfg: GrowConfig, gs, r: int):
     per_group = cfg.control is not None or cfg.allocation is not None  # round(ratio * n) in each group
     n = sum(g.n_neurons for g in gs)
     adds = sum(round(cfg.ratio * g.n_neurons) for g in gs) if per_group else cfg.ratio * n >= 1
-    _check(adds, _bad('ratio', cfg.ratio, 'large enough to add a neuron', f"round {r} would add none to widths "
-           f"{[g.n_neurons for g in gs]}; raise ratio, or give widths or growth_factor"))
+    todo = f"round {r} would add none to widths {[g.n_neurons for g in gs]}; raise ratio, or give widths or "
+    _need(adds, 'ratio', cfg.ratio, 'large enough to add a neuron', todo + "growth_factor")
 
-
+# %% ../nbs/08_grow.ipynb #989fda54
 def _check_targets(cfg: GrowConfig, groups, start: int = 1, stop: int | None = None):
-    "Rounds `start`..`stop`: targets never below a group's width, reachable by a split, the first adding a neuron."
+    "Rounds `start`..`stop`: targets never below a width, reachable by a split, the first adding a neuron."
     ctl, stop = cfg.control, cfg.rounds if stop is None else stop
     if ctl is not None and not ctl.grows or start > stop:
         return
@@ -541,20 +596,26 @@ def _check_targets(cfg: GrowConfig, groups, start: int = 1, stop: int | None = N
         low = [(g, t) for g, t in zip(gs, raw) if t < g.n_neurons and not by_sum]
         far = [(g, t) for g, t in zip(gs, raw) if t > cfg.m * g.n_neurons and splits and not by_sum]
         for g, t in low[:1]:
-            raise ValueError(f"GrowConfig.{where} asks group {g.name!r} for {t} neurons in round {r}, but it has "
-                             f"{g.n_neurons} (widths {now}) and s3d never removes neurons; give one width per group, "
-                             "a dict {group name: width}, or relative targets (growth_factor=1.5)")
+            raise ValueError(
+                f"GrowConfig.{where} asks group {g.name!r} for {t} neurons in round {r}, but it has "
+                f"{g.n_neurons} (widths {now}) and s3d never removes neurons; give one width per group, "
+                "a dict {group name: width}, or relative targets (growth_factor=1.5)"
+            )
         for g, t in far[:1]:
-            raise ValueError(f"GrowConfig.{where} asks group {g.name!r} to grow from {g.n_neurons} to {t} neurons in "
-                             f"round {r}, but a split makes at most m={cfg.m} copies of a neuron; give at most "
-                             f"{cfg.m * g.n_neurons}, more rounds or a larger m (<= 4)")
-        _check(r > start or sum(raw) > sum(now.values()) and any(t > n for t, n in zip(raw, now.values())),
-               f"GrowConfig.{where}: round {r}'s targets {raw} add no neuron to the current widths "
-               f"{list(now.values())}; give targets above the current widths")
+            raise ValueError(
+                f"GrowConfig.{where} asks group {g.name!r} to grow from {g.n_neurons} to {t} neurons in "
+                f"round {r}, but a split makes at most m={cfg.m} copies of a neuron; give at most "
+                f"{cfg.m * g.n_neurons}, more rounds or a larger m (<= 4)"
+            )
+        _check(
+            r > start or sum(raw) > sum(now.values()) and any(t > n for t, n in zip(raw, now.values())),
+            f"GrowConfig.{where}: round {r}'s targets {raw} add no neuron to the current widths "
+            f"{list(now.values())}; give targets above the current widths",
+        )
         for g, t in zip(gs, raw):
             g.n_neurons = max(t, g.n_neurons)
 
-# %% ../nbs/08_grow.ipynb #e1f3c799
+# %% ../nbs/08_grow.ipynb #b8045ddb
 def preflight(
     model: nn.Module,  # the network to grow
     loss_fn,  # loss_fn(output, target) -> scalar mean loss
@@ -570,26 +631,36 @@ def preflight(
     cfg.validate()
     if train_fn is not None:
         _check_train_fn(train_fn, evaluate)
-    with torch.random.fork_rng(devices=[]):  # a DataLoader's iterator draws a seed: not from the run's streams
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # a DataLoader's iterator draws a seed: not from the run's streams
         _check_forward(model, example_input)
         groups = _check_groups(model, example_input)
         stop = cfg.rounds if stop is None else stop
-        first, batches = _check_batches(score_batches, stop - start + 1 if not callable(score_batches) else 1, cfg)
+        first, batches = _check_batches(
+            score_batches, stop - start + 1 if not callable(score_batches) else 1, cfg
+        )
         _check_loss(model, loss_fn, first)
     _check_targets(cfg, groups, start, stop)
     return groups, batches
 
-# %% ../nbs/08_grow.ipynb #8a9159f9
+# %% ../nbs/08_grow.ipynb #8d9b684e
 def train_metrics(tr, r: int):
     "What `train_fn` returned in round `r`, as metrics: None, a dict, a list of dicts or a number (its loss)."
     if tr is None or isinstance(tr, Mapping):
         return tr
     if isinstance(tr, (list, tuple)) and all(isinstance(d, Mapping) for d in tr):
         return list(tr)
-    if isinstance(tr, (int, float, np.number)) and not isinstance(tr, bool) or torch.is_tensor(tr) and tr.numel() == 1:
+    if (
+        isinstance(tr, (int, float, np.number))
+        and not isinstance(tr, bool)
+        or torch.is_tensor(tr)
+        and tr.numel() == 1
+    ):
         return {'loss': float(tr)}
     raise TypeError(
-        f"train_fn(model, {r}) returned {_describe(tr)}; return None, a number (logged as train_loss), a dict of "
+        f"train_fn(model, {r}) returned {_describe(tr)}; return None, a number (logged as train_loss), "
+        "a dict of "
         "metrics (logged with a 'train_' prefix) or a list of such dicts (the last one is logged)"
     )
 
@@ -641,7 +712,7 @@ def _summary(plan, schemes, eps, sel, step, parents) -> dict:
         stable=float(stable),
     )
 
-# %% ../nbs/08_grow.ipynb #fc43c85b
+# %% ../nbs/08_grow.ipynb #62dc1ff9
 def _split_round(model, loss_fn, batches, example_input, cfg, rnd, reduce, groups) -> dict:
     "`split_round` after its checks; warns when the round adds no neuron."
     ctl, gen = cfg.control, torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
@@ -674,8 +745,10 @@ def split_round(
     reduce=None,  # sums statistics over data-parallel processes (`s3d.distributed`)
 ) -> dict:
     "One architecture step (round `rnd`): check the arguments, score, select, grow in place; a summary."
-    _check(rnd is not None or cfg.widths is None, "split_round needs rnd (the round whose targets to use) when "
-           "GrowConfig.widths is given")
+    _check(
+        rnd is not None or cfg.widths is None,
+        "split_round needs rnd (the round whose targets to use) when " "GrowConfig.widths is given",
+    )
     r = 1 if rnd is None else rnd
     checked = replace(cfg, rounds=r)  # `rounds` is the loop's: this call needs round r's settings only
     groups, batches = preflight(model, loss_fn, batches, example_input, checked, start=r, stop=r)
@@ -684,18 +757,20 @@ def split_round(
 # %% ../nbs/08_grow.ipynb #cfb43610
 @dataclass
 class GrowResult:
-    """The grown model and its history, one row per round (round 0 trains the seed; rounds 1.. grow, then train).
+    """The grown model and its history, one row per round (round 0 trains the seed; later rounds grow, then
+    train).
 
-    History columns: `method`, `m`, `c` and the keys of `label` (constant); `round`; `neurons` (all split groups'
-    neurons after the round's growth) and `widths` (JSON list, one per group in forward order); `params` and
-    `flops` (per sample); `split` (neurons split or grown from) and `added` (new neurons: a neuron split into k
-    copies adds k - 1); `kinds` (the schemes used, 'kind:count;...'); `predicted_dloss` (eps^2/2 * sum of the
-    chosen gains: the second-order loss change of the splits, NaN for a control); for signed splits `eps` (the
-    step taken), `held_loss` (mean loss on the first `held` scoring samples before the split) and
-    `measured_dloss` (its change by the split); `stable` (fraction of neurons with gain >= 0 before the split:
-    neurons no split improves; 1.0 is a splitting-stable network); `train_*` (what train_fn returned: None, a
-    number (`train_loss`), a dict of metrics, or a list of dicts of which the last is logged); `test_*` (what
-    `evaluate` returned); `seconds` (the round's wall time).
+    History columns: `method`, `m`, `c` and the keys of `label` (constant); `round`; `neurons` (all
+    split groups' neurons after the round's growth) and `widths` (JSON list, one per group in forward
+    order); `params` and `flops` (per sample); `split` (neurons split or grown from) and `added` (new
+    neurons: a neuron split into k copies adds k - 1); `kinds` (the schemes used, 'kind:count;...');
+    `predicted_dloss` (eps^2/2 * sum of the chosen gains: the second-order loss change of the splits,
+    NaN for a control); for signed splits `eps` (the step taken), `held_loss` (mean loss on the first
+    `held` scoring samples before the split) and `measured_dloss` (its change by the split); `stable`
+    (fraction of neurons with gain >= 0 before the split: neurons no split improves; 1.0 is a splitting-
+    stable network); `train_*` (what train_fn returned: None, a number (`train_loss`), a dict of
+    metrics, or a list of dicts of which the last is logged); `test_*` (what `evaluate` returned);
+    `seconds` (the round's wall time).
     """
 
     model: nn.Module  # the grown network (the one passed in, grown in place, unless resumed)
@@ -742,8 +817,10 @@ def _bar(cfg, start, progress):
         range(start, cfg.rounds + 1), desc=desc, disable=not progress, initial=start, total=cfg.rounds + 1
     )
 
-# %% ../nbs/08_grow.ipynb #c98f1aa1
-def _setup(model, train_fn, loss_fn, score_batches, example_input, cfg, evaluate, out_dir, label, is_writer, dist):
+# %% ../nbs/08_grow.ipynb #d36ff564
+def _setup(
+    model, train_fn, loss_fn, score_batches, example_input, cfg, evaluate, out_dir, label, is_writer, dist
+):
     "Every check, data-parallel wrapping and the checkpoint to resume from, for `grow`'s loop."
     cfg.validate()
     _check_train_fn(train_fn, evaluate)
@@ -752,21 +829,26 @@ def _setup(model, train_fn, loss_fn, score_batches, example_input, cfg, evaluate
         is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
     ckpt = Checkpoint(out_dir, cfg.key(label), is_writer)
     st = ckpt.resume(model)
-    _, batches = preflight(model, loss_fn, score_batches, example_input, cfg, start=st['round'] + 1 if st else 1)
+    _, batches = preflight(
+        model, loss_fn, score_batches, example_input, cfg, start=st['round'] + 1 if st else 1
+    )
     if not model.training:
         warnings.warn(
-            "model is in eval mode (model.training is False) and grow never changes the mode: train_fn trains it "
+            "model is in eval mode (model.training is False) and grow never changes the mode: train_fn "
+            "trains it "
             "in eval mode (BatchNorm on running statistics, dropout off) unless it calls model.train(); call "
             "model.train() before grow, or in train_fn"
         )
-    return SimpleNamespace(train_fn=train_fn, reduce=reduce, is_writer=is_writer, ckpt=ckpt, st=st, batches=batches)
+    return SimpleNamespace(
+        train_fn=train_fn, reduce=reduce, is_writer=is_writer, ckpt=ckpt, st=st, batches=batches
+    )
 
 # %% ../nbs/08_grow.ipynb #897ae977
 def grow(
     model: nn.Module,  # seed network (grown in place, unless resumed from a checkpoint)
-    train_fn,  # train_fn(model, round[, state]) trains in place; returns None, a loss, a dict or a list of dicts
+    train_fn,  # train_fn(model, round[, state]) trains in place; -> None, a loss, a dict or dicts
     loss_fn,  # loss_fn(output, target) -> scalar mean loss: the loss the splits descend
-    score_batches,  # iterable of (input, target) pairs (or a callable returning one) on which neurons are scored
+    score_batches,  # iterable of (input, target) pairs (or a callable returning one) to score neurons
     example_input,  # one input batch (shapes, FLOPs), e.g. X[:1]
     cfg: GrowConfig,  # the run's settings
     evaluate=None,  # evaluate(model) -> dict of metrics, logged with a 'test_' prefix
@@ -776,8 +858,10 @@ def grow(
     is_writer: bool = True,  # whether this process writes files (False on DDP ranks > 0)
     dist=None,  # data-parallel hooks (`s3d.distributed.DistContext`)
 ) -> GrowResult:
-    "Algorithm 1 (S2D / S3D): check every argument, then alternate training and growth for `cfg.rounds` rounds."
-    s = _setup(model, train_fn, loss_fn, score_batches, example_input, cfg, evaluate, out_dir, label, is_writer, dist)
+    "Algorithm 1 (S2D / S3D): check every argument, then alternate training and growth, `cfg.rounds` rounds."
+    s = _setup(
+        model, train_fn, loss_fn, score_batches, example_input, cfg, evaluate, out_dir, label, is_writer, dist
+    )
     st = s.st
     rows, run = (list(st['history']), st['run']) if st else ([], {})
 
@@ -807,20 +891,30 @@ def grow(
         save('done', r, {}, {})
     return GrowResult(model, pd.DataFrame(rows))
 
-# %% ../nbs/08_grow.ipynb #bf6e050f
+# %% ../nbs/08_grow.ipynb #d3fb9bc9
 def arg_comments(obj) -> dict:
-    "Argument (or dataclass field) name -> the comment on the line where it ends in `obj`'s source (None: none)."
+    "Argument (or dataclass field) name -> the comment on the line where it ends in `obj`'s source, or None."
     src = textwrap.dedent(inspect.getsource(obj))
     node = ast.parse(src).body[0]
     toks = tokenize.generate_tokens(io.StringIO(src).readline)
     notes = {t.start[0]: t.string.lstrip('#').strip() for t in toks if t.type == tokenize.COMMENT}
     if isinstance(node, ast.ClassDef):
-        ends = {s.target.id: s.end_lineno for s in node.body if isinstance(s, ast.AnnAssign) and hasattr(s.target, 'id')}
+        ends = {
+            s.target.id: s.end_lineno
+            for s in node.body
+            if isinstance(s, ast.AnnAssign) and hasattr(s.target, 'id')
+        }
     else:
         a = node.args
-        args = [*a.posonlyargs, *a.args, *([a.vararg] if a.vararg else []), *a.kwonlyargs, *([a.kwarg] if a.kwarg else [])]
+        args = [
+            *a.posonlyargs,
+            *a.args,
+            *([a.vararg] if a.vararg else []),
+            *a.kwonlyargs,
+            *([a.kwarg] if a.kwarg else []),
+        ]
         pos = [*a.posonlyargs, *a.args]
-        dflt = {x.arg: d for x, d in zip(pos[len(pos) - len(a.defaults):], a.defaults)}
+        dflt = {x.arg: d for x, d in zip(pos[len(pos) - len(a.defaults) :], a.defaults)}
         dflt.update({x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
         ends = {x.arg: max(x.end_lineno, getattr(dflt.get(x.arg), 'end_lineno', 0)) for x in args}
         ends.pop('self', None)
@@ -829,12 +923,18 @@ def arg_comments(obj) -> dict:
 
 
 def with_arg_docs(obj, fallback: dict | None = None):
-    "Add an 'Arguments:' ('Fields:' for a class) section from `obj`'s docments to its docstring; returns `obj`."
+    "Add an 'Arguments:' ('Fields:' for a class) section of `obj`'s docments to its docstring."
     try:
         docs = arg_comments(obj)
-    except (OSError, TypeError, SyntaxError):  # no source (e.g. a frozen install): the docstring stays as it is
+    except (
+        OSError,
+        TypeError,
+        SyntaxError,
+    ):  # no source (e.g. a frozen install): the docstring stays as it is
         return obj
-    lines = [f"    {k}: {v or (fallback or {}).get(k)}" for k, v in docs.items() if v or (fallback or {}).get(k)]
+    lines = [
+        f"    {k}: {v or (fallback or {}).get(k)}" for k, v in docs.items() if v or (fallback or {}).get(k)
+    ]
     head = '\n\nFields:\n' if isinstance(obj, type) else '\n\nArguments:\n'
     base = (obj.__doc__ or '').split(head)[0]  # applying it twice changes nothing
     obj.__doc__ = base + head + '\n'.join(lines) if lines else base

@@ -44,7 +44,7 @@ def _candidates(schemes: dict, threshold: float, per_layer_cap):
 
 
 def _knapsack(values, sizes, budget, max_bins=20000):
-    "Indices maximising sum(values) with sum(sizes) <= budget: exact for integer sizes (FLOPs, params), else on a grid."
+    "Indices maximising sum(values) with sum(sizes) <= budget: exact for integer sizes, else on a grid."
     sizes = np.asarray(sizes, dtype=float)
     if len(sizes) == 0:
         return []
@@ -73,7 +73,7 @@ def _knapsack(values, sizes, budget, max_bins=20000):
 
 # %% ../nbs/06_select.ipynb #39e674ca
 def _fit_realised(cand: list, costs: dict, budget: float, realised) -> list:
-    "The longest prefix of `cand` (best gain per linear cost first) whose `realised(new neurons per group)` fits `budget`."
+    "The longest prefix of `cand` (best gain per linear cost first) whose `realised` cost fits `budget`."
     order = sorted(cand, key=lambda t: t[2] / max(costs[t[0]] * t[3], 1e-300))  # most gain per cost first
 
     def fits(n):
@@ -93,6 +93,27 @@ def _fit_realised(cand: list, costs: dict, budget: float, realised) -> list:
             hi = mid
     return order[:lo]
 
+# %% ../nbs/06_select.ipynb #f88628ab
+def _check_rules(schemes, ratio, max_count, threshold, per_layer_cap, budget, costs, realised):
+    "`select_neurons`' arguments in range, or a `ValueError` naming the one that is not."
+    cap = per_layer_cap
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if ratio is not None and not ratio > 0:
+        raise ValueError(f"ratio must be > 0, got {ratio}")
+    if max_count is not None and max_count < 0:
+        raise ValueError(f"max_count must be >= 0, got {max_count}")
+    if cap is not None and not (isinstance(cap, int) and cap >= 0 or isinstance(cap, float) and 0 < cap <= 1):
+        raise ValueError(f"per_layer_cap must be an int >= 0 or a fraction in (0, 1], got {cap!r}")
+    if (budget is None) != (costs is None):
+        raise ValueError("energy-aware selection needs both `budget` and `costs`")
+    if realised is not None and budget is None:
+        raise ValueError("`realised` prices an energy budget: give `budget` and `costs` too")
+    if budget is not None and not budget > 0:
+        raise ValueError(f"budget must be > 0, got {budget}")
+    if costs is not None and set(schemes) - set(costs):
+        raise ValueError(f"no cost given for groups {sorted(set(schemes) - set(costs))}")
+
 # %% ../nbs/06_select.ipynb #0a8c11a3
 def select_neurons(
     schemes: dict,  # group name -> `SplitSchemes` (from `score_neurons`)
@@ -107,27 +128,7 @@ def select_neurons(
     realised=None,  # callable(new neurons per group name) -> the grown network's added cost
 ) -> dict:
     "Choose neurons to split: group name -> sorted LongTensor of neuron indices."
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    if ratio is not None and not ratio > 0:
-        raise ValueError(f"ratio must be > 0, got {ratio}")
-    if max_count is not None and max_count < 0:
-        raise ValueError(f"max_count must be >= 0, got {max_count}")
-    if per_layer_cap is not None and not (
-        isinstance(per_layer_cap, int)
-        and per_layer_cap >= 0
-        or isinstance(per_layer_cap, float)
-        and 0 < per_layer_cap <= 1
-    ):
-        raise ValueError(f"per_layer_cap must be an int >= 0 or a fraction in (0, 1], got {per_layer_cap!r}")
-    if (budget is None) != (costs is None):
-        raise ValueError("energy-aware selection needs both `budget` and `costs`")
-    if realised is not None and budget is None:
-        raise ValueError("`realised` prices an energy budget: give `budget` and `costs` too")
-    if budget is not None and not budget > 0:
-        raise ValueError(f"budget must be > 0, got {budget}")
-    if costs is not None and set(schemes) - set(costs):
-        raise ValueError(f"no cost given for groups {sorted(set(schemes) - set(costs))}")
+    _check_rules(schemes, ratio, max_count, threshold, per_layer_cap, budget, costs, realised)
     cand = _candidates(schemes, threshold, per_layer_cap)
     if budget is not None:
         keep = _knapsack([-g for _, _, g, _ in cand], [costs[n] * k for n, _, _, k in cand], budget)
@@ -151,7 +152,7 @@ def select_neurons(
         out[name].append(i)
     return {name: torch.tensor(sorted(ix), dtype=torch.long) for name, ix in out.items()}
 
-# %% ../nbs/06_select.ipynb #caa2cb4a
+# %% ../nbs/06_select.ipynb #208e77af
 ALLOCATIONS = ('targets', 'gain', 'random')  # where a round's new neurons go (see `allocate`)
 
 
@@ -160,7 +161,7 @@ def target_widths(
     groups,  # the split groups (anything with `.name` and `.n_neurons`), in forward order
     rnd: int | None,  # the round (1-based); only `widths` needs it
 ) -> list | None:
-    "Round `rnd`'s target width of every group as given (a target may be below the width); None without targets."
+    "Round `rnd`'s target width of every group as given (maybe below its width), or None."
     f = getattr(cfg, 'growth_factor', None)
     if f is not None:
         return [math.floor(f * g.n_neurons + 0.5) for g in groups]
@@ -173,7 +174,8 @@ def target_widths(
         unknown = sorted(set(t) - {g.name for g in groups})
         if unknown:
             raise ValueError(
-                f"widths[{rnd - 1}] names {unknown}, which are not split groups of this model; its groups are "
+                f"widths[{rnd - 1}] names {unknown}, which are not split groups of this model; its "
+                "groups are "
                 f"{[g.name for g in groups]}"
             )
         return [int(t.get(g.name, g.n_neurons)) for g in groups]
@@ -184,13 +186,13 @@ def target_widths(
 
 
 def round_targets(cfg, groups, rnd: int | None) -> dict | None:
-    "Target width per group name in round `rnd` (never below the current width); None when growth goes by ratio."
+    "Target width per group name in round `rnd` (never below its width); None by ratio."
     t = target_widths(cfg, groups, rnd)
     return None if t is None else {g.name: max(w, g.n_neurons) for g, w in zip(groups, t)}
 
-# %% ../nbs/06_select.ipynb #26adbab1
+# %% ../nbs/06_select.ipynb #470d046b
 def new_counts(cfg, groups, rnd: int | None) -> dict:
-    "New neurons per group name in round `rnd` by the targets: up to the target width, else `round(ratio * n)`."
+    "New neurons per group name in round `rnd` up to the target width, else `round(ratio * n)`."
     ctl = cfg.control
     if ctl is not None and not ctl.grows:
         return {g.name: 0 for g in groups}
@@ -208,9 +210,9 @@ def round_total(cfg, groups, rnd: int | None) -> int:
         return sum(max(v, 0) for v in counts.values())
     return max(sum(raw) - sum(g.n_neurons for g in groups), 0)
 
-# %% ../nbs/06_select.ipynb #430d346b
+# %% ../nbs/06_select.ipynb #d0156fc7
 def select_round(schemes: dict, cfg, costs, groups, rnd: int | None = None) -> dict:
-    "Neurons to split: `select_neurons` with `cfg`'s rule, or per group the best ones up to this round's target width."
+    "Neurons to split: `select_neurons` with `cfg`'s rule, or each group's best up to its target width."
     tg = round_targets(cfg, groups, rnd)
     if tg is None:
         return select_neurons(
@@ -235,7 +237,7 @@ def select_round(schemes: dict, cfg, costs, groups, rnd: int | None = None) -> d
         )
     return out
 
-# %% ../nbs/06_select.ipynb #d055bcfc
+# %% ../nbs/06_select.ipynb #4664bc5d
 def gain_selection(schemes: dict, cfg, groups, total: int) -> dict:
     "The neurons with the best gains over all groups, adding `total` neurons in all."
     n = sum(g.n_neurons for g in groups)
@@ -265,7 +267,7 @@ def allocate(
     owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.n_neurons for g in groups]))
     return {g.name: int((owner[pick] == i).sum()) for i, g in enumerate(groups)}
 
-# %% ../nbs/06_select.ipynb #058fd821
+# %% ../nbs/06_select.ipynb #3ffb9927
 def split_selection(schemes: dict, cfg, costs, groups, rnd: int | None, gen=None) -> dict:
     "Neurons a signed split takes this round: `select_round`, or by `cfg.allocation` when it is set."
     if cfg.allocation is None:
@@ -284,9 +286,9 @@ def split_selection(schemes: dict, cfg, costs, groups, rnd: int | None, gen=None
         for g in groups
     }
 
-# %% ../nbs/06_select.ipynb #d9f7b453
+# %% ../nbs/06_select.ipynb #a9901a9d
 def nothing_added(cfg, groups, rnd: int | None, schemes: dict | None = None) -> str:
-    "Why round `rnd` adds no neuron under `cfg` (`schemes`: the round's split schemes, when it scored neurons)."
+    "Why round `rnd` adds no neuron under `cfg` (`schemes`: the round's split schemes, if scored)."
     tg = round_targets(cfg, groups, rnd)
     widths = ', '.join(f"{g.name}: {g.n_neurons}" for g in groups)
     if tg is not None and all(tg[g.name] <= g.n_neurons for g in groups):
@@ -296,7 +298,8 @@ def nothing_added(cfg, groups, rnd: int | None, schemes: dict | None = None) -> 
         if not bool((gains < -cfg.threshold).any()):
             low = f"{float(gains.min()):.3g}" if len(gains) else "none (no neuron can split)"
             return (
-                f"no neuron has a splitting gain below -threshold = {-cfg.threshold:g} (the lowest is {low}): no "
+                f"no neuron has a splitting gain below -threshold = {-cfg.threshold:g} (lowest {low}): "
+                "no "
                 "split lowers the loss to second order here; lower `threshold`, train longer, or grow by a "
                 "control (growth='random')"
             )
@@ -304,21 +307,22 @@ def nothing_added(cfg, groups, rnd: int | None, schemes: dict | None = None) -> 
             return f"no split fits budget={cfg.budget:g} ({cfg.cost}); raise the budget"
     if tg is None and cfg.ratio is not None:
         return (
-            f"ratio={cfg.ratio:g} of the widths ({widths}) gives less than one new neuron; raise ratio, or give "
+            f"ratio={cfg.ratio:g} of the widths ({widths}) gives less than one new neuron; raise ratio, or "
+            "give "
             "widths or growth_factor"
         )
     return "max_count or per_layer_cap leaves no neuron to split; raise them"
 
 # %% ../nbs/06_select.ipynb #6133f2f6
 class NeuronCosts(dict):
-    "Group name -> added cost of one more neuron (the knapsack's linear price); `added` counts the real cost of a grown copy."
+    "Group name -> added cost of one more neuron (the knapsack's price); `added`: a grown copy's real cost."
 
     def __init__(self, prices: dict, model: nn.Module, example_input, what: str, base: int):
         super().__init__(prices)
         self.model, self.example_input, self.what, self.base = model, example_input, what, base
 
     def added(self, counts: dict) -> int:
-        "Added FLOPs or params of the network with `counts[name]` more neurons per group (adjacent layers' growth multiplies)."
+        "Added FLOPs or params with `counts[name]` more neurons per group (adjacent growths multiply)."
         twin = copy.deepcopy(self.model)
         for g in split_groups(twin, self.example_input):
             n = int(counts.get(g.name, 0))
@@ -334,7 +338,7 @@ def neuron_costs(
     example_input,  # one batch, for shapes and FLOPs
     what: str = 'flops',  # 'flops' or 'params'
 ) -> NeuronCosts:
-    "Added FLOPs (per sample) or parameters of one more neuron, per split group name (and `.added` for several)."
+    "Added FLOPs (per sample) or parameters of one more neuron per split group (`.added`: for several)."
     k = {'params': 0, 'flops': 1}[what]
     base = count_params_flops(model, example_input)[k]
     out = {}
