@@ -580,13 +580,13 @@ def _check_ratio(cfg: GrowConfig, gs, r: int):
 
 # %% ../nbs/08_grow.ipynb #989fda54
 def _check_targets(cfg: GrowConfig, groups, start: int = 1, stop: int | None = None):
-    "Rounds `start`..`stop`: targets never below a width, reachable by a split, the first adding a neuron."
+    "Rounds `start`..`stop`: targets never below a width, reachable by a split, one adding a neuron."
     ctl, stop = cfg.control, cfg.rounds if stop is None else stop
     if ctl is not None and not ctl.grows or start > stop:
         return
     by_sum = cfg.allocation in ('gain', 'random')  # targets give only the round's total
     splits = (ctl is None or cfg.allocation == 'gain') and cfg.allocation != 'random'
-    gs = [SimpleNamespace(name=g.name, n_neurons=g.n_neurons) for g in groups]
+    gs, grows = [SimpleNamespace(name=g.name, n_neurons=g.n_neurons) for g in groups], False
     for r in range(start, stop + 1):
         raw = target_widths(cfg, gs, r)
         if raw is None:
@@ -607,13 +607,15 @@ def _check_targets(cfg: GrowConfig, groups, start: int = 1, stop: int | None = N
                 f"round {r}, but a split makes at most m={cfg.m} copies of a neuron; give at most "
                 f"{cfg.m * g.n_neurons}, more rounds or a larger m (<= 4)"
             )
-        _check(
-            r > start or sum(raw) > sum(now.values()) and any(t > n for t, n in zip(raw, now.values())),
-            f"GrowConfig.{where}: round {r}'s targets {raw} add no neuron to the current widths "
-            f"{list(now.values())}; give targets above the current widths",
-        )
+        adds = sum(raw) > sum(now.values()) and any(t > n for t, n in zip(raw, now.values()))
+        if r == start:
+            first = f"GrowConfig.{where}: round {r}'s targets {raw} add no neuron to the current widths "
+            first += f"{list(now.values())}"
+        grows = grows or adds
         for g, t in zip(gs, raw):
             g.n_neurons = max(t, g.n_neurons)
+    later = ", nor does any later round" if stop > start else ""
+    _check(grows, f"{first}{later}; give targets above the current widths")
 
 # %% ../nbs/08_grow.ipynb #b8045ddb
 def preflight(

@@ -156,6 +156,8 @@ def test_settings_a_method_does_not_use_are_allowed():
 
 def test_targets_at_or_below_the_current_widths():
     _refused(r"widths\[0\]: round 1's targets \[4, 64\] add no neuron", cfg=GrowConfig(rounds=1, widths=((4, 64),)))
+    _refused(r"round 1's targets \[4, 64\] add no neuron to the current widths \[4, 64\], nor does any later round",
+             cfg=GrowConfig(rounds=2, growth='random', widths=((4, 64), (4, 64))))
     _refused(r"asks group '2' for 32 neurons in round 1, but it has 64", cfg=GrowConfig(rounds=1, widths=(32,)))
     _refused(r"asks group '0' to grow from 4 to 9 neurons", cfg=GrowConfig(rounds=1, widths=((9, 64),)))
     _refused(r"names \['fc9'\], which are not split groups of this model; its groups are \['0', '2'\]",
