@@ -102,7 +102,7 @@ def _check_numbers(self: GrowConfig):
     "Every numeric field in its range."
     cap, f, n = self.per_layer_cap, self.growth_factor, self.max_count
     _need(_is_int(self.rounds) and self.rounds >= 0, 'rounds', self.rounds, 'an int >= 0')
-    no_more = 'no split into more than 4 copies lowers the loss further (Theorem 2.3)'
+    no_more = 'a split makes m >= 2 copies, and more than 4 never lower the loss further (Theorem 2.3)'
     _need(_is_int(self.m) and self.m in (2, 3, 4), 'm', self.m, '2, 3 or 4', no_more)
     _need(self.c >= 1, 'c', self.c, '>= 1', '1 is S2D, c > 1 (e.g. 3) allows signed splits')
     _need(self.ratio is None or self.ratio > 0, 'ratio', self.ratio, '> 0 or None')

@@ -174,14 +174,16 @@ def target_widths(
         unknown = sorted(set(t) - {g.name for g in groups})
         if unknown:
             raise ValueError(
-                f"widths[{rnd - 1}] names {unknown}, which are not split groups of this model; its "
+                f"GrowConfig.widths[{rnd - 1}] names {unknown}, which are not split groups of this model; "
+                "its "
                 "groups are "
                 f"{[g.name for g in groups]}"
             )
         return [int(t.get(g.name, g.n_neurons)) for g in groups]
     t = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
     if len(t) != len(groups):
-        raise ValueError(f"widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups")
+        n = f"GrowConfig.widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups"
+        raise ValueError(n + " (one per group in forward order); or give a dict {group name: width}")
     return [int(w) for w in t]
 
 
