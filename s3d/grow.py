@@ -515,25 +515,27 @@ def _check_batches(score_batches, passes: int, cfg):
             f"iterable of pairs; {pair}"
         )
     b = score_batches() if callable(score_batches) else score_batches
-    _check(
-        not torch.is_tensor(b) and isinstance(b, Iterable),
-        f"score_batches must be an iterable of (input, target) pairs, got {_describe(b)}; {pair}",
-    )
-    one_shot = isinstance(b, Iterator)
+    bad = f"score_batches must be an iterable of (input, target) pairs, got {_describe(b)}; {pair}"
+    _check(not torch.is_tensor(b), bad)
+    try:
+        it = iter(b)
+    except TypeError:
+        raise ValueError(bad) from None
+    one_shot = it is b  # an iterator (e.g. a generator): read once
     reads = passes > 1 or cfg.step == 'line_search' or cfg.eigen == 'stream'
     _check(
         not (one_shot and reads),
         f"score_batches is a one-shot iterator ({type(b).__name__}) but is read "
         f"more than once ({passes} round(s), step={cfg.step!r}, eigen={cfg.eigen!r}); {pair}",
     )
-    it = iter(b)
     first = next(it, None)
     _check(first is not None, f"score_batches is empty; {pair}")
     _check(
         isinstance(first, (tuple, list)) and len(first) == 2,
         f"score_batches must yield (input, target) pairs; its first item is {_describe(first)}; {pair}",
     )
-    return first, (itertools.chain([first], it) if one_shot else score_batches)
+    again = one_shot and not callable(score_batches)  # a callable gives fresh batches every round
+    return first, (itertools.chain([first], it) if again else score_batches)
 
 # %% ../nbs/08_grow.ipynb #3605e408
 def _check_loss(model: nn.Module, loss_fn, first):

@@ -175,9 +175,7 @@ def target_widths(
         if unknown:
             raise ValueError(
                 f"GrowConfig.widths[{rnd - 1}] names {unknown}, which are not split groups of this model; "
-                "its "
-                "groups are "
-                f"{[g.name for g in groups]}"
+                f"its groups are {[g.name for g in groups]}"
             )
         return [int(t.get(g.name, g.n_neurons)) for g in groups]
     t = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)

@@ -298,3 +298,14 @@ def test_readme_snippet():
     cfg = s3d.GrowConfig.preset('recommended', rounds=2, growth_factor=1.5)
     res = s3d.grow(model, train_fn, nn.functional.cross_entropy, [(X, y)], X[:1], cfg, progress=False)
     assert res.history['widths'].tolist() == ['[4, 64]', '[6, 96]', '[9, 144]']
+
+
+def test_score_batches_any_iterable():
+    """Anything `for x, y in score_batches` reads is accepted: a sequence with only __getitem__, a callable."""
+    class Batches:
+        def __getitem__(self, i):
+            if i > 0:
+                raise IndexError
+            return X_, Y_
+    preflight(_mlp(), nn.functional.cross_entropy, Batches(), X_[:1], GrowConfig(rounds=2))
+    preflight(_mlp(), nn.functional.cross_entropy, lambda: iter([(X_, Y_)]), X_[:1], GrowConfig(rounds=2))
