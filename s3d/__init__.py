@@ -8,9 +8,11 @@ The public entry points live at the top level:
 - `extreme_eigenpairs(model, groups, loss_fn, batches, method)`: lambda_min/max and eigenvectors (`s3d.eigen`);
 - `split_gain`, `split_scheme`, `split_schemes`: optimal signed splits (`s3d.schemes`);
 - `split_neurons(model, group, neurons, schemes, eps)`, `apply_splits(model, plan, eps)`: function-preserving surgery, one group or a whole round atomically (`s3d.surgery`);
-- `grow(...)`, `GrowConfig`, `GrowConfig.preset(name)`: the S2D/S3D loop, fixed or line-searched step, where new
-  neurons go (`allocation`); `split_round(...)` is one growth step for users who keep their own training loop;
-  `scratch_model` rebuilds a grown architecture freshly initialised (`s3d.grow`);
+- `score_neurons`, `select_neurons`: every neuron's optimal split and the choice of which to split; round targets
+  (`widths`, `growth_factor`), allocation and neuron costs live there too (`s3d.select`);
+- `grow(...)`, `GrowConfig`, `GrowConfig.preset(name)`: the S2D/S3D loop, every argument checked before the first
+  epoch, fixed or line-searched step; `split_round(...)` is one growth step for users who keep their own training
+  loop; `scratch_model` rebuilds a grown architecture freshly initialised (`s3d.grow`);
 - `s3d.controls`: growth controls, one registered class each (`RandomGrowth`, `Net2Net`, `GradMax`, `Scratch`;
   `register_control` adds one);
 - `s3d.checkpoint`: `load_grown_state` reloads a grown checkpoint; `TrainState` lets a `train_fn` resume at its last
@@ -29,5 +31,21 @@ from s3d.select import score_neurons, select_neurons
 from s3d.surgery import split_neurons, apply_splits, remap_channels, remap_optimizer
 from s3d.checkpoint import Checkpoint, CheckpointError, TrainState, load_checkpoint, load_grown_state
 from s3d.controls import CONTROLS, Control, register_control, RandomGrowth, Net2Net, GradMax, Scratch
-from s3d.grow import grow, GrowConfig, GrowResult, split_round, scratch_model
+from s3d.grow import grow, GrowConfig, GrowResult, split_round, scratch_model, with_arg_docs as _with_arg_docs
+from s3d.select import neuron_costs, allocate, round_targets
 from s3d.cost import count_params_flops
+
+# help() and Jupyter's `?` list every argument: the docments (comments on the argument lines) carried into docstrings.
+_SPLIT_SCHEMES_ARGS = dict(  # `split_schemes` has no docments yet: these stand in until it has
+    lam_min='(n,) smallest eigenvalue of each neuron\'s splitting matrix',
+    v_min='(n, d) its unit eigenvector',
+    lam_max='(n,) largest eigenvalue',
+    v_max='(n, d) its unit eigenvector',
+    m='maximal copies per neuron (2, 3 or 4)',
+    c='weight budget sum|w| <= c (1 = S2D)',
+)
+for _obj in (grow, split_round, GrowConfig, GrowResult, split_groups, extreme_eigenpairs, split_neurons,
+             apply_splits, score_neurons, select_neurons, scratch_model, neuron_costs, splitting_matrices):
+    _with_arg_docs(_obj)
+_with_arg_docs(split_schemes, _SPLIT_SCHEMES_ARGS)
+del _obj

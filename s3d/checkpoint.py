@@ -6,7 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/checkpoint.html.md"""
 
 # %% ../nbs/07a_checkpoint.ipynb #c7ecebcd
 from __future__ import annotations
-import inspect, io, random
+import inspect, io, json, random
 from pathlib import Path
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import warnings
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'GROW_KEYS', 'rng_state', 'set_rng_state', 'rng_states', 'set_rng_states', 'atomic_torch_save',
            'is_plain', 'CheckpointError', 'read_checkpoint', 'load_checkpoint', 'load_grown_state',
-           'restore_checkpoint', 'Checkpoint', 'TrainState', 'takes_state']
+           'restore_checkpoint', 'config_diff', 'Checkpoint', 'TrainState', 'takes_state']
 
 # %% ../nbs/07a_checkpoint.ipynb #58309c24
 def rng_state() -> dict:
@@ -180,6 +180,19 @@ def restore_checkpoint(model: nn.Module, st: dict, path) -> dict:
     set_rng_states(st['rng'])
     return st
 
+# %% ../nbs/07a_checkpoint.ipynb #f5f0bf52
+def config_diff(old: str, new: str) -> str:
+    "The fields where two configuration keys (JSON objects) differ, as 'field: old -> new'; else both texts."
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except ValueError:
+        a = b = None
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return f"{old} -> {new}"
+    show = lambda d, k: json.dumps(d[k], sort_keys=True) if k in d else '(not set)'
+    keys = [k for k in sorted({*a, *b}) if a.get(k, a) != b.get(k, a)]  # `a` itself stands for a missing key
+    return '; '.join(f"{k}: {show(a, k)} -> {show(b, k)}" for k in keys)
+
 # %% ../nbs/07a_checkpoint.ipynb #42913482
 class Checkpoint:
     "A run's `checkpoint.pt`: `resume(model)` checked against the run's config, `save(model, **state)`."
@@ -197,9 +210,9 @@ class Checkpoint:
         st = load_checkpoint(self.path)
         if st['config'] != self.config:
             raise CheckpointError(
-                f"{self.path} was written with a different configuration {st['config']} (this run: "
-                f"{self.config}); it was not touched. Use another out_dir, or move it away to start "
-                "this run afresh."
+                f"{self.path} was written with a different configuration "
+                f"({config_diff(st['config'], self.config)}; checkpoint -> this run); it was not touched. "
+                "Use another out_dir, or move it away to start this run afresh."
             )
         return restore_checkpoint(model, st, self.path)
 

@@ -6,65 +6,54 @@ Docs: https://s3d-dev.github.io/s3d/grow.html.md"""
 
 # %% ../nbs/08_grow.ipynb #58258f1c
 from __future__ import annotations
-import copy, time, json
-from dataclasses import dataclass, asdict
+import ast, copy, inspect, io, itertools, json, textwrap, time, tokenize, warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, asdict, replace
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from .graph import split_groups, to_model_device
+from fastcore.basics import patch
+from .graph import split_groups, to_model_device, model_device
 from .eigen import extreme_eigenpairs
-from .select import score_neurons, select_neurons
+from .select import score_neurons, select_neurons, ALLOCATIONS, NeuronCosts, neuron_costs, nothing_added
+from .select import target_widths, round_targets, new_counts, round_total, select_round
+from .select import gain_selection, allocate, split_selection
 from .surgery import split_neurons, remap_channels, apply_splits, _snapshot, _restore
 from .cost import count_params_flops
 from .atomic import atomic_write_csv
-from s3d.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    TrainState,
-    takes_state,
-    load_checkpoint,
-    read_checkpoint,
-    restore_checkpoint,
-    load_grown_state,
-    rng_state,
-    atomic_torch_save,
-    CKPT_FORMAT,
-)
+from .checkpoint import Checkpoint, CheckpointError, TrainState, takes_state, load_checkpoint
+from .checkpoint import read_checkpoint, restore_checkpoint, load_grown_state, rng_state
+from .checkpoint import atomic_torch_save, CKPT_FORMAT
 from .controls import CONTROLS, Control, GradMax, get_control
 
 # %% auto #0
-__all__ = ['GROWTHS', 'ALLOCATIONS', 'PRESETS', 'GrowConfig', 'NeuronCosts', 'neuron_costs', 'round_targets', 'new_counts',
-           'select_round', 'gain_selection', 'round_total', 'allocate', 'split_selection', 'control_round',
-           'scratch_model', 'held_batches', 'held_loss', 'pick_step', 'choose_step', 'split_round', 'GrowResult',
-           'grow']
+__all__ = ['GROWTHS', 'PRESETS', 'GrowConfig', 'control_round', 'scratch_model', 'held_batches', 'held_loss', 'pick_step',
+           'choose_step', 'preflight', 'train_metrics', 'split_round', 'GrowResult', 'grow', 'arg_comments',
+           'with_arg_docs']
 
 # %% ../nbs/08_grow.ipynb #1a91fcfc
-def _check(ok: bool, msg: str):
-    if not ok:
-        raise ValueError(msg)
-
-
 GROWTHS = {'split': 'S2D/S3D', **{k: c.method for k, c in CONTROLS.items()}}  # labels of the built-in methods
-ALLOCATIONS = ('targets', 'gain', 'random')
-_LATER = ('allocation', 'eigen_max_bytes')  # fields added after checkpoint format 2: keyed only when set
+_LATER = ('allocation', 'eigen_max_bytes', 'growth_factor')  # added after checkpoint format 2: keyed when set
 
 
 @dataclass
 class GrowConfig:
-    "Settings of one S2D/S3D growth run (or of a control grown the same way)."
+    "Settings of one growth run, S2D/S3D or a control grown the same way; `validate()` checks every field."
 
-    rounds: int = 3  # splitting rounds after the initial training
-    m: int = 2  # maximal copies per split (2 binary, 3 triplet, 4 quartet)
-    c: float = 1.0  # weight budget sum|w| <= c (1 = S2D)
-    eps: float = 1e-2  # split step: the fixed step, or the smallest the line search tries
-    ratio: float | None = 0.3  # growth ratio per round (new neurons / current neurons)
+    rounds: int = 3  # growth rounds after the initial training (round 0)
+    m: int = 2  # maximal copies per split: 2 (binary), 3 (triplet) or 4 (quartet)
+    c: float = 1.0  # weight budget sum|w| <= c of a split (1 = S2D; > 1 allows signed splits, S3D)
+    eps: float = 1e-2  # split step: the fixed step, or the smallest the line search tries (signed splits)
+    ratio: float | None = 0.3  # new neurons per round / current neurons, used without widths or growth_factor
     max_count: int | None = None  # at most this many neurons split per round
-    threshold: float = 0.0  # split only neurons with gain < -threshold
+    threshold: float = 0.0  # split only neurons with gain < -threshold (>= 0)
     per_layer_cap: int | float | None = None  # per-layer cap: count (int) or fraction (float)
-    budget: float | None = None  # energy-aware: max added cost per round (see `cost`)
+    budget: float | None = None  # energy-aware: max added cost per round (see `cost`), in place of ratio
     cost: str = 'flops'  # 'flops' or 'params': the unit of `budget`
     eigen: str = 'fast'  # 'exact', 'fast', 'cached' or 'stream' (see `extreme_eigenpairs`)
     seed: int = 0  # seed of the eigen-solver start vectors and of the controls' draws
@@ -73,9 +62,10 @@ class GrowConfig:
     eps_max: float = 1.0  # line search: largest step tried
     eps_grid: int = 9  # line search: number of grid steps from eps to eps_max
     held: int | None = 512  # scoring samples on which a step's loss change is measured (None: all)
-    widths: tuple | None = None  # per-round target widths (an int for all groups, or one per group)
-    allocation: str | None = None  # where new neurons go: 'targets', 'gain', 'random' (see `allocate`)
+    widths: tuple | None = None  # target widths per round: an int, one per group, or a dict {group name: int}
+    allocation: str | None = None  # where new neurons go: 'targets', 'gain', 'random' (`s3d.select.allocate`)
     eigen_max_bytes: int | None = None  # memory budget of the eigen solver (None: its default)
+    growth_factor: float | None = None  # relative targets: each round every group grows to factor x its width
 
     @property
     def control(self) -> Control | None:
@@ -84,6 +74,7 @@ class GrowConfig:
 
     @property
     def method(self) -> str:
+        "The method's label in the history: S2D, S3D (line search) or the control, and its allocation."
         ctl = self.control
         if ctl is not None:
             name = ctl.method
@@ -91,65 +82,175 @@ class GrowConfig:
             name = ('S2D' if self.c == 1 else 'S3D') + (' line search' if self.step == 'line_search' else '')
         return name if self.allocation is None else f'{name} [{self.allocation}]'
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> GrowConfig:
-        "The named configuration `PRESETS[name]`, with `overrides` (e.g. `widths`, `rounds`, `seed`) on top."
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; the presets are {list(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides}).validate()
+# %% ../nbs/08_grow.ipynb #5069b0de
+def _check(ok: bool, msg: str):
+    if not ok:
+        raise ValueError(msg)
 
-    def key(self, label: dict | None = None) -> str:
-        "The run's configuration as JSON: a checkpoint written under another key is not resumed."
-        d = asdict(self)
-        d['growth'] = self.growth if isinstance(self.growth, str) else self.control.params()
-        for k in _LATER:
-            if d[k] is None:
-                del d[k]
-        return json.dumps(dict(d, label=label or {}), sort_keys=True, default=str)
 
-    def validate(self) -> GrowConfig:
-        "Raise `ValueError` on inconsistent settings; returns the config."
-        _check(self.rounds >= 0, f"rounds must be >= 0, got {self.rounds}")
-        _check(self.m >= 2, f"m must be >= 2 to split at all, got {self.m}")
-        _check(self.c >= 1, f"c must be >= 1, got {self.c}")
-        _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
-        _check(self.cost in ('flops', 'params'), f"cost must be 'flops' or 'params', got {self.cost!r}")
-        _check(
-            self.eigen in ('exact', 'fast', 'cached', 'stream'),
-            f"eigen must be 'exact', 'fast', 'cached' or 'stream', got {self.eigen!r}",
+def _need(ok: bool, field: str, value, need: str, todo: str = ''):
+    "Unless `ok`, raise one message: the field, what it must be, what was given, what to do."
+    _check(ok, f"GrowConfig.{field} must be {need}, got {field}={value!r}" + (f"; {todo}" if todo else ''))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+@patch
+def _check_numbers(self: GrowConfig):
+    "Every numeric field in its range."
+    cap, f, n = self.per_layer_cap, self.growth_factor, self.max_count
+    _need(_is_int(self.rounds) and self.rounds >= 0, 'rounds', self.rounds, 'an int >= 0')
+    no_more = 'a split makes m >= 2 copies, and more than 4 never lower the loss further (Theorem 2.3)'
+    _need(_is_int(self.m) and self.m in (2, 3, 4), 'm', self.m, '2, 3 or 4', no_more)
+    _need(self.c >= 1, 'c', self.c, '>= 1', '1 is S2D, c > 1 (e.g. 3) allows signed splits')
+    _need(self.ratio is None or self.ratio > 0, 'ratio', self.ratio, '> 0 or None')
+    _need(n is None or _is_int(n) and n >= 1, 'max_count', n, 'an int >= 1 or None')
+    _need(self.threshold >= 0, 'threshold', self.threshold, '>= 0', 'a split is taken when gain < -threshold')
+    ok = cap is None or _is_int(cap) and cap >= 1 or isinstance(cap, float) and 0 < cap <= 1
+    _need(ok, 'per_layer_cap', cap, 'an int >= 1, a fraction in (0, 1] or None')
+    _need(self.budget is None or self.budget > 0, 'budget', self.budget, '> 0 or None')
+    _need(self.held is None or self.held >= 1, 'held', self.held, 'an int >= 1 or None')
+    mb = self.eigen_max_bytes
+    _need(mb is None or mb > 0, 'eigen_max_bytes', mb, '> 0 or None')
+    _need(
+        f is None or f > 1, 'growth_factor', f, '> 1 or None', 'each round grows every group by this factor'
+    )
+
+# %% ../nbs/08_grow.ipynb #4336f197
+@patch
+def _check_choices(self: GrowConfig):
+    "Every field that names a choice."
+    _need(self.cost in ('flops', 'params'), 'cost', self.cost, "'flops' or 'params'")
+    _need(
+        self.eigen in ('exact', 'fast', 'cached', 'stream'),
+        'eigen',
+        self.eigen,
+        "'exact', 'fast', 'cached' or 'stream'",
+    )
+    _need(self.step in ('fixed', 'line_search'), 'step', self.step, "'fixed' or 'line_search'")
+    _need(
+        self.allocation in (None, *ALLOCATIONS),
+        'allocation',
+        self.allocation,
+        f"None or one of {ALLOCATIONS}",
+    )
+    self.control  # raises on an unknown growth
+
+# %% ../nbs/08_grow.ipynb #efa2b749
+def _entry_ok(t) -> bool:
+    "Whether one round's `widths` entry is an int, a sequence of ints or a dict of ints, each >= 1."
+    if isinstance(t, dict):
+        return len(t) > 0 and all(isinstance(k, str) and _is_int(v) and v >= 1 for k, v in t.items())
+    vals = [t] if _is_int(t) else list(t) if isinstance(t, (tuple, list)) else []
+    return len(vals) > 0 and all(_is_int(v) and v >= 1 for v in vals)
+
+
+def _pairs(a, b) -> list:
+    "(earlier, later) width of each group two `widths` entries both give (an int stands for every group)."
+    if isinstance(a, dict) or isinstance(b, dict):
+        return [(a[k], b[k]) for k in a if k in b] if isinstance(a, dict) and isinstance(b, dict) else []
+    n = max(1 if _is_int(v) else len(v) for v in (a, b))
+    a, b = ([v] * n if _is_int(v) else list(v) for v in (a, b))
+    return list(zip(a, b)) if len(a) == len(b) else []
+
+
+@patch
+def _check_widths(self: GrowConfig):
+    "`widths`: a valid entry per round; no group shrinks; a split reaches each target from the one before."
+    w, m = self.widths, self.m
+    if w is None:
+        return
+    _check(self.growth_factor is None, "give GrowConfig.widths or growth_factor, not both")
+    _need(isinstance(w, (tuple, list)), 'widths', w, 'a tuple with one entry per round')
+    few = f"GrowConfig.widths gives targets for {len(w)} rounds, fewer than rounds={self.rounds}"
+    _check(len(w) >= self.rounds, few + "; give one entry per round")
+    for i, t in enumerate(w):
+        _need(
+            _entry_ok(t),
+            f'widths[{i}]',
+            t,
+            'an int, one int per group or a dict {group name: int}, each >= 1',
         )
-        ctl = self.control  # raises on an unknown growth
+    splits = (self.control is None or self.allocation == 'gain') and self.allocation != 'random'
+    for i in range(1, len(w)):
+        where = f"GrowConfig.widths[{i}]={w[i]!r}"
+        for a, b in _pairs(w[i - 1], w[i]):
+            shrink = f"{where} shrinks a group from widths[{i - 1}]={w[i - 1]!r} ({a} -> {b})"
+            _check(b >= a, shrink + "; s3d never removes neurons: give targets that never decrease")
+            far = f"{where} grows a group from {a} to {b} neurons in one round, but a split makes at most "
+            far += f"m={m} "
+            todo = f"copies of a neuron; give at most {m * a}, more rounds, a larger m (<= 4) or a control"
+            _check(not splits or b <= m * a, far + todo + " (growth='random')")
+
+# %% ../nbs/08_grow.ipynb #01a4e2b9
+@patch
+def _check_growth(self: GrowConfig):
+    "What the growth method uses: eps and the step for splits, the most a split can add, a rule for counts."
+    ctl, m, targets = self.control, self.m, self.widths is not None or self.growth_factor is not None
+    splits = ctl is None or self.allocation == 'gain'  # counts a split realises: at most m - 1 per neuron
+    if ctl is None:
+        _need(self.eps > 0, 'eps', self.eps, '> 0', 'it is the step of the split copies')
+        ok = self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2)
         _check(
-            self.step in ('fixed', 'line_search'), f"step must be 'fixed' or 'line_search', got {self.step!r}"
+            ok,
+            f"a line search needs eps_max > eps and eps_grid >= 2, got eps={self.eps}, "
+            f"eps_max={self.eps_max}, eps_grid={self.eps_grid}",
         )
-        _check(
-            self.step != 'line_search' or (self.eps_max > self.eps and self.eps_grid >= 2),
-            f"line search needs eps_max > eps and eps_grid >= 2, got eps_max={self.eps_max}, "
-            f"eps_grid={self.eps_grid}",
+    elif self.allocation != 'gain':
+        todo = f"growth={ctl.name!r} adds neurons without scoring them (threshold: splits, allocation='gain')"
+        _need(self.threshold == 0, 'threshold', self.threshold, '0 with a control', todo)
+    if splits and not targets and self.budget is None and self.ratio is not None:
+        todo = (
+            f"a split adds at most m - 1 new neurons per neuron: use ratio <= {m - 1}, a larger m (<= 4), or "
         )
-        _check(self.held is None or self.held >= 1, f"held must be >= 1 or None, got {self.held}")
-        _check(
-            self.widths is None or len(self.widths) >= self.rounds,
-            f"widths gives targets for {len(self.widths or ())} rounds, fewer than rounds={self.rounds}",
-        )
-        _check(
-            self.allocation in (None, *ALLOCATIONS),
-            f"allocation must be None or one of {ALLOCATIONS}, got {self.allocation!r}",
-        )
-        counted = self.ratio is not None or self.widths is not None
-        _check(
-            not (ctl is not None and ctl.grows) or counted,
-            f"growth={ctl and ctl.name!r} adds neurons by `ratio` or `widths`; give one of them",
-        )
-        _check(
-            self.allocation is None or counted, f"allocation={self.allocation!r} needs `ratio` or `widths`"
-        )
-        _check(
-            counted or self.budget is not None or self.max_count is not None or self.threshold != 0,
-            "give a growth ratio, max_count, threshold or an energy budget: otherwise every neuron with "
-            "a gain is split",
-        )
-        return self
+        todo += "a control (growth='random'), which adds any number"
+        _need(self.ratio <= m - 1, 'ratio', self.ratio, f'<= m - 1 = {m - 1} with splits', todo)
+    if splits and self.growth_factor is not None:
+        todo = 'a split turns a neuron into at most m copies; raise m (<= 4) or use a control'
+        _need(self.growth_factor <= m, 'growth_factor', self.growth_factor, f'<= m = {m} with splits', todo)
+    counted = self.ratio is not None or targets
+    how = "`ratio`, `widths` or `growth_factor`"
+    _check(
+        not (ctl is not None and ctl.grows) or counted, f"growth={ctl and ctl.name!r} adds neurons by {how}"
+    )
+    _check(self.allocation is None or counted, f"allocation={self.allocation!r} needs {how}")
+    rule = counted or self.budget is not None or self.max_count is not None or self.threshold != 0
+    _check(
+        rule,
+        "give a growth ratio, widths, growth_factor, max_count, threshold or an energy budget: "
+        "otherwise every neuron with a gain is split",
+    )
+
+
+@patch
+def validate(self: GrowConfig) -> GrowConfig:
+    "Raise `ValueError` naming the field, its value and what to do on a setting out of range; returns `self`."
+    self._check_numbers()
+    self._check_choices()
+    self._check_widths()
+    self._check_growth()
+    return self
+
+# %% ../nbs/08_grow.ipynb #8b238c65
+@patch(cls_method=True)
+def preset(cls: GrowConfig, name: str, **overrides) -> GrowConfig:
+    "The named configuration `PRESETS[name]`, with `overrides` (e.g. `widths`, `rounds`, `seed`) on top."
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; the presets are {list(PRESETS)}")
+    return cls(**{**PRESETS[name], **overrides}).validate()
+
+
+@patch
+def key(self: GrowConfig, label: dict | None = None) -> str:
+    "The run's configuration as JSON: a checkpoint written under another key is not resumed."
+    d = asdict(self)
+    d['growth'] = self.growth if isinstance(self.growth, str) else self.control.params()
+    for k in _LATER:
+        if d[k] is None:
+            del d[k]
+    return json.dumps(dict(d, label=label or {}), sort_keys=True, default=str)
 
 # %% ../nbs/08_grow.ipynb #cd5ce955
 PRESETS = {
@@ -160,162 +261,15 @@ PRESETS = {
     'gradmax': dict(growth=GradMax(fallback='random')),  # deep tanh/GELU/SiLU nets
 }
 
-# %% ../nbs/08_grow.ipynb #6133f2f6
-class NeuronCosts(dict):
-    "Group name -> added cost of one more neuron (the knapsack's linear price); `added` counts the real cost of a grown copy."
-
-    def __init__(self, prices: dict, model: nn.Module, example_input, what: str, base: int):
-        super().__init__(prices)
-        self.model, self.example_input, self.what, self.base = model, example_input, what, base
-
-    def added(self, counts: dict) -> int:
-        "Added FLOPs or params of the network with `counts[name]` more neurons per group (adjacent layers' growth multiplies)."
-        twin = copy.deepcopy(self.model)
-        for g in split_groups(twin, self.example_input):
-            n = int(counts.get(g.name, 0))
-            if n > 0:
-                remap_channels(
-                    twin, g, torch.cat([torch.arange(g.n_neurons), torch.zeros(n, dtype=torch.long)])
-                )
-        return count_params_flops(twin, self.example_input)[{'params': 0, 'flops': 1}[self.what]] - self.base
-
-
-def neuron_costs(
-    model: nn.Module,  # the network
-    example_input,  # one batch, for shapes and FLOPs
-    what: str = 'flops',  # 'flops' or 'params'
-) -> NeuronCosts:
-    "Added FLOPs (per sample) or parameters of one more neuron, per split group name (and `.added` for several)."
-    k = {'params': 0, 'flops': 1}[what]
-    base = count_params_flops(model, example_input)[k]
-    out = {}
-    for g in split_groups(model, example_input):
-        twin = copy.deepcopy(model)
-        tg = {h.name: h for h in split_groups(twin, example_input)}[g.name]
-        remap_channels(twin, tg, torch.cat([torch.arange(tg.n_neurons), torch.zeros(1, dtype=torch.long)]))
-        out[g.name] = count_params_flops(twin, example_input)[k] - base
-    return NeuronCosts(out, model, example_input, what, base)
-
-# %% ../nbs/08_grow.ipynb #0d3880d5
-def round_targets(cfg: GrowConfig, groups, rnd: int | None) -> dict | None:
-    "Target width per group name in round `rnd` from `cfg.widths`; None when growth goes by ratio etc."
-    if cfg.widths is None:
-        return None
-    if rnd is None or not 1 <= rnd <= len(cfg.widths):
-        raise ValueError(f"cfg.widths needs the round number in [1, {len(cfg.widths)}], got {rnd}")
-    t = cfg.widths[rnd - 1]
-    t = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
-    if len(t) != len(groups):
-        raise ValueError(f"widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups")
-    return {g.name: max(int(w), g.n_neurons) for g, w in zip(groups, t)}
-
-
-def new_counts(cfg: GrowConfig, groups, rnd: int | None) -> dict:
-    "New neurons per group name in round `rnd` by the targets: up to the target width, else `ratio * n`."
-    ctl = cfg.control
-    if ctl is not None and not ctl.grows:
-        return {g.name: 0 for g in groups}
-    tg = round_targets(cfg, groups, rnd)
-    if tg is not None:
-        return {g.name: tg[g.name] - g.n_neurons for g in groups}
-    return {g.name: int(round(cfg.ratio * g.n_neurons)) for g in groups}
-
-# %% ../nbs/08_grow.ipynb #3ab010f1
-def select_round(schemes: dict, cfg: GrowConfig, costs, groups, rnd: int | None = None) -> dict:
-    "Neurons to split: `select_neurons` with `cfg`'s rule, or per group the best ones up to this round's target width."
-    tg = round_targets(cfg, groups, rnd)
-    if tg is None:
-        return select_neurons(
-            schemes,
-            ratio=cfg.ratio,
-            max_count=cfg.max_count,
-            threshold=cfg.threshold,
-            per_layer_cap=cfg.per_layer_cap,
-            budget=cfg.budget,
-            costs=costs,
-            realised=getattr(costs, 'added', None),
-        )  # the grown network must fit, not the sum
-    out = {}
-    for g in groups:
-        new = tg[g.name] - g.n_neurons
-        out[g.name] = (
-            select_neurons({g.name: schemes[g.name]}, ratio=new / g.n_neurons, threshold=cfg.threshold)[
-                g.name
-            ]
-            if new > 0
-            else torch.zeros(0, dtype=torch.long)
-        )
-    return out
-
-# %% ../nbs/08_grow.ipynb #398e6b80
-def gain_selection(schemes: dict, cfg: GrowConfig, groups, total: int) -> dict:
-    "The neurons with the best gains over all groups, adding `total` neurons in all."
-    n = sum(g.n_neurons for g in groups)
-    if total <= 0:
-        return {g.name: torch.zeros(0, dtype=torch.long) for g in groups}
-    return select_neurons(schemes, ratio=total / n, threshold=cfg.threshold)
-
-
-def round_total(cfg: GrowConfig, groups, rnd: int | None) -> int:
-    "New neurons in round `rnd` over all groups: the targets' sum minus the current sum (never negative)."
-    counts = new_counts(cfg, groups, rnd)
-    tg = round_targets(cfg, groups, rnd)
-    if tg is None or not sum(counts.values()):
-        return sum(max(v, 0) for v in counts.values())
-    t = cfg.widths[rnd - 1]
-    raw = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
-    return max(sum(int(w) for w in raw) - sum(g.n_neurons for g in groups), 0)
-
-
-def allocate(
-    cfg: GrowConfig, groups, rnd: int | None, schemes: dict | None = None, gen: torch.Generator | None = None
-) -> dict:
-    "New neurons per group name in round `rnd` under `cfg.allocation` ('targets' when None)."
-    counts = new_counts(cfg, groups, rnd)
-    how = cfg.allocation or 'targets'
-    if how == 'targets':
-        return counts
-    total = round_total(cfg, groups, rnd)  # the same total however it is spread
-    if total == 0:
-        return {g.name: 0 for g in groups}
-    if how == 'gain':
-        if schemes is None:
-            raise ValueError("allocation='gain' needs the round's split schemes")
-        sel = gain_selection(schemes, cfg, groups, total)
-        return {g.name: int((schemes[g.name].k[sel[g.name]] - 1).sum()) for g in groups}
-    n = sum(g.n_neurons for g in groups)  # random: `total` neurons drawn without repeats while possible
-    pick = torch.randperm(n, generator=gen).repeat(-(-total // n))[:total]
-    owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.n_neurons for g in groups]))
-    return {g.name: int((owner[pick] == i).sum()) for i, g in enumerate(groups)}
-
-
-def split_selection(schemes: dict, cfg: GrowConfig, costs, groups, rnd: int | None, gen=None) -> dict:
-    "Neurons a signed split takes this round: `select_round`, or by `cfg.allocation` when it is set."
-    if cfg.allocation is None:
-        return select_round(schemes, cfg, costs, groups, rnd)
-    if cfg.allocation == 'gain':
-        return gain_selection(schemes, cfg, groups, round_total(cfg, groups, rnd))
-    counts = allocate(cfg, groups, rnd, schemes, gen)
-    return {
-        g.name: (
-            select_neurons(
-                {g.name: schemes[g.name]}, ratio=counts[g.name] / g.n_neurons, threshold=cfg.threshold
-            )[g.name]
-            if counts[g.name] > 0
-            else torch.zeros(0, dtype=torch.long)
-        )
-        for g in groups
-    }
-
 # %% ../nbs/08_grow.ipynb #39800022
 def control_round(
-    model: nn.Module,
-    example_input,
-    cfg: GrowConfig,
-    rnd: int | None = None,
+    model: nn.Module,  # the network, grown in place
+    example_input,  # one input batch
+    cfg: GrowConfig,  # `cfg.growth` names the control
+    rnd: int | None = None,  # the round (1-based), for per-round `widths`
     counts: dict | None = None,  # new neurons per group (default: `allocate` without scores)
     data=None,  # (loss_fn, batches) for controls that read data (gradmax)
-    gen: torch.Generator | None = None,
+    gen: torch.Generator | None = None,  # the draws' generator (default: seeded by cfg.seed and rnd)
 ) -> dict:
     "One round of the control `cfg.growth`: add neurons to every group in place; a `split_round` summary."
     ctl = cfg.control
@@ -329,6 +283,8 @@ def control_round(
         if counts[g.name] > 0:
             parents[g.name] = ctl.add(model, g, counts[g.name], gen, data)
     added = sum(max(v, 0) for v in counts.values())
+    if added == 0 and ctl.grows:
+        warnings.warn(f"round {rnd}: no neuron added; {nothing_added(cfg, groups, rnd)}")
     return dict(
         split=added,
         added=added,
@@ -458,6 +414,260 @@ def choose_step(
         eps, f = cfg.eps, trials()(cfg.eps)
     return eps, dict(eps=eps, held_loss=f0, measured_dloss=f - f0)
 
+# %% ../nbs/08_grow.ipynb #7b3bd618
+def _describe(x) -> str:
+    "What `x` is, for an error message: a tensor's shape, a container's length, else its type."
+    if torch.is_tensor(x):
+        return f"a tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)} item(s)" + (
+            f" ({', '.join(_describe(v) for v in x)})" if 0 < len(x) <= 3 else ''
+        )
+    return f"a {type(x).__name__}" + (f" ({x!r})" if isinstance(x, (int, float, str)) else '')
+
+
+def _err(e: Exception) -> str:
+    "An exception's type and first line, shortened."
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+@contextmanager
+def _probe(model: nn.Module):
+    "Eval mode, no gradients, forked RNG streams: forwards that change nothing (modes restored)."
+    modes = [(m, m.training) for m in model.modules()]
+    dev = model_device(model)
+    with torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []), torch.no_grad():
+        model.eval()
+        try:
+            yield
+        finally:
+            for m, t in modes:
+                m.training = t
+
+
+def _forward(model: nn.Module, x):
+    "model(x) on the model's device (a tuple or list is unpacked into arguments, as `split_groups` does)."
+    x = to_model_device(model, x)
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)
+
+# %% ../nbs/08_grow.ipynb #6a819c82
+def _check_forward(model: nn.Module, example_input):
+    "One forward of `example_input`, or an error naming it."
+    try:
+        with _probe(model):
+            _forward(model, example_input)
+    except Exception as e:
+        raise ValueError(
+            f"example_input: model(example_input) raised {_err(e)}; example_input is "
+            f"{_describe(example_input)}. Pass one input batch the model accepts, shaped like a training "
+            "batch "
+            "(e.g. X[:1])"
+        ) from e
+
+
+def _check_groups(model: nn.Module, example_input):
+    "The split groups of `model`, or an error listing what `split_groups` skipped and why."
+    groups = split_groups(model, example_input)
+    _check(
+        len(groups) > 0,
+        f"model: {type(model).__name__} has no split group, no layer s3d can grow. "
+        f"split_groups(model, example_input).skipped: {groups.skipped}. Teach s3d a layer type it does not "
+        "know with s3d.register_layer or s3d.register_activation (see the 01a_kinds notebook)",
+    )
+    return groups
+
+# %% ../nbs/08_grow.ipynb #ddf5248f
+def _check_train_fn(train_fn, evaluate=None):
+    "`train_fn` callable as train_fn(model, round[, state]), `evaluate` as evaluate(model)."
+    _check(
+        callable(train_fn),
+        f"train_fn must be a function train_fn(model, round) (or train_fn(model, round, "
+        f"state) to resume mid-round), got {_describe(train_fn)}",
+    )
+    try:
+        sig = inspect.signature(train_fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(None, 0, None) if takes_state(train_fn) else sig.bind(None, 0)
+        except TypeError as e:
+            raise ValueError(
+                f"train_fn{sig} cannot be called as train_fn(model, round) ({e}); give it the "
+                "parameters (model, round), or (model, round, state) to resume mid-round"
+            ) from e
+    _check(
+        evaluate is None or callable(evaluate),
+        f"evaluate must be None or a function evaluate(model) -> dict, got {_describe(evaluate)}",
+    )
+
+# %% ../nbs/08_grow.ipynb #b982494c
+def _check_batches(score_batches, passes: int, cfg):
+    "The first (input, target) pair of `score_batches`, and the batches to score on (an iterator re-chained)."
+    pair = "pass [(x, y)] (a list of batches), a DataLoader, or a callable returning one"
+    if (
+        isinstance(score_batches, (tuple, list))
+        and len(score_batches) == 2
+        and all(map(torch.is_tensor, score_batches))
+    ):
+        raise ValueError(
+            f"score_batches is one (input, target) pair ({_describe(score_batches)}), not an "
+            f"iterable of pairs; {pair}"
+        )
+    b = score_batches() if callable(score_batches) else score_batches
+    bad = f"score_batches must be an iterable of (input, target) pairs, got {_describe(b)}; {pair}"
+    _check(not torch.is_tensor(b), bad)
+    try:
+        it = iter(b)
+    except TypeError:
+        raise ValueError(bad) from None
+    one_shot = it is b  # an iterator (e.g. a generator): read once
+    reads = passes > 1 or cfg.step == 'line_search' or cfg.eigen == 'stream'
+    _check(
+        not (one_shot and reads),
+        f"score_batches is a one-shot iterator ({type(b).__name__}) but is read "
+        f"more than once ({passes} round(s), step={cfg.step!r}, eigen={cfg.eigen!r}); {pair}",
+    )
+    first = next(it, None)
+    _check(first is not None, f"score_batches is empty; {pair}")
+    _check(
+        isinstance(first, (tuple, list)) and len(first) == 2,
+        f"score_batches must yield (input, target) pairs; its first item is {_describe(first)}; {pair}",
+    )
+    again = one_shot and not callable(score_batches)  # a callable gives fresh batches every round
+    return first, (itertools.chain([first], it) if again else score_batches)
+
+# %% ../nbs/08_grow.ipynb #3605e408
+def _check_loss(model: nn.Module, loss_fn, first):
+    "`model(input)` and `loss_fn(output, target)` on the first score batch: a scalar loss, or an error."
+    fix = "loss_fn(output, target) must return the mean loss as a scalar tensor"
+    fix += ", e.g. nn.CrossEntropyLoss() or F.mse_loss"
+    _check(callable(loss_fn), f"loss_fn must be a function, got {_describe(loss_fn)}; {fix}")
+    if isinstance(loss_fn, type):
+        raise ValueError(
+            f"loss_fn is the class {loss_fn.__name__}, not an instance; pass {loss_fn.__name__}()"
+        )
+    x, y = first
+    try:
+        with _probe(model):
+            out = _forward(model, x)
+    except Exception as e:
+        raise ValueError(
+            f"score_batches: model(input) raised {_err(e)} on the first batch's input "
+            f"({_describe(x)}); its (input, target) pairs must hold inputs the model takes"
+        ) from e
+    try:
+        with _probe(model):
+            loss = loss_fn(out, y.to(out.device) if torch.is_tensor(y) and torch.is_tensor(out) else y)
+    except Exception as e:
+        raise ValueError(
+            f"loss_fn(output, target) raised {_err(e)} on the first score batch (output "
+            f"{_describe(out)}, target {_describe(y)}); {fix}"
+        ) from e
+    _check(
+        torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point(),
+        f"loss_fn returned {_describe(loss)} on the first score batch; {fix} (reduction='mean')",
+    )
+
+# %% ../nbs/08_grow.ipynb #235956e2
+def _check_ratio(cfg: GrowConfig, gs, r: int):
+    "Growth by `ratio` (no targets): round `r` adds at least one neuron."
+    if cfg.ratio is None or cfg.budget is not None:
+        return
+    per_group = cfg.control is not None or cfg.allocation is not None  # round(ratio * n) in each group
+    n = sum(g.n_neurons for g in gs)
+    adds = sum(round(cfg.ratio * g.n_neurons) for g in gs) if per_group else cfg.ratio * n >= 1
+    todo = f"round {r} would add none to widths {[g.n_neurons for g in gs]}; raise ratio, or give widths or "
+    _need(adds, 'ratio', cfg.ratio, 'large enough to add a neuron', todo + "growth_factor")
+
+# %% ../nbs/08_grow.ipynb #989fda54
+def _check_targets(cfg: GrowConfig, groups, start: int = 1, stop: int | None = None):
+    "Rounds `start`..`stop`: targets never below a width, reachable by a split, one adding a neuron."
+    ctl, stop = cfg.control, cfg.rounds if stop is None else stop
+    if ctl is not None and not ctl.grows or start > stop:
+        return
+    by_sum = cfg.allocation in ('gain', 'random')  # targets give only the round's total
+    splits = (ctl is None or cfg.allocation == 'gain') and cfg.allocation != 'random'
+    gs, grows = [SimpleNamespace(name=g.name, n_neurons=g.n_neurons) for g in groups], False
+    for r in range(start, stop + 1):
+        raw = target_widths(cfg, gs, r)
+        if raw is None:
+            return _check_ratio(cfg, gs, r)
+        where = 'growth_factor' if cfg.growth_factor is not None else f'widths[{r - 1}]'
+        now = {g.name: g.n_neurons for g in gs}
+        low = [(g, t) for g, t in zip(gs, raw) if t < g.n_neurons and not by_sum]
+        far = [(g, t) for g, t in zip(gs, raw) if t > cfg.m * g.n_neurons and splits and not by_sum]
+        for g, t in low[:1]:
+            raise ValueError(
+                f"GrowConfig.{where} asks group {g.name!r} for {t} neurons in round {r}, but it has "
+                f"{g.n_neurons} (widths {now}) and s3d never removes neurons; give one width per group, "
+                "a dict {group name: width}, or relative targets (growth_factor=1.5)"
+            )
+        for g, t in far[:1]:
+            raise ValueError(
+                f"GrowConfig.{where} asks group {g.name!r} to grow from {g.n_neurons} to {t} neurons in "
+                f"round {r}, but a split makes at most m={cfg.m} copies of a neuron; give at most "
+                f"{cfg.m * g.n_neurons}, more rounds or a larger m (<= 4)"
+            )
+        adds = sum(raw) > sum(now.values()) and any(t > n for t, n in zip(raw, now.values()))
+        if r == start:
+            first = f"GrowConfig.{where}: round {r}'s targets {raw} add no neuron to the current widths "
+            first += f"{list(now.values())}"
+        grows = grows or adds
+        for g, t in zip(gs, raw):
+            g.n_neurons = max(t, g.n_neurons)
+    later = ", nor does any later round" if stop > start else ""
+    _check(grows, f"{first}{later}; give targets above the current widths")
+
+# %% ../nbs/08_grow.ipynb #b8045ddb
+def preflight(
+    model: nn.Module,  # the network to grow
+    loss_fn,  # loss_fn(output, target) -> scalar mean loss
+    score_batches,  # iterable of (input, target) pairs, or a callable returning one
+    example_input,  # one input batch
+    cfg: GrowConfig,  # the run's settings
+    start: int = 1,  # the first growth round still to run
+    stop: int | None = None,  # the last (default: cfg.rounds)
+    train_fn=None,  # checked when given: train_fn(model, round[, state])
+    evaluate=None,  # checked when given: evaluate(model) -> dict
+) -> tuple:
+    "Check everything that can be checked before training or scoring; `(groups, score_batches)` to use."
+    cfg.validate()
+    if train_fn is not None:
+        _check_train_fn(train_fn, evaluate)
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # a DataLoader's iterator draws a seed: not from the run's streams
+        _check_forward(model, example_input)
+        groups = _check_groups(model, example_input)
+        stop = cfg.rounds if stop is None else stop
+        first, batches = _check_batches(
+            score_batches, stop - start + 1 if not callable(score_batches) else 1, cfg
+        )
+        _check_loss(model, loss_fn, first)
+    _check_targets(cfg, groups, start, stop)
+    return groups, batches
+
+# %% ../nbs/08_grow.ipynb #8d9b684e
+def train_metrics(tr, r: int):
+    "What `train_fn` returned in round `r`, as metrics: None, a dict, a list of dicts or a number (its loss)."
+    if tr is None or isinstance(tr, Mapping):
+        return tr
+    if isinstance(tr, (list, tuple)) and all(isinstance(d, Mapping) for d in tr):
+        return list(tr)
+    if (
+        isinstance(tr, (int, float, np.number))
+        and not isinstance(tr, bool)
+        or torch.is_tensor(tr)
+        and tr.numel() == 1
+    ):
+        return {'loss': float(tr)}
+    raise TypeError(
+        f"train_fn(model, {r}) returned {_describe(tr)}; return None, a number (logged as train_loss), "
+        "a dict of "
+        "metrics (logged with a 'train_' prefix) or a list of such dicts (the last one is logged)"
+    )
+
 # %% ../nbs/08_grow.ipynb #4047cdb4
 def _metrics(prefix, d):
     "Scalar metrics of a dict (or the last dict of a list) with `prefix` on their names."
@@ -506,20 +716,9 @@ def _summary(plan, schemes, eps, sel, step, parents) -> dict:
         stable=float(stable),
     )
 
-
-def split_round(
-    model: nn.Module,
-    loss_fn,
-    batches,
-    example_input,
-    cfg: GrowConfig,
-    rnd: int | None = None,
-    reduce=None,  # sums statistics over data-parallel processes (`s3d.distributed`)
-) -> dict:
-    "One architecture step (round `rnd`): score, select, grow in place (all groups or none); a summary."
-    groups = split_groups(model, example_input)
-    if not groups:
-        raise ValueError(f"the model has no splittable layer (see `s3d.split_groups`); {groups.skipped}")
+# %% ../nbs/08_grow.ipynb #62dc1ff9
+def _split_round(model, loss_fn, batches, example_input, cfg, rnd, reduce, groups) -> dict:
+    "`split_round` after its checks; warns when the round adds no neuron."
     ctl, gen = cfg.control, torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
     if ctl is not None:  # a control: same counts, its own initialisation
         schemes = _scores(model, groups, loss_fn, batches, cfg, reduce) if cfg.allocation == 'gain' else None
@@ -534,15 +733,52 @@ def split_round(
     split = lambda e: done.update(parents=apply_splits(model, plan, e))  # fixed step: applied, then measured
     eps, step = choose_step(model, groups, loss_fn, batches, sel, schemes, cfg, reduce, split)
     parents = done['parents'] if done else apply_splits(model, plan, eps)
-    return _summary(plan, schemes, eps, sel, step, parents)
+    info = _summary(plan, schemes, eps, sel, step, parents)
+    if info['added'] == 0:
+        warnings.warn(f"round {rnd}: no neuron added; {nothing_added(cfg, groups, rnd, schemes)}")
+    return info
+
+
+def split_round(
+    model: nn.Module,  # the network, grown in place (all groups or none)
+    loss_fn,  # loss_fn(output, target) -> scalar mean loss: the loss the splits descend
+    batches,  # iterable of (input, target) pairs on which neurons are scored
+    example_input,  # one input batch (shapes, FLOPs)
+    cfg: GrowConfig,  # the settings (`rounds` is not used)
+    rnd: int | None = None,  # the round (1-based), needed for per-round `widths`
+    reduce=None,  # sums statistics over data-parallel processes (`s3d.distributed`)
+) -> dict:
+    "One architecture step (round `rnd`): check the arguments, score, select, grow in place; a summary."
+    _check(
+        rnd is not None or cfg.widths is None,
+        "split_round needs rnd (the round whose targets to use) when " "GrowConfig.widths is given",
+    )
+    r = 1 if rnd is None else rnd
+    checked = replace(cfg, rounds=r)  # `rounds` is the loop's: this call needs round r's settings only
+    groups, batches = preflight(model, loss_fn, batches, example_input, checked, start=r, stop=r)
+    return _split_round(model, loss_fn, batches, example_input, cfg, rnd, reduce, groups)
 
 # %% ../nbs/08_grow.ipynb #cfb43610
 @dataclass
 class GrowResult:
-    "The grown model and its per-round history."
+    """The grown model and its history, one row per round (round 0 trains the seed; later rounds grow, then
+    train).
 
-    model: nn.Module
-    history: pd.DataFrame
+    History columns: `method`, `m`, `c` and the keys of `label` (constant); `round`; `neurons` (all
+    split groups' neurons after the round's growth) and `widths` (JSON list, one per group in forward
+    order); `params` and `flops` (per sample); `split` (neurons split or grown from) and `added` (new
+    neurons: a neuron split into k copies adds k - 1); `kinds` (the schemes used, 'kind:count;...');
+    `predicted_dloss` (eps^2/2 * sum of the chosen gains: the second-order loss change of the splits,
+    NaN for a control); for signed splits `eps` (the step taken), `held_loss` (mean loss on the first
+    `held` scoring samples before the split) and `measured_dloss` (its change by the split); `stable`
+    (fraction of neurons with gain >= 0 before the split: neurons no split improves; 1.0 is a splitting-
+    stable network); `train_*` (what train_fn returned: None, a number (`train_loss`), a dict of
+    metrics, or a list of dicts of which the last is logged); `test_*` (what `evaluate` returned);
+    `seconds` (the round's wall time).
+    """
+
+    model: nn.Module  # the grown network (the one passed in, grown in place, unless resumed)
+    history: pd.DataFrame  # one row per round, the columns above
 
 # %% ../nbs/08_grow.ipynb #b9c0ffe9
 def _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce) -> dict:
@@ -550,7 +786,8 @@ def _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce) -> 
     if r == 0:
         return dict(split=0, added=0, predicted_dloss=0.0, kinds='', stable=float('nan'))
     batches = score_batches() if callable(score_batches) else score_batches
-    info = split_round(model, loss_fn, batches, example_input, cfg, r, reduce)
+    groups = split_groups(model, example_input)
+    info = _split_round(model, loss_fn, batches, example_input, cfg, r, reduce, groups)
     return {k: v for k, v in info.items() if k != 'parents'}
 
 
@@ -566,7 +803,7 @@ def _row(model, example_input, base, r, info, tr, ev, t0) -> dict:
         params=params,
         flops=flops,
         **info,
-        **_metrics('train_', tr),
+        **_metrics('train_', train_metrics(tr, r)),
         **_metrics('test_', ev),
         seconds=time.time() - t0,
     )
@@ -584,13 +821,39 @@ def _bar(cfg, start, progress):
         range(start, cfg.rounds + 1), desc=desc, disable=not progress, initial=start, total=cfg.rounds + 1
     )
 
+# %% ../nbs/08_grow.ipynb #d36ff564
+def _setup(
+    model, train_fn, loss_fn, score_batches, example_input, cfg, evaluate, out_dir, label, is_writer, dist
+):
+    "Every check, data-parallel wrapping and the checkpoint to resume from, for `grow`'s loop."
+    cfg.validate()
+    _check_train_fn(train_fn, evaluate)
+    reduce = dist.reduce if dist is not None else None
+    if dist is not None:
+        is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
+    ckpt = Checkpoint(out_dir, cfg.key(label), is_writer)
+    st = ckpt.resume(model)
+    _, batches = preflight(
+        model, loss_fn, score_batches, example_input, cfg, start=st['round'] + 1 if st else 1
+    )
+    if not model.training:
+        warnings.warn(
+            "model is in eval mode (model.training is False) and grow never changes the mode: train_fn "
+            "trains it "
+            "in eval mode (BatchNorm on running statistics, dropout off) unless it calls model.train(); call "
+            "model.train() before grow, or in train_fn"
+        )
+    return SimpleNamespace(
+        train_fn=train_fn, reduce=reduce, is_writer=is_writer, ckpt=ckpt, st=st, batches=batches
+    )
+
 # %% ../nbs/08_grow.ipynb #897ae977
 def grow(
     model: nn.Module,  # seed network (grown in place, unless resumed from a checkpoint)
-    train_fn,  # train_fn(model, round[, state]) -> metrics dict(s); trains in place
-    loss_fn,  # loss_fn(output, target), mean-reduced: the loss the splits descend
-    score_batches,  # iterable of (input, target) (or a callable returning one) for scoring
-    example_input,  # one input batch (shapes, FLOPs)
+    train_fn,  # train_fn(model, round[, state]) trains in place; -> None, a loss, a dict or dicts
+    loss_fn,  # loss_fn(output, target) -> scalar mean loss: the loss the splits descend
+    score_batches,  # iterable of (input, target) pairs (or a callable returning one) to score neurons
+    example_input,  # one input batch (shapes, FLOPs), e.g. X[:1]
     cfg: GrowConfig,  # the run's settings
     evaluate=None,  # evaluate(model) -> dict of metrics, logged with a 'test_' prefix
     out_dir=None,  # folder for history.csv and checkpoint.pt (resume from it)
@@ -599,19 +862,17 @@ def grow(
     is_writer: bool = True,  # whether this process writes files (False on DDP ranks > 0)
     dist=None,  # data-parallel hooks (`s3d.distributed.DistContext`)
 ) -> GrowResult:
-    "Algorithm 1 (S2D / S3D): alternate training and growth for `cfg.rounds` rounds."
-    cfg.validate()
-    reduce = dist.reduce if dist is not None else None
-    if dist is not None:
-        is_writer, train_fn = is_writer and dist.rank == 0, dist.wrap(train_fn)
-    ckpt = Checkpoint(out_dir, cfg.key(label), is_writer)
-    st = ckpt.resume(model)
+    "Algorithm 1 (S2D / S3D): check every argument, then alternate training and growth, `cfg.rounds` rounds."
+    s = _setup(
+        model, train_fn, loss_fn, score_batches, example_input, cfg, evaluate, out_dir, label, is_writer, dist
+    )
+    st = s.st
     rows, run = (list(st['history']), st['run']) if st else ([], {})
 
     def save(phase, r, info, data):
-        if phase == 'done' and ckpt.path is not None and is_writer:
-            atomic_write_csv(ckpt.path.parent / 'history.csv', pd.DataFrame(rows))
-        ckpt.save(model, phase=phase, round=r, info=info, train=data, history=rows, run=run)
+        if phase == 'done' and s.ckpt.path is not None and s.is_writer:
+            atomic_write_csv(s.ckpt.path.parent / 'history.csv', pd.DataFrame(rows))
+        s.ckpt.save(model, phase=phase, round=r, info=info, train=data, history=rows, run=run)
 
     base = dict(method=cfg.method, m=cfg.m, c=cfg.c, **(label or {}))
     bar = _bar(cfg, st['round'] + (st['phase'] == 'done') if st else 0, progress)
@@ -620,21 +881,65 @@ def grow(
         if st is not None and st['phase'] == 'train' and r == st['round']:  # resumed inside round r
             info, data = st['info'], st['train']
         else:
-            info, data = _grow_step(model, loss_fn, score_batches, example_input, cfg, r, reduce), {}
+            info, data = _grow_step(model, loss_fn, s.batches, example_input, cfg, r, s.reduce), {}
             if dist is not None:
                 dist.check(model, r)  # every process ends with the same architecture
-        if takes_state(train_fn):
-            state = TrainState(data, lambda s, r=r, info=info: save('train', r, info, s.data), r, run)
-            tr = train_fn(model, r, state)
+        if takes_state(s.train_fn):
+            state = TrainState(data, lambda x, r=r, info=info: save('train', r, info, x.data), r, run)
+            tr = s.train_fn(model, r, state)
         else:
-            tr = train_fn(model, r)
+            tr = s.train_fn(model, r)
         rows.append(_row(model, example_input, base, r, info, tr, evaluate(model) if evaluate else None, t0))
-        bar.set_postfix(
-            {
-                k: (f'{v:.4g}' if isinstance(v, float) else v)
-                for k, v in rows[-1].items()
-                if k in ('neurons', 'train_loss', 'test_acc')
-            }
-        )
+        shown = {k: v for k, v in rows[-1].items() if k in ('neurons', 'train_loss', 'test_acc')}
+        bar.set_postfix({k: (f'{v:.4g}' if isinstance(v, float) else v) for k, v in shown.items()})
         save('done', r, {}, {})
     return GrowResult(model, pd.DataFrame(rows))
+
+# %% ../nbs/08_grow.ipynb #d3fb9bc9
+def arg_comments(obj) -> dict:
+    "Argument (or dataclass field) name -> the comment on the line where it ends in `obj`'s source, or None."
+    src = textwrap.dedent(inspect.getsource(obj))
+    node = ast.parse(src).body[0]
+    toks = tokenize.generate_tokens(io.StringIO(src).readline)
+    notes = {t.start[0]: t.string.lstrip('#').strip() for t in toks if t.type == tokenize.COMMENT}
+    if isinstance(node, ast.ClassDef):
+        ends = {
+            s.target.id: s.end_lineno
+            for s in node.body
+            if isinstance(s, ast.AnnAssign) and hasattr(s.target, 'id')
+        }
+    else:
+        a = node.args
+        args = [
+            *a.posonlyargs,
+            *a.args,
+            *([a.vararg] if a.vararg else []),
+            *a.kwonlyargs,
+            *([a.kwarg] if a.kwarg else []),
+        ]
+        pos = [*a.posonlyargs, *a.args]
+        dflt = {x.arg: d for x, d in zip(pos[len(pos) - len(a.defaults) :], a.defaults)}
+        dflt.update({x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+        ends = {x.arg: max(x.end_lineno, getattr(dflt.get(x.arg), 'end_lineno', 0)) for x in args}
+        ends.pop('self', None)
+    last = {line: k for k, line in ends.items()}  # a comment belongs to the last argument ending on its line
+    return {k: notes.get(line) if last[line] == k else None for k, line in ends.items()}
+
+
+def with_arg_docs(obj, fallback: dict | None = None):
+    "Add an 'Arguments:' ('Fields:' for a class) section of `obj`'s docments to its docstring."
+    try:
+        docs = arg_comments(obj)
+    except (
+        OSError,
+        TypeError,
+        SyntaxError,
+    ):  # no source (e.g. a frozen install): the docstring stays as it is
+        return obj
+    lines = [
+        f"    {k}: {v or (fallback or {}).get(k)}" for k, v in docs.items() if v or (fallback or {}).get(k)
+    ]
+    head = '\n\nFields:\n' if isinstance(obj, type) else '\n\nArguments:\n'
+    base = (obj.__doc__ or '').split(head)[0]  # applying it twice changes nothing
+    obj.__doc__ = base + head + '\n'.join(lines) if lines else base
+    return obj

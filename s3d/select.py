@@ -6,14 +6,19 @@ Docs: https://s3d-dev.github.io/s3d/select.html.md"""
 
 # %% ../nbs/06_select.ipynb #7803cd3b
 from __future__ import annotations
-import math
+import copy, math
 import numpy as np
 import torch
-from torch import Tensor
+from torch import nn, Tensor
 from .schemes import SplitSchemes, split_schemes
+from .graph import split_groups
+from .surgery import remap_channels
+from .cost import count_params_flops
 
 # %% auto #0
-__all__ = ['score_neurons', 'select_neurons']
+__all__ = ['ALLOCATIONS', 'score_neurons', 'select_neurons', 'target_widths', 'round_targets', 'new_counts', 'round_total',
+           'select_round', 'gain_selection', 'allocate', 'split_selection', 'nothing_added', 'NeuronCosts',
+           'neuron_costs']
 
 # %% ../nbs/06_select.ipynb #077bc07c
 def score_neurons(
@@ -39,7 +44,7 @@ def _candidates(schemes: dict, threshold: float, per_layer_cap):
 
 
 def _knapsack(values, sizes, budget, max_bins=20000):
-    "Indices maximising sum(values) with sum(sizes) <= budget: exact for integer sizes (FLOPs, params), else on a grid."
+    "Indices maximising sum(values) with sum(sizes) <= budget: exact for integer sizes, else on a grid."
     sizes = np.asarray(sizes, dtype=float)
     if len(sizes) == 0:
         return []
@@ -68,7 +73,7 @@ def _knapsack(values, sizes, budget, max_bins=20000):
 
 # %% ../nbs/06_select.ipynb #39e674ca
 def _fit_realised(cand: list, costs: dict, budget: float, realised) -> list:
-    "The longest prefix of `cand` (best gain per linear cost first) whose `realised(new neurons per group)` fits `budget`."
+    "The longest prefix of `cand` (best gain per linear cost first) whose `realised` cost fits `budget`."
     order = sorted(cand, key=lambda t: t[2] / max(costs[t[0]] * t[3], 1e-300))  # most gain per cost first
 
     def fits(n):
@@ -88,6 +93,27 @@ def _fit_realised(cand: list, costs: dict, budget: float, realised) -> list:
             hi = mid
     return order[:lo]
 
+# %% ../nbs/06_select.ipynb #f88628ab
+def _check_rules(schemes, ratio, max_count, threshold, per_layer_cap, budget, costs, realised):
+    "`select_neurons`' arguments in range, or a `ValueError` naming the one that is not."
+    cap = per_layer_cap
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if ratio is not None and not ratio > 0:
+        raise ValueError(f"ratio must be > 0, got {ratio}")
+    if max_count is not None and max_count < 0:
+        raise ValueError(f"max_count must be >= 0, got {max_count}")
+    if cap is not None and not (isinstance(cap, int) and cap >= 0 or isinstance(cap, float) and 0 < cap <= 1):
+        raise ValueError(f"per_layer_cap must be an int >= 0 or a fraction in (0, 1], got {cap!r}")
+    if (budget is None) != (costs is None):
+        raise ValueError("energy-aware selection needs both `budget` and `costs`")
+    if realised is not None and budget is None:
+        raise ValueError("`realised` prices an energy budget: give `budget` and `costs` too")
+    if budget is not None and not budget > 0:
+        raise ValueError(f"budget must be > 0, got {budget}")
+    if costs is not None and set(schemes) - set(costs):
+        raise ValueError(f"no cost given for groups {sorted(set(schemes) - set(costs))}")
+
 # %% ../nbs/06_select.ipynb #0a8c11a3
 def select_neurons(
     schemes: dict,  # group name -> `SplitSchemes` (from `score_neurons`)
@@ -102,27 +128,7 @@ def select_neurons(
     realised=None,  # callable(new neurons per group name) -> the grown network's added cost
 ) -> dict:
     "Choose neurons to split: group name -> sorted LongTensor of neuron indices."
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    if ratio is not None and not ratio > 0:
-        raise ValueError(f"ratio must be > 0, got {ratio}")
-    if max_count is not None and max_count < 0:
-        raise ValueError(f"max_count must be >= 0, got {max_count}")
-    if per_layer_cap is not None and not (
-        isinstance(per_layer_cap, int)
-        and per_layer_cap >= 0
-        or isinstance(per_layer_cap, float)
-        and 0 < per_layer_cap <= 1
-    ):
-        raise ValueError(f"per_layer_cap must be an int >= 0 or a fraction in (0, 1], got {per_layer_cap!r}")
-    if (budget is None) != (costs is None):
-        raise ValueError("energy-aware selection needs both `budget` and `costs`")
-    if realised is not None and budget is None:
-        raise ValueError("`realised` prices an energy budget: give `budget` and `costs` too")
-    if budget is not None and not budget > 0:
-        raise ValueError(f"budget must be > 0, got {budget}")
-    if costs is not None and set(schemes) - set(costs):
-        raise ValueError(f"no cost given for groups {sorted(set(schemes) - set(costs))}")
+    _check_rules(schemes, ratio, max_count, threshold, per_layer_cap, budget, costs, realised)
     cand = _candidates(schemes, threshold, per_layer_cap)
     if budget is not None:
         keep = _knapsack([-g for _, _, g, _ in cand], [costs[n] * k for n, _, _, k in cand], budget)
@@ -145,3 +151,200 @@ def select_neurons(
     for name, i, _, _ in cand:
         out[name].append(i)
     return {name: torch.tensor(sorted(ix), dtype=torch.long) for name, ix in out.items()}
+
+# %% ../nbs/06_select.ipynb #208e77af
+ALLOCATIONS = ('targets', 'gain', 'random')  # where a round's new neurons go (see `allocate`)
+
+
+def target_widths(
+    cfg,  # a `GrowConfig` (its `widths`, `growth_factor`)
+    groups,  # the split groups (anything with `.name` and `.n_neurons`), in forward order
+    rnd: int | None,  # the round (1-based); only `widths` needs it
+) -> list | None:
+    "Round `rnd`'s target width of every group as given (maybe below its width), or None."
+    f = getattr(cfg, 'growth_factor', None)
+    if f is not None:
+        return [math.floor(f * g.n_neurons + 0.5) for g in groups]
+    if cfg.widths is None:
+        return None
+    if rnd is None or not 1 <= rnd <= len(cfg.widths):
+        raise ValueError(f"cfg.widths needs the round number in [1, {len(cfg.widths)}], got {rnd}")
+    t = cfg.widths[rnd - 1]
+    if isinstance(t, dict):
+        unknown = sorted(set(t) - {g.name for g in groups})
+        if unknown:
+            raise ValueError(
+                f"GrowConfig.widths[{rnd - 1}] names {unknown}, which are not split groups of this model; "
+                f"its groups are {[g.name for g in groups]}"
+            )
+        return [int(t.get(g.name, g.n_neurons)) for g in groups]
+    t = [t] * len(groups) if isinstance(t, (int, np.integer)) else list(t)
+    if len(t) != len(groups):
+        n = f"GrowConfig.widths[{rnd - 1}] has {len(t)} entries for {len(groups)} split groups"
+        raise ValueError(n + " (one per group in forward order); or give a dict {group name: width}")
+    return [int(w) for w in t]
+
+
+def round_targets(cfg, groups, rnd: int | None) -> dict | None:
+    "Target width per group name in round `rnd` (never below its width); None by ratio."
+    t = target_widths(cfg, groups, rnd)
+    return None if t is None else {g.name: max(w, g.n_neurons) for g, w in zip(groups, t)}
+
+# %% ../nbs/06_select.ipynb #470d046b
+def new_counts(cfg, groups, rnd: int | None) -> dict:
+    "New neurons per group name in round `rnd` up to the target width, else `round(ratio * n)`."
+    ctl = cfg.control
+    if ctl is not None and not ctl.grows:
+        return {g.name: 0 for g in groups}
+    tg = round_targets(cfg, groups, rnd)
+    if tg is not None:
+        return {g.name: tg[g.name] - g.n_neurons for g in groups}
+    return {g.name: int(round(cfg.ratio * g.n_neurons)) for g in groups}
+
+
+def round_total(cfg, groups, rnd: int | None) -> int:
+    "New neurons in round `rnd` over all groups: the targets' sum minus the current sum (never negative)."
+    counts = new_counts(cfg, groups, rnd)
+    raw = target_widths(cfg, groups, rnd)
+    if raw is None or not sum(counts.values()):
+        return sum(max(v, 0) for v in counts.values())
+    return max(sum(raw) - sum(g.n_neurons for g in groups), 0)
+
+# %% ../nbs/06_select.ipynb #d0156fc7
+def select_round(schemes: dict, cfg, costs, groups, rnd: int | None = None) -> dict:
+    "Neurons to split: `select_neurons` with `cfg`'s rule, or each group's best up to its target width."
+    tg = round_targets(cfg, groups, rnd)
+    if tg is None:
+        return select_neurons(
+            schemes,
+            ratio=cfg.ratio,
+            max_count=cfg.max_count,
+            threshold=cfg.threshold,
+            per_layer_cap=cfg.per_layer_cap,
+            budget=cfg.budget,
+            costs=costs,
+            realised=getattr(costs, 'added', None),
+        )  # the grown network must fit, not the sum
+    out = {}
+    for g in groups:
+        new = tg[g.name] - g.n_neurons
+        out[g.name] = (
+            select_neurons({g.name: schemes[g.name]}, ratio=new / g.n_neurons, threshold=cfg.threshold)[
+                g.name
+            ]
+            if new > 0
+            else torch.zeros(0, dtype=torch.long)
+        )
+    return out
+
+# %% ../nbs/06_select.ipynb #4664bc5d
+def gain_selection(schemes: dict, cfg, groups, total: int) -> dict:
+    "The neurons with the best gains over all groups, adding `total` neurons in all."
+    n = sum(g.n_neurons for g in groups)
+    if total <= 0:
+        return {g.name: torch.zeros(0, dtype=torch.long) for g in groups}
+    return select_neurons(schemes, ratio=total / n, threshold=cfg.threshold)
+
+
+def allocate(
+    cfg, groups, rnd: int | None, schemes: dict | None = None, gen: torch.Generator | None = None
+) -> dict:
+    "New neurons per group name in round `rnd` under `cfg.allocation` ('targets' when None)."
+    counts = new_counts(cfg, groups, rnd)
+    how = cfg.allocation or 'targets'
+    if how == 'targets':
+        return counts
+    total = round_total(cfg, groups, rnd)  # the same total however it is spread
+    if total == 0:
+        return {g.name: 0 for g in groups}
+    if how == 'gain':
+        if schemes is None:
+            raise ValueError("allocation='gain' needs the round's split schemes")
+        sel = gain_selection(schemes, cfg, groups, total)
+        return {g.name: int((schemes[g.name].k[sel[g.name]] - 1).sum()) for g in groups}
+    n = sum(g.n_neurons for g in groups)  # random: `total` neurons drawn without repeats while possible
+    pick = torch.randperm(n, generator=gen).repeat(-(-total // n))[:total]
+    owner = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.n_neurons for g in groups]))
+    return {g.name: int((owner[pick] == i).sum()) for i, g in enumerate(groups)}
+
+# %% ../nbs/06_select.ipynb #3ffb9927
+def split_selection(schemes: dict, cfg, costs, groups, rnd: int | None, gen=None) -> dict:
+    "Neurons a signed split takes this round: `select_round`, or by `cfg.allocation` when it is set."
+    if cfg.allocation is None:
+        return select_round(schemes, cfg, costs, groups, rnd)
+    if cfg.allocation == 'gain':
+        return gain_selection(schemes, cfg, groups, round_total(cfg, groups, rnd))
+    counts = allocate(cfg, groups, rnd, schemes, gen)
+    return {
+        g.name: (
+            select_neurons(
+                {g.name: schemes[g.name]}, ratio=counts[g.name] / g.n_neurons, threshold=cfg.threshold
+            )[g.name]
+            if counts[g.name] > 0
+            else torch.zeros(0, dtype=torch.long)
+        )
+        for g in groups
+    }
+
+# %% ../nbs/06_select.ipynb #a9901a9d
+def nothing_added(cfg, groups, rnd: int | None, schemes: dict | None = None) -> str:
+    "Why round `rnd` adds no neuron under `cfg` (`schemes`: the round's split schemes, if scored)."
+    tg = round_targets(cfg, groups, rnd)
+    widths = ', '.join(f"{g.name}: {g.n_neurons}" for g in groups)
+    if tg is not None and all(tg[g.name] <= g.n_neurons for g in groups):
+        return f"every group is at or above its target for round {rnd} (widths {widths}); raise the targets"
+    if schemes is not None:
+        gains = torch.cat([s.gain[s.k > 1].double().cpu() for s in schemes.values()])
+        if not bool((gains < -cfg.threshold).any()):
+            low = f"{float(gains.min()):.3g}" if len(gains) else "none (no neuron can split)"
+            return (
+                f"no neuron has a splitting gain below -threshold = {-cfg.threshold:g} (lowest {low}): "
+                "no "
+                "split lowers the loss to second order here; lower `threshold`, train longer, or grow by a "
+                "control (growth='random')"
+            )
+        if cfg.budget is not None:
+            return f"no split fits budget={cfg.budget:g} ({cfg.cost}); raise the budget"
+    if tg is None and cfg.ratio is not None:
+        return (
+            f"ratio={cfg.ratio:g} of the widths ({widths}) gives less than one new neuron; raise ratio, or "
+            "give "
+            "widths or growth_factor"
+        )
+    return "max_count or per_layer_cap leaves no neuron to split; raise them"
+
+# %% ../nbs/06_select.ipynb #6133f2f6
+class NeuronCosts(dict):
+    "Group name -> added cost of one more neuron (the knapsack's price); `added`: a grown copy's real cost."
+
+    def __init__(self, prices: dict, model: nn.Module, example_input, what: str, base: int):
+        super().__init__(prices)
+        self.model, self.example_input, self.what, self.base = model, example_input, what, base
+
+    def added(self, counts: dict) -> int:
+        "Added FLOPs or params with `counts[name]` more neurons per group (adjacent growths multiply)."
+        twin = copy.deepcopy(self.model)
+        for g in split_groups(twin, self.example_input):
+            n = int(counts.get(g.name, 0))
+            if n > 0:
+                remap_channels(
+                    twin, g, torch.cat([torch.arange(g.n_neurons), torch.zeros(n, dtype=torch.long)])
+                )
+        return count_params_flops(twin, self.example_input)[{'params': 0, 'flops': 1}[self.what]] - self.base
+
+
+def neuron_costs(
+    model: nn.Module,  # the network
+    example_input,  # one batch, for shapes and FLOPs
+    what: str = 'flops',  # 'flops' or 'params'
+) -> NeuronCosts:
+    "Added FLOPs (per sample) or parameters of one more neuron per split group (`.added`: for several)."
+    k = {'params': 0, 'flops': 1}[what]
+    base = count_params_flops(model, example_input)[k]
+    out = {}
+    for g in split_groups(model, example_input):
+        twin = copy.deepcopy(model)
+        tg = {h.name: h for h in split_groups(twin, example_input)}[g.name]
+        remap_channels(twin, tg, torch.cat([torch.arange(tg.n_neurons), torch.zeros(1, dtype=torch.long)]))
+        out[g.name] = count_params_flops(twin, example_input)[k] - base
+    return NeuronCosts(out, model, example_input, what, base)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 from s3d.controls import Net2Net
-from s3d.grow import GrowConfig, grow, load_grown_state, neuron_costs, split_round
+from s3d.grow import GrowConfig, grow, load_grown_state, split_round
+from s3d.select import neuron_costs
 from s3d.graph import split_groups
 from s3d.cost import count_params_flops
 from s3d.paper.models import mobilenet_digits
@@ -65,8 +66,8 @@ def test_s3d_splits_more_than_s2d():
     X, y = _data()
     model = _mlp()
     _train_fn(X, y, 200)(model, 0)
-    cfg2 = GrowConfig(rounds=1, m=2, c=1.0, threshold=0.0, ratio=10.0, eigen='exact')
-    cfg3 = GrowConfig(rounds=1, m=2, c=3.0, threshold=0.0, ratio=10.0, eigen='exact')
+    cfg2 = GrowConfig(rounds=1, m=2, c=1.0, threshold=0.0, ratio=1.0, eigen='exact')
+    cfg3 = GrowConfig(rounds=1, m=2, c=3.0, threshold=0.0, ratio=1.0, eigen='exact')
     m2, m3 = copy.deepcopy(model), copy.deepcopy(model)
     s2 = split_round(m2, nn.functional.cross_entropy, [(X, y)], X[:1], cfg2)
     s3 = split_round(m3, nn.functional.cross_entropy, [(X, y)], X[:1], cfg3)
@@ -274,7 +275,8 @@ def test_line_search_trials_reuse_one_copy_exactly():
     from s3d.eigen import extreme_eigenpairs
     from s3d.select import score_neurons
     from s3d.surgery import apply_splits
-    from s3d.grow import _Trials, select_round
+    from s3d.grow import _Trials
+    from s3d.select import select_round
     x = torch.randn(24, 1, 8, 8, dtype=torch.float64); y = torch.randint(0, 3, (24,))
     net = _cnn_f64(); lf = nn.functional.cross_entropy
     groups = split_groups(net, x[:1]); assert len(groups) == 2
