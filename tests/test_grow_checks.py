@@ -186,7 +186,6 @@ def test_lstm_classifier_refused_before_training():
     assert f"skipped: {s3d.split_groups(LSTMClassifier(), tok[:1]).skipped}" in msg  # the graph's report, verbatim
 
 
-@pytest.mark.xfail(reason="the graph helper's `.skipped` for modules torch.fx keeps whole (issue 24 item 2)")
 def test_lstm_named_in_refusal():
     tok = torch.randint(0, 10, (16, 5))
     msg = _refused(r'has no split group', model=LSTMClassifier(), example_input=tok[:1], score_batches=[(tok, Y_[:16])])
