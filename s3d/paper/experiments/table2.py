@@ -672,15 +672,25 @@ def _last_verdict(df) -> str:
     return f"{verdict(v)}: S3D − S2D {v['mean']:+.2f} points{ci}"
 
 
+def _splits(d: pd.Series) -> str:
+    "'splits 1 (-2.22) and 3 (-3.06)' from a series of differences indexed by split."
+    items = [f"{k} ({x:+.2f})" for k, x in d.items()]
+    head = ', '.join(items[:-1]) + ' and ' + items[-1] if len(items) > 1 else items[0]
+    return ('splits ' if len(items) > 1 else 'split ') + head
+
+
 @prose('table2.verdict')
 def _ours(root) -> str:
     df = results(root)
-    v = s3d_vs_s2d(df).set_index('round').drop(index=0)
-    said = lambda m: ', '.join(f"{k} ({v.d_top1[k]:+.2f})" for k in v.index[m(v.d_top1)]) or 'none'
-    last = v.iloc[-1]
+    v = s3d_vs_s2d(df).set_index('round').drop(index=0).d_top1
+    parts = [
+        f"{w} after {_splits(v[m])}"
+        for w, m in (('behind', v < 0), ('level', v == 0), ('ahead', v > 0))
+        if m.any()
+    ]
+    last = s3d_vs_s2d(df).iloc[-1]
     return (
-        f"**Ours** ({_where(df)}). Top-1 of S3D minus S2D after each split, in points: behind after "
-        f"{said(lambda d: d < 0)}; level after {said(lambda d: d == 0)}; ahead after {said(lambda d: d > 0)}. "
+        f"**Ours** ({_where(df)}). Top-1 of S3D minus S2D, in points: S3D is {'; '.join(parts)}. "
         f"After the last split S3D reaches {_pct(last.top1_S3D)} at {last.macs_S3D / 1e6:.3g} M MACs and S2D "
         f"{_pct(last.top1_S2D)} at {last.macs_S2D / 1e6:.3g} M: **{_last_verdict(df)}**."
     )
@@ -738,10 +748,17 @@ def _controls(root) -> str:
         f"Random growth and Net2Net grow the seed to S3D's widths at every split, with the same training; scratch "
         f"trains S3D's final widths from a fresh initialisation for as many stages. Random growth is above S3D "
         f"after {above} of {len(t)} splits, and scratch reaches {_pct(sc)} against S3D's {_pct(s3)} after the "
-        f"last split. With {df.seed.nunique()} seed(s) none of these differences has an interval "
-        f"(**{verdict(dict(n=df.seed.nunique()))}** each). Top-1 (%) after each split:"
+        f"last split. Top-1 (%) after each split:"
     )
-    return text + '\n\n' + markdown_table(t.reset_index().rename(columns={'round': 'split'}), 6)
+    vc = vs_controls(df, SCALES['cpu'].c, 'top1')
+    pairs = [
+        f"- {r.comparison.replace(' - ', ' − ')}: {r.diff:+.2f} points"
+        + (f" [{r.lo:+.2f}, {r.hi:+.2f}]" if np.isfinite(r.lo) else '')
+        + f": **{r.verdict}**"
+        for r in vc.itertuples()
+    ]
+    table = markdown_table(t.reset_index().rename(columns={'round': 'split'}), 6)
+    return '\n\n'.join([text, table, 'After the last split, paired by seed:', '\n'.join(pairs)])
 
 # %% ../../../nbs/paper/11_table2.ipynb #0bed43aa
 @prose('table2.ours')
