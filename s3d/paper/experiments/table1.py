@@ -1159,10 +1159,17 @@ def vs_baselines(df: pd.DataFrame, c: float) -> pd.DataFrame:
         out.append(row)
     return pd.DataFrame(out).sort_values('flops_M').reset_index(drop=True)
 
-# %% ../../../nbs/paper/10_table1.ipynb #8991ec79
-def _names(t, who, what) -> str:
-    names = [f"{r.baseline} ({_pct(r.acc)})" for r in t.itertuples() if getattr(r, f'{who}_verdict') == what]
-    return ', '.join(names) if names else 'none'
+# %% ../../../nbs/paper/10_table1.ipynb #b3729bfc
+def _standing(t, who) -> str:
+    "Where `who` stands against the baselines: 'below a and b; level with c; above d' (empty groups left out)."
+    parts = []
+    for word, what in (('below', 'lower'), ('level with', 'not resolved'), ('above', 'higher')):
+        names = [r.baseline for r in t.itertuples() if getattr(r, f'{who}_verdict').endswith(what)]
+        if names:
+            parts.append(
+                f"{word} {', '.join(names[:-1]) + ' and ' + names[-1] if len(names) > 1 else names[0]}"
+            )
+    return '; '.join(parts)
 
 
 @prose('table1.baselines')
@@ -1186,10 +1193,9 @@ def _baselines(root) -> str:
         }
     )
     text = [
-        f"S3D (c = {c:g}) is below {_names(t, 'S3D', 'S3D lower')} (95 % intervals exclude 0), level with "
-        f"{_names(t, 'S3D', 'not resolved')} and above {_names(t, 'S3D', 'S3D higher')}. "
-        f"S2D is below {_names(t, 'S2D', 'S2D lower')}, level with {_names(t, 'S2D', 'not resolved')} and above "
-        f"{_names(t, 'S2D', 'S2D higher')}."
+        f"At the last split, paired by seed, S3D (c = {c:g}) is {_standing(t, 'S3D')}. S2D is "
+        f"{_standing(t, 'S2D')}. Below and above mean that the 95 % interval of the paired difference excludes 0, "
+        "level with that it includes 0."
     ]
     return '\n\n'.join(text + [markdown_table(show, 6)])
 
