@@ -112,3 +112,129 @@ def test_readme_and_help_state_the_cpu_run_count():
     n = len(table1_runs(SCALES['cpu']))
     assert f'`--scale cpu` ({n} runs,' in (ROOT / 'README.md').read_text()
     assert f'cpu (digits) {n} runs,' in ABOUT['table1'][1]
+
+
+# --- prose rendered from the committed results (issue 23) ---------------------------------------------------------
+import shutil
+from scipy import stats
+from s3d.paper.report import render
+
+RENDERERS = ['table1.paper', 'table1.verdict', 'table1.controls', 'table1.baselines', 'table1.ours', 'table1.setup',
+             'fig3.caption', 'table1.row', 'fig3.row']
+_FILES = ('data/results/table1_cpu.csv', 'data/results/table1_cpu.md', 'data/paper/table1.csv')
+
+
+def _copy_root(tmp_path):
+    "A stand-in repository root holding copies of the files the renderers read."
+    for rel in _FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    return tmp_path
+
+
+def _last_params(df):
+    p = df[df.setting == 'params']
+    return p[p['round'] == p['round'].max()]
+
+
+def _paired(a, b):
+    d = (a - b).dropna()
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return d.mean(), d.mean() - half, d.mean() + half
+
+
+def test_verdict_matches_the_committed_csv_recomputed_here():
+    df = pd.read_csv(ROOT / _FILES[0])
+    last = _last_params(df)
+    s3, s2 = last[last.c == 3].set_index('seed').acc, last[last.c == 1].set_index('seed').acc
+    m, lo, hi = _paired(s3, s2)
+    txt = render('table1.verdict', ROOT)
+    assert f'{s3.mean():.2f} %' in txt and f'{s2.mean():.2f} %' in txt and f'[{lo:+.2f}, {hi:+.2f}]' in txt, txt
+    assert ('not resolved' in txt) == (lo < 0 < hi)
+    row = render('table1.row', ROOT)
+    assert row.count(' | ') == 6 and f'[{lo:+.2f}, {hi:+.2f}]' in row and 'paper scale: not run' in row
+
+
+def test_baselines_controls_and_c_sweep_match_the_csv():
+    df = pd.read_csv(ROOT / _FILES[0])
+    last = _last_params(df)
+    s3 = last[last.c == 3].set_index('seed').acc
+    half = df[df.method == '0.5x'].set_index('seed').acc
+    m, lo, hi = _paired(s3, half)
+    assert f'{m:+.2f} [{lo:+.2f}, {hi:+.2f}]' in render('table1.baselines', ROOT)
+    rnd = last[last.method == 'random growth'].set_index('seed').acc
+    m, lo, hi = _paired(s3, rnd)
+    assert f'{m:+.2f} points, 95 % interval [{lo:+.2f}, {hi:+.2f}]' in render('table1.controls', ROOT)
+    c5 = last[last.c == 5].acc
+    assert f'{c5.mean():.2f} % at c = 5 (n = {len(c5)})' in render('fig3.caption', ROOT)
+
+
+def test_paper_numbers_come_from_the_paper_csv():
+    p = pd.read_csv(ROOT / _FILES[2])
+    s3 = p[(p.model == 'S3D-5') & (p.metric == 'accuracy')].value.item()
+    assert f'{s3:.2f} %' in render('table1.paper', ROOT) and set(p.source.str.contains('S3D paper'))
+
+
+@pytest.mark.parametrize('name', RENDERERS)
+def test_editing_a_result_file_changes_the_text(tmp_path, name):
+    root = _copy_root(tmp_path)
+    before = render(name, root)
+    if name == 'table1.paper':
+        p = pd.read_csv(root / _FILES[2])
+        p.loc[(p.model == 'S3D-5') & (p.metric == 'accuracy'), 'value'] = 71.23
+        p.to_csv(root / _FILES[2], index=False)
+    elif name == 'table1.setup':
+        md = root / _FILES[1]
+        md.write_text(md.read_text().replace('Recipe: SGD lr 0.1,', 'Recipe: SGD lr 0.2,'))
+    else:
+        df = pd.read_csv(root / _FILES[0])
+        k = (df.method == 'S3D') & (df.setting == 'params') & (df.c == 3) & (df['round'] == 5) & (df.seed == 0)
+        assert k.sum() == 1
+        df.loc[k, 'acc'] -= 2.5
+        df.to_csv(root / _FILES[0], index=False)
+    assert render(name, root) != before
+
+
+def test_report_refactor_keeps_the_committed_report():
+    "The report written from the committed CSV keeps the committed verdict lines and table."
+    from s3d.paper.experiments.table1 import table1_report
+    md = (ROOT / _FILES[1]).read_text()
+    new = table1_report(pd.read_csv(ROOT / _FILES[0]), SCALES['cpu'], 'x')
+    keep = lambda t: [l for l in t.splitlines() if l.startswith(('- ', '| ', 'Recipe:'))]
+    assert keep(new) == keep(md)
+
+
+def test_fig3_says_what_it_shows():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from s3d.paper.experiments.table1 import plot_fig3, fig3_where
+    fig = plot_fig3(pd.read_csv(ROOT / _FILES[0]), 3.0, fig3_where(SCALES['cpu']))
+    try:
+        assert 'digits' in fig._suptitle.get_text() and '±1 sd' in fig._suptitle.get_text()
+        assert all(a.get_xlabel() and a.get_ylabel() and a.get_title() for a in fig.axes)
+        labels = [l for a in fig.axes for l in a.get_legend_handles_labels()[1]]
+        assert all('(n ' in l for l in labels), labels
+        assert {t.get_text() for t in fig.axes[2].texts} == {'n=10', 'n=3'}
+    finally:
+        plt.close(fig)
+
+
+def _stored_prose(nb_path):
+    "(name, stored Markdown) of every `show(name)` cell of a notebook."
+    import json, re
+    out = []
+    for c in json.loads(nb_path.read_text())['cells']:
+        m = re.search(r"show\('([\w.-]+)'\)", ''.join(c['source'])) if c['cell_type'] == 'code' else None
+        if m:
+            md = [''.join(o['data']['text/markdown']) for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
+            out.append((m.group(1), md[0] if md else None))
+    return out
+
+
+def test_experiment_notebook_shows_what_the_results_say_now():
+    "Every rendered cell of table1_cifar stores what its renderer makes from the committed files (re-execute if not)."
+    shown = _stored_prose(ROOT / 'nbs' / 'experiments' / 'table1_cifar.ipynb')
+    assert {n for n, _ in shown} >= {'table1.paper', 'table1.verdict', 'fig3.caption', 'table1.controls', 'table1.baselines'}
+    for name, md in shown:
+        assert md == render(name, ROOT), f'{name}: the stored output differs from the results; re-execute the notebook'

@@ -160,3 +160,117 @@ def test_worker_decoded_crops_are_pinned_as_one_batch(tiny):
     assert torch.is_tensor(items) and items.shape == (5, 3, 24, 24) and items.dtype == torch.uint8
     x, y = next(iter(JpegLoader(scan_imagefolder(tiny), 5, size=24, workers=0, decode='worker', seed=1)))
     assert x.shape == (5, 3, 24, 24) and x.dtype == torch.float32 and y.shape == (5,)
+
+
+# --- prose rendered from the committed results (issue 23) ---------------------------------------------------------
+import shutil
+import numpy as np
+from s3d.paper.report import render
+
+RENDERERS = ['table2.paper', 'table2.verdict', 'table2.baselines', 'table2.controls', 'table2.ours', 'table2.setup',
+             'table2.row']
+_FILES = ('data/results/table2_cpu.csv', 'data/results/table2_cpu.md', 'data/paper/table2.csv')
+
+
+def _copy_root(tmp_path):
+    "A stand-in repository root holding copies of the files the renderers read."
+    for rel in _FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
+    return tmp_path
+
+
+def _top1(df, method, rnd):
+    return df[(df.method == method) & (df['round'] == rnd)].top1.mean()
+
+
+def test_verdict_and_row_match_the_committed_csv_recomputed_here():
+    df = pd.read_csv(ROOT / _FILES[0])
+    k = df[df.method == 'S3D']['round'].max()
+    d = {r: _top1(df, 'S3D', r) - _top1(df, 'S2D', r) for r in range(1, k + 1)}
+    txt = render('table2.verdict', ROOT)
+    for r, v in d.items():
+        assert f'{r} ({v:+.2f})' in txt, (r, v, txt)
+    assert f"{_top1(df, 'S3D', k):.2f} %" in txt and 'not resolved (one seed: no interval)' in txt
+    row = render('table2.row', ROOT)
+    behind = sum(v < 0 for v in d.values())
+    assert row.count(' | ') == 6 and f'behind S2D after {behind} of {k} splits' in row and 'paper scale: not run' in row
+
+
+def test_multipliers_and_controls_match_the_csv():
+    df = pd.read_csv(ROOT / _FILES[0])
+    b = df[df.method == '0.75x'].iloc[0]
+    g = df[df.method == 'S3D']
+    near = g.iloc[int(np.argmin(np.abs(np.log(g.macs / b.macs))))]   # the S3D split nearest in MACs
+    txt = render('table2.baselines', ROOT)
+    assert f"0.75x: {b.top1:.2f} % at {b.macs / 1e6:.3g} M MACs" in txt
+    assert f"S3D-{int(near['round'])} ({near.top1:.2f} % at {near.macs / 1e6:.3g} M)" in txt, txt
+    sc = df[(df.method == 'scratch') & (df['round'] == df['round'].max())].top1.mean()
+    assert f'scratch reaches {sc:.2f} %' in render('table2.controls', ROOT)
+
+
+def test_paper_numbers_come_from_the_paper_csv_and_match_the_package():
+    from s3d.paper.experiments.table2 import PAPER_TABLE2
+    p = pd.read_csv(ROOT / _FILES[2]).pivot(index='model', columns='metric', values='value')
+    for r in PAPER_TABLE2.itertuples():
+        assert p.loc[r.model, 'top1'] == r.top1 and p.loc[r.model, 'macs'] == r.macs_G
+    d = [p.loc[f'S3D-{k}', 'top1'] - p.loc[f'S2D-{k}', 'top1'] for k in range(1, 5)]
+    assert f'by {min(d):.2f} to {max(d):.2f} points' in render('table2.paper', ROOT)
+
+
+@pytest.mark.parametrize('name', RENDERERS)
+def test_editing_a_result_file_changes_the_text(tmp_path, name):
+    root = _copy_root(tmp_path)
+    before = render(name, root)
+    if name == 'table2.paper':
+        p = pd.read_csv(root / _FILES[2])
+        p.loc[(p.model == 'S3D-4') & (p.metric == 'top1'), 'value'] = 75.01
+        p.to_csv(root / _FILES[2], index=False)
+    elif name == 'table2.setup':
+        md = root / _FILES[1]
+        md.write_text(md.read_text().replace('Recipe: SGD lr 0.1,', 'Recipe: SGD lr 0.2,'))
+    else:
+        df = pd.read_csv(root / _FILES[0])
+        for meth in ('S3D', '0.75x'):   # the multipliers' renderer reads the baseline, the others S3D
+            k = (df.method == meth) & (df['round'] == df[df.method == meth]['round'].max())
+            assert k.sum() == 1
+            df.loc[k, 'top1'] -= 1.5
+        df.to_csv(root / _FILES[0], index=False)
+    assert render(name, root) != before
+
+
+def test_table2_figure_has_readable_log_ticks_and_says_the_data():
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from s3d.paper.experiments.table2 import plot_table2
+    fig = plot_table2(pd.read_csv(ROOT / _FILES[0]), 'cpu')
+    try:
+        a, b = fig.axes
+        assert 'digits' in a.get_title() and 'ImageNet' in b.get_title()
+        for ax in fig.axes:
+            labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+            assert ax.get_xscale() == 'log' and len(labels) >= 4, labels
+            assert ax.get_xlabel() and ax.get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def _stored_prose(nb_path):
+    "(name, stored Markdown) of every `show(name)` cell of a notebook."
+    import json, re
+    out = []
+    for c in json.loads(nb_path.read_text())['cells']:
+        m = re.search(r"show\('([\w.-]+)'\)", ''.join(c['source'])) if c['cell_type'] == 'code' else None
+        if m:
+            md = [''.join(o['data']['text/markdown']) for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
+            out.append((m.group(1), md[0] if md else None))
+    return out
+
+
+def test_experiment_notebook_shows_what_the_results_say_now():
+    "Every rendered cell of table2_imagenet stores what its renderer makes from the committed files."
+    shown = _stored_prose(ROOT / 'nbs' / 'experiments' / 'table2_imagenet.ipynb')
+    assert {n for n, _ in shown} >= {'table2.paper', 'table2.verdict', 'table2.baselines', 'table2.controls'}
+    for name, md in shown:
+        assert md == render(name, ROOT), f'{name}: the stored output differs from the results; re-execute the notebook'
