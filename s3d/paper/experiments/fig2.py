@@ -205,7 +205,7 @@ SCALES = {
     ),
 }
 
-# %% ../../../nbs/paper/12_fig2.ipynb #7ee3d486
+# %% ../../../nbs/paper/12_fig2.ipynb #b6972ce8
 def _draw_thetas(k: int, g: torch.Generator, dtype) -> torch.Tensor:
     "k neuron parameters (a, b) from `g`: a uniform on [1, 2], centre -b/a uniform on [-3, 3]."
     a, centre = 1 + torch.rand(k, generator=g, dtype=dtype), -3 + 6 * torch.rand(k, generator=g, dtype=dtype)
@@ -233,7 +233,7 @@ def _round_row(labels: dict, r: int, u, it: int, loss: float, lmin, lmax, **deci
         **decision,
     )
 
-# %% ../../../nbs/paper/12_fig2.ipynb #ec89cf6d
+# %% ../../../nbs/paper/12_fig2.ipynb #76ea7618
 def _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons):
     "Train round r; log its losses to `curve` and its neurons to `neurons`; returns theta, u, loss, S, lam_min, lam_max, it."
     theta, u, losses = train_round(theta, u, x, y, cfg.steps, cfg.lr, train_out)
@@ -261,7 +261,7 @@ def _train_logged(theta, u, x, y, cfg, train_out, labels, r, it, curve, neurons)
         )
     return theta, u, loss, S, lmin, lmax, it + len(losses)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #518107d5
+# %% ../../../nbs/paper/12_fig2.ipynb #af2b991d
 def grow_rbf(
     x,
     y,
@@ -323,7 +323,7 @@ def net2net_split(theta, u, new: int, eps: float, gen: torch.Generator):
         u[j] = u[j] / 2
     return theta, u
 
-# %% ../../../nbs/paper/12_fig2.ipynb #eb8e390b
+# %% ../../../nbs/paper/12_fig2.ipynb #4d30ffde
 def _control_gen(seed: int, r: int) -> torch.Generator:
     "The draws of a control's growth before round r (seeds apart from those of the targets and first neurons)."
     return torch.Generator().manual_seed(1_000_003 * (seed + 1) + r)
@@ -337,7 +337,7 @@ def _control_start(growth: str, counts: list, seed: int, x):
     theta = _draw_thetas(n, torch.Generator().manual_seed(seed), x.dtype).to(x.device)
     return theta, torch.full((n,), 1 / n, dtype=x.dtype, device=x.device)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #c8741306
+# %% ../../../nbs/paper/12_fig2.ipynb #3d0e30b0
 def grow_control(
     x,
     y,
@@ -407,7 +407,7 @@ def job_key(job) -> str:
         f'{f}-t{t}-s{s}' + (f'-{g}' if g != 'split' else '') + f'-m{m}-c{c:g}' + (f'-esc{e:g}' if e else '')
     )
 
-# %% ../../../nbs/paper/12_fig2.ipynb #acb596c6
+# %% ../../../nbs/paper/12_fig2.ipynb #cfcee723
 JOB_FORMAT = 's3d fig2 job, v1'
 _JOB_TABLES = ('curve', 'rounds', 'neurons')
 
@@ -445,7 +445,7 @@ def load_job(path, key: str):
         )
         return None
 
-# %% ../../../nbs/paper/12_fig2.ipynb #4de1edb6
+# %% ../../../nbs/paper/12_fig2.ipynb #8a144596
 def fig2_job(
     job, cfg: Fig2Config, device='cpu', path=None, after=None  # save the result there (JSON, see `save_job`)
 ):  # a control: the matched S3D job's file, read for its neuron counts (None: recompute that run)
@@ -478,11 +478,11 @@ def _job_folder(cfg, folder, force):
     config = asdict(cfg)
     if force or not is_done([], folder / 'config.json', config):
         for p in [*folder.glob('*.pkl'), *folder.glob('*.job.json')]:
-            p.unlink()  # *.pkl: job files of versions < 4
+            p.unlink()  # *.pkl: the pickled job format of older versions
         atomic_write_json(folder / 'config.json', config)
     return folder
 
-# %% ../../../nbs/paper/12_fig2.ipynb #5a9ee5c2
+# %% ../../../nbs/paper/12_fig2.ipynb #a8308b1c
 def _finished_jobs(keys: list, paths: list, after: dict) -> dict:
     "The jobs finished on disk, by index; a control whose S3D run is not finished is not (controls come last)."
     done = {}
@@ -506,7 +506,7 @@ def _targets_table(cfg: Fig2Config) -> pd.DataFrame:
         ]
     )
 
-# %% ../../../nbs/paper/12_fig2.ipynb #5eefcca8
+# %% ../../../nbs/paper/12_fig2.ipynb #e2bb4117
 def run_fig2_grid(
     cfg: Fig2Config, device='cpu', progress: bool = True, jobs: int = 1, folder=None, force: bool = False
 ):
@@ -569,7 +569,7 @@ def first_divergence(rounds: pd.DataFrame, f, t, s, c: float, m: int = 2):
             return r
     return None
 
-# %% ../../../nbs/paper/12_fig2.ipynb #1b7a2b8f
+# %% ../../../nbs/paper/12_fig2.ipynb #3b24b060
 def run_style(
     method: str,  # a key of `s3d.paper.report.STYLE`
     c: float = 1.0,  # S3D's c: the shade (c0 is the method's own colour)
@@ -589,7 +589,7 @@ def run_style(
         st['color'] = tuple(base + (1 - base) * 0.8 * t) if c < c0 else tuple(base * (1 - 0.6 * t))
     return st
 
-# %% ../../../nbs/paper/12_fig2.ipynb #11e13ef8
+# %% ../../../nbs/paper/12_fig2.ipynb #a45d82d4
 def _fit_curve(neurons, xs):
     th = torch.tensor(neurons[['a', 'b']].to_numpy())
     u = torch.tensor(neurons['u'].to_numpy())
@@ -627,7 +627,7 @@ def _panel_losses(ax, curve, rounds, ex, runs, title, c0, markers=False):
     ax.set_title(title, fontsize=9)
     _below(ax)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #804de107
+# %% ../../../nbs/paper/12_fig2.ipynb #43fd74fe
 def _state(neurons, ex, c, m, r, method=None):
     "Neuron rows of one run at round r (the last round if the run stopped before)."
     ne = _run_rows(neurons, *ex, c, m, method)
@@ -660,7 +660,7 @@ def _mark_divergence(ax, rounds, ex, cs):
         if r is not None and r < len(ro):
             ax.plot(ro.iteration.iloc[r], ro.loss.iloc[r], 'k^', ms=7, zorder=6)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #0f82aabf
+# %% ../../../nbs/paper/12_fig2.ipynb #010a2a23
 def _split_arrow(tw, ax, nr, row, name, lam, dy, color):
     "An arrow labelled `name` (drawn on the twin axis `tw`) to the bar of the neuron the method splits in `row`."
     if len(row) and row.iloc[0].split:
@@ -697,7 +697,7 @@ def _panel_eigs(ax, rounds, neurons, targets, ex, c0, xs):
               bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     ax.set_title(f'(d) round {r}: extreme eigenvalues per neuron\narrow: the neuron each method splits', fontsize=9)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #51bec42f
+# %% ../../../nbs/paper/12_fig2.ipynb #0ec5e2cb
 def _panel_controls(ax, rounds, c0):
     "(e) Final loss of every replicate: colour and marker = method, filled = free, open = mixture; bar = median."
     last = rounds.groupby(['formulation', 'target', 'seed', 'method', 'c', 'm'], sort=False).tail(1)
@@ -722,7 +722,7 @@ def _panel_controls(ax, rounds, c0):
     ax.set_title(f'(e) final loss of every replicate (bar: median); the controls are matched to S3D m=2, '
                  f'c={c0:g}; filled: free, open: mixture', fontsize=9)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #7b292af1
+# %% ../../../nbs/paper/12_fig2.ipynb #40afe2b9
 def plot_fig2(res: dict, cfg: Fig2Config):
     "Figure 2 (a)-(d) for the example replicate `cfg.example` and (e) the controls over all replicates, from `run_fig2_grid`'s tables."
     import matplotlib.pyplot as plt
@@ -826,7 +826,7 @@ def fig2_paired(rounds: pd.DataFrame, c: float, m: int = 2) -> pd.DataFrame:
                     )
     return pd.DataFrame(out)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #d954f549
+# %% ../../../nbs/paper/12_fig2.ipynb #eb684c18
 def _report_controls(paired: pd.DataFrame, cfg: Fig2Config) -> list:
     "The lines of the report about the controls: what they are, then one line per paired comparison."
     lines = [
@@ -845,7 +845,7 @@ def _report_controls(paired: pd.DataFrame, cfg: Fig2Config) -> list:
         )
     return lines
 
-# %% ../../../nbs/paper/12_fig2.ipynb #dd0c0a65
+# %% ../../../nbs/paper/12_fig2.ipynb #90bf750e
 def _report_formulation(f: str, d: pd.DataFrame, cfg: Fig2Config) -> list:
     "The report's lines about one formulation of the summary `d`: S2D, the hybrid, S3D at each m."
     lines = []
@@ -869,7 +869,7 @@ def _report_formulation(f: str, d: pd.DataFrame, cfg: Fig2Config) -> list:
         )
     return lines
 
-# %% ../../../nbs/paper/12_fig2.ipynb #bd401065
+# %% ../../../nbs/paper/12_fig2.ipynb #ff604017
 def fig2_report(
     tab: pd.DataFrame, cfg: Fig2Config, info: dict | None = None, paired: pd.DataFrame | None = None
 ) -> str:
@@ -936,7 +936,7 @@ def check(
         else []
     )
 
-# %% ../../../nbs/paper/12_fig2.ipynb #bbc31178
+# %% ../../../nbs/paper/12_fig2.ipynb #47799f74
 def _draw_fig2(csvs: dict, files: dict, cfg: Fig2Config) -> dict:
     "Draw the figure from the CSV files `csvs` (as a rerun does) into `files`' png and pdf; returns the tables read."
     import matplotlib
@@ -951,7 +951,7 @@ def _draw_fig2(csvs: dict, files: dict, cfg: Fig2Config) -> dict:
     plt.close(fig)
     return res
 
-
+# %% ../../../nbs/paper/12_fig2.ipynb #812258a1
 def run(
     scale: str = 'cpu',
     device='auto',
@@ -990,10 +990,10 @@ def run(
             atomic_write_text(files['md'], fig2_report(summarize_fig2(res['rounds']), cfg, info, paired))
     return list(files.values())
 
-# %% ../../../nbs/paper/12_fig2.ipynb #09fa6d34
+# %% ../../../nbs/paper/12_fig2.ipynb #2f3c96aa
 from ..runs import Experiment, register_experiment
 
-# %% ../../../nbs/paper/12_fig2.ipynb #6e59fcb0
+# %% ../../../nbs/paper/12_fig2.ipynb #17850a43
 register_experiment(
     Experiment(
         'fig2',
@@ -1006,7 +1006,7 @@ register_experiment(
     )
 )
 
-# %% ../../../nbs/paper/12_fig2.ipynb #722b12fa
+# %% ../../../nbs/paper/12_fig2.ipynb #9a3d7435
 def fig2_results(root, scale: str = 'cpu') -> dict:
     "The committed tables of `scale` under `root/data/results`: rounds, summary (`summarize_fig2`), paired, cfg."
     f = fig2_files(scale, Path(root) / 'data' / 'results')
@@ -1028,7 +1028,7 @@ def fig2_vs_s2d(rounds: pd.DataFrame, c: float, m: int = 2) -> pd.DataFrame:
         out.append(dict(formulation=f, m=m, n=v['n'], diff_log10=v['mean'], lo=v['lo'], hi=v['hi'], wins=wins))
     return pd.DataFrame(out)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #588214c9
+# %% ../../../nbs/paper/12_fig2.ipynb #11a20193
 def _verdict_word(lo: float, hi: float, n: int) -> str:
     "Whether a paired difference (S3D - S2D of log10 loss: negative favours S3D) reproduces the paper's direction."
     if n < 2:
@@ -1060,7 +1060,7 @@ def fig2_verdict(root) -> str:
     lines.append(f'- Against the strongest control, S3D\'s final size trained from scratch: ' + '; '.join(items) + '.')
     return '\n'.join(lines)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #2c57d5d0
+# %% ../../../nbs/paper/12_fig2.ipynb #4afedacb
 @prose('fig2.mixed')
 def fig2_mixed(root) -> str:
     "How many rounds of the S3D m = 3 runs take the mixed triplet, which makes that curve not the paper's algorithm."
@@ -1072,7 +1072,7 @@ def fig2_mixed(root) -> str:
             f'runs ({int((mixed & m3.split).sum())} of them split), so its curves are not the paper\'s algorithm; '
             f'S3D with $m = 2$ takes only binary splits.')
 
-# %% ../../../nbs/paper/12_fig2.ipynb #5fc9751d
+# %% ../../../nbs/paper/12_fig2.ipynb #ecd1ec88
 def _formulation_bullet(d: pd.DataFrame, c: float) -> str:
     "One formulation of the summary table in words: S2D, the hybrid, then S3D at each m."
     g = lambda x: f'{x:.2g}'
@@ -1091,7 +1091,7 @@ def _formulation_bullet(d: pd.DataFrame, c: float) -> str:
     return (out + f' S3D: median final loss {med}; below half of S2D\'s in {beats} of {n} replicates; '
             f'{sizes} neurons on average at the end.')
 
-# %% ../../../nbs/paper/12_fig2.ipynb #8893802f
+# %% ../../../nbs/paper/12_fig2.ipynb #30b4362b
 @prose('fig2.outcome')
 def fig2_outcome(root) -> str:
     "The summary over replicates in words, one bullet per formulation, and the c sweep of the example replicate."
@@ -1107,7 +1107,7 @@ def fig2_outcome(root) -> str:
                  f'against {s2:.2g} for S2D.')
     return '\n'.join(lines)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #f6a073e7
+# %% ../../../nbs/paper/12_fig2.ipynb #85c4383e
 @prose('fig2.controls')
 def fig2_controls(root) -> str:
     "The paired comparisons with the controls (`fig2_<scale>_paired.csv`), one bullet per formulation."
@@ -1120,7 +1120,7 @@ def fig2_controls(root) -> str:
         lines.append(f'- **{f}**: ' + '; '.join(items) + '.')
     return '\n'.join(lines)
 
-# %% ../../../nbs/paper/12_fig2.ipynb #95420eb5
+# %% ../../../nbs/paper/12_fig2.ipynb #a0fb2824
 @prose('fig2.panels')
 def fig2_panels(root) -> str:
     "Panels (a), (b) and (d) of the example replicate in numbers, for the comparison with the paper's panels."
@@ -1136,7 +1136,7 @@ def fig2_panels(root) -> str:
             f'S3D (c = {cfg.c:g}) ends at {s3}, and the hybrid at {end("S2D+S3D", cfg.c, 2).loss:.2g}. '
             f'S2D and S3D (m = 2) first split differently at round {first}.')
 
-# %% ../../../nbs/paper/12_fig2.ipynb #ba0e5bbe
+# %% ../../../nbs/paper/12_fig2.ipynb #42bd82b0
 @prose('fig2.row')
 def fig2_row(root) -> str:
     "The README's row for Figure 2: item | claim | paper | ours | scale | seeds | verdict."

@@ -66,7 +66,7 @@ PAPER_TABLE3 = pd.DataFrame(
     source=lambda d: np.where(d.model.str.startswith('PointNet'), 'Qi et al. (2017), quoted in ' + _SRC, _SRC)
 )
 
-# %% ../../../nbs/paper/13_table3.ipynb #737f6c09
+# %% ../../../nbs/paper/13_table3.ipynb #9aeff3da
 @dataclass
 class Table3Config:
     "Every setting of the Table 3 experiment at one scale."
@@ -117,12 +117,12 @@ class Table3Config:
         "Epochs of each baseline."
         return grown_epochs(self) if self.baseline_epochs is None else self.baseline_epochs
 
-
+# %% ../../../nbs/paper/13_table3.ipynb #a06bb73f
 def grown_epochs(cfg: Table3Config) -> int:
     "Epochs of a grown run: the seed's, then `finetune_epochs` after each of the `rounds` splits."
     return cfg.epochs + cfg.rounds * cfg.finetune_epochs
 
-# %% ../../../nbs/paper/13_table3.ipynb #8913004f
+# %% ../../../nbs/paper/13_table3.ipynb #97b6ece3
 SCALES = {
     'paper': Table3Config(
         scale='paper',
@@ -275,7 +275,7 @@ class Trainer:
         r = evaluate_points(model, self.test_dl, self.device)
         return dict(loss=r['loss'], acc=r['acc'], mean_class_acc=r['mean_class_acc'])
 
-# %% ../../../nbs/paper/13_table3.ipynb #45bbfe38
+# %% ../../../nbs/paper/13_table3.ipynb #fda6d8cd
 def _grow_config(run, cfg, folder) -> GrowConfig:
     "S2D / S3D's growth setting, or a control's (`run['growth']`): S3D's per-round widths of the same seed."
     if 'growth' in run:
@@ -302,7 +302,7 @@ def _history_rows(h: pd.DataFrame) -> list:
         for _, r in h.iterrows()
     ]
 
-# %% ../../../nbs/paper/13_table3.ipynb #9479822d
+# %% ../../../nbs/paper/13_table3.ipynb #862f8ccd
 def _grow(run, cfg, T, folder):
     "S2D / S3D, or a control (`run['growth']`) grown to the per-round widths of S3D's run of the same seed."
     gc = _grow_config(run, cfg, folder)
@@ -348,7 +348,7 @@ def _baseline(run, cfg, T, folder):
              train_loss=tr.get('loss', float('nan')), widths=widths, mult=run.get('mult', float('nan')))
     ]
 
-# %% ../../../nbs/paper/13_table3.ipynb #657cbdeb
+# %% ../../../nbs/paper/13_table3.ipynb #c4186c8a
 def run_one(run: dict, cfg: Table3Config, T: Trainer, root, force: bool = False) -> pd.DataFrame:
     "Execute (or reuse) one run in `root/<key>/` (every process under torchrun; rank 0 writes); returns its rows."
     folder = Path(root) / run['key']
@@ -372,7 +372,7 @@ def run_one(run: dict, cfg: Table3Config, T: Trainer, root, force: bool = False)
 
     return run_once(folder, config, compute, force)
 
-# %% ../../../nbs/paper/13_table3.ipynb #87a5b38f
+# %% ../../../nbs/paper/13_table3.ipynb #fb3841d8
 def table3_table(df: pd.DataFrame) -> pd.DataFrame:
     "One row per model: overall and mean per-class accuracy (%), params (M), MFLOPs per cloud; means over seeds."
     df = df[(df.method != 'scratch') | (df['round'] == df['round'].max())]  # scratch: its final stage only
@@ -399,7 +399,7 @@ def table3_table(df: pd.DataFrame) -> pd.DataFrame:
     ).reset_index()
     return t.sort_values('params_M', ascending=False, kind='stable').reset_index(drop=True)
 
-# %% ../../../nbs/paper/13_table3.ipynb #e250fc01
+# %% ../../../nbs/paper/13_table3.ipynb #d5e2b844
 _GROWN = ('S2D', 'S3D', 'random growth', 'Net2Net')
 _MARKS = lambda meth: {k: v for k, v in style(meth).items() if k != 'ls'}
 
@@ -447,7 +447,7 @@ def _panel_curves(ax, df):
     ax.set(xlabel='MFLOPs per cloud (log scale)', ylabel='overall test accuracy (%)')
     ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
 
-# %% ../../../nbs/paper/13_table3.ipynb #5aaec383
+# %% ../../../nbs/paper/13_table3.ipynb #d93c1e84
 def _panel_seeds(ax, df):
     "(b) Final accuracy of every seed per method (the last round of grown runs), mean as a bar; seeds side by side."
     last = df[~df.method.isin(_GROWN + ('scratch',)) | (df['round'] == df['round'].max())]
@@ -465,7 +465,7 @@ def _panel_seeds(ax, df):
     ax.set_title(f'(b) every seed ({", ".join(map(str, seeds))}, left to right) at the last round; bar: mean',
                  fontsize=9)
 
-# %% ../../../nbs/paper/13_table3.ipynb #ac8d4aba
+# %% ../../../nbs/paper/13_table3.ipynb #f3d09cd1
 _PAPER_LABEL_AT = {  # label offsets (points) that keep the paper's close points apart
     'DGCNN-S3D-4': (-40, 14), 'DGCNN-S2D-4': (0, 26), 'DGCNN (0.5x)': (-4, -24), 'DGCNN (0.75x)': (24, -16),
     'DGCNN (1.0x)': (22, 14), 'PointNet': (8, 0), 'PointNet++': (-8, 0),
@@ -490,7 +490,7 @@ def _panel_paper(ax):
     ax.set(xlabel='forward time, batch of 16, RTX 2080Ti (ms, log scale)', ylabel='overall test accuracy (%)')
     ax.set_title('(c) the paper: ModelNet40, 40 classes, 1,024 points (as printed)', fontsize=9)
 
-# %% ../../../nbs/paper/13_table3.ipynb #870e309a
+# %% ../../../nbs/paper/13_table3.ipynb #1454123e
 def plot_table3(df: pd.DataFrame, scale: str = ''):
     "(a) Accuracy vs MFLOPs of our runs, (b) every seed's final accuracy, (c) the paper's Table 3."
     import matplotlib.pyplot as plt
@@ -508,7 +508,7 @@ def plot_table3(df: pd.DataFrame, scale: str = ''):
     fig.tight_layout()
     return fig
 
-# %% ../../../nbs/paper/13_table3.ipynb #97ed17b5
+# %% ../../../nbs/paper/13_table3.ipynb #21b750e6
 def s3d_vs_s2d(df: pd.DataFrame) -> pd.DataFrame:
     "Per round: S3D and S2D accuracy and parameters (means over seeds) and the accuracy difference."
     g = (
@@ -526,7 +526,7 @@ def s3d_minus_s2d(df: pd.DataFrame) -> dict:
     fin = df[df['round'] == df[df.method == 'S3D']['round'].max()]
     return paired_diff(fin[fin.method == 'S3D'].set_index('seed').acc, fin[fin.method == 'S2D'].set_index('seed').acc)
 
-# %% ../../../nbs/paper/13_table3.ipynb #6b1f2dbc
+# %% ../../../nbs/paper/13_table3.ipynb #1772cf2e
 def _report_setting(cfg: Table3Config, command: str) -> list:
     "The report's title, command and setting lines."
     return [
@@ -543,7 +543,7 @@ def _report_setting(cfg: Table3Config, command: str) -> list:
         '',
     ]
 
-
+# %% ../../../nbs/paper/13_table3.ipynb #f22b26ee
 def _report_tables(df: pd.DataFrame, v: pd.DataFrame, cfg: Table3Config) -> list:
     "The report's tables: this run, S3D vs S2D per round, the controls, the paper."
     return [
@@ -584,7 +584,7 @@ def table3_report(df: pd.DataFrame, cfg: Table3Config, command: str, seconds: fl
     ] + _report_tables(df, v, cfg)
     return '\n'.join(lines)
 
-# %% ../../../nbs/paper/13_table3.ipynb #cbd0d75f
+# %% ../../../nbs/paper/13_table3.ipynb #2a183885
 def redraw(scale: str = 'cpu', out='data/results') -> list:
     "Redraw `table3_<scale>.png/.pdf` from the CSV under `out` (no training); returns the paths written."
     import matplotlib
@@ -598,7 +598,7 @@ def redraw(scale: str = 'cpu', out='data/results') -> list:
     plt.close(fig)
     return paths
 
-# %% ../../../nbs/paper/13_table3.ipynb #25ff9b7c
+# %% ../../../nbs/paper/13_table3.ipynb #5f59e583
 MODELNET40_TRAIN = 9843  # training clouds of the ModelNet40 HDF5 release
 
 
@@ -616,7 +616,7 @@ def paper_cost(cfg: Table3Config | None = None) -> pd.DataFrame:
                          gpu_hours=epochs * steps * 3 * ms[model] / 1e3 / 3600))
     return pd.DataFrame(rows)
 
-# %% ../../../nbs/paper/13_table3.ipynb #eb54289d
+# %% ../../../nbs/paper/13_table3.ipynb #d98ce501
 def run(
     scale: str = 'cpu',
     device='auto',
@@ -646,16 +646,16 @@ def run(
         fake_data=fake_data,
     )
 
-# %% ../../../nbs/paper/13_table3.ipynb #d874f82a
+# %% ../../../nbs/paper/13_table3.ipynb #90a086ab
 def files(scale: str, out='data/results') -> list:
     "Result files of `scale` under `out`, as `run` writes them (what `s3d reproduce list` looks for); the summary last."
     out = Path(out)
     return [out / f'table3_{scale}.{e}' for e in ('csv', 'png', 'pdf', 'md')]
 
-# %% ../../../nbs/paper/13_table3.ipynb #861e0007
+# %% ../../../nbs/paper/13_table3.ipynb #489a515c
 from ..runs import Experiment, register_experiment
 
-# %% ../../../nbs/paper/13_table3.ipynb #59588524
+# %% ../../../nbs/paper/13_table3.ipynb #257cc075
 register_experiment(
     Experiment(
         'table3',
@@ -668,7 +668,7 @@ register_experiment(
     )
 )
 
-# %% ../../../nbs/paper/13_table3.ipynb #b71d3a24
+# %% ../../../nbs/paper/13_table3.ipynb #5f22b9ee
 def _t3(root, scale: str = 'cpu') -> pd.DataFrame:
     return pd.read_csv(Path(root) / 'data' / 'results' / f'table3_{scale}.csv')
 
@@ -707,7 +707,7 @@ def table3_verdict(root) -> str:
         f"the paper scale is not run."
     )
 
-# %% ../../../nbs/paper/13_table3.ipynb #0f107c38
+# %% ../../../nbs/paper/13_table3.ipynb #dd049163
 @prose('table3.outcome')
 def table3_outcome(root) -> str:
     "The cpu-scale outcome: the seed, the grown runs by round against S2D, the baselines of the same size."
@@ -725,7 +725,7 @@ def table3_outcome(root) -> str:
         f"which reaches {t.acc['DGCNN (0.5x)']:.1f} % in one cosine schedule of the same total epochs."
     )
 
-# %% ../../../nbs/paper/13_table3.ipynb #4947f041
+# %% ../../../nbs/paper/13_table3.ipynb #222b798f
 @prose('table3.controls')
 def table3_controls(root) -> str:
     "S3D and S2D against the three controls at the last round, paired by seed (`vs_controls`)."
@@ -734,7 +734,7 @@ def table3_controls(root) -> str:
              f'*{r.verdict.split(" (")[0]}*' for r in vc.itertuples()]
     return '- ' + '\n- '.join(items)
 
-# %% ../../../nbs/paper/13_table3.ipynb #d9d5cc9c
+# %% ../../../nbs/paper/13_table3.ipynb #322b574c
 @prose('table3.cost')
 def table3_cost(root) -> str:
     "The projected GPU-hours of the paper scale, by kind of run, controls included."
@@ -747,7 +747,7 @@ def table3_cost(root) -> str:
     return (f'Projected for one seed on a 2080Ti-class GPU: about {c.gpu_hours.sum():.0f} GPU-hours for the '
             f'{len(c)} runs of `s3d reproduce table3 --scale paper` ({parts}).')
 
-# %% ../../../nbs/paper/13_table3.ipynb #3c3f96d2
+# %% ../../../nbs/paper/13_table3.ipynb #5cbf2924
 @prose('table3.row')
 def table3_row(root) -> str:
     "The README's row for Table 3: item | claim | paper | ours | scale | seeds | verdict."
