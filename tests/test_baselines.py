@@ -130,3 +130,47 @@ def test_train_and_evaluate_digits():
     assert [h['epoch'] for h in hist] == [1, 2]
     with pytest.raises(ValueError, match='epochs'):
         train(net, tr, -1, progress=False)
+
+
+def _prune_in_process(rank, world, port, out):
+    "One process of a 2-process gloo group: its own (deliberately different) BN scales, then the global keep-lists."
+    import os
+    import torch.distributed as dist
+    from s3d.paper.baselines import bn_scale_scores, keep_global, l1_filter_scores
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        net = mobilenet_digits(widths=[4, 6, 6, 8])
+        groups = split_groups(net, torch.zeros(1, 1, 8, 8))
+        g = torch.Generator().manual_seed(100 + rank)   # each process drifts in its own way
+        with torch.no_grad():
+            for grp in groups:
+                grp.bn.weight.copy_(torch.rand(grp.bn.weight.shape, generator=g) + 0.1)
+        keep = keep_global(bn_scale_scores(groups), prune_fraction=0.4)
+        l1 = l1_filter_scores(groups)
+        torch.save(dict(keep={k: v.tolist() for k, v in keep.items()},
+                        own={grp.name: grp.bn.weight.detach().abs().tolist() for grp in groups},
+                        l1={k: v.tolist() for k, v in l1.items()}), out / f'rank{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bn_pruning_picks_rank0_channels_in_every_process(tmp_path):
+    "Two processes whose BN scales differ still prune the same channels: rank 0's choice."
+    import socket
+    import torch.multiprocessing as mp
+    from s3d.paper.baselines import keep_global
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    mp.spawn(_prune_in_process, args=(2, port, tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f'rank{r}.pt') for r in (0, 1))
+    assert r0['own'] != r1['own']                       # the processes really disagree on their own scales
+    assert r0['keep'] == r1['keep']                     # ... yet keep the same channels
+    own0 = {k: torch.tensor(v) for k, v in r0['own'].items()}
+    own1 = {k: torch.tensor(v) for k, v in r1['own'].items()}
+    expect = {k: v.tolist() for k, v in keep_global(own0, prune_fraction=0.4).items()}
+    assert r1['keep'] == expect                         # rank 0's scores decided
+    assert {k: v.tolist() for k, v in keep_global(own1, prune_fraction=0.4).items()} != expect   # not rank 1's
+    assert r0['l1'] == r1['l1']                         # same weights: the L1 scores agree too

@@ -168,3 +168,51 @@ def test_smoke_run_has_controls_json_cache_and_byte_identical_reruns(tmp_path, c
     assert str(s3d_file) in out.err and 'recomputing' in out.err
     assert f'reused {len(jobs) - 4} of {len(jobs)}' in out.out
     assert {p.name: p.read_bytes() for p in paths} == before
+
+
+def _root():
+    from pathlib import Path
+    return Path(__file__).resolve().parent.parent
+
+
+def test_prose_matches_the_committed_results():
+    "The rendered sentences carry the numbers pandas gets from the committed files, recomputed here independently."
+    import numpy as np
+    import pandas as pd
+    from s3d.paper.report import render
+    r = pd.read_csv(_root() / 'data' / 'results' / 'fig2_cpu_rounds.csv')
+    last = r.groupby(['formulation', 'target', 'seed', 'method', 'c', 'm']).tail(1)
+    mix = last[last.formulation == 'mixture']
+    s2 = mix[mix.method == 'S2D'].set_index(['target', 'seed'])
+    s3 = mix[(mix.method == 'S3D') & (mix.c == 3) & (mix.m == 2)].set_index(['target', 'seed'])
+    d = np.log10(s3.loss) - np.log10(s2.loss)
+    verdict = render('fig2.verdict', _root())
+    assert f'in {int((s2.stuck & s2.psd).sum())}/{len(s2)} replicates' in verdict
+    assert f'S3D - S2D = {d.mean():+.2f} decades' in verdict and f'S3D lower in {int((d < 0).sum())}/{len(d)}' in verdict
+    m3 = r[(r.method == 'S3D') & (r.m == 3)]
+    assert f'in {int((m3.best_kind == "mixed triplet").sum())} of the {len(m3)} rounds' in render('fig2.mixed', _root())
+    pa = pd.read_csv(_root() / 'data' / 'results' / 'fig2_cpu_paired.csv').iloc[0]
+    assert f'{pa.comparison} {pa.diff_log10:+.2f} [{pa.lo:+.2f}, {pa.hi:+.2f}]' in render('fig2.controls', _root())
+    row = render('fig2.row', _root()).strip()
+    assert row.startswith('| Figure 2') and row.endswith(' |') and row.count(' | ') == 6 and '\n' not in row
+
+
+def test_prose_follows_an_edited_result(tmp_path):
+    "Editing a copy of a result file changes the rendered text: nothing in it is typed by hand."
+    import shutil
+    import pandas as pd
+    from s3d.paper.report import render
+    res = tmp_path / 'data' / 'results'
+    res.mkdir(parents=True)
+    for name in ('fig2_cpu_rounds.csv', 'fig2_cpu_paired.csv'):
+        shutil.copy(_root() / 'data' / 'results' / name, res / name)
+    before = {n: render(n, tmp_path) for n in ('fig2.mixed', 'fig2.controls', 'fig2.verdict')}
+    assert before == {n: render(n, _root()) for n in before}
+    r = pd.read_csv(res / 'fig2_cpu_rounds.csv')
+    r.loc[r.index[(r.best_kind == 'mixed triplet')][:1], 'best_kind'] = 'positive triplet'
+    r.loc[(r.formulation == 'mixture') & (r.method == 'S3D') & (r.m == 2) & (r.c == 3), 'loss'] *= 10
+    r.to_csv(res / 'fig2_cpu_rounds.csv', index=False)
+    pa = pd.read_csv(res / 'fig2_cpu_paired.csv')
+    pa.loc[0, 'diff_log10'] += 1
+    pa.to_csv(res / 'fig2_cpu_paired.csv', index=False)
+    assert all(render(n, tmp_path) != t for n, t in before.items())

@@ -197,3 +197,52 @@ def test_knn_graph_under_bf16_autocast_is_the_fp32_graph():
     assert len(amp) == len(fp32) == 4
     for layer, (a, b) in enumerate(zip(amp, fp32)):
         assert torch.equal(a, b), f"EdgeConv {layer + 1}: {float((a != b).any(-1).float().mean()):.0%} of points changed neighbours"
+
+
+def _root():
+    return Path(__file__).resolve().parent.parent
+
+
+def test_paper_numbers_file_matches_the_module():
+    "data/paper/table3.csv holds the paper's numbers the module uses, with their source."
+    from s3d.paper.experiments.table3 import PAPER_TABLE3
+    f = pd.read_csv(_root() / 'data' / 'paper' / 'table3.csv')
+    for r in PAPER_TABLE3.itertuples():
+        assert f.set_index('claim').loc[f'{r.model} overall accuracy', 'value'] == r.acc
+        assert f.set_index('claim').loc[f'{r.model} parameters', 'value'] == r.params_M
+    assert f.source.str.contains('paper').all()
+
+
+def test_prose_matches_the_committed_results():
+    "S3D - S2D at the last round, recomputed with pandas, is the number the verdict renders."
+    from s3d.paper.report import render
+    df = pd.read_csv(_root() / 'data' / 'results' / 'table3_cpu.csv')
+    last = df[df['round'] == df[df.method == 'S3D']['round'].max()]
+    d = last[last.method == 'S3D'].set_index('seed').acc - last[last.method == 'S2D'].set_index('seed').acc
+    text = render('table3.verdict', _root())
+    assert f'S3D - S2D = {d.mean():+.1f} points' in text and f'S3D ahead in {int((d > 0).sum())}/{len(d)}' in text
+    assert f"0.5x {df[df.method == '0.5x'].acc.mean():.1f} %" in text
+    row = render('table3.row', _root()).strip()
+    assert row.startswith('| Table 3') and row.count(' | ') == 6 and '\n' not in row
+
+
+def test_prose_follows_an_edited_result(tmp_path):
+    "A changed accuracy in a copy of the results changes the verdict and the outcome."
+    from s3d.paper.report import render
+    (tmp_path / 'data' / 'results').mkdir(parents=True)
+    df = pd.read_csv(_root() / 'data' / 'results' / 'table3_cpu.csv')
+    df.to_csv(tmp_path / 'data' / 'results' / 'table3_cpu.csv', index=False)
+    before = {n: render(n, tmp_path) for n in ('table3.verdict', 'table3.outcome', 'table3.controls')}
+    df.loc[df.method == 'S3D', 'acc'] += 3.0
+    df.to_csv(tmp_path / 'data' / 'results' / 'table3_cpu.csv', index=False)
+    assert all(render(n, tmp_path) != t for n, t in before.items())
+
+
+def test_paper_cost_covers_every_run_of_the_paper_scale():
+    "The projected GPU-hours count every run `s3d reproduce table3 --scale paper` makes, the three controls included."
+    from s3d.paper.report import render
+    from s3d.paper.experiments.table3 import SCALES, paper_cost, table3_runs
+    c = paper_cost()
+    assert c.run.tolist() == [r['key'] for r in table3_runs(SCALES['paper'])]
+    assert {'random growth', 'Net2Net', 'scratch'} <= set(c.method)
+    assert f'about {c.gpu_hours.sum():.0f} GPU-hours for the {len(c)} runs' in render('table3.cost', _root())

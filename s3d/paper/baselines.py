@@ -17,8 +17,22 @@ from ..kinds import layer_kind
 import copy
 
 # %% auto #0
-__all__ = ['l1_filter_scores', 'bn_scale_scores', 'keep_by_ratio', 'keep_global', 'keep_for_budget', 'prune_channels',
+__all__ = ['agreed', 'l1_filter_scores', 'bn_scale_scores', 'keep_by_ratio', 'keep_global', 'keep_for_budget', 'prune_channels',
            'pruned_cost', 'bn_l1_penalty', 'morphnet_penalty', 'expand_widths', 'kept_widths']
+
+# %% ../../nbs/paper/03_baselines.ipynb #285e0080
+def agreed(scores: dict) -> dict:
+    "`scores` ({group: tensor}) as rank 0 has them, in every process of a `torch.distributed` run (else unchanged)."
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return scores
+    out = {}
+    for name in sorted(scores):
+        t = scores[name].detach().clone().contiguous()
+        dist.broadcast(t, src=0)
+        out[name] = t
+    return {name: out[name] for name in scores}
 
 # %% ../../nbs/paper/03_baselines.ipynb #f9445127
 def _n_out(m):
@@ -30,8 +44,8 @@ def _n_in(m):
 
 
 def l1_filter_scores(groups) -> dict:
-    "L1 norm of each producer filter (Li et al. 2017), per group, on the producer's device."
-    return {g.name: g.producer.weight.detach().abs().flatten(1).sum(1).float() for g in groups}
+    "L1 norm of each producer filter (Li et al. 2017), per group, on the producer's device (`agreed`)."
+    return agreed({g.name: g.producer.weight.detach().abs().flatten(1).sum(1).float() for g in groups})
 
 
 def _bn_of(g):
@@ -43,8 +57,8 @@ def _bn_of(g):
 
 
 def bn_scale_scores(groups) -> dict:
-    "|gamma| of the BatchNorm after each producer (network slimming), per group, on the BN's device."
-    return {g.name: _bn_of(g).weight.detach().abs().float() for g in groups}
+    "|gamma| of the BatchNorm after each producer (network slimming), per group, on the BN's device (`agreed`)."
+    return agreed({g.name: _bn_of(g).weight.detach().abs().float() for g in groups})
 
 # %% ../../nbs/paper/03_baselines.ipynb #771b7168
 def _top(s, k):
