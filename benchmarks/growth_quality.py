@@ -44,31 +44,44 @@ TASKS = {'mlp1': dict(data='digits', seed_width=2, widths=FAST, lr=1e-3, batch=6
          'mlp2': dict(data='digits', seed_width=2, widths=FAST, lr=1e-3, batch=64, epochs=20),
          'cnn': dict(data='digits', seed_width=2, widths=FAST, lr=2e-3, batch=128, epochs=8),
          'mlp4': dict(data='digits', seed_width=8, widths=SLOW, lr=1e-3, batch=64, epochs=20),
-         'diabetes': dict(data='diabetes', seed_width=8, widths=SLOW, lr=2e-3, batch=32, epochs=20)}
+         'diabetes': dict(data='diabetes', seed_width=8, widths=SLOW, lr=2e-3, batch=32, epochs=20),
+         'cancer': dict(data='cancer', seed_width=8, widths=SLOW, lr=2e-3, batch=32, epochs=20),
+         'wine': dict(data='wine', seed_width=8, widths=SLOW, lr=2e-3, batch=32, epochs=20)}
+HIDDEN = {'mlp1': 1, 'mlp2': 2, 'mlp4': 4, 'diabetes': 2, 'cancer': 2, 'wine': 2}   # hidden layers of the MLP tasks
+DIMS = {'digits': (64, 10), 'diabetes': (10, 1), 'cancer': (30, 2), 'wine': (13, 3)}  # inputs, outputs
 SPLIT = dict(m=2, c=3., step='line_search')
 METHODS = {'S3D': dict(SPLIT), 'S3D@gain': dict(SPLIT, allocation='gain'),
            'random': dict(growth='random'), 'random@gain': dict(SPLIT, growth='random', allocation='gain'),
            'random@random': dict(growth='random', allocation='random'),
            'gradmax': dict(growth='gradmax'), 'gradmax@gain': dict(SPLIT, growth='gradmax', allocation='gain'),
            'Net2Net': dict(growth='net2net'), 'scratch': dict(growth='scratch'),
-           'scratch@gain': dict(growth='scratch')}
-ONE_GROUP = ('S3D', 'random', 'gradmax', 'Net2Net', 'scratch')   # mlp1 has one layer: allocation cannot differ
+           'scratch@gain': dict(growth='scratch'), 'TINY': None}
+ONE_GROUP = ('S3D', 'random', 'gradmax', 'Net2Net', 'scratch', 'TINY')   # mlp1 has one layer: allocation cannot differ
+PEER = ('TINY',)        # methods run by GroMo (pip install gromo): MLP tasks only
 
 
 def make_data(which='digits'):
-    "(Xtr, ytr, Xte, yte): digits (64 standardised features, labels) or diabetes (10 features, standardised y)."
+    "(Xtr, ytr, Xte, yte): standardised inputs; labels, or the standardised target of diabetes."
     if which == 'digits':
         from s3d.paper.data import load_digits_data
         d = load_digits_data(test_size=360, seed=0)
         xtr, xte, ytr, yte = d.x_train.double().flatten(1), d.x_test.double().flatten(1), d.y_train, d.y_test
     else:
-        from sklearn.datasets import load_diabetes
-        X, y = (torch.tensor(a, dtype=torch.float64) for a in load_diabetes(return_X_y=True))
+        from sklearn import datasets
+        load = dict(diabetes=datasets.load_diabetes, cancer=datasets.load_breast_cancer, wine=datasets.load_wine)
+        X, y = load[which](return_X_y=True)
+        X = torch.tensor(X, dtype=torch.float64)
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-        te, tr = perm[:88], perm[88:]
+        n_test = 88 if which == 'diabetes' else round(0.2 * len(y))
+        te, tr = perm[:n_test], perm[n_test:]
         xtr, xte = X[tr], X[te]
-        mu_y, sd_y = y[tr].mean(), y[tr].std()
-        ytr, yte = ((y[tr] - mu_y) / sd_y).float()[:, None], ((y[te] - mu_y) / sd_y).float()[:, None]
+        if which == 'diabetes':
+            y = torch.tensor(y, dtype=torch.float64)
+            mu_y, sd_y = y[tr].mean(), y[tr].std()
+            ytr, yte = ((y[tr] - mu_y) / sd_y).float()[:, None], ((y[te] - mu_y) / sd_y).float()[:, None]
+        else:
+            y = torch.tensor(y, dtype=torch.long)
+            ytr, yte = y[tr], y[te]
     mu, sd = xtr.mean(0), xtr.std(0)
     sd[sd == 0] = 1
     return ((xtr - mu) / sd).float(), ytr, ((xte - mu) / sd).float(), yte
@@ -76,21 +89,19 @@ def make_data(which='digits'):
 
 def make_model(task, h=2):
     "The task's seed network at hidden width `h`."
-    if task == 'mlp1': return nn.Sequential(nn.Linear(64, h), nn.Tanh(), nn.Linear(h, 10))
-    if task in ('mlp2', 'mlp4'):
-        k, layers, d = (2 if task == 'mlp2' else 4), [], 64
-        for _ in range(k):
-            layers += [nn.Linear(d, h), nn.Tanh()]
-            d = h
-        return nn.Sequential(*layers, nn.Linear(h, 10))
-    if task == 'diabetes': return nn.Sequential(nn.Linear(10, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1))
     if task == 'cnn':
         return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, h, 3, stride=2, padding=1), nn.Tanh(),
                              nn.Conv2d(h, h, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * h, 10))
-    raise ValueError(f"unknown task {task!r}")
+    if task not in HIDDEN: raise ValueError(f"unknown task {task!r}")
+    d, out = DIMS[TASKS[task]['data']]
+    layers = []
+    for _ in range(HIDDEN[task]):
+        layers += [nn.Linear(d, h), nn.Tanh()]
+        d = h
+    return nn.Sequential(*layers, nn.Linear(h, out))
 
 
-def n_groups(task): return {'mlp1': 1, 'mlp4': 4}.get(task, 2)
+def n_groups(task): return HIDDEN.get(task, 2)
 def loss_of(task): return F.mse_loss if TASKS[task]['data'] == 'diabetes' else F.cross_entropy
 
 
@@ -137,7 +148,7 @@ def run_one(task, method, seed, rounds=5, epoch_scale=1.0, widths=None):
     loss_fn = loss_of(task)
     torch.manual_seed(seed)
     model = make_model(task, t['seed_width'])
-    cfg = config(task, method, seed, rounds)
+    cfg = None if method in PEER else config(task, method, seed, rounds)
     if method.startswith('scratch'):
         final = widths if widths is not None else [t['widths'][rounds - 1]] * n_groups(task)
         model = scratch_model(model, Xtr[:1], final, seed=seed)
@@ -173,9 +184,12 @@ def run_one(task, method, seed, rounds=5, epoch_scale=1.0, widths=None):
         return {'score': score(task, out, yte), 'dup_pairs': duplicate_pairs(m, Xtr[:1]),
                 'eff_rank': effective_rank(m, Xtr[:1])}
 
-    res = grow(model, train_fn, loss_fn, score_batches, Xtr[:1], cfg, evaluate=evaluate, progress=False,
-               label=dict(task=task, seed=seed))
-    h = res.history.copy()
+    if method in PEER:
+        h = tiny_grow(task, seed, model, train_fn, loss_fn, score_batches, evaluate, rounds)
+    else:
+        res = grow(model, train_fn, loss_fn, score_batches, Xtr[:1], cfg, evaluate=evaluate, progress=False,
+                   label=dict(task=task, seed=seed))
+        h = res.history.copy()
     h['method'] = method
     h = h.rename(columns={'test_dup_pairs': 'dup_pairs', 'test_eff_rank': 'eff_rank'})
     h['epoch_s'] = h['round'].map(timing)
@@ -183,6 +197,80 @@ def run_one(task, method, seed, rounds=5, epoch_scale=1.0, widths=None):
     h['growth_epochs'] = h['growth_s'] / h['epoch_s']      # growth step in epochs of training at the grown width
     h['train_flops'] = (3 * h['flops'] * len(ytr) * epochs).cumsum()
     return h
+
+
+# ---- TINY (Verbockhaven et al., 2024) by GroMo, the maintained peer: `pip install gromo` (the `bench` extra)
+def to_growing(seq):
+    "A GroMo `GrowingMLP` with the weights of the tanh MLP `seq` (Linear, Tanh, ..., Linear)."
+    from gromo.containers.growing_mlp import GrowingMLP
+    lin = [m for m in seq if isinstance(m, nn.Linear)]
+    gm = GrowingMLP(lin[0].in_features, lin[-1].out_features, lin[0].out_features, len(lin) - 1,
+                    activation=nn.Tanh())
+    with torch.no_grad():
+        for g, m in zip(gm.layers, lin):
+            g.layer.weight.copy_(m.weight)
+            g.layer.bias.copy_(m.bias)
+    return gm
+
+
+def to_sequential(gm):
+    "The plain `nn.Sequential` with `gm`'s weights (for the metrics every method shares)."
+    layers = []
+    for g in gm.layers:
+        layers += [nn.Linear(g.layer.in_features, g.layer.out_features), nn.Tanh()]
+        with torch.no_grad():
+            layers[-2].weight.copy_(g.layer.weight)
+            layers[-2].bias.copy_(g.layer.bias)
+    return nn.Sequential(*layers[:-1])
+
+
+TINY_GAMMAS = tuple(2.0 ** e for e in range(-8, 7))     # the amplitude line search of the new neurons
+
+
+def tiny_step(gm, li, k, X, y, loss_fn):
+    "One TINY step on hidden layer `li` of `gm`: up to `k` neurons (at most the bottleneck's rank); how many."
+    layer = gm._growable_layers[li]
+    gm.set_growing_layers(index=li)
+    gm.init_computation()
+    gm.zero_grad(set_to_none=True)
+    loss_fn(gm(X), y).backward()
+    gm.update_computation()
+    layer.compute_optimal_updates(maximum_added_neurons=k, statistical_threshold=0.0, compute_delta=False,
+                                  use_projection=True, use_covariance=True, dtype=torch.float64)
+    gm.reset_computation()
+    best = (float('inf'), None)
+    with torch.no_grad():
+        for gamma in TINY_GAMMAS:
+            layer.scaling_factor = gamma
+            best = min(best, (loss_fn(gm.extended_forward(X), y).item(), gamma))
+    added = layer.eigenvalues_extension.shape[0]
+    layer.apply_change(scaling_factor=best[1])
+    layer.delete_update(include_previous=True)
+    gm.zero_grad(set_to_none=True)
+    return added
+
+
+def tiny_grow(task, seed, model, train_fn, loss_fn, score_batches, evaluate, rounds):
+    "The `grow` loop with TINY steps: every hidden layer to the round's target width; the history's columns."
+    from s3d.cost import count_params_flops
+    t = TASKS[task]
+    gm = to_growing(model)
+    rows = []
+    for r in range(rounds + 1):
+        t0, added = time.time(), 0
+        if r > 0:
+            (X, y), = score_batches()
+            for li in range(HIDDEN[task]):
+                while (k := t['widths'][r - 1] - gm.layers[li].layer.out_features) > 0:
+                    added += tiny_step(gm, li, k, X, y, loss_fn)
+        tr = train_fn(gm, r)
+        seq = to_sequential(gm)
+        params, flops = count_params_flops(seq, torch.zeros(1, gm.layers[0].layer.in_features))
+        widths = [g.layer.out_features for g in gm.layers[:-1]]
+        rows.append(dict(method='TINY', task=task, seed=seed, round=r, neurons=sum(widths), widths=json.dumps(widths),
+                         params=params, flops=flops, added=added, train_loss=tr['loss'],
+                         **{f'test_{k}': v for k, v in evaluate(seq).items()}, seconds=time.time() - t0))
+    return pd.DataFrame(rows)
 
 
 def growth_cost(width=256, seed=0, reps=3):
@@ -241,6 +329,7 @@ def equal_compute(df):
     rows = []
     for task, d in df.groupby('task'):
         sc = d[d.method == 'scratch'].pivot_table(index='seed', columns='round', values=['test_score', 'train_flops'])
+        if sc.empty: continue
         last = d[d['round'] == d['round'].max()]
         for m, g in last.groupby('method'):
             if m.startswith('scratch'): continue
@@ -270,7 +359,14 @@ def md_table(df, floatfmt='{:.3g}'):
 def jobs_for(tasks, methods, seeds):
     "The (task, method, seed) runs of phase 1 (everything but scratch@gain, which needs S3D@gain's widths)."
     return [(t, m, s) for t in tasks for s in range(seeds) for m in methods
-            if m != 'scratch@gain' and (t != 'mlp1' or m in ONE_GROUP)]
+            if m != 'scratch@gain' and (t != 'mlp1' or m in ONE_GROUP) and (t in HIDDEN or m not in PEER)]
+
+
+def canonical(df):
+    "Rows in the order of a full run: phase 1 by task, seed, method; then scratch@gain by task, seed; rounds."
+    key = pd.DataFrame({'phase': (df.method == 'scratch@gain').astype(int), 'task': df.task.map(list(TASKS).index),
+                        'seed': df.seed, 'method': df.method.map(list(METHODS).index), 'round': df['round']})
+    return df.loc[key.sort_values(list(key.columns), kind='stable').index].reset_index(drop=True)
 
 
 def run_all(jobs, a, widths=None):
@@ -296,6 +392,8 @@ def main(argv=None):
     ap.add_argument('--cost-reps', type=int, default=3, help='growth steps and epochs timed per row (minimum kept)')
     ap.add_argument('--cost-only', action='store_true', help='only the cost of one growth step (growth_cost.csv)')
     ap.add_argument('--from-csv', default=None, help="only the tables and figure, from a growth_quality.csv")
+    ap.add_argument('--merge', action='store_true',
+                    help="replace only the run tasks x methods in the output folder's growth_quality.csv")
     a = ap.parse_args(argv)
     out = Path(a.out or ('benchmarks/results' if a.update_results else 'benchmarks/out'))
     out.mkdir(parents=True, exist_ok=True)
@@ -318,6 +416,12 @@ def main(argv=None):
         jobs2 = [(t, 'scratch@gain', s) for t in tasks if t != 'mlp1' for s in range(a.seeds)]
         ws = [json.loads(fin[(fin.task == t) & (fin.seed == s)].widths.iloc[0]) for t, _, s in jobs2]
         df = pd.concat([df, *run_all(jobs2, a, ws)], ignore_index=True)
+    if a.merge:         # the other tasks' and methods' rows from the CSV already there (runs are independent)
+        old = pd.read_csv(out / 'growth_quality.csv')
+        keep = ~pd.MultiIndex.from_frame(old[['task', 'method']]).isin(
+            pd.MultiIndex.from_frame(df[['task', 'method']].drop_duplicates()))
+        df = pd.concat([old[keep], df], ignore_index=True)[list(old.columns)]
+    df = canonical(df)
     df.to_csv(out / 'growth_quality.csv', index=False)
     import resource
     cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -364,8 +468,8 @@ def plot(df, out):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from s3d.paper.report import style
     tasks = list(dict.fromkeys(df.task))
-    colours = dict(zip(METHODS, plt.get_cmap('tab10').colors))
     fig, axs = plt.subplots(len(tasks), 2, figsize=(8.5, 2.6 * len(tasks) + 1.0), squeeze=False)
     for i, t in enumerate(tasks):
         for m in METHODS:
@@ -373,15 +477,21 @@ def plot(df, out):
             if d.empty: continue
             g = d.groupby('round')
             mu = g.test_score.mean() * 100
-            style = dict(marker='o', ms=2.5, lw=1.1, ls='--' if '@' in m else '-', color=colours[m], label=m)
-            axs[i, 0].plot(mu.index, mu.values, **style)
-            axs[i, 1].plot(g.train_flops.mean().values / 1e9, mu.values, **style)
+            st = dict(style(m), ms=2.5, lw=1.1, label=m)
+            if '@' in m:        # an allocation variant: its initialisation's colour, open markers, dotted
+                st.update(ls=':', mfc='none')
+            axs[i, 0].plot(mu.index, mu.values, **st)
+            axs[i, 1].plot(g.train_flops.mean().values / 1e9, mu.values, **st)
         what = 'test R² × 100' if TASKS[t]['data'] == 'diabetes' else 'test accuracy (%)'
         axs[i, 0].set_ylabel(f'{t}\n{what}')
         axs[i, 0].set_xlabel('round')
         axs[i, 1].set(xlabel='cumulative training GFLOPs', xscale='log')
-    handles, labels = axs[1, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc='upper center', ncol=5, fontsize=8, frameon=False)
+    seen = {}
+    for ax in axs[:, 0]:
+        for h, l in zip(*ax.get_legend_handles_labels()): seen.setdefault(l, h)
+    labels = [m for m in METHODS if m in seen]
+    handles = [seen[m] for m in labels]
+    fig.legend(handles, labels, loc='upper center', ncol=6, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
     fig.savefig(out / 'growth_quality.png', dpi=100)
 

@@ -161,3 +161,21 @@ def test_uneven_allocations_keep_the_round_total():
     split_round(m, F.cross_entropy, [(x, y)], x[:1], GrowConfig(growth='random', widths=(8,), allocation='gain',
                                                                   c=3., eigen='exact'), rnd=1)
     assert sum(g.n_neurons for g in split_groups(m, x[:1])) == 16
+
+
+@pytest.mark.parametrize('make', [_mlp, _cnn])
+def test_gradmax_one_pass_matches_subspace_iteration(make):
+    "The one-pass SVD gives the directions of (well converged) subspace iteration; chunked probes change nothing."
+    x, y = _data(make)
+    rows = {}
+    for key, ctl in (('svd', GradMax()), ('chunked', GradMax(probes=5)), ('iterative', GradMax(solver='iterative', iters=300))):
+        m = make()
+        g = split_groups(m, x[:1])[0]
+        ctl.add(m, g, 2, torch.Generator().manual_seed(0), (F.cross_entropy, [(x[:40], y[:40]), (x[40:], y[40:])]))
+        u = m[2].weight[:, 3:5].detach().transpose(0, 1).reshape(2, -1)     # the first group's only consumer
+        rows[key] = F.normalize(u, dim=1)
+    torch.testing.assert_close(rows['chunked'], rows['svd'], rtol=0, atol=1e-12)
+    cos = (rows['svd'] * rows['iterative']).sum(1).abs()
+    assert cos.min() >= 0.999, cos
+    with pytest.raises(ValueError, match='solver'):
+        GradMax(solver='power').add(make(), split_groups(make(), x[:1])[0], 1, torch.Generator(), (F.cross_entropy, [(x, y)]))
