@@ -1,32 +1,39 @@
-"""Growth quality: where to grow (allocation) crossed with how to initialise new neurons, against the controls.
+"""Growth quality: where to grow (allocation) crossed with how to initialise new neurons, against the controls and
+GroMo's TINY (the maintained peer), and the cost of one growth step.
 
-Tasks (real data shipped with scikit-learn; fixed train/test splits, inputs standardised on the training set):
+Tasks (real data shipped with scikit-learn, no download; fixed train/test splits, inputs standardised on the
+training set):
   mlp1: digits, tanh MLP 64 -> h -> 10;   mlp2: 64 -> h -> h -> 10;   mlp4: 64 -> h -> h -> h -> h -> 10;
   cnn: digits, conv3x3/2(1->h) tanh conv3x3/2(h->h) tanh linear(4h->10);
   diabetes: scikit-learn's diabetes regression (442 patients, 10 features), tanh MLP 10 -> h -> h -> 1, MSE loss,
-  score = test R^2.
-mlp1, mlp2 and cnn grow every hidden width 2 -> 4 -> 8 -> 16 -> 24 -> 32 (the issue's setting; a binary split adds one
-neuron per split neuron, so allocation can only differ from uniform once a round adds fewer neurons than exist:
-rounds 4 and 5); mlp4 and diabetes grow 8 -> 12 -> 16 -> 20 -> 26 -> 32, where allocation is free in every round.
+  score = test R^2;   cancer: breast cancer Wisconsin (569, 30 features, 2 classes), 30 -> h -> h -> 2;
+  wine: (178, 13 features, 3 classes), 13 -> h -> h -> 3 (cancer and wine: 20 % test, a fixed permutation).
+mlp1, mlp2 and cnn grow every hidden width 2 -> 4 -> 8 -> 16 -> 24 -> 32 (a binary split adds one neuron per split
+neuron, so allocation can only differ from uniform once a round adds fewer neurons than exist: rounds 4 and 5); mlp4,
+diabetes, cancer and wine grow 8 -> 12 -> 16 -> 20 -> 26 -> 32, where allocation is free in every round.
 Methods (every method of a seed starts from the same weights and sees the same data order and per-round totals):
   allocation: 'targets' (every layer to the same width), '@gain' (the same total placed on the best S3D gains
   over all layers, m = 2, c = 3), '@random' (the same total, layers drawn in proportion to their width);
   initialisation: S3D = signed split with the line-searched step; random = fresh incoming, zero outgoing weights;
-  gradmax = zero incoming, outgoing along the top singular directions of the incoming gradient; Net2Net = random
-  splits; scratch = the final architecture freshly initialised, trained for the same rounds (scratch@gain: S3D@gain's
-  final architecture, i.e. S3D as an architecture search).
-Each round trains with a fresh Adam: MLPs lr 1e-3, batch 64, 20 epochs (diabetes lr 2e-3, batch 32); CNN lr 2e-3,
-batch 128, 8 epochs. Splitting matrices exact (dense + eigh) for the MLPs, fast (Lanczos) for the CNN. Reported per
-task/method/round: test score (accuracy or R^2), train loss, near-duplicate pairs (incoming cosine > 0.99), the
-effective rank of the first layer's normalised incoming weights, forward FLOPs, cumulative training FLOPs
-(3 x forward FLOPs x samples x epochs, summed over rounds; the growth steps themselves are not counted), the growth
-step in training epochs; paired differences against random growth and against S3D with 95% t-intervals.
+  gradmax = zero incoming, outgoing along the top singular directions of the incoming gradient (one pass, one SVD);
+  Net2Net = random splits; TINY = GroMo's TINY on its GrowingMLP (MLP tasks; `pip install gromo`, the `bench`
+  extra); scratch = the final architecture freshly initialised, trained for the same rounds (scratch@gain:
+  S3D@gain's final architecture, i.e. S3D as an architecture search).
+Each round trains with a fresh Adam: digits MLPs lr 1e-3, batch 64, 20 epochs (diabetes, cancer, wine lr 2e-3,
+batch 32); CNN lr 2e-3, batch 128, 8 epochs. Splitting matrices exact (dense + eigh) for the MLPs, fast (Lanczos) for
+the CNN. Reported per task/method/round: test score (accuracy or R^2), train loss, near-duplicate pairs (incoming
+cosine > 0.99), the effective rank of the first layer's normalised incoming weights, forward FLOPs, cumulative
+training FLOPs (3 x forward FLOPs x samples x epochs, summed over rounds; the growth steps themselves are not
+counted), the growth step in training epochs; paired differences against random growth, S3D and TINY with 95%
+t-intervals.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_quality.py --seeds 10 --jobs 2 --update-results
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_quality.py --cost-only --cost-reps 7   # the cost table alone
     PYTHONPATH=. python benchmarks/growth_quality.py --from-csv benchmarks/results/growth_quality.csv  # tables, figure
+    ... --merge --tasks cancer,wine     # only these tasks (x methods), merged into the output folder's CSV
 
-Without --update-results (or --out) everything is written to benchmarks/out/, which git ignores.
+Without --update-results (or --out) everything is written to benchmarks/out/, which git ignores; with it, also the
+generated growth blocks of benchmarks/RESULTS.md (`results_sections`).
 """
 from __future__ import annotations
 import argparse, copy, json, os, sys, time
@@ -273,35 +280,67 @@ def tiny_grow(task, seed, model, train_fn, loss_fn, score_batches, evaluate, rou
     return pd.DataFrame(rows)
 
 
-def growth_cost(width=256, seed=0, reps=3):
-    "Wall time of one growth step of a 1-hidden-layer tanh MLP at `width`, in epochs of training at that width."
+def cost_steps():
+    "(label, GrowConfig keywords or a TINY marker) of every growth step in the cost table."
+    from s3d.controls import GradMax
+    fast = dict(eigen='fast')
+    return [('S2D', dict(m=2, c=1.0, **fast)), ('S3D', dict(m=2, c=3.0, **fast)),
+            ('S3D line search', dict(m=2, c=3.0, step='line_search', **fast)),
+            ('gradmax', dict(growth=GradMax())), ('gradmax, iterative (8 subspace steps)',
+                                                  dict(growth=GradMax(solver='iterative'))),
+            ('random growth', dict(growth='random')), ('Net2Net', dict(growth='net2net')),
+            ('TINY (GroMo), one step', 'tiny1'), ('TINY (GroMo), repeated steps to the same count', 'tiny')]
+
+
+def time_step(base, label, kw, X, y, ratio, reps):
+    "Seconds (minimum of `reps`) of one growth step by `label` on a copy of `base`; neurons added."
     from s3d.grow import GrowConfig, split_round
+    ts, added = [], 0
+    for _ in range(reps):
+        if isinstance(kw, str):                 # TINY, on GroMo's model with the same weights
+            gm = to_growing(base)
+            s = time.perf_counter()
+            want = round(ratio * gm.layers[0].layer.out_features)
+            added = tiny_step(gm, 0, want, X, y, F.cross_entropy)
+            while kw == 'tiny' and added < want:
+                added += tiny_step(gm, 0, want - added, X, y, F.cross_entropy)
+        else:
+            m = copy.deepcopy(base)
+            s = time.perf_counter()
+            info = split_round(m, F.cross_entropy, [(X, y)], X[:1], GrowConfig(ratio=ratio, **kw))
+            added = m[0].out_features - base[0].out_features
+        ts.append(time.perf_counter() - s)
+    return min(ts), added
+
+
+def growth_cost(widths=(64, 256), seed=0, reps=3, ratio=0.5):
+    "One growth step (+`ratio` of the width) of a trained 1-hidden-layer tanh MLP on digits, in epochs of it."
     torch.set_num_threads(1)
     Xtr, ytr, _, _ = make_data()
-    torch.manual_seed(seed)
-    base = make_model('mlp1', width)
-    opt = torch.optim.Adam(base.parameters(), lr=1e-3)
-    def epoch(m, opt):
-        perm = torch.randperm(len(ytr))
-        for i in range(0, len(perm), 64):
-            b = perm[i:i + 64]; opt.zero_grad(); F.cross_entropy(m(Xtr[b]), ytr[b]).backward(); opt.step()
-    for _ in range(3): epoch(base, opt)
-    t = []
-    for _ in range(reps):
-        s = time.perf_counter(); epoch(base, opt); t.append(time.perf_counter() - s)
-    t_epoch = min(t)
     rows = []
-    for name, kw in (('S3D fixed, exact eigh', dict(eigen='exact')), ('S3D fixed, fast', dict(eigen='fast')),
-                     ('S3D line search, exact eigh', dict(eigen='exact', step='line_search')),
-                     ('S3D line search, fast', dict(eigen='fast', step='line_search')),
-                     ('S3D line search, fast, 512 scoring samples', dict(eigen='fast', step='line_search', n=512))):
-        n = kw.pop('n', None)
-        cfg = GrowConfig(m=2, c=3., ratio=0.5, **kw)
-        ts = []
+    for width in widths:
+        torch.manual_seed(seed)
+        base = make_model('mlp1', width)
+        opt = torch.optim.Adam(base.parameters(), lr=1e-3)
+
+        def epoch():
+            perm = torch.randperm(len(ytr))
+            for i in range(0, len(perm), 64):
+                b = perm[i:i + 64]
+                opt.zero_grad()
+                F.cross_entropy(base(Xtr[b]), ytr[b]).backward()
+                opt.step()
+        for _ in range(3): epoch()
+        t = []
         for _ in range(reps):
-            m = copy.deepcopy(base)
-            s = time.perf_counter(); split_round(m, F.cross_entropy, [(Xtr[:n], ytr[:n])], Xtr[:1], cfg); ts.append(time.perf_counter() - s)
-        rows.append(dict(width=width, step=name, growth_s=min(ts), epoch_s=t_epoch, growth_epochs=min(ts) / t_epoch))
+            s = time.perf_counter()
+            epoch()
+            t.append(time.perf_counter() - s)
+        t_epoch = min(t)
+        for label, kw in cost_steps():
+            g_s, added = time_step(base, label, kw, Xtr, ytr, ratio, reps)
+            rows.append(dict(width=width, step=label, added=added, growth_s=g_s, epoch_s=t_epoch,
+                             growth_epochs=g_s / t_epoch))
     return pd.DataFrame(rows)
 
 
@@ -378,6 +417,134 @@ def run_all(jobs, a, widths=None):
     return [run_one(*z) for z in zip(*args)]
 
 
+# ---- the generated blocks of benchmarks/RESULTS.md (s3d.paper.report.sync_blocks), from the committed results
+LABEL = {'diabetes': 'diabetes (100 R²)'}
+
+
+def _pm(v): return f'{v.mean() * 100:.2f} ± {v.std() * 100:.2f}'
+def _ci(r): return f"{r['diff']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}] {r['wins']}/{r['ties']}/{r['losses']}"
+
+
+def _grid(cells, rows, cols, corner='method'):
+    "A Markdown table of `cells[(row, col)]`, '–' where missing."
+    head = ['| ' + ' | '.join([corner] + [LABEL.get(c, c) for c in cols]) + ' |', '|' + '---|' * (len(cols) + 1)]
+    return '\n'.join(head + ['| ' + ' | '.join([r] + [cells.get((r, c), '–') for c in cols]) + ' |' for r in rows])
+
+
+def _order(df):
+    "Tasks and methods in the benchmark's order, as far as `df` holds them."
+    return [t for t in TASKS if t in set(df.task)], [m for m in METHODS if m in set(df.method)]
+
+
+def render_final(df):
+    "Final-round test score, mean ± sd over seeds, one column per task."
+    last = df[df['round'] == df['round'].max()]
+    tasks, methods = _order(last)
+    cells = {(m, t): _pm(g.test_score) for (t, m), g in last.groupby(['task', 'method'])}
+    return _grid(cells, methods, tasks)
+
+
+def render_paired(pr, ref):
+    "Final-round paired differences against `ref` (points, 95% t-interval, wins/ties/losses)."
+    fin = pr[(pr['round'] == pr['round'].max()) & (pr.ref == ref)]
+    tasks, methods = _order(fin)
+    cells = {(r.method, r.task): _ci(r._asdict()) for r in fin.itertuples()}
+    return _grid(cells, methods, tasks)
+
+
+def render_arch(df):
+    "Final architecture: forward FLOPs per sample / effective rank of the first layer's unit incoming weights."
+    last = df[df['round'] == df['round'].max()]
+    tasks, methods = _order(last)
+    cells = {(m, t): f'{g.flops.mean() / 1e3:.1f}k / {g.eff_rank.mean():.1f}'
+             for (t, m), g in last.groupby(['task', 'method'])}
+    return _grid(cells, methods, tasks)
+
+
+def render_equal(eq):
+    "Each growth run's final score against scratch below / above its training FLOPs."
+    cols = ['task', 'method', 'train_gflops', 'method_score', 'scratch_gflops_below', 'scratch_score_below',
+            'scratch_gflops', 'scratch_score']
+    return md_table(eq[cols], '{:.3g}')
+
+
+def cost_table(cost):
+    "The cost table: one growth step, in epochs of the same model, per width (neurons added in brackets)."
+    widths = sorted(set(cost.width))
+    head = ['| step | ' + ' | '.join(f'width {w}: epochs (added)' for w in widths) + ' |', '|' + '---|' * (len(widths) + 1)]
+    steps = list(dict.fromkeys(cost.step))
+    c = cost.set_index(['step', 'width'])
+    rows = ['| ' + s + ' | ' + ' | '.join(f"{c.loc[(s, w), 'growth_epochs']:.2f} ({c.loc[(s, w), 'added']})"
+                                          for w in widths) + ' |' for s in steps]
+    ep = ' | '.join(f"{c.xs(w, level='width').epoch_s.iloc[0] * 1e3:.1f} ms" for w in widths)
+    return '\n'.join(head + rows + [f'| one epoch | {ep} |'])
+
+
+def cost_ratio(cost):
+    "The one-pass GradMax against the iterative one, per width, from the same run."
+    c = cost.set_index(['step', 'width']).growth_s
+    parts = [f"width {w}: {c[('gradmax, iterative (8 subspace steps)', w)] / c[('gradmax', w)]:.1f}×"
+             for w in sorted(set(cost.width))]
+    return 'GradMax one pass against the iterative solver, same run: ' + ', '.join(parts) + ' faster.'
+
+
+PRESETS_BENCH = {'random': "preset('recommended') today: random growth", 'gradmax': "preset('gradmax')",
+                 'S3D': "preset('S3D line search')"}
+
+
+def preset_choice(pr):
+    "Per preset: final-round tasks better / not resolved / worse than random growth; the preset that wins most."
+    fin = pr[(pr['round'] == pr['round'].max()) & (pr.ref == 'random')]
+    score = {'random': (0, len(set(fin.task)), 0)}
+    for m in ('gradmax', 'S3D'):
+        v = fin[fin.method == m].verdict.value_counts()
+        score[m] = (int(v.get('better', 0)), int(v.get('not resolved', 0)), int(v.get('worse', 0)))
+    best = max(score, key=lambda m: (score[m][0] - score[m][2], m == 'random'))   # ties: the cheaper random
+    return score, best
+
+
+def render_preset(pr):
+    "The paired final-round differences that decide `preset('recommended')`, and the decision they give."
+    fin = pr[pr['round'] == pr['round'].max()]
+    pairs = [('gradmax', 'random'), ('S3D', 'random'), ('TINY', 'random'), ('gradmax', 'TINY'),
+             ('random', 'TINY'), ('S3D', 'TINY')]
+    tasks = [t for t in TASKS if t in set(fin.task)]
+    cells = {}
+    for m, ref in pairs:
+        for r in fin[(fin.method == m) & (fin.ref == ref)].itertuples():
+            cells[(f'{m} − {ref}', r.task)] = _ci(r._asdict())
+    table = _grid(cells, [f'{m} − {ref}' for m, ref in pairs], tasks, corner='difference')
+    score, best = preset_choice(pr)
+    lines = [f"- {PRESETS_BENCH[m]}: better than random growth on {b}, not resolved on {n}, worse on {w} of "
+             f"{b + n + w} tasks" for m, (b, n, w) in score.items() if m != 'random']
+    return (table + '\n\n' + '\n'.join(lines) + f"\n\nRule: the preset with the most tasks better minus worse "
+            f"than random growth (ties go to random growth, the cheapest step): **{PRESETS_BENCH[best]}**.")
+
+
+def results_sections(root):
+    "name -> Markdown of every growth block in benchmarks/RESULTS.md, from the files under `root`."
+    res = Path(root) / 'benchmarks' / 'results'
+    df = pd.read_csv(res / 'growth_quality.csv')
+    pr = pd.read_csv(res / 'growth_quality_paired.csv')
+    cost = pd.read_csv(res / 'growth_cost.csv')
+    out = {'growth.final': render_final(df), 'growth.vs_random': render_paired(pr, 'random'),
+           'growth.vs_tiny': render_paired(pr, 'TINY'), 'growth.arch': render_arch(df),
+           'growth.equal_compute': render_equal(pd.read_csv(res / 'growth_quality_equal_compute.csv')),
+           'growth.cost': cost_table(cost) + '\n\n' + cost_ratio(cost), 'growth.preset': render_preset(pr)}
+    return out
+
+
+def sync_results(root=Path('.')):
+    "Rewrite the growth blocks of benchmarks/RESULTS.md from the committed results (`--update-results`)."
+    from s3d.paper.report import sync_blocks
+    md = Path(root) / 'benchmarks' / 'RESULTS.md'
+    text = md.read_text()
+    missing = [n for n in sync_blocks(text, results_sections(root), check=True) if n.endswith('(no block)')]
+    if missing:
+        raise ValueError(f'benchmarks/RESULTS.md has no block for {missing}')
+    md.write_text(sync_blocks(text, results_sections(root)))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--seeds', type=int, default=10)
@@ -388,7 +555,7 @@ def main(argv=None):
     ap.add_argument('--methods', default=','.join(METHODS))
     ap.add_argument('--out', default=None, help='output folder (default benchmarks/out, which git ignores)')
     ap.add_argument('--update-results', action='store_true', help='write to the committed benchmarks/results')
-    ap.add_argument('--cost-width', type=int, default=256)
+    ap.add_argument('--cost-widths', default='64,256')
     ap.add_argument('--cost-reps', type=int, default=3, help='growth steps and epochs timed per row (minimum kept)')
     ap.add_argument('--cost-only', action='store_true', help='only the cost of one growth step (growth_cost.csv)')
     ap.add_argument('--from-csv', default=None, help="only the tables and figure, from a growth_quality.csv")
@@ -400,12 +567,14 @@ def main(argv=None):
     if a.from_csv:
         df = pd.read_csv(a.from_csv)
         a.seeds, a.rounds = df.seed.nunique(), int(df['round'].max())
-        return report(df, out, a, float('nan'), float('nan'))
+        report(df, out, a, float('nan'), float('nan'))
+        if a.update_results: sync_results()
+        return
     if a.cost_only:
-        cost = growth_cost(a.cost_width, reps=a.cost_reps)
+        cost = growth_cost(tuple(int(w) for w in a.cost_widths.split(',')), reps=a.cost_reps)
         cost.to_csv(out / 'growth_cost.csv', index=False)
-        print(f'## cost of one growth step at width {a.cost_width} (1-hidden-layer MLP), in epochs\n')
-        print(md_table(cost, '{:.3g}'))
+        print(cost_table(cost) + '\n\n' + cost_ratio(cost))
+        if a.update_results: sync_results()
         return
     t0 = time.time()
     tasks, methods = a.tasks.split(','), a.methods.split(',')
@@ -427,6 +596,7 @@ def main(argv=None):
     cpu = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
               for f in ('ru_utime', 'ru_stime'))
     report(df, out, a, time.time() - t0, cpu)
+    if a.update_results: sync_results()
 
 
 def report(df, out, a, wall, cpu):
@@ -441,7 +611,7 @@ def report(df, out, a, wall, cpu):
     grown = df[df['round'] > 0]
     step = grown.groupby(['task', 'method'], sort=False).agg(growth_epochs=('growth_epochs', 'median')).reset_index()
     summ = summ.merge(step, on=['task', 'method'], how='left')
-    pr = pd.concat([paired(df, 'random'), paired(df, 'S3D')], ignore_index=True)
+    pr = pd.concat([paired(df, 'random'), paired(df, 'S3D'), paired(df, 'TINY')], ignore_index=True)
     pr.to_csv(out / 'growth_quality_paired.csv', index=False)
     eq = equal_compute(df)
     eq.to_csv(out / 'growth_quality_equal_compute.csv', index=False)

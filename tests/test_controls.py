@@ -179,3 +179,41 @@ def test_gradmax_one_pass_matches_subspace_iteration(make):
     assert cos.min() >= 0.999, cos
     with pytest.raises(ValueError, match='solver'):
         GradMax(solver='power').add(make(), split_groups(make(), x[:1])[0], 1, torch.Generator(), (F.cross_entropy, [(x, y)]))
+
+
+def _benchmarks():
+    import importlib, sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / 'benchmarks'))
+    return root, importlib.import_module('growth_quality'), importlib.import_module('growth_ablation')
+
+
+def test_growth_blocks_of_results_md_are_rendered_from_the_committed_results():
+    "Every growth number in benchmarks/RESULTS.md's generated blocks is what the committed CSVs give."
+    from s3d.paper.report import sync_blocks
+    root, gq, ga = _benchmarks()
+    text = (root / 'benchmarks' / 'RESULTS.md').read_text()
+    for mod in (gq, ga):
+        assert sync_blocks(text, mod.results_sections(root), check=True) == []
+
+
+def test_growth_benchmark_rows_keep_the_order_of_a_full_run():
+    "Parts merged in any order give the rows of one full run (phase 1 by task, seed, method; scratch@gain last)."
+    import pandas as pd
+    _, gq, _ = _benchmarks()
+    rows = [dict(task=t, method=m, seed=s, round=r) for t in ('wine', 'mlp1') for m in ('scratch@gain', 'TINY', 'S3D')
+            for s in (1, 0) for r in (1, 0)]
+    df = gq.canonical(pd.DataFrame(rows).sample(frac=1, random_state=0))
+    assert list(df.method.iloc[:4]) == ['S3D', 'S3D', 'TINY', 'TINY'] and list(df.task.iloc[:4]) == ['mlp1'] * 4
+    assert (df.method == 'scratch@gain').iloc[-8:].all() and list(df['round'].iloc[:2]) == [0, 1]
+    pd.testing.assert_frame_equal(gq.canonical(df.iloc[::-1]), df)
+
+
+def test_tiny_grows_every_hidden_layer_to_the_round_width():
+    "TINY (GroMo) reaches each round's width with the same training as the other methods."
+    pytest.importorskip('gromo')
+    _, gq, _ = _benchmarks()
+    h = gq.run_one('wine', 'TINY', 0, rounds=2, epoch_scale=0.05)
+    assert [json.loads(w) for w in h.widths] == [[8, 8], [12, 12], [16, 16]]
+    assert h.added.tolist() == [0, 8, 8] and h.test_score.between(0, 1).all() and h.growth_epochs.iloc[1:].gt(0).all()
