@@ -488,6 +488,22 @@ def cost_ratio(cost):
     return 'GradMax one pass against the iterative solver, same run: ' + ', '.join(parts) + ' faster.'
 
 
+def render_diabetes(df):
+    "Diabetes: the seed network's score after round 0 against every method's final score, and scratch's."
+    d = df[df.task == 'diabetes']
+    seed_score = 100 * d[(d.method == 'random') & (d['round'] == 0)].test_score.mean()
+    last = d[d['round'] == d['round'].max()].groupby('method').test_score.mean() * 100
+    growth = [m for m in METHODS if m in last.index and not m.startswith('scratch')]
+    above = [m for m in growth if last[m] > last['scratch']]
+    below = [m for m in growth if last[m] <= last['scratch']]
+    lost = 'every' if (last < seed_score).all() else 'not every'
+    return (f"On diabetes the seed network (width 8) scores {seed_score:.1f} (100 R²) after round 0, and {lost} "
+            f"method ends below that (best final score {last.max():.1f}, {last.idxmax()}): the seed is already the "
+            f"best size. Scratch training of the final architecture for the same epochs ends at {last['scratch']:.1f}; "
+            f"the growth methods that lose less than it: {', '.join(above) or 'none'}; those that lose more: "
+            f"{', '.join(below) or 'none'}.")
+
+
 PRESETS_BENCH = {'random': "preset('recommended') today: random growth", 'gradmax': "preset('gradmax')",
                  'S3D': "preset('S3D line search')"}
 
@@ -530,7 +546,8 @@ def results_sections(root):
     out = {'growth.final': render_final(df), 'growth.vs_random': render_paired(pr, 'random'),
            'growth.vs_tiny': render_paired(pr, 'TINY'), 'growth.arch': render_arch(df),
            'growth.equal_compute': render_equal(pd.read_csv(res / 'growth_quality_equal_compute.csv')),
-           'growth.cost': cost_table(cost) + '\n\n' + cost_ratio(cost), 'growth.preset': render_preset(pr)}
+           'growth.cost': cost_table(cost) + '\n\n' + cost_ratio(cost), 'growth.preset': render_preset(pr),
+           'growth.diabetes': render_diabetes(df)}
     return out
 
 
@@ -586,7 +603,7 @@ def main(argv=None):
         ws = [json.loads(fin[(fin.task == t) & (fin.seed == s)].widths.iloc[0]) for t, _, s in jobs2]
         df = pd.concat([df, *run_all(jobs2, a, ws)], ignore_index=True)
     if a.merge:         # the other tasks' and methods' rows from the CSV already there (runs are independent)
-        old = pd.read_csv(out / 'growth_quality.csv')
+        old = pd.read_csv(out / 'growth_quality.csv', float_precision='round_trip')
         keep = ~pd.MultiIndex.from_frame(old[['task', 'method']]).isin(
             pd.MultiIndex.from_frame(df[['task', 'method']].drop_duplicates()))
         df = pd.concat([old[keep], df], ignore_index=True)[list(old.columns)]
