@@ -349,6 +349,8 @@ def paired(df, ref='random', col='test_score', methods=None):
     from scipy import stats
     out = []
     piv = df.pivot_table(index=['task', 'round', 'seed'], columns='method', values=col)
+    if ref not in piv.columns:
+        return pd.DataFrame(out)
     for (task, rnd), g in piv.groupby(level=[0, 1]):
         for m in [m for m in (methods or METHODS) if m in g.columns and m != ref]:
             d = (g[m] - g[ref]).dropna().to_numpy() * 100
@@ -488,23 +490,24 @@ def cost_ratio(cost):
     return 'GradMax one pass against the iterative solver, same run: ' + ', '.join(parts) + ' faster.'
 
 
-def render_diabetes(df):
-    "Diabetes: the seed network's score after round 0 against every method's final score, and scratch's."
-    d = df[df.task == 'diabetes']
-    seed_score = 100 * d[(d.method == 'random') & (d['round'] == 0)].test_score.mean()
-    last = d[d['round'] == d['round'].max()].groupby('method').test_score.mean() * 100
-    growth = [m for m in METHODS if m in last.index and not m.startswith('scratch')]
-    above = [m for m in growth if last[m] > last['scratch']]
-    below = [m for m in growth if last[m] <= last['scratch']]
-    lost = 'every' if (last < seed_score).all() else 'not every'
-    return (f"On diabetes the seed network (width 8) scores {seed_score:.1f} (100 R²) after round 0, and {lost} "
-            f"method ends below that (best final score {last.max():.1f}, {last.idxmax()}): the seed is already the "
-            f"best size. Scratch training of the final architecture for the same epochs ends at {last['scratch']:.1f}; "
-            f"the growth methods that lose less than it: {', '.join(above) or 'none'}; those that lose more: "
-            f"{', '.join(below) or 'none'}.")
+def render_seed_size(df, tasks=('diabetes', 'cancer', 'wine')):
+    "Per small tabular task: the seed network's score after round 0 against the final scores, and scratch's."
+    lines = []
+    for task in tasks:
+        d = df[df.task == task]
+        seed_score = 100 * d[(d.method == 'random') & (d['round'] == 0)].test_score.mean()
+        last = d[d['round'] == d['round'].max()].groupby('method').test_score.mean() * 100
+        growth = [m for m in METHODS if m in last.index and not m.startswith('scratch')]
+        over = [m for m in growth if last[m] > seed_score]
+        below = [m for m in growth if last[m] < last['scratch']]
+        lines.append(f"- {LABEL.get(task, task)}: the seed network (width 8) scores {seed_score:.1f} after round 0; "
+                     f"final scores above it: {', '.join(over) or 'none'} (best {last.max():.1f}, {last.idxmax()}). "
+                     f"Scratch training of the final architecture for the same epochs ends at {last['scratch']:.1f}; "
+                     f"growth methods ending below it: {', '.join(below) or 'none'}.")
+    return '\n'.join(lines)
 
 
-PRESETS_BENCH = {'random': "preset('recommended') today: random growth", 'gradmax': "preset('gradmax')",
+PRESETS_BENCH = {'random': "random growth (preset('recommended'))", 'gradmax': "preset('gradmax')",
                  'S3D': "preset('S3D line search')"}
 
 
@@ -530,6 +533,14 @@ def render_preset(pr):
         for r in fin[(fin.method == m) & (fin.ref == ref)].itertuples():
             cells[(f'{m} − {ref}', r.task)] = _ci(r._asdict())
     table = _grid(cells, [f'{m} − {ref}' for m, ref in pairs], tasks, corner='difference')
+    verdicts = []
+    for m, ref in pairs + [('scratch', 'random'), ('random@gain', 'random')]:
+        v = fin[(fin.method == m) & (fin.ref == ref)].set_index('task').verdict
+        part = [f"{w} on {', '.join(t for t in tasks if v.get(t) == key)}"
+                for w, key in (('better', 'better'), ('level', 'not resolved'), ('worse', 'worse'))
+                if (v == key).any()]
+        verdicts.append(f"- {m} − {ref}: " + '; '.join(part))
+    table += '\n\n' + '\n'.join(verdicts)
     score, best = preset_choice(pr)
     lines = [f"- {PRESETS_BENCH[m]}: better than random growth on {b}, not resolved on {n}, worse on {w} of "
              f"{b + n + w} tasks" for m, (b, n, w) in score.items() if m != 'random']
@@ -547,7 +558,7 @@ def results_sections(root):
            'growth.vs_tiny': render_paired(pr, 'TINY'), 'growth.arch': render_arch(df),
            'growth.equal_compute': render_equal(pd.read_csv(res / 'growth_quality_equal_compute.csv')),
            'growth.cost': cost_table(cost) + '\n\n' + cost_ratio(cost), 'growth.preset': render_preset(pr),
-           'growth.diabetes': render_diabetes(df)}
+           'growth.seed_size': render_seed_size(df)}
     return out
 
 
@@ -673,6 +684,7 @@ def plot(df, out):
         axs[i, 0].set_ylabel(f'{t}\n{what}')
         axs[i, 0].set_xlabel('round')
         axs[i, 1].set(xlabel='cumulative training GFLOPs', xscale='log')
+        axs[i, 1].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     seen = {}
     for ax in axs[:, 0]:
         for h, l in zip(*ax.get_legend_handles_labels()): seen.setdefault(l, h)
