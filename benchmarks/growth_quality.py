@@ -614,7 +614,7 @@ def main(argv=None):
         ws = [json.loads(fin[(fin.task == t) & (fin.seed == s)].widths.iloc[0]) for t, _, s in jobs2]
         df = pd.concat([df, *run_all(jobs2, a, ws)], ignore_index=True)
     if a.merge:         # the other tasks' and methods' rows from the CSV already there (runs are independent)
-        old = pd.read_csv(out / 'growth_quality.csv', float_precision='round_trip')
+        old = pd.read_csv(out / 'growth_quality.csv')
         keep = ~pd.MultiIndex.from_frame(old[['task', 'method']]).isin(
             pd.MultiIndex.from_frame(df[['task', 'method']].drop_duplicates()))
         df = pd.concat([old[keep], df], ignore_index=True)[list(old.columns)]
