@@ -76,6 +76,33 @@ def run(task, variant, seed):
     return h
 
 
+VARIANTS = ['S3D line search', 'S3D largest safe step', 'S3D line search + polish', 'random growth']
+
+
+def ablation_table(df):
+    "Mean test accuracy (%) per round, final duplicate pairs, median step and growth step in epochs."
+    mean = df.groupby(['task', 'method', 'round'], sort=False).agg(acc=('test_acc', lambda v: 100 * v.mean())).reset_index()
+    tab = mean.pivot_table(index=['task', 'method'], columns='round', values='acc', sort=False).round(1).reset_index()
+    tab.columns = [str(c) for c in tab.columns]
+    fin = df[df['round'] == df['round'].max()].groupby(['task', 'method'], sort=False).agg(
+        dup_final=('dup_pairs', 'mean'), eps_median=('eps', 'median'), growth_epochs=('growth_epochs', 'median')).reset_index()
+    return gq.md_table(tab.merge(fin, on=['task', 'method']), '{:.3g}')
+
+
+def final_paired(df):
+    "Final-round paired differences (points) of each variant against the line search and against random growth."
+    pr = pd.concat([gq.paired(df.rename(columns={'test_acc': 'test_score'}), ref, methods=VARIANTS)
+                    for ref in ('S3D line search', 'random growth')], ignore_index=True)
+    fin = pr[pr['round'] == pr['round'].max()]
+    return gq.md_table(fin[['task', 'method', 'ref', 'diff', 'lo', 'hi', 'wins', 'ties', 'losses']], '{:+.2f}')
+
+
+def results_sections(root):
+    "name -> Markdown of the ablation's blocks in benchmarks/RESULTS.md, from the committed CSV under `root`."
+    df = pd.read_csv(Path(root) / 'benchmarks' / 'results' / 'growth_ablation.csv')
+    return {'growth.ablation': ablation_table(df), 'growth.ablation_paired': final_paired(df)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument('--seeds', type=int, default=5)
@@ -86,22 +113,17 @@ def main(argv=None):
     if a.update_results and a.out is not None: ap.error('--update-results writes benchmarks/results/: give it or --out, not both')
     a.out = 'benchmarks/results' if a.update_results else a.out or 'benchmarks/out'
     t0 = time.time()
-    variants = ['S3D line search', 'S3D largest safe step', 'S3D line search + polish', 'random growth']
-    df = pd.concat([run(t, v, s) for t in a.tasks.split(',') for s in range(a.seeds) for v in variants], ignore_index=True)
+    df = pd.concat([run(t, v, s) for t in a.tasks.split(',') for s in range(a.seeds) for v in VARIANTS], ignore_index=True)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     df.to_csv(Path(a.out) / 'growth_ablation.csv', index=False)
-    gq.METHODS = tuple(variants)
-    pr = gq.paired(df)
-    mean = df.groupby(['task', 'method', 'round'], sort=False).agg(acc=('test_acc', lambda v: 100 * v.mean()),
-                                                                  dup=('dup_pairs', 'mean'), eps=('eps', 'median')).reset_index()
-    tab = mean.pivot_table(index=['task', 'method'], columns='round', values='acc', sort=False).round(1).reset_index()
-    tab.columns = [str(c) for c in tab.columns]
-    fin = df[df['round'] == df['round'].max()].groupby(['task', 'method'], sort=False).agg(
-        dup_final=('dup_pairs', 'mean'), eps_median=('eps', 'median'), growth_epochs=('growth_epochs', 'median')).reset_index()
     print(f"# growth ablation: {a.seeds} seeds; wall {time.time() - t0:.0f} s\n\n## mean test accuracy (%) per round\n")
-    print(gq.md_table(tab.merge(fin, on=['task', 'method']), '{:.3g}'))
-    print('\n## paired difference vs random growth (pp, 95% t-interval), rounds 1-5\n')
-    print(gq.md_table(pr[pr['round'] > 0][['task', 'method', 'round', 'diff', 'lo', 'hi', 'wins', 'ties', 'losses']], '{:+.2f}'))
+    print(ablation_table(df))
+    print('\n## final round: paired differences (points, 95% t-interval)\n')
+    print(final_paired(df))
+    if a.update_results:
+        from s3d.paper.report import sync_blocks
+        md = Path('benchmarks/RESULTS.md')
+        md.write_text(sync_blocks(md.read_text(), results_sections(Path('.'))))
 
 
 if __name__ == '__main__':

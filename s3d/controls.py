@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy, math, warnings
 from dataclasses import dataclass, fields
 from typing import ClassVar
+from fastcore.basics import patch
 import torch
 from torch import nn
 from .graph import to_model_device
@@ -16,7 +17,7 @@ from .surgery import remap_channels
 
 # %% auto #0
 __all__ = ['CONTROLS', 'register_control', 'Control', 'get_control', 'draw_parents', 'theta_rows', 'fresh_plan', 'RandomGrowth',
-           'Net2Net', 'GradMax', 'Scratch']
+           'Net2Net', 'top_directions', 'GradMax', 'Scratch']
 
 # %% ../nbs/07b_controls.ipynb #56ff3261
 CONTROLS = {}
@@ -179,7 +180,31 @@ def _apply_A(model, group, cols, n, loss_fn, batches, G=None) -> torch.Tensor:
         acc = acc + _rows(gcols, len(G))
     return acc
 
-# %% ../nbs/07b_controls.ipynb #9fa445e8
+# %% ../nbs/07b_controls.ipynb #1c9f7079
+def top_directions(G: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    "The `k` leading left singular vectors of `G` (D x d) as rows; random unit rows beyond its D rows."
+    D = G.shape[0]
+    U = torch.linalg.svd(G, full_matrices=True).U[:, : min(k, D)].T
+    U = U * torch.where(U.sum(1, keepdim=True) < 0, -1.0, 1.0).to(U)  # a sign that does not depend on the SVD
+    if k > D:
+        extra = torch.randn(k - D, D, generator=gen, dtype=G.dtype)
+        U = torch.cat([U, extra / extra.norm(dim=1, keepdim=True)])
+    return U
+
+
+def _probe_gradients(model, group, n: int, D: int, loss_fn, batches, probes: int) -> torch.Tensor:
+    "A^T (D x dim): the incoming gradient of zero-incoming probes with unit outgoing weights, `probes` at a time."
+    cols = _columns(group, n, n + probes, n + probes)
+    out = []
+    for lo in range(0, D, probes):
+        E = torch.zeros(probes, D, dtype=torch.float64)
+        hi = min(lo + probes, D)
+        E[: hi - lo, lo:hi] = torch.eye(hi - lo, dtype=torch.float64)
+        _write_rows(cols, E)
+        out.append(_apply_A(model, group, cols, n, loss_fn, batches)[: hi - lo])
+    return torch.cat(out)
+
+# %% ../nbs/07b_controls.ipynb #9f84aa2c
 @register_control
 @dataclass
 class GradMax(Control):
@@ -189,13 +214,17 @@ class GradMax(Control):
     method: ClassVar[str] = 'gradmax'
     needs_data: ClassVar[bool] = True
     scale: float = 1.0  # outgoing norm, relative to the median of the existing neurons'
-    iters: int = 8  # subspace iterations on A^T A
+    solver: str = 'svd'  # 'svd': A from one pass with probe neurons, one SVD; 'iterative': subspace iteration
+    probes: int = 4096  # most probe neurons per pass ('svd')
+    iters: int = 8  # subspace iterations on A^T A ('iterative')
     tol: float = 1e-4  # largest change of the output allowed, relative to max(1, max |output|)
     fallback: str | None = None  # a control for layers gradmax cannot grow (with a warning); None: raise
 
     def add(self, model, group, new, gen, data=None):
         if data is None:
             raise ValueError("gradmax needs (loss_fn, batches) as `data`")
+        if self.solver not in ('svd', 'iterative'):
+            raise ValueError(f"solver must be 'svd' or 'iterative', got {self.solver!r}")
         loss_fn, batches = data[0], list(data[1])
         twin, tg = copy.deepcopy((model, group))  # one memo: tg's modules are twin's
         try:
@@ -216,49 +245,63 @@ class GradMax(Control):
         zeros = torch.zeros(new, group.dim, dtype=torch.float64)
         return fresh_plan(group, torch.zeros(new, dtype=torch.long), zeros)
 
-    @torch.enable_grad()
-    def directions(self, twin, tg, new, gen, loss_fn, batches) -> torch.Tensor:
-        "Outgoing weight rows of the new neurons, found on `twin` (which this grows)."
-        n, was = tg.n_neurons, twin.training
-        twin.eval()
-        try:
-            ref = _rows(_columns(tg, 0, n, n), n).norm(dim=1).median()
-            with torch.no_grad():
-                before = [twin(to_model_device(twin, x)) for x, _ in batches]
-            index, delta, scale = self.plan(tg, new)
-            remap_channels(twin, tg, index, producer_delta=delta, consumer_scale=scale)
-            cols = _columns(tg, n, n + new, n + new)
-            V = torch.randn(new, _rows(cols, new).shape[1], generator=gen, dtype=torch.float64)
+# %% ../nbs/07b_controls.ipynb #eb89910e
+@patch
+@torch.enable_grad()
+def directions(self: GradMax, twin, tg, new, gen, loss_fn, batches) -> torch.Tensor:
+    "Outgoing weight rows of the new neurons, found on `twin` (which this grows)."
+    n, was = tg.n_neurons, twin.training
+    twin.eval()
+    try:
+        ref = _rows(_columns(tg, 0, n, n), n).norm(dim=1).median()
+        D = _rows(_columns(tg, 0, n, n), n).shape[1]
+        with torch.no_grad():
+            before = [twin(to_model_device(twin, x)) for x, _ in batches]
+        k = min(D, self.probes) if self.solver == 'svd' else new
+        index, delta, scale = self.plan(tg, k)
+        remap_channels(twin, tg, index, producer_delta=delta, consumer_scale=scale)
+        cols = _columns(tg, n, n + k, n + k)
+        V = torch.randn(k, D, generator=gen, dtype=torch.float64)
+        _write_rows(cols, V)
+        self.check_kept(twin, before, batches, tg)  # with non-zero outgoing weights
+        if self.solver == 'svd':
+            G = _probe_gradients(twin, tg, n, D, loss_fn, batches, k)
+            self.check_slope(G, tg)
+            V = top_directions(G, new, gen)
+        for _ in range(self.iters if self.solver == 'iterative' else 0):
             _write_rows(cols, V)
-            self.check_kept(twin, before, batches, tg)  # with non-zero outgoing weights
-            for _ in range(self.iters):
-                _write_rows(cols, V)
-                G = _apply_A(twin, tg, cols, n, loss_fn, batches)
-                if not G.abs().max() > 0:
-                    raise ValueError(
-                        f"gradmax: the incoming gradient of a zero-incoming neuron is 0 in {tg.name} "
-                        "(an activation with act'(0) = 0, such as ReLU); use growth='random' or a "
-                        "signed split for this layer"
-                    )
-                V = _orthonormal_rows(_apply_A(twin, tg, cols, n, loss_fn, batches, G), gen)
-        finally:
-            twin.train(was)
-        return V * self.scale * (float(ref) if ref > 0 else 1.0)
+            G = _apply_A(twin, tg, cols, n, loss_fn, batches)
+            self.check_slope(G, tg)
+            V = _orthonormal_rows(_apply_A(twin, tg, cols, n, loss_fn, batches, G), gen)
+    finally:
+        twin.train(was)
+    return V * self.scale * (float(ref) if ref > 0 else 1.0)
 
-    @torch.no_grad()
-    def check_kept(self, model, before, batches, group):
-        "Raise when the zero-incoming neurons change the output (their path does not map 0 to 0)."
-        outs = [model(to_model_device(model, x)) for x, _ in batches]
-        err = max(float((o - b).abs().max()) for o, b in zip(outs, before))
-        size = max(
-            1.0, max(float(b.abs().max()) for b in before)
-        )  # float32 sums round differently once widened
-        if err > self.tol * size:
-            raise ValueError(
-                f"gradmax: neurons with zero incoming weights change the output by {err:.2e} "
-                f"in {group.name} (act(0) != 0, or BatchNorm on the path); the model was not "
-                "changed. Use growth='random' or a signed split for this layer."
-            )
+# %% ../nbs/07b_controls.ipynb #2825675c
+@patch
+def check_slope(self: GradMax, G: torch.Tensor, group):
+    "Raise when the incoming gradients `G` of zero-incoming neurons all vanish (act'(0) = 0)."
+    if not G.abs().max() > 0:
+        raise ValueError(
+            f"gradmax: the incoming gradient of a zero-incoming neuron is 0 in {group.name} "
+            "(an activation with act'(0) = 0, such as ReLU); use growth='random' or a "
+            "signed split for this layer"
+        )
+
+
+@patch
+@torch.no_grad()
+def check_kept(self: GradMax, model, before, batches, group):
+    "Raise when the zero-incoming neurons change the output (their path does not map 0 to 0)."
+    outs = [model(to_model_device(model, x)) for x, _ in batches]
+    err = max(float((o - b).abs().max()) for o, b in zip(outs, before))
+    size = max(1.0, max(float(b.abs().max()) for b in before))  # float32 sums round differently once widened
+    if err > self.tol * size:
+        raise ValueError(
+            f"gradmax: neurons with zero incoming weights change the output by {err:.2e} "
+            f"in {group.name} (act(0) != 0, or BatchNorm on the path); the model was not "
+            "changed. Use growth='random' or a signed split for this layer."
+        )
 
 # %% ../nbs/07b_controls.ipynb #51ae2fce
 @register_control

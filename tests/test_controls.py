@@ -161,3 +161,59 @@ def test_uneven_allocations_keep_the_round_total():
     split_round(m, F.cross_entropy, [(x, y)], x[:1], GrowConfig(growth='random', widths=(8,), allocation='gain',
                                                                   c=3., eigen='exact'), rnd=1)
     assert sum(g.n_neurons for g in split_groups(m, x[:1])) == 16
+
+
+@pytest.mark.parametrize('make', [_mlp, _cnn])
+def test_gradmax_one_pass_matches_subspace_iteration(make):
+    "The one-pass SVD gives the directions of (well converged) subspace iteration; chunked probes change nothing."
+    x, y = _data(make)
+    rows = {}
+    for key, ctl in (('svd', GradMax()), ('chunked', GradMax(probes=5)), ('iterative', GradMax(solver='iterative', iters=300))):
+        m = make()
+        g = split_groups(m, x[:1])[0]
+        ctl.add(m, g, 2, torch.Generator().manual_seed(0), (F.cross_entropy, [(x[:40], y[:40]), (x[40:], y[40:])]))
+        u = m[2].weight[:, 3:5].detach().transpose(0, 1).reshape(2, -1)     # the first group's only consumer
+        rows[key] = F.normalize(u, dim=1)
+    torch.testing.assert_close(rows['chunked'], rows['svd'], rtol=0, atol=1e-12)
+    cos = (rows['svd'] * rows['iterative']).sum(1).abs()
+    assert cos.min() >= 0.999, cos
+    with pytest.raises(ValueError, match='solver'):
+        GradMax(solver='power').add(make(), split_groups(make(), x[:1])[0], 1, torch.Generator(), (F.cross_entropy, [(x, y)]))
+
+
+def _benchmarks():
+    import importlib, sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / 'benchmarks'))
+    return root, importlib.import_module('growth_quality'), importlib.import_module('growth_ablation')
+
+
+def test_growth_blocks_of_results_md_are_rendered_from_the_committed_results():
+    "Every growth number in benchmarks/RESULTS.md's generated blocks is what the committed CSVs give."
+    from s3d.paper.report import sync_blocks
+    root, gq, ga = _benchmarks()
+    text = (root / 'benchmarks' / 'RESULTS.md').read_text()
+    for mod in (gq, ga):
+        assert sync_blocks(text, mod.results_sections(root), check=True) == []
+
+
+def test_growth_benchmark_rows_keep_the_order_of_a_full_run():
+    "Parts merged in any order give the rows of one full run (phase 1 by task, seed, method; scratch@gain last)."
+    import pandas as pd
+    _, gq, _ = _benchmarks()
+    rows = [dict(task=t, method=m, seed=s, round=r) for t in ('wine', 'mlp1') for m in ('scratch@gain', 'TINY', 'S3D')
+            for s in (1, 0) for r in (1, 0)]
+    df = gq.canonical(pd.DataFrame(rows).sample(frac=1, random_state=0))
+    assert list(df.method.iloc[:4]) == ['S3D', 'S3D', 'TINY', 'TINY'] and list(df.task.iloc[:4]) == ['mlp1'] * 4
+    assert (df.method == 'scratch@gain').iloc[-8:].all() and list(df['round'].iloc[:2]) == [0, 1]
+    pd.testing.assert_frame_equal(gq.canonical(df.iloc[::-1]), df)
+
+
+def test_tiny_grows_every_hidden_layer_to_the_round_width():
+    "TINY (GroMo) reaches each round's width with the same training as the other methods."
+    pytest.importorskip('gromo')
+    _, gq, _ = _benchmarks()
+    h = gq.run_one('wine', 'TINY', 0, rounds=2, epoch_scale=0.05)
+    assert [json.loads(w) for w in h.widths] == [[8, 8], [12, 12], [16, 16]]
+    assert h.added.tolist() == [0, 8, 8] and h.test_score.between(0, 1).all() and h.growth_epochs.iloc[1:].gt(0).all()
