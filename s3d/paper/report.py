@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 # %% auto #0
 __all__ = ['STYLE', 'PROSE', 'THEORY', 'EXPERIMENTS', 'repo_root', 'style', 'prose', 'load_renderers', 'render', 'show',
            'sync_blocks', 'Claim', 'prose_numbers', 'Backing', 'load_backing', 'is_backed', 'backs', 'unbacked',
-           'summary_files', 'backing_for', 'doc_prose', 'check_document', 'reproduces']
+           'summary_files', 'backing_for', 'doc_prose', 'check_document', 'reproduces', 'presets']
 
 # %% ../../nbs/paper/09_report.ipynb #c4b61cdd
 def repo_root(start: Path | str | None = None) -> Path:
@@ -419,3 +419,31 @@ def reproduces(root: Path) -> str:
             where = f'`nbs/experiments/{EXPERIMENTS[n]}.ipynb`'
             rows.append(_row([n, '–', '–', f'see {where}', '–', '–', 'see the notebook']))
     return '\n'.join(rows)
+
+# %% ../../nbs/paper/09_report.ipynb #e7f9fb04
+_PRESETS = {'gradmax': "preset('gradmax')", 'S3D': "preset('S3D line search')"}
+
+
+def _final_vs(paired, method: str, ref: str = 'random'):
+    "Rows of `paired` comparing `method` with `ref` in each task's last round."
+    last = paired.groupby('task')['round'].transform('max')
+    return paired[(paired['round'] == last) & (paired.method == method) & (paired.ref == ref)]
+
+
+@prose('index.presets')
+def presets(root: Path) -> str:
+    "One line per preset against random growth over the benchmark's tasks, with its best resolved task."
+    import pandas as pd
+
+    paired = pd.read_csv(root / 'benchmarks' / 'results' / 'growth_quality_paired.csv')
+    lines = []
+    for method, name in _PRESETS.items():
+        d = _final_vs(paired, method)
+        better, worse = d[d.lo > 0], d[d.hi < 0]
+        line = (f'- `{name}` against random growth: better on {len(better)}, level on '
+                f'{len(d) - len(better) - len(worse)}, worse on {len(worse)} of {len(d)} tasks')
+        if len(better):
+            b = better.loc[better['diff'].idxmax()]
+            line += f" (best: {b.task}, {b['diff']:+.2f} points [{b.lo:+.2f}, {b.hi:+.2f}], {int(b.n)} seeds)"
+        lines.append(line + '.')
+    return '\n'.join(lines)
