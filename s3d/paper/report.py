@@ -124,6 +124,7 @@ def sync_blocks(text: str, sections: dict[str, str], check: bool = False):
 # %% ../../nbs/paper/09_report.ipynb #0572e3ae
 _STRIP = [
     re.compile(r'<!-- begin: ([\w.-]+) -->.*?<!-- end: \1 -->', re.S),  # generated blocks
+    re.compile(r'<!-- setup -->.*?<!-- end setup -->', re.S),  # a protocol: settings and data sizes, never results
     re.compile(r'<!--.*?-->', re.S),
     re.compile(r'```.*?```', re.S),
     re.compile(r'(?<=\n\n)(?:(?: {4}|\t)[^\n]*(?:\n|$))+'),  # indented code blocks
@@ -420,7 +421,7 @@ def reproduces(root: Path) -> str:
             rows.append(_row([n, '–', '–', f'see {where}', '–', '–', 'see the notebook']))
     return '\n'.join(rows)
 
-# %% ../../nbs/paper/09_report.ipynb #e7f9fb04
+# %% ../../nbs/paper/09_report.ipynb #4a09fc1b
 _PRESETS = {'gradmax': "preset('gradmax')", 'S3D': "preset('S3D line search')"}
 
 
