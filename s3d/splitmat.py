@@ -256,6 +256,7 @@ def _tile(t: Tensor, k: int) -> Tensor:
     return t.repeat(k, *([1] * (t.dim() - 1)))
 
 
+# %% ../nbs/04_splitmat.ipynb #pp00sp01c
 def _forward_jvp(fn: Callable, z: Tensor, t: Tensor) -> Tensor:
     "The derivative of `fn` at `z` along `t` by forward-mode autograd (one pass with tangents)."
     with warnings.catch_warnings():  # its first use registers decompositions through the deprecated torch.jit.script
@@ -510,9 +511,8 @@ class _GroupHooks:
         if group.act is not None and group.act_fn is None:
             self.handles.append(group.act.register_forward_pre_hook(self._on_act_in))
             self.handles.append(group.act.register_forward_hook(self._on_act_out))
-        self.curved = _curved(
-            group
-        )  # further activations on the private path: their curvature needs the consumers' inputs
+        # further activations on the private path: their curvature needs the consumers' inputs
+        self.curved = _curved(group)
         for c in group.consumers if self.curved else []:
             self.handles.append(c.module.register_forward_pre_hook(partial(self._on_consumer, c.name)))
         self.reset()
@@ -551,6 +551,7 @@ class _GroupHooks:
             h.remove()
 
 
+# %% ../nbs/04_splitmat.ipynb #ee50sp04c
 class _FunctionalActs(TorchFunctionMode):
     "Records z and h around functional activations applied to a group's pre-activation."
 
@@ -591,6 +592,28 @@ def _batch_stats(h, g, at: dict, beta: float, B: int) -> BatchStats:
     return BatchStats(h.x, c, _path_stats(h.group, h.curved, h.z, at, beta, B))
 
 
+def _gradients(hooks: list, loss: Tensor) -> tuple:
+    "dL/dh of every group and {hooks: {consumer name: dL/d(its input)}}, after checking the forward pass."
+    if not torch.is_tensor(loss) or loss.dim() != 0:
+        raise ValueError("loss_fn must return a scalar (mean-reduced) loss tensor")
+    for h in hooks:
+        if h.x is None or h.h is None:
+            raise ValueError(
+                f"group {h.group.name!r}: the activation {type(h.group.act).__name__} was not applied to the "
+                "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
+                "build the group with split_groups, which records the functional call in act_fn)"
+            )
+    if not loss.requires_grad:
+        raise ValueError("the loss does not require grad: are all parameters frozen?")
+    us = [(h, name, u) for h in hooks for name, u in h.u.items()]  # consumers' inputs, for further activations
+    grads = torch.autograd.grad(loss, [h.h for h in hooks] + [u for *_, u in us], allow_unused=True)
+    at = {h: {} for h in hooks}
+    for (h, name, _), gr in zip(us, grads[len(hooks) :]):
+        at[h][name] = gr
+    return grads, at
+
+
+# %% ../nbs/04_splitmat.ipynb #dc43sp02c
 def collect_batches(
     model: nn.Module,  # network
     groups: list,  # [SplitGroup] of `model`
@@ -620,27 +643,7 @@ def collect_batches(
                 else:
                     with functional:
                         out = model(inp)
-                loss = loss_fn(out, tgt)
-                if not torch.is_tensor(loss) or loss.dim() != 0:
-                    raise ValueError("loss_fn must return a scalar (mean-reduced) loss tensor")
-                for h in hooks:
-                    if h.x is None or h.h is None:
-                        raise ValueError(
-                            f"group {h.group.name!r}: the activation {type(h.group.act).__name__} was not applied to the "
-                            "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
-                            "build the group with split_groups, which records the functional call in act_fn)"
-                        )
-                if not loss.requires_grad:
-                    raise ValueError("the loss does not require grad: are all parameters frozen?")
-                us = [
-                    (h, name, u) for h in hooks for name, u in h.u.items()
-                ]  # consumers' inputs, for further activations
-                grads = torch.autograd.grad(
-                    loss, [h.h for h in hooks] + [u for *_, u in us], allow_unused=True
-                )
-                at = {h: {} for h in hooks}
-                for (h, name, _), gr in zip(us, grads[len(hooks) :]):
-                    at[h][name] = gr
+                grads, at = _gradients(hooks, loss_fn(out, tgt))
                 B = inp.shape[0]
                 on_batch(
                     i, B, {h.group.name: _batch_stats(h, gr, at[h], beta, B) for h, gr in zip(hooks, grads)}
@@ -832,19 +835,23 @@ class SplitOperator:
             self.cs.append(c.contiguous())
         self.paths.append(path)
 
-    def patches(self, i: int) -> Tensor:
-        "The (B, P, d) patches (with the bias column) of held batch `i`."
-        x, p = self.xs[i], self.group.producer
-        if self.mode == 'conv':
-            return producer_patches(p, x, padded=True)
-        X = x.view(self.paths[i].z.shape[0] if self.paths[i] is not None else 1, -1, x.shape[-1])
-        return torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1) if self.bias else X
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.xs + self.cs) + sum(
-            p.nbytes for p in self.paths if p is not None
-        )
+# %% ../nbs/04_splitmat.ipynb #c741sp05c
+@patch
+def patches(self: SplitOperator, i: int) -> Tensor:
+    "The (B, P, d) patches (with the bias column) of held batch `i`."
+    x, p = self.xs[i], self.group.producer
+    if self.mode == 'conv':
+        return producer_patches(p, x, padded=True)
+    X = x.view(self.paths[i].z.shape[0] if self.paths[i] is not None else 1, -1, x.shape[-1])
+    return torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1) if self.bias else X
+
+
+@patch(as_prop=True)
+def nbytes(self: SplitOperator) -> int:
+    return sum(t.numel() * t.element_size() for t in self.xs + self.cs) + sum(
+        p.nbytes for p in self.paths if p is not None
+    )
 
 # %% ../nbs/04_splitmat.ipynb #2ac386d6
 def _apply_flat(X, C, Vw, vb, n, k):
@@ -867,6 +874,7 @@ def _apply_conv(p, x, C, Vw, vb, n, k):
     return Rw, (W.sum((0, 2, 3)).view(n, k) if vb is not None else None)
 
 
+# %% ../nbs/04_splitmat.ipynb #2ac3sp06c
 @patch
 @torch.no_grad()
 def __call__(self: SplitOperator, V: Tensor) -> Tensor:
@@ -908,6 +916,7 @@ def __call__(self: SplitOperator, V: Tensor) -> Tensor:
     return R.squeeze(-1) if vec else R
 
 
+# %% ../nbs/04_splitmat.ipynb #sp07c
 @patch
 @torch.no_grad()
 def path_products(self: SplitOperator, V: Tensor, neurons: Tensor | None = None) -> Tensor | None:
@@ -1026,6 +1035,7 @@ def products(
     return torch.cat(out, 2)
 
 
+# %% ../nbs/04_splitmat.ipynb #d6a1sp03c
 @patch
 @torch.no_grad()
 def dense_sum(self: SplitOperator, rows: int = 4096, cols: int = 8) -> Tensor:
