@@ -134,13 +134,18 @@ class BlockKrylov:
             )
         self.P = _orthonormalize(P, self.V, generator)
 
-    @property
-    def done(self) -> bool:
-        return self.idx.numel() == 0
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.V, self.W, self.P) if t is not None)
+# %% ../nbs/05_eigen.ipynb #sp05e01c
+@patch(as_prop=True)
+def done(self: BlockKrylov) -> bool:
+    "All neurons retired."
+    return self.idx.numel() == 0
+
+
+@patch(as_prop=True)
+def nbytes(self: BlockKrylov) -> int:
+    "Bytes of the basis, its products and the next block."
+    return sum(t.numel() * t.element_size() for t in (self.V, self.W, self.P) if t is not None)
 
 # %% ../nbs/05_eigen.ipynb #484ef54d
 def _select(th, s, res, k):
@@ -159,6 +164,7 @@ def _relative(r: Tensor, th: Tensor) -> Tensor:
     return r / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
 
 
+# %% ../nbs/05_eigen.ipynb #sp05e03c
 @patch
 def _retire(
     self: BlockKrylov, te: Tensor, Y: Tensor, res: Tensor, m: int
@@ -430,6 +436,7 @@ def _one_batch(g: SplitGroup, s, B: int, i: int) -> SplitOperator:
     return op
 
 
+# %% ../nbs/05_eigen.ipynb #sp05e04c
 class _FastEigen:
     "Extreme eigenpairs of all groups from passes over the batches: dense sums, a cache, or streamed block Krylov."
 
@@ -543,6 +550,10 @@ def _choose_here(self, stats: dict, B: int) -> str:
     return 'stream'
 
 
+_FastEigen._choose, _FastEigen._choose_here = _choose, _choose_here
+
+
+# %% ../nbs/05_eigen.ipynb #sp05e05c
 def _first_batch(self, i: int, B: int, stats: dict):
     "First pass: dense sums; the cache, or the sampled start block (at batch 0) and its products."
     if self.mode is None and self.kry:
@@ -594,7 +605,7 @@ def _first_batch(self, i: int, B: int, stats: dict):
         )
 
 
-_FastEigen._choose, _FastEigen._choose_here, _FastEigen._first_batch = _choose, _choose_here, _first_batch
+_FastEigen._first_batch = _first_batch
 
 # %% ../nbs/05_eigen.ipynb #c324fec2
 def _stream_more(self):
@@ -629,6 +640,10 @@ def _restrict(op: SplitOperator, rows: Tensor) -> SplitOperator:
     return sub
 
 
+_FastEigen._stream_more = _stream_more
+
+
+# %% ../nbs/05_eigen.ipynb #sp05e06c
 def _lanczos_cached(self):
     "Cached statistics: restarted Lanczos per group on the cache, which is freed group by group."
     for g in self.kry:
@@ -673,7 +688,7 @@ def _run(self) -> dict:
     return self._results()
 
 
-_FastEigen._stream_more, _FastEigen._lanczos_cached, _FastEigen.run = _stream_more, _lanczos_cached, _run
+_FastEigen._lanczos_cached, _FastEigen.run = _lanczos_cached, _run
 
 # %% ../nbs/05_eigen.ipynb #2c2c3f6c
 def _results(self) -> dict:
