@@ -104,24 +104,13 @@ class BlockKrylov:
             raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
         if max_iter is not None and max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        self.n, self.d, self.tol, self.gen, self.k, self.min_iter = (
-            n,
-            d,
-            tol,
-            generator,
-            max(1, min(block, d)),
-            min(min_iter, d),
-        )
+        self.n, self.d, self.tol, self.gen = n, d, tol, generator
+        self.k, self.min_iter = max(1, min(block, d)), min(min_iter, d)
         self.max_dim, self.max_iter = min(d, max(max_dim, self.k + 2)), max_iter or d
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)
-        self.idx, self.V, self.W = (
-            torch.arange(n, device=device),
-            z(n, d, 0),
-            z(n, d, 0),
-        )  # active neurons, basis, S basis
-        self.out, self.converged = EigenPairs(z(n), z(n, d), z(n), z(n, d)), torch.zeros(
-            n, dtype=torch.bool, device=device
-        )
+        self.idx, self.V, self.W = torch.arange(n, device=device), z(n, d, 0), z(n, d, 0)  # active, basis, S basis
+        self.out = EigenPairs(z(n), z(n, d), z(n), z(n, d))
+        self.converged = torch.zeros(n, dtype=torch.bool, device=device)
         self.products = self.restarts = self.peak_bytes = 0
         P = (
             torch.randn(n, d, self.k, dtype=dtype, generator=generator).to(device)
@@ -202,6 +191,7 @@ def _next_block(
     self.V, self.W, self.P = V, W, _orthonormalize(R, V, self.gen)
 
 
+# %% ../nbs/05_eigen.ipynb #sp05e07c
 @patch
 @torch.no_grad()
 def update(self: BlockKrylov, SP: Tensor):  # (len(self.idx), d, k): S_j P_j for the current block
