@@ -431,40 +431,12 @@ class _FastEigen:
     "Extreme eigenpairs of all groups from passes over the batches: dense sums, a cache, or streamed block Krylov."
 
     def __init__(
-        self,
-        model,
-        groups,
-        loss_fn,
-        batches,
-        method,
-        *,
-        tol,
-        max_iter,
-        max_bytes,
-        beta,
-        seed,
-        block,
-        max_dim,
-        sample_steps,
-        dense_dim,
-        max_passes,
-        reduce=None,
-    ):
-        self.model, self.groups, self.loss_fn, self.batches, self.method, self.beta = (
-            model,
-            groups,
-            loss_fn,
-            batches,
-            method,
-            beta,
-        )
-        self.tol, self.max_iter, self.block, self.steps, self.max_passes = (
-            tol,
-            max_iter,
-            block,
-            sample_steps,
-            max_passes,
-        )
+        self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed, block, max_dim,
+        sample_steps, dense_dim, max_passes, reduce=None,
+    ):  # the arguments of `extreme_eigenpairs`
+        self.model, self.groups, self.loss_fn, self.batches = model, groups, loss_fn, batches
+        self.method, self.beta, self.tol, self.max_iter = method, beta, tol, max_iter
+        self.block, self.steps, self.max_passes = block, sample_steps, max_passes
         self.reduce = reduce  # data-parallel: sums over processes (every rank then takes the same steps)
         if reduce is not None:
             self.steps = 0  # a first-batch start block would differ between ranks: seeded random blocks
@@ -472,11 +444,8 @@ class _FastEigen:
         self.dense, self.caps, used = _plan(
             groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim
         )
-        self.reserved, self.allow, self.kry = (
-            used,
-            max_bytes - used,
-            [g for g in groups if g.name not in self.dense],
-        )
+        self.reserved, self.allow = used, max_bytes - used
+        self.kry = [g for g in groups if g.name not in self.dense]
         self.one_shot = isinstance(batches, Iterator)
         if method == 'stream' and self.one_shot and self.kry:
             raise TypeError(
@@ -491,22 +460,25 @@ class _FastEigen:
         self.mode, self.N, self.n_here, self.sums, self.acc, self.solver = None, None, None, {}, {}, {}
         self.cache = {g.name: SplitOperator(g) for g in self.kry}
 
-    def _pass(self, on_batch, groups):
-        "One eval-mode forward+backward over the batches for `groups`."
-        N = collect_batches(self.model, groups, self.loss_fn, self.batches, on_batch, self.beta)
-        if self.n_here is not None and N != self.n_here:
-            raise ValueError(
-                f"the batches gave {N} samples on this pass and {self.n_here} on the first: streaming needs the same samples on every pass"
-            )
-        self.n_here, self.N = (
-            N,
-            self._sum(torch.tensor([float(N)], dtype=torch.float64)).round().long().item(),
-        )
-        self.stats['passes'] += 1
 
-    def _sum(self, t):
-        "`t` summed over processes (itself without `reduce`)."
-        return t if self.reduce is None else self.reduce(t)
+# %% ../nbs/05_eigen.ipynb #sp05e08c
+@patch
+def _pass(self: _FastEigen, on_batch, groups):
+    "One eval-mode forward+backward over the batches for `groups`."
+    N = collect_batches(self.model, groups, self.loss_fn, self.batches, on_batch, self.beta)
+    if self.n_here is not None and N != self.n_here:
+        raise ValueError(
+            f"the batches gave {N} samples on this pass and {self.n_here} on the first: streaming needs the same samples on every pass"
+        )
+    self.n_here = N
+    self.N = self._sum(torch.tensor([float(N)], dtype=torch.float64)).round().long().item()
+    self.stats['passes'] += 1
+
+
+@patch
+def _sum(self: _FastEigen, t):
+    "`t` summed over processes (itself without `reduce`)."
+    return t if self.reduce is None else self.reduce(t)
 
 # %% ../nbs/05_eigen.ipynb #3d40ef3f
 def _choose(self, stats: dict, B: int) -> str:
