@@ -469,8 +469,8 @@ def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**25) -> Te
             J = _forward(mid, _tangents(X[s:e], F, ps.chan))  # (d*b, ...): d tangents per sample
             c = C[s:e] if tail is None else C[s:e] * tail**2
             cd = cdim % c.dim()
-            J = J.movedim(cd, -1).reshape(d, -1, n).permute(2, 0, 1).contiguous()  # (n, d, b*R)
-            c = c.movedim(cd, -1).reshape(-1, n).T.reshape(n, 1, -1)
+            J = J.view(d, e - s, *J.shape[1:]).movedim(cd + 1, 0).reshape(n, d, -1)  # (n, d, b*R): one copy
+            c = c.movedim(cd, 0).reshape(n, 1, -1)
             S.baddbmm_(J * c, J.transpose(1, 2))
     return S
 
