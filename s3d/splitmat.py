@@ -351,7 +351,7 @@ class LinearPath:
         "('mul', factor) | ('lin', fn, input shape, fn(0) or None) | ('jvp', fn, v): one step's derivative at v."
         k = layer_kind(fn) if isinstance(fn, nn.Module) else None
         if activation_kind(fn) is not None:  # elementwise: its derivative, exact (ReLU: 0 or 1)
-            return ('mul', _forward_jvp(fn, v, torch.ones_like(v)))
+            return ('mul', _forward_jvp(partial(_run, fn), v, torch.ones_like(v)))  # (in-place: on a copy)
         if isinstance(k, BatchNormKind):  # eval mode: a per-channel scale
             return ('mul', k.affine_scale(fn).to(v).view(1, -1, *[1] * (v.dim() - 2)))
         if isinstance(k, (ConvKind, PassThroughKind, FlattenKind)) or isinstance(fn, _AVG_POOLS):

@@ -153,7 +153,7 @@ def test_forward_products_fall_back_to_double_backward():
 
 
 def _path_variants():
-    "Private paths of every kind of step: ReLU and SiLU blocks, a bias conv, a max pool (a JVP step), a Linear group."
+    "Private paths of every kind of step: ReLU and SiLU blocks, a bias conv, a max pool (a JVP step), a Linear group,\n    in-place ReLUs."
     torch.manual_seed(1)
     relu = block(nn.ReLU)
     conv_bias = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, 5, 3, padding=1, groups=5),
@@ -164,10 +164,12 @@ def _path_variants():
     lin = _randomize_bn(lin.double()).eval()
     x4, x2 = torch.randn(8, 3, 4, 4, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
     y = torch.randn(8, 3, dtype=torch.float64)
-    return [block(), relu, (conv_bias, x4, y), (lin, x2, y)]
+    inplace = block(lambda: nn.ReLU(inplace=True))
+    inplace[0][2] = nn.ReLU(inplace=True)
+    return [block(), relu, (conv_bias, x4, y), (lin, x2, y), inplace]
 
 
-@pytest.mark.parametrize('i', range(4))
+@pytest.mark.parametrize('i', range(5))
 def test_linearised_path_equals_the_jvp_reference(i):
     "S, S.v, block products and the dense path term from the statistics gathered in the scoring pass equal the"
     " reference (forward-mode JVPs through the path on every batch) to 1e-10, float64, and do not depend on the"
