@@ -108,7 +108,8 @@ class BlockKrylov:
         self.k, self.min_iter = max(1, min(block, d)), min(min_iter, d)
         self.max_dim, self.max_iter = min(d, max(max_dim, self.k + 2)), max_iter or d
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)
-        self.idx, self.V, self.W = torch.arange(n, device=device), z(n, d, 0), z(n, d, 0)  # active, basis, S basis
+        self.idx = torch.arange(n, device=device)  # active neurons
+        self.V, self.W = z(n, d, 0), z(n, d, 0)  # basis, S basis
         self.out = EigenPairs(z(n), z(n, d), z(n), z(n, d))
         self.converged = torch.zeros(n, dtype=torch.bool, device=device)
         self.products = self.restarts = self.peak_bytes = 0
@@ -431,8 +432,8 @@ class _FastEigen:
     "Extreme eigenpairs of all groups from passes over the batches: dense sums, a cache, or streamed block Krylov."
 
     def __init__(
-        self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed, block, max_dim,
-        sample_steps, dense_dim, max_passes, reduce=None,
+        self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed, block,
+        max_dim, sample_steps, dense_dim, max_passes, reduce=None,
     ):  # the arguments of `extreme_eigenpairs`
         self.model, self.groups, self.loss_fn, self.batches = model, groups, loss_fn, batches
         self.method, self.beta, self.tol, self.max_iter = method, beta, tol, max_iter

@@ -298,7 +298,14 @@ def _linearised(fn: Callable, z: Tensor) -> tuple:
     return jvp, vjp
 
 # %% ../nbs/04_splitmat.ipynb #pl000002
-_AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+_AVG_POOLS = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
 
 
 @contextmanager
@@ -486,7 +493,7 @@ def _path_apply_linear(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
     return torch.einsum('bpd,bpnk->ndk', X, _z_to_rows(cot, ps.z.shape, ps.chan, k) * a)
 
 
-PATH_METHOD = 'linear'  # 'linear': from `PathStats.lins`; 'jvp': forward-mode JVPs through the path (the reference)
+PATH_METHOD = 'linear'  # 'linear': from `PathStats.lins`; 'jvp': JVPs through the path (the reference)
 
 
 def _path_dense(ps: PathStats, X: Tensor) -> Tensor:
