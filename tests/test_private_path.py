@@ -120,9 +120,10 @@ def test_unchanged_where_no_second_nonlinearity():
     ref = torch.load(pathlib.Path(__file__).parent / 'data' / 'splitmat_reference.pt')
     for name in MODELS:
         now = reference(name)
-        for k in ref[name]['S']:
-            torch.testing.assert_close(now['S'][k], ref[name]['S'][k], rtol=1e-13, atol=0)
-            torch.testing.assert_close(now['SV'][k], ref[name]['SV'][k], rtol=1e-13, atol=0)
+        for k in ref[name]['S']:  # to rounding: entries within 1e-12 of each tensor's largest magnitude
+            for what in ('S', 'SV'):
+                r = ref[name][what][k]
+                torch.testing.assert_close(now[what][k], r, rtol=0, atol=1e-12 * float(r.abs().max()))
 
 
 @pytest.mark.parametrize('method', ['cached', 'stream'])
