@@ -486,11 +486,15 @@ def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**25) -> Te
 def _path_apply_linear(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
     "`_path_apply` from the linearised path: no pass through the path's own functions."
     k, a = V.shape[2], ps.a.view(1, 1, -1, 1)
-    T = _rows_to_z(torch.einsum('bpd,ndk->bpnk', X, V) * a, ps.z.shape, ps.chan)
+    B, P, d = X.shape
+    Xf, n = X.reshape(B * P, d), V.shape[0]
+    U = (Xf @ V.permute(1, 0, 2).reshape(d, n * k)).view(B, P, n, k)  # matrix products, not einsum: faster
+    T = _rows_to_z(U * a, ps.z.shape, ps.chan)
     cot = 0
     for (_, C, _), L in zip(ps.terms, ps.lins):
         cot = cot + _backward(L.ops, _scaled(_forward(L.ops, T), C))
-    return torch.einsum('bpd,bpnk->ndk', X, _z_to_rows(cot, ps.z.shape, ps.chan, k) * a)
+    W = (_z_to_rows(cot, ps.z.shape, ps.chan, k) * a).reshape(B * P, n * k)
+    return (Xf.T @ W).view(d, n, k).permute(1, 0, 2)
 
 
 PATH_METHOD = 'linear'  # 'linear': from `PathStats.lins`; 'jvp': JVPs through the path (the reference)
