@@ -13,13 +13,21 @@ wall time (both are printed).
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py                       # CPU benchmark net, 512 images
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --memory 256,512,1024,2048
     PYTHONPATH=. python benchmarks/eigen_bench.py --device cuda --net seed,x1.3^5,full --images 4096 --batch 256 --memory 4096
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --net seed --images 256 --path-methods jvp,linear \
+        --variants exact,cached,stream --repeat 2 --update-results   # the private-path term: both implementations
+
+`--path-methods` runs every variant with each implementation of the private-path term (`s3d.splitmat.PATH_METHOD`:
+`linear`, from the path's derivative gathered in the scoring pass, and `jvp`, the reference with forward-mode JVPs
+through the path on every batch); `--update-results` writes `benchmarks/results/eigen_bench_path.csv` and the
+`eigen_bench.path` block of `benchmarks/RESULTS.md` (rendered by `results_sections`).
 
 `--net bench` is a small MobileNetV1-style net (below); `seed`, `x1.3^5` and `full` are `s3d`'s MobileNetV1 at the
 paper's shapes (CIFAR-100: 100 classes, 3x32x32 synthetic images): widths 32 everywhere, 32 * 1.3^5 (119) everywhere,
 and the full widths.
 """
 from __future__ import annotations
-import argparse, copy, json, os, platform, resource, subprocess, sys, tempfile, time, warnings
+import argparse, copy, csv, json, os, platform, resource, subprocess, sys, tempfile, time, warnings
+from pathlib import Path
 import torch
 from torch import nn
 
@@ -159,6 +167,8 @@ def _save(out, path, extra=None):
 def part(args):
     "One measurement in this (fresh) process; prints a JSON line."
     device = torch.device(args.device)
+    import s3d.splitmat
+    s3d.splitmat.PATH_METHOD = args.path_method
     net, groups, batches = setup(device, args.images, args.batch, args.net)
     loss_fn = nn.CrossEntropyLoss()
     fwd_bwd(net, batches[:1], loss_fn)  # warm-up; also puts one batch's activations into the memory baseline
@@ -216,8 +226,8 @@ def part(args):
     print('RESULT ' + json.dumps(res))
 
 
-def run_part(args, name, images=None, save=None, extra=(), timing=True):
-    cmd = [sys.executable, __file__, '--part', name, '--device', args.device, '--net', args.net, '--images', str(images or args.images),
+def run_part(args, name, images=None, save=None, extra=(), timing=True, path_method='linear'):
+    cmd = [sys.executable, __file__, '--part', name, '--path-method', path_method, '--device', args.device, '--net', args.net, '--images', str(images or args.images),
            '--batch', str(args.batch), '--lr', str(args.lr), '--max-epochs', str(args.max_epochs), '--repeat', str(args.repeat), *extra]
     if save: cmd += ['--save', save]
     if timing: cmd += ['--timing']
@@ -242,6 +252,9 @@ def main():
     ap.add_argument('--repeat', type=int, default=3, help='timed runs per variant (the fastest counts; exact runs once)')
     ap.add_argument('--part', default=None); ap.add_argument('--save', default=None); ap.add_argument('--exact-file', default=None)
     ap.add_argument('--timing', action='store_true', help=argparse.SUPPRESS)
+    ap.add_argument('--path-method', default='linear', help=argparse.SUPPRESS)
+    ap.add_argument('--path-methods', default='linear', help="comma-separated: linear | jvp (the private-path term's implementations)")
+    ap.add_argument('--update-results', action='store_true', help='write benchmarks/results/eigen_bench_path.csv and its RESULTS.md block')
     args = ap.parse_args()
     if args.device == 'auto': args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
     if args.part: return part(args)
@@ -250,6 +263,7 @@ def main():
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else cpu}), torch {torch.__version__}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, threads={torch.get_num_threads()}, batch {args.batch}")
     tkey = 'wall' if args.device == 'cuda' else 'cpu'
+    rows = []
     for net_name in args.net.split(','):
         args.net = net_name
         _, groups, _ = setup('cpu', 2, 2, net_name)
@@ -265,17 +279,22 @@ def main():
             exact = None
             variants = args.variants.split(',')
             if 'exact' in variants: variants = ['exact'] + [v for v in variants if v != 'exact']
-            for v in variants:
-                path = os.path.join(tmp, f'{v}.pt')
-                r = run_part(args, v, save=path)
+            for v, pm in [(v, pm) for v in variants for pm in (['linear'] if v == 'exact' else args.path_methods.split(','))]:
+                path = os.path.join(tmp, f'{v}-{pm}.pt')
+                r = run_part(args, v, save=path, path_method=pm)
                 if v == "exact": exact = torch.load(path, weights_only=True)
                 acc = accuracy(torch.load(path, weights_only=True), exact) if exact is not None else None
                 st = r['stats']
+                rows.append(dict(net=net_name, images=args.images, batch=args.batch, variant=v, path_method=pm, method=st['method'],
+                                 passes=st['passes'], t_fb_cpu_s=fb['cpu'], cpu_over_t_fb=r['cpu'] / fb['cpu'], wall_over_t_fb=r['wall'] / fb['wall'],
+                                 solver_mib=(st['cache_bytes'] + st['workspace_bytes']) / 2**20,
+                                 within_2pct=acc['within_2pct'] if acc else '', err_max=acc['err_max'] if acc else '', cpu=cpu))
+                v = f"{v} [{pm}]"
                 print(f"| {v} | {st['passes']} | {r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
                       f"{(st['cache_bytes'] + st['workspace_bytes']) / 2**20:.1f} MiB | "
                       + (f"{100 * acc['within_2pct']:.1f}% | {acc['err_max']:.1e} | {acc['err_median']:.1e} | {acc['cos_p05']:.4f} | " if acc else '- | - | - | - | ')
                       + ' '.join(str(p) for p in r['products'].values() if p) + ' |')
-                if v == "fast": print(f"|   (fast chose {st['method']}) |")
+                if v.startswith("fast"): print(f"|   (fast chose {st['method']}) |")
                 if r['warnings']: print(f"|   ({v}: {'; '.join(r['warnings'])}) |")
             if args.rmsprop and exact is not None:
                 r = run_part(args, 'rmsprop', save=os.path.join(tmp, 'rms.pt'), extra=['--exact-file', os.path.join(tmp, 'exact.pt')])
@@ -292,6 +311,50 @@ def main():
                 rc, rs = (run_part(args, m, images=n, timing=False) for m in ('cached', 'stream'))
                 fmt = lambda r: f"{r['peak_mb']:.0f} MiB ({(r['stats']['cache_bytes'] + r['stats']['workspace_bytes']) / 2**20:.1f} MiB)"
                 print(f"| {n} | {fmt(rc)} | {fmt(rs)} | {rs['stats']['passes']} |")
+
+    if args.update_results:
+        write_results(rows, ' '.join(['OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py'] + sys.argv[1:]))
+
+
+RESULTS_CSV = 'benchmarks/results/eigen_bench_path.csv'
+
+
+def write_results(rows, command, root=Path(__file__).resolve().parent.parent):
+    "Write the rows to RESULTS_CSV (the command in its first line) and re-render the RESULTS.md block."
+    with open(root / RESULTS_CSV, 'w', newline='') as f:
+        f.write(f'# {command}\n')
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader(); w.writerows(rows)
+    from s3d.paper.report import sync_blocks
+    md = root / 'benchmarks' / 'RESULTS.md'
+    md.write_text(sync_blocks(md.read_text(), results_sections(root)))
+
+
+def results_sections(root: Path) -> dict:
+    "{block name: Markdown} rendered from the committed result files (importable without side effects)."
+    p = Path(root) / RESULTS_CSV
+    if not p.exists():
+        return {}
+    lines = p.read_text().splitlines()
+    command, rows = lines[0].lstrip('# '), list(csv.DictReader(lines[1:]))
+    r0 = rows[0]
+    out = [f"Command: `{command}`", '',
+           f"CPU `{r0['cpu']}`, 1 thread, net `{r0['net']}`, {r0['images']} images in batches of {r0['batch']}; "
+           f"T_fb = {float(r0['t_fb_cpu_s']):.3f} s CPU time (one forward+backward over the same images).", '',
+           '| variant | private-path term | solver | passes | time / T_fb (CPU) | wall / T_fb | solver bytes | within 2% | max err |',
+           '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        acc = f"{100 * float(r['within_2pct']):.1f}% | {float(r['err_max']):.1e}" if r['within_2pct'] else '- | -'
+        out.append(f"| `{r['variant']}` | `{r['path_method']}` | {r['method']} | {r['passes']} | {float(r['cpu_over_t_fb']):.2f} | "
+                   f"{float(r['wall_over_t_fb']):.2f} | {float(r['solver_mib']):.1f} MiB | {acc} |")
+    by = {(r['variant'], r['path_method']): float(r['cpu_over_t_fb']) for r in rows}
+    ratios = [f"`{v}` {by[(v, 'jvp')] / by[(v, 'linear')]:.1f}x" for v, m in by if m == 'jvp' and (v, 'linear') in by]
+    if ratios:
+        out += ['', 'Speed-up of `linear` over `jvp` (CPU time, same run): ' + ', '.join(ratios) + '.']
+    goal = [f"`{v}` {by[(v, 'linear')]:.1f} T_fb (goal {g})" for v, g in (('cached', 3), ('stream', 3.5)) if (v, 'linear') in by]
+    if goal:
+        out += ['', 'Against the goal of issue 25: ' + ', '.join(goal) + '.']
+    return {'eigen_bench.path': '\n'.join(out)}
 
 
 if __name__ == '__main__':

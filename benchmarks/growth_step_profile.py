@@ -1,15 +1,19 @@
 """Where the time of one S3D growth step goes, at width 256 (the 1-hidden-layer tanh MLP of growth_quality.py).
 
 Side by side in one process, on the same cached statistics (n = 256 neurons, d = 65, 1437 scoring samples):
-the general block-Krylov loop (`BlockKrylov.update` at every product, as `lanczos_extremes` and the cached variant ran
-before) against `BlockKrylov.lanczos` (what they run now), each split into operator products and the rest; and the line
-search's nine trials with a deep copy + surgery per trial (before) against one copy restored between trials (now).
+the general block-Krylov loop (`BlockKrylov.update` at every product) against `BlockKrylov.lanczos` (what
+`lanczos_extremes` and the cached fast path run), each split into operator products and the rest; and the line
+search's nine trials with a deep copy + surgery per trial against one copy restored between trials (what `split_round`
+runs).
 Every number is the minimum over `--reps` repetitions; epochs are one training epoch at that width (Adam, batch 64).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_step_profile.py
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_step_profile.py --update-results
+
+`--update-results` writes `benchmarks/results/growth_step_profile.csv` and re-renders the `growth_step_profile` block
+of `benchmarks/RESULTS.md` from it (`results_sections`).
 """
 from __future__ import annotations
-import argparse, copy, sys, time
+import argparse, copy, csv, sys, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -31,6 +35,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--width', type=int, default=256)
     ap.add_argument('--reps', type=int, default=7)
+    ap.add_argument('--update-results', action='store_true', help='write the CSV under benchmarks/results and the RESULTS.md block')
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     from s3d.graph import split_groups
@@ -68,7 +73,7 @@ def main(argv=None):
         else:
             while not bk.done: bk.update(prod(bk.P))
         return time.perf_counter() - s, tp[0], bk.products
-    for name, use in (('before: update at every product', False), ('now: lanczos', True)):
+    for name, use in (('BlockKrylov.update at every product', False), ('BlockKrylov.lanczos (run by split_round)', True)):
         res = sorted(solve(use) for _ in range(a.reps))[0]
         add(f'eigen solver, {name} ({res[2]} products)', res[0]); add(f'  of which operator products', res[1]); add('  of which the rest', res[0] - res[1])
     t, _ = best(lambda: extreme_eigenpairs(base, gs, F.cross_entropy, data, method='fast'), a.reps); add("extreme_eigenpairs(method='fast'), all of it", t)
@@ -90,7 +95,7 @@ def main(argv=None):
         return [tr(e) for e in grid]
     t_old, l_old = best(old_trials, a.reps); t_new, l_new = best(new_trials, a.reps)
     assert l_old == l_new, "the two line-search paths must measure the same losses"
-    add(f'line search, {len(grid)} trials, before: deep copy + surgery each', t_old); add(f'line search, {len(grid)} trials, now: one copy, restored', t_new)
+    add(f'line search, {len(grid)} trials, deep copy + surgery each', t_old); add(f'line search, {len(grid)} trials, one copy restored (run by split_round)', t_new)
     for name, kw in (('split_round, fixed step, fast', {}), ('split_round, line search, fast', dict(step='line_search'))):
         c = GrowConfig(m=2, c=3., ratio=0.5, eigen='fast', **kw)
         def step():
@@ -99,6 +104,34 @@ def main(argv=None):
     print(f"width {a.width}, 1437 scoring samples, one epoch = {t_ep * 1e3:.1f} ms (min of {a.reps})\n")
     print('| part | ms | epochs |\n|---|---|---|')
     for what, t in rows: print(f'| {what} | {t * 1e3:.1f} | {t / t_ep:.2f} |')
+    if a.update_results:
+        root = Path(__file__).resolve().parent.parent
+        cmd = ' '.join(['OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_step_profile.py'] + list(argv if argv is not None else sys.argv[1:]))
+        with open(root / RESULTS_CSV, 'w', newline='') as f:
+            f.write(f'# {cmd}\n')
+            w = csv.writer(f)
+            w.writerow(['part', 'ms', 'epochs', 'width', 'epoch_ms', 'reps'])
+            w.writerows([(what, f'{t * 1e3:.2f}', f'{t / t_ep:.3f}', a.width, f'{t_ep * 1e3:.2f}', a.reps) for what, t in rows])
+        from s3d.paper.report import sync_blocks
+        md = root / 'benchmarks' / 'RESULTS.md'
+        md.write_text(sync_blocks(md.read_text(), results_sections(root)))
+
+
+RESULTS_CSV = 'benchmarks/results/growth_step_profile.csv'
+
+
+def results_sections(root: Path) -> dict:
+    "{block name: Markdown} rendered from the committed CSV (importable without side effects)."
+    p = Path(root) / RESULTS_CSV
+    if not p.exists():
+        return {}
+    lines = p.read_text().splitlines()
+    rows = list(csv.DictReader(lines[1:]))
+    r0 = rows[0]
+    out = [f"Command: `{lines[0].lstrip('# ')}`", '',
+           f"| part (width {r0['width']}, 1437 scoring samples; one epoch = {float(r0['epoch_ms']):.1f} ms, min of {r0['reps']}) | ms | epochs |",
+           '|---|---|---|'] + [f"| {r['part']} | {float(r['ms']):.1f} | {float(r['epochs']):.2f} |" for r in rows]
+    return {'growth_step_profile': '\n'.join(out)}
 
 
 if __name__ == '__main__':

@@ -104,24 +104,14 @@ class BlockKrylov:
             raise ValueError(f"need n >= 1 and d >= 1, got n={n}, d={d}")
         if max_iter is not None and max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-        self.n, self.d, self.tol, self.gen, self.k, self.min_iter = (
-            n,
-            d,
-            tol,
-            generator,
-            max(1, min(block, d)),
-            min(min_iter, d),
-        )
+        self.n, self.d, self.tol, self.gen = n, d, tol, generator
+        self.k, self.min_iter = max(1, min(block, d)), min(min_iter, d)
         self.max_dim, self.max_iter = min(d, max(max_dim, self.k + 2)), max_iter or d
         z = lambda *s: torch.zeros(*s, dtype=dtype, device=device)
-        self.idx, self.V, self.W = (
-            torch.arange(n, device=device),
-            z(n, d, 0),
-            z(n, d, 0),
-        )  # active neurons, basis, S basis
-        self.out, self.converged = EigenPairs(z(n), z(n, d), z(n), z(n, d)), torch.zeros(
-            n, dtype=torch.bool, device=device
-        )
+        self.idx = torch.arange(n, device=device)  # active neurons
+        self.V, self.W = z(n, d, 0), z(n, d, 0)  # basis, S basis
+        self.out = EigenPairs(z(n), z(n, d), z(n), z(n, d))
+        self.converged = torch.zeros(n, dtype=torch.bool, device=device)
         self.products = self.restarts = self.peak_bytes = 0
         P = (
             torch.randn(n, d, self.k, dtype=dtype, generator=generator).to(device)
@@ -134,13 +124,18 @@ class BlockKrylov:
             )
         self.P = _orthonormalize(P, self.V, generator)
 
-    @property
-    def done(self) -> bool:
-        return self.idx.numel() == 0
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.V, self.W, self.P) if t is not None)
+# %% ../nbs/05_eigen.ipynb #sp05e01c
+@patch(as_prop=True)
+def done(self: BlockKrylov) -> bool:
+    "All neurons retired."
+    return self.idx.numel() == 0
+
+
+@patch(as_prop=True)
+def nbytes(self: BlockKrylov) -> int:
+    "Bytes of the basis, its products and the next block."
+    return sum(t.numel() * t.element_size() for t in (self.V, self.W, self.P) if t is not None)
 
 # %% ../nbs/05_eigen.ipynb #484ef54d
 def _select(th, s, res, k):
@@ -159,6 +154,7 @@ def _relative(r: Tensor, th: Tensor) -> Tensor:
     return r / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
 
 
+# %% ../nbs/05_eigen.ipynb #sp05e03c
 @patch
 def _retire(
     self: BlockKrylov, te: Tensor, Y: Tensor, res: Tensor, m: int
@@ -196,6 +192,7 @@ def _next_block(
     self.V, self.W, self.P = V, W, _orthonormalize(R, V, self.gen)
 
 
+# %% ../nbs/05_eigen.ipynb #sp05e07c
 @patch
 @torch.no_grad()
 def update(self: BlockKrylov, SP: Tensor):  # (len(self.idx), d, k): S_j P_j for the current block
@@ -430,44 +427,17 @@ def _one_batch(g: SplitGroup, s, B: int, i: int) -> SplitOperator:
     return op
 
 
+# %% ../nbs/05_eigen.ipynb #sp05e04c
 class _FastEigen:
     "Extreme eigenpairs of all groups from passes over the batches: dense sums, a cache, or streamed block Krylov."
 
     def __init__(
-        self,
-        model,
-        groups,
-        loss_fn,
-        batches,
-        method,
-        *,
-        tol,
-        max_iter,
-        max_bytes,
-        beta,
-        seed,
-        block,
-        max_dim,
-        sample_steps,
-        dense_dim,
-        max_passes,
-        reduce=None,
-    ):
-        self.model, self.groups, self.loss_fn, self.batches, self.method, self.beta = (
-            model,
-            groups,
-            loss_fn,
-            batches,
-            method,
-            beta,
-        )
-        self.tol, self.max_iter, self.block, self.steps, self.max_passes = (
-            tol,
-            max_iter,
-            block,
-            sample_steps,
-            max_passes,
-        )
+        self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed, block,
+        max_dim, sample_steps, dense_dim, max_passes, reduce=None,
+    ):  # the arguments of `extreme_eigenpairs`
+        self.model, self.groups, self.loss_fn, self.batches = model, groups, loss_fn, batches
+        self.method, self.beta, self.tol, self.max_iter = method, beta, tol, max_iter
+        self.block, self.steps, self.max_passes = block, sample_steps, max_passes
         self.reduce = reduce  # data-parallel: sums over processes (every rank then takes the same steps)
         if reduce is not None:
             self.steps = 0  # a first-batch start block would differ between ranks: seeded random blocks
@@ -475,11 +445,8 @@ class _FastEigen:
         self.dense, self.caps, used = _plan(
             groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim
         )
-        self.reserved, self.allow, self.kry = (
-            used,
-            max_bytes - used,
-            [g for g in groups if g.name not in self.dense],
-        )
+        self.reserved, self.allow = used, max_bytes - used
+        self.kry = [g for g in groups if g.name not in self.dense]
         self.one_shot = isinstance(batches, Iterator)
         if method == 'stream' and self.one_shot and self.kry:
             raise TypeError(
@@ -494,22 +461,25 @@ class _FastEigen:
         self.mode, self.N, self.n_here, self.sums, self.acc, self.solver = None, None, None, {}, {}, {}
         self.cache = {g.name: SplitOperator(g) for g in self.kry}
 
-    def _pass(self, on_batch, groups):
-        "One eval-mode forward+backward over the batches for `groups`."
-        N = collect_batches(self.model, groups, self.loss_fn, self.batches, on_batch, self.beta)
-        if self.n_here is not None and N != self.n_here:
-            raise ValueError(
-                f"the batches gave {N} samples on this pass and {self.n_here} on the first: streaming needs the same samples on every pass"
-            )
-        self.n_here, self.N = (
-            N,
-            self._sum(torch.tensor([float(N)], dtype=torch.float64)).round().long().item(),
-        )
-        self.stats['passes'] += 1
 
-    def _sum(self, t):
-        "`t` summed over processes (itself without `reduce`)."
-        return t if self.reduce is None else self.reduce(t)
+# %% ../nbs/05_eigen.ipynb #sp05e08c
+@patch
+def _pass(self: _FastEigen, on_batch, groups):
+    "One eval-mode forward+backward over the batches for `groups`."
+    N = collect_batches(self.model, groups, self.loss_fn, self.batches, on_batch, self.beta)
+    if self.n_here is not None and N != self.n_here:
+        raise ValueError(
+            f"the batches gave {N} samples on this pass and {self.n_here} on the first: streaming needs the same samples on every pass"
+        )
+    self.n_here = N
+    self.N = self._sum(torch.tensor([float(N)], dtype=torch.float64)).round().long().item()
+    self.stats['passes'] += 1
+
+
+@patch
+def _sum(self: _FastEigen, t):
+    "`t` summed over processes (itself without `reduce`)."
+    return t if self.reduce is None else self.reduce(t)
 
 # %% ../nbs/05_eigen.ipynb #3d40ef3f
 def _choose(self, stats: dict, B: int) -> str:
@@ -543,6 +513,10 @@ def _choose_here(self, stats: dict, B: int) -> str:
     return 'stream'
 
 
+_FastEigen._choose, _FastEigen._choose_here = _choose, _choose_here
+
+
+# %% ../nbs/05_eigen.ipynb #sp05e05c
 def _first_batch(self, i: int, B: int, stats: dict):
     "First pass: dense sums; the cache, or the sampled start block (at batch 0) and its products."
     if self.mode is None and self.kry:
@@ -594,7 +568,7 @@ def _first_batch(self, i: int, B: int, stats: dict):
         )
 
 
-_FastEigen._choose, _FastEigen._choose_here, _FastEigen._first_batch = _choose, _choose_here, _first_batch
+_FastEigen._first_batch = _first_batch
 
 # %% ../nbs/05_eigen.ipynb #c324fec2
 def _stream_more(self):
@@ -629,6 +603,10 @@ def _restrict(op: SplitOperator, rows: Tensor) -> SplitOperator:
     return sub
 
 
+_FastEigen._stream_more = _stream_more
+
+
+# %% ../nbs/05_eigen.ipynb #sp05e06c
 def _lanczos_cached(self):
     "Cached statistics: restarted Lanczos per group on the cache, which is freed group by group."
     for g in self.kry:
@@ -673,7 +651,7 @@ def _run(self) -> dict:
     return self._results()
 
 
-_FastEigen._stream_more, _FastEigen._lanczos_cached, _FastEigen.run = _stream_more, _lanczos_cached, _run
+_FastEigen._lanczos_cached, _FastEigen.run = _lanczos_cached, _run
 
 # %% ../nbs/05_eigen.ipynb #2c2c3f6c
 def _results(self) -> dict:

@@ -7,7 +7,8 @@ Docs: https://s3d-dev.github.io/s3d/splitmat.html.md"""
 # %% ../nbs/04_splitmat.ipynb #ba118bf2
 from __future__ import annotations
 import math
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterable, NamedTuple
 import torch
@@ -18,13 +19,14 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from .graph import SplitGroup, to_model_device
 from .kinds import layer_kind, activation_kind, conv_padded, ConvKind, Refusal
+from .kinds import BatchNormKind, PassThroughKind, FlattenKind
 from .curvature import act_curvature, SURROGATE_BETA
 import warnings
 
 # %% auto #0
-__all__ = ['RunningSum', 'reduce_sum', 'check_group', 'bn_scale', 'producer_patches', 'PathStats', 'BatchStats',
-           'collect_batches', 'dense_matrices', 'splitting_matrices', 'quadratic_form_autograd', 'SplitOperator',
-           'split_operators']
+__all__ = ['PATH_METHOD', 'RunningSum', 'reduce_sum', 'check_group', 'bn_scale', 'producer_patches', 'PathStats', 'BatchStats',
+           'LinearPath', 'collect_batches', 'dense_matrices', 'splitting_matrices', 'quadratic_form_autograd',
+           'SplitOperator', 'split_operators']
 
 # %% ../nbs/04_splitmat.ipynb #1922d615
 class RunningSum:
@@ -188,10 +190,12 @@ class PathStats:
     terms: list  # [(fn, C, cdim)]: fn maps z to an activation's input y, C = B dl/d(its output) act''(y), channels at cdim
     a: Tensor  # (n,) BatchNorm scale of z (ones without one)
     chan: int  # the dim of z holding the channels
+    lins: list = field(default_factory=list)  # [LinearPath] per term: the chain's derivative at z
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in [self.z] + [C for _, C, _ in self.terms])
+        own = sum(t.numel() * t.element_size() for t in [self.z] + [C for _, C, _ in self.terms])
+        return own + sum(L.nbytes for L in self.lins)
 
 
 class BatchStats(NamedTuple):
@@ -218,14 +222,15 @@ def _path_stats(group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: f
             if phi is not None
             else [None] * len(curved)
         )
-    terms = []
+    terms, lins = [], []
     for i, g in zip(curved, gs):
         s = path[i]
         y = (zl if s.src < 0 else vals[s.src]).detach()
         C = torch.zeros_like(y) if g is None else g * act_curvature(s.fn, y, beta)
         terms.append((_value_fn(path, s.src), C.mul_(B), s.cdim))
+        lins.append(LinearPath(_chain(path, s.src), zl.detach()))
     chan = layer_kind(group.producer).produce(group.producer) % z.dim()
-    return PathStats(z.detach(), terms, bn_scale(group).to(z), chan)
+    return PathStats(z.detach(), terms, bn_scale(group).to(z), chan, lins)
 
 # %% ../nbs/04_splitmat.ipynb #pp000004
 def _rows_to_z(U: Tensor, shape, chan: int) -> Tensor:
@@ -251,6 +256,7 @@ def _tile(t: Tensor, k: int) -> Tensor:
     return t.repeat(k, *([1] * (t.dim() - 1)))
 
 
+# %% ../nbs/04_splitmat.ipynb #pp00sp01c
 def _forward_jvp(fn: Callable, z: Tensor, t: Tensor) -> Tensor:
     "The derivative of `fn` at `z` along `t` by forward-mode autograd (one pass with tangents)."
     with warnings.catch_warnings():  # its first use registers decompositions through the deprecated torch.jit.script
@@ -291,9 +297,132 @@ def _linearised(fn: Callable, z: Tensor) -> tuple:
 
     return jvp, vjp
 
+# %% ../nbs/04_splitmat.ipynb #pl000002
+_AVG_POOLS = (
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+)
+
+
+@contextmanager
+def _eval_mode(fn):
+    "Run a path step as in the scoring pass (eval mode), whatever mode the model is in now."
+    mods = [(m, m.training) for m in fn.modules()] if isinstance(fn, nn.Module) else []
+    for m, _ in mods:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, t in mods:
+            m.training = t
+
+
+def _chain(path: list, i: int) -> list:
+    "The functions from the pre-activation z to the output of step `i`, in order."
+    out = []
+    while i >= 0:
+        out.append(path[i].fn)
+        i = path[i].src
+    return out[::-1]
+
+
+def _scaled(T: Tensor, f: Tensor) -> Tensor:
+    "T (r*B, ...) times f (B or 1, ...): the same factor for each of the r tangents."
+    if f.shape[0] in (1, T.shape[0]):
+        return T * f
+    return (T.reshape(-1, *f.shape) * f).reshape(T.shape)
+
+
+# %% ../nbs/04_splitmat.ipynb #pl000003
+class LinearPath:
+    "The derivative at z of a chain of path steps, gathered in the scoring pass: factors, linear maps, JVPs."
+
+    def __init__(
+        self,
+        fns: list,  # the chain's functions, from z on
+        z: Tensor,  # the pre-activation the chain is differentiated at
+    ):
+        self.ops, v = [], z
+        with torch.no_grad():
+            for fn in fns:
+                with _eval_mode(fn):
+                    self.ops.append(self._op(fn, v))
+                    v = _run(fn, v)
+
+    @staticmethod
+    def _op(fn, v: Tensor) -> tuple:
+        "('mul', factor) | ('lin', fn, input shape, fn(0) or None) | ('jvp', fn, v): one step's derivative at v."
+        k = layer_kind(fn) if isinstance(fn, nn.Module) else None
+        if activation_kind(fn) is not None:  # elementwise: its derivative, exact (ReLU: 0 or 1)
+            return ('mul', _forward_jvp(partial(_run, fn), v, torch.ones_like(v)))  # (in-place: on a copy)
+        if isinstance(k, BatchNormKind):  # eval mode: a per-channel scale
+            return ('mul', k.affine_scale(fn).to(v).view(1, -1, *[1] * (v.dim() - 2)))
+        if isinstance(k, (ConvKind, PassThroughKind, FlattenKind)) or isinstance(fn, _AVG_POOLS):
+            f0 = _run(fn, v.new_zeros((1,) + v.shape[1:]))  # affine: derivative = fn(t) - fn(0)
+            return ('lin', fn, tuple(v.shape[1:]), f0 if f0.any() else None)
+        return ('jvp', fn, v)  # anything else (a max, a norm, an unknown op): forward-mode autograd at v
+
+    def rows(self, s: int, e: int) -> list:
+        "The ops restricted to samples s:e."
+        cut = lambda t: t[s:e] if t.shape[0] > 1 else t
+        return [
+            ('mul', cut(o[1])) if o[0] == 'mul' else ('jvp', o[1], o[2][s:e]) if o[0] == 'jvp' else o
+            for o in self.ops
+        ]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(o[-1].numel() * o[-1].element_size() for o in self.ops if o[0] in ('mul', 'jvp'))
+
+
+# %% ../nbs/04_splitmat.ipynb #pl000005
+def _forward(ops: list, T: Tensor) -> Tensor:
+    "The chain's derivative applied to tangents T (r*B, ...) (r tangents per sample)."
+    for o in ops:
+        if o[0] == 'mul':
+            T = _scaled(T, o[1])
+        elif o[0] == 'lin':
+            with _eval_mode(o[1]):
+                T = _run(o[1], T)
+            T = T if o[3] is None else T - o[3]
+        else:
+            with _eval_mode(o[1]):
+                T = _linearised(o[1], _tile(o[2], T.shape[0] // o[2].shape[0]))[0](T)
+    return T
+
+
+def _backward(ops: list, W: Tensor) -> Tensor:
+    "The transpose of `_forward`: cotangents W (r*B, ...) at the chain's end back to z."
+    for o in reversed(ops):
+        if o[0] == 'mul':
+            W = _scaled(W, o[1])
+        elif o[0] == 'lin':
+            with _eval_mode(o[1]), torch.enable_grad():
+                t = W.new_zeros((W.shape[0],) + o[2], requires_grad=True)
+                W = torch.autograd.grad(_run(o[1], t), t, W)[0]
+        else:
+            with _eval_mode(o[1]):
+                W = _linearised(o[1], _tile(o[2], W.shape[0] // o[2].shape[0]))[1](W)
+    return W
+
+
+def _ends(ops: list) -> tuple:
+    "(leading factor, middle ops, trailing factor): the elementwise factors at both ends multiplied out."
+    ops, lead, tail = list(ops), None, None
+    while ops and ops[0][0] == 'mul':
+        lead = ops.pop(0)[1] if lead is None else lead * ops.pop(0)[1]
+    while ops and ops[-1][0] == 'mul':
+        tail = ops.pop()[1] if tail is None else tail * ops.pop()[1]
+    return lead, ops, tail
+
+
 # %% ../nbs/04_splitmat.ipynb #pp000005
-def _path_dense(ps: PathStats, X: Tensor, chunk_bytes: int = 2**26) -> Tensor:
-    "sum over samples and positions of C J J^T for every further activation, (n, d, d); X the (B, P, d) patches."
+def _path_dense_jvp(ps: PathStats, X: Tensor, chunk_bytes: int = 2**26) -> Tensor:
+    "The reference for `_path_dense`: forward-mode JVPs of the path from z, the primal tiled d times."
     n, d = ps.a.shape[0], X.shape[-1]
     S, a = X.new_zeros(n, d, d), ps.a.view(1, 1, -1, 1)
     b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size() * 3))  # samples per chunk
@@ -311,8 +440,8 @@ def _path_dense(ps: PathStats, X: Tensor, chunk_bytes: int = 2**26) -> Tensor:
     return S
 
 
-def _path_apply(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
-    "sum over samples and positions of J^T C J V for every further activation, (n, d, k) for V (n, d, k)."
+def _path_apply_jvp(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
+    "The reference for `_path_apply`: a forward and a backward pass through the path from z, tiled k times."
     k, a = V.shape[2], ps.a.view(1, 1, -1, 1)
     zr = _tile(ps.z, k)
     T = _rows_to_z(torch.einsum('bpd,ndk->bpnk', X, V) * a, ps.z.shape, ps.chan)
@@ -321,6 +450,65 @@ def _path_apply(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
         jvp, vjp = _linearised(fn, zr)
         cot = cot + vjp(jvp(T) * _tile(C, k))
     return torch.einsum('bpd,bpnk->ndk', X, _z_to_rows(cot, ps.z.shape, ps.chan, k) * a)
+
+# %% ../nbs/04_splitmat.ipynb #pl000009
+def _tangents(X: Tensor, F: Tensor, chan: int) -> Tensor:
+    "(d*b, ...) tangents, tangent i = X[..., i] * F, for rows X (b, P, d) and a factor F in z's layout (b, ...)."
+    d, b, Xt = X.shape[-1], X.shape[0], X.permute(2, 0, 1)
+    if chan == 1:
+        T = Xt.reshape(d, b, 1, -1) * F.reshape(1, b, F.shape[1], -1)
+    else:
+        T = Xt.reshape(d, b, -1, 1) * F.reshape(1, b, -1, F.shape[-1])
+    return T.reshape(d * b, *F.shape[1:])
+
+
+def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**25) -> Tensor:
+    "`_path_dense` from the linearised path: factors at both ends folded into the tangents and into C."
+    n, d = ps.a.shape[0], X.shape[-1]
+    S = X.new_zeros(n, d, d)
+    a = ps.a.view(-1, *[1] * (ps.z.dim() - 2)) if ps.chan == 1 else ps.a
+    b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size()))  # samples per chunk
+    for (_, C, cdim), L in zip(ps.terms, ps.lins):
+        for s in range(0, X.shape[0], b):
+            e = min(s + b, X.shape[0])
+            lead, mid, tail = _ends(L.rows(s, e))
+            F = torch.broadcast_to(a if lead is None else lead * a, ps.z[s:e].shape)
+            J = _forward(mid, _tangents(X[s:e], F, ps.chan))  # (d*b, ...): d tangents per sample
+            c = C[s:e] if tail is None else C[s:e] * tail**2
+            cd = cdim % c.dim()
+            J = J.view(d, e - s, *J.shape[1:]).movedim(cd + 1, 0).reshape(n, d, -1)  # (n, d, b*R): one copy
+            c = c.movedim(cd, 0).reshape(n, 1, -1)
+            S.baddbmm_(J * c, J.transpose(1, 2))
+    return S
+
+
+# %% ../nbs/04_splitmat.ipynb #pl000010
+def _path_apply_linear(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
+    "`_path_apply` from the linearised path: no pass through the path's own functions."
+    k, a = V.shape[2], ps.a.view(1, 1, -1, 1)
+    B, P, d = X.shape
+    Xf, n = X.reshape(B * P, d), V.shape[0]
+    U = (Xf @ V.permute(1, 0, 2).reshape(d, n * k)).view(B, P, n, k)  # matrix products, not einsum: faster
+    T = _rows_to_z(U * a, ps.z.shape, ps.chan)
+    cot = 0
+    for (_, C, _), L in zip(ps.terms, ps.lins):
+        cot = cot + _backward(L.ops, _scaled(_forward(L.ops, T), C))
+    W = (_z_to_rows(cot, ps.z.shape, ps.chan, k) * a).reshape(B * P, n * k)
+    return (Xf.T @ W).view(d, n, k).permute(1, 0, 2)
+
+
+PATH_METHOD = 'linear'  # 'linear': from `PathStats.lins`; 'jvp': JVPs through the path (the reference)
+
+
+def _path_dense(ps: PathStats, X: Tensor) -> Tensor:
+    "sum over samples and positions of C J J^T for every further activation, (n, d, d); X the (B, P, d) patches."
+    return _path_dense_jvp(ps, X) if PATH_METHOD == 'jvp' else _path_dense_linear(ps, X)
+
+
+def _path_apply(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
+    "sum over samples and positions of J^T C J V for every further activation, (n, d, k) for V (n, d, k)."
+    return _path_apply_jvp(ps, X, V) if PATH_METHOD == 'jvp' else _path_apply_linear(ps, X, V)
+
 
 # %% ../nbs/04_splitmat.ipynb #ee509f3f
 class _GroupHooks:
@@ -334,9 +522,8 @@ class _GroupHooks:
         if group.act is not None and group.act_fn is None:
             self.handles.append(group.act.register_forward_pre_hook(self._on_act_in))
             self.handles.append(group.act.register_forward_hook(self._on_act_out))
-        self.curved = _curved(
-            group
-        )  # further activations on the private path: their curvature needs the consumers' inputs
+        # further activations on the private path: their curvature needs the consumers' inputs
+        self.curved = _curved(group)
         for c in group.consumers if self.curved else []:
             self.handles.append(c.module.register_forward_pre_hook(partial(self._on_consumer, c.name)))
         self.reset()
@@ -375,6 +562,7 @@ class _GroupHooks:
             h.remove()
 
 
+# %% ../nbs/04_splitmat.ipynb #ee50sp04c
 class _FunctionalActs(TorchFunctionMode):
     "Records z and h around functional activations applied to a group's pre-activation."
 
@@ -415,6 +603,28 @@ def _batch_stats(h, g, at: dict, beta: float, B: int) -> BatchStats:
     return BatchStats(h.x, c, _path_stats(h.group, h.curved, h.z, at, beta, B))
 
 
+def _gradients(hooks: list, loss: Tensor) -> tuple:
+    "dL/dh of every group and {hooks: {consumer name: dL/d(its input)}}, after checking the forward pass."
+    if not torch.is_tensor(loss) or loss.dim() != 0:
+        raise ValueError("loss_fn must return a scalar (mean-reduced) loss tensor")
+    for h in hooks:
+        if h.x is None or h.h is None:
+            raise ValueError(
+                f"group {h.group.name!r}: the activation {type(h.group.act).__name__} was not applied to the "
+                "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
+                "build the group with split_groups, which records the functional call in act_fn)"
+            )
+    if not loss.requires_grad:
+        raise ValueError("the loss does not require grad: are all parameters frozen?")
+    us = [(h, name, u) for h in hooks for name, u in h.u.items()]  # consumers' inputs, for further activations
+    grads = torch.autograd.grad(loss, [h.h for h in hooks] + [u for *_, u in us], allow_unused=True)
+    at = {h: {} for h in hooks}
+    for (h, name, _), gr in zip(us, grads[len(hooks) :]):
+        at[h][name] = gr
+    return grads, at
+
+
+# %% ../nbs/04_splitmat.ipynb #dc43sp02c
 def collect_batches(
     model: nn.Module,  # network
     groups: list,  # [SplitGroup] of `model`
@@ -444,27 +654,7 @@ def collect_batches(
                 else:
                     with functional:
                         out = model(inp)
-                loss = loss_fn(out, tgt)
-                if not torch.is_tensor(loss) or loss.dim() != 0:
-                    raise ValueError("loss_fn must return a scalar (mean-reduced) loss tensor")
-                for h in hooks:
-                    if h.x is None or h.h is None:
-                        raise ValueError(
-                            f"group {h.group.name!r}: the activation {type(h.group.act).__name__} was not applied to the "
-                            "output of its producer/BatchNorm (if forward applies a functional activation such as F.relu, "
-                            "build the group with split_groups, which records the functional call in act_fn)"
-                        )
-                if not loss.requires_grad:
-                    raise ValueError("the loss does not require grad: are all parameters frozen?")
-                us = [
-                    (h, name, u) for h in hooks for name, u in h.u.items()
-                ]  # consumers' inputs, for further activations
-                grads = torch.autograd.grad(
-                    loss, [h.h for h in hooks] + [u for *_, u in us], allow_unused=True
-                )
-                at = {h: {} for h in hooks}
-                for (h, name, _), gr in zip(us, grads[len(hooks) :]):
-                    at[h][name] = gr
+                grads, at = _gradients(hooks, loss_fn(out, tgt))
                 B = inp.shape[0]
                 on_batch(
                     i, B, {h.group.name: _batch_stats(h, gr, at[h], beta, B) for h, gr in zip(hooks, grads)}
@@ -656,19 +846,23 @@ class SplitOperator:
             self.cs.append(c.contiguous())
         self.paths.append(path)
 
-    def patches(self, i: int) -> Tensor:
-        "The (B, P, d) patches (with the bias column) of held batch `i`."
-        x, p = self.xs[i], self.group.producer
-        if self.mode == 'conv':
-            return producer_patches(p, x, padded=True)
-        X = x.view(self.paths[i].z.shape[0] if self.paths[i] is not None else 1, -1, x.shape[-1])
-        return torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1) if self.bias else X
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.xs + self.cs) + sum(
-            p.nbytes for p in self.paths if p is not None
-        )
+# %% ../nbs/04_splitmat.ipynb #c741sp05c
+@patch
+def patches(self: SplitOperator, i: int) -> Tensor:
+    "The (B, P, d) patches (with the bias column) of held batch `i`."
+    x, p = self.xs[i], self.group.producer
+    if self.mode == 'conv':
+        return producer_patches(p, x, padded=True)
+    X = x.view(self.paths[i].z.shape[0] if self.paths[i] is not None else 1, -1, x.shape[-1])
+    return torch.cat([X, X.new_ones(X.shape[:-1] + (1,))], -1) if self.bias else X
+
+
+@patch(as_prop=True)
+def nbytes(self: SplitOperator) -> int:
+    return sum(t.numel() * t.element_size() for t in self.xs + self.cs) + sum(
+        p.nbytes for p in self.paths if p is not None
+    )
 
 # %% ../nbs/04_splitmat.ipynb #2ac386d6
 def _apply_flat(X, C, Vw, vb, n, k):
@@ -691,6 +885,7 @@ def _apply_conv(p, x, C, Vw, vb, n, k):
     return Rw, (W.sum((0, 2, 3)).view(n, k) if vb is not None else None)
 
 
+# %% ../nbs/04_splitmat.ipynb #2ac3sp06c
 @patch
 @torch.no_grad()
 def __call__(self: SplitOperator, V: Tensor) -> Tensor:
@@ -732,6 +927,7 @@ def __call__(self: SplitOperator, V: Tensor) -> Tensor:
     return R.squeeze(-1) if vec else R
 
 
+# %% ../nbs/04_splitmat.ipynb #sp07c
 @patch
 @torch.no_grad()
 def path_products(self: SplitOperator, V: Tensor, neurons: Tensor | None = None) -> Tensor | None:
@@ -850,6 +1046,7 @@ def products(
     return torch.cat(out, 2)
 
 
+# %% ../nbs/04_splitmat.ipynb #d6a1sp03c
 @patch
 @torch.no_grad()
 def dense_sum(self: SplitOperator, rows: int = 4096, cols: int = 8) -> Tensor:
