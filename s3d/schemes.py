@@ -226,7 +226,7 @@ class SplitSchemes:
             [self.kind[i] for i in sel.tolist()],
         )
 
-
+# %% ../nbs/01_schemes.ipynb #23dbb6b4
 def split_schemes(
     lam_min: Tensor, v_min: Tensor, lam_max: Tensor, v_max: Tensor, m: int, c: float
 ) -> SplitSchemes:
@@ -290,7 +290,24 @@ def _polish(S, w0, D0, c, m):
     except ValueError:
         return None
 
+# %% ../nbs/01_schemes.ipynb #98310251
+def _best_polished(S, w, D, val, c, m, polish):
+    "Per problem, the best start, refined by SLSQP from its `polish` best starts where that helps."
+    P = S.shape[0]
+    best = val.argmin(-1)
+    out_v, out_w, out_D = (
+        val[torch.arange(P), best].clone(),
+        w[torch.arange(P), best].clone(),
+        D[torch.arange(P), best].clone(),
+    )
+    for p in range(P):
+        for s_ in val[p].argsort()[:polish].tolist():
+            r = _polish(S[p], w[p, s_], D[p, s_], c, m)
+            if r is not None and r[0] < out_v[p]:
+                out_v[p], out_w[p], out_D[p] = r
+    return out_v, out_w, out_D
 
+# %% ../nbs/01_schemes.ipynb #401538bb
 def search_split(
     S: Tensor,  # (d, d) or (P, d, d) symmetric matrices
     m: int,  # number of copies
@@ -334,17 +351,7 @@ def search_split(
         sched.step()
     with torch.no_grad():
         w, D, val = point()
-    best = val.argmin(-1)
-    out_v, out_w, out_D = (
-        val[torch.arange(P), best].clone(),
-        w[torch.arange(P), best].clone(),
-        D[torch.arange(P), best].clone(),
-    )
-    for p in range(P):
-        for s_ in val[p].argsort()[:polish].tolist():
-            r = _polish(S[p], w[p, s_], D[p, s_], c, m)
-            if r is not None and r[0] < out_v[p]:
-                out_v[p], out_w[p], out_D[p] = r
+    out_v, out_w, out_D = _best_polished(S, w, D, val, c, m, polish)
     return (out_v[0], out_w[0], out_D[0]) if single else (out_v, out_w, out_D)
 
 # %% ../nbs/01_schemes.ipynb #a520d38d
