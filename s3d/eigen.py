@@ -237,7 +237,32 @@ def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int) -> Tensor:
     out[:, :m] = rows[:, :m]  # entries from m on are never read
     return out
 
+# %% ../nbs/05_eigen.ipynb #9beaeb8a
+def _tridiagonal_ritz(a: Tensor, b: Tensor, Q: Tensor, W: Tensor, m: int):
+    "Eigenpairs (th, s) of the m x m tridiagonal Lanczos matrix, its extreme Ritz values te and vectors Y, and their exact residuals."
+    T = torch.diag_embed(a[:, :m]) + torch.diag_embed(b[:, : m - 1], 1) + torch.diag_embed(b[:, : m - 1], -1)
+    th, s = torch.linalg.eigh(T)
+    se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
+    Yt = se.transpose(1, 2) @ Q[:, :m]  # (n, 2, d): Ritz vectors as rows
+    res = _relative((se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2), th)  # exact: S y - theta y
+    return th, s, te, Yt.transpose(1, 2), res
 
+
+def _next_lanczos_vector(Qm: Tensor, w: Tensor, tiny: float, gen) -> Tensor:
+    "w made orthogonal to the basis Qm (n, m, d) twice and normalised; a random direction where w lies in the basis."
+    r = w
+    scale = r.norm(dim=1)
+    for _ in range(2):
+        r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
+    nrm = r.norm(dim=1)
+    bad = nrm <= 1e-10 * scale
+    q = r / nrm.clamp_min(tiny)[:, None]
+    if bad.any():  # invariant subspace (e.g. repeated eigenvalues): continue from a random direction
+        rnd = torch.randn(int(bad.sum()), Qm.shape[2], 1, dtype=q.dtype, generator=gen).to(q.device)
+        q[bad] = _orthonormalize(rnd, Qm[bad].transpose(1, 2), gen)[:, :, 0]
+    return q
+
+# %% ../nbs/05_eigen.ipynb #0f74de8e
 @patch
 @torch.no_grad()
 def lanczos(
@@ -252,12 +277,8 @@ def lanczos(
         raise ValueError(f"every must be >= 1, got {every}")
     cap, tiny = self.max_dim, torch.finfo(self.P.dtype).tiny
     room = min(cap, self.min_iter + every)  # buffers grow (doubling, up to cap) as the basis does
-    Q, W = self.P.new_empty(self.n, room, self.d), self.P.new_empty(
-        self.n, room, self.d
-    )  # basis and products S Q, one vector a row
-    a, b = self.P.new_empty(self.n, room), self.P.new_empty(
-        self.n, room
-    )  # Q^T S Q is tridiagonal (full reorthogonalisation keeps the rest at rounding level)
+    Q, W = (self.P.new_empty(self.n, room, self.d) for _ in range(2))  # basis and products S Q, a vector a row
+    a, b = (self.P.new_empty(self.n, room) for _ in range(2))  # Q^T S Q is tridiagonal (full reorthogonalisation)
     Q[:, 0] = self.P[:, :, 0]
     self.P = None
     m = 0
@@ -272,36 +293,15 @@ def lanczos(
         )
         last = m >= self.d or m == cap or self.products >= self.max_iter
         if last or (self.products >= self.min_iter and (self.products - self.min_iter) % every == 0):
-            T = (
-                torch.diag_embed(a[:, :m])
-                + torch.diag_embed(b[:, : m - 1], 1)
-                + torch.diag_embed(b[:, : m - 1], -1)
-            )
-            th, s = torch.linalg.eigh(T)
-            se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
-            Yt = se.transpose(1, 2) @ Q[:, :m]  # (n, 2, d): Ritz vectors as rows
-            res = _relative(
-                (se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2), th
-            )  # exact: S y - theta y
-            Y = Yt.transpose(1, 2)
+            th, s, te, Y, res = _tridiagonal_ritz(a, b, Q, W, m)
             keep = self._retire(te, Y, res, m)
             if not keep.all():
                 Q, W, a, b = (_regrow(t, keep, m, room) for t in (Q, W, a, b))
-                self.idx, w, s, th, res, Y, te = (
-                    self.idx[keep],
-                    w[keep],
-                    s[keep],
-                    th[keep],
-                    res[keep],
-                    Y[keep],
-                    te[keep],
-                )
+                self.idx, w, s, th, res, Y, te = (t[keep] for t in (self.idx, w, s, th, res, Y, te))
             self._now = (te, Y)
             if self.done:
                 return
-            if (
-                m == cap
-            ):  # basis full: the next block of `update`, with its thick restart, and `update` continues
+            if m == cap:  # basis full: the next block of `update` (thick restart), then `update` continues
                 self._next_block(Q.transpose(1, 2), W.transpose(1, 2), th, s, res, m, 1)
                 while not self.done:
                     self.update(prod(self.P))
@@ -309,16 +309,7 @@ def lanczos(
         if m == room:
             room = min(cap, 2 * room)
             Q, W, a, b = (_regrow(t, None, m, room) for t in (Q, W, a, b))
-        Qm, r = Q[:, :m], w
-        scale = r.norm(dim=1)
-        for _ in range(2):
-            r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
-        nrm = r.norm(dim=1)
-        bad = nrm <= 1e-10 * scale
-        q = r / nrm.clamp_min(tiny)[:, None]
-        if bad.any():  # invariant subspace (e.g. repeated eigenvalues): continue from a random direction
-            rnd = torch.randn(int(bad.sum()), self.d, 1, dtype=q.dtype, generator=self.gen).to(q.device)
-            q[bad] = _orthonormalize(rnd, Qm[bad].transpose(1, 2), self.gen)[:, :, 0]
+        q = _next_lanczos_vector(Q[:, :m], w, tiny, self.gen)
         Q[:, m] = q
         b[:, m - 1] = (q * w).sum(1)  # q_{m+1}^T S q_m
 
@@ -340,9 +331,7 @@ def lanczos_extremes(
 ) -> tuple[EigenPairs, int]:
     "Extreme eigenpairs of n symmetric d x d matrices given only products; returns them and the number of products used."
     if max_bytes is not None:
-        need = (
-            lambda c: 8 * n * (2 * c * d + 2 * c + d)
-        )  # basis and products of c vectors, the tridiagonal coefficients, one block
+        need = lambda c: 8 * n * (2 * c * d + 2 * c + d)  # basis and products of c vectors, coefficients, a block
         max_dim = min(max_dim, d)
         while max_dim > 0 and need(max_dim) > max_bytes:
             max_dim -= 1
@@ -350,17 +339,8 @@ def lanczos_extremes(
             raise ValueError(
                 f"max_bytes={max_bytes} is too small: the workspace needs at least {need(min(d, 3))} bytes"
             )
-    bk = BlockKrylov(
-        n,
-        d,
-        block=1,
-        max_dim=max_dim,
-        tol=tol,
-        max_iter=max_iter,
-        dtype=dtype,
-        device=device,
-        generator=generator,
-    )
+    bk = BlockKrylov(n, d, block=1, max_dim=max_dim, tol=tol, max_iter=max_iter, dtype=dtype, device=device,
+                     generator=generator)
 
     def prod(P):  # the active neurons' products, one matvec per column
         out = []
@@ -530,22 +510,11 @@ def _first_batch(self, i: int, B: int, stats: dict):
             continue
         op = _one_batch(g, stats[g.name], B, i)
         if i == 0:
-            start = (
-                _sample_basis(op, min(self.steps, self.caps[g.name]), self.gen, device=self.dev)
-                if self.steps > 0
-                else None
-            )
-            self.solver[g.name] = BlockKrylov(
-                g.n_neurons,
-                g.dim,
-                block=self.block,
-                max_dim=self.caps[g.name],
-                tol=self.tol,
-                max_iter=self.max_iter,
-                start=start,
-                device=self.dev,
-                generator=self.gen,
-            )
+            steps = min(self.steps, self.caps[g.name])
+            start = _sample_basis(op, steps, self.gen, device=self.dev) if self.steps > 0 else None
+            self.solver[g.name] = BlockKrylov(g.n_neurons, g.dim, block=self.block, max_dim=self.caps[g.name],
+                                              tol=self.tol, max_iter=self.max_iter, start=start, device=self.dev,
+                                              generator=self.gen)
         self.acc[g.name] = self.acc.get(g.name, 0) + op.products(self.solver[g.name].P).double()
         del op
     used = sum(o.nbytes for o in self.cache.values())
@@ -710,12 +679,8 @@ def extreme_eigenpairs(
     sample_steps: int = 6,  # stream: first block = Krylov basis of the first batch's S of this size (0: random block)
     dense_dim: int = 32,  # fast: groups with d <= dense_dim get their dense S in the first pass
     max_passes: int = 10,  # stream: at most this many passes over the batches
-    stats: (
-        dict | None
-    ) = None,  # filled with the method used, passes, cache and workspace bytes, per-group counts
-    reduce: (
-        Callable | None
-    ) = None,  # data-parallel: sums statistics and S·v products over processes (`s3d.distributed`)
+    stats: dict | None = None,  # filled with the method used, passes, cache and workspace bytes, per-group counts
+    reduce: Callable | None = None,  # data-parallel: sums statistics and S·v products over processes
 ) -> dict:
     "Extreme eigenpairs {group name: EigenPairs} of every neuron's splitting matrix, for all groups together."
     groups = [groups] if isinstance(groups, SplitGroup) else list(groups)
@@ -728,33 +693,14 @@ def extreme_eigenpairs(
             model, groups, loss_fn, batches, max_bytes=max_bytes or 2**30, beta=beta, reduce=reduce
         )
         if stats is not None:
-            stats.update(
-                method='exact',
-                passes=1,
-                cache_bytes=0,
-                workspace_bytes=sum(8 * v.numel() for v in S.values()),
-            )
+            ws = sum(8 * v.numel() for v in S.values())
+            stats.update(method='exact', passes=1, cache_bytes=0, workspace_bytes=ws)
         return {k: eigh_extremes(v) for k, v in S.items()}
     if method not in ('fast', 'cached', 'stream'):
         raise ValueError(f"method must be 'exact', 'fast', 'cached' or 'stream', got {method!r}")
-    fe = _FastEigen(
-        model,
-        groups,
-        loss_fn,
-        batches,
-        method,
-        tol=tol,
-        max_iter=max_iter,
-        max_bytes=max_bytes or 2**32,
-        beta=beta,
-        seed=seed,
-        block=block,
-        max_dim=max_dim,
-        sample_steps=sample_steps,
-        dense_dim=dense_dim,
-        max_passes=max_passes,
-        reduce=reduce,
-    )
+    fe = _FastEigen(model, groups, loss_fn, batches, method, tol=tol, max_iter=max_iter,
+                    max_bytes=max_bytes or 2**32, beta=beta, seed=seed, block=block, max_dim=max_dim, sample_steps=sample_steps,
+                    dense_dim=dense_dim, max_passes=max_passes, reduce=reduce)
     out = fe.run()
     if stats is not None:
         stats.update(fe.stats)
