@@ -363,7 +363,7 @@ class LinearPath:
             return ('mul', k.affine_scale(fn).to(v).view(1, -1, *[1] * (v.dim() - 2)))
         if isinstance(k, (ConvKind, PassThroughKind, FlattenKind)) or isinstance(fn, _AVG_POOLS):
             f0 = _run(fn, v.new_zeros((1,) + v.shape[1:]))  # affine: derivative = fn(t) - fn(0)
-            return ('lin', fn, tuple(v.shape[1:]), f0 if f0.any() else None)
+            return ('lin', fn, tuple(v.shape[1:]), f0 if f0.is_meta or f0.any() else None)
         return ('jvp', fn, v)  # anything else (a max, a norm, an unknown op): forward-mode autograd at v
 
     def rows(self, s: int, e: int) -> list:
