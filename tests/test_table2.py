@@ -256,21 +256,12 @@ def test_table2_figure_has_readable_log_ticks_and_says_the_data():
         plt.close(fig)
 
 
-def _stored_prose(nb_path):
-    "(name, stored Markdown) of every `show(name)` cell of a notebook."
-    import json, re
-    out = []
-    for c in json.loads(nb_path.read_text())['cells']:
-        m = re.search(r"show\('([\w.-]+)'\)", ''.join(c['source'])) if c['cell_type'] == 'code' else None
-        if m:
-            md = [''.join(o['data']['text/markdown']) for o in c.get('outputs', []) if 'text/markdown' in o.get('data', {})]
-            out.append((m.group(1), md[0] if md else None))
-    return out
-
-
 def test_experiment_notebook_shows_what_the_results_say_now():
     "Every rendered cell of table2_imagenet stores what its renderer makes from the committed files."
-    shown = _stored_prose(ROOT / 'nbs' / 'experiments' / 'table2_imagenet.ipynb')
+    from test_prose import SHOWS  # one reader of stored renders, shared with the prose test
+
+    cells = [(names, mds + [None] * len(names)) for p, _, names, mds in SHOWS if p.endswith('table2_imagenet.ipynb')]
+    shown = [(n, md) for names, mds in cells for n, md in zip(names, mds)]
     assert {n for n, _ in shown} >= {'table2.paper', 'table2.verdict', 'table2.baselines', 'table2.controls'}
     for name, md in shown:
         assert md == render(name, ROOT), f'{name}: the stored output differs from the results; re-execute the notebook'
