@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 # %% auto #0
-__all__ = ['STYLE', 'PROSE', 'THEORY', 'EXPERIMENTS', 'repo_root', 'style', 'prose', 'load_renderers', 'render', 'show',
-           'sync_blocks', 'Claim', 'prose_numbers', 'Backing', 'load_backing', 'is_backed', 'backs', 'unbacked',
+__all__ = ['STYLE', 'PROSE', 'THEORY', 'EXPERIMENTS', 'repo_root', 'paper_table', 'style', 'prose', 'load_renderers', 'render',
+           'show', 'sync_blocks', 'Claim', 'prose_numbers', 'Backing', 'load_backing', 'is_backed', 'backs', 'unbacked',
            'summary_files', 'backing_for', 'doc_prose', 'check_document', 'reproduces', 'presets']
 
 # %% ../../nbs/paper/09_report.ipynb #c4b61cdd
@@ -26,6 +26,14 @@ def repo_root(start: Path | str | None = None) -> Path:
             if (p / 'pyproject.toml').exists() and (p / 's3d').is_dir():
                 return p
     raise FileNotFoundError('no s3d checkout (pyproject.toml beside s3d/) above the working directory')
+
+# %% ../../nbs/paper/09_report.ipynb #0c24b980
+def paper_table(root: Path | str, experiment: str):
+    "The paper's numbers for `experiment` from `data/paper/<experiment>.csv`: one row per model, one column per metric."
+    import pandas as pd
+
+    p = pd.read_csv(Path(root) / 'data' / 'paper' / f'{experiment}.csv')
+    return p.pivot(index='model', columns='metric', values='value').loc[p.model.unique()]
 
 # %% ../../nbs/paper/09_report.ipynb #0985a887
 STYLE: dict[str, dict] = {

@@ -19,7 +19,7 @@ from ...graph import split_groups
 from ...grow import GrowConfig, grow, scratch_model, GROWTHS
 from ..models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
 from ..train import train, evaluate
-from ..report import prose, repo_root, style
+from ..report import paper_table, prose, repo_root, style
 
 # %% auto #0
 __all__ = ['SCALES', 'CONTROLS', 'Table1Config', 'table1_runs', 'data_root', 'table1_data', 'data_tag', 'Trainer',
@@ -1072,8 +1072,7 @@ def results(root, scale: str = 'cpu') -> pd.DataFrame:
 
 def paper_numbers(root) -> pd.DataFrame:
     "The paper's Table 1 from `data/paper/table1.csv`: one row per model, columns accuracy, params, flops."
-    p = pd.read_csv(Path(root) / 'data' / 'paper' / 'table1.csv')
-    return p.pivot(index='model', columns='metric', values='value').loc[p.model.unique()]
+    return paper_table(root, 'table1')
 
 # %% ../../../nbs/paper/10_table1.ipynb #3da94724
 @prose('table1.paper')

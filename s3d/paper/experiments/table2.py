@@ -36,7 +36,7 @@ from s3d.paper.experiments.table1 import (
     paired_diff,
     verdict,
 )
-from ..report import prose, repo_root, style
+from ..report import paper_table, prose, repo_root, style
 from s3d.paper.runs import (
     reproduce_table,
     run_once,
@@ -622,8 +622,7 @@ def results(root, scale: str = 'cpu') -> pd.DataFrame:
 
 def paper_numbers(root) -> pd.DataFrame:
     "The paper's Table 2 from `data/paper/table2.csv`: one row per model, columns macs (G), top1, top5."
-    p = pd.read_csv(Path(root) / 'data' / 'paper' / 'table2.csv')
-    return p.pivot(index='model', columns='metric', values='value').loc[p.model.unique()]
+    return paper_table(root, 'table2')
 
 
 def _pct(x: float) -> str:
