@@ -27,7 +27,7 @@ def repo_root(start: Path | str | None = None) -> Path:
                 return p
     raise FileNotFoundError('no s3d checkout (pyproject.toml beside s3d/) above the working directory')
 
-# %% ../../nbs/paper/09_report.ipynb #0c24b980
+# %% ../../nbs/paper/09_report.ipynb #175bec61
 def paper_table(root: Path | str, experiment: str):
     "The paper's numbers for `experiment` from `data/paper/<experiment>.csv`: one row per model, one column per metric."
     import pandas as pd
