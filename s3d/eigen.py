@@ -368,8 +368,13 @@ def _sample_basis(
     return Q
 
 
+def _has_path(g: SplitGroup) -> bool:
+    "Whether activations further along the group's private path add a term to its S."
+    return any(s.role == 'act' for s in g.path or [])
+
+
 def _plan(
-    groups: list, budget: int, *, max_dim: int, block: int, steps: int, dense_dim: int
+    groups: list, budget: int, *, max_dim: int, block: int, steps: int, dense_dim: int, dense_path_dim: int = 0
 ) -> tuple[set, dict, int]:
     "Dense groups, Krylov basis cap per group and bytes reserved, within `budget` (float64 workspaces)."
     ws = (
@@ -390,7 +395,7 @@ def _plan(
     used, dense = total(c), set()
     for g in groups:  # small d: the dense matrix in one pass (accumulated, then eigh's copy)
         extra = 16 * g.n_neurons * g.dim**2 - ws(g, caps[g.name])
-        if g.dim <= dense_dim and used + extra <= budget:
+        if g.dim <= (dense_path_dim if _has_path(g) else dense_dim) and used + extra <= budget:
             dense.add(g.name)
             used += extra
     return dense, caps, used
@@ -413,7 +418,7 @@ class _FastEigen:
 
     def __init__(
         self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed, block,
-        max_dim, sample_steps, dense_dim, max_passes, reduce=None,
+        max_dim, sample_steps, dense_dim, max_passes, reduce=None, dense_path_dim=0,
     ):  # the arguments of `extreme_eigenpairs`
         self.model, self.groups, self.loss_fn, self.batches = model, groups, loss_fn, batches
         self.method, self.beta, self.tol, self.max_iter = method, beta, tol, max_iter
@@ -423,7 +428,8 @@ class _FastEigen:
             self.steps = 0  # a first-batch start block would differ between ranks: seeded random blocks
         self.dev = next(model.parameters()).device
         self.dense, self.caps, used = _plan(
-            groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim
+            groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim,
+            dense_path_dim=dense_path_dim,
         )
         self.reserved, self.allow = used, max_bytes - used
         self.kry = [g for g in groups if g.name not in self.dense]
@@ -677,7 +683,8 @@ def extreme_eigenpairs(
     block: int = 2,  # stream: vectors per unconverged neuron added on each pass after the first
     max_dim: int = 32,  # fast: Krylov basis vectors kept per neuron (thick restarts beyond)
     sample_steps: int = 6,  # stream: first block = Krylov basis of the first batch's S of this size (0: random block)
-    dense_dim: int = 32,  # fast: groups with d <= dense_dim get their dense S in the first pass
+    dense_dim: int = 32,  # fast: groups with d <= dense_dim (and no private-path term) get their dense S in the first pass
+    dense_path_dim: int = 0,  # fast: the same for groups with a private-path term (default: always products)
     max_passes: int = 10,  # stream: at most this many passes over the batches
     stats: dict | None = None,  # filled with the method used, passes, cache and workspace bytes, per-group counts
     reduce: Callable | None = None,  # data-parallel: sums statistics and S·v products over processes
@@ -700,7 +707,7 @@ def extreme_eigenpairs(
         raise ValueError(f"method must be 'exact', 'fast', 'cached' or 'stream', got {method!r}")
     fe = _FastEigen(model, groups, loss_fn, batches, method, tol=tol, max_iter=max_iter,
                     max_bytes=max_bytes or 2**32, beta=beta, seed=seed, block=block, max_dim=max_dim, sample_steps=sample_steps,
-                    dense_dim=dense_dim, max_passes=max_passes, reduce=reduce)
+                    dense_dim=dense_dim, max_passes=max_passes, reduce=reduce, dense_path_dim=dense_path_dim)
     out = fe.run()
     if stats is not None:
         stats.update(fe.stats)

@@ -191,11 +191,25 @@ class PathStats:
     a: Tensor  # (n,) BatchNorm scale of z (ones without one)
     chan: int  # the dim of z holding the channels
     lins: list = field(default_factory=list)  # [LinearPath] per term: the chain's derivative at z
+    fold: list | None = field(default=None, repr=False)  # `folded()`, once computed
+
+    def folded(self) -> list:
+        "[(lead, middle ops, tail C)] per term: a and both ends' elementwise factors multiplied out, once."
+        if self.fold is None:
+            a = self.a.view(-1, *[1] * (self.z.dim() - 2)) if self.chan == 1 else self.a
+            cl = lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+            self.fold = []  # 4-d factors channels_last, like the tangents of `_rows_to_z`: faster convolutions
+            for (_, C, _), L in zip(self.terms, self.lins):
+                lead, mid, tail = _ends(L.ops)
+                lead = torch.broadcast_to(a if lead is None else lead * a, self.z.shape)
+                self.fold.append((cl(lead), mid, cl(C if tail is None else C * tail**2)))
+        return self.fold
 
     @property
     def nbytes(self) -> int:
         own = sum(t.numel() * t.element_size() for t in [self.z] + [C for _, C, _ in self.terms])
-        return own + sum(L.nbytes for L in self.lins)
+        fold = sum(t.numel() * t.element_size() for f in self.fold or [] for t in (f[0], f[2]))
+        return own + fold + sum(L.nbytes for L in self.lins)
 
 
 class BatchStats(NamedTuple):
@@ -235,7 +249,9 @@ def _path_stats(group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: f
 # %% ../nbs/04_splitmat.ipynb #pp000004
 def _rows_to_z(U: Tensor, shape, chan: int) -> Tensor:
     "(B, P, n, k) per-position values -> (k*B, *shape[1:]) in the layout of z (channels at dim `chan`)."
-    t = U.permute(3, 0, 2, 1) if chan == 1 else U.permute(3, 0, 1, 2)
+    t = U.permute(3, 0, 1, 2)  # (k, B, P, n); channels first in shape, last in memory (channels_last)
+    if chan == 1:
+        return t.reshape(U.shape[-1] * shape[0], *shape[2:], shape[1]).movedim(-1, 1)
     return t.reshape(U.shape[-1] * shape[0], *shape[1:])
 
 
@@ -243,7 +259,7 @@ def _z_to_rows(T: Tensor, shape, chan: int, k: int) -> Tensor:
     "The inverse of `_rows_to_z`: (k*B, *shape[1:]) -> (B, P, n, k)."
     B, n = shape[0], shape[chan]
     if chan == 1:
-        return T.reshape(k, B, n, -1).permute(1, 3, 2, 0)
+        T = T.movedim(1, -1)
     return T.reshape(k, B, -1, n).permute(1, 2, 3, 0)
 
 
@@ -330,6 +346,14 @@ def _chain(path: list, i: int) -> list:
     return out[::-1]
 
 
+def _scaled_(T: Tensor, f: Tensor) -> Tensor:
+    "`_scaled` in place (T a fresh tensor): one pass over memory, no new tensor."
+    if f.shape[0] in (1, T.shape[0]):
+        return T.mul_(f)
+    T.view(-1, *f.shape).mul_(f)
+    return T
+
+
 def _scaled(T: Tensor, f: Tensor) -> Tensor:
     "T (r*B, ...) times f (B or 1, ...): the same factor for each of the r tangents."
     if f.shape[0] in (1, T.shape[0]):
@@ -395,15 +419,30 @@ def _forward(ops: list, T: Tensor) -> Tensor:
     return T
 
 
+_CONV_T = {nn.Conv1d: F.conv_transpose1d, nn.Conv2d: F.conv_transpose2d, nn.Conv3d: F.conv_transpose3d}
+
+
+def _lin_transpose(fn, shape: tuple, W: Tensor) -> Tensor:
+    "A linear step's transpose applied to W: a transposed convolution for plain convs, else autograd."
+    conv_t = _CONV_T.get(type(fn))
+    if conv_t is not None and fn.padding_mode == 'zeros' and not isinstance(fn.padding, str):
+        geo = zip(shape[1:], W.shape[2:], fn.stride, fn.padding, fn.dilation, fn.kernel_size)
+        extra = [i - ((o - 1) * s - 2 * p + dl * (k - 1) + 1) for i, o, s, p, dl, k in geo]
+        if all(0 <= e < max(s, dl) for e, s, dl in zip(extra, fn.stride, fn.dilation)):
+            w = fn.weight.to(W.dtype)
+            return conv_t(W, w, None, fn.stride, fn.padding, extra, fn.groups, fn.dilation)
+    with _eval_mode(fn), torch.enable_grad():
+        t = W.new_zeros((W.shape[0],) + shape, requires_grad=True)
+        return torch.autograd.grad(_run(fn, t), t, W)[0]
+
+
 def _backward(ops: list, W: Tensor) -> Tensor:
     "The transpose of `_forward`: cotangents W (r*B, ...) at the chain's end back to z."
     for o in reversed(ops):
         if o[0] == 'mul':
             W = _scaled(W, o[1])
         elif o[0] == 'lin':
-            with _eval_mode(o[1]), torch.enable_grad():
-                t = W.new_zeros((W.shape[0],) + o[2], requires_grad=True)
-                W = torch.autograd.grad(_run(o[1], t), t, W)[0]
+            W = _lin_transpose(o[1], o[2], W)
         else:
             with _eval_mode(o[1]):
                 W = _linearised(o[1], _tile(o[2], W.shape[0] // o[2].shape[0]))[1](W)
@@ -483,17 +522,23 @@ def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**25) -> Te
 
 
 # %% ../nbs/04_splitmat.ipynb #pl000010
+def _path_rows(ps: PathStats, U: Tensor) -> Tensor:
+    "sum over further activations of J^T C J u for the producer's outputs U (B, P, n, k), in U's layout."
+    T = _rows_to_z(U, ps.z.shape, ps.chan)  # k tangents per sample, in z's layout
+    T = T.contiguous(memory_format=torch.channels_last) if T.dim() == 4 else T  # as the factors
+    cot = 0
+    for lead, mid, tc in ps.folded():
+        Y = _backward(mid, _scaled_(_forward(mid, _scaled(T, lead)), tc))  # fresh tensors: in place
+        cot = cot + _scaled_(Y, lead)
+    return _z_to_rows(cot, ps.z.shape, ps.chan, U.shape[-1])
+
+
 def _path_apply_linear(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
     "`_path_apply` from the linearised path: no pass through the path's own functions."
-    k, a = V.shape[2], ps.a.view(1, 1, -1, 1)
-    B, P, d = X.shape
-    Xf, n = X.reshape(B * P, d), V.shape[0]
+    (B, P, d), n, k = X.shape, V.shape[0], V.shape[2]
+    Xf = X.reshape(B * P, d)
     U = (Xf @ V.permute(1, 0, 2).reshape(d, n * k)).view(B, P, n, k)  # matrix products, not einsum: faster
-    T = _rows_to_z(U * a, ps.z.shape, ps.chan)
-    cot = 0
-    for (_, C, _), L in zip(ps.terms, ps.lins):
-        cot = cot + _backward(L.ops, _scaled(_forward(L.ops, T), C))
-    W = (_z_to_rows(cot, ps.z.shape, ps.chan, k) * a).reshape(B * P, n * k)
+    W = _path_rows(ps, U).reshape(B * P, n * k)
     return (Xf.T @ W).view(d, n, k).permute(1, 0, 2)
 
 
@@ -865,20 +910,29 @@ def nbytes(self: SplitOperator) -> int:
     )
 
 # %% ../nbs/04_splitmat.ipynb #2ac386d6
-def _apply_flat(X, C, Vw, vb, n, k):
+def _apply_flat(X, C, Vw, vb, n, k, path=None):
+    "Rows X (M, d): C times X V, plus the private path's term `path(U)`, mapped back by X^T."
     Vm = Vw.permute(1, 0, 2).reshape(X.shape[1], n * k)
     U = (
         X @ Vm if vb is None else torch.addmm(vb.reshape(1, n * k), X, Vm)
     )  # addmm: no separate pass to add the bias
-    W = (U.view(-1, n, k) * C.unsqueeze(-1)).view(-1, n * k)
+    W = U.view(-1, n, k) * C.unsqueeze(-1)
+    if path is not None:  # the same U feeds the private path: one pair of matrix products for both terms
+        W = W + path(U.view(-1, n, k)).reshape(W.shape)
+    W = W.view(-1, n * k)
     Rw = (X.T @ W).view(X.shape[1], n, k).permute(1, 0, 2)
     return Rw, (W.sum(0).view(n, k) if vb is not None else None)
 
 
-def _apply_conv(p, x, C, Vw, vb, n, k):
+def _apply_conv(p, x, C, Vw, vb, n, k, path=None):
+    "The same by conv2d and its weight gradient, for padded producer inputs x."
     filt = Vw.permute(0, 2, 1).reshape(n * k, *p.weight.shape[1:])
     U = F.conv2d(x, filt, vb.reshape(n * k) if vb is not None else None, p.stride, 0, p.dilation)
-    W = (U.view(U.shape[0], n, k, *U.shape[2:]) * C.unsqueeze(2)).view(U.shape)
+    W = U.view(U.shape[0], n, k, *U.shape[2:]) * C.unsqueeze(2)
+    if path is not None:
+        Wp = path(U.view(U.shape[0], n, k, -1).permute(0, 3, 1, 2))  # (B, P, n, k)
+        W = W + Wp.permute(0, 2, 3, 1).reshape(W.shape)
+    W = W.view(U.shape)
     Rw = (
         torch.nn.grad.conv2d_weight(x, filt.shape, W, p.stride, 0, p.dilation).view(n, k, -1).permute(0, 2, 1)
     )
@@ -904,11 +958,12 @@ def __call__(self: SplitOperator, V: Tensor) -> Tensor:
     k = V.shape[2]
     Vw, vb = V[:, : self.d - self.bias].to(dt), (V[:, -1].to(dt) if self.bias else None)
     Rw, Rb = 0, 0
-    for x, c in zip(self.xs, self.cs):
+    for i, (x, c) in enumerate(zip(self.xs, self.cs)):
+        pf = self._path_fn(i)
         rw, rb = (
-            _apply_flat(x, c, Vw, vb, self.n, k)
+            _apply_flat(x, c, Vw, vb, self.n, k, pf)
             if self.mode == 'flat'
-            else _apply_conv(self.group.producer, x, c, Vw, vb, self.n, k)
+            else _apply_conv(self.group.producer, x, c, Vw, vb, self.n, k, pf)
         )
         Rw = Rw + rw
         if self.bias:
@@ -918,7 +973,7 @@ def __call__(self: SplitOperator, V: Tensor) -> Tensor:
             self.n, k, dtype=dt
         )  # no batch here
     R = torch.cat([Rw, Rb.unsqueeze(1)], 1) if self.bias else Rw
-    E = self.path_products(V.to(dt))
+    E = None if PATH_METHOD == 'linear' else self.path_products(V.to(dt))
     if E is not None:
         R = R + E
     if self.reduce is not None:
@@ -941,6 +996,28 @@ def path_products(self: SplitOperator, V: Tensor, neurons: Tensor | None = None)
     Vf = V.new_zeros(held[0][1].a.shape[0], *V.shape[1:])
     Vf[idx] = V
     return sum(_path_apply(ps, self.patches(i), Vf)[idx] for i, ps in held)
+
+@patch
+def _path_fn(self: SplitOperator, i: int, neurons: Tensor | None = None):
+    "Held batch i's private-path term as a function of the producer's outputs (B, P, m, k); None without one."
+    ps = self.paths[i]
+    if ps is None or PATH_METHOD != 'linear':
+        return None
+    idx = None if neurons is None else neurons.to(ps.z.device)
+    if self.rows is not None:
+        idx = self.rows.to(ps.z.device) if idx is None else self.rows.to(ps.z.device)[idx]
+    n = ps.a.shape[0]
+
+    def f(U):
+        U = U.reshape(ps.z.shape[0], -1, *U.shape[-2:])
+        if idx is None:
+            return _path_rows(ps, U)
+        Uf = U.new_zeros(*U.shape[:2], n, U.shape[-1])  # the path's statistics are those of all neurons
+        Uf[:, :, idx] = U
+        return _path_rows(ps, Uf)[:, :, idx]
+
+    return f
+
 
 # %% ../nbs/04_splitmat.ipynb #3b38a991
 @patch
@@ -1033,15 +1110,18 @@ def products(
         Vc = V[:, :, s : s + kc].to(X0.dtype)
         k = Vc.shape[2]
         Vw, vb, R = Vc[:, : self.d - self.bias], (Vc[:, -1] if self.bias else None), 0
-        for x, c in zip(self.xs, self.cs):
+        for i, (x, c) in enumerate(zip(self.xs, self.cs)):
+            pf = self._path_fn(i, neurons)
             c = (
                 c if neurons is None else torch.index_select(c, 1, neurons.to(c.device))
             )  # ~6x faster than c[:, neurons] on CPU
             rw, rb = (
-                _apply_flat(x, c, Vw, vb, n, k) if self.mode == 'flat' else _apply_conv(p, x, c, Vw, vb, n, k)
+                _apply_flat(x, c, Vw, vb, n, k, pf)
+                if self.mode == 'flat'
+                else _apply_conv(p, x, c, Vw, vb, n, k, pf)
             )
             R = R + (torch.cat([rw, rb.unsqueeze(1)], 1) if self.bias else rw)
-        E = self.path_products(Vc, neurons)
+        E = None if PATH_METHOD == 'linear' else self.path_products(Vc, neurons)
         out.append(R if E is None else R + E)
     return torch.cat(out, 2)
 

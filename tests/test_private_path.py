@@ -202,3 +202,48 @@ def test_linearised_path_equals_the_jvp_reference(i):
     for a, b, c in zip(out['jvpeval'], out['lineareval'], out['lineartrain']):
         assert float((a - b).norm() / a.norm().clamp_min(1e-300)) < 1e-10
         assert float((c - b).norm() / b.norm().clamp_min(1e-300)) < 1e-10
+
+
+@pytest.mark.parametrize('conv,shape', [
+    (nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4, bias=False), (4, 7, 6)),   # odd and even sizes: output padding
+    (nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), (4, 8, 8)),
+    (nn.Conv2d(4, 2, (3, 1), stride=(1, 2), padding=(2, 0), dilation=2), (4, 5, 9)),
+    (nn.Conv1d(3, 3, 5, stride=3, padding=2, groups=3), (3, 11)),
+    (nn.Conv3d(2, 2, 3, stride=2, padding=1, groups=2), (2, 5, 4, 5)),
+    (nn.Conv2d(4, 4, 3, padding='same', groups=4), (4, 6, 6)),                     # string padding: autograd
+    (nn.Conv2d(4, 4, 3, stride=2, padding=1, padding_mode='circular', groups=4), (4, 6, 6)),
+])
+def test_linear_step_transpose_is_the_vjp(conv, shape):
+    "The transposed convolution `_backward` uses for a path's conv equals autograd's VJP of its linear part."
+    from s3d.splitmat import _lin_transpose
+    conv = conv.double()
+    t = torch.randn(3, *shape, dtype=torch.float64)
+    lin = lambda v: conv(v) - conv(torch.zeros_like(v))
+    out, vjp = torch.func.vjp(lin, t)
+    w = torch.randn_like(out)
+    torch.testing.assert_close(_lin_transpose(conv, shape, w), vjp(w)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_strided_path_products_match_dense():
+    "A stride-2 depthwise conv on the private path (MobileNet's downsampling blocks): products, block products of"
+    " some neurons and the fast solvers agree with the dense whole-path S."
+    from s3d.eigen import extreme_eigenpairs, eigh_extremes
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(3, 6, 1), nn.BatchNorm2d(6), nn.ReLU(),
+                      nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                      nn.Conv2d(6, 4, 1), nn.Flatten(), nn.Linear(4 * 9, 3))
+    m = _randomize_bn(m.double()).eval()
+    x, y = torch.randn(8, 3, 5, 5, dtype=torch.float64), torch.randn(8, 3, dtype=torch.float64)
+    g = split_groups(m, x)[0]
+    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    S = splitting_matrices(m, g, LOSS, data)
+    op = split_operators(m, [g], LOSS, data)[g.name]
+    V = torch.randn(g.n_neurons, g.dim, 2, dtype=torch.float64)
+    torch.testing.assert_close(op(V), S @ V, rtol=1e-10, atol=1e-12)
+    sel = torch.tensor([4, 0, 5])
+    torch.testing.assert_close(op.products(V[sel], sel) / op.count, (S @ V)[sel], rtol=1e-10, atol=1e-12)
+    ref = eigh_extremes(S)
+    for method in ('cached', 'stream'):
+        got = extreme_eigenpairs(m, [g], LOSS, data, method, tol=1e-8, max_passes=60)[g.name]  # by products
+        torch.testing.assert_close(got.lam_min, ref.lam_min, rtol=1e-5, atol=1e-8)
+        torch.testing.assert_close(got.lam_max, ref.lam_max, rtol=1e-5, atol=1e-8)
