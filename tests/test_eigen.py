@@ -211,3 +211,22 @@ def test_lanczos_method_matches_update_loop(max_dim):
         f, rad = bk.result(), torch.maximum(e.lam_min.abs(), e.lam_max.abs())
         assert ((f.lam_min - e.lam_min).abs() <= 1e-3 * rad).all() and ((f.lam_max - e.lam_max).abs() <= 1e-3 * rad).all()
     with pytest.raises(ValueError, match="fresh BlockKrylov"): runs['update'].lanczos(lambda P: P)
+
+def test_stacked_rows_match_operator_products():
+    "The cached Lanczos loop's stacked rows give a Linear group's products over many batches (chunked or not); conv groups keep the operator."
+    from s3d.eigen import _StackedRows, _stackable
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)); grp = SplitGroup('0', net[0], None, net[1])
+    data = [(torch.randn(7, 6), torch.randint(0, 2, (7,))) for _ in range(5)]
+    loss = nn.CrossEntropyLoss()
+    ref = split_operators(net, [grp], loss, data)['0']
+    V, rows = torch.randn(5, 7, 1), torch.tensor([0, 2, 3])
+    for chunk in (None, 7 * 5 * 4 * 2):  # one chunk; two batches a chunk
+        op = split_operators(net, [grp], loss, data)['0']
+        assert _stackable(op)
+        st = _StackedRows(op, chunk)
+        assert len(st.X) == (1 if chunk is None else 3) and op.xs == [] and op.cs == []
+        torch.testing.assert_close(st.products(V), ref.products(V), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(st.restricted(rows).products(V[rows]), ref.products(V[rows], rows), rtol=1e-5, atol=1e-6)
+    cnet, groups, cdata = _net()
+    assert not _stackable(split_operators(cnet, groups[:1], nn.CrossEntropyLoss(), cdata)['0'])
