@@ -418,7 +418,7 @@ class _FastEigen:
 
     def __init__(
         self, model, groups, loss_fn, batches, method, *, tol, max_iter, max_bytes, beta, seed, block,
-        max_dim, sample_steps, dense_dim, max_passes, reduce=None, dense_path_dim=0,
+        max_dim, sample_steps, dense_dim, max_passes, reduce=None, dense_path_dim=None,
     ):  # the arguments of `extreme_eigenpairs`
         self.model, self.groups, self.loss_fn, self.batches = model, groups, loss_fn, batches
         self.method, self.beta, self.tol, self.max_iter = method, beta, tol, max_iter
@@ -427,10 +427,10 @@ class _FastEigen:
         if reduce is not None:
             self.steps = 0  # a first-batch start block would differ between ranks: seeded random blocks
         self.dev = next(model.parameters()).device
-        self.dense, self.caps, used = _plan(
-            groups, max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim,
-            dense_path_dim=dense_path_dim,
-        )
+        self.plan = dict(budget=max_bytes, max_dim=max_dim, block=block, steps=sample_steps, dense_dim=dense_dim)
+        self.auto_path = dense_path_dim is None  # products when cached, dense S when streamed (one pass)
+        pd = (dense_dim if method == 'stream' else 0) if self.auto_path else dense_path_dim
+        self.dense, self.caps, used = _plan(groups, **self.plan, dense_path_dim=pd)
         self.reserved, self.allow = used, max_bytes - used
         self.kry = [g for g in groups if g.name not in self.dense]
         self.one_shot = isinstance(batches, Iterator)
@@ -442,6 +442,15 @@ class _FastEigen:
         self.gen = torch.Generator().manual_seed(seed)
         self.stats = dict(method=None, passes=0, cache_bytes=0, workspace_bytes=0, groups={})
         self._reset()
+
+    def _replan_for_stream(self):
+        "Streaming: groups with a private-path term take their dense S in the first pass, not a pass per block."
+        if not self.auto_path:
+            return
+        self.dense, self.caps, used = _plan(self.groups, **self.plan, dense_path_dim=self.plan['dense_dim'])
+        self.reserved, self.allow = used, self.plan['budget'] - used
+        self.kry = [g for g in self.groups if g.name not in self.dense]
+        self.cache = {g.name: SplitOperator(g) for g in self.kry}
 
     def _reset(self):
         self.mode, self.N, self.n_here, self.sums, self.acc, self.solver = None, None, None, {}, {}, {}
@@ -507,6 +516,8 @@ def _first_batch(self, i: int, B: int, stats: dict):
     "First pass: dense sums; the cache, or the sampled start block (at batch 0) and its products."
     if self.mode is None and self.kry:
         self.mode = self._choose(stats, B)
+        if self.mode == 'stream':
+            self._replan_for_stream()
     for g in self.groups:  # one group's one-batch operator at a time: the working set stays about one batch
         if g.name in self.dense:
             self.sums[g.name] = self.sums.get(g.name, 0) + _one_batch(g, stats[g.name], B, i).dense_sum()
@@ -652,6 +663,7 @@ def _run(self) -> dict:
     except _Overflow:  # the cache did not fit after all: start again, streaming
         self._reset()
         self.mode, self.stats['cache_overflow'] = 'stream', True
+        self._replan_for_stream()
         self._pass(self._first_batch, self.groups)
     if self.mode == 'cached':
         self._lanczos_cached()
@@ -720,7 +732,7 @@ def extreme_eigenpairs(
     max_dim: int = 32,  # fast: Krylov basis vectors kept per neuron (thick restarts beyond)
     sample_steps: int = 6,  # stream: first block = Krylov basis of the first batch's S of this size (0: random block)
     dense_dim: int = 32,  # fast: groups with d <= dense_dim (and no private-path term) get their dense S in the first pass
-    dense_path_dim: int = 0,  # fast: the same for groups with a private-path term (default: always products)
+    dense_path_dim: int | None = None,  # fast: the same with a private-path term (None: products if cached, else dense_dim)
     max_passes: int = 10,  # stream: at most this many passes over the batches
     stats: dict | None = None,  # filled with the method used, passes, cache and workspace bytes, per-group counts
     reduce: Callable | None = None,  # data-parallel: sums statistics and S·v products over processes

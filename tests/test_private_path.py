@@ -247,3 +247,22 @@ def test_strided_path_products_match_dense():
         got = extreme_eigenpairs(m, [g], LOSS, data, method, tol=1e-8, max_passes=60)[g.name]  # by products
         torch.testing.assert_close(got.lam_min, ref.lam_min, rtol=1e-5, atol=1e-8)
         torch.testing.assert_close(got.lam_max, ref.lam_max, rtol=1e-5, atol=1e-8)
+
+
+def test_private_path_groups_products_when_cached_dense_when_streamed():
+    "The fast solver's default: a group with a private-path term is solved by products on a cache and takes its dense"
+    " S in the first pass when streamed ('fast' falling back to streaming included); dense_path_dim overrides both."
+    from s3d.eigen import extreme_eigenpairs
+    model, x, y = block()
+    g = split_groups(model, x)[0]
+    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    solver = lambda method, **kw: (lambda st: (extreme_eigenpairs(model, [g], LOSS, data, method, stats=st, **kw),
+                                               st['groups'][g.name]['solver'])[1])({})
+    assert solver('cached') == 'krylov'
+    assert solver('stream') == 'dense'
+    st = {}
+    extreme_eigenpairs(model, [g], LOSS, data, 'cached', stats=st)
+    tight = st['reserved_bytes'] + st['cache_bytes'] // 4       # room for the workspace, not for the cache
+    assert solver('fast', max_bytes=tight) == 'dense'             # 'fast' streams, so the path group goes dense
+    assert solver('cached', dense_path_dim=64) == 'dense'
+    assert solver('stream', dense_path_dim=0, max_passes=60) == 'krylov'
