@@ -72,7 +72,8 @@ def test_verdict_one_row_per_experiment(tiny):
         assert v[tag]['train_img_s'] > 0 and v[tag]['eigen_over_T_train'] > 0
         assert set(v[tag]['eigen_path'].split(',')) <= {'cached', 'stream', 'dense', 'exact'}, v[tag]
     assert v['table3']['eigen_path'] == 'exact'          # smoke Table 3 asks for exact eigenpairs
-    for tag in ('table1', 'table2'): assert v[tag]['gain_agreement'] < 1e-4, v[tag]   # float32 vs float64 on the CPU
+    for tag in ('table1', 'table2'):  # fast eigenpairs (Krylov to tol 1e-2 on private-path groups) vs exact float64
+        assert v[tag]['gain_agreement'] < 1e-2, v[tag]
     assert v['table1']['bench_ours_plain_img_s'].count('/') == 1
     assert (out / 'table2_gpucheck.csv').exists() and (out / 'table3_gpucheck.md').exists()   # the reproduce entry point
 
