@@ -70,15 +70,15 @@ def main(argv=None):
     def solve(use_lanczos):
         bk = BlockKrylov(g.n_neurons, g.dim, block=1, generator=torch.Generator().manual_seed(0))
         acc = dict(prod=0., ritz=0., orth=0.)
-        if use_lanczos:  # the operator as `_lanczos_cached` applies it: stacked rows when it can, re-sliced as neurons retire
-            o = copy.copy(op); o.xs, o.cs = list(op.xs), list(op.cs)
-            sub = [bk.idx, E._StackedRows(o) if E._stackable(o) else o]
+        if use_lanczos:  # the operator as `_lanczos_cached` applies it: rows stacked, re-sliced as neurons retire
+            o = copy.copy(op); o.xs, o.cs, o.paths = list(op.xs), list(op.cs), list(op.paths)
+            o.stack_rows()
+            sub = [bk.idx, o]
         def prod(P):
             if not use_lanczos:
                 return op.products(P, None if len(bk.idx) == bk.n else bk.idx).double() / op.count
             if len(sub[0]) != len(bk.idx):
-                rows = torch.searchsorted(sub[0], bk.idx)
-                sub[:] = [bk.idx, sub[1].restricted(rows) if isinstance(sub[1], E._StackedRows) else E._restrict(sub[1], rows)]
+                sub[:] = [bk.idx, E._restrict(sub[1], torch.searchsorted(sub[0], bk.idx))]
             return sub[1].products(P).double() / op.count
         prod = timed('prod', prod, acc)
         saved = E._tridiagonal_ritz, E._next_lanczos_vector

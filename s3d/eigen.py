@@ -592,43 +592,6 @@ def _restrict(op: SplitOperator, rows: Tensor) -> SplitOperator:
 _FastEigen._stream_more = _stream_more
 
 
-# %% ../nbs/05_eigen.ipynb #sp05e09b
-class _StackedRows:
-    "Products S_j v_j (unnormalised) of a cached 'flat' operator without private paths, from stacked row chunks."
-
-    def __init__(self, op: SplitOperator, chunk_bytes: int | None = None):  # op's cache is moved here
-        cap = chunk_bytes or (2**23 if op.xs[0].device.type == 'cpu' else 2**28)  # as SplitOperator.products
-        self.X, self.C, xs, cs = [], [], [], []
-        while op.xs:  # each cached batch is released once its chunk is built
-            xs.append(op.xs.pop(0))
-            cs.append(op.cs.pop(0))
-            size = sum(c.numel() for c in cs) * cs[0].element_size()
-            if not op.xs or size + op.cs[0].numel() * cs[0].element_size() > cap:
-                x = torch.cat(xs) if len(xs) > 1 else xs[0]
-                self.X.append(torch.cat([x, x.new_ones(x.shape[0], 1)], 1) if op.bias else x)
-                self.C.append(torch.cat(cs) if len(cs) > 1 else cs[0])
-                xs, cs = [], []
-
-    def restricted(self, rows: Tensor) -> _StackedRows:
-        "The same rows for the neurons `rows` only (coefficients copied)."
-        sub = _StackedRows.__new__(_StackedRows)
-        sub.X, sub.C = self.X, [torch.index_select(c, 1, rows.to(c.device)) for c in self.C]
-        return sub
-
-    def products(self, V: Tensor) -> Tensor:  # (n, d, 1) -> (n, d, 1), in the rows' dtype
-        Vm, R = V[:, :, 0].T.to(self.X[0].dtype), 0
-        for X, C in zip(self.X, self.C):
-            U = X @ Vm
-            U.mul_(C)
-            R = R + X.T @ U
-        return R.T.unsqueeze(2)
-
-
-def _stackable(op: SplitOperator) -> bool:
-    "Whether `_StackedRows` applies: 'flat' mode, all neurons, no private-path statistics."
-    return op.mode == 'flat' and op.rows is None and all(p is None for p in op.paths)
-
-
 # %% ../nbs/05_eigen.ipynb #sp05e06c
 def _lanczos_cached(self):
     "Cached statistics: restarted Lanczos per group on the cache, which is freed group by group."
@@ -643,13 +606,12 @@ def _lanczos_cached(self):
             device=self.dev,
             generator=self.gen,
         )
-        stack = _stackable(op)
-        sub = [bk.idx, _StackedRows(op) if stack else op]  # the active neurons' operator, re-sliced as they retire
+        op.stack_rows()
+        sub = [bk.idx, op]  # the active neurons' operator, re-sliced only when some retire
 
         def prod(P):
             if len(sub[0]) != len(bk.idx):
-                rows = torch.searchsorted(sub[0], bk.idx)
-                sub[:] = [bk.idx, sub[1].restricted(rows) if stack else _restrict(sub[1], rows)]
+                sub[:] = [bk.idx, _restrict(sub[1], torch.searchsorted(sub[0], bk.idx))]
             return self._sum(sub[1].products(P).double()) / self.N
 
         bk.lanczos(prod)

@@ -939,49 +939,6 @@ def _apply_conv(p, x, C, Vw, vb, n, k, path=None):
     return Rw, (W.sum((0, 2, 3)).view(n, k) if vb is not None else None)
 
 
-# %% ../nbs/04_splitmat.ipynb #2ac3sp06c
-@patch
-@torch.no_grad()
-def __call__(self: SplitOperator, V: Tensor) -> Tensor:
-    "(S V)_j = S_j V_j for all neurons j; V is (n, d) or (n, d, k)."
-    total = self.total_count()
-    if not total:
-        raise ValueError(f"group {self.group.name!r}: no batches collected")
-    vec = V.dim() == 2
-    if vec:
-        V = V.unsqueeze(-1)
-    if V.shape[:2] != (self.n, self.d):
-        raise ValueError(
-            f"group {self.group.name!r}: V must be ({self.n}, {self.d}[, k]), got {tuple(V.shape)}"
-        )
-    dt = self.xs[0].dtype if self.xs else V.dtype
-    k = V.shape[2]
-    Vw, vb = V[:, : self.d - self.bias].to(dt), (V[:, -1].to(dt) if self.bias else None)
-    Rw, Rb = 0, 0
-    for i, (x, c) in enumerate(zip(self.xs, self.cs)):
-        pf = self._path_fn(i)
-        rw, rb = (
-            _apply_flat(x, c, Vw, vb, self.n, k, pf)
-            if self.mode == 'flat'
-            else _apply_conv(self.group.producer, x, c, Vw, vb, self.n, k, pf)
-        )
-        Rw = Rw + rw
-        if self.bias:
-            Rb = Rb + rb
-    if not self.xs:
-        Rw, Rb = V.new_zeros(self.n, self.d - self.bias, k, dtype=dt), V.new_zeros(
-            self.n, k, dtype=dt
-        )  # no batch here
-    R = torch.cat([Rw, Rb.unsqueeze(1)], 1) if self.bias else Rw
-    E = None if PATH_METHOD == 'linear' else self.path_products(V.to(dt))
-    if E is not None:
-        R = R + E
-    if self.reduce is not None:
-        R = self.reduce(R)
-    R = R.to(V.dtype) / total
-    return R.squeeze(-1) if vec else R
-
-
 # %% ../nbs/04_splitmat.ipynb #sp07c
 @patch
 @torch.no_grad()
@@ -1017,6 +974,72 @@ def _path_fn(self: SplitOperator, i: int, neurons: Tensor | None = None):
         return _path_rows(ps, Uf)[:, :, idx]
 
     return f
+
+
+# %% ../nbs/04_splitmat.ipynb #d6a1eba2
+@patch
+@torch.no_grad()
+def products(
+    self: SplitOperator,
+    V: Tensor,  # (len(neurons), d, k): k vectors per neuron
+    neurons: Tensor | None = None,  # indices of the neurons to apply (default: all n)
+    chunk_bytes: (
+        int | None
+    ) = None,  # bound on per-batch temporaries, splitting the k columns (default 8 MiB CPU, 256 MiB GPU)
+) -> Tensor:
+    "Unnormalised sum over the held samples of c_j x x^T V_j for the given neurons, (len(neurons), d, k)."
+    if not self.count:
+        raise ValueError(f"group {self.group.name!r}: no batches collected")
+    n = self.n if neurons is None else len(neurons)
+    if V.dim() != 3 or V.shape[:2] != (n, self.d):
+        raise ValueError(f"group {self.group.name!r}: V must be ({n}, {self.d}, k), got {tuple(V.shape)}")
+    X0, p = self.xs[0], self.group.producer
+    chunk_bytes = chunk_bytes or (
+        2**23 if X0.device.type == 'cpu' else 2**28
+    )  # CPU caches favour small temporaries
+    kc = max(1, chunk_bytes // max(1, max(c.numel() // self.n for c in self.cs) * n * X0.element_size()))
+    out = []
+    for s in range(0, V.shape[2], kc):
+        Vc = V[:, :, s : s + kc].to(X0.dtype)
+        k = Vc.shape[2]
+        Vw, vb, R = Vc[:, : self.d - self.bias], (Vc[:, -1] if self.bias else None), 0
+        for i, (x, c) in enumerate(zip(self.xs, self.cs)):
+            pf = self._path_fn(i, neurons)
+            c = (
+                c if neurons is None else torch.index_select(c, 1, neurons.to(c.device))
+            )  # ~6x faster than c[:, neurons] on CPU
+            rw, rb = (
+                _apply_flat(x, c, Vw, vb, n, k, pf)
+                if self.mode == 'flat'
+                else _apply_conv(p, x, c, Vw, vb, n, k, pf)
+            )
+            R = R + (torch.cat([rw, rb.unsqueeze(1)], 1) if self.bias else rw)
+        E = None if PATH_METHOD == 'linear' else self.path_products(Vc, neurons)
+        out.append(R if E is None else R + E)
+    return torch.cat(out, 2)
+
+
+# %% ../nbs/04_splitmat.ipynb #2ac3sp06c
+@patch
+@torch.no_grad()
+def __call__(self: SplitOperator, V: Tensor) -> Tensor:
+    "(S V)_j = S_j V_j for all neurons j; V is (n, d) or (n, d, k)."
+    total = self.total_count()
+    if not total:
+        raise ValueError(f"group {self.group.name!r}: no batches collected")
+    vec = V.dim() == 2
+    if vec:
+        V = V.unsqueeze(-1)
+    if V.shape[:2] != (self.n, self.d):
+        raise ValueError(
+            f"group {self.group.name!r}: V must be ({self.n}, {self.d}[, k]), got {tuple(V.shape)}"
+        )
+    dt = self.xs[0].dtype if self.xs else V.dtype
+    R = self.products(V) if self.xs else V.new_zeros(*V.shape, dtype=dt)  # no batch here: zeros
+    if self.reduce is not None:
+        R = self.reduce(R)
+    R = R.to(V.dtype) / total
+    return R.squeeze(-1) if vec else R
 
 
 # %% ../nbs/04_splitmat.ipynb #3b38a991
@@ -1083,47 +1106,24 @@ def split_operators(
         o.reduce = reduce
     return ops
 
-# %% ../nbs/04_splitmat.ipynb #d6a1eba2
+# %% ../nbs/04_splitmat.ipynb #s25stk0b
 @patch
-@torch.no_grad()
-def products(
-    self: SplitOperator,
-    V: Tensor,  # (len(neurons), d, k): k vectors per neuron
-    neurons: Tensor | None = None,  # indices of the neurons to apply (default: all n)
-    chunk_bytes: (
-        int | None
-    ) = None,  # bound on per-batch temporaries, splitting the k columns (default 8 MiB CPU, 256 MiB GPU)
-) -> Tensor:
-    "Unnormalised sum over the held samples of c_j x x^T V_j for the given neurons, (len(neurons), d, k)."
-    if not self.count:
-        raise ValueError(f"group {self.group.name!r}: no batches collected")
-    n = self.n if neurons is None else len(neurons)
-    if V.dim() != 3 or V.shape[:2] != (n, self.d):
-        raise ValueError(f"group {self.group.name!r}: V must be ({n}, {self.d}, k), got {tuple(V.shape)}")
-    X0, p = self.xs[0], self.group.producer
-    chunk_bytes = chunk_bytes or (
-        2**23 if X0.device.type == 'cpu' else 2**28
-    )  # CPU caches favour small temporaries
-    kc = max(1, chunk_bytes // max(1, max(c.numel() // self.n for c in self.cs) * n * X0.element_size()))
-    out = []
-    for s in range(0, V.shape[2], kc):
-        Vc = V[:, :, s : s + kc].to(X0.dtype)
-        k = Vc.shape[2]
-        Vw, vb, R = Vc[:, : self.d - self.bias], (Vc[:, -1] if self.bias else None), 0
-        for i, (x, c) in enumerate(zip(self.xs, self.cs)):
-            pf = self._path_fn(i, neurons)
-            c = (
-                c if neurons is None else torch.index_select(c, 1, neurons.to(c.device))
-            )  # ~6x faster than c[:, neurons] on CPU
-            rw, rb = (
-                _apply_flat(x, c, Vw, vb, n, k, pf)
-                if self.mode == 'flat'
-                else _apply_conv(p, x, c, Vw, vb, n, k, pf)
-            )
-            R = R + (torch.cat([rw, rb.unsqueeze(1)], 1) if self.bias else rw)
-        E = None if PATH_METHOD == 'linear' else self.path_products(Vc, neurons)
-        out.append(R if E is None else R + E)
-    return torch.cat(out, 2)
+def stack_rows(self: SplitOperator, chunk_bytes: int | None = None) -> bool:
+    "Stack the held batches into row chunks of at most `chunk_bytes` of coefficients, in place; whether it did."
+    if self.mode != 'flat' or self.rows is not None or not self.xs or any(p is not None for p in self.paths):
+        return False  # conv patches, restricted operators and private paths keep their batches
+    cap = chunk_bytes or (2**23 if self.xs[0].device.type == 'cpu' else 2**28)  # as `products`
+    xs, cs, X, C = self.xs, self.cs, [], []
+    self.xs, self.cs = [], []
+    while xs:  # each held batch is released once its chunk is built
+        X.append(xs.pop(0))
+        C.append(cs.pop(0))
+        if not xs or (sum(c.numel() for c in C) + cs[0].numel()) * C[0].element_size() > cap:
+            self.xs.append(torch.cat(X) if len(X) > 1 else X[0])
+            self.cs.append(torch.cat(C) if len(C) > 1 else C[0])
+            X, C = [], []
+    self.paths = [None] * len(self.xs)
+    return True
 
 
 # %% ../nbs/04_splitmat.ipynb #d6a1sp03c

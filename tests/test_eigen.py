@@ -213,8 +213,8 @@ def test_lanczos_method_matches_update_loop(max_dim):
     with pytest.raises(ValueError, match="fresh BlockKrylov"): runs['update'].lanczos(lambda P: P)
 
 def test_stacked_rows_match_operator_products():
-    "The cached Lanczos loop's stacked rows give a Linear group's products over many batches (chunked or not); conv groups keep the operator."
-    from s3d.eigen import _StackedRows, _stackable
+    "Stacking a Linear group's cached batches into row chunks (as the cached Lanczos loop does) keeps its products over many batches (chunked or not); conv groups keep their batches."
+    from s3d.eigen import _restrict
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)); grp = SplitGroup('0', net[0], None, net[1])
     data = [(torch.randn(7, 6), torch.randint(0, 2, (7,))) for _ in range(5)]
@@ -223,10 +223,9 @@ def test_stacked_rows_match_operator_products():
     V, rows = torch.randn(5, 7, 1), torch.tensor([0, 2, 3])
     for chunk in (None, 7 * 5 * 4 * 2):  # one chunk; two batches a chunk
         op = split_operators(net, [grp], loss, data)['0']
-        assert _stackable(op)
-        st = _StackedRows(op, chunk)
-        assert len(st.X) == (1 if chunk is None else 3) and op.xs == [] and op.cs == []
-        torch.testing.assert_close(st.products(V), ref.products(V), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(st.restricted(rows).products(V[rows]), ref.products(V[rows], rows), rtol=1e-5, atol=1e-6)
+        assert op.stack_rows(chunk)
+        assert len(op.xs) == len(op.cs) == (1 if chunk is None else 3) and op.count == ref.count
+        torch.testing.assert_close(op.products(V), ref.products(V), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(_restrict(op, rows).products(V[rows]), ref.products(V[rows], rows), rtol=1e-5, atol=1e-6)
     cnet, groups, cdata = _net()
-    assert not _stackable(split_operators(cnet, groups[:1], nn.CrossEntropyLoss(), cdata)['0'])
+    assert not split_operators(cnet, groups[:1], nn.CrossEntropyLoss(), cdata)['0'].stack_rows()
