@@ -85,3 +85,28 @@ def make(name, act=nn.Tanh):
 
 
 NETS = ['mlp', 'nested', 'conv', 'flatten', 'flatten_avg', 'mobilenet', 'traced', 'functional']
+
+
+def copy_root(tmp_path, files, root=None):
+    "A stand-in repository root holding copies of `files` (paths relative to the repository root)."
+    import shutil
+    from pathlib import Path
+    root = root or Path(__file__).resolve().parent.parent
+    for rel in files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / rel, tmp_path / rel)
+    return tmp_path
+
+
+def edit_paper_value(root, rel, model, metric, value):
+    "Set one paper number (model, metric) of a data/paper CSV under `root`."
+    import pandas as pd
+    p = pd.read_csv(root / rel)
+    p.loc[(p.model == model) & (p.metric == metric), 'value'] = value
+    p.to_csv(root / rel, index=False)
+
+
+def edit_recipe(root, rel):
+    "Change the learning rate in a result's setup file under `root`."
+    md = root / rel
+    md.write_text(md.read_text().replace('Recipe: SGD lr 0.1,', 'Recipe: SGD lr 0.2,'))

@@ -7,6 +7,7 @@ import pytest
 from s3d.paper.data import make_fake_cifar100, DataError
 from s3d.paper.experiments.table1 import SCALES, data_root, table1_runs, s3d_vs_s2d, verdict
 from s3d.paper.baselines import prune_channels
+from conftest import copy_root, edit_paper_value, edit_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,7 +116,6 @@ def test_readme_and_help_state_the_cpu_run_count():
 
 
 # --- prose rendered from the committed results (issue 23) ---------------------------------------------------------
-import shutil
 from scipy import stats
 from s3d.paper.report import render
 
@@ -126,10 +126,7 @@ _FILES = ('data/results/table1_cpu.csv', 'data/results/table1_cpu.md', 'data/pap
 
 def _copy_root(tmp_path):
     "A stand-in repository root holding copies of the files the renderers read."
-    for rel in _FILES:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, tmp_path / rel)
-    return tmp_path
+    return copy_root(tmp_path, _FILES, ROOT)
 
 
 def _last_params(df):
@@ -180,12 +177,9 @@ def test_editing_a_result_file_changes_the_text(tmp_path, name):
     root = _copy_root(tmp_path)
     before = render(name, root)
     if name == 'table1.paper':
-        p = pd.read_csv(root / _FILES[2])
-        p.loc[(p.model == 'S3D-5') & (p.metric == 'accuracy'), 'value'] = 71.23
-        p.to_csv(root / _FILES[2], index=False)
+        edit_paper_value(root, _FILES[2], 'S3D-5', 'accuracy', 71.23)
     elif name == 'table1.setup':
-        md = root / _FILES[1]
-        md.write_text(md.read_text().replace('Recipe: SGD lr 0.1,', 'Recipe: SGD lr 0.2,'))
+        edit_recipe(root, _FILES[1])
     else:
         df = pd.read_csv(root / _FILES[0])
         k = (df.method == 'S3D') & (df.setting == 'params') & (df.c == 3) & (df['round'] == 5) & (df.seed == 0)

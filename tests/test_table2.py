@@ -163,9 +163,9 @@ def test_worker_decoded_crops_are_pinned_as_one_batch(tiny):
 
 
 # --- prose rendered from the committed results (issue 23) ---------------------------------------------------------
-import shutil
 import numpy as np
 from s3d.paper.report import render
+from conftest import copy_root, edit_paper_value, edit_recipe
 
 RENDERERS = ['table2.paper', 'table2.verdict', 'table2.baselines', 'table2.controls', 'table2.ours', 'table2.setup',
              'table2.row']
@@ -174,10 +174,7 @@ _FILES = ('data/results/table2_cpu.csv', 'data/results/table2_cpu.md', 'data/pap
 
 def _copy_root(tmp_path):
     "A stand-in repository root holding copies of the files the renderers read."
-    for rel in _FILES:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / rel, tmp_path / rel)
-    return tmp_path
+    return copy_root(tmp_path, _FILES, ROOT)
 
 
 def _top1(df, method, rnd):
@@ -223,12 +220,9 @@ def test_editing_a_result_file_changes_the_text(tmp_path, name):
     root = _copy_root(tmp_path)
     before = render(name, root)
     if name == 'table2.paper':
-        p = pd.read_csv(root / _FILES[2])
-        p.loc[(p.model == 'S3D-4') & (p.metric == 'top1'), 'value'] = 75.01
-        p.to_csv(root / _FILES[2], index=False)
+        edit_paper_value(root, _FILES[2], 'S3D-4', 'top1', 75.01)
     elif name == 'table2.setup':
-        md = root / _FILES[1]
-        md.write_text(md.read_text().replace('Recipe: SGD lr 0.1,', 'Recipe: SGD lr 0.2,'))
+        edit_recipe(root, _FILES[1])
     else:
         df = pd.read_csv(root / _FILES[0])
         for meth in ('S3D', '0.75x'):   # the multipliers' renderer reads the baseline, the others S3D
