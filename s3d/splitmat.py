@@ -545,11 +545,13 @@ def _path_apply_linear(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
 PATH_METHOD = 'linear'  # 'linear': from `PathStats.lins`; 'jvp': JVPs through the path (the reference)
 
 
+@torch.no_grad()  # called inside the scoring pass: a path step's weights must not record a graph per batch
 def _path_dense(ps: PathStats, X: Tensor) -> Tensor:
     "sum over samples and positions of C J J^T for every further activation, (n, d, d); X the (B, P, d) patches."
     return _path_dense_jvp(ps, X) if PATH_METHOD == 'jvp' else _path_dense_linear(ps, X)
 
 
+@torch.no_grad()
 def _path_apply(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
     "sum over samples and positions of J^T C J V for every further activation, (n, d, k) for V (n, d, k)."
     return _path_apply_jvp(ps, X, V) if PATH_METHOD == 'jvp' else _path_apply_linear(ps, X, V)
@@ -758,6 +760,7 @@ def dense_matrices(
     sums = {g.name: RunningSum() for g in groups}
     prods = {g.name: g.producer for g in groups}
 
+    @torch.no_grad()  # inside the scoring pass (grad enabled): the sums must not keep graphs
     def on_batch(i, B, stats):
         for name, s in stats.items():
             X = producer_patches(prods[name], s.x)

@@ -266,3 +266,19 @@ def test_private_path_groups_products_when_cached_dense_when_streamed():
     assert solver('fast', max_bytes=tight) == 'dense'             # 'fast' streams, so the path group goes dense
     assert solver('cached', dense_path_dim=64) == 'dense'
     assert solver('stream', dense_path_dim=0, max_passes=60) == 'krylov'
+
+
+def test_exact_matrices_keep_no_graph():
+    "The scoring pass runs with gradients on; the private-path term built inside it must not record a graph through"
+    " the path's weights (it did: every batch's graph stayed alive in the running sum, memory grew with the images)."
+    import s3d.splitmat as sm
+    model, x, y = block()
+    g = split_groups(model, x)[0]
+    S = splitting_matrices(model, g, LOSS, [(x[:4], y[:4]), (x[4:], y[4:])])
+    assert not S.requires_grad and S.grad_fn is None
+    seen = []
+    sm.collect_batches(model, [g], LOSS, [(x, y)], lambda i, B, st: seen.append(
+        (sm._path_dense(st[g.name].path, sm.producer_patches(g.producer, st[g.name].x)),
+         sm._path_dense.__wrapped__(st[g.name].path, sm.producer_patches(g.producer, st[g.name].x)))))
+    fixed, unguarded = seen[0]
+    assert fixed.grad_fn is None and unguarded.grad_fn is not None   # the guard is what keeps it graph-free
