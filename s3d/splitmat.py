@@ -494,8 +494,10 @@ def _path_apply_jvp(ps: PathStats, X: Tensor, V: Tensor) -> Tensor:
 def _tangents(X: Tensor, F: Tensor, chan: int) -> Tensor:
     "(d*b, ...) tangents, tangent i = X[..., i] * F, for rows X (b, P, d) and a factor F in z's layout (b, ...)."
     d, b, Xt = X.shape[-1], X.shape[0], X.permute(2, 0, 1)
-    if chan == 1:
-        T = Xt.reshape(d, b, 1, -1) * F.reshape(1, b, F.shape[1], -1)
+    if chan == 1:  # built channels-last in memory, as the convolutions after it run fastest: no copy to reshape
+        Fl = F.movedim(1, -1).reshape(1, b, -1, F.shape[1])
+        T = torch.mul(Xt[..., None], Fl, out=X.new_empty(d, b, Fl.shape[2], Fl.shape[3]))  # (d, b, P, n)
+        return T.view(d * b, *F.shape[2:], F.shape[1]).movedim(-1, 1)
     else:
         T = Xt.reshape(d, b, -1, 1) * F.reshape(1, b, -1, F.shape[-1])
     return T.reshape(d * b, *F.shape[1:])
@@ -515,7 +517,7 @@ def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**25) -> Te
             J = _forward(mid, _tangents(X[s:e], F, ps.chan))  # (d*b, ...): d tangents per sample
             c = C[s:e] if tail is None else C[s:e] * tail**2
             cd = cdim % c.dim()
-            J = J.view(d, e - s, *J.shape[1:]).movedim(cd + 1, 0).reshape(n, d, -1)  # (n, d, b*R): one copy
+            J = J.view(d, e - s, *J.shape[1:]).movedim(cd + 1, 0).reshape(n, d, -1).contiguous()  # (n, d, b*R)
             c = c.movedim(cd, 0).reshape(n, 1, -1)
             S.baddbmm_(J * c, J.transpose(1, 2))
     return S
