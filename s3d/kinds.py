@@ -927,8 +927,11 @@ def softplus_dd(
     beta: float = SURROGATE_BETA,  # sharpness
 ) -> Tensor:
     "Second derivative of softplus with sharpness `beta` (a logistic density of scale 1/beta)."
-    s = torch.sigmoid(beta * z)
-    return beta * s * (1 - s)
+    if torch.is_grad_enabled() and z.requires_grad:  # differentiable: no in-place steps
+        s = torch.sigmoid(beta * z)
+        return beta * s * (1 - s)
+    s = (z * beta).sigmoid_()  # the scoring pass's hot path: one new tensor, not five
+    return s.sub_(s.square()).mul_(beta)
 
 
 class RBF(nn.Module):

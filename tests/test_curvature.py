@@ -31,3 +31,17 @@ def test_register_custom():
     register_curvature(Sq)(lambda act, z, beta: 2 * torch.ones_like(z))
     try: torch.testing.assert_close(act_curvature(Sq(), Z), autograd_dd(Sq(), Z))
     finally: del CURVATURES[Sq]
+
+
+def test_softplus_dd_in_place_and_differentiable_forms_agree():
+    "softplus_dd's in-place form (no gradient wanted) and its differentiable form equal autograd's second derivative."
+    z = torch.linspace(-6, 6, 101, dtype=torch.float64, requires_grad=True)
+    sp = torch.nn.functional.softplus(z, beta=2.5)
+    d1, = torch.autograd.grad(sp.sum(), z, create_graph=True)
+    d2, = torch.autograd.grad(d1.sum(), z)
+    fast = softplus_dd(z.detach(), 2.5)
+    slow = softplus_dd(z, 2.5)
+    assert slow.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(fast, d2, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(slow.detach(), d2, rtol=1e-12, atol=1e-14)
+    torch.autograd.grad(slow.sum(), z)   # the differentiable form still has a backward
