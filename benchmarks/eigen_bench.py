@@ -16,9 +16,9 @@ wall time (both are printed).
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --net seed --images 256 --path-methods jvp,linear \
         --variants exact,cached,stream --repeat 2 --update-results   # the private-path term: both implementations
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --net seed --images 256 --path-methods linear \
-        --variants exact,cached-dense,cached,stream --repeat 2 --update-results   # dense path term vs products
+        --variants exact,cached-dense,cached,stream,stream-products --repeat 2 --update-results  # dense term vs products
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --net seed --images 1024 --path-methods linear \
-        --variants cached-dense,cached,stream --repeat 2 --update-results         # the same at 1,024 images, no exact
+        --variants exact,cached-dense,cached,stream --repeat 2 --update-results   # the same at 1,024 images
 
 `cached-dense` and `stream-dense` build the dense S of groups with a private-path term too (`dense_path_dim=32`, what
 `extreme_eigenpairs` did before issue 25); the default solves them by products when cached (`cached`) and still
@@ -107,6 +107,7 @@ VARIANTS = {  # name: (method, keyword arguments of extreme_eigenpairs)
     'stream': ('stream', {}),
     'cached-dense': ('cached', dict(dense_path_dim=32)),  # before issue 25: dense S for private-path groups too
     'stream-dense': ('stream', dict(dense_path_dim=32)),
+    'stream-products': ('stream', dict(dense_path_dim=0)),  # streamed, private-path groups by products (not the default)
     'stream-1pass': ('stream', dict(max_passes=1)),
     'stream-random': ('stream', dict(sample_steps=0)),
     'fast': ('fast', {}),

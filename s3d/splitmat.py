@@ -921,9 +921,10 @@ def _apply_flat(X, C, Vw, vb, n, k, path=None):
     U = (
         X @ Vm if vb is None else torch.addmm(vb.reshape(1, n * k), X, Vm)
     )  # addmm: no separate pass to add the bias
-    W = U.view(-1, n, k) * C.unsqueeze(-1)
-    if path is not None:  # the same U feeds the private path: one pair of matrix products for both terms
-        W = W + path(U.view(-1, n, k)).reshape(W.shape)
+    Wp = None if path is None else path(U.view(-1, n, k))  # the same U feeds the private path, before U is reused
+    W = U.view(-1, n, k).mul_(C.unsqueeze(-1))  # U is ours: W in its place
+    if Wp is not None:
+        W += Wp.reshape(W.shape)
     W = W.view(-1, n * k)
     Rw = (X.T @ W).view(X.shape[1], n, k).permute(1, 0, 2)
     return Rw, (W.sum(0).view(n, k) if vb is not None else None)
