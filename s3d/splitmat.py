@@ -169,17 +169,19 @@ def _path_values(path: list, z: Tensor) -> list:
 
 def _value_fn(path: list, i: int) -> Callable:
     "The map from the pre-activation z to the output of step `i` (-1: z itself)."
-    chain = []
-    while i >= 0:
-        chain.append(path[i].fn)
-        i = path[i].src
+    chain = [path[j].fn for j in _chain(path, i)]
 
     def f(z):
-        for fn in reversed(chain):
+        for fn in chain:
             z = _run(fn, z)
         return z
 
     return f
+
+
+def _input(path: list, vals: list, z: Tensor, j: int) -> Tensor:
+    "The input of step `j`, from the values of the steps before it."
+    return z if path[j].src < 0 else vals[path[j].src]
 
 # %% ../nbs/04_splitmat.ipynb #pp000003
 @dataclass
@@ -220,31 +222,47 @@ class BatchStats(NamedTuple):
     path: PathStats | None  # the further activations' statistics, None without any
 
 
+def _direct_grads(path: list, curved: list, grads: dict) -> list | None:
+    "dL/d(output) of each curved activation when only consumers read those outputs; None otherwise."
+    reads = [s for s in path if s.src in curved]  # the steps that read an activation's output
+    if any(s.role != 'consumer' for s in reads):
+        return None
+    if any(s.src not in curved for s in path if s.role == 'consumer'):
+        return None  # a consumer behind further steps: the gradient needs autograd through them
+    out = []
+    for i in curved:
+        gs = [grads[s.name] for s in reads if s.src == i and grads.get(s.name) is not None]
+        out.append(sum(gs[1:], gs[0]) if gs else None)
+    return out
+
+
 def _path_stats(group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: float, B: int) -> PathStats:
     "`PathStats` of one batch from z and {consumer name: dL/d(its input)}."
-    path, zl = group.path, z.detach().requires_grad_(True)
-    with torch.enable_grad():
-        vals = _path_values(path, zl)
-        parts = [
-            (grads[s.name] * vals[i]).sum()
-            for i, s in enumerate(path)
-            if s.role == 'consumer' and grads.get(s.name) is not None
-        ]
-        phi = sum(parts) if parts else None
-        gs = (
-            torch.autograd.grad(phi, [vals[i] for i in curved], allow_unused=True)
-            if phi is not None
-            else [None] * len(curved)
-        )
+    path, z = group.path, z.detach()
+    gs = _direct_grads(path, curved, grads)
+    if gs is None:  # autograd from the consumers back to each activation, through a replay of the path
+        zl = z.clone().requires_grad_(True)
+        with torch.enable_grad():
+            vals = _path_values(path, zl)
+            phi = [(grads[s.name] * vals[i]).sum() for i, s in enumerate(path)
+                   if s.role == 'consumer' and grads.get(s.name) is not None]
+            gs = (torch.autograd.grad(sum(phi), [vals[i] for i in curved], allow_unused=True) if phi
+                  else [None] * len(curved))
+        vals = [v.detach() for v in vals]
+    else:  # one replay without a graph, up to the last activation's input
+        with torch.no_grad():
+            vals = _path_values(path[: max(curved)], z)
     terms, lins = [], []
     for i, g in zip(curved, gs):
         s = path[i]
-        y = (zl if s.src < 0 else vals[s.src]).detach()
+        y = z if s.src < 0 else vals[s.src]
         C = torch.zeros_like(y) if g is None else g * act_curvature(s.fn, y, beta)
         terms.append((_value_fn(path, s.src), C.mul_(B), s.cdim))
-        lins.append(LinearPath(_chain(path, s.src), zl.detach()))
+        steps = _chain(path, s.src)
+        lins.append(LinearPath([path[j].fn for j in steps], z, [_input(path, vals, z, j) for j in steps]))
     chan = layer_kind(group.producer).produce(group.producer) % z.dim()
-    return PathStats(z.detach(), terms, bn_scale(group).to(z), chan, lins)
+    return PathStats(z, terms, bn_scale(group).to(z), chan, lins)
+
 
 # %% ../nbs/04_splitmat.ipynb #pp000004
 def _rows_to_z(U: Tensor, shape, chan: int) -> Tensor:
@@ -338,12 +356,19 @@ def _eval_mode(fn):
 
 
 def _chain(path: list, i: int) -> list:
-    "The functions from the pre-activation z to the output of step `i`, in order."
+    "The indices of the steps from the pre-activation z to the output of step `i`, in order."
     out = []
     while i >= 0:
-        out.append(path[i].fn)
+        out.append(i)
         i = path[i].src
     return out[::-1]
+
+
+def _act_derivative(fn, v: Tensor) -> Tensor:
+    "An elementwise activation's derivative at v: one backward pass with unit cotangents (exact, diagonal)."
+    with torch.enable_grad():  # ~8x faster than a forward-mode JVP on CPU
+        vr = v.detach().requires_grad_(True)
+        return torch.autograd.grad(_run(fn, vr), vr, torch.ones_like(v))[0]
 
 
 def _scaled_(T: Tensor, f: Tensor) -> Tensor:
@@ -369,34 +394,29 @@ class LinearPath:
         self,
         fns: list,  # the chain's functions, from z on
         z: Tensor,  # the pre-activation the chain is differentiated at
+        ins: list | None = None,  # the input of each function, if known (None: replayed from z)
     ):
         self.ops, v = [], z
         with torch.no_grad():
-            for fn in fns:
+            for j, fn in enumerate(fns):
+                v = v if ins is None else ins[j]
                 with _eval_mode(fn):
                     self.ops.append(self._op(fn, v))
-                    v = _run(fn, v)
+                    if ins is None:
+                        v = _run(fn, v)
 
     @staticmethod
     def _op(fn, v: Tensor) -> tuple:
         "('mul', factor) | ('lin', fn, input shape, fn(0) or None) | ('jvp', fn, v): one step's derivative at v."
         k = layer_kind(fn) if isinstance(fn, nn.Module) else None
         if activation_kind(fn) is not None:  # elementwise: its derivative, exact (ReLU: 0 or 1)
-            return ('mul', _forward_jvp(partial(_run, fn), v, torch.ones_like(v)))  # (in-place: on a copy)
+            return ('mul', _act_derivative(fn, v))
         if isinstance(k, BatchNormKind):  # eval mode: a per-channel scale
             return ('mul', k.affine_scale(fn).to(v).view(1, -1, *[1] * (v.dim() - 2)))
         if isinstance(k, (ConvKind, PassThroughKind, FlattenKind)) or isinstance(fn, _AVG_POOLS):
             f0 = _run(fn, v.new_zeros((1,) + v.shape[1:]))  # affine: derivative = fn(t) - fn(0)
             return ('lin', fn, tuple(v.shape[1:]), f0 if f0.is_meta or f0.any() else None)
         return ('jvp', fn, v)  # anything else (a max, a norm, an unknown op): forward-mode autograd at v
-
-    def rows(self, s: int, e: int) -> list:
-        "The ops restricted to samples s:e."
-        cut = lambda t: t[s:e] if t.shape[0] > 1 else t
-        return [
-            ('mul', cut(o[1])) if o[0] == 'mul' else ('jvp', o[1], o[2][s:e]) if o[0] == 'jvp' else o
-            for o in self.ops
-        ]
 
     @property
     def nbytes(self) -> int:
@@ -503,22 +523,24 @@ def _tangents(X: Tensor, F: Tensor, chan: int) -> Tensor:
     return T.reshape(d * b, *F.shape[1:])
 
 
-def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**25) -> Tensor:
-    "`_path_dense` from the linearised path: factors at both ends folded into the tangents and into C."
+def _cut(ops: list, s: int, e: int) -> list:
+    "Path ops restricted to samples s:e (factors shared by all samples stay whole)."
+    cut = lambda t: t[s:e] if t.shape[0] > 1 else t
+    return [('mul', cut(o[1])) if o[0] == 'mul' else ('jvp', o[1], o[2][s:e]) if o[0] == 'jvp' else o for o in ops]
+
+
+def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**22) -> Tensor:
+    "`_path_dense` from the linearised path: the folded end factors (`PathStats.folded`) in the tangents and C."
     n, d = ps.a.shape[0], X.shape[-1]
     S = X.new_zeros(n, d, d)
-    a = ps.a.view(-1, *[1] * (ps.z.dim() - 2)) if ps.chan == 1 else ps.a
-    b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size()))  # samples per chunk
-    for (_, C, cdim), L in zip(ps.terms, ps.lins):
+    b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size()))  # samples per chunk: cache-sized
+    for (lead, mid, tc), (_, _, cdim) in zip(ps.folded(), ps.terms):
+        cd = cdim % tc.dim()
         for s in range(0, X.shape[0], b):
             e = min(s + b, X.shape[0])
-            lead, mid, tail = _ends(L.rows(s, e))
-            F = torch.broadcast_to(a if lead is None else lead * a, ps.z[s:e].shape)
-            J = _forward(mid, _tangents(X[s:e], F, ps.chan))  # (d*b, ...): d tangents per sample
-            c = C[s:e] if tail is None else C[s:e] * tail**2
-            cd = cdim % c.dim()
+            J = _forward(_cut(mid, s, e), _tangents(X[s:e], lead[s:e], ps.chan))  # d tangents per sample
             J = J.view(d, e - s, *J.shape[1:]).movedim(cd + 1, 0).reshape(n, d, -1).contiguous()  # (n, d, b*R)
-            c = c.movedim(cd, 0).reshape(n, 1, -1)
+            c = tc[s:e].movedim(cd, 0).reshape(n, 1, -1)
             S.baddbmm_(J * c, J.transpose(1, 2))
     return S
 
@@ -528,10 +550,10 @@ def _path_rows(ps: PathStats, U: Tensor) -> Tensor:
     "sum over further activations of J^T C J u for the producer's outputs U (B, P, n, k), in U's layout."
     T = _rows_to_z(U, ps.z.shape, ps.chan)  # k tangents per sample, in z's layout
     T = T.contiguous(memory_format=torch.channels_last) if T.dim() == 4 else T  # as the factors
-    cot = 0
+    cot = None
     for lead, mid, tc in ps.folded():
         Y = _backward(mid, _scaled_(_forward(mid, _scaled(T, lead)), tc))  # fresh tensors: in place
-        cot = cot + _scaled_(Y, lead)
+        cot = _scaled_(Y, lead) if cot is None else cot.add_(_scaled_(Y, lead))
     return _z_to_rows(cot, ps.z.shape, ps.chan, U.shape[-1])
 
 
@@ -892,8 +914,9 @@ class SplitOperator:
             self.xs.append(X.reshape(-1, X.shape[-1]).contiguous())
             self.cs.append(k.rows(p, c).contiguous())
         else:
-            self.xs.append(conv_padded(p, x).contiguous())
-            self.cs.append(c.contiguous())
+            cl = torch.channels_last  # conv2d's output is then channels-last: (B, P, n, k) rows are views
+            self.xs.append(conv_padded(p, x).contiguous(memory_format=cl))
+            self.cs.append(c.contiguous(memory_format=cl))
         self.paths.append(path)
 
 
@@ -934,15 +957,13 @@ def _apply_conv(p, x, C, Vw, vb, n, k, path=None):
     "The same by conv2d and its weight gradient, for padded producer inputs x."
     filt = Vw.permute(0, 2, 1).reshape(n * k, *p.weight.shape[1:])
     U = F.conv2d(x, filt, vb.reshape(n * k) if vb is not None else None, p.stride, 0, p.dilation)
-    W = U.view(U.shape[0], n, k, *U.shape[2:]) * C.unsqueeze(2)
-    if path is not None:
-        Wp = path(U.view(U.shape[0], n, k, -1).permute(0, 3, 1, 2))  # (B, P, n, k)
-        W = W + Wp.permute(0, 2, 3, 1).reshape(W.shape)
-    W = W.view(U.shape)
-    Rw = (
-        torch.nn.grad.conv2d_weight(x, filt.shape, W, p.stride, 0, p.dilation).view(n, k, -1).permute(0, 2, 1)
-    )
-    return Rw, (W.sum((0, 2, 3)).view(n, k) if vb is not None else None)
+    B, _, H, Wd = U.shape  # U channels-last (x is, in the cache): its rows below are views, no copies
+    Wp = None if path is None else path(U.permute(0, 2, 3, 1).reshape(B, H * Wd, n, k))
+    W = U.view(B, n, k, H, Wd).mul_(C.unsqueeze(2))  # U is ours: W in its place
+    if Wp is not None:
+        W += Wp.view(B, H, Wd, n, k).permute(0, 3, 4, 1, 2)
+    Rw = torch.nn.grad.conv2d_weight(x, filt.shape, U, p.stride, 0, p.dilation)
+    return Rw.reshape(n, k, -1).permute(0, 2, 1), (U.sum((0, 2, 3)).view(n, k) if vb is not None else None)
 
 
 # %% ../nbs/04_splitmat.ipynb #sp07c

@@ -282,3 +282,33 @@ def test_exact_matrices_keep_no_graph():
          sm._path_dense.__wrapped__(st[g.name].path, sm.producer_patches(g.producer, st[g.name].x)))))
     fixed, unguarded = seen[0]
     assert fixed.grad_fn is None and unguarded.grad_fn is not None   # the guard is what keeps it graph-free
+
+
+@pytest.mark.parametrize('i', range(5))
+def test_direct_activation_gradients_equal_autograd(i, monkeypatch):
+    "Where only consumers read a further activation's output, the scoring pass takes the gradient at that output"
+    " from the consumers' input gradients (no replay through autograd); S is the same as with the replay."
+    import s3d.splitmat as sm
+    model, x, y = _path_variants()[i]
+    groups = split_groups(model, x)
+    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    direct = dense_matrices(model, groups, LOSS, data)
+    used = []
+    monkeypatch.setattr(sm, '_direct_grads', lambda *a: used.append(1))  # always the autograd replay
+    replay = dense_matrices(model, groups, LOSS, data)
+    assert used
+    for k in direct:
+        assert float((direct[k] - replay[k]).norm() / replay[k].norm().clamp_min(1e-300)) < 1e-12
+
+
+def test_direct_gradients_only_when_consumers_read_the_activation():
+    "A step between the activation and its consumer (a max pool) needs autograd: no direct gradients."
+    from s3d.splitmat import _curved, _direct_grads
+    model, x, y = _path_variants()[2]
+    g = [g for g in split_groups(model, x) if any(s.role == 'act' for s in g.path or [])][0]
+    assert any(s.role == 'op' and s.src in _curved(g) for s in g.path)
+    assert _direct_grads(g.path, _curved(g), {}) is None
+    model, x, y = _path_variants()[1]
+    g = [g for g in split_groups(model, x) if any(s.role == 'act' for s in g.path or [])][0]
+    grads = {c.name: torch.ones(2) for c in g.consumers}
+    assert all(t is not None for t in _direct_grads(g.path, _curved(g), grads))
