@@ -6,6 +6,7 @@ Docs: https://s3d-dev.github.io/s3d/splitmat.html.md"""
 
 # %% ../nbs/04_splitmat.ipynb #ba118bf2
 from __future__ import annotations
+import copy
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -206,6 +207,18 @@ class PathStats:
                 lead = torch.broadcast_to(a if lead is None else lead * a, self.z.shape)
                 self.fold.append((cl(lead), mid, cl(C if tail is None else C * tail**2)))
         return self.fold
+
+    def channels(self, idx: Tensor) -> 'PathStats | None':
+        "The statistics of the channels (neurons) `idx` only, or None where a path step mixes channels."
+        n = self.a.shape[0]
+        if self.chan != 1 or any(cdim % C.dim() != 1 for _, C, cdim in self.terms):
+            return None
+        fold = [(lead.index_select(1, idx), _channel_ops(mid, idx, n), tc.index_select(1, idx))
+                for lead, mid, tc in self.folded()]
+        if any(mid is None for _, mid, _ in fold):
+            return None
+        terms = [(None, C.index_select(1, idx), cdim) for _, C, cdim in self.terms]  # no JVP reference here
+        return PathStats(self.z.index_select(1, idx), terms, self.a[idx], 1, fold=fold)
 
     @property
     def nbytes(self) -> int:
@@ -527,6 +540,33 @@ def _cut(ops: list, s: int, e: int) -> list:
     "Path ops restricted to samples s:e (factors shared by all samples stay whole)."
     cut = lambda t: t[s:e] if t.shape[0] > 1 else t
     return [('mul', cut(o[1])) if o[0] == 'mul' else ('jvp', o[1], o[2][s:e]) if o[0] == 'jvp' else o for o in ops]
+
+
+def _channel_conv(fn: nn.Module, idx: Tensor) -> nn.Module:
+    "A depthwise conv for its channels `idx` only: the same module with those channels' weights."
+    m = copy.copy(fn)  # shallow: new parameters below, the rest shared
+    pick = lambda t: None if t is None else nn.Parameter(t.detach().index_select(0, idx), requires_grad=False)
+    m._parameters = {'weight': pick(fn.weight), 'bias': pick(fn.bias)}
+    m.in_channels = m.out_channels = m.groups = len(idx)
+    return m
+
+
+def _channel_ops(ops: list, idx: Tensor, n: int) -> list | None:
+    "Path ops (channels at dim 1) for the channels `idx` of n only; None where a step mixes channels."
+    out, pick = [], lambda t: t.index_select(1, idx) if t.dim() > 1 and t.shape[1] == n else t
+    for o in ops:
+        f0 = None if o[0] != 'lin' or o[3] is None else pick(o[3])
+        if o[0] == 'mul':
+            out.append(('mul', pick(o[1])))
+        elif o[0] == 'lin' and isinstance(o[1], _AVG_POOLS):  # channel by channel already
+            out.append(('lin', o[1], (len(idx),) + o[2][1:], f0))
+        elif o[0] == 'lin' and isinstance(o[1], tuple(_CONV_T)) and o[1].groups == o[1].in_channels == n:
+            if o[1].out_channels != n:
+                return None
+            out.append(('lin', _channel_conv(o[1], idx), (len(idx),) + o[2][1:], f0))
+        else:  # a flatten, a channel-mixing conv, a JVP step
+            return None
+    return out
 
 
 def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**22) -> Tensor:
@@ -890,6 +930,7 @@ class SplitOperator:
         self.n, self.d, self.bias = group.n_neurons, group.dim, p.bias is not None
         self.xs, self.cs, self.paths, self.count, self._seen = [], [], [], 0, set()
         self.rows = None  # the neurons of the group this operator acts on (None: all); see `s3d.eigen`
+        self._sub = {}  # held batch -> (neurons, their path statistics): see `_path_channels`
         self.reduce, self._total = (
             None,
             None,
@@ -991,16 +1032,28 @@ def _path_fn(self: SplitOperator, i: int, neurons: Tensor | None = None):
     if self.rows is not None:
         idx = self.rows.to(ps.z.device) if idx is None else self.rows.to(ps.z.device)[idx]
     n = ps.a.shape[0]
+    sub = None if idx is None else self._path_channels(i, idx)
 
     def f(U):
         U = U.reshape(ps.z.shape[0], -1, *U.shape[-2:])
         if idx is None:
             return _path_rows(ps, U)
-        Uf = U.new_zeros(*U.shape[:2], n, U.shape[-1])  # the path's statistics are those of all neurons
+        if sub is not None:  # a depthwise path: only the active neurons' channels
+            return _path_rows(sub, U)
+        Uf = U.new_zeros(*U.shape[:2], n, U.shape[-1])  # else the statistics of all neurons, zeros elsewhere
         Uf[:, :, idx] = U
         return _path_rows(ps, Uf)[:, :, idx]
 
     return f
+
+
+@patch
+def _path_channels(self: SplitOperator, i: int, idx: Tensor) -> PathStats | None:
+    "Held batch i's path statistics for the neurons `idx` (`PathStats.channels`), kept for the next product."
+    kept = self._sub.get(i)
+    if kept is None or not torch.equal(kept[0], idx):
+        kept = self._sub[i] = (idx, self.paths[i].channels(idx))
+    return kept[1]
 
 
 # %% ../nbs/04_splitmat.ipynb #d6a1eba2
