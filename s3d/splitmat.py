@@ -542,33 +542,6 @@ def _cut(ops: list, s: int, e: int) -> list:
     return [('mul', cut(o[1])) if o[0] == 'mul' else ('jvp', o[1], o[2][s:e]) if o[0] == 'jvp' else o for o in ops]
 
 
-def _channel_conv(fn: nn.Module, idx: Tensor) -> nn.Module:
-    "A depthwise conv for its channels `idx` only: the same module with those channels' weights."
-    m = copy.copy(fn)  # shallow: new parameters below, the rest shared
-    pick = lambda t: None if t is None else nn.Parameter(t.detach().index_select(0, idx), requires_grad=False)
-    m._parameters = {'weight': pick(fn.weight), 'bias': pick(fn.bias)}
-    m.in_channels = m.out_channels = m.groups = len(idx)
-    return m
-
-
-def _channel_ops(ops: list, idx: Tensor, n: int) -> list | None:
-    "Path ops (channels at dim 1) for the channels `idx` of n only; None where a step mixes channels."
-    out, pick = [], lambda t: t.index_select(1, idx) if t.dim() > 1 and t.shape[1] == n else t
-    for o in ops:
-        f0 = None if o[0] != 'lin' or o[3] is None else pick(o[3])
-        if o[0] == 'mul':
-            out.append(('mul', pick(o[1])))
-        elif o[0] == 'lin' and isinstance(o[1], _AVG_POOLS):  # channel by channel already
-            out.append(('lin', o[1], (len(idx),) + o[2][1:], f0))
-        elif o[0] == 'lin' and isinstance(o[1], tuple(_CONV_T)) and o[1].groups == o[1].in_channels == n:
-            if o[1].out_channels != n:
-                return None
-            out.append(('lin', _channel_conv(o[1], idx), (len(idx),) + o[2][1:], f0))
-        else:  # a flatten, a channel-mixing conv, a JVP step
-            return None
-    return out
-
-
 def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**22) -> Tensor:
     "`_path_dense` from the linearised path: the folded end factors (`PathStats.folded`) in the tangents and C."
     n, d = ps.a.shape[0], X.shape[-1]
@@ -576,6 +549,9 @@ def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**22) -> Te
     b = max(1, chunk_bytes // max(1, X[0].numel() * n * X.element_size()))  # samples per chunk: cache-sized
     for (lead, mid, tc), (_, _, cdim) in zip(ps.folded(), ps.terms):
         cd = cdim % tc.dim()
+        if ps.chan == 1 and cd == 1 and _pairwise(mid, n):
+            _path_dense_pairs(lead, mid, tc, X, S, b)
+            continue
         for s in range(0, X.shape[0], b):
             e = min(s + b, X.shape[0])
             J = _forward(_cut(mid, s, e), _tangents(X[s:e], lead[s:e], ps.chan))  # d tangents per sample
@@ -583,6 +559,48 @@ def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**22) -> Te
             c = tc[s:e].movedim(cd, 0).reshape(n, 1, -1)
             S.baddbmm_(J * c, J.transpose(1, 2))
     return S
+
+
+# %% ../nbs/04_splitmat.ipynb #pl00009q
+_CONV_F = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _pairwise(ops: list, n: int) -> bool:
+    "Whether every step acts channel by channel (factors, zero-padded depthwise convs, averages)."
+    dw = lambda f: isinstance(f, tuple(_CONV_T)) and f.groups == f.in_channels == f.out_channels == n
+    ok = lambda f: isinstance(f, _AVG_POOLS) or dw(f) and f.padding_mode == 'zeros'
+    return all(o[0] == 'mul' or o[0] == 'lin' and ok(o[1]) for o in ops)
+
+
+def _forward_pairs(ops: list, T: Tensor, n: int, d: int) -> Tensor:
+    "`_forward` for tangents (b, n*d, ...) whose channels are (neuron, direction) pairs, for `_pairwise` ops."
+    for o in ops:
+        if o[0] == 'mul' and o[1].dim() > 1 and o[1].shape[1] == n:  # a neuron's factor, on its d directions
+            T = (T.unflatten(1, (n, d)) * o[1].unsqueeze(2)).flatten(1, 2)
+        elif o[0] == 'mul':
+            T = T * o[1]
+        elif isinstance(o[1], _AVG_POOLS):
+            T = _run(o[1], T)
+        else:  # a depthwise conv: its filter repeated for every direction, no bias (the linear part)
+            fn = o[1]
+            w = fn.weight.to(T.dtype).repeat_interleave(d, 0)
+            T = _CONV_F[T.dim() - 2](T, w, None, fn.stride, fn.padding, fn.dilation, n * d)
+    return T
+
+
+def _path_dense_pairs(lead: Tensor, mid: list, tc: Tensor, X: Tensor, S: Tensor, b: int):
+    "Add a depthwise path's term to S (n, d, d): tangents whose channels are (neuron, direction) pairs."
+    n, d = S.shape[0], S.shape[1]
+    for s in range(0, X.shape[0], b):
+        e = min(s + b, X.shape[0])
+        L = lead[s:e].movedim(1, -1)  # (b, *spatial, n): a view for channels-last factors
+        Xc = X[s:e].contiguous()  # patches come strided: the directions next to each other first
+        T = X.new_empty(e - s, Xc.shape[1], n, d)  # (b, P, n, d): the pairs in this order in memory
+        torch.mul(L.reshape(e - s, -1, n, 1), Xc[:, :, None, :], out=T)
+        T = T.view(*L.shape[:-1], n * d).movedim(-1, 1)  # (b, n*d, *spatial), channels last in memory
+        J = _forward_pairs(_cut(mid, s, e), T, n, d).movedim(1, -1).reshape(-1, n, d)  # (R, n, d)
+        c = tc[s:e].movedim(1, -1).reshape(-1, n, 1)
+        S.baddbmm_((J * c).permute(1, 2, 0), J.permute(1, 0, 2))  # strided batches: no transposing copy
 
 
 # %% ../nbs/04_splitmat.ipynb #pl000010
@@ -1054,6 +1072,34 @@ def _path_channels(self: SplitOperator, i: int, idx: Tensor) -> PathStats | None
     if kept is None or not torch.equal(kept[0], idx):
         kept = self._sub[i] = (idx, self.paths[i].channels(idx))
     return kept[1]
+
+
+# %% ../nbs/04_splitmat.ipynb #sp07k
+def _channel_conv(fn: nn.Module, idx: Tensor) -> nn.Module:
+    "A depthwise conv for its channels `idx` only: the same module with those channels' weights."
+    m = copy.copy(fn)  # shallow: new parameters below, the rest shared
+    pick = lambda t: None if t is None else nn.Parameter(t.detach().index_select(0, idx), requires_grad=False)
+    m._parameters = {'weight': pick(fn.weight), 'bias': pick(fn.bias)}
+    m.in_channels = m.out_channels = m.groups = len(idx)
+    return m
+
+
+def _channel_ops(ops: list, idx: Tensor, n: int) -> list | None:
+    "Path ops (channels at dim 1) for the channels `idx` of n only; None where a step mixes channels."
+    out, pick = [], lambda t: t.index_select(1, idx) if t.dim() > 1 and t.shape[1] == n else t
+    for o in ops:
+        f0 = None if o[0] != 'lin' or o[3] is None else pick(o[3])
+        if o[0] == 'mul':
+            out.append(('mul', pick(o[1])))
+        elif o[0] == 'lin' and isinstance(o[1], _AVG_POOLS):  # channel by channel already
+            out.append(('lin', o[1], (len(idx),) + o[2][1:], f0))
+        elif o[0] == 'lin' and isinstance(o[1], tuple(_CONV_T)) and o[1].groups == o[1].in_channels == n:
+            if o[1].out_channels != n:
+                return None
+            out.append(('lin', _channel_conv(o[1], idx), (len(idx),) + o[2][1:], f0))
+        else:  # a flatten, a channel-mixing conv, a JVP step
+            return None
+    return out
 
 
 # %% ../nbs/04_splitmat.ipynb #d6a1eba2

@@ -312,3 +312,26 @@ def test_direct_gradients_only_when_consumers_read_the_activation():
     g = [g for g in split_groups(model, x) if any(s.role == 'act' for s in g.path or [])][0]
     grads = {c.name: torch.ones(2) for c in g.consumers}
     assert all(t is not None for t in _direct_grads(g.path, _curved(g), grads))
+
+
+def test_dense_path_term_by_pairs_equals_the_general_form(monkeypatch):
+    "The dense term of a depthwise path, from tangents whose channels are (neuron, direction) pairs, equals the"
+    " general form (d tangents per sample carried through the path), with a strided depthwise conv with a bias, a"
+    " BatchNorm and an average pool between the activations."
+    import s3d.splitmat as sm
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(),
+                      nn.Conv2d(5, 5, 3, stride=2, padding=1, groups=5), nn.BatchNorm2d(5),
+                      nn.AvgPool2d(2, ceil_mode=True), nn.SiLU(), nn.Conv2d(5, 4, 1), nn.Flatten(), nn.Linear(4 * 4, 3))
+    m = _randomize_bn(m.double()).eval()
+    x, y = torch.randn(6, 3, 7, 7, dtype=torch.float64), torch.randn(6, 3, dtype=torch.float64)
+    groups = split_groups(m, x)
+    calls = []
+    pairs = sm._path_dense_pairs
+    monkeypatch.setattr(sm, '_path_dense_pairs', lambda *a: calls.append(1) or pairs(*a))
+    S = dense_matrices(m, groups, LOSS, [(x[:4], y[:4]), (x[4:], y[4:])])
+    assert calls
+    monkeypatch.setattr(sm, '_pairwise', lambda ops, n: False)
+    R = dense_matrices(m, groups, LOSS, [(x[:4], y[:4]), (x[4:], y[4:])])
+    for k in S:
+        assert float((S[k] - R[k]).norm() / R[k].norm().clamp_min(1e-300)) < 1e-12
