@@ -538,8 +538,14 @@ def _tangents(X: Tensor, F: Tensor, chan: int) -> Tensor:
 
 def _cut(ops: list, s: int, e: int) -> list:
     "Path ops restricted to samples s:e (factors shared by all samples stay whole)."
-    cut = lambda t: t[s:e] if t.shape[0] > 1 else t
-    return [('mul', cut(o[1])) if o[0] == 'mul' else ('jvp', o[1], o[2][s:e]) if o[0] == 'jvp' else o for o in ops]
+    out = []
+    for o in ops:
+        if o[0] == 'mul':
+            o = ('mul', o[1][s:e] if o[1].shape[0] > 1 else o[1])
+        elif o[0] == 'jvp':
+            o = ('jvp', o[1], o[2][s:e])
+        out.append(o)
+    return out
 
 
 def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**22) -> Tensor:
