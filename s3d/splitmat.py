@@ -249,8 +249,10 @@ def _direct_grads(path: list, curved: list, grads: dict) -> list | None:
     return out
 
 
-def _path_stats(group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: float, B: int) -> PathStats:
-    "`PathStats` of one batch from z and {consumer name: dL/d(its input)}."
+def _path_stats(
+    group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: float, B: int, seen: list | None = None
+) -> PathStats:
+    "`PathStats` of one batch from z, {consumer name: dL/d(its input)} and the path's values `seen` in forward."
     path, z = group.path, z.detach()
     gs = _direct_grads(path, curved, grads)
     if gs is None:  # autograd from the consumers back to each activation, through a replay of the path
@@ -262,6 +264,8 @@ def _path_stats(group: SplitGroup, curved: list, z: Tensor, grads: dict, beta: f
             gs = (torch.autograd.grad(sum(phi), [vals[i] for i in curved], allow_unused=True) if phi
                   else [None] * len(curved))
         vals = [v.detach() for v in vals]
+    elif seen is not None:  # the forward pass's own values
+        vals = seen
     else:  # one replay without a graph, up to the last activation's input
         with torch.no_grad():
             vals = _path_values(path[: max(curved)], z)
@@ -661,12 +665,46 @@ class _GroupHooks:
         self.curved = _curved(group)
         for c in group.consumers if self.curved else []:
             self.handles.append(c.module.register_forward_pre_hook(partial(self._on_consumer, c.name)))
+        # the path's values before its last further activation, read off the forward pass (no replay)
+        self.before = [s for s in (group.path or [])[: max(self.curved, default=0)]]
+        for j, s in enumerate(self.before):
+            if s.role != 'own' and isinstance(s.fn, nn.Module):
+                self.handles.append(s.fn.register_forward_hook(partial(self._on_step, j)))
         self.reset()
 
     def reset(self):
         self.x = self.pre = self.z = self.h = None
         self._matched = False
-        self.u = {}
+        self.u, self.live, self.vals = {}, {}, {}
+
+    def _input(self, j: int):
+        "The live tensor path step j reads in this forward pass (None: not seen yet)."
+        src = self.before[j].src
+        if src < 0:
+            return self.pre
+        return self.h if self.before[src].role == 'own' else self.live.get(src)
+
+    def _on_step(self, j, m, inp, out):
+        if j in self.live or self._input(j) is None or inp[0] is not self._input(j):
+            return  # another call of a shared module
+        self.live[j] = out
+        later_inplace = any(s.src == j and getattr(s.fn, 'inplace', False) for s in self.group.path)
+        self.vals[j] = out.detach().clone() if later_inplace else out.detach()
+
+    def path_values(self) -> list | None:
+        "The values of the path's steps before its last further activation, or None where one was not seen."
+        out = []
+        for j, s in enumerate(self.before):
+            if s.role == 'own':
+                v = self.h
+            elif s.fn is None:  # a consumer's input: the value it reads
+                v = self.z if s.src < 0 else out[s.src]
+            else:
+                v = self.vals.get(j)
+            if v is None:
+                return None
+            out.append(v.detach())
+        return out
 
     def _on_consumer(self, name, m, args):
         self.u[name] = args[0]
@@ -735,7 +773,7 @@ def _batch_stats(h, g, at: dict, beta: float, B: int) -> BatchStats:
     missing = [c.name for c in h.group.consumers if c.name not in h.u]
     if missing:
         raise ValueError(f"group {h.group.name!r}: its consumer(s) {missing} were not called in forward")
-    return BatchStats(h.x, c, _path_stats(h.group, h.curved, h.z, at, beta, B))
+    return BatchStats(h.x, c, _path_stats(h.group, h.curved, h.z, at, beta, B, h.path_values()))
 
 
 def _gradients(hooks: list, loss: Tensor) -> tuple:

@@ -335,3 +335,23 @@ def test_dense_path_term_by_pairs_equals_the_general_form(monkeypatch):
     R = dense_matrices(m, groups, LOSS, [(x[:4], y[:4]), (x[4:], y[4:])])
     for k in S:
         assert float((S[k] - R[k]).norm() / R[k].norm().clamp_min(1e-300)) < 1e-12
+
+
+@pytest.mark.parametrize('i', [0, 1, 4])
+def test_path_values_are_read_off_the_forward_pass(i, monkeypatch):
+    "The scoring pass takes the path's values (the depthwise conv's and BatchNorm's outputs) from forward hooks, with"
+    " no replay of the path, in-place activations included; S equals the one from a replay."
+    import s3d.splitmat as sm
+    model, x, y = _path_variants()[i]
+    groups = split_groups(model, x)
+    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    replays = []
+    values = sm._path_values
+    monkeypatch.setattr(sm, '_path_values', lambda *a: replays.append(1) or values(*a))
+    seen = dense_matrices(model, groups, LOSS, data)
+    assert not replays
+    monkeypatch.setattr(sm._GroupHooks, 'path_values', lambda self: None)
+    replay = dense_matrices(model, groups, LOSS, data)
+    assert replays
+    for k in seen:
+        assert float((seen[k] - replay[k]).norm() / replay[k].norm().clamp_min(1e-300)) < 1e-12
