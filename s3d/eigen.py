@@ -150,6 +150,11 @@ def _select(th, s, res, k):
     return s[:, :, i], th[:, i]
 
 
+def _ends(x: Tensor, m: int) -> Tensor:
+    "Entries 0 and m - 1 of x's last dimension (of size m), as a view."
+    return x[..., :: m - 1] if m > 1 else x.expand(*x.shape[:-1], 2)
+
+
 def _relative(r: Tensor, th: Tensor) -> Tensor:
     "Residual norms r (n, 2) relative to each neuron's spectral radius estimate max |theta| over its Ritz values th (n, m)."
     return r / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
@@ -166,11 +171,13 @@ def _retire(
     )  # m = d: Rayleigh-Ritz is exact
     fin = ok | (self.products >= self.max_iter)
     f = fin.nonzero()[:, 0]
-    if len(f):  # Ritz vectors only for the rows that retire
-        j, tf, Yf = self.idx[f], te[f], Y(f) if callable(Y) else Y[f]
-        self.converged[j] = ok[f]
-        o = self.out
-        o.lam_min[j], o.lam_max[j], o.v_min[j], o.v_max[j] = tf[:, 0], tf[:, 1], Yf[:, :, 0], Yf[:, :, 1]
+    if len(f):  # Ritz vectors only for the rows that retire (index_select: cheaper than [])
+        j, tf, o = self.idx.index_select(0, f), te.index_select(0, f), self.out
+        Yf = Y(f) if callable(Y) else Y.index_select(0, f)
+        self.converged.index_copy_(0, j, ok.index_select(0, f))
+        ends = (tf[:, 0], tf[:, 1], Yf[..., 0], Yf[..., 1])
+        for t, src in zip((o.lam_min, o.lam_max, o.v_min, o.v_max), ends):
+            t.index_copy_(0, j, src)
     return ~fin
 
 
@@ -206,7 +213,7 @@ def update(self: BlockKrylov, SP: Tensor):  # (len(self.idx), d, k): S_j P_j for
     self.peak_bytes = max(self.peak_bytes, self.nbytes)
     H = self.V.transpose(1, 2) @ self.W
     th, s = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
-    se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
+    se, te = _ends(s, m), _ends(th, m)
     Y = self.V @ se
     res = _relative((self.W @ se - Y * te[:, None]).norm(dim=1), th)
     keep = self._retire(te, Y, res, m)
@@ -223,8 +230,7 @@ def result(self: BlockKrylov) -> EigenPairs:
     o = self.out
     lmin, vmin, lmax, vmax = o.lam_min.clone(), o.v_min.clone(), o.lam_max.clone(), o.v_max.clone()
     if not self.done and hasattr(self, '_now'):
-        (te, Y), j = self._now, self.idx
-        Y = Y() if callable(Y) else Y  # `lanczos` forms its Ritz vectors only when asked
+        (te, Y), j = self._now() if callable(self._now) else self._now, self.idx  # `lanczos`: on demand
         lmin[j], lmax[j], vmin[j], vmax[j] = te[:, 0], te[:, 1], Y[:, :, 0], Y[:, :, 1]
     unit = lambda v: _fix_sign(v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny))
     return EigenPairs(lmin, unit(vmin), lmax, unit(vmax))
@@ -277,16 +283,22 @@ def _tridiagonal_ritz(a: Tensor, b: Tensor, nrm: Tensor, m: int):
     T = torch.diag_embed(a[:, :m])
     T.diagonal(-1, 1, 2).copy_(b[:, : m - 1])  # eigh reads the lower triangle only
     th, s = torch.linalg.eigh(T)
-    te = th[:, [0, m - 1]]
-    sm = s[:, m - 1, [0, m - 1]]  # last components: S y - theta y = beta_m s_m q_{m+1}
+    te = _ends(th, m)
+    sm = _ends(s[:, m - 1], m)  # last components: S y - theta y = beta_m s_m q_{m+1}
     return th, s, te, _relative(sm.abs() * nrm[:, None], te)
 
 
 def _ritz_vectors(Q: Tensor, s: Tensor, m: int, rows: Tensor | None = None) -> Tensor:
     "Extreme Ritz vectors (n, d, 2) from the basis Q (n, room, d) and the eigenvectors s (n, m, m); `rows` only."
-    se = s[:, :, [0, m - 1]] if rows is None else s[rows][:, :, [0, m - 1]]
+    se = _ends(s if rows is None else s[rows], m)
     Qm = Q[:, :m] if rows is None else Q[rows, :m]
     return (se.transpose(1, 2) @ Qm).transpose(1, 2)  # as rows (n, 2, d): the faster product
+
+
+def _ritz_now(te: Tensor, s: Tensor, Q: Tensor, m: int, rows: Tensor | None):
+    "(te, Ritz vectors) of the neurons still active: `rows` of te, s (None: all), with their basis Q."
+    te, s = (te, s) if rows is None else (te[rows], s[rows])
+    return te, _ritz_vectors(Q, s, m)
 
 
 # %% ../nbs/05_eigen.ipynb #0f74de8e
@@ -304,19 +316,18 @@ def lanczos(
         raise ValueError(f"every must be >= 1, got {every}")
     cap = self.max_dim
     room = min(cap, self.min_iter + every)  # buffers grow (doubling, up to cap) as the basis does
-    Q, W = (self.P.new_empty(self.n, room, self.d) for _ in range(2))  # basis and products S Q, a vector a row
+    Q = self.P.new_empty(self.n, room, self.d)  # the basis, a vector a row (S Q: from it, see below)
     a, b = (self.P.new_empty(self.n, room) for _ in range(2))  # Q^T S Q is tridiagonal (full reorthogonalisation)
     Q[:, 0] = self.P[:, :, 0]
     self.P = None
     m = 0
     while True:
         w = prod(Q[:, m, :, None]).to(Q)[:, :, 0]
-        W[:, m] = w
         self.products += 1
         m += 1
         a[:, m - 1] = am = torch.linalg.vecdot(Q[:, m - 1], w)
         self.peak_bytes = max(
-            self.peak_bytes, (Q.numel() + W.numel() + a.numel() + b.numel()) * Q.element_size()
+            self.peak_bytes, (Q.numel() + 2 * w.numel() + a.numel() + b.numel()) * Q.element_size()
         )
         if m < self.d:  # the next direction first: its norm beta_m gives the residuals
             r, nrm = _next_lanczos_vector(Q[:, :m], w, am, b[:, m - 2] if m > 1 else None)
@@ -327,21 +338,29 @@ def lanczos(
             th, s, te, res = _tridiagonal_ritz(a, b, nrm, m)
             keep = self._retire(te, partial(_ritz_vectors, Q, s, m), res, m)
             k = keep.nonzero()[:, 0]
-            if len(k) < len(keep):  # the retired leave the buffers
-                Q, W, a, b, self.idx, w, r, nrm, th, s, te, res = (
-                    t.index_select(0, k) for t in (Q, W, a, b, self.idx, w, r, nrm, th, s, te, res)
+            if len(k) < len(keep):  # the retired leave the buffers (the Ritz pairs: when needed)
+                Q, a, b, self.idx, w, r, nrm = (
+                    t.index_select(0, k) for t in (Q, a, b, self.idx, w, r, nrm)
                 )
-            self._now = (te, partial(_ritz_vectors, Q, s, m))
+            else:
+                k = None
+            self._now = partial(_ritz_now, te, s, Q, m, k)
             if self.done:
                 return
             if m == cap:  # basis full: the next block of `update` (thick restart), then `update` continues
-                self._next_block(Q.transpose(1, 2), W.transpose(1, 2), th, s, res, m, 1)
+                if k is not None:
+                    th, s, res = (t.index_select(0, k) for t in (th, s, res))
+                T = torch.diag_embed(a[:, :m])
+                T = T + torch.diag_embed(b[:, : m - 1], 1) + torch.diag_embed(b[:, : m - 1], -1)
+                W = T @ Q[:, :m]  # S Q = Q T + r e_m^T up to rounding (Lanczos, fully reorthogonalised)
+                W[:, m - 1] += r
+                self._next_block(Q[:, :m].transpose(1, 2), W.transpose(1, 2), th, s, res, m, 1)
                 while not self.done:
                     self.update(prod(self.P))
                 return
         if m == room:
             room = min(cap, 2 * room)
-            Q, W, a, b = (_regrow(t, m, room) for t in (Q, W, a, b))
+            Q, a, b = (_regrow(t, m, room) for t in (Q, a, b))
         Q[:, m] = q = _unit(r, nrm, w, Q[:, :m], self.gen)
         b[:, m - 1] = torch.linalg.vecdot(q, w)  # q_{m+1}^T S q_m
 
