@@ -258,10 +258,10 @@ def _next_lanczos_vector(Qm: Tensor, w: Tensor, am: Tensor, bm: Tensor | None):
     if bm is not None:
         r = torch.addcmul(r, bm[:, None], Qm[:, -2], value=-1)
     n0 = torch.linalg.vector_norm(r, dim=1)
-    for _ in range(2):  # a second pass only where the first cancelled much ("twice is enough")
+    for _ in range(2):  # a second pass only where the first took over 1 - 1/sqrt(2) of the norm (DGKS)
         r = _reorth_pass(Qm, r)
         nrm = torch.linalg.vector_norm(r, dim=1)
-        if not (nrm < 0.5 * n0).any():
+        if not (nrm < math.sqrt(0.5) * n0).any():
             break
         n0 = nrm
     return r, nrm
