@@ -95,7 +95,7 @@ def main(argv=None):
         res = sorted((r for r in (solve(use) for _ in range(a.reps))), key=lambda r: r[0])[0]
         add(f'eigen solver, {name} ({res[2]} products)', res[0]); add(f'  of which operator products', res[1]['prod'])
         if use:
-            add('  of which Rayleigh-Ritz (tridiagonal eigh, exact residuals)', res[1]['ritz'])
+            add("  of which Rayleigh-Ritz (tridiagonal eigh, residuals from the eigenvectors' last entries)", res[1]['ritz'])
             add('  of which reorthogonalisation', res[1]['orth'])
             add('  of which the rest of the loop', res[0] - sum(res[1].values()))
         else:

@@ -7,6 +7,7 @@ Docs: https://s3d-dev.github.io/s3d/eigen.html.md"""
 # %% ../nbs/05_eigen.ipynb #d1f4c35a
 from __future__ import annotations
 import math, warnings
+from functools import partial
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -149,6 +150,11 @@ def _select(th, s, res, k):
     return s[:, :, i], th[:, i]
 
 
+def _ends(x: Tensor, m: int) -> Tensor:
+    "Entries 0 and m - 1 of x's last dimension (of size m), as a view."
+    return x[..., :: m - 1] if m > 1 else x.expand(*x.shape[:-1], 2)
+
+
 def _relative(r: Tensor, th: Tensor) -> Tensor:
     "Residual norms r (n, 2) relative to each neuron's spectral radius estimate max |theta| over its Ritz values th (n, m)."
     return r / th.abs().amax(-1, keepdim=True).clamp_min(torch.finfo(th.dtype).tiny)
@@ -157,21 +163,21 @@ def _relative(r: Tensor, th: Tensor) -> Tensor:
 # %% ../nbs/05_eigen.ipynb #sp05e03c
 @patch
 def _retire(
-    self: BlockKrylov, te: Tensor, Y: Tensor, res: Tensor, m: int
-) -> Tensor:  # extreme Ritz values (n, 2), vectors (n, d, 2), relative residuals (n, 2); basis size m
+    self: BlockKrylov, te: Tensor, Y, res: Tensor, m: int
+) -> Tensor:  # Ritz values (n, 2); vectors (n, d, 2) or Y(rows) giving those rows'; residuals (n, 2)
     "Record the final Ritz pairs of the neurons that converged or used up `max_iter`; returns the mask of those that go on."
     ok = ((res <= self.tol).all(-1) & (self.products >= self.min_iter)) | (
         m >= self.d
     )  # m = d: Rayleigh-Ritz is exact
     fin = ok | (self.products >= self.max_iter)
-    j = self.idx[fin]
-    self.converged[self.idx[ok]] = True
-    self.out.lam_min[j], self.out.lam_max[j], self.out.v_min[j], self.out.v_max[j] = (
-        te[fin, 0],
-        te[fin, 1],
-        Y[fin, :, 0],
-        Y[fin, :, 1],
-    )
+    f = fin.nonzero()[:, 0]
+    if len(f):  # Ritz vectors only for the rows that retire (index_select: cheaper than [])
+        j, tf, o = self.idx.index_select(0, f), te.index_select(0, f), self.out
+        Yf = Y(f) if callable(Y) else Y.index_select(0, f)
+        self.converged.index_copy_(0, j, ok.index_select(0, f))
+        ends = (tf[:, 0], tf[:, 1], Yf[..., 0], Yf[..., 1])
+        for t, src in zip((o.lam_min, o.lam_max, o.v_min, o.v_max), ends):
+            t.index_copy_(0, j, src)
     return ~fin
 
 
@@ -207,7 +213,7 @@ def update(self: BlockKrylov, SP: Tensor):  # (len(self.idx), d, k): S_j P_j for
     self.peak_bytes = max(self.peak_bytes, self.nbytes)
     H = self.V.transpose(1, 2) @ self.W
     th, s = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
-    se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
+    se, te = _ends(s, m), _ends(th, m)
     Y = self.V @ se
     res = _relative((self.W @ se - Y * te[:, None]).norm(dim=1), th)
     keep = self._retire(te, Y, res, m)
@@ -224,43 +230,76 @@ def result(self: BlockKrylov) -> EigenPairs:
     o = self.out
     lmin, vmin, lmax, vmax = o.lam_min.clone(), o.v_min.clone(), o.lam_max.clone(), o.v_max.clone()
     if not self.done and hasattr(self, '_now'):
-        (te, Y), j = self._now, self.idx
+        (te, Y), j = self._now() if callable(self._now) else self._now, self.idx  # `lanczos`: on demand
         lmin[j], lmax[j], vmin[j], vmax[j] = te[:, 0], te[:, 1], Y[:, :, 0], Y[:, :, 1]
     unit = lambda v: _fix_sign(v / v.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny))
     return EigenPairs(lmin, unit(vmin), lmax, unit(vmax))
 
+
 # %% ../nbs/05_eigen.ipynb #b8d4f2e3
-def _regrow(B: Tensor, keep: Tensor | None, m: int, size: int) -> Tensor:
-    "A new buffer with the rows `keep` (all: None) of B (n, room, ...) and room for `size` entries, copying only the m in use."
-    rows = B if keep is None else B[keep]
-    out = B.new_empty(rows.shape[0], size, *B.shape[2:])
-    out[:, :m] = rows[:, :m]  # entries from m on are never read
+def _regrow(B: Tensor, m: int, size: int) -> Tensor:
+    "A new buffer with room for `size` entries per row of B (n, room, ...), copying only the m in use."
+    out = B.new_empty(B.shape[0], size, *B.shape[2:])
+    out[:, :m] = B[:, :m]  # entries from m on are never read
     return out
 
+
 # %% ../nbs/05_eigen.ipynb #9beaeb8a
-def _tridiagonal_ritz(a: Tensor, b: Tensor, Q: Tensor, W: Tensor, m: int):
-    "Eigenpairs (th, s) of the m x m tridiagonal Lanczos matrix, its extreme Ritz values te and vectors Y, and their exact residuals."
-    T = torch.diag_embed(a[:, :m]) + torch.diag_embed(b[:, : m - 1], 1) + torch.diag_embed(b[:, : m - 1], -1)
-    th, s = torch.linalg.eigh(T)
-    se, te = s[:, :, [0, m - 1]], th[:, [0, m - 1]]
-    Yt = se.transpose(1, 2) @ Q[:, :m]  # (n, 2, d): Ritz vectors as rows
-    res = _relative((se.transpose(1, 2) @ W[:, :m] - Yt * te[:, :, None]).norm(dim=2), th)  # exact: S y - theta y
-    return th, s, te, Yt.transpose(1, 2), res
+def _reorth_pass(Qm: Tensor, r: Tensor) -> Tensor:
+    "r (n, d) less its projection on the orthonormal rows of Qm (n, m, d) (one classical Gram-Schmidt pass)."
+    if Qm.is_cuda or Qm.shape[1] * Qm.shape[2] >= 400:  # below, PyTorch's CPU bmm takes a slow naive loop
+        return torch.baddbmm(r[:, None], r[:, None] @ Qm.transpose(1, 2), Qm, alpha=-1)[:, 0]
+    return r - (torch.linalg.vecdot(Qm, r[:, None])[:, :, None] * Qm).sum(1)
 
 
-def _next_lanczos_vector(Qm: Tensor, w: Tensor, tiny: float, gen) -> Tensor:
-    "w made orthogonal to the basis Qm (n, m, d) twice and normalised; a random direction where w lies in the basis."
-    r = w
-    scale = r.norm(dim=1)
-    for _ in range(2):
-        r = r - ((Qm * r[:, None]).sum(2, keepdim=True) * Qm).sum(1)  # full reorthogonalisation, twice
-    nrm = r.norm(dim=1)
-    bad = nrm <= 1e-10 * scale
-    q = r / nrm.clamp_min(tiny)[:, None]
+def _next_lanczos_vector(Qm: Tensor, w: Tensor, am: Tensor, bm: Tensor | None):
+    "The part r of w = S q_m outside the basis Qm (n, m, d) and its norm: three-term step, then full reorth."
+    r = torch.addcmul(w, am[:, None], Qm[:, -1], value=-1)  # w - a_m q_m - b_{m-1} q_{m-1}
+    if bm is not None:
+        r = torch.addcmul(r, bm[:, None], Qm[:, -2], value=-1)
+    n0 = torch.linalg.vector_norm(r, dim=1)
+    for _ in range(2):  # a second pass only where the first took over 1 - 1/sqrt(2) of the norm (DGKS)
+        r = _reorth_pass(Qm, r)
+        nrm = torch.linalg.vector_norm(r, dim=1)
+        if not (nrm < math.sqrt(0.5) * n0).any():
+            break
+        n0 = nrm
+    return r, nrm
+
+
+def _unit(r: Tensor, nrm: Tensor, w: Tensor, Qm: Tensor, gen) -> Tensor:
+    "r / nrm; a random unit direction orthogonal to the basis Qm where r vanished (w inside the basis)."
+    q = r / nrm.clamp_min(torch.finfo(r.dtype).tiny)[:, None]
+    bad = nrm <= 1e-10 * torch.linalg.vector_norm(w, dim=1)
     if bad.any():  # invariant subspace (e.g. repeated eigenvalues): continue from a random direction
         rnd = torch.randn(int(bad.sum()), Qm.shape[2], 1, dtype=q.dtype, generator=gen).to(q.device)
         q[bad] = _orthonormalize(rnd, Qm[bad].transpose(1, 2), gen)[:, :, 0]
     return q
+
+
+# %% ../nbs/05_eigen.ipynb #e05rz01e
+def _tridiagonal_ritz(a: Tensor, b: Tensor, nrm: Tensor, m: int):
+    "Eigenpairs (th, s) of the m x m tridiagonal Lanczos matrix, its extreme Ritz values te and their residuals."
+    T = torch.diag_embed(a[:, :m])
+    T.diagonal(-1, 1, 2).copy_(b[:, : m - 1])  # eigh reads the lower triangle only
+    th, s = torch.linalg.eigh(T)
+    te = _ends(th, m)
+    sm = _ends(s[:, m - 1], m)  # last components: S y - theta y = beta_m s_m q_{m+1}
+    return th, s, te, _relative(sm.abs() * nrm[:, None], te)
+
+
+def _ritz_vectors(Q: Tensor, s: Tensor, m: int, rows: Tensor | None = None) -> Tensor:
+    "Extreme Ritz vectors (n, d, 2) from the basis Q (n, room, d) and the eigenvectors s (n, m, m); `rows` only."
+    se = _ends(s if rows is None else s[rows], m)
+    Qm = Q[:, :m] if rows is None else Q[rows, :m]
+    return (se.transpose(1, 2) @ Qm).transpose(1, 2)  # as rows (n, 2, d): the faster product
+
+
+def _ritz_now(te: Tensor, s: Tensor, Q: Tensor, m: int, rows: Tensor | None):
+    "(te, Ritz vectors) of the neurons still active: `rows` of te, s (None: all), with their basis Q."
+    te, s = (te, s) if rows is None else (te[rows], s[rows])
+    return te, _ritz_vectors(Q, s, m)
+
 
 # %% ../nbs/05_eigen.ipynb #0f74de8e
 @patch
@@ -275,43 +314,56 @@ def lanczos(
         raise ValueError("lanczos needs a fresh BlockKrylov with block=1 and a one-vector start")
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    cap, tiny = self.max_dim, torch.finfo(self.P.dtype).tiny
+    cap = self.max_dim
     room = min(cap, self.min_iter + every)  # buffers grow (doubling, up to cap) as the basis does
-    Q, W = (self.P.new_empty(self.n, room, self.d) for _ in range(2))  # basis and products S Q, a vector a row
+    Q = self.P.new_empty(self.n, room, self.d)  # the basis, a vector a row (S Q: from it, see below)
     a, b = (self.P.new_empty(self.n, room) for _ in range(2))  # Q^T S Q is tridiagonal (full reorthogonalisation)
     Q[:, 0] = self.P[:, :, 0]
     self.P = None
     m = 0
     while True:
         w = prod(Q[:, m, :, None]).to(Q)[:, :, 0]
-        W[:, m] = w
         self.products += 1
         m += 1
-        a[:, m - 1] = (Q[:, m - 1] * w).sum(1)
+        a[:, m - 1] = am = torch.linalg.vecdot(Q[:, m - 1], w)
         self.peak_bytes = max(
-            self.peak_bytes, (Q.numel() + W.numel() + a.numel() + b.numel()) * Q.element_size()
+            self.peak_bytes, (Q.numel() + 2 * w.numel() + a.numel() + b.numel()) * Q.element_size()
         )
+        if m < self.d:  # the next direction first: its norm beta_m gives the residuals
+            r, nrm = _next_lanczos_vector(Q[:, :m], w, am, b[:, m - 2] if m > 1 else None)
+        else:  # the basis spans everything: Rayleigh-Ritz is exact
+            r, nrm = torch.zeros_like(w), w.new_zeros(len(w))
         last = m >= self.d or m == cap or self.products >= self.max_iter
         if last or (self.products >= self.min_iter and (self.products - self.min_iter) % every == 0):
-            th, s, te, Y, res = _tridiagonal_ritz(a, b, Q, W, m)
-            keep = self._retire(te, Y, res, m)
-            if not keep.all():
-                Q, W, a, b = (_regrow(t, keep, m, room) for t in (Q, W, a, b))
-                self.idx, w, s, th, res, Y, te = (t[keep] for t in (self.idx, w, s, th, res, Y, te))
-            self._now = (te, Y)
+            th, s, te, res = _tridiagonal_ritz(a, b, nrm, m)
+            keep = self._retire(te, partial(_ritz_vectors, Q, s, m), res, m)
+            k = keep.nonzero()[:, 0]
+            if len(k) < len(keep):  # the retired leave the buffers (the Ritz pairs: when needed)
+                Q, a, b, self.idx, w, r, nrm = (
+                    t.index_select(0, k) for t in (Q, a, b, self.idx, w, r, nrm)
+                )
+            else:
+                k = None
+            self._now = partial(_ritz_now, te, s, Q, m, k)
             if self.done:
                 return
             if m == cap:  # basis full: the next block of `update` (thick restart), then `update` continues
-                self._next_block(Q.transpose(1, 2), W.transpose(1, 2), th, s, res, m, 1)
+                if k is not None:
+                    th, s, res = (t.index_select(0, k) for t in (th, s, res))
+                T = torch.diag_embed(a[:, :m])
+                T = T + torch.diag_embed(b[:, : m - 1], 1) + torch.diag_embed(b[:, : m - 1], -1)
+                W = T @ Q[:, :m]  # S Q = Q T + r e_m^T up to rounding (Lanczos, fully reorthogonalised)
+                W[:, m - 1] += r
+                self._next_block(Q[:, :m].transpose(1, 2), W.transpose(1, 2), th, s, res, m, 1)
                 while not self.done:
                     self.update(prod(self.P))
                 return
         if m == room:
             room = min(cap, 2 * room)
-            Q, W, a, b = (_regrow(t, None, m, room) for t in (Q, W, a, b))
-        q = _next_lanczos_vector(Q[:, :m], w, tiny, self.gen)
-        Q[:, m] = q
-        b[:, m - 1] = (q * w).sum(1)  # q_{m+1}^T S q_m
+            Q, a, b = (_regrow(t, m, room) for t in (Q, a, b))
+        Q[:, m] = q = _unit(r, nrm, w, Q[:, :m], self.gen)
+        b[:, m - 1] = torch.linalg.vecdot(q, w)  # q_{m+1}^T S q_m
+
 
 # %% ../nbs/05_eigen.ipynb #48c51528
 @torch.no_grad()

@@ -229,3 +229,37 @@ def test_stacked_rows_match_operator_products():
         torch.testing.assert_close(_restrict(op, rows).products(V[rows]), ref.products(V[rows], rows), rtol=1e-5, atol=1e-6)
     cnet, groups, cdata = _net()
     assert not split_operators(cnet, groups[:1], nn.CrossEntropyLoss(), cdata)['0'].stack_rows()
+
+def test_lanczos_residuals_are_the_exact_ones(monkeypatch):
+    "The residuals lanczos retires by (beta_m |s_m|, from the tridiagonal alone) are ||S y - theta y|| of its Ritz pairs."
+    g = torch.Generator().manual_seed(7)
+    A = torch.randn(6, 30, 30, dtype=torch.float64, generator=g); S = A + A.transpose(1, 2)
+    seen, retire = [], BlockKrylov._retire
+    def spy(self, te, Y, res, m):
+        Yall = Y(torch.arange(len(te))) if callable(Y) else Y
+        seen.append((self.idx.clone(), te.clone(), Yall.clone(), res.clone()))
+        return retire(self, te, Y, res, m)
+    monkeypatch.setattr(BlockKrylov, '_retire', spy)
+    bk = BlockKrylov(6, 30, block=1, tol=1e-8, generator=g)
+    bk.lanczos(lambda P: S[bk.idx] @ P)
+    assert len(seen) > 3 and bk.converged.all()
+    for idx, te, Y, res in seen:
+        exact = (S[idx] @ Y - Y * te[:, None]).norm(dim=1) / te.abs().amax(-1, keepdim=True)
+        torch.testing.assert_close(res, exact, atol=1e-10, rtol=0)
+
+def test_lanczos_result_when_interrupted():
+    "Stopped between checks, result() gives the latest Ritz pairs: unit vectors, values inside the spectrum."
+    g = torch.Generator().manual_seed(8)
+    A = torch.randn(5, 30, 30, dtype=torch.float64, generator=g); S = A + A.transpose(1, 2)
+    bk, calls = BlockKrylov(5, 30, block=1, tol=1e-12, generator=g), [0]
+    def prod(P):
+        calls[0] += 1
+        if calls[0] > 9: raise RuntimeError("stop")
+        return S[bk.idx] @ P
+    with pytest.raises(RuntimeError, match="stop"): bk.lanczos(prod)
+    f, e = bk.result(), eigh_extremes(S)
+    assert not bk.done and (f.lam_min >= e.lam_min - 1e-9).all() and (f.lam_max <= e.lam_max + 1e-9).all()
+    torch.testing.assert_close(f.v_min.norm(dim=1), torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(f.v_max.norm(dim=1), torch.ones(5, dtype=torch.float64))
+    rq = lambda v: (v[:, None] @ S @ v[..., None])[:, 0, 0]  # the Ritz value is the vector's Rayleigh quotient
+    torch.testing.assert_close(rq(f.v_min), f.lam_min); torch.testing.assert_close(rq(f.v_max), f.lam_max)
