@@ -8,7 +8,10 @@ live memory does not); on CUDA `torch.cuda.max_memory_allocated` over the memory
 own bytes (cache, Krylov workspaces, dense accumulators) are printed next to it, from `extreme_eigenpairs(stats=...)`.
 Times are given as ratios to T_fb, one forward+backward (parameter gradients, eval mode) over the same images, measured
 in its own subprocess; on CPU they use process CPU time (single thread), which is less disturbed by other jobs than
-wall time (both are printed).
+wall time (both are printed). Timed subprocesses fix glibc's mmap and trim thresholds high (4 GiB, 64 GiB; both
+overridable through the environment) so that freed blocks are reused instead of being returned to the kernel and
+faulted in again: otherwise T_fb itself varies by about 15% between fresh processes on the development CPU, as the
+adaptive threshold happens to settle, against about 3% with them fixed.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py                       # CPU benchmark net, 512 images
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/eigen_bench.py --memory 256,512,1024,2048
@@ -244,6 +247,9 @@ def run_part(args, name, images=None, save=None, extra=(), timing=True, path_met
     env = dict(os.environ)
     if not timing:  # a fixed mmap threshold: glibc then returns freed large blocks, so max RSS follows live memory
         env.setdefault('MALLOC_MMAP_THRESHOLD_', str(128 * 1024))
+    else:  # freed blocks reused, not returned and faulted in again: steadier times (T_fb included)
+        env.setdefault('MALLOC_MMAP_THRESHOLD_', str(2**32))
+        env.setdefault('MALLOC_TRIM_THRESHOLD_', str(2**36))
     outp = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if outp.returncode: raise RuntimeError(outp.stderr[-4000:])
     return json.loads(outp.stdout.split('RESULT ', 1)[1])
