@@ -284,21 +284,30 @@ def test_exact_matrices_keep_no_graph():
     assert fixed.grad_fn is None and unguarded.grad_fn is not None   # the guard is what keeps it graph-free
 
 
+def _variant_data(i):
+    "A model of `_path_variants`, its groups, and its data in two batches."
+    model, x, y = _path_variants()[i]
+    return model, split_groups(model, x), [(x[:5], y[:5]), (x[5:], y[5:])]
+
+
+def _assert_same(A, B, tol=1e-12):
+    "Two {group: S} agree to `tol` relative (an all-zero S must be zero in both)."
+    for k in A:
+        assert float((A[k] - B[k]).norm() / B[k].norm().clamp_min(1e-300)) < tol
+
+
 @pytest.mark.parametrize('i', range(5))
 def test_direct_activation_gradients_equal_autograd(i, monkeypatch):
     "Where only consumers read a further activation's output, the scoring pass takes the gradient at that output"
     " from the consumers' input gradients (no replay through autograd); S is the same as with the replay."
     import s3d.splitmat as sm
-    model, x, y = _path_variants()[i]
-    groups = split_groups(model, x)
-    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    model, groups, data = _variant_data(i)
     direct = dense_matrices(model, groups, LOSS, data)
     used = []
     monkeypatch.setattr(sm, '_direct_grads', lambda *a: used.append(1))  # always the autograd replay
     replay = dense_matrices(model, groups, LOSS, data)
     assert used
-    for k in direct:
-        assert float((direct[k] - replay[k]).norm() / replay[k].norm().clamp_min(1e-300)) < 1e-12
+    _assert_same(direct, replay)
 
 
 def test_direct_gradients_only_when_consumers_read_the_activation():
@@ -333,8 +342,7 @@ def test_dense_path_term_by_pairs_equals_the_general_form(monkeypatch):
     assert calls
     monkeypatch.setattr(sm, '_pairwise', lambda ops, n: False)
     R = dense_matrices(m, groups, LOSS, [(x[:4], y[:4]), (x[4:], y[4:])])
-    for k in S:
-        assert float((S[k] - R[k]).norm() / R[k].norm().clamp_min(1e-300)) < 1e-12
+    _assert_same(S, R)
 
 
 @pytest.mark.parametrize('i', [0, 1, 4])
@@ -342,9 +350,7 @@ def test_path_values_are_read_off_the_forward_pass(i, monkeypatch):
     "The scoring pass takes the path's values (the depthwise conv's and BatchNorm's outputs) from forward hooks, with"
     " no replay of the path, in-place activations included; S equals the one from a replay."
     import s3d.splitmat as sm
-    model, x, y = _path_variants()[i]
-    groups = split_groups(model, x)
-    data = [(x[:5], y[:5]), (x[5:], y[5:])]
+    model, groups, data = _variant_data(i)
     replays = []
     values = sm._path_values
     monkeypatch.setattr(sm, '_path_values', lambda *a: replays.append(1) or values(*a))
@@ -353,5 +359,4 @@ def test_path_values_are_read_off_the_forward_pass(i, monkeypatch):
     monkeypatch.setattr(sm._GroupHooks, 'path_values', lambda self: None)
     replay = dense_matrices(model, groups, LOSS, data)
     assert replays
-    for k in seen:
-        assert float((seen[k] - replay[k]).norm() / replay[k].norm().clamp_min(1e-300)) < 1e-12
+    _assert_same(seen, replay)
