@@ -25,7 +25,7 @@ import growth_quality as gq
 import s3d.grow
 G = sys.modules["s3d.grow"]       # the module (s3d re-exports a function of the same name)
 
-_orig_pick, _orig_split = G.pick_step, G.split_round
+_orig_pick, _orig_split = G.pick_step, G._split_round   # what `grow` calls each round
 
 
 def largest_safe(trial, grid, f0, shrink=8):
@@ -64,14 +64,14 @@ def run(task, variant, seed):
     G.pick_step = largest_safe if variant == 'S3D largest safe step' else _orig_pick
     Xtr, ytr, _, _ = gq.make_data()
     if variant == 'S3D line search + polish':
-        def split_round(model, loss_fn, batches, example_input, cfg, rnd=None):
-            info = _orig_split(model, loss_fn, batches, example_input, cfg, rnd)
+        def split_round(model, loss_fn, batches, example_input, cfg, rnd, *rest):
+            info = _orig_split(model, loss_fn, batches, example_input, cfg, rnd, *rest)
             polish(model, info, Xtr[:512], ytr[:512])
             return info
-        G.split_round = split_round
-    else: G.split_round = _orig_split
-    method = 'random growth' if variant == 'random growth' else 'S3D line search'
-    h = gq.run_one(task, method, seed)
+        G._split_round = split_round
+    else: G._split_round = _orig_split
+    method = 'random' if variant == 'random growth' else 'S3D'   # growth_quality's names (S3D: the line search)
+    h = gq.run_one(task, method, seed).rename(columns={'test_score': 'test_acc'})  # digits: accuracy
     h['method'] = variant
     return h
 
