@@ -217,3 +217,16 @@ def test_tiny_grows_every_hidden_layer_to_the_round_width():
     h = gq.run_one('wine', 'TINY', 0, rounds=2, epoch_scale=0.05)
     assert [json.loads(w) for w in h.widths] == [[8, 8], [12, 12], [16, 16]]
     assert h.added.tolist() == [0, 8, 8] and h.test_score.between(0, 1).all() and h.growth_epochs.iloc[1:].gt(0).all()
+
+
+def test_growth_ablation_runs_its_variants_through_grow(monkeypatch):
+    "The ablation's methods exist in growth_quality, and its polish variant reaches the step grow runs each round."
+    _, gq, ga = _benchmarks()
+    calls = []
+    monkeypatch.setattr(ga, 'polish', lambda *a, **k: calls.append(1))
+    try:
+        h = ga.run('mlp1', 'S3D line search + polish', 0)
+    finally:  # the ablation patches s3d.grow: put it back for the other tests
+        ga.G._split_round, ga.G.pick_step = ga._orig_split, ga._orig_pick
+    assert len(calls) == h['round'].max() and h['method'].eq('S3D line search + polish').all()
+    assert {'S3D', 'random'} <= set(gq.METHODS)
