@@ -575,10 +575,14 @@ def _path_dense_linear(ps: PathStats, X: Tensor, chunk_bytes: int = 2**22) -> Te
 _CONV_F = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def _depthwise(fn, n: int) -> bool:
+    "A conv that maps each of its n channels to itself alone."
+    return isinstance(fn, tuple(_CONV_T)) and fn.groups == fn.in_channels == fn.out_channels == n
+
+
 def _pairwise(ops: list, n: int) -> bool:
     "Whether every step acts channel by channel (factors, zero-padded depthwise convs, averages)."
-    dw = lambda f: isinstance(f, tuple(_CONV_T)) and f.groups == f.in_channels == f.out_channels == n
-    ok = lambda f: isinstance(f, _AVG_POOLS) or dw(f) and f.padding_mode == 'zeros'
+    ok = lambda f: isinstance(f, _AVG_POOLS) or _depthwise(f, n) and f.padding_mode == 'zeros'
     return all(o[0] == 'mul' or o[0] == 'lin' and ok(o[1]) for o in ops)
 
 
@@ -666,9 +670,11 @@ class _GroupHooks:
         for c in group.consumers if self.curved else []:
             self.handles.append(c.module.register_forward_pre_hook(partial(self._on_consumer, c.name)))
         # the path's values before its last further activation, read off the forward pass (no replay)
-        self.before = [s for s in (group.path or [])[: max(self.curved, default=0)]]
+        self.before = list(group.path or [])[: max(self.curved, default=0)]
+        self._copy = {}  # step -> whether a later in-place step overwrites its output (then keep a copy)
         for j, s in enumerate(self.before):
             if s.role != 'own' and isinstance(s.fn, nn.Module):
+                self._copy[j] = any(t.src == j and getattr(t.fn, 'inplace', False) for t in group.path)
                 self.handles.append(s.fn.register_forward_hook(partial(self._on_step, j)))
         self.reset()
 
@@ -688,8 +694,7 @@ class _GroupHooks:
         if j in self.live or self._input(j) is None or inp[0] is not self._input(j):
             return  # another call of a shared module
         self.live[j] = out
-        later_inplace = any(s.src == j and getattr(s.fn, 'inplace', False) for s in self.group.path)
-        self.vals[j] = out.detach().clone() if later_inplace else out.detach()
+        self.vals[j] = out.detach().clone() if self._copy[j] else out.detach()
 
     def path_values(self) -> list | None:
         "The values of the path's steps before its last further activation, or None where one was not seen."
@@ -1137,9 +1142,7 @@ def _channel_ops(ops: list, idx: Tensor, n: int) -> list | None:
             out.append(('mul', pick(o[1])))
         elif o[0] == 'lin' and isinstance(o[1], _AVG_POOLS):  # channel by channel already
             out.append(('lin', o[1], (len(idx),) + o[2][1:], f0))
-        elif o[0] == 'lin' and isinstance(o[1], tuple(_CONV_T)) and o[1].groups == o[1].in_channels == n:
-            if o[1].out_channels != n:
-                return None
+        elif o[0] == 'lin' and _depthwise(o[1], n):
             out.append(('lin', _channel_conv(o[1], idx), (len(idx),) + o[2][1:], f0))
         else:  # a flatten, a channel-mixing conv, a JVP step
             return None

@@ -129,12 +129,17 @@ def test_stream_memory_does_not_grow_with_batches():
         assert rec['stream', nb]['cache_bytes'] == 0
         assert rec['stream', nb]['workspace_bytes'] <= rec['stream', nb]['reserved_bytes'] == rec['stream', 1]['reserved_bytes']
 
+def _tanh_mlp(d_in, n, batch, batches):
+    "A seeded d_in-n-2 tanh MLP, its hidden layer's group, random two-class batches and the loss."
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(d_in, n), nn.Tanh(), nn.Linear(n, 2))
+    data = [(torch.randn(batch, d_in), torch.randint(0, 2, (batch,))) for _ in range(batches)]
+    return net, SplitGroup('0', net[0], None, net[1]), data, nn.CrossEntropyLoss()
+
+
 def test_large_d_layer_bounded_workspace():
     "A Linear group with d = 4001: cached and streamed workspaces stay far below n d^2 float64, and the pairs are right."
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(4000, 6), nn.Tanh(), nn.Linear(6, 2)); grp = SplitGroup('0', net[0], None, net[1])
-    data = [(torch.randn(8, 4000), torch.randint(0, 2, (8,))) for _ in range(3)]
-    loss = nn.CrossEntropyLoss()
+    net, grp, data, loss = _tanh_mlp(4000, 6, batch=8, batches=3)
     op = split_operators(net, [grp], loss, data)['0']
     for method in ('cached', 'stream'):
         st = {}
@@ -215,10 +220,7 @@ def test_lanczos_method_matches_update_loop(max_dim):
 def test_stacked_rows_match_operator_products():
     "Stacking a Linear group's cached batches into row chunks (as the cached Lanczos loop does) keeps its products over many batches (chunked or not); conv groups keep their batches."
     from s3d.eigen import _restrict
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2)); grp = SplitGroup('0', net[0], None, net[1])
-    data = [(torch.randn(7, 6), torch.randint(0, 2, (7,))) for _ in range(5)]
-    loss = nn.CrossEntropyLoss()
+    net, grp, data, loss = _tanh_mlp(6, 5, batch=7, batches=5)
     ref = split_operators(net, [grp], loss, data)['0']
     V, rows = torch.randn(5, 7, 1), torch.tensor([0, 2, 3])
     for chunk in (None, 7 * 5 * 4 * 2):  # one chunk; two batches a chunk
