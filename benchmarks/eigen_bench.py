@@ -36,10 +36,12 @@ paper's shapes (CIFAR-100: 100 classes, 3x32x32 synthetic images): widths 32 eve
 and the full widths.
 """
 from __future__ import annotations
-import argparse, copy, csv, json, os, platform, resource, subprocess, sys, tempfile, time, warnings
+import argparse, copy, csv, dataclasses, json, os, platform, resource, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from s3d.graph import SplitGroup, split_groups
 from s3d.eigen import EigenPairs, extreme_eigenpairs
@@ -94,6 +96,28 @@ def setup(device, n_images, batch, net_name='bench'):
     return net, groups, batches
 
 
+class Flops(TorchDispatchMode):
+    "Matrix-product and convolution FLOPs of what runs inside, by torch.utils.flop_counter's formulas."
+
+    def __init__(self):  # FlopCounterMode's module tracker rejects the autograd.grad calls of the scoring pass
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        pk = func._overloadpacket  # an in-place product (addmm_, baddbmm_) counts as its out-of-place form
+        count = flop_registry.get(pk) or flop_registry.get(getattr(torch.ops.aten, pk.__name__.rstrip('_'), None))
+        if count is None:  # a composite op: count the ops it is made of
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        if count is not None:
+            self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+
 def sync(device):
     if device.type == 'cuda': torch.cuda.synchronize()
 
@@ -114,6 +138,9 @@ VARIANTS = {  # name: (method, keyword arguments of extreme_eigenpairs)
     'stream-1pass': ('stream', dict(max_passes=1)),
     'stream-random': ('stream', dict(sample_steps=0)),
     'fast': ('fast', {}),
+    'cached-tol0.1': ('cached', dict(tol=0.1)),  # the loosest residual tolerance tried: fewer products
+    'exact-nopath': ('exact', dict(max_bytes=2**34)),  # first-activation term only (groups' paths dropped)
+    'cached-nopath': ('cached', {}),  # the same, fast: what these groups cost before issue 25's path term
 }
 
 
@@ -183,6 +210,8 @@ def part(args):
     import s3d.splitmat
     s3d.splitmat.PATH_METHOD = args.path_method
     net, groups, batches = setup(device, args.images, args.batch, args.net)
+    if args.part.endswith('-nopath'):  # untraced paths: the further activations' term is left out of S
+        groups = [dataclasses.replace(g, path=None) for g in groups]
     loss_fn = nn.CrossEntropyLoss()
     fwd_bwd(net, batches[:1], loss_fn)  # warm-up; also puts one batch's activations into the memory baseline
     method, kw = VARIANTS.get(args.part, (None, {}))
@@ -201,6 +230,9 @@ def part(args):
             fwd_bwd(net, batches, loss_fn); sync(device)
             ts.append(time.perf_counter() - t0); cs.append(time.process_time() - c0)
         res.update(wall=min(ts), cpu=min(cs))
+        with Flops() as fc:  # matrix products and convolutions, not timed
+            fwd_bwd(net, batches, loss_fn)
+        res['flops'] = fc.total
     elif args.part == 'rmsprop':
         exact = torch.load(args.exact_file, weights_only=True)
         small = [(x[i:i + 32], y[i:i + 32]) for x, y in batches for i in range(0, x.shape[0], 32)]
@@ -216,7 +248,7 @@ def part(args):
         res.update(epochs=len(hist), history=hist)
     else:
         walls, cpus = [], []
-        for rep in range(args.repeat if args.timing and args.part != 'exact' else 1):  # the fastest of a few runs
+        for rep in range(args.repeat if args.timing and method != 'exact' else 1):  # the fastest of a few runs
             st = {}
             sync(device); c0, t0 = time.process_time(), time.perf_counter()
             with warnings.catch_warnings(record=True) as w:
@@ -224,9 +256,13 @@ def part(args):
                 out = extreme_eigenpairs(net, groups, loss_fn, batches, method, stats=st, **kw)
             sync(device); walls.append(time.perf_counter() - t0); cpus.append(time.process_time() - c0)
         res.update(wall=min(walls), cpu=min(cpus))
+        with warnings.catch_warnings(), Flops() as fc:  # one more run, counted, not timed
+            warnings.simplefilter('ignore')
+            extreme_eigenpairs(net, groups, loss_fn, batches, method, **kw)
+        res['flops'] = fc.total
         res.update(stats={k: v for k, v in st.items() if k != 'groups'}, warnings=[str(x.message) for x in w],
                    products={k: v.get('products', 0) for k, v in st.get('groups', {}).items()})
-        if args.part == 'exact':  # the second eigenvalues at both ends, for the eigenvector check
+        if method == 'exact':  # the second eigenvalues at both ends, for the eigenvector check
             S = dense_matrices(net, groups, loss_fn, batches, max_bytes=2**34)
             extra = {}
             for k, s in S.items():
@@ -289,31 +325,36 @@ def main():
             fb = run_part(args, 'fb')
             print(f"{args.images} images. T_fb (one forward+backward over them): {fb['cpu']:.3f} s CPU, {fb['wall']:.3f} s wall")
             peak = args.device == 'cuda'  # on CPU max RSS cannot be reset after the method's warm-up: see the memory sweep
-            print(f"| variant | passes | time / T_fb ({tkey}) | wall / T_fb | " + ("peak extra memory | " if peak else "") +
+            print(f"| variant | passes | time / T_fb ({tkey}) | wall / T_fb | FLOPs / T_fb's | " + ("peak extra memory | " if peak else "") +
                   "cache + workspace (stats) | within 2% | max err | median err | eigvec cos p05 | products per neuron (Krylov groups) |")
-            print('|---' * (11 if peak else 10) + '|')
-            exact = None
+            print('|---' * (12 if peak else 11) + '|')
+            refs = {}
             variants = args.variants.split(',')
-            if 'exact' in variants: variants = ['exact'] + [v for v in variants if v != 'exact']
-            for v, pm in [(v, pm) for v in variants for pm in (['linear'] if v == 'exact' else args.path_methods.split(','))]:
+            first = [v for v in ('exact', 'exact-nopath') if v in variants]  # references before their fast runs
+            variants = first + [v for v in variants if v not in first]
+            for v, pm in [(v, pm) for v in variants for pm in (['linear'] if v.startswith('exact') else args.path_methods.split(','))]:
                 path = os.path.join(tmp, f'{v}-{pm}.pt')
                 r = run_part(args, v, save=path, path_method=pm)
-                if v == "exact": exact = torch.load(path, weights_only=True)
-                acc = accuracy(torch.load(path, weights_only=True), exact) if exact is not None else None
+                if v in ('exact', 'exact-nopath'): refs[v] = torch.load(path, weights_only=True)
+                ref = refs.get('exact-nopath' if v.endswith('-nopath') else 'exact')  # the same S's exact pairs
+                acc = accuracy(torch.load(path, weights_only=True), ref) if ref is not None else None
                 st = r['stats']
                 rows.append(dict(net=net_name, images=args.images, batch=args.batch, variant=v, path_method=pm, method=st['method'],
                                  passes=st['passes'], t_fb_cpu_s=fb['cpu'], cpu_over_t_fb=r['cpu'] / fb['cpu'], wall_over_t_fb=r['wall'] / fb['wall'],
+                                 flops_over_t_fb=r['flops'] / fb['flops'],
                                  solver_mib=(st['cache_bytes'] + st['workspace_bytes']) / 2**20,
                                  within_2pct=acc['within_2pct'] if acc else '', err_max=acc['err_max'] if acc else '', cpu=cpu))
                 v = f"{v} [{pm}]"
-                print(f"| {v} | {st['passes']} | {r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
+                print(f"| {v} | {st['passes']} | {r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | "
+                      f"{r['flops'] / fb['flops']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
                       f"{(st['cache_bytes'] + st['workspace_bytes']) / 2**20:.1f} MiB | "
                       + (f"{100 * acc['within_2pct']:.1f}% | {acc['err_max']:.1e} | {acc['err_median']:.1e} | {acc['cos_p05']:.4f} | " if acc else '- | - | - | - | ')
                       + ' '.join(str(p) for p in r['products'].values() if p) + ' |')
                 if v.startswith("fast"): print(f"|   (fast chose {st['method']}) |")
                 if r['warnings']: print(f"|   ({v}: {'; '.join(r['warnings'])}) |")
+            exact = refs.get('exact')
             if args.rmsprop and exact is not None:
-                r = run_part(args, 'rmsprop', save=os.path.join(tmp, 'rms.pt'), extra=['--exact-file', os.path.join(tmp, 'exact.pt')])
+                r = run_part(args, 'rmsprop', save=os.path.join(tmp, 'rms.pt'), extra=['--exact-file', os.path.join(tmp, 'exact-linear.pt')])
                 acc = accuracy(torch.load(os.path.join(tmp, "rms.pt"), weights_only=True), exact)
                 print(f"| RMSprop Rayleigh (Wang et al. 2019, lr={args.lr:g}, batch 32, cached products) | {r['epochs']} epochs | "
                       f"{r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
@@ -362,12 +403,16 @@ def _render(p: Path) -> str:
     out = [f"Command: `{command}`", '',
            f"CPU `{r0['cpu']}`, 1 thread, net `{r0['net']}`, {r0['images']} images in batches of {r0['batch']}; "
            f"T_fb = {float(r0['t_fb_cpu_s']):.3f} s CPU time (one forward+backward over the same images).", '',
-           '| variant | private-path term | solver | passes | time / T_fb (CPU) | wall / T_fb | solver bytes | within 2% | max err |',
-           '|---|---|---|---|---|---|---|---|---|']
+           '| variant | private-path term | solver | passes | time / T_fb (CPU) | wall / T_fb | FLOPs / T_fb\'s | '
+           'FLOP rate / T_fb\'s | solver bytes | within 2% | max err |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
+    fl = {(r['variant'], r['path_method']): float(r['flops_over_t_fb']) for r in rows if r.get('flops_over_t_fb')}
     for r in rows:
         acc = f"{100 * float(r['within_2pct']):.1f}% | {float(r['err_max']):.1e}" if r['within_2pct'] else '- (no exact) | -'
+        f = fl.get((r['variant'], r['path_method']))
+        fc = f"{f:.2f} | {f / float(r['cpu_over_t_fb']):.2f}" if f is not None else '- | -'
         out.append(f"| `{r['variant']}` | `{r['path_method']}` | {r['method']} | {r['passes']} | {float(r['cpu_over_t_fb']):.2f} | "
-                   f"{float(r['wall_over_t_fb']):.2f} | {float(r['solver_mib']):.1f} MiB | {acc} |")
+                   f"{float(r['wall_over_t_fb']):.2f} | {fc} | {float(r['solver_mib']):.1f} MiB | {acc} |")
     by = {(r['variant'], r['path_method']): float(r['cpu_over_t_fb']) for r in rows}
     ratios = [f"`{v}` {by[(v, 'jvp')] / by[(v, 'linear')]:.1f}x" for v, m in by if m == 'jvp' and (v, 'linear') in by]
     if ratios:
@@ -381,6 +426,14 @@ def _render(p: Path) -> str:
     if goal:
         met = all(by[(v, 'linear')] <= g for v, g in (('cached', 3), ('stream', 3.5)) if (v, 'linear') in by)
         out += ['', 'Against the goal of issue 25: ' + ', '.join(goal) + ('; met.' if met else '; not met.')]
+    work = [f"`{v}` {fl[(v, 'linear')]:.1f}x" for v in ('exact', 'cached', 'cached-tol0.1') if (v, 'linear') in fl]
+    if work:
+        out += ['', 'Matrix-product and convolution FLOPs (`torch.utils.flop_counter`) over those of T_fb: '
+                + ', '.join(work) + '; the cheapest of these, run at T_fb\'s own FLOP rate, would take '
+                f"{min(fl[(v, 'linear')] for v in ('exact', 'cached', 'cached-tol0.1') if (v, 'linear') in fl):.1f} T_fb."]
+    if ('cached-nopath', 'linear') in by:
+        out += ['', f"Without the private-path term (`cached-nopath`, the same groups' first-activation term only): "
+                f"{by[('cached-nopath', 'linear')]:.2f} T_fb."]
     return '\n'.join(out)
 
 

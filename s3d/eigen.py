@@ -16,7 +16,7 @@ from fastcore.basics import patch
 from torch import nn, Tensor
 from .graph import SplitGroup
 from .curvature import SURROGATE_BETA
-from .splitmat import dense_matrices, collect_batches, SplitOperator
+from .splitmat import dense_matrices, collect_batches, SplitOperator, _pick_channels
 
 # %% auto #0
 __all__ = ['EigenPairs', 'eigh_extremes', 'BlockKrylov', 'lanczos_extremes', 'extreme_eigenpairs']
@@ -634,7 +634,7 @@ def _restrict(op: SplitOperator, rows: Tensor) -> SplitOperator:
     "The same operator for its neurons `rows` only (coefficients copied, inputs shared)."
     sub = SplitOperator.__new__(SplitOperator)
     sub.__dict__.update(op.__dict__)
-    sub.cs, sub.n = [torch.index_select(c, 1, rows) for c in op.cs], len(rows)
+    sub.cs, sub.n = [_pick_channels(c, rows) for c in op.cs], len(rows)
     sub.rows = (
         rows if op.rows is None else op.rows[rows]
     )  # the private-path statistics stay those of all neurons  # index_select: ~6x faster than c[:, rows] on CPU

@@ -360,3 +360,24 @@ def test_path_values_are_read_off_the_forward_pass(i, monkeypatch):
     replay = dense_matrices(model, groups, LOSS, data)
     assert replays
     _assert_same(seen, replay)
+
+
+@pytest.mark.parametrize('i', range(5))
+def test_products_in_chunks_of_samples_equal_one_pass(i, monkeypatch):
+    "On CPU a path's products run in chunks of samples (`_PATH_CHUNK`): one sample at a time gives the same S.V, for"
+    " all neurons, for some of them, and after the solver restricted the operator to some (`_restrict`)."
+    import s3d.splitmat as sm
+    from s3d.eigen import _restrict
+    model, groups, data = _variant_data(i)
+    ops = split_operators(model, groups, LOSS, data)
+    torch.manual_seed(0)
+    for name, op in ops.items():
+        V = torch.randn(op.n, op.d, 2, dtype=torch.float64)
+        sel = torch.tensor([op.n - 1, 0])
+        sub = _restrict(op, sel)
+        got = {}
+        for chunk in (2**40, 1):  # one pass over each batch, then one sample per chunk
+            monkeypatch.setattr(sm, '_PATH_CHUNK', chunk)
+            got[chunk] = (op.products(V), op.products(V[sel], sel), sub.products(V[sel]))
+        for a, b in zip(*got.values()):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
