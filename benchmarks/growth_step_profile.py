@@ -4,7 +4,7 @@ Side by side in one process, on the same cached statistics (n = 256 neurons, d =
 the general block-Krylov loop (`BlockKrylov.update` at every product) against `BlockKrylov.lanczos` (what
 `lanczos_extremes` and the cached fast path run), each split into operator products and the rest; and the line
 search's nine trials with a deep copy + surgery per trial against one copy restored between trials (what `split_round`
-runs).
+runs); and the rest of `split_round`: its checks, one held-loss evaluation and the surgery.
 Every number is the minimum over `--reps` repetitions; epochs are one training epoch at that width (Adam, batch 64).
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/growth_step_profile.py --update-results
@@ -44,6 +44,7 @@ def main(argv=None):
     from s3d.select import score_neurons
     from s3d.surgery import apply_splits
     from s3d.grow import GrowConfig, split_round, select_round, held_batches, held_loss, _Trials
+    from s3d.grow import _preflight
     Xtr, ytr, _, _ = make_data()
     torch.manual_seed(0)
     base = make_model('mlp1', a.width)
@@ -107,6 +108,15 @@ def main(argv=None):
     t, sch = best(lambda: score_neurons(eigs, cfg.m, cfg.c), a.reps); add('score_neurons', t)
     t, sel = best(lambda: select_round(sch, cfg, None, gs, None), a.reps); add('select_round', t)
     held, grid = held_batches(data, cfg.held), np.geomspace(cfg.eps, cfg.eps_max, cfg.eps_grid)
+    checks = lambda: _preflight(base, F.cross_entropy, data, Xtr[:1], cfg, 1, 1, lazy_loss=True)
+    t, _ = best(checks, a.reps); add("split_round's checks (a forward of example_input, the trace)", t)
+    t, _ = best(lambda: held_loss(base, F.cross_entropy, held), a.reps)
+    add(f'held loss on {cfg.held} samples (a fixed step measures it before and after)', t)
+    plan = lambda g2: [(h, sel[h.name], sch[h.name][sel[h.name]]) for h in g2 if len(sel[h.name])]
+    def surgery():  # on a fresh copy each time; the copy is not timed
+        m2, g2 = copy.deepcopy((base, gs))
+        s = time.perf_counter(); apply_splits(m2, plan(g2), cfg.eps); return time.perf_counter() - s
+    add('apply_splits (the split itself)', min(surgery() for _ in range(a.reps)))
     def old_trials():
         out = []
         for e in grid:

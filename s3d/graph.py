@@ -152,10 +152,11 @@ def _block_tracing(model) -> contextlib.ExitStack:
     return stack
 
 # %% ../nbs/02_graph.ipynb #84409941
-def _fx_graph(model) -> fx.GraphModule:
+def _fx_graph(model) -> fx.Graph:
+    "The fx graph of `model`'s forward (no `GraphModule`: its nodes run on `model` itself)."
     try:
         with _block_tracing(model):
-            return fx.GraphModule(model, _Tracer().trace(model))
+            return _Tracer().trace(model)
     except Exception as e:
         raise ValueError(
             f"split_groups: torch.fx could not trace {type(model).__name__} ({type(e).__name__}: {e}); "
@@ -165,21 +166,21 @@ def _fx_graph(model) -> fx.GraphModule:
 
 
 def _trace(model, example_input):
-    "fx graph of `model` (traced in eval mode) and the shapes of its tensors on `example_input`."
+    "fx graph of `model` (traced in eval mode) and the shapes of its nodes' tensors on `example_input`."
     args = to_model_device(model, example_input)
     args = args if isinstance(args, tuple) else (args,)
     modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
-        gm = _fx_graph(model)
-        rec = _ShapeRecorder(gm)
+        graph = _fx_graph(model)
+        rec = _ShapeRecorder(model, graph=graph)
         rec.shapes = {}
         with torch.no_grad():
             rec.run(*args)
     finally:
         for m, t in modes.items():
             m.training = t
-    return gm, rec.shapes
+    return graph, rec.shapes
 
 # %% ../nbs/02_graph.ipynb #84c452cb
 class UnsupportedStructure(ValueError):
@@ -240,9 +241,9 @@ def _extend(node, mods) -> str:
 class _Walk:
     "Collects followers and consumers reachable per channel from one producer node."
 
-    def __init__(self, gm, shapes, calls, pnode, n):
+    def __init__(self, mods, shapes, calls, pnode, n):  # mods: {name: module} of the model
         self.mods, self.shapes, self.calls, self.pname, self.n = (
-            dict(gm.named_modules()),
+            mods,
             shapes,
             calls,
             pnode.target,
@@ -487,15 +488,16 @@ def split_groups(
     strict: bool = False,  # raise if any module is skipped (else skip it, see `.skipped`)
 ) -> SplitGroups:
     "The split groups of `model` in forward order; `.skipped` lists the modules left out, why, and how to extend s3d."
-    gm, shapes = _trace(model, example_input)
-    calls = Counter(n.target for n in gm.graph.nodes if n.op == 'call_module')
+    graph, shapes = _trace(model, example_input)
+    mods = dict(model.named_modules())  # one lookup table for every producer's walk
+    calls = Counter(n.target for n in graph.nodes if n.op == 'call_module')
     groups, skipped, outputs = [], {}, set()
-    for n in gm.graph.nodes:
+    for n in graph.nodes:
         if n.op != 'call_module' or n.target in skipped:
             continue
-        m = gm.get_submodule(n.target)
+        m = model.get_submodule(n.target)
         k = layer_kind(m)
-        r = _kept_whole(n.target, m) if k is None else _producer(_Walk(gm, shapes, calls, n, 0), n, m, k)
+        r = _kept_whole(n.target, m) if k is None else _producer(_Walk(mods, shapes, calls, n, 0), n, m, k)
         if isinstance(r, SplitGroup):
             groups.append(r)
         elif isinstance(r, Skipped):

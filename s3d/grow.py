@@ -632,6 +632,26 @@ def preflight(
     evaluate=None,  # checked when given: evaluate(model) -> dict
 ) -> tuple:
     "Check everything that can be checked before training or scoring; `(groups, score_batches)` to use."
+    args = (model, loss_fn, score_batches, example_input, cfg, start, stop, train_fn, evaluate)
+    groups, batches, _ = _preflight(*args)
+    return groups, batches
+
+
+@contextmanager
+def _checked_on_failure(check=None):
+    "Run the block; if it raises, run `check()` first: its error, naming a bad argument, then wins."
+    try:
+        yield
+    except Exception:
+        if check is not None:
+            check()
+        raise
+
+
+def _preflight(model, loss_fn, score_batches, example_input, cfg, start=1, stop=None, train_fn=None,
+               evaluate=None, lazy_loss=False) -> tuple:
+    """`preflight`, and `(groups, score_batches, check)`: `lazy_loss` leaves the loss check (a forward
+    of the first score batch) to `check`, for a caller whose next step runs that forward anyway."""
     cfg.validate()
     if train_fn is not None:
         _check_train_fn(train_fn, evaluate)
@@ -644,9 +664,12 @@ def preflight(
         first, batches = _check_batches(
             score_batches, stop - start + 1 if not callable(score_batches) else 1, cfg
         )
-        _check_loss(model, loss_fn, first)
-    _check_targets(cfg, groups, start, stop)
-    return groups, batches
+    check = lambda: _check_loss(model, loss_fn, first)  # its own forks of the RNG streams (`_probe`)
+    if not lazy_loss:
+        check()
+    with _checked_on_failure(check if lazy_loss else None):  # a bad loss is named before a bad target
+        _check_targets(cfg, groups, start, stop)
+    return groups, batches, check if lazy_loss else None
 
 # %% ../nbs/08_grow.ipynb #8d9b684e
 def train_metrics(tr, r: int):
@@ -717,15 +740,16 @@ def _summary(plan, schemes, eps, sel, step, parents) -> dict:
     )
 
 # %% ../nbs/08_grow.ipynb #62dc1ff9
-def _split_round(model, loss_fn, batches, example_input, cfg, rnd, reduce, groups) -> dict:
-    "`split_round` after its checks; warns when the round adds no neuron."
+def _split_round(model, loss_fn, batches, example_input, cfg, rnd, reduce, groups, check=None) -> dict:
+    "`split_round` after its checks (`check`: run if scoring fails); warns when the round adds none."
     ctl, gen = cfg.control, torch.Generator().manual_seed(10007 * cfg.seed + (rnd or 0))
     if ctl is not None:  # a control: same counts, its own initialisation
         schemes = _scores(model, groups, loss_fn, batches, cfg, reduce) if cfg.allocation == 'gain' else None
         counts = allocate(cfg, groups, rnd, schemes, gen)
         data = (loss_fn, batches) if ctl.needs_data else None
         return control_round(model, example_input, cfg, rnd, counts=counts, data=data, gen=gen)
-    schemes = _scores(model, groups, loss_fn, batches, cfg, reduce)
+    with _checked_on_failure(check):
+        schemes = _scores(model, groups, loss_fn, batches, cfg, reduce)
     costs = neuron_costs(model, example_input, cfg.cost) if cfg.budget is not None else None
     sel = split_selection(schemes, cfg, costs, groups, rnd, gen)
     plan = [(g, sel[g.name], schemes[g.name][sel[g.name]]) for g in groups if len(sel[g.name])]
@@ -755,8 +779,10 @@ def split_round(
     )
     r = 1 if rnd is None else rnd
     checked = replace(cfg, rounds=r)  # `rounds` is the loop's: this call needs round r's settings only
-    groups, batches = preflight(model, loss_fn, batches, example_input, checked, start=r, stop=r)
-    return _split_round(model, loss_fn, batches, example_input, cfg, rnd, reduce, groups)
+    scores = cfg.control is None  # signed splits score first: that pass is the loss check's forward
+    args = (model, loss_fn, batches, example_input, checked, r, r)
+    groups, batches, check = _preflight(*args, lazy_loss=scores)
+    return _split_round(model, loss_fn, batches, example_input, cfg, rnd, reduce, groups, check)
 
 # %% ../nbs/08_grow.ipynb #cfb43610
 @dataclass

@@ -943,7 +943,10 @@ class RBF(nn.Module):
 # %% ../nbs/01a_kinds.ipynb #1ea447f0
 def _tanh_dd(act, z, beta):
     t = torch.tanh(z)
-    return -2 * t * (1 - t * t)
+    if torch.is_grad_enabled() and z.requires_grad:  # differentiable: no in-place steps
+        return -2 * t * (1 - t * t)
+    out = t * -2  # the scoring pass's hot path: two new tensors, not five, and the same values
+    return out.mul_(t.mul_(t).neg_().add_(1))
 
 
 def _sigmoid_dd(act, z, beta):

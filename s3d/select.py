@@ -39,7 +39,8 @@ def _candidates(schemes: dict, threshold: float, per_layer_cap):
         if per_layer_cap is not None:
             cap = per_layer_cap if isinstance(per_layer_cap, int) else math.floor(per_layer_cap * len(s))
             ok = ok[:cap]
-        out += [(name, int(i), float(s.gain[i]), int(s.k[i]) - 1) for i in ok]
+        gain, k = s.gain[ok].tolist(), s.k[ok].tolist()  # one conversion each, not one per neuron
+        out += [(name, i, g, j - 1) for i, g, j in zip(ok.tolist(), gain, k)]
     return out
 
 
