@@ -45,7 +45,7 @@ from torch.utils.flop_counter import flop_registry
 
 from s3d.graph import SplitGroup, split_groups
 from s3d.eigen import EigenPairs, extreme_eigenpairs
-from s3d.splitmat import split_operators, dense_matrices
+from s3d.splitmat import split_operators, dense_matrices, collect_batches
 try: from s3d.paper.models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
 except ImportError: from s3d.models import MobileNetV1, MOBILENET_WIDTHS, MOBILENET_STRIDES
 
@@ -105,6 +105,8 @@ class Flops(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func._overloadpacket is torch.ops.aten.convolution_backward:
+            return self._conv_backward(func, args, kwargs)
         pk = func._overloadpacket  # an in-place product (addmm_, baddbmm_) counts as its out-of-place form
         count = flop_registry.get(pk) or flop_registry.get(getattr(torch.ops.aten, pk.__name__.rstrip('_'), None))
         if count is None:  # a composite op: count the ops it is made of
@@ -115,6 +117,16 @@ class Flops(TorchDispatchMode):
         out = func(*args, **kwargs)
         if count is not None:
             self.total += count(*args, **kwargs, out_val=out)
+        return out
+
+    def _conv_backward(self, func, args, kwargs):
+        "The input and the weight gradient each cost the forward conv's FLOPs (torch's formula counts a grouped"
+        " conv's weight gradient as if ungrouped: 33x the forward for a 32-channel depthwise conv)."
+        out = func(*args, **kwargs)
+        grad_out, x, w, _, stride, padding, dilation, transposed, out_pad, groups, mask = args[:11]
+        fwd = flop_registry[torch.ops.aten.convolution](x, w, None, stride, padding, dilation, transposed, out_pad,
+                                                        groups, out_val=grad_out)
+        self.total += fwd * (int(mask[0]) + int(mask[1]))
         return out
 
 
@@ -138,6 +150,7 @@ VARIANTS = {  # name: (method, keyword arguments of extreme_eigenpairs)
     'stream-1pass': ('stream', dict(max_passes=1)),
     'stream-random': ('stream', dict(sample_steps=0)),
     'fast': ('fast', {}),
+    'stats': (None, {}),  # the statistics pass alone: every group's statistics gathered, nothing cached or solved
     'cached-tol0.1': ('cached', dict(tol=0.1)),  # the loosest residual tolerance tried: fewer products
     'exact-nopath': ('exact', dict(max_bytes=2**34)),  # first-activation term only (groups' paths dropped)
     'cached-nopath': ('cached', {}),  # the same, fast: what these groups cost before issue 25's path term
@@ -233,6 +246,17 @@ def part(args):
         with Flops() as fc:  # matrix products and convolutions, not timed
             fwd_bwd(net, batches, loss_fn)
         res['flops'] = fc.total
+    elif args.part == 'stats':
+        collect_batches(net, groups, loss_fn, batches[:1], lambda *a: None)  # warm-up
+        cs, ts = [], []
+        for _ in range(args.repeat):
+            sync(device); c0, t0 = time.process_time(), time.perf_counter()
+            collect_batches(net, groups, loss_fn, batches, lambda *a: None); sync(device)
+            ts.append(time.perf_counter() - t0); cs.append(time.process_time() - c0)
+        with Flops() as fc:
+            collect_batches(net, groups, loss_fn, batches, lambda *a: None)
+        res.update(wall=min(ts), cpu=min(cs), flops=fc.total, products={}, warnings=[],
+                   stats=dict(method='statistics', passes=1, cache_bytes=0, workspace_bytes=0))
     elif args.part == 'rmsprop':
         exact = torch.load(args.exact_file, weights_only=True)
         small = [(x[i:i + 32], y[i:i + 32]) for x, y in batches for i in range(0, x.shape[0], 32)]
@@ -337,7 +361,7 @@ def main():
                 r = run_part(args, v, save=path, path_method=pm)
                 if v in ('exact', 'exact-nopath'): refs[v] = torch.load(path, weights_only=True)
                 ref = refs.get('exact-nopath' if v.endswith('-nopath') else 'exact')  # the same S's exact pairs
-                acc = accuracy(torch.load(path, weights_only=True), ref) if ref is not None else None
+                acc = accuracy(torch.load(path, weights_only=True), ref) if ref is not None and v != 'stats' else None
                 st = r['stats']
                 rows.append(dict(net=net_name, images=args.images, batch=args.batch, variant=v, path_method=pm, method=st['method'],
                                  passes=st['passes'], t_fb_cpu_s=fb['cpu'], cpu_over_t_fb=r['cpu'] / fb['cpu'], wall_over_t_fb=r['wall'] / fb['wall'],
@@ -439,6 +463,9 @@ def _render(p: Path) -> str:
                 + ', '.join(f"`{v}` {fl[(v, 'linear')]:.1f}x" for v in ks) + '. '
                 + ' '.join(_at_rate(v, fl[(v, 'linear')], by[(v, 'linear')], g) for v, g in (('stream', 3.5), ('cached', 3))
                            if (v, 'linear') in fl)]
+    if ('stats', 'linear') in by:
+        out += ['', f"The statistics pass alone (`stats`: the scoring forward and backward gathering every group's "
+                f"coefficients and path factors, nothing cached or solved): {by[('stats', 'linear')]:.2f} T_fb."]
     if ('cached-nopath', 'linear') in by:
         out += ['', f"Without the private-path term (`cached-nopath`, the same groups' first-activation term only): "
                 f"{by[('cached-nopath', 'linear')]:.2f} T_fb."]
