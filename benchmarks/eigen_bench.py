@@ -273,7 +273,7 @@ def part(args):
                                               batch_ops, args.lr, args.max_epochs, device)
         res.update(epochs=len(hist), history=hist)
     else:
-        walls, cpus, first = [], [], None
+        walls, cpus = [], []
         for rep in range(args.repeat if args.timing else 1):  # the fastest of a few runs
             st = {}
             ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -283,10 +283,10 @@ def part(args):
                 out = extreme_eigenpairs(net, groups, loss_fn, batches, method, stats=st, **kw)
             sync(device); walls.append(time.perf_counter() - t0); cpus.append(time.process_time() - c0)
             ru1 = resource.getrusage(resource.RUSAGE_SELF)
-            if first is None:  # the first full-size call: the memory it keeps is new to the process, faulted in
-                first = dict(first_cpu=cpus[0], first_sys=ru1.ru_stime - ru0.ru_stime,
-                             first_faults=ru1.ru_minflt - ru0.ru_minflt)
-        res.update(wall=min(walls), cpu=min(cpus), **first)
+            if rep == 0:  # the first full-size call: the memory it keeps is new to the process, faulted in
+                res.update(first_cpu=cpus[0], first_sys=ru1.ru_stime - ru0.ru_stime,
+                           first_faults=ru1.ru_minflt - ru0.ru_minflt)
+        res.update(wall=min(walls), cpu=min(cpus))
         with warnings.catch_warnings(), Flops() as fc:  # one more run, counted, not timed
             warnings.simplefilter('ignore')
             extreme_eigenpairs(net, groups, loss_fn, batches, method, **kw)
