@@ -380,8 +380,7 @@ def main():
                                  solver_mib=(st['cache_bytes'] + st['workspace_bytes']) / 2**20,
                                  within_2pct=acc['within_2pct'] if acc else '', err_max=acc['err_max'] if acc else '', cpu=cpu))
                 v = f"{v} [{pm}]"
-                fi = f"{r['first_cpu'] / fb['cpu']:.2f} ({r['first_sys'] / fb['cpu']:.2f})" if 'first_cpu' in r else '-'
-                print(f"| {v} | {st['passes']} | {r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | {fi} | "
+                print(f"| {v} | {st['passes']} | {r[tkey] / fb[tkey]:.2f} | {r['wall'] / fb['wall']:.2f} | {_first_cell(rows[-1])} | "
                       f"{r['flops'] / fb['flops']:.2f} | " + (f"{r['peak_mb']:.0f} MiB | " if peak else "") +
                       f"{(st['cache_bytes'] + st['workspace_bytes']) / 2**20:.1f} MiB | "
                       + (f"{100 * acc['within_2pct']:.1f}% | {acc['err_max']:.1e} | {acc['err_median']:.1e} | {acc['cos_p05']:.4f} | " if acc else '- | - | - | - | ')
@@ -438,6 +437,13 @@ def _at_rate(v: str, flops: float, time: float, goal: float) -> str:
             f"it runs them at {flops / time:.2f} of that rate.")
 
 
+def _first_cell(row: dict) -> str:
+    "A row's first call / T_fb with its system time in brackets ('-' where not timed); fresh floats or CSV strings."
+    if row.get('first_over_t_fb') in (None, ''):
+        return '-'
+    return f"{float(row['first_over_t_fb']):.2f} ({float(row['first_sys_over_t_fb']):.2f})"
+
+
 def _render(p: Path) -> str:
     "One result file as Markdown: its command, machine, table and ratios."
     lines = p.read_text().splitlines()
@@ -454,10 +460,8 @@ def _render(p: Path) -> str:
         acc = f"{100 * float(r['within_2pct']):.1f}% | {float(r['err_max']):.1e}" if r['within_2pct'] else '- (no exact) | -'
         f = fl.get((r['variant'], r['path_method']))
         fc = f"{f:.2f} | {f / float(r['cpu_over_t_fb']):.2f}" if f is not None else '- | -'
-        fi = (f"{float(r['first_over_t_fb']):.2f} ({float(r['first_sys_over_t_fb']):.2f})"
-              if r.get('first_over_t_fb') else '-')
         out.append(f"| `{r['variant']}` | `{r['path_method']}` | {r['method']} | {r['passes']} | {float(r['cpu_over_t_fb']):.2f} | "
-                   f"{float(r['wall_over_t_fb']):.2f} | {fi} | {fc} | {float(r['solver_mib']):.1f} MiB | {acc} |")
+                   f"{float(r['wall_over_t_fb']):.2f} | {_first_cell(r)} | {fc} | {float(r['solver_mib']):.1f} MiB | {acc} |")
     by = {(r['variant'], r['path_method']): float(r['cpu_over_t_fb']) for r in rows}
     ratios = [f"`{v}` {by[(v, 'jvp')] / by[(v, 'linear')]:.1f}x" for v, m in by if m == 'jvp' and (v, 'linear') in by]
     if ratios:
